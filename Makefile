@@ -1,0 +1,48 @@
+# Two commands for a fresh machine: `make demo` and `make test` (both run `setup` first).
+SHELL      := /bin/bash
+PYTHON     ?= python3
+VENV       := .venv
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.hawq-installed
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: setup dataset demo test test-slow bench lock clean
+
+setup: $(STAMP) dataset
+
+# Re-installs only when the pins change; a second `make setup` is a no-op.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -c constraints.txt -e ".[dev]"
+	$(PY) -c "import torch, torchvision, pytorchcv; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	touch $@
+
+# The embedded default dataset: Fashion-MNIST from Debian's dataset-fashion-mnist.
+dataset:
+	@test -f $(FMNIST_DIR)/t10k-labels-idx1-ubyte.gz || { \
+	  echo "installing Debian package dataset-fashion-mnist"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
+
+demo: setup
+	$(PY) -m hawq.demo
+
+test: setup
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+bench: setup
+	$(PY) -m hawq.bench
+
+# Regenerate constraints.txt from a fresh resolve of pyproject's pins.
+lock:
+	rm -rf /tmp/hawq-lock && $(PYTHON) -m venv /tmp/hawq-lock
+	/tmp/hawq-lock/bin/pip install -q ".[dev]"
+	{ echo '# Full transitive pin set for `make setup` (pip install -c constraints.txt). Regenerate with `make lock`.'; \
+	  /tmp/hawq-lock/bin/pip freeze | grep -v '^hawq'; } > constraints.txt
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,1 @@
+"""hawq: integer-only quantization-aware training with bit-exact integer export."""

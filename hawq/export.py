@@ -1,0 +1,60 @@
+"""Integer export: a trained QAT model -> an integer artifact (``quantized_checkpoint.pth.tar``).
+
+The artifact keeps HAWQ-V3's five dicts (``weight_integer``, ``bias_integer``,
+``convbn_scaling_factor``, ``fc_scaling_factor``, ``act_scaling_factor``, keyed by state_dict key)
+and adds ``graph``: the integer program recorded from the model's eval path — node list in
+execution order with integer weights (int8 containers, 4-bit values included), int32 biases,
+dyadic multipliers (int64, < 2^31) and shifts, zero points and clamp ranges. Everything is tensors,
+ints, strings, lists and dicts, so it loads with ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import torch
+
+from hawq.checkpoint import load_file, save_atomic
+from hawq.errors import HawqError
+from hawq.quant.graph import recording
+
+FORMAT = "hawq-integer-graph/1"
+HAWQ_KEYS = ("weight_integer", "bias_integer", "convbn_scaling_factor", "fc_scaling_factor", "act_scaling_factor")
+
+
+@torch.no_grad()
+def record_graph(model: torch.nn.Module, example: torch.Tensor) -> dict:
+    """Run the model's integer path once on ``example`` [B,C,H,W] and return its graph."""
+    model.eval()
+    with recording() as rec:
+        rec.bind(example, "input")
+        model.forward_int(example)
+    return {"input": "input", "output": rec.nodes[-1]["output"], "nodes": rec.nodes}
+
+
+def export_integer(model: torch.nn.Module, input_shape: tuple[int, int, int], meta: dict | None = None) -> dict:
+    """Build the integer artifact of an eval-ready QAT model for inputs of shape ``input_shape`` (C,H,W).
+
+    The graph is specific to that spatial size (the global pool's divisor is folded into the
+    following requantization).
+    """
+    device = next(model.parameters()).device
+    example = torch.zeros(1, *input_shape, device=device)
+    graph = record_graph(model, example)
+    sd = model.state_dict()
+    art = {key: {k: v.detach().cpu().clone() for k, v in sd.items() if key in k} for key in HAWQ_KEYS}
+    art.update(format=FORMAT, graph=graph, input_shape=list(input_shape),
+               bit_config=dict(model.bit_config()), **(meta or {}))
+    return art
+
+
+def save_artifact(art: dict, path: str) -> None:
+    save_atomic(art, path)
+
+
+def load_artifact(path: str) -> dict:
+    """Load and check an integer artifact; HawqError if the file is not one."""
+    art = load_file(path)
+    if art.get("format") != FORMAT or "graph" not in art:
+        if "weight_integer" in art:
+            raise HawqError(f"'{path}' is a HAWQ-V3 quantized_checkpoint without an integer graph; "
+                            "re-export it with quant_train.py --resume ... -e (or hawq.export)")
+        raise HawqError(f"'{path}' is not an integer artifact (expected format {FORMAT})")
+    return art

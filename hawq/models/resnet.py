@@ -1,0 +1,182 @@
+"""Quantized ResNets built from pytorchcv ResNets, with HAWQ-V3's module names.
+
+``QuantResNet(fp_model, bit_config)`` takes the conv/BN/linear modules of a pytorchcv ResNet
+(``resnet18``, ``resnet50``, ``resnet50b``, ``resnet101``, ``resnet20_cifar10``, …) and arranges
+them as HAWQ-V3's ``Q_ResNet18``/``Q_ResNet50`` do, so bit_config keys and HAWQ checkpoints map
+one to one:
+
+    quant_input -> quant_init_block_convbn | quant_init_convbn -> [pool] -> quant_act_int32 -> ReLU
+    -> stageS.unitU (quant_act -> [quant_identity_convbn] -> quant_convbn1 -> ReLU -> quant_act1
+       -> quant_convbn2 [-> ReLU -> quant_act2 -> quant_convbn3] -> quant_act_int32(+identity) -> ReLU)
+    -> final_pool -> quant_act_output -> quant_output
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn as nn
+
+from hawq.errors import HawqError
+from hawq.quant.graph import Q
+from hawq.quant.modules import (QuantAct, QuantAveragePool2d, QuantBnConv2d, QuantLinear, QuantMaxPool2d,
+                                QuantReLU)
+
+QUANT_TYPES = (QuantAct, QuantBnConv2d, QuantLinear)
+
+#: Defaults mirror quant_train.py's flags.
+DEFAULT_QUANT_ARGS = dict(act_range_momentum=0.99, act_percentile=0.0, weight_percentile=0.0, per_channel=True,
+                          bias_bit=32, fix_BN=False, fix_BN_threshold=None, fixed_point_quantization=False)
+
+
+class _Builder:
+    """Creates quant modules with the run's quantization settings; bit widths are set afterwards."""
+
+    def __init__(self, **quant_args):
+        unknown = set(quant_args) - set(DEFAULT_QUANT_ARGS)
+        if unknown:
+            raise TypeError(f"unknown quantization arguments: {sorted(unknown)}")
+        self.a = {**DEFAULT_QUANT_ARGS, **quant_args}
+
+    def act(self, mode: str) -> QuantAct:
+        a = self.a
+        return QuantAct(8, mode, a["act_range_momentum"], a["act_percentile"], a["fixed_point_quantization"])
+
+    def convbn(self, block: nn.Module) -> QuantBnConv2d:
+        a = self.a
+        return QuantBnConv2d(block.conv, block.bn, 8, a["bias_bit"], a["per_channel"], a["weight_percentile"],
+                             a["fix_BN"], a["fix_BN_threshold"])
+
+    def linear(self, fc: nn.Linear) -> QuantLinear:
+        a = self.a
+        return QuantLinear(fc, 8, a["bias_bit"], a["per_channel"], a["weight_percentile"])
+
+
+class QuantResUnit(nn.Module):
+    """One residual unit (basic or bottleneck) of a quantized ResNet."""
+
+    def __init__(self, unit: nn.Module, b: _Builder):
+        super().__init__()
+        body = unit.body
+        self.bottleneck = hasattr(body, "conv3")
+        self.quant_act = b.act("unsigned")
+        self.quant_convbn1 = b.convbn(body.conv1)
+        self.quant_act1 = b.act("unsigned")
+        self.quant_convbn2 = b.convbn(body.conv2)
+        if self.bottleneck:
+            self.quant_act2 = b.act("unsigned")
+            self.quant_convbn3 = b.convbn(body.conv3)
+        self.resize_identity = hasattr(unit, "identity_conv")
+        if self.resize_identity:
+            self.quant_identity_convbn = b.convbn(unit.identity_conv)
+        self.quant_act_int32 = b.act("symmetric")
+        self.relu = QuantReLU()
+
+    def forward(self, x: Q) -> Q:
+        a = self.quant_act(x)
+        identity = self.quant_identity_convbn(a) if self.resize_identity else x
+        y = self.quant_act1(self.relu(self.quant_convbn1(a)))
+        y = self.quant_convbn2(y)
+        if self.bottleneck:
+            y = self.quant_convbn3(self.quant_act2(self.relu(y)))
+        return self.relu(self.quant_act_int32(y, identity))
+
+
+class QuantResNet(nn.Module):
+    """Integer-only quantized ResNet. ``forward`` returns float logits [B, classes] (in eval mode
+    exactly the integer logits times their scale); :meth:`forward_int` returns the int64 logits."""
+
+    def __init__(self, fp_model: nn.Module, bit_config: dict[str, int], arch: str = "", **quant_args):
+        super().__init__()
+        b = _Builder(**quant_args)
+        self.arch = arch
+        feats = fp_model.features
+        init = feats.init_block
+        conv_block = init.conv if hasattr(init, "pool") else init
+        bottleneck = hasattr(feats.stage1.unit1.body, "conv3")
+        self.init_name = "quant_init_convbn" if bottleneck else "quant_init_block_convbn"
+
+        self.quant_input = b.act("asymmetric")
+        setattr(self, self.init_name, b.convbn(conv_block))
+        self.pool = QuantMaxPool2d(init.pool) if hasattr(init, "pool") else None
+        self.quant_act_int32 = b.act("symmetric")
+        self.relu = QuantReLU()
+        stage_names = [n for n, _ in feats.named_children() if n.startswith("stage")]
+        for s in stage_names:
+            units = OrderedDict((u, QuantResUnit(unit, b)) for u, unit in getattr(feats, s).named_children())
+            setattr(self, s, nn.Sequential(units))
+        self.stage_names = stage_names
+        self.final_pool = QuantAveragePool2d()
+        self.quant_act_output = b.act("unsigned")
+        self.quant_output = self._head(fp_model, b)
+        for name, m in self.named_modules():
+            if hasattr(m, "layer_name"):
+                m.layer_name = name
+        self.apply_bit_config(bit_config)
+
+    @staticmethod
+    def _head(fp_model: nn.Module, b: _Builder) -> QuantLinear:
+        fc = fp_model.output
+        if not isinstance(fc, nn.Linear):
+            raise HawqError(f"unsupported head {type(fc).__name__}; expected a Linear output layer")
+        return b.linear(fc)
+
+    def quant_layer_names(self) -> list[str]:
+        """Names of every module that carries a bit width, in definition order."""
+        return [n for n, m in self.named_modules() if isinstance(m, QUANT_TYPES)]
+
+    def apply_bit_config(self, bit_config: dict[str, int]) -> None:
+        """Set every quant module's bit width; every quantized layer must be in ``bit_config``."""
+        modules = dict(self.named_modules())
+        names = self.quant_layer_names()
+        missing = [n for n in names if n not in bit_config]
+        if missing:
+            raise HawqError(f"bit_config{' for ' + self.arch if self.arch else ''}: layer '{missing[0]}' is missing")
+        unknown = [n for n in bit_config if n not in modules or not isinstance(modules[n], QUANT_TYPES)]
+        if unknown:
+            raise HawqError(f"bit_config{' for ' + self.arch if self.arch else ''}: unknown layer '{unknown[0]}'")
+        for n in names:
+            m = modules[n]
+            if isinstance(m, QuantAct):
+                m.activation_bit = int(bit_config[n])
+            else:
+                m.weight_bit = int(bit_config[n])
+
+    def bit_config(self) -> dict[str, int]:
+        return {n: (m.activation_bit if isinstance(m, QuantAct) else m.weight_bit)
+                for n, m in self.named_modules() if isinstance(m, QUANT_TYPES)}
+
+    def act_quantizers(self) -> list[QuantAct]:
+        return [m for m in self.modules() if isinstance(m, QuantAct)]
+
+    def freeze_act_ranges(self):
+        for m in self.act_quantizers():
+            m.fix()
+
+    def unfreeze_act_ranges(self):
+        for m in self.act_quantizers():
+            m.unfix()
+
+    def forward_q(self, x: torch.Tensor) -> Q:
+        q = self.quant_input(x)
+        q = getattr(self, self.init_name)(q)
+        if self.pool is not None:
+            q = self.pool(q)
+        q = self.relu(self.quant_act_int32(q))
+        for s in self.stage_names:
+            q = getattr(self, s)(q)
+        q = self.quant_act_output(self.final_pool(q))
+        return self.quant_output(q)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.forward_q(x)
+        if self.training:
+            return q.value
+        return (q.value.double() * q.scale.reshape(1, -1)).float()
+
+    @torch.no_grad()
+    def forward_int(self, x: torch.Tensor) -> torch.Tensor:
+        """Integer logits (int64 [B, classes]); requires eval mode."""
+        if self.training:
+            raise RuntimeError("forward_int needs eval mode (model.eval())")
+        return self.forward_q(x).value

@@ -1,0 +1,1 @@
+"""Quantized modules and the integer-graph recorder."""

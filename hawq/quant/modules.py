@@ -1,0 +1,404 @@
+"""Quantized modules (HAWQ-V3 names and buffers) over the formulas of :mod:`hawq.numerics`.
+
+Every module has two forward paths:
+
+* training mode: fake quantization with straight-through gradients, in the float dtype of the
+  input; activation ranges are updated (EMA / percentile) while ``running_stat`` is True.
+* eval mode: the exact integer computation. Values are int64 tensors of centered integers,
+  convolutions accumulate exactly (see :func:`exact_conv2d`), requantization is the dyadic
+  multiply + rounding shift. This path is what the integer reference and TVM reproduce bit for bit;
+  under :func:`hawq.quant.graph.recording` each module also records the integer op it performed.
+
+Modules exchange :class:`~hawq.quant.graph.Q` tuples (value, scale), like HAWQ's (x, scaling_factor).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hawq import numerics as N
+from hawq.quant.graph import Q, active
+
+#: float32 accumulates integers exactly while every partial sum stays below 2^24.
+_F32_EXACT = 1 << 24
+
+
+def _int_params(m, shift, like: torch.Tensor, ndim: int):
+    """Dyadic (m, shift) NumPy arrays -> int64 tensors broadcastable over channel dim 1."""
+    m_t = torch.as_tensor(m, dtype=torch.int64, device=like.device)
+    s_t = torch.as_tensor(shift, dtype=torch.int64, device=like.device)
+    return N.channel_view(m_t, ndim), N.channel_view(s_t, ndim)
+
+
+def exact_conv2d(q: torch.Tensor, w: torch.Tensor, stride, padding, dilation, groups) -> torch.Tensor:
+    """Integer conv (int64 in, int64 out) computed exactly with torch's float kernels.
+
+    float32 is used on CPU when the proven bound max|q|·max_c Σ|w_c| < 2^24 (every partial sum is
+    then an exactly representable integer whatever the summation order); otherwise float64, whose
+    53-bit mantissa holds any int32 accumulator, and the final round() absorbs the rounding error of
+    transform-based algorithms (cuDNN FFT/Winograd), which is far below 0.5 at these magnitudes.
+    """
+    bound = int(q.abs().max()) * int(w.abs().reshape(w.shape[0], -1).sum(1).max()) if q.numel() else 0
+    dtype = torch.float32 if (bound < _F32_EXACT and q.device.type == "cpu") else torch.float64
+    y = F.conv2d(q.to(dtype), w.to(dtype), None, stride, padding, dilation, groups)
+    return torch.round(y).to(torch.int64)
+
+
+def exact_linear(q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Integer matrix product [B, in] x [out, in]^T -> int64 [B, out], exact as in :func:`exact_conv2d`."""
+    bound = int(q.abs().max()) * int(w.abs().sum(1).max()) if q.numel() else 0
+    dtype = torch.float32 if (bound < _F32_EXACT and q.device.type == "cpu") else torch.float64
+    return torch.round(q.to(dtype) @ w.to(dtype).t()).to(torch.int64)
+
+
+def _emulate_requant(v: torch.Tensor, scale_in: torch.Tensor, scale_out: torch.Tensor) -> torch.Tensor:
+    """Training-time emulation of the integer path's rounding points: round the accumulator to an
+    integer, then rescale by S_in/S_out and round half up. The float ratio differs from the dyadic
+    m·2^-shift by < 2^-30 relative; eval mode uses the exact dyadic form."""
+    s_in = N.channel_view(scale_in.to(v.dtype), v.dim()) if scale_in.numel() > 1 else scale_in.to(v.dtype)
+    acc = torch.round(v / s_in)
+    return torch.floor(acc * (s_in / scale_out.to(v.dtype)) + 0.5)
+
+
+class QuantAct(nn.Module):
+    """Static per-tensor activation quantizer (HAWQ's ``QuantAct``).
+
+    ``mode``: 'unsigned' after a ReLU, 'asymmetric' (scale + zero point) for inputs that can be
+    negative, 'symmetric' for the wide signed residual accumulators (``quant_act_int32``).
+    Called as ``act(x)`` (requantize / quantize a float input) or ``act(x, identity)`` for the
+    residual add, which requantizes both terms to this layer's scale and adds them.
+    """
+
+    def __init__(self, activation_bit: int = 8, mode: str = "unsigned", act_range_momentum: float = 0.99,
+                 act_percentile: float = 0.0, fixed_point_quantization: bool = False):
+        super().__init__()
+        if mode not in N.ACT_MODES:
+            raise ValueError(f"unknown activation mode {mode!r}")
+        self.activation_bit = activation_bit
+        self.mode = mode
+        self.act_range_momentum = act_range_momentum
+        self.act_percentile = act_percentile
+        self.fixed_point_quantization = fixed_point_quantization
+        self.running_stat = True
+        self.layer_name = ""
+        self.register_buffer("x_min", torch.zeros(1))
+        self.register_buffer("x_max", torch.zeros(1))
+        self.register_buffer("act_scaling_factor", torch.ones(1))
+        self.register_buffer("act_zero_point", torch.zeros(1, dtype=torch.int64))
+        # HAWQ-V3 carries these two constant buffers; kept so its checkpoints load key for key.
+        self.register_buffer("pre_weight_scaling_factor", torch.ones(1))
+        self.register_buffer("identity_weight_scaling_factor", torch.ones(1))
+
+    def extra_repr(self) -> str:
+        return f"activation_bit={self.activation_bit}, mode={self.mode}, momentum={self.act_range_momentum}"
+
+    def fix(self):
+        """Freeze the activation range (HAWQ's ``fix``)."""
+        self.running_stat = False
+
+    def unfix(self):
+        self.running_stat = True
+
+    @property
+    def calibrated(self) -> bool:
+        return bool((self.x_max != self.x_min).all())
+
+    def quant_params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale float32 [1], zero point int64 [1]) from the current range."""
+        return N.activation_params(self.x_min, self.x_max, self.activation_bit, self.mode)
+
+    def storage_range(self) -> tuple[int, int]:
+        """Range of the stored integer q (before subtracting the zero point)."""
+        return N.qrange(self.activation_bit, signed=(self.mode == "symmetric"))
+
+    @torch.no_grad()
+    def _observe(self, x: torch.Tensor):
+        lo, hi = N.batch_range(x, self.act_percentile)
+        first = not self.calibrated
+        new_min, new_max = N.ema_range(self.x_min, self.x_max, lo.to(self.x_min), hi.to(self.x_max),
+                                       self.act_range_momentum, first)
+        self.x_min.copy_(new_min)
+        self.x_max.copy_(new_max)
+
+    def forward(self, x, identity: Q | None = None) -> Q:
+        if self.training:
+            return self._forward_train(x, identity)
+        return self._forward_int(x, identity)
+
+    # -- training: fake quantization ----------------------------------------------------------
+    def _forward_train(self, x, identity: Q | None) -> Q:
+        xv, s_x = (x.value, x.scale) if isinstance(x, Q) else (x, None)
+        total = xv if identity is None else xv + identity.value
+        if self.running_stat:
+            self._observe(total)
+        scale, zero = self.quant_params()
+        scale, zero = scale.to(xv.device), zero.to(xv.device)
+        with torch.no_grad():
+            self.act_scaling_factor.copy_(scale)
+            self.act_zero_point.copy_(zero)
+        lo, hi = self.storage_range()
+        terms = [(xv, s_x)] + ([(identity.value, identity.scale)] if identity is not None else [])
+        if self.fixed_point_quantization or any(s is None for _, s in terms):
+            return Q(N.fake_quantize(total, scale, zero, lo, hi), scale)
+        with torch.no_grad():
+            q = sum(_emulate_requant(v.detach(), s, scale) for v, s in terms)
+            q = torch.clamp(q + zero, lo, hi)
+        return Q(N.straight_through(total, (q - zero) * scale), scale)
+
+    # -- eval: integer-only ------------------------------------------------------------------
+    def _check_calibrated(self):
+        if not self.calibrated:
+            raise RuntimeError(f"activation quantizer '{self.layer_name}' has no calibrated range; "
+                               "run training-mode batches (or load a checkpoint) before eval")
+
+    def _forward_int(self, x, identity: Q | None) -> Q:
+        self._check_calibrated()
+        scale, zero = self.quant_params()
+        self.act_scaling_factor.copy_(scale)
+        self.act_zero_point.copy_(zero)
+        z = int(zero.item())
+        lo, hi = self.storage_range()
+        rec = active()
+        if not isinstance(x, Q):      # the float->int boundary (quant_input)
+            q = (N.quantize(x.float(), scale.to(x.device), z, lo, hi) - z).to(torch.int64)
+            if rec:
+                rec.add("quantize", self.layer_name, [x], q, scale=scale.clone(), zero_point=z,
+                        qmin=lo, qmax=hi, bits=self.activation_bit)
+        elif identity is None:
+            m, sh = N.dyadic(N.requant_ratio(x.scale, scale))
+            m_t, s_t = _int_params(m, sh, x.value, x.value.dim())
+            q = N.saturate(N.requantize(x.value, m_t, s_t), lo - z, hi - z)
+            if rec:
+                rec.add("requant", self.layer_name, [x.value], q, multiplier=torch.from_numpy(m),
+                        shift=torch.from_numpy(sh), qmin=lo - z, qmax=hi - z, zero_point=z,
+                        bits=self.activation_bit)
+        else:
+            m1, s1 = N.dyadic(N.requant_ratio(x.scale, scale))
+            m2, s2 = N.dyadic(N.requant_ratio(identity.scale, scale))
+            nd = x.value.dim()
+            q = N.residual_add(x.value, *_int_params(m1, s1, x.value, nd),
+                               identity.value, *_int_params(m2, s2, x.value, nd), lo - z, hi - z)
+            if rec:
+                rec.add("requant_add", self.layer_name, [x.value, identity.value], q,
+                        multiplier=torch.from_numpy(m1), shift=torch.from_numpy(s1),
+                        identity_multiplier=torch.from_numpy(m2), identity_shift=torch.from_numpy(s2),
+                        qmin=lo - z, qmax=hi - z, zero_point=z, bits=self.activation_bit)
+        return Q(q, scale.double().to(q.device))
+
+
+class _QuantWeightLayer(nn.Module):
+    """Shared weight/bias quantization of conv and linear layers."""
+
+    weight_bit: int
+    bias_bit: int
+    per_channel: bool
+    weight_percentile: float
+
+    def _weight_scale(self, w: torch.Tensor) -> torch.Tensor:
+        return N.weight_scale(w, self.weight_bit, self.per_channel, self.weight_percentile)
+
+    def _fake_weight(self, w: torch.Tensor, s_w: torch.Tensor) -> torch.Tensor:
+        deq = N.quantize_weight(w, s_w, self.weight_bit) * N.channel_view(s_w, w.dim(), 0)
+        return N.straight_through(w, deq)
+
+    def _fake_bias(self, b: torch.Tensor | None, scale_in: torch.Tensor | None, s_w: torch.Tensor):
+        if b is None or scale_in is None:
+            return b
+        b_int = N.quantize_bias(b, scale_in, s_w, self.bias_bit)
+        return N.straight_through(b, (b_int.double() * N.bias_scale(scale_in, s_w)).to(b.dtype))
+
+    def _integer_weights(self, w: torch.Tensor, b: torch.Tensor | None, scale_in: torch.Tensor):
+        """(w_int int64, b_int int64 [C_out], s_w float32 [C_out|1], acc scale float64 [C_out])."""
+        s_w = self._weight_scale(w)
+        w_int = N.quantize_weight(w.detach(), s_w, self.weight_bit).to(torch.int64)
+        if b is None:
+            b = torch.zeros(w.shape[0], device=w.device)
+        b_int = N.quantize_bias(b, scale_in, s_w, self.bias_bit)
+        acc_scale = N.bias_scale(scale_in, s_w).to(w.device)
+        if acc_scale.numel() == 1:
+            acc_scale = acc_scale.expand(w.shape[0]).clone()
+        return w_int, b_int, s_w, acc_scale
+
+
+class QuantBnConv2d(_QuantWeightLayer):
+    """Conv + BatchNorm, BN folded into the conv (HAWQ's ``QuantBnConv2d``).
+
+    BN is folded with the running statistics when ``fix_BN`` is set or once ``fold_step`` (training
+    forwards so far) reaches ``fix_BN_threshold``; before that the conv runs with quantized unfolded
+    weights followed by a regular BatchNorm on batch statistics. Eval always folds.
+    """
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, weight_bit: int = 8, bias_bit: int = 32,
+                 per_channel: bool = True, weight_percentile: float = 0.0, fix_BN: bool = False,
+                 fix_BN_threshold: int | None = None):
+        super().__init__()
+        self.conv, self.bn = conv, bn
+        self.weight_bit, self.bias_bit = weight_bit, bias_bit
+        self.per_channel, self.weight_percentile = per_channel, weight_percentile
+        self.fix_BN, self.fix_BN_threshold = fix_BN, fix_BN_threshold
+        self.layer_name = ""
+        c = conv.out_channels
+        self.register_buffer("convbn_scaling_factor", torch.zeros(c))
+        self.register_buffer("weight_integer", torch.zeros(conv.weight.shape, dtype=torch.int8))
+        self.register_buffer("bias_integer", torch.zeros(c, dtype=torch.int32))
+        self.register_buffer("fold_step", torch.zeros((), dtype=torch.int64))
+
+    def extra_repr(self) -> str:
+        return f"weight_bit={self.weight_bit}, bias_bit={self.bias_bit}, per_channel={self.per_channel}"
+
+    @property
+    def bn_folded(self) -> bool:
+        if self.fix_BN:
+            return True
+        return self.fix_BN_threshold is not None and int(self.fold_step) >= self.fix_BN_threshold
+
+    def folded_weight_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
+        bn = self.bn
+        return N.fold_bn(self.conv.weight, self.conv.bias, bn.running_mean, bn.running_var, bn.weight,
+                         bn.bias, bn.eps)
+
+    def _conv(self, x, w, b):
+        c = self.conv
+        return F.conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups)
+
+    def forward(self, x: Q) -> Q:
+        if not self.training:
+            return self._forward_int(x)
+        folded = self.bn_folded
+        self.fold_step += 1
+        if folded:
+            w, b = self.folded_weight_bias()
+            s_w = self._weight_scale(w)
+            y = self._conv(x.value, self._fake_weight(w, s_w), self._fake_bias(b, x.scale, s_w))
+            scale = None if x.scale is None else N.bias_scale(x.scale, s_w).to(y.dtype)
+            return Q(y, scale)
+        w = self.conv.weight
+        y = self._conv(x.value, self._fake_weight(w, self._weight_scale(w)), self.conv.bias)
+        return Q(self.bn(y), None)
+
+    @torch.no_grad()
+    def _forward_int(self, x: Q) -> Q:
+        w, b = self.folded_weight_bias()
+        w_int, b_int, s_w, acc_scale = self._integer_weights(w, b, x.scale)
+        self.convbn_scaling_factor.copy_(s_w.expand_as(self.convbn_scaling_factor))
+        self.weight_integer.copy_(w_int)
+        self.bias_integer.copy_(b_int)
+        c = self.conv
+        acc = exact_conv2d(x.value, w_int, c.stride, c.padding, c.dilation, c.groups) + N.channel_view(b_int, 4)
+        rec = active()
+        if rec:
+            rec.add("conv2d", self.layer_name, [x.value], acc, weight=w_int.to(torch.int8).cpu(),
+                    bias=b_int.to(torch.int32).cpu(), stride=list(c.stride), padding=list(c.padding),
+                    dilation=list(c.dilation), groups=c.groups, weight_bits=self.weight_bit,
+                    weight_scale=s_w.cpu().clone())
+        return Q(acc, acc_scale)
+
+
+class QuantLinear(_QuantWeightLayer):
+    """Fully connected layer with per-output-row weight scales (HAWQ's ``QuantLinear``)."""
+
+    def __init__(self, linear: nn.Linear, weight_bit: int = 8, bias_bit: int = 32, per_channel: bool = True,
+                 weight_percentile: float = 0.0):
+        super().__init__()
+        self.weight = nn.Parameter(linear.weight.detach().clone())
+        self.bias = nn.Parameter(linear.bias.detach().clone()) if linear.bias is not None else None
+        self.weight_bit, self.bias_bit = weight_bit, bias_bit
+        self.per_channel, self.weight_percentile = per_channel, weight_percentile
+        self.layer_name = ""
+        out_f = linear.out_features
+        self.register_buffer("fc_scaling_factor", torch.zeros(out_f))
+        self.register_buffer("weight_integer", torch.zeros(linear.weight.shape, dtype=torch.int8))
+        self.register_buffer("bias_integer", torch.zeros(out_f, dtype=torch.int32))
+
+    def extra_repr(self) -> str:
+        return f"weight_bit={self.weight_bit}, bias_bit={self.bias_bit}, per_channel={self.per_channel}"
+
+    def forward(self, x: Q) -> Q:
+        if not self.training:
+            return self._forward_int(x)
+        s_w = self._weight_scale(self.weight)
+        y = F.linear(x.value, self._fake_weight(self.weight, s_w), self._fake_bias(self.bias, x.scale, s_w))
+        return Q(y, None if x.scale is None else N.bias_scale(x.scale, s_w).to(y.dtype))
+
+    @torch.no_grad()
+    def _forward_int(self, x: Q) -> Q:
+        w_int, b_int, s_w, acc_scale = self._integer_weights(self.weight, self.bias, x.scale)
+        self.fc_scaling_factor.copy_(s_w.expand_as(self.fc_scaling_factor))
+        self.weight_integer.copy_(w_int)
+        self.bias_integer.copy_(b_int)
+        acc = exact_linear(x.value, w_int) + b_int.reshape(1, -1)
+        rec = active()
+        if rec:
+            rec.add("dense", self.layer_name, [x.value], acc, weight=w_int.to(torch.int8).cpu(),
+                    bias=b_int.to(torch.int32).cpu(), weight_bits=self.weight_bit,
+                    weight_scale=s_w.cpu().clone())
+        return Q(acc, acc_scale)
+
+
+class QuantAveragePool2d(nn.Module):
+    """Global average pool in integers: the integer *sum* over H×W with scale S/(H·W).
+
+    Folding 1/(H·W) into the next requantization's dyadic multiplier means the average is rounded
+    once (half up, by that requantization) instead of twice (HAWQ truncates, then requantizes).
+    Output: [B, C].
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.layer_name = ""
+
+    def forward(self, x: Q) -> Q:
+        n = x.value.shape[2] * x.value.shape[3]
+        scale = None if x.scale is None else x.scale / n
+        if self.training:
+            return Q(x.value.mean(dim=(2, 3)), scale)
+        s = x.value.sum(dim=(2, 3))
+        rec = active()
+        if rec:
+            rec.add("global_avgpool_sum", self.layer_name, [x.value], s, divisor=n)
+        return Q(s, scale)
+
+
+class QuantMaxPool2d(nn.Module):
+    """Max pooling on the quantized grid (order-preserving, so integer and float agree)."""
+
+    def __init__(self, pool: nn.MaxPool2d):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = pool.kernel_size, pool.stride, pool.padding
+        self.layer_name = ""
+
+    def _pool(self, v):
+        return F.max_pool2d(v, self.kernel_size, self.stride, self.padding)
+
+    def forward(self, x: Q) -> Q:
+        if self.training:
+            return Q(self._pool(x.value), x.scale)
+        # float64 holds every int32 exactly; max_pool2d pads with -inf, i.e. ignores padding.
+        y = self._pool(x.value.double()).to(torch.int64)
+        rec = active()
+        if rec:
+            k, s, p = (_pair(v) for v in (self.kernel_size, self.stride, self.padding))
+            rec.add("maxpool2d", self.layer_name, [x.value], y, kernel=k, stride=s, padding=p)
+        return Q(y, x.scale)
+
+
+class QuantReLU(nn.Module):
+    """ReLU on either path; on integers it is max(q, 0) (zero point is 0 where it is used)."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer_name = ""
+
+    def forward(self, x: Q) -> Q:
+        if self.training:
+            return Q(F.relu(x.value), x.scale)
+        y = x.value.clamp(min=0)
+        rec = active()
+        if rec:
+            rec.add("relu", self.layer_name, [x.value], y)
+        return Q(y, x.scale)
+
+
+def _pair(v) -> list[int]:
+    return list(v) if isinstance(v, (tuple, list)) else [v, v]
