@@ -1,0 +1,269 @@
+"""The quant_train.py job: argument parsing (HAWQ-V3's flag set) and the run itself.
+
+Order of work: validate every input (arch, scheme, data, checkpoints) before anything is written,
+then train / evaluate, writing ``checkpoint.pth.tar``, ``model_best.pth.tar``, ``log.csv`` and, for
+quantized models, the integer artifact ``quantized_checkpoint.pth.tar`` into ``--save-path``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import time
+
+import numpy as np
+import torch
+
+from hawq import checkpoint as C
+from hawq import engine
+from hawq.bit_config import load_scheme
+from hawq.data import build_loaders
+from hawq.errors import HawqError
+from hawq.export import export_integer, save_artifact
+from hawq.models.factory import check_arch, fp_model, load_fp_checkpoint, quant_model
+from hawq.models.layers import arch_info
+
+FP_SCHEME = "fp32"
+#: Keys of ours that HAWQ-V3 checkpoints do not carry; they keep their defaults when absent.
+OPTIONAL_KEYS = ("act_zero_point", "fold_step")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Integer-only quantization-aware training (HAWQ-V3 flags).")
+    a = p.add_argument
+    a("--data", metavar="DIR", default=None,
+      help="ImageFolder root with train/ and val/ (implies --dataset imagenet), or, with --dataset fashion-mnist, "
+           "a directory of the four IDX files; default: the embedded Fashion-MNIST")
+    a("--dataset", default=None, choices=["fashion-mnist", "imagenet"],
+      help="default: imagenet when --data is given, else fashion-mnist")
+    a("-a", "--arch", default="resnet20_cifar10", help="model architecture (pytorchcv name)")
+    a("--teacher-arch", default="resnet101", help="teacher for --distill-method KD_naive")
+    a("--teacher-pretrained", default=None, metavar="PATH",
+      help="floating-point checkpoint for the teacher (default: pytorchcv ImageNet weights)")
+    a("-j", "--workers", default=4, type=int, help="data loading workers (ImageFolder only)")
+    a("--epochs", default=90, type=int)
+    a("--start-epoch", default=0, type=int)
+    a("-b", "--batch-size", default=128, type=int, help="mini-batch size (HAWQ's default of 1 is not kept)")
+    a("--lr", "--learning-rate", default=0.1, type=float, dest="lr")
+    a("--lr-schedule", default="step", choices=["step", "cosine", "constant"],
+      help="step = HAWQ's x0.1 every 30 epochs")
+    a("--momentum", default=0.9, type=float)
+    a("--wd", "--weight-decay", default=1e-4, type=float, dest="weight_decay")
+    a("-p", "--print-freq", default=10, type=int, help="accepted for HAWQ compatibility (tqdm shows progress)")
+    a("--resume", default="", metavar="PATH", help="checkpoint to resume from / evaluate")
+    a("-e", "--evaluate", action="store_true", help="evaluate on the validation set and exit")
+    a("--pretrained", nargs="?", const=True, default=False, metavar="PATH",
+      help="start from pytorchcv ImageNet weights, or from our floating-point checkpoint at PATH")
+    a("--seed", default=0, type=int)
+    a("--gpu", default=None, type=int, help="CUDA device index (default: cuda:0 when available, else CPU)")
+    a("--act-range-momentum", default=0.99, type=float,
+      help="EMA momentum of activation ranges; -1 = running min/max")
+    a("--quant-mode", default="symmetric", choices=["symmetric", "asymmetric"],
+      help="accepted for HAWQ compatibility; modes follow the numeric spec (docs/numerics.md)")
+    a("--save-path", default="runs/test/", help="where checkpoints, logs and the integer artifact go")
+    a("--data-percentage", default=1.0, type=float, help="fraction of the training set used (seeded subset)")
+    a("--eval-limit", default=None, type=int, help="evaluate on the first N validation images only")
+    a("--fix-BN", action="store_true", dest="fix_BN", help="fold BN with running statistics from the start")
+    a("--fix-BN-threshold", default=None, type=int, dest="fix_BN_threshold",
+      help="train BN unfolded for this many iterations, then fold and freeze it")
+    a("--checkpoint-iter", default=-1, type=int,
+      help="save every quantizer's feature map at this training iteration (-1: never)")
+    a("--evaluate-times", default=-1, type=int, help="accepted for HAWQ compatibility")
+    a("--quant-scheme", default="uniform8", help="bit_config scheme name, a JSON file, or fp32")
+    a("--resume-quantize", action="store_true",
+      help="the --resume checkpoint is a quantized one (detected automatically; given, it is checked)")
+    a("--act-percentile", default=0.0, type=float, help="percentile for activation ranges (0 = min/max)")
+    a("--weight-percentile", default=0.0, type=float, help="percentile for weight ranges (0 = max)")
+    a("--channel-wise", action=argparse.BooleanOptionalAction, default=True,
+      help="per-output-channel weight scales (default on; --no-channel-wise = per-tensor). "
+           "Unlike HAWQ-V3, passing --channel-wise turns it ON")
+    a("--bias-bit", default=32, type=int)
+    a("--distill-method", default="None", choices=["None", "KD_naive"])
+    a("--distill-alpha", default=0.95, type=float)
+    a("--temperature", default=6.0, type=float)
+    a("--fixed-point-quantization", action="store_true",
+      help="train with plain fake quantization instead of emulating the integer requantization; "
+           "eval is integer-exact either way")
+    a("--no-progress", action="store_true", help="disable progress bars")
+    return p
+
+
+def _device(args) -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device(f"cuda:{args.gpu or 0}")
+    return torch.device("cpu")
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _quant_args(args) -> dict:
+    return dict(act_range_momentum=args.act_range_momentum, act_percentile=args.act_percentile,
+                weight_percentile=args.weight_percentile, per_channel=args.channel_wise,
+                bias_bit=args.bias_bit, fix_BN=args.fix_BN, fix_BN_threshold=args.fix_BN_threshold,
+                fixed_point_quantization=args.fixed_point_quantization)
+
+
+def _check_args(args) -> None:
+    if args.epochs < 0 or args.batch_size < 1:
+        raise HawqError("--epochs must be >= 0 and --batch-size >= 1")
+    if args.bias_bit < 8 or args.bias_bit > 32:
+        raise HawqError(f"--bias-bit must be between 8 and 32, got {args.bias_bit}")
+    if args.act_range_momentum >= 1:
+        raise HawqError("--act-range-momentum must be < 1 (or -1 for a running min/max)")
+    if args.dataset is None:
+        args.dataset = "imagenet" if args.data else "fashion-mnist"
+
+
+def build_model(args, num_classes: int, resume_ckpt: dict | None):
+    """The model for this run, with --pretrained / floating-point --resume weights applied."""
+    arch_info(args.arch)
+    fp_resume = resume_ckpt is not None and not C.is_quantized_state(C.state_dict_of(resume_ckpt, args.resume))
+    fp = fp_model(args.arch, num_classes, pretrained=False if fp_resume else args.pretrained)
+    if fp_resume:
+        load_fp_checkpoint(fp, args.arch, args.resume)
+    if args.quant_scheme == FP_SCHEME:
+        return fp, None
+    bits = load_scheme(args.arch, args.quant_scheme)
+    return quant_model(args.arch, bits, num_classes, fp=fp, **_quant_args(args)), bits
+
+
+def load_resume(args) -> dict | None:
+    """Read and check the --resume checkpoint (arch, quantized vs FP) before anything runs."""
+    if not args.resume:
+        return None
+    ckpt = C.load_file(args.resume)
+    check_arch(ckpt, args.arch, args.resume)
+    sd = C.state_dict_of(ckpt, args.resume)
+    quantized = C.is_quantized_state(sd)
+    if args.resume_quantize and not quantized:
+        raise HawqError(f"--resume-quantize given but '{args.resume}' is a floating-point checkpoint")
+    if quantized and args.quant_scheme == FP_SCHEME:
+        raise HawqError(f"'{args.resume}' is a quantized checkpoint; it cannot resume an fp32 run")
+    return ckpt
+
+
+def restore_training_state(args, model, optimizer, ckpt: dict) -> float:
+    """Load a quantized --resume checkpoint into the model and, when it is ours and of the same scheme,
+    the optimizer and epoch counter. Returns best_acc1 so far."""
+    sd = C.state_dict_of(ckpt, args.resume)
+    if C.is_quantized_state(sd):
+        C.load_into(model, sd, args.resume, optional_suffixes=OPTIONAL_KEYS)
+    same_run = ckpt.get("quant_scheme") == args.quant_scheme and "optimizer" in ckpt
+    if same_run and not args.evaluate:
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise HawqError(f"optimizer state in '{args.resume}' does not fit this model ({e})") from None
+        args.start_epoch = int(ckpt.get("epoch", 0))
+    return float(ckpt.get("best_acc1", 0.0)) if same_run else 0.0
+
+
+def _teacher(args, num_classes: int, device):
+    if args.distill_method == "None":
+        return None
+    teacher = fp_model(args.teacher_arch, num_classes,
+                       pretrained=args.teacher_pretrained if args.teacher_pretrained else True)
+    return teacher.to(device).eval()
+
+
+def _featuremap_hook(args, model):
+    """--checkpoint-iter: at that global iteration, save every quantizer's output of the batch."""
+    if args.checkpoint_iter < 0:
+        return None
+    state = {"step": 0}
+
+    def hook(i, images):
+        if state["step"] == args.checkpoint_iter:
+            maps = {}
+            handles = [m.register_forward_hook(lambda mod, inp, out, n=n: maps.__setitem__(n, out.value.detach().cpu()))
+                       for n, m in model.named_modules() if hasattr(m, "activation_bit")]
+            with torch.no_grad():
+                was = model.training
+                model.eval()
+                model(images)
+                model.train(was)
+            for h in handles:
+                h.remove()
+            C.save_atomic(maps, os.path.join(args.save_path, f"featuremaps_iter{args.checkpoint_iter}.pth.tar"))
+        state["step"] += 1
+    return hook
+
+
+def _checkpoint_state(args, model, optimizer, epoch: int, best: float, num_classes: int, bits) -> dict:
+    return {"epoch": epoch, "arch": args.arch, "quant_scheme": args.quant_scheme, "state_dict": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "best_acc1": best, "num_classes": num_classes,
+            "dataset": args.dataset, "bit_config": bits, "args": _plain(vars(args))}
+
+
+def _plain(d: dict) -> dict:
+    """Only weights_only-loadable values (str/int/float/bool/None)."""
+    return {k: v for k, v in d.items() if isinstance(v, (str, int, float, bool)) or v is None}
+
+
+def _export(args, model, input_size: int, bits, top1: float) -> str:
+    path = os.path.join(args.save_path, "quantized_checkpoint.pth.tar")
+    art = export_integer(model, (3, input_size, input_size),
+                         meta={"arch": args.arch, "quant_scheme": args.quant_scheme, "top1": top1})
+    save_artifact(art, path)
+    return path
+
+
+def run(argv=None) -> dict:
+    """Parse ``argv`` and run the job. Returns a summary dict (final/best top-1, paths)."""
+    args = build_parser().parse_args(argv)
+    _check_args(args)
+    _seed_everything(args.seed)
+    device = _device(args)
+    resume = load_resume(args)
+    data = build_loaders(args.dataset, args.data, args.batch_size, args.workers, args.data_percentage,
+                         args.seed, eval_limit=args.eval_limit)
+    model, bits = build_model(args, data.num_classes, resume)
+    model.to(device)
+    teacher = _teacher(args, data.num_classes, device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    best = restore_training_state(args, model, optimizer, resume) if resume is not None else 0.0
+    progress = not args.no_progress
+
+    if args.evaluate:
+        res = engine.evaluate(model, data.val, device, progress=progress)
+        out = {"top1": res["top1"], "top5": res["top5"], "n": res["n"], "artifact": None}
+        if bits is not None:
+            os.makedirs(args.save_path, exist_ok=True)
+            out["artifact"] = _export(args, model, data.input_size, bits, res["top1"])
+        print(f"{args.arch} {args.quant_scheme} eval on {res['n']} images: "
+              f"top1 {res['top1']:.2f}  top5 {res['top5']:.2f}")
+        return out
+
+    os.makedirs(args.save_path, exist_ok=True)
+    log = engine.CsvLog(os.path.join(args.save_path, "log.csv"))
+    hook = _featuremap_hook(args, model)
+    last = {}
+    for epoch in range(args.start_epoch, args.epochs):
+        t0 = time.time()
+        lr = engine.lr_at(epoch, args.lr, args.epochs, args.lr_schedule)
+        engine.set_lr(optimizer, lr)
+        data.train.set_epoch(epoch)
+        tr = engine.train_one_epoch(model, data.train, optimizer, device, epoch, teacher=teacher,
+                                    distill_alpha=args.distill_alpha, temperature=args.temperature,
+                                    fix_bn_fp=(bits is None and args.fix_BN), step_hook=hook, progress=progress)
+        ev = engine.evaluate(model, data.val, device, progress=progress)
+        is_best = ev["top1"] > best
+        best = max(best, ev["top1"])
+        state = _checkpoint_state(args, model, optimizer, epoch + 1, best, data.num_classes, bits)
+        C.save_atomic(state, os.path.join(args.save_path, "checkpoint.pth.tar"))
+        if is_best:
+            C.save_atomic(state, os.path.join(args.save_path, "model_best.pth.tar"))
+            if bits is not None:
+                _export(args, model, data.input_size, bits, ev["top1"])
+        log.write({"epoch": epoch, "lr": lr, "train_loss": tr["loss"], "train_top1": tr["top1"],
+                   "val_loss": ev["loss"], "val_top1": ev["top1"], "val_top5": ev["top5"], "best_top1": best,
+                   "seconds": round(time.time() - t0, 1)})
+        print(f"epoch {epoch}: lr {lr:.4g}  train loss {tr['loss']:.4f} top1 {tr['top1']:.2f}  "
+              f"val top1 {ev['top1']:.2f} top5 {ev['top5']:.2f}  best {best:.2f}  ({time.time() - t0:.0f}s)")
+        last = ev
+    return {"top1": last.get("top1"), "best_top1": best, "save_path": args.save_path}

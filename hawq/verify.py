@@ -1,0 +1,70 @@
+"""Bit-exactness check: the QAT model's eval (integer) path vs the integer reference executor.
+
+    python -m hawq.verify --checkpoint runs/x/model_best.pth.tar [--artifact quantized_checkpoint.pth.tar]
+
+Evaluates both on the validation set (or its first --limit images) and prints a table, then, as the
+last line, ``mismatches: M/N`` where N is the number of output logits compared integer to integer.
+Exit status 1 when M > 0.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+from tqdm import tqdm
+
+from hawq.cli import one_line_errors
+from hawq.data import build_loaders
+from hawq.errors import HawqError
+from hawq.export import export_integer, load_artifact
+from hawq.models.factory import load_quant_checkpoint
+from hawq.reference import run_graph
+
+
+def compare(model, graph: dict, loader, progress: bool = True) -> dict:
+    """Run both executors over ``loader``; count logit mismatches and top-1 of each."""
+    mismatches = total = n = hit_model = hit_ref = 0
+    for x, y in tqdm(loader, desc="verify", disable=not progress, dynamic_ncols=True, leave=False):
+        qat = model.forward_int(x).cpu().numpy()
+        ref = run_graph(graph, x.numpy())
+        mismatches += int((qat != ref).sum())
+        total += qat.size
+        n += len(y)
+        hit_model += int((qat.argmax(1) == y.numpy()).sum())
+        hit_ref += int((ref.argmax(1) == y.numpy()).sum())
+    return {"mismatches": mismatches, "logits": total, "images": n,
+            "qat_top1": 100.0 * hit_model / max(n, 1), "ref_top1": 100.0 * hit_ref / max(n, 1)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, help="QAT checkpoint (checkpoint.pth.tar / model_best.pth.tar)")
+    p.add_argument("--artifact", default=None,
+                   help="integer artifact to check (default: export one from the checkpoint in memory)")
+    p.add_argument("--dataset", default=None, help="default: the dataset the checkpoint was trained on")
+    p.add_argument("--data", default=None)
+    p.add_argument("--limit", type=int, default=None, help="first N validation images (default: all)")
+    p.add_argument("-b", "--batch-size", type=int, default=200)
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+
+    torch.set_grad_enabled(False)
+    model, ckpt = load_quant_checkpoint(args.checkpoint)
+    dataset = args.dataset or ckpt.get("dataset") or "fashion-mnist"
+    data = build_loaders(dataset, args.data, args.batch_size, 0, 1.0, 0, eval_limit=args.limit)
+    if args.artifact:
+        art = load_artifact(args.artifact)
+        if art.get("arch") not in (None, ckpt["arch"]):
+            raise HawqError(f"artifact '{args.artifact}' is for {art.get('arch')}, checkpoint for {ckpt['arch']}")
+    else:
+        art = export_integer(model, (3, data.input_size, data.input_size))
+    r = compare(model, art["graph"], data.val, progress=not args.no_progress)
+    print(f"{'arch':<18}{'scheme':<20}{'images':>8}{'qat_top1':>10}{'ref_top1':>10}")
+    print(f"{ckpt['arch']:<18}{str(ckpt.get('quant_scheme')):<20}{r['images']:>8}"
+          f"{r['qat_top1']:>10.2f}{r['ref_top1']:>10.2f}")
+    print(f"mismatches: {r['mismatches']}/{r['logits']}")
+    return 1 if r["mismatches"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(one_line_errors(main)())

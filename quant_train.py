@@ -1,0 +1,14 @@
+#!/usr/bin/env python
+"""Integer-only quantization-aware training with HAWQ-V3's command line.
+
+    python quant_train.py -a resnet50 --epochs 1 --lr 0.0001 --batch-size 128 --data /path/to/imagenet \
+        --pretrained --save-path ckpt/ --act-range-momentum=0.99 --wd 1e-4 --data-percentage 0.0001 \
+        --fix-BN --checkpoint-iter -1 --quant-scheme uniform8
+
+Without --data it trains on the embedded Fashion-MNIST. See README.md for every flag.
+"""
+from hawq.cli import one_line_errors
+from hawq.train import run
+
+if __name__ == "__main__":
+    one_line_errors(run)()
