@@ -1,0 +1,169 @@
+"""Supported architectures and their HAWQ-V3 quantized-layer inventory.
+
+:data:`ARCHS` lists the pytorchcv ResNets this project quantizes. :func:`quant_layers` walks
+the real pytorchcv model of an arch and returns, in graph order, every quantizer HAWQ-V3
+names in its ``bit_config`` dictionaries (``quant_input``, ``stage1.unit1.quant_convbn1``,
+...), with each conv/linear layer's weight count and multiply-accumulates per image at the
+arch's canonical input size. ``hawq.bit_config`` validates bit assignments and counts model
+size and BOPS from this inventory.
+
+Layer order: stem (``quant_input``, init conv, ``quant_act_int32``), then per unit
+``quant_act``, ``quant_convbn1``, [``quant_act1``, ``quant_convbn2``, [``quant_act2``,
+``quant_convbn3``]], [``quant_identity_convbn``], ``quant_act_int32``, then head
+(``quant_act_output``, ``quant_output``) -- the order of HAWQ-V3's own bit_config dicts.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from hawq.errors import HawqError
+
+#: Kinds of quantized layer: activation quantizer, 16-bit residual accumulator
+#: requantizer, convolution (+ folded BN), fully-connected output layer.
+LAYER_KINDS = ("act", "act_int32", "conv", "linear")
+#: Kinds that own a weight tensor (and so weight bits, size and MACs).
+WEIGHT_KINDS = ("conv", "linear")
+
+
+@dataclass(frozen=True)
+class ArchInfo:
+    """One supported architecture.
+
+    ``input_size`` is the canonical square input side in pixels (MACs are counted there),
+    ``stem_maxpool`` says whether the stem ends with a max pool (ImageNet ResNets), and
+    ``init_conv`` is the HAWQ name of the stem convolution.
+    """
+
+    model_name: str
+    input_size: int
+    num_classes: int
+    stem_maxpool: bool
+    init_conv: str
+
+
+def _imagenet(model_name: str, init_conv: str) -> ArchInfo:
+    return ArchInfo(model_name, 224, 1000, True, init_conv)
+
+
+#: Supported archs, keyed by the ``-a/--arch`` name.
+ARCHS: dict[str, ArchInfo] = {
+    "resnet18": _imagenet("resnet18", "quant_init_block_convbn"),
+    "resnet50": _imagenet("resnet50", "quant_init_convbn"),
+    "resnet50b": _imagenet("resnet50b", "quant_init_convbn"),
+    "resnet101": _imagenet("resnet101", "quant_init_convbn"),
+    "resnet20_cifar10": ArchInfo("resnet20_cifar10", 32, 10, False, "quant_init_block_convbn"),
+}
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One HAWQ quantizer.
+
+    ``weight_numel``: weight elements (bias excluded), 0 for activations.
+    ``macs``: multiply-accumulates per image at the arch's canonical input size, 0 for
+    activations. ``input_act``: HAWQ name of the activation quantizer feeding this
+    conv/linear (its bits are the operand width in BOPS), ``None`` for activations.
+    """
+
+    name: str
+    kind: str
+    weight_numel: int = 0
+    macs: int = 0
+    input_act: str | None = None
+
+
+def arch_info(arch: str) -> ArchInfo:
+    """The :class:`ArchInfo` of ``arch``; an unknown name raises :class:`HawqError`."""
+    try:
+        return ARCHS[arch]
+    except KeyError:
+        raise HawqError(f"unknown arch {arch!r}; supported: {', '.join(ARCHS)}") from None
+
+
+def build_fp_model(arch: str, num_classes: int | None = None, pretrained: bool = False) -> nn.Module:
+    """The floating-point pytorchcv model of ``arch`` (``num_classes`` defaults to the arch's)."""
+    info = arch_info(arch)
+    from pytorchcv.model_provider import get_model  # slow import: only when a model is built
+
+    if num_classes is None:
+        num_classes = info.num_classes
+    return get_model(info.model_name, pretrained=pretrained, num_classes=num_classes)
+
+
+def _conv_of(block: nn.Module) -> nn.Conv2d:
+    """The Conv2d inside a pytorchcv ConvBlock (or a ResInitBlock wrapping one)."""
+    while not isinstance(block, nn.Conv2d):
+        block = block.conv
+    return block
+
+
+def _unit_plan(prefix: str, unit: nn.Module) -> list[tuple[str, str, nn.Module | None, str | None]]:
+    """Plan entries ``(name, kind, module, input_act)`` of one ResUnit, names prefixed."""
+    quant_act = prefix + "quant_act"
+    plan = [(quant_act, "act", None, None)]
+    blocks = [block for name, block in unit.body.named_children() if name.startswith("conv")]
+    feeding = quant_act
+    for k, block in enumerate(blocks, start=1):
+        if k > 1:
+            feeding = f"{prefix}quant_act{k - 1}"
+            plan.append((feeding, "act", None, None))
+        plan.append((f"{prefix}quant_convbn{k}", "conv", _conv_of(block), feeding))
+    if unit.resize_identity:
+        plan.append((prefix + "quant_identity_convbn", "conv", _conv_of(unit.identity_conv), quant_act))
+    plan.append((prefix + "quant_act_int32", "act_int32", None, None))
+    return plan
+
+
+def _layer_plan(model: nn.Module, info: ArchInfo) -> list[tuple[str, str, nn.Module | None, str | None]]:
+    """All plan entries ``(name, kind, module, input_act)`` of a pytorchcv ResNet, graph order."""
+    plan = [
+        ("quant_input", "act", None, None),
+        (info.init_conv, "conv", _conv_of(model.features.init_block), "quant_input"),
+        ("quant_act_int32", "act_int32", None, None),
+    ]
+    for stage_name, stage in model.features.named_children():
+        if stage_name.startswith("stage"):
+            for unit_name, unit in stage.named_children():
+                plan += _unit_plan(f"{stage_name}.{unit_name}.", unit)
+    plan += [
+        ("quant_act_output", "act", None, None),
+        ("quant_output", "linear", model.output, "quant_act_output"),
+    ]
+    return plan
+
+
+def _macs_per_image(module: nn.Module, output: torch.Tensor) -> int:
+    """MACs of one conv/linear call per image: output elements x (C_in/groups * kh * kw)."""
+    return output.shape[1:].numel() * module.weight.shape[1:].numel()
+
+
+@functools.lru_cache(maxsize=None)
+def _quant_layers_cached(arch: str) -> tuple[LayerSpec, ...]:
+    info = arch_info(arch)
+    with torch.device("meta"):  # shapes only: no weights allocated, no arithmetic done
+        model = build_fp_model(arch).eval()
+        plan = _layer_plan(model, info)
+        macs: dict[nn.Module, int] = {}
+
+        def record(module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+            macs[module] = _macs_per_image(module, output)
+
+        hooks = [module.register_forward_hook(record) for _n, _k, module, _f in plan if module is not None]
+        model(torch.zeros(1, 3, info.input_size, info.input_size))
+    for hook in hooks:
+        hook.remove()
+    return tuple(
+        LayerSpec(name, kind)
+        if module is None
+        else LayerSpec(name, kind, module.weight.numel(), macs[module], feeding)
+        for name, kind, module, feeding in plan
+    )
+
+
+def quant_layers(arch: str) -> list[LayerSpec]:
+    """Every HAWQ quantizer of ``arch`` in graph order (cached per arch; a fresh list each call)."""
+    return list(_quant_layers_cached(arch))
