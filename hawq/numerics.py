@@ -209,8 +209,10 @@ def requantize(acc, m, shift):
     ``acc``: int64 tensor/array with |acc| < 2^32; ``m``, ``shift``: int64 broadcastable to acc
     (e.g. per-channel, reshaped to [1, C, 1, 1]). No clamp here: see :func:`saturate`.
     """
-    one = 1
-    return (acc * m + (one << (shift - 1))) >> shift
+    out = acc * m                 # fresh int64 buffer; the rest is in place (large eval tensors)
+    out += 1 << (shift - 1)
+    out >>= shift
+    return out
 
 
 def saturate(x, lo: int, hi: int):
@@ -220,11 +222,20 @@ def saturate(x, lo: int, hi: int):
     return np.clip(x, lo, hi)
 
 
+def saturate_(x, lo: int, hi: int):
+    """In-place :func:`saturate` for a freshly computed integer buffer."""
+    if isinstance(x, torch.Tensor):
+        return x.clamp_(lo, hi)
+    return np.clip(x, lo, hi, out=x)
+
+
 def residual_add(branch, m_branch, s_branch, identity, m_id, s_id, lo: int, hi: int):
     """Residual add in a wide domain: each term is requantized in int64 to the output scale,
     summed in int64 (cannot overflow: each term < 2^62), then saturated to the accumulator's
     declared range [lo, hi]. HAWQ's version skips the saturation and overflows int16."""
-    return saturate(requantize(branch, m_branch, s_branch) + requantize(identity, m_id, s_id), lo, hi)
+    out = requantize(branch, m_branch, s_branch)
+    out += requantize(identity, m_id, s_id)
+    return saturate_(out, lo, hi)
 
 
 def channel_view(v, ndim: int, channel_dim: int = 1):

@@ -168,10 +168,20 @@ class QuantResNet(nn.Module):
         q = self.quant_act_output(self.final_pool(q))
         return self.quant_output(q)
 
+    #: The integer path is memory-bound on int64 tensors; batches of this size keep them in cache
+    #: (measured on 2 cores: 17 ms/image at batch 200, 2-3 ms/image in chunks of 32).
+    eval_chunk = 32
+
+    def _forward_int_chunked(self, x: torch.Tensor) -> Q:
+        if x.shape[0] <= self.eval_chunk:
+            return self.forward_q(x)      # the very tensor, so graph recording can name it
+        outs = [self.forward_q(c) for c in x.split(self.eval_chunk)]
+        return Q(torch.cat([o.value for o in outs]), outs[0].scale)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q = self.forward_q(x)
         if self.training:
-            return q.value
+            return self.forward_q(x).value
+        q = self._forward_int_chunked(x)
         return (q.value.double() * q.scale.reshape(1, -1)).float()
 
     @torch.no_grad()
@@ -179,4 +189,4 @@ class QuantResNet(nn.Module):
         """Integer logits (int64 [B, classes]); requires eval mode."""
         if self.training:
             raise RuntimeError("forward_int needs eval mode (model.eval())")
-        return self.forward_q(x).value
+        return self._forward_int_chunked(x).value

@@ -39,17 +39,31 @@ def exact_conv2d(q: torch.Tensor, w: torch.Tensor, stride, padding, dilation, gr
     53-bit mantissa holds any int32 accumulator, and the final round() absorbs the rounding error of
     transform-based algorithms (cuDNN FFT/Winograd), which is far below 0.5 at these magnitudes.
     """
-    bound = int(q.abs().max()) * int(w.abs().reshape(w.shape[0], -1).sum(1).max()) if q.numel() else 0
-    dtype = torch.float32 if (bound < _F32_EXACT and q.device.type == "cpu") else torch.float64
+    dtype = _exact_dtype(q, w)
     y = F.conv2d(q.to(dtype), w.to(dtype), None, stride, padding, dilation, groups)
-    return torch.round(y).to(torch.int64)
+    return _to_int(y)
+
+
+def _exact_dtype(q: torch.Tensor, w: torch.Tensor) -> torch.dtype:
+    """float32 when max|q|·max_c Σ|w_c| < 2^24 on CPU, else float64."""
+    if q.numel() == 0 or q.device.type != "cpu":
+        return torch.float64
+    lo, hi = q.aminmax()
+    bound = max(-int(lo), int(hi)) * int(w.abs().reshape(w.shape[0], -1).sum(1).max())
+    return torch.float32 if bound < _F32_EXACT else torch.float64
+
+
+def _to_int(y: torch.Tensor) -> torch.Tensor:
+    """Exact float accumulator -> int64; float64 results are rounded first (see exact_conv2d)."""
+    if y.dtype == torch.float64:
+        y = torch.round(y)
+    return y.to(torch.int64)
 
 
 def exact_linear(q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Integer matrix product [B, in] x [out, in]^T -> int64 [B, out], exact as in :func:`exact_conv2d`."""
-    bound = int(q.abs().max()) * int(w.abs().sum(1).max()) if q.numel() else 0
-    dtype = torch.float32 if (bound < _F32_EXACT and q.device.type == "cpu") else torch.float64
-    return torch.round(q.to(dtype) @ w.to(dtype).t()).to(torch.int64)
+    dtype = _exact_dtype(q, w)
+    return _to_int(q.to(dtype) @ w.to(dtype).t())
 
 
 def _emulate_requant(v: torch.Tensor, scale_in: torch.Tensor, scale_out: torch.Tensor) -> torch.Tensor:
@@ -168,7 +182,7 @@ class QuantAct(nn.Module):
         elif identity is None:
             m, sh = N.dyadic(N.requant_ratio(x.scale, scale))
             m_t, s_t = _int_params(m, sh, x.value, x.value.dim())
-            q = N.saturate(N.requantize(x.value, m_t, s_t), lo - z, hi - z)
+            q = N.saturate_(N.requantize(x.value, m_t, s_t), lo - z, hi - z)
             if rec:
                 rec.add("requant", self.layer_name, [x.value], q, multiplier=torch.from_numpy(m),
                         shift=torch.from_numpy(sh), qmin=lo - z, qmax=hi - z, zero_point=z,
@@ -285,7 +299,8 @@ class QuantBnConv2d(_QuantWeightLayer):
         self.weight_integer.copy_(w_int)
         self.bias_integer.copy_(b_int)
         c = self.conv
-        acc = exact_conv2d(x.value, w_int, c.stride, c.padding, c.dilation, c.groups) + N.channel_view(b_int, 4)
+        acc = exact_conv2d(x.value, w_int, c.stride, c.padding, c.dilation, c.groups)
+        acc += N.channel_view(b_int, 4)
         rec = active()
         if rec:
             rec.add("conv2d", self.layer_name, [x.value], acc, weight=w_int.to(torch.int8).cpu(),

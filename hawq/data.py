@@ -1,0 +1,533 @@
+"""Datasets and batch loaders for training and evaluation.
+
+Two datasets are supported (``build_loaders(dataset=...)``):
+
+``fashion-mnist`` (the embedded default)
+    Read from the four standard IDX files, gzipped or not, in ``/usr/share/datasets/fashion-mnist``
+    (Debian's ``dataset-fashion-mnist``, installed by ``make setup``) or in a user-given directory.
+    The whole set lives in memory as uint8 and is batched by :class:`ArrayLoader`: gather,
+    augment and normalize one batch with a handful of tensor ops. A per-sample ``DataLoader``
+    would spend most of its time in Python on a 2-core machine.
+
+``imagenet``
+    Any ImageNet-layout tree ``DIR/train/<class>/*`` + ``DIR/val/<class>/*`` read with
+    ``torchvision.datasets.ImageFolder`` and the standard HAWQ / pytorch-examples transforms.
+
+Model contract for Fashion-MNIST inputs (the exported integer model sees exactly this):
+a 28x28 uint8 image is zero-padded by 2 px to 32x32, scaled to [0, 1], replicated to 3 channels
+and normalized with :data:`FMNIST_MEAN` / :data:`FMNIST_STD`; batches are float32 NCHW
+``[B, 3, 32, 32]``.
+
+Every random choice (subset, shuffle order, augmentation) comes from a ``torch.Generator`` seeded
+from ``(seed, epoch)``, so a run is reproducible and an epoch can be replayed after a resume.
+"""
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hawq.errors import HawqError
+
+DATASETS = ("fashion-mnist", "imagenet")
+
+# ----------------------------------------------------------------------------- constants
+FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FMNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+FMNIST_CLASSES = 10
+FMNIST_HW = 28  #: stored image side (pixels)
+FMNIST_PAD = 2  #: zero border added on each side, 28 -> 32 (ResNet strides want a power of 2)
+FMNIST_INPUT = FMNIST_HW + 2 * FMNIST_PAD  #: 32
+AUG_SHIFT = 2  #: random-crop padding: translations of up to +-2 px
+
+#: Mean and (population, ddof=0) standard deviation of all 60000*28*28 Fashion-MNIST *training*
+#: pixels scaled to [0, 1], computed once in float64 over the un-padded images:
+#:   x = train_images.astype(np.float64) / 255;  x.mean(), x.std()
+#:   -> 0.2860405969887955, 0.35302424451492254
+#: (tests/test_data.py recomputes them). Rounded to 4 digits: they are part of the model
+#: contract, the rounding only has to be stable, not exact.
+FMNIST_MEAN = 0.2860
+FMNIST_STD = 0.3530
+
+#: ImageNet channel statistics (RGB, [0, 1] scale) used by torchvision, pytorchcv and HAWQ.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_INPUT = 224
+IMAGENET_RESIZE = 256
+
+_INSTALL_HINT = ("run `make setup` (installs Debian's dataset-fashion-mnist) or "
+                 "`sudo apt-get install dataset-fashion-mnist`, or pass --data DIR holding the "
+                 "four IDX files")
+
+
+# ----------------------------------------------------------------------------- IDX files
+# IDX header: two zero bytes, one type byte, one byte = number of dims, then one big-endian
+# uint32 per dim; the data follow, big-endian, row-major. http://yann.lecun.com/exdb/mnist/
+_IDX_DTYPES = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's content, gunzipped when it starts with the gzip magic (whatever its name)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        if raw[:2] == b"\x1f\x8b":
+            return gzip.decompress(raw)
+        return raw
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; truncated gz: EOF
+        raise HawqError(f"cannot read IDX file {path}: {e}") from None
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Parse one IDX file (optionally gzipped) into a native-endian NumPy array.
+
+    Returns an array of the header's shape, dtype uint8 for type code 0x08 (the MNIST family),
+    else int8/int16/int32/float32/float64. Raises :class:`HawqError` naming the file when the
+    header is malformed or the payload is not exactly ``prod(dims) * itemsize`` bytes.
+    """
+    path = Path(path)
+    data = _read_bytes(path)
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise HawqError(f"not an IDX file (bad magic number): {path}")
+    code, ndim = data[2], data[3]
+    if code not in _IDX_DTYPES:
+        raise HawqError(f"IDX file {path} has unknown data type code 0x{code:02x}")
+    if ndim == 0:
+        raise HawqError(f"IDX file {path} declares 0 dimensions")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise HawqError(f"IDX file {path} is truncated inside its header")
+    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    dtype = _IDX_DTYPES[code]
+    expected = header + math.prod(dims) * dtype.itemsize
+    if len(data) != expected:
+        raise HawqError(f"IDX file {path} has {len(data)} bytes, its header {dims} implies "
+                        f"{expected} (truncated or corrupt)")
+    arr = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+    return arr.astype(dtype.newbyteorder("="))  # native byte order, and a writable copy
+
+
+def _find_idx(root: Path, name: str) -> Path:
+    """``root/name.gz`` or else the un-gzipped ``root/name``; HawqError if neither exists."""
+    for candidate in (root / f"{name}.gz", root / name):
+        if candidate.is_file():
+            return candidate
+    raise HawqError(f"Fashion-MNIST file missing: {root / name}.gz (nor un-gzipped {name}); "
+                    f"{_INSTALL_HINT}")
+
+
+@lru_cache(maxsize=8)
+def _read_idx_cached(path: str, mtime_ns: int, size: int) -> np.ndarray:
+    """read_idx memoized on (path, mtime, size): the 47 MB train set is parsed once a process."""
+    arr = read_idx(path)
+    arr.setflags(write=False)  # shared by every caller
+    return arr
+
+
+def _load_idx(path: Path) -> np.ndarray:
+    st = path.stat()
+    return _read_idx_cached(str(path), st.st_mtime_ns, st.st_size)
+
+
+def _check_split(images: np.ndarray, labels: np.ndarray, split: str, root: Path) -> None:
+    if images.ndim != 3 or images.shape[1:] != (FMNIST_HW, FMNIST_HW) or images.dtype != np.uint8:
+        raise HawqError(f"Fashion-MNIST {split} images in {root} must be uint8 [N,28,28], "
+                        f"got {images.dtype} {list(images.shape)}")
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise HawqError(f"Fashion-MNIST {split} labels in {root} must be [{images.shape[0]}], "
+                        f"got {list(labels.shape)}")
+    if labels.size and (labels.min() < 0 or labels.max() >= FMNIST_CLASSES):
+        raise HawqError(f"Fashion-MNIST {split} labels in {root} must lie in [0, 9]")
+
+
+def load_fashion_mnist(root: str | os.PathLike | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Load Fashion-MNIST from ``root`` (default :data:`FMNIST_DIR`).
+
+    Returns ``(train_x, train_y, test_x, test_y)``: images uint8 ``[N, 28, 28]`` (read-only,
+    cached per process), labels int64 ``[N]`` in [0, 9]; N = 60000 / 10000 for the real set.
+    Raises :class:`HawqError` (one line, with the install hint) when a file is missing.
+    """
+    root = Path(root if root is not None else FMNIST_DIR)
+    if not root.is_dir():
+        raise HawqError(f"Fashion-MNIST directory not found: {root}; {_INSTALL_HINT}")
+    arrays = {key: _load_idx(_find_idx(root, name)) for key, name in FMNIST_FILES.items()}
+    out = []
+    for split in ("train", "test"):
+        x, y = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        _check_split(x, y, split, root)
+        out += [x, y.astype(np.int64)]
+    return tuple(out)
+
+
+# ----------------------------------------------------------------------------- preprocessing
+# Normalized value of each uint8 level: one table lookup replaces scale + normalize and makes
+# the mapping bit-identical wherever it is applied.
+_FMNIST_LUT = ((torch.arange(256, dtype=torch.float64) / 255 - FMNIST_MEAN) / FMNIST_STD
+               ).to(torch.float32)
+#: What a zero (padding / background) pixel becomes after normalization.
+FMNIST_ZERO = float(_FMNIST_LUT[0])
+
+
+def _as_uint8_batch(images) -> torch.Tensor:
+    """uint8 tensor ``[B, H, W]`` from a NumPy array or tensor ``[B, H, W]`` or ``[H, W]``.
+
+    Read-only arrays (the cached Fashion-MNIST ones) are copied: torch cannot wrap them safely.
+    """
+    if not torch.is_tensor(images):
+        arr = np.asarray(images)
+        images = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+    if images.dtype != torch.uint8:
+        raise HawqError(f"expected uint8 images, got {images.dtype}")
+    if images.dim() == 2:
+        images = images.unsqueeze(0)
+    if images.dim() != 3:
+        raise HawqError(f"expected images [B, H, W], got {list(images.shape)}")
+    return images
+
+
+def pad_images(images: torch.Tensor, pad: int = FMNIST_PAD) -> torch.Tensor:
+    """Zero-pad uint8 ``[B, H, W]`` by ``pad`` pixels per side -> uint8 ``[B, H+2p, W+2p]``."""
+    return F.pad(images, (pad, pad, pad, pad))
+
+
+def normalize_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[B, H, W]`` -> float32 ``[B, 3, H, W]``: scale to [0, 1], normalize, 3 channels.
+
+    The channel copies are materialized (contiguous) so downstream in-place ops are safe.
+    """
+    x = _FMNIST_LUT[images.long()]
+    return x.unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+
+
+def random_flip_crop(images: torch.Tensor, generator: torch.Generator,
+                     shift: int = AUG_SHIFT) -> torch.Tensor:
+    """Random crop (``shift`` px zero padding, same size) then random horizontal flip, per sample.
+
+    ``images``: uint8 ``[B, H, W]``; returns uint8 ``[B, H, W]``. Equivalent to torchvision's
+    ``RandomCrop(H, padding=shift)`` + ``RandomHorizontalFlip()`` but one gather for the whole
+    batch. Draws, in order: B flip coins, B row offsets, B column offsets, all from ``generator``.
+    """
+    b, h, w = images.shape
+    flip = torch.rand(b, generator=generator) < 0.5
+    oy = torch.randint(0, 2 * shift + 1, (b,), generator=generator)
+    ox = torch.randint(0, 2 * shift + 1, (b,), generator=generator)
+    padded = pad_images(images, shift)
+    rows = oy[:, None] + torch.arange(h)                                  # [B, H]
+    cols_fwd = torch.arange(w)
+    cols = ox[:, None] + torch.where(flip[:, None], cols_fwd.flip(0), cols_fwd)  # [B, W]
+    return padded[torch.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def preprocess(images) -> torch.Tensor:
+    """Eval transform: uint8 ``[B, 28, 28]`` (or ``[28, 28]``) -> float32 ``[B, 3, 32, 32]``."""
+    return normalize_images(pad_images(_as_uint8_batch(images)))
+
+
+def augment(images, generator: torch.Generator) -> torch.Tensor:
+    """Train transform: pad to 32, random crop(+-2 px) + flip, normalize -> float32 ``[B,3,32,32]``."""
+    return normalize_images(random_flip_crop(pad_images(_as_uint8_batch(images)), generator))
+
+
+# ----------------------------------------------------------------------------- seeding / subsets
+# Stream tags keep the epoch streams and the subset stream apart (SeedSequence treats trailing
+# zero words as absent, so the tag sits *before* the epoch).
+_STREAM_EPOCH, _STREAM_SUBSET = 1, 2
+
+
+def _seeded_generator(*keys: int) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded from a tuple of ints mixed by NumPy's SeedSequence.
+
+    Mixing (rather than seed+epoch arithmetic) keeps nearby seeds/epochs unrelated: otherwise
+    (seed=1, epoch=0) would replay (seed=0, epoch=1).
+    """
+    words = [int(k) & 0xFFFFFFFF for k in keys]  # SeedSequence wants non-negative words
+    state = np.random.SeedSequence(words).generate_state(2)
+    g = torch.Generator()
+    g.manual_seed(int(state[0]) << 32 | int(state[1]))
+    return g
+
+
+def epoch_generator(seed: int, epoch: int = 0) -> torch.Generator:
+    """The generator for epoch ``epoch`` of a run seeded ``seed`` (shuffle + augmentation)."""
+    return _seeded_generator(seed, _STREAM_EPOCH, epoch)
+
+
+def check_data_percentage(fraction: float) -> float:
+    """``fraction`` as a float in (0, 1], else HawqError."""
+    try:
+        value = float(fraction)
+    except (TypeError, ValueError):
+        raise HawqError(f"--data-percentage must be a number in (0, 1], got {fraction!r}") from None
+    if not (0.0 < value <= 1.0):  # also rejects NaN
+        raise HawqError(f"--data-percentage must be in (0, 1], got {fraction!r}")
+    return value
+
+
+def subset_indices(n: int, fraction: float, seed: int) -> np.ndarray | None:
+    """Seed-deterministic random subset of ``range(n)`` holding ``round(n * fraction)`` indices.
+
+    At least one index; returned sorted (int64 ``[k]``) since the loader shuffles anyway.
+    ``None`` when ``fraction == 1`` (the whole set, no gather needed).
+    """
+    fraction = check_data_percentage(fraction)
+    if fraction == 1.0:
+        return None
+    k = min(n, max(1, round(n * fraction)))
+    perm = torch.randperm(n, generator=_seeded_generator(seed, _STREAM_SUBSET))
+    return np.sort(perm[:k].numpy()).astype(np.int64)
+
+
+def _check_positive(name: str, value: int | None, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, (int, np.integer)) or value < 1:
+        raise HawqError(f"{name} must be a positive integer, got {value!r}")
+
+
+# ----------------------------------------------------------------------------- in-memory loader
+class ArrayLoader:
+    """Batches an in-memory uint8 image set (Fashion-MNIST) without per-sample Python work.
+
+    ``images_uint8``: ``[N, 28, 28]`` uint8 (NumPy or tensor); ``labels``: ``[N]`` integers.
+    ``indices`` (optional) restricts to those samples (e.g. a ``--data-percentage`` subset);
+    ``limit`` then keeps the first ``limit`` of them (deterministic eval subsets).
+    Iterating yields ``(x float32 [B, 3, 32, 32], y int64 [B])``; the last batch may be short.
+    With ``train=True`` each epoch is shuffled and augmented from ``epoch_generator(seed,
+    epoch)``: call :meth:`set_epoch` before iterating; iterating the same epoch twice repeats
+    it exactly. With ``train=False`` order is fixed and only :func:`preprocess` is applied.
+    """
+
+    def __init__(self, images_uint8, labels, batch_size: int, train: bool, seed: int = 0,
+                 indices=None, limit: int | None = None):
+        _check_positive("batch_size", batch_size)
+        _check_positive("limit", limit, allow_none=True)
+        images = _as_uint8_batch(images_uint8)
+        labels = (labels.to(torch.int64) if torch.is_tensor(labels)
+                  else torch.from_numpy(np.array(labels, dtype=np.int64)))  # own copy
+        if labels.shape != images.shape[:1]:
+            raise HawqError(f"labels {list(labels.shape)} do not match images "
+                            f"{list(images.shape)}")
+        if indices is not None:
+            idx = torch.as_tensor(np.asarray(indices), dtype=torch.int64)
+            images, labels = images[idx], labels[idx]  # gather once, not every epoch
+        if limit is not None:
+            images, labels = images[:limit], labels[:limit]
+        self.images, self.labels = images, labels
+        self.batch_size = int(batch_size)
+        self.train = bool(train)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.dataset_size = int(labels.shape[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the shuffle order / augmentation stream of epoch ``epoch`` (train only)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return -(-self.dataset_size // self.batch_size)  # ceil: the partial batch is kept
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n, bs = self.dataset_size, self.batch_size
+        if not self.train:
+            for start in range(0, n, bs):
+                yield preprocess(self.images[start:start + bs]), self.labels[start:start + bs]
+            return
+        g = epoch_generator(self.seed, self.epoch)
+        order = torch.randperm(n, generator=g)
+        for start in range(0, n, bs):
+            idx = order[start:start + bs]
+            yield augment(self.images[idx], g), self.labels[idx]
+
+
+# ----------------------------------------------------------------------------- ImageFolder
+class TorchLoader:
+    """A ``DataLoader`` plus :meth:`set_epoch` (reseeds its shuffling) and ``dataset_size``.
+
+    The DataLoader draws both the sampler permutation and the workers' base seed from
+    ``generator``, so with ``num_workers > 0`` shuffle order and augmentation are determined by
+    ``(seed, epoch)``. With ``num_workers == 0`` the transforms draw from torch's global RNG
+    (seed it with ``torch.manual_seed`` for reproducible augmentation).
+    """
+
+    def __init__(self, loader: torch.utils.data.DataLoader, generator: torch.Generator | None,
+                 seed: int):
+        self.loader = loader
+        self.generator = generator
+        self.seed = int(seed)
+        self.dataset_size = len(loader.dataset)
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if self.generator is not None:
+            self.generator.manual_seed(epoch_generator(self.seed, self.epoch).initial_seed())
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in self.loader:
+            yield x, y
+
+
+def imagenet_transforms(train: bool):
+    """HAWQ / pytorch-examples transforms -> float32 ``[3, 224, 224]`` normalized with ImageNet stats."""
+    from torchvision import transforms as T
+
+    norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    if train:
+        return T.Compose([T.RandomResizedCrop(IMAGENET_INPUT), T.RandomHorizontalFlip(),
+                          T.ToTensor(), norm])
+    return T.Compose([T.Resize(IMAGENET_RESIZE), T.CenterCrop(IMAGENET_INPUT), T.ToTensor(), norm])
+
+
+def _split_dir(data: str | os.PathLike | None, split: str) -> Path:
+    """``data/split`` after checking both exist; HawqError naming the missing path."""
+    if data is None:
+        raise HawqError("--dataset imagenet needs --data DIR (an ImageFolder tree with "
+                        "train/<class>/ and val/<class>/)")
+    root = Path(data)
+    if not root.is_dir():
+        raise HawqError(f"data directory not found: {root}")
+    path = root / split
+    if not path.is_dir():
+        raise HawqError(f"ImageFolder split directory not found: {path} "
+                        f"(expected {root}/train/<class>/ and {root}/val/<class>/)")
+    return path
+
+
+def _image_folder(data, split: str, train: bool):
+    from torchvision.datasets import ImageFolder
+
+    path = _split_dir(data, split)
+    try:
+        return ImageFolder(str(path), transform=imagenet_transforms(train))
+    except (FileNotFoundError, RuntimeError) as e:  # no class dirs / no images in them
+        msg = " ".join(str(e).split())
+        raise HawqError(f"empty ImageFolder split {path}: {msg}") from None
+
+
+def _imagefolder_classes(data) -> list[str]:
+    from torchvision.datasets.folder import find_classes
+
+    path = _split_dir(data, "train")
+    try:
+        return find_classes(str(path))[0]
+    except FileNotFoundError:
+        raise HawqError(f"empty ImageFolder split {path}: no class directories") from None
+
+
+def _eval_subset_indices(n: int, limit: int) -> list[int]:
+    """``limit`` evenly spaced indices of ``range(n)``.
+
+    ImageFolder sorts samples by class, so "first N" would be one class only; evenly spaced
+    indices keep the eval subset deterministic *and* class-balanced.
+    """
+    if limit >= n:
+        return list(range(n))
+    return [int(i) for i in np.linspace(0, n - 1, limit).round()]
+
+
+def _imagenet_loaders(data, batch_size: int, workers: int, fraction: float, seed: int,
+                      eval_limit: int | None) -> tuple[TorchLoader, TorchLoader, int]:
+    from torch.utils.data import DataLoader, Subset
+
+    _split_dir(data, "train"), _split_dir(data, "val")  # report a missing split before scanning
+    train_set = _image_folder(data, "train", train=True)
+    val_set = _image_folder(data, "val", train=False)
+    if train_set.classes != val_set.classes:
+        raise HawqError(f"class directories differ between {Path(data) / 'train'} "
+                        f"({len(train_set.classes)}) and {Path(data) / 'val'} "
+                        f"({len(val_set.classes)}); labels would not line up")
+    num_classes = len(train_set.classes)
+    idx = subset_indices(len(train_set), fraction, seed)
+    if idx is not None:
+        train_set = Subset(train_set, idx.tolist())
+    if eval_limit is not None:
+        val_set = Subset(val_set, _eval_subset_indices(len(val_set), eval_limit))
+    pin = torch.cuda.is_available()
+    g = torch.Generator()
+    train = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=g,
+                       num_workers=workers, pin_memory=pin)
+    val = DataLoader(val_set, batch_size=batch_size, shuffle=False, num_workers=workers,
+                     pin_memory=pin)
+    return TorchLoader(train, g, seed), TorchLoader(val, None, seed), num_classes
+
+
+# ----------------------------------------------------------------------------- entry point
+@dataclass
+class DataBundle:
+    """What the trainer needs: loaders yielding ``(x float32 [B,3,S,S], y int64 [B])``.
+
+    ``train`` and ``val`` have ``__len__`` (batches), ``set_epoch(epoch)`` and
+    ``dataset_size`` (samples); ``input_size`` is S (32 or 224); ``name`` the dataset name.
+    """
+
+    train: ArrayLoader | TorchLoader
+    val: ArrayLoader | TorchLoader
+    num_classes: int
+    input_size: int
+    name: str
+
+
+def _check_dataset(dataset: str) -> str:
+    name = str(dataset).lower()
+    if name not in DATASETS:
+        raise HawqError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    return name
+
+
+def num_classes_of(dataset: str, data: str | os.PathLike | None = None) -> int:
+    """Number of classes: 10 for Fashion-MNIST, else the class directories in ``data/train``."""
+    if _check_dataset(dataset) == "fashion-mnist":
+        return FMNIST_CLASSES
+    return len(_imagefolder_classes(data))
+
+
+def build_loaders(dataset: str, data: str | os.PathLike | None, batch_size: int, workers: int,
+                  data_percentage: float, seed: int, eval_limit: int | None = None) -> DataBundle:
+    """Build the train / val loaders for ``dataset`` (``fashion-mnist`` or ``imagenet``).
+
+    ``data``: for Fashion-MNIST an optional directory holding the four IDX files (default
+    :data:`FMNIST_DIR`); for ``imagenet`` the required ImageFolder root. ``workers`` is used by
+    the ImageFolder DataLoader only. ``data_percentage`` in (0, 1] keeps a seed-deterministic
+    random subset of the training set; ``eval_limit`` caps the validation set (Fashion-MNIST:
+    first N test images; ImageFolder: N evenly spaced ones). Errors are :class:`HawqError`.
+    """
+    name = _check_dataset(dataset)
+    _check_positive("batch_size", batch_size)
+    _check_positive("eval_limit", eval_limit, allow_none=True)
+    fraction = check_data_percentage(data_percentage)
+    if name == "fashion-mnist":
+        train_x, train_y, test_x, test_y = load_fashion_mnist(data)
+        idx = subset_indices(len(train_y), fraction, seed)
+        train = ArrayLoader(train_x, train_y, batch_size, train=True, seed=seed, indices=idx)
+        val = ArrayLoader(test_x, test_y, batch_size, train=False, seed=seed, limit=eval_limit)
+        return DataBundle(train, val, FMNIST_CLASSES, FMNIST_INPUT, name)
+    if not isinstance(workers, (int, np.integer)) or workers < 0:
+        raise HawqError(f"workers must be a non-negative integer, got {workers!r}")
+    train, val, num_classes = _imagenet_loaders(data, batch_size, workers, fraction, seed,
+                                                eval_limit)
+    return DataBundle(train, val, num_classes, IMAGENET_INPUT, name)
