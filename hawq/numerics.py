@@ -20,8 +20,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-#: Width of the dyadic multiplier: m in [2^30, 2^31), so m fits a signed int32 and
-#: |acc| * m < 2^63 for every |acc| < 2^32 (all accumulators here are int32 or smaller).
+#: Width of the dyadic multiplier: m in [2^30, 2^31), so m fits a signed int32, and
+#: |acc·m| + 2^(shift-1) < 2^63 for every |acc| <= 3·2^30 (the largest accumulator here is an
+#: int32-clamped bias plus a conv sum < 2^28, i.e. < 2^31 + 2^28).
 MANTISSA_BITS = 31
 #: Largest right shift; with |acc*m| < 2^63 a shift of 62 already rounds everything to 0 or ±1.
 MAX_SHIFT = 62
@@ -206,7 +207,7 @@ def dyadic(ratio) -> tuple[np.ndarray, np.ndarray]:
 def requantize(acc, m, shift):
     """Integer-only rescale: round_half_up(acc · m / 2^shift) = (acc·m + 2^(shift-1)) >> shift.
 
-    ``acc``: int64 tensor/array with |acc| < 2^32; ``m``, ``shift``: int64 broadcastable to acc
+    ``acc``: int64 tensor/array with |acc| <= 3·2^30; ``m``, ``shift``: int64 broadcastable to acc
     (e.g. per-channel, reshaped to [1, C, 1, 1]). No clamp here: see :func:`saturate`.
     """
     out = acc * m                 # fresh int64 buffer; the rest is in place (large eval tensors)

@@ -68,8 +68,9 @@ def exact_linear(q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 def _emulate_requant(v: torch.Tensor, scale_in: torch.Tensor, scale_out: torch.Tensor) -> torch.Tensor:
     """Training-time emulation of the integer path's rounding points: round the accumulator to an
-    integer, then rescale by S_in/S_out and round half up. The float ratio differs from the dyadic
-    m·2^-shift by < 2^-30 relative; eval mode uses the exact dyadic form."""
+    integer, then rescale by S_in/S_out and round half up. The ratio is formed in the training dtype
+    (float32), so values within float32 rounding of a tie may round differently from eval mode,
+    which uses the exact dyadic m·2^-shift."""
     s_in = N.channel_view(scale_in.to(v.dtype), v.dim()) if scale_in.numel() > 1 else scale_in.to(v.dtype)
     acc = torch.round(v / s_in)
     return torch.floor(acc * (s_in / scale_out.to(v.dtype)) + 0.5)

@@ -1,0 +1,107 @@
+"""Released checkpoints: the commands that train them and the manifest that describes them.
+
+    python -m hawq.release train      # runs every command below (long: about an hour on 2 cores)
+    python -m hawq.release manifest   # copies the best checkpoints into checkpoints/, evaluates
+                                      # each one with quant_train.py -e and writes MANIFEST.csv
+
+The manifest's top1 is measured by the same evaluation a user runs (``quant_train.py -e``) on the
+full Fashion-MNIST test set, so re-running that command reproduces it exactly.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import os
+import shlex
+import shutil
+
+from hawq.cli import one_line_errors
+from hawq.train import run
+
+ARCH = "resnet20_cifar10"
+RUNS = "runs/release"
+OUT = "checkpoints"
+FP_FILE = f"{OUT}/{ARCH}_fp32.pth.tar"
+_COMMON = ["-a", ARCH, "-b", "128", "--lr-schedule", "cosine", "--no-progress"]
+_QAT = ["--fix-BN", "--act-range-momentum", "0.99", "--wd", "1e-4", "--pretrained", FP_FILE]
+
+#: (released file, quant_train.py arguments). QAT runs start from the released FP checkpoint.
+RELEASES = [
+    (FP_FILE, ["--quant-scheme", "fp32", "--epochs", "6", "--lr", "0.1", "--wd", "5e-4",
+               "--save-path", f"{RUNS}/fp32", *_COMMON]),
+    (f"{OUT}/{ARCH}_uniform8.pth.tar", ["--quant-scheme", "uniform8", "--epochs", "1", "--lr", "0.002",
+                                       "--save-path", f"{RUNS}/uniform8", *_QAT, *_COMMON]),
+    (f"{OUT}/{ARCH}_uniform4.pth.tar", ["--quant-scheme", "uniform4", "--epochs", "2", "--lr", "0.01",
+                                       "--save-path", f"{RUNS}/uniform4", *_QAT, *_COMMON]),
+    (f"{OUT}/{ARCH}_mixed_stage1_8bit.pth.tar", ["--quant-scheme", "mixed_stage1_8bit", "--epochs", "2",
+                                                "--lr", "0.01", "--save-path", f"{RUNS}/mixed_stage1_8bit",
+                                                *_QAT, *_COMMON]),
+]
+MANIFEST_FIELDS = ("file", "sha256", "arch", "scheme", "dataset", "top1", "command")
+
+
+def _arg(argv: list[str], flag: str) -> str:
+    return argv[argv.index(flag) + 1]
+
+
+def command_of(argv: list[str]) -> str:
+    return "python quant_train.py " + shlex.join(argv)
+
+
+def sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def evaluate_release(path: str, scheme: str) -> float:
+    """Top-1 of a released checkpoint exactly as `quant_train.py -e` reports it (full test set)."""
+    argv = ["-a", ARCH, "--quant-scheme", scheme, "--resume", path, "-e", "--no-progress",
+            "--save-path", os.path.join(RUNS, "eval", scheme)]
+    return run(argv)["top1"]
+
+
+def train_all(only: list[str] | None = None) -> None:
+    for dest, argv in RELEASES:
+        scheme = _arg(argv, "--quant-scheme")
+        if only and scheme not in only:
+            continue
+        print(f"$ {command_of(argv)}", flush=True)
+        run(argv)
+        shutil.copyfile(os.path.join(_arg(argv, "--save-path"), "model_best.pth.tar"), dest)
+
+
+def write_manifest(path: str = f"{OUT}/MANIFEST.csv") -> list[dict]:
+    rows = []
+    for dest, argv in RELEASES:
+        scheme = _arg(argv, "--quant-scheme")
+        rows.append({"file": os.path.basename(dest), "sha256": sha256(dest), "arch": ARCH, "scheme": scheme,
+                     "dataset": "fashion-mnist", "top1": f"{evaluate_release(dest, scheme):.2f}",
+                     "command": command_of(argv)})
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    for r in rows:
+        print(f"{r['file']:<40}{r['scheme']:<20}{r['top1']:>7}")
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=["train", "manifest"])
+    p.add_argument("--only", nargs="*", help="schemes to (re)train")
+    args = p.parse_args(argv)
+    os.makedirs(OUT, exist_ok=True)
+    if args.what == "train":
+        train_all(args.only)
+    else:
+        write_manifest()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(one_line_errors(main)())
