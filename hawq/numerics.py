@@ -113,7 +113,8 @@ def batch_range(x: torch.Tensor, percentile: float = 0.0) -> tuple[torch.Tensor,
         k_hi = min(n, max(1, int(round(n * percentile / 100.0))))
         k_lo = max(1, n + 1 - k_hi)
         return flat.kthvalue(k_lo).values.reshape(1), flat.kthvalue(k_hi).values.reshape(1)
-    return flat.min().reshape(1), flat.max().reshape(1)
+    lo, hi = torch.aminmax(flat)
+    return lo.reshape(1), hi.reshape(1)
 
 
 # --------------------------------------------------------------------------- BN folding
@@ -138,9 +139,23 @@ def quantize(x: torch.Tensor, scale: torch.Tensor, zero_point, qmin: int, qmax: 
     return torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
 
 
+class _StraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, value):
+        return value
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
 def straight_through(x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """Forward ``value``, backward identity to ``x`` (the straight-through estimator)."""
-    return x + (value - x).detach()
+    """Forward exactly ``value``, backward identity to ``x`` (the straight-through estimator).
+
+    An autograd Function rather than ``x + (value - x).detach()``: no extra full-size passes, and
+    the forward value is bit-exact (the add/sub form can be 1 ulp off in float32).
+    """
+    return _StraightThrough.apply(x, value.detach())
 
 
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point, qmin: int, qmax: int) -> torch.Tensor:

@@ -72,8 +72,8 @@ def _emulate_requant(v: torch.Tensor, scale_in: torch.Tensor, scale_out: torch.T
     (float32), so values within float32 rounding of a tie may round differently from eval mode,
     which uses the exact dyadic m·2^-shift."""
     s_in = N.channel_view(scale_in.to(v.dtype), v.dim()) if scale_in.numel() > 1 else scale_in.to(v.dtype)
-    acc = torch.round(v / s_in)
-    return torch.floor(acc * (s_in / scale_out.to(v.dtype)) + 0.5)
+    acc = torch.div(v, s_in).round_()          # in place: these are activation-sized buffers
+    return acc.mul_(s_in / scale_out.to(v.dtype)).add_(0.5).floor_()
 
 
 class QuantAct(nn.Module):
@@ -157,9 +157,15 @@ class QuantAct(nn.Module):
         if self.fixed_point_quantization or any(s is None for _, s in terms):
             return Q(N.fake_quantize(total, scale, zero, lo, hi), scale)
         with torch.no_grad():
-            q = sum(_emulate_requant(v.detach(), s, scale) for v, s in terms)
-            q = torch.clamp(q + zero, lo, hi)
-        return Q(N.straight_through(total, (q - zero) * scale), scale)
+            q = _emulate_requant(xv.detach(), s_x, scale)
+            if identity is not None:
+                q.add_(_emulate_requant(identity.value.detach(), identity.scale, scale))
+            if self.mode == "asymmetric":
+                q.add_(zero).clamp_(lo, hi).sub_(zero)
+            else:                                   # zero point is 0
+                q.clamp_(lo, hi)
+            q.mul_(scale)
+        return Q(N.straight_through(total, q), scale)
 
     # -- eval: integer-only ------------------------------------------------------------------
     def _check_calibrated(self):
