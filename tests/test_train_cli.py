@@ -168,3 +168,24 @@ def test_bad_input_one_line_error_and_nothing_overwritten(fp_ckpt, tmp_path):
 def test_verify_rejects_fp_checkpoint(fp_ckpt):
     r = cli("-m", "hawq.verify", "--checkpoint", fp_ckpt)
     assert r.returncode == 2 and "floating-point" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_pretrained_download_failure_is_one_clear_error(monkeypatch):
+    from hawq.errors import HawqError
+    from hawq.models import factory
+
+    def offline(*a, **k):
+        raise ConnectionError("Max retries exceeded")
+    monkeypatch.setattr(factory, "build_fp_model", offline)
+    with pytest.raises(HawqError, match="pretrained weights for 'resnet18'.*offline"):
+        factory.fp_model("resnet18", 10, pretrained=True)
+
+
+def test_distillation_and_featuremap_dump(fp_ckpt, tmp_path):
+    res = run(["--quant-scheme", "uniform8", "--epochs", "1", "--lr", "0.002", "--fix-BN", "--pretrained", fp_ckpt,
+               "--distill-method", "KD_naive", "--teacher-arch", "resnet20_cifar10", "--teacher-pretrained", fp_ckpt,
+               "--checkpoint-iter", "2", "--save-path", str(tmp_path), *TINY])
+    assert res["best_top1"] > 50.0            # starts from a trained model and distills from it
+    maps = torch.load(tmp_path / "featuremaps_iter2.pth.tar", weights_only=True)
+    assert "quant_input" in maps and "stage3.unit3.quant_act_int32" in maps
+    assert maps["stage1.unit1.quant_act"].dtype == torch.int64     # integer feature maps (eval path)

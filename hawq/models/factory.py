@@ -25,8 +25,7 @@ def _pytorchcv_pretrained(arch: str, num_classes: int) -> nn.Module:
     try:
         model = build_fp_model(arch, num_classes=info.num_classes, pretrained=True)
     except Exception as e:  # offline: URLError, ConnectionError, HTTPError, ... from the downloader
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise HawqError(f"cannot fetch pytorchcv pretrained weights for '{arch}' ({type(e).__name__}: {msg[:120]}); "
+        raise HawqError(f"cannot download pytorchcv's pretrained weights for '{arch}' ({type(e).__name__}); "
                         "this machine may be offline - pass --pretrained PATH to a floating-point checkpoint "
                         "(e.g. one from checkpoints/) instead") from None
     if num_classes != info.num_classes:
