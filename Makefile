@@ -8,7 +8,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup dataset demo test test-slow bench lock clean
+.PHONY: setup dataset demo test test-slow bench release lock clean
 
 setup: $(STAMP) dataset
 
@@ -36,6 +36,11 @@ test-slow: setup
 
 bench: setup
 	$(PY) -m hawq.bench
+
+# Re-train the released checkpoints (about an hour on 2 cores) and rewrite checkpoints/MANIFEST.csv.
+release: setup
+	$(PY) -m hawq.release train
+	$(PY) -m hawq.release manifest
 
 # Regenerate constraints.txt from a fresh resolve of pyproject's pins.
 lock:

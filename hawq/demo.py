@@ -31,18 +31,19 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-a", "--arch", default="resnet20_cifar10")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--data-percentage", type=float, default=0.2, help="training subset for both stages")
+    p.add_argument("--data-percentage", type=float, default=0.15, help="training subset for both stages")
     p.add_argument("--ref-images", type=int, default=1000, help="test images run through the integer reference")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    common = ["-a", args.arch, "--epochs", "1", "-b", "128", "--data-percentage", str(args.data_percentage),
-              "--lr-schedule", "constant"] + (["--no-progress"] if args.no_progress else [])
+    common = ["-a", args.arch, "-b", "128", "--data-percentage", str(args.data_percentage),
+              "--lr-schedule", "cosine"] + (["--no-progress"] if args.no_progress else [])
     fp_dir, q_dir = os.path.join(args.out, "fp32"), os.path.join(args.out, "uniform8")
 
     fp, t_fp = _step("1/4 floating-point baseline",
-                     ["--quant-scheme", "fp32", "--lr", "0.1", "--save-path", fp_dir, *common])
+                     ["--quant-scheme", "fp32", "--epochs", "2", "--lr", "0.05", "--save-path", fp_dir, *common])
     qat, t_q = _step("2/4 uniform8 quantization-aware training from the baseline",
-                     ["--quant-scheme", "uniform8", "--lr", "0.01", "--fix-BN", "--act-range-momentum", "0.99",
+                     ["--quant-scheme", "uniform8", "--epochs", "1", "--lr", "0.005", "--fix-BN",
+                      "--act-range-momentum", "0.99",
                       "--pretrained", os.path.join(fp_dir, "model_best.pth.tar"), "--save-path", q_dir, *common])
 
     artifact = os.path.join(q_dir, "quantized_checkpoint.pth.tar")

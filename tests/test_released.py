@@ -1,0 +1,46 @@
+"""The released checkpoints: manifest integrity, `quant_train.py -e` reproduces each recorded top-1
+exactly, and the integer reference matches the QAT eval path on every quantized one."""
+from __future__ import annotations
+
+import csv
+import os
+
+import pytest
+
+from conftest import ROOT
+from hawq.data import build_loaders
+from hawq.export import export_integer
+from hawq.models.factory import load_quant_checkpoint
+from hawq.release import RELEASES, evaluate_release, sha256
+from hawq.verify import compare
+
+CKPT_DIR = os.path.join(ROOT, "checkpoints")
+with open(os.path.join(CKPT_DIR, "MANIFEST.csv")) as f:
+    ROWS = list(csv.DictReader(f))
+
+
+def test_manifest_lists_every_release():
+    assert [r["file"] for r in ROWS] == [os.path.basename(d) for d, _ in RELEASES]
+    assert {r["scheme"] for r in ROWS} == {"fp32", "uniform8", "uniform4", "mixed_stage1_8bit"}
+    for r in ROWS:
+        path = os.path.join(CKPT_DIR, r["file"])
+        assert sha256(path) == r["sha256"], r["file"]
+        assert os.path.getsize(path) < 4 * 2 ** 20
+        assert r["command"].startswith("python quant_train.py ") and f"--quant-scheme {r['scheme']}" in r["command"]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r["scheme"] for r in ROWS])
+def test_evaluate_reproduces_manifest_top1(row, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)          # evaluation writes its artifact under runs/; keep the tree clean
+    top1 = evaluate_release(os.path.join(CKPT_DIR, row["file"]), row["scheme"])
+    assert f"{top1:.2f}" == row["top1"]
+
+
+@pytest.mark.parametrize("row", [r for r in ROWS if r["scheme"] != "fp32"], ids=lambda r: r["scheme"])
+def test_integer_reference_matches_released(row):
+    model, _ = load_quant_checkpoint(os.path.join(CKPT_DIR, row["file"]))
+    data = build_loaders("fashion-mnist", None, 100, 0, 1.0, 0, eval_limit=200)
+    art = export_integer(model, (3, 32, 32))
+    r = compare(model, art["graph"], data.val, progress=False)
+    assert r["mismatches"] == 0 and r["logits"] == 2000
+    assert r["ref_top1"] == r["qat_top1"] > 60.0
