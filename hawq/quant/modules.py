@@ -209,12 +209,25 @@ class QuantAct(nn.Module):
 
 
 class _QuantWeightLayer(nn.Module):
-    """Shared weight/bias quantization of conv and linear layers."""
+    """Shared weight/bias quantization of conv and linear layers.
 
-    weight_bit: int
-    bias_bit: int
-    per_channel: bool
-    weight_percentile: float
+    Registers HAWQ's integer buffers: ``<scale_name>`` [C_out] (float32), ``weight_integer``
+    (int8 container, weight shape) and ``bias_integer`` [C_out] (int32), filled by the eval path.
+    """
+
+    def __init__(self, weight_shape, scale_name: str, weight_bit: int, bias_bit: int, per_channel: bool,
+                 weight_percentile: float):
+        super().__init__()
+        self.weight_bit, self.bias_bit = weight_bit, bias_bit
+        self.per_channel, self.weight_percentile = per_channel, weight_percentile
+        self.layer_name = ""
+        c = weight_shape[0]
+        self.register_buffer(scale_name, torch.zeros(c))
+        self.register_buffer("weight_integer", torch.zeros(weight_shape, dtype=torch.int8))
+        self.register_buffer("bias_integer", torch.zeros(c, dtype=torch.int32))
+
+    def extra_repr(self) -> str:
+        return f"weight_bit={self.weight_bit}, bias_bit={self.bias_bit}, per_channel={self.per_channel}"
 
     def _weight_scale(self, w: torch.Tensor) -> torch.Tensor:
         return N.weight_scale(w, self.weight_bit, self.per_channel, self.weight_percentile)
@@ -253,20 +266,11 @@ class QuantBnConv2d(_QuantWeightLayer):
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, weight_bit: int = 8, bias_bit: int = 32,
                  per_channel: bool = True, weight_percentile: float = 0.0, fix_BN: bool = False,
                  fix_BN_threshold: int | None = None):
-        super().__init__()
+        super().__init__(conv.weight.shape, "convbn_scaling_factor", weight_bit, bias_bit, per_channel,
+                         weight_percentile)
         self.conv, self.bn = conv, bn
-        self.weight_bit, self.bias_bit = weight_bit, bias_bit
-        self.per_channel, self.weight_percentile = per_channel, weight_percentile
         self.fix_BN, self.fix_BN_threshold = fix_BN, fix_BN_threshold
-        self.layer_name = ""
-        c = conv.out_channels
-        self.register_buffer("convbn_scaling_factor", torch.zeros(c))
-        self.register_buffer("weight_integer", torch.zeros(conv.weight.shape, dtype=torch.int8))
-        self.register_buffer("bias_integer", torch.zeros(c, dtype=torch.int32))
         self.register_buffer("fold_step", torch.zeros((), dtype=torch.int64))
-
-    def extra_repr(self) -> str:
-        return f"weight_bit={self.weight_bit}, bias_bit={self.bias_bit}, per_channel={self.per_channel}"
 
     @property
     def bn_folded(self) -> bool:
@@ -322,19 +326,10 @@ class QuantLinear(_QuantWeightLayer):
 
     def __init__(self, linear: nn.Linear, weight_bit: int = 8, bias_bit: int = 32, per_channel: bool = True,
                  weight_percentile: float = 0.0):
-        super().__init__()
+        super().__init__(linear.weight.shape, "fc_scaling_factor", weight_bit, bias_bit, per_channel,
+                         weight_percentile)
         self.weight = nn.Parameter(linear.weight.detach().clone())
         self.bias = nn.Parameter(linear.bias.detach().clone()) if linear.bias is not None else None
-        self.weight_bit, self.bias_bit = weight_bit, bias_bit
-        self.per_channel, self.weight_percentile = per_channel, weight_percentile
-        self.layer_name = ""
-        out_f = linear.out_features
-        self.register_buffer("fc_scaling_factor", torch.zeros(out_f))
-        self.register_buffer("weight_integer", torch.zeros(linear.weight.shape, dtype=torch.int8))
-        self.register_buffer("bias_integer", torch.zeros(out_f, dtype=torch.int32))
-
-    def extra_repr(self) -> str:
-        return f"weight_bit={self.weight_bit}, bias_bit={self.bias_bit}, per_channel={self.per_channel}"
 
     def forward(self, x: Q) -> Q:
         if not self.training:
