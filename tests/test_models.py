@@ -140,7 +140,7 @@ def test_fix_bn_folds_from_the_start():
 
 def test_uncalibrated_eval_is_a_clear_error():
     model = quant_model("resnet20_cifar10", load_scheme("resnet20_cifar10", "uniform8"), 10).eval()
-    with pytest.raises(RuntimeError, match="quant_input"):
+    with pytest.raises(HawqError, match="quant_input"):
         model(torch.randn(1, 3, 32, 32))
 
 

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hawq import numerics as N
+from hawq.errors import HawqError
 from hawq.quant.graph import Q, active
 
 #: float32 accumulates integers exactly while every partial sum stays below 2^24.
@@ -170,8 +171,8 @@ class QuantAct(nn.Module):
     # -- eval: integer-only ------------------------------------------------------------------
     def _check_calibrated(self):
         if not self.calibrated:
-            raise RuntimeError(f"activation quantizer '{self.layer_name}' has no calibrated range; "
-                               "run training-mode batches (or load a checkpoint) before eval")
+            raise HawqError(f"activation quantizer '{self.layer_name}' has no calibrated range; "
+                            "train or calibrate first, or evaluate a quantized checkpoint (--resume PATH)")
 
     def _forward_int(self, x, identity: Q | None) -> Q:
         self._check_calibrated()
