@@ -1,6 +1,6 @@
 """Released checkpoints: the commands that train them and the manifest that describes them.
 
-    python -m hawq.release train      # runs every command below (long: about an hour on 2 cores)
+    python -m hawq.release train      # runs every command below (about 20 minutes on 2 cores)
     python -m hawq.release manifest   # copies the best checkpoints into checkpoints/, evaluates
                                       # each one with quant_train.py -e and writes MANIFEST.csv
 
@@ -30,12 +30,12 @@ _QAT = ["--fix-BN", "--act-range-momentum", "0.99", "--wd", "1e-4", "--pretraine
 RELEASES = [
     (FP_FILE, ["--quant-scheme", "fp32", "--epochs", "6", "--lr", "0.1", "--wd", "5e-4",
                "--save-path", f"{RUNS}/fp32", *_COMMON]),
-    (f"{OUT}/{ARCH}_uniform8.pth.tar", ["--quant-scheme", "uniform8", "--epochs", "1", "--lr", "0.002",
+    (f"{OUT}/{ARCH}_uniform8.pth.tar", ["--quant-scheme", "uniform8", "--epochs", "1", "--lr", "0.002", "--data-percentage", "0.5",
                                        "--save-path", f"{RUNS}/uniform8", *_QAT, *_COMMON]),
-    (f"{OUT}/{ARCH}_uniform4.pth.tar", ["--quant-scheme", "uniform4", "--epochs", "2", "--lr", "0.01",
+    (f"{OUT}/{ARCH}_uniform4.pth.tar", ["--quant-scheme", "uniform4", "--epochs", "1", "--lr", "0.005", "--data-percentage", "0.5",
                                        "--save-path", f"{RUNS}/uniform4", *_QAT, *_COMMON]),
-    (f"{OUT}/{ARCH}_mixed_stage1_8bit.pth.tar", ["--quant-scheme", "mixed_stage1_8bit", "--epochs", "2",
-                                                "--lr", "0.01", "--save-path", f"{RUNS}/mixed_stage1_8bit",
+    (f"{OUT}/{ARCH}_mixed_stage1_8bit.pth.tar", ["--quant-scheme", "mixed_stage1_8bit", "--epochs", "1",
+                                                "--lr", "0.005", "--data-percentage", "0.5", "--save-path", f"{RUNS}/mixed_stage1_8bit",
                                                 *_QAT, *_COMMON]),
 ]
 MANIFEST_FIELDS = ("file", "sha256", "arch", "scheme", "dataset", "top1", "command")
