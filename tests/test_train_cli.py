@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import subprocess
 import sys
 
@@ -119,7 +120,7 @@ def _bad_checkpoints(tmp_path, fp_ckpt) -> dict:
     raw = open(fp_ckpt, "rb").read()
     paths = {}
     paths["corrupt"] = tmp_path / "corrupt.pth.tar"
-    paths["corrupt"].write_bytes(os.urandom(4096))
+    paths["corrupt"].write_bytes(random.Random(0).randbytes(4096))   # seeded: reproducible garbage
     paths["truncated"] = tmp_path / "truncated.pth.tar"
     paths["truncated"].write_bytes(raw[: len(raw) // 2])
     paths["foreign"] = tmp_path / "foreign.pth.tar"

@@ -154,8 +154,8 @@ class QuantAct(nn.Module):
             self.act_scaling_factor.copy_(scale)
             self.act_zero_point.copy_(zero)
         lo, hi = self.storage_range()
-        terms = [(xv, s_x)] + ([(identity.value, identity.scale)] if identity is not None else [])
-        if self.fixed_point_quantization or any(s is None for _, s in terms):
+        no_grid = s_x is None or (identity is not None and identity.scale is None)
+        if self.fixed_point_quantization or no_grid:
             return Q(N.fake_quantize(total, scale, zero, lo, hi), scale)
         with torch.no_grad():
             q = _emulate_requant(xv.detach(), s_x, scale)
