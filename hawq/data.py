@@ -499,6 +499,11 @@ def _check_dataset(dataset: str) -> str:
     return name
 
 
+def input_size_of(dataset: str) -> int:
+    """Model input side S (images are [3, S, S]): 32 for Fashion-MNIST (padded), 224 for ImageNet."""
+    return FMNIST_INPUT if _check_dataset(dataset) == "fashion-mnist" else IMAGENET_INPUT
+
+
 def num_classes_of(dataset: str, data: str | os.PathLike | None = None) -> int:
     """Number of classes: 10 for Fashion-MNIST, else the class directories in ``data/train``."""
     if _check_dataset(dataset) == "fashion-mnist":

@@ -9,6 +9,7 @@ ints, strings, lists and dicts, so it loads with ``weights_only=True``.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from hawq.checkpoint import load_file, save_atomic
@@ -25,8 +26,20 @@ def record_graph(model: torch.nn.Module, example: torch.Tensor) -> dict:
     model.eval()
     with recording() as rec:
         rec.bind(example, "input")
-        model.forward_int(example)
-    return {"input": "input", "output": rec.nodes[-1]["output"], "nodes": rec.nodes}
+        q = model.forward_int_q(example)
+    # Per-class float64 scale of the int64 logits: backends need it to rank classes (per-class S_fc).
+    return {"input": "input", "output": rec.nodes[-1]["output"], "nodes": rec.nodes,
+            "output_scale": q.scale.detach().double().cpu().reshape(-1).clone()}
+
+
+def float_logits(logits_int, graph: dict) -> np.ndarray:
+    """Integer logits [B, classes] -> float64 logits (int · per-class scale), for ranking classes.
+
+    Graphs exported before ``output_scale`` existed rank the raw integers (one shared scale).
+    """
+    scale = graph.get("output_scale")
+    out = np.asarray(logits_int, dtype=np.float64)
+    return out if scale is None else out * np.asarray(scale, dtype=np.float64).reshape(1, -1)
 
 
 def export_integer(model: torch.nn.Module, input_shape: tuple[int, int, int], meta: dict | None = None) -> dict:

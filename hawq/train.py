@@ -207,7 +207,8 @@ def _plain(d: dict) -> dict:
 def _export(args, model, input_size: int, bits, top1: float) -> str:
     path = os.path.join(args.save_path, "quantized_checkpoint.pth.tar")
     art = export_integer(model, (3, input_size, input_size),
-                         meta={"arch": args.arch, "quant_scheme": args.quant_scheme, "top1": top1})
+                         meta={"arch": args.arch, "quant_scheme": args.quant_scheme, "top1": top1,
+                               "dataset": args.dataset})
     save_artifact(art, path)
     return path
 

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from hawq.cli import one_line_errors
 from hawq.data import build_loaders
 from hawq.errors import HawqError
-from hawq.export import export_integer, load_artifact
+from hawq.export import export_integer, float_logits, load_artifact
 from hawq.models.factory import load_quant_checkpoint
 from hawq.reference import run_graph
 
@@ -30,8 +30,8 @@ def compare(model, graph: dict, loader, progress: bool = True) -> dict:
         mismatches += int((qat != ref).sum())
         total += qat.size
         n += len(y)
-        hit_model += int((qat.argmax(1) == y.numpy()).sum())
-        hit_ref += int((ref.argmax(1) == y.numpy()).sum())
+        hit_model += int((float_logits(qat, graph).argmax(1) == y.numpy()).sum())
+        hit_ref += int((float_logits(ref, graph).argmax(1) == y.numpy()).sum())
     return {"mismatches": mismatches, "logits": total, "images": n,
             "qat_top1": 100.0 * hit_model / max(n, 1), "ref_top1": 100.0 * hit_ref / max(n, 1)}
 

@@ -187,6 +187,11 @@ class QuantResNet(nn.Module):
     @torch.no_grad()
     def forward_int(self, x: torch.Tensor) -> torch.Tensor:
         """Integer logits (int64 [B, classes]); requires eval mode."""
+        return self.forward_int_q(x).value
+
+    @torch.no_grad()
+    def forward_int_q(self, x: torch.Tensor) -> Q:
+        """Integer logits with their per-class scale (``Q(value int64 [B, classes], scale [classes])``)."""
         if self.training:
             raise RuntimeError("forward_int needs eval mode (model.eval())")
-        return self._forward_int_chunked(x).value
+        return self._forward_int_chunked(x)

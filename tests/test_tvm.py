@@ -1,0 +1,197 @@
+"""TVM backend: integer Relax program == integer reference, integer-only IR, per-layer divergence,
+export/run round trip, bad input."""
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from tvm import relax
+
+from conftest import build_calibrated
+from hawq.bit_config import list_schemes
+from hawq.export import export_integer, save_artifact
+from hawq.reference import run_graph
+from tvm_benchmark import export as tvm_export
+from tvm_benchmark import run as tvm_run
+from tvm_benchmark import verify as tvm_verify
+from tvm_benchmark.compile import compile_program, lower
+from tvm_benchmark.ir_check import float_violations
+from tvm_benchmark.program import Runner, load_program
+from tvm_benchmark.relax_graph import build_module
+
+CKPT = "checkpoints/resnet20_cifar10_{}.pth.tar"
+RELEASED = ["uniform8", "uniform4", "mixed_stage1_8bit"]
+
+
+def _runner(graph, shape, all_outputs=False, arch="resnet20_cifar10"):
+    exe, _, _ = compile_program(graph, shape, "llvm", arch, threads=2, records="none", all_outputs=all_outputs)
+    return Runner(exe, tvm.cpu(), shape[0])
+
+
+def _last_line(capsys) -> str:
+    return capsys.readouterr().out.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("scheme", RELEASED)
+def test_verify_released_checkpoint_llvm(scheme, capsys):
+    rc = tvm_verify.main(["--checkpoint", CKPT.format(scheme), "--limit", "100", "--no-progress",
+                          "--records", "none", "-b", "50"])
+    assert _last_line(capsys) == "mismatches: 0/1000"
+    assert rc == 0
+
+
+@pytest.mark.parametrize("arch,scheme", [("resnet20_cifar10", s) for s in list_schemes("resnet20_cifar10")]
+                         + [("resnet18", "bops_0.5"), ("resnet50", "uniform4")])
+def test_random_inputs_bit_exact(arch, scheme):
+    model, probe = build_calibrated(arch, scheme, 10, (3, 3, 32, 32))
+    graph = export_integer(model, (3, 32, 32))["graph"]
+    x = probe.numpy()
+    out = _runner(graph, x.shape, arch=arch)(x)
+    ref = run_graph(graph, x)
+    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_array_equal(out, model.forward_int(probe).numpy())
+    assert np.abs(ref).max() > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch,scheme", [(a, s) for a in ("resnet18", "resnet50", "resnet50b", "resnet101")
+                                         for s in list_schemes(a)])
+def test_every_arch_scheme_bit_exact(arch, scheme):
+    model, probe = build_calibrated(arch, scheme, 10, (2, 3, 32, 32))
+    graph = export_integer(model, (3, 32, 32))["graph"]
+    x = probe.numpy()
+    np.testing.assert_array_equal(_runner(graph, x.shape, arch=arch)(x), run_graph(graph, x))
+
+
+def test_input_quantizer_rounds_half_to_even_like_reference(small_model):
+    """Inputs landing exactly on .5 steps of the input scale: TVM must divide and round half-even."""
+    model, _ = small_model
+    graph = export_integer(model, (3, 32, 32))["graph"]
+    q = graph["nodes"][0]
+    scale = np.float32(q["scale"].reshape(-1)[0])
+    k = np.arange(-40, 40, dtype=np.float32) + np.float32(0.5)
+    x = np.resize((k * scale).astype(np.float32), (2, 3, 32, 32)).astype(np.float32)
+    out = _runner(graph, x.shape, all_outputs=True)(x)
+    _, env = run_graph(graph, x, keep=True)
+    np.testing.assert_array_equal(out[0], env[q["output"]])
+
+
+def test_ir_is_integer_only_after_input_quantizer(small_model):
+    model, _ = small_model
+    mod = build_module(export_integer(model, (3, 32, 32))["graph"], (1, 3, 32, 32))
+    assert float_violations(mod) == []
+    # The quantizer kernel itself is float (the graph's boundary) and produces integers.
+    lowered = lower(mod)
+    first = lowered["main"].body.blocks[0].bindings[0]
+    assert "float32" in lowered[first.value.args[0]].script()
+    assert first.var.ty.dtype in ("uint8", "int8", "int16", "int32")
+
+
+def test_ir_check_detects_a_float_op():
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 4), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            q = bb.emit(relax.op.astype(relax.op.round(x), "int32"))
+            f = bb.emit(relax.op.astype(relax.op.multiply(q, relax.const(3, "int32")), "float32"))
+            y = bb.emit(relax.op.astype(relax.op.sqrt(f), "int32"))
+            gv = bb.emit_output(relax.op.add(y, q))
+        bb.emit_func_output(gv)
+    bad = float_violations(bb.get())
+    assert len(bad) == 2 and all("float32" in b for b in bad)   # the float cast and the sqrt
+
+
+def test_per_layer_names_the_corrupted_layer(small_model, capsys):
+    model, probe = small_model
+    graph = export_integer(model, (3, 32, 32))["graph"]
+    victim = [n for n in graph["nodes"] if n["op"] == "requant"][5]
+    bad = copy.deepcopy(graph)
+    node = next(n for n in bad["nodes"] if n["name"] == victim["name"] and n["op"] == "requant")
+    node["multiplier"] = node["multiplier"].clone()
+    node["multiplier"][0] += 1 << 26
+    x = probe.numpy()
+    rows = tvm_verify.compare_layers(_runner(bad, x.shape, all_outputs=True)(x), graph, x)
+    assert tvm_verify._print_layers(rows) == victim["name"]
+    assert "first divergence: " + victim["name"] in capsys.readouterr().out
+    clean = tvm_verify.compare_layers(_runner(graph, x.shape, all_outputs=True)(x), graph, x)
+    assert all(r["mismatches"] == 0 for r in clean) and len(clean) == len(graph["nodes"])
+
+
+def test_per_layer_cli_on_released_checkpoint(capsys):
+    rc = tvm_verify.main(["--checkpoint", CKPT.format("uniform4"), "--limit", "8", "--per-layer",
+                          "--records", "none", "-b", "8"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "first divergence: none" in out and out.strip().endswith("/" + out.split("/")[-1].strip())
+
+
+def test_export_then_run_round_trip(tmp_path, capsys):
+    out = tmp_path / "r20"
+    tvm_export.main(["--checkpoint", CKPT.format("uniform8"), "--target", "llvm", "--out", str(out),
+                     "-b", "4", "--records", "none"])
+    params = json.loads((out / "params.json").read_text())
+    assert params["input_shape"] == [4, 3, 32, 32] and len(params["logit_scale"]) == 10
+    x = np.random.RandomState(0).randn(6, 3, 32, 32).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    assert tvm_run.main(["--lib", str(out), "--input", str(tmp_path / "x.npy"),
+                         "--output", str(tmp_path / "y.npy")]) == 0
+    graph = load_program(CKPT.format("uniform8")).graph
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), run_graph(graph, x))
+    capsys.readouterr()
+    tvm_run.main(["--lib", str(out), "--images", "40"])
+    assert "top-1:" in capsys.readouterr().out
+
+
+def test_artifact_input_is_accepted(tmp_path, small_model):
+    model, probe = small_model
+    art = export_integer(model, (3, 32, 32), meta={"arch": "resnet20_cifar10", "quant_scheme": "uniform8"})
+    save_artifact(art, str(tmp_path / "quantized_checkpoint.pth.tar"))
+    prog = load_program(str(tmp_path / "quantized_checkpoint.pth.tar"))
+    assert prog.arch == "resnet20_cifar10" and prog.input_chw == (3, 32, 32)
+
+
+def _cli_error(capsys, module, argv) -> str:
+    with pytest.raises(SystemExit) as e:
+        from hawq.cli import one_line_errors
+        raise SystemExit(one_line_errors(module.main)(argv))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    return err[0]
+
+
+def test_bad_input(tmp_path, capsys):
+    assert "does not exist" in _cli_error(capsys, tvm_verify, ["--checkpoint", str(tmp_path / "nope.pth.tar")])
+    assert "unsupported target 'tpu'" in _cli_error(
+        capsys, tvm_export, ["--checkpoint", CKPT.format("uniform8"), "--target", "tpu", "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+    assert "no integer data" in _cli_error(
+        capsys, tvm_verify, ["--checkpoint", "checkpoints/resnet20_cifar10_fp32.pth.tar", "--limit", "4"])
+    (tmp_path / "junk.pth.tar").write_bytes(b"\x80\x02garbage" * 10)
+    assert "corrupt" in _cli_error(capsys, tvm_export, ["--checkpoint", str(tmp_path / "junk.pth.tar"),
+                                                         "--out", str(tmp_path / "o")])
+    assert "not an exported program" in _cli_error(capsys, tvm_run, ["--lib", str(tmp_path)])
+    if not tvm.cuda(0).exist:
+        assert "no CUDA GPU" in _cli_error(
+            capsys, tvm_verify, ["--checkpoint", CKPT.format("uniform8"), "--target", "cuda", "--limit", "4"])
+
+
+@pytest.mark.skipif(not tvm.cuda(0).exist, reason="no CUDA GPU visible to TVM")
+def test_cuda_bit_exact(small_model):
+    model, probe = small_model
+    graph = export_integer(model, (3, 32, 32))["graph"]
+    x = probe.numpy()
+    exe, _, _ = compile_program(graph, x.shape, "cuda", "resnet20_cifar10", records="none")
+    np.testing.assert_array_equal(Runner(exe, tvm.cuda(0), x.shape[0])(x), run_graph(graph, x))
+
+
+@pytest.mark.slow
+def test_resnet18_224_compiles_and_matches():
+    torch.manual_seed(0)
+    model, probe = build_calibrated("resnet18", "bops_0.5", 1000, (1, 3, 224, 224))
+    graph = export_integer(model, (3, 224, 224))["graph"]
+    x = probe.numpy()
+    np.testing.assert_array_equal(_runner(graph, x.shape, arch="resnet18")(x), run_graph(graph, x))

@@ -1,0 +1,26 @@
+"""Command-line arguments shared by the tvm_benchmark tools."""
+from __future__ import annotations
+
+import argparse
+
+from tvm_benchmark.compile import TARGETS
+
+
+def add_program_args(p: argparse.ArgumentParser, batch_default: int) -> None:
+    p.add_argument("--checkpoint", required=True,
+                   help="QAT checkpoint from quant_train.py, or its integer artifact quantized_checkpoint.pth.tar")
+    p.add_argument("--target", default="llvm",
+                   help=f"{' or '.join(TARGETS)} (llvm = this host's CPU, vector extensions detected)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("-b", "--batch-size", type=int, default=batch_default,
+                   help="static batch size the module is compiled for")
+    p.add_argument("--records", default="auto",
+                   help="MetaSchedule records dir; 'auto' = tvm_benchmark/tuning/<target>/<arch>-b<batch> "
+                        "if committed, 'none' = untuned")
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default=None, help="default: the dataset the checkpoint was trained on")
+    p.add_argument("--data", default=None, help="dataset directory (ImageFolder root for imagenet)")
+    p.add_argument("--limit", type=int, default=None, help="first N validation images (default: all)")
+    p.add_argument("--no-progress", action="store_true")

@@ -1,0 +1,77 @@
+"""Compile a checkpoint's integer program with TVM and write it as a deployable directory.
+
+    python -m tvm_benchmark.export --checkpoint PATH --target llvm --out DIR [-b 1] [--threads N]
+
+``DIR/model.so``: the compiled Relax VM library. Weights, biases, multipliers and shifts are
+compile-time constants inside it, so it is self-contained: ``main(x: float32[B,3,S,S]) ->
+int32 logits [B, classes]``. ``DIR/params.json``: the program's parameters a caller needs —
+input shape, per-class logit scale (float logits = int logits · scale), arch, scheme, bit_config,
+target, tuning records used. Both files are written atomically (temp file, then rename).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from hawq.cli import one_line_errors
+from hawq.errors import HawqError
+from tvm_benchmark.cli_args import add_program_args
+from tvm_benchmark.compile import compile_program
+from tvm_benchmark.program import load_program
+
+LIB, PARAMS = "model.so", "params.json"
+
+
+def _replace_into(out: Path, name: str, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=Path(name).suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, out / name)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def export(checkpoint: str, target_key: str, out: str, batch: int = 1, threads: int | None = None,
+           records: str | None = "auto") -> dict:
+    """Compile and write ``out/model.so`` + ``out/params.json``; returns the params dict."""
+    if batch < 1:
+        raise HawqError(f"--batch-size must be >= 1, got {batch}")
+    prog = load_program(checkpoint)
+    exe, target, rec = compile_program(prog.graph, prog.input_shape(batch), target_key, prog.arch,
+                                       threads, records)
+    scale = prog.graph.get("output_scale")
+    params = {
+        "format": "hawq-tvm/1", "arch": prog.arch, "quant_scheme": prog.scheme, "dataset": prog.dataset,
+        "bit_config": prog.bit_config, "input_shape": list(prog.input_shape(batch)),
+        "output_dtype": "int32",
+        "logit_scale": None if scale is None else np.asarray(scale, dtype=np.float64).tolist(),
+        "target_key": target_key, "target": str(target), "records": None if rec is None else str(rec),
+        "source": os.path.abspath(checkpoint),
+    }
+    dest = Path(out)
+    dest.mkdir(parents=True, exist_ok=True)
+    _replace_into(dest, LIB, exe.export_library)
+    _replace_into(dest, PARAMS, lambda p: Path(p).write_text(json.dumps(params, indent=1) + "\n"))
+    return params
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_program_args(p, batch_default=1)
+    p.add_argument("--out", required=True, help="output directory (created)")
+    args = p.parse_args(argv)
+    params = export(args.checkpoint, args.target, args.out, args.batch_size, args.threads, args.records)
+    print(f"wrote {Path(args.out) / LIB} and {PARAMS}: {params['arch']} {params['quant_scheme']} "
+          f"input {params['input_shape']} target {params['target']} tuned: {params['records'] or 'no'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(one_line_errors(main)())

@@ -1,0 +1,224 @@
+"""Integer artifact graph (``hawq-integer-graph/1``) -> a Relax IRModule of integer ops.
+
+Relax's frontends lower QDQ graphs to float, so the integer program is built here directly from the
+artifact's node list, with the semantics of :mod:`hawq.reference` (int64 throughout there). Every
+value gets a static integer interval; the smallest container dtype holding it is used, and each
+accumulator's worst case is bounded before int32 is chosen, so narrowing never changes a result:
+
+- activations feeding a conv/dense: ``uint8`` (post-ReLU, 4 and 8 bit) or ``int8``;
+- conv/dense: Relax ``conv2d``/``matmul`` with ``out_dtype="int32"`` (int64 when the bound says so);
+- requantization: ``(int64(acc)·m + 2^(s-1)) >> s`` then ``clip`` — :func:`hawq.numerics.requantize`;
+- residual adds: both terms requantized in int64, summed, saturated (``int16`` container);
+- max pool and global sum on the integer accumulators.
+
+The input quantizer is the only float computation (the graph's boundary, §9 of docs/numerics.md):
+float32 divide, round half to even, clip. Its zero point never reaches the integer ops: the first
+conv reads the uncentered ``uint8`` q, pads with z, and gets ``-z·ΣW`` folded into its bias.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from hawq.errors import HawqError
+
+_CONTAINERS = ("uint8", "int8", "int16", "int32", "int64")
+_I64 = np.iinfo(np.int64)
+
+
+def container(lo: int, hi: int) -> str:
+    """Smallest integer dtype holding every integer in [lo, hi]."""
+    for dt in _CONTAINERS:
+        info = np.iinfo(dt)
+        if info.min <= lo and hi <= info.max:
+            return dt
+    raise HawqError(f"integer range [{lo}, {hi}] does not fit in int64")
+
+
+@dataclass
+class Value:
+    """A Relax tensor standing for the graph value ``expr - offset`` with bounds [lo, hi]."""
+    expr: relax.Expr
+    lo: int
+    hi: int
+    offset: int = 0          # nonzero only for the uncentered input quantizer output (offset = z)
+
+    @property
+    def dtype(self) -> str:
+        return self.expr.ty.dtype
+
+    def absmax(self) -> int:
+        return max(abs(self.lo), abs(self.hi))
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
+
+
+def _const(a: np.ndarray, dtype: str) -> relax.Constant:
+    return relax.const(np.ascontiguousarray(a).astype(dtype), dtype)
+
+
+def _channel(v: np.ndarray, ndim: int) -> np.ndarray:
+    """Per-channel vector [C] or [1] -> broadcastable along dim 1 of an ndim tensor."""
+    shape = [1] * ndim
+    shape[1] = -1
+    return np.asarray(v, dtype=np.int64).reshape(shape)
+
+
+class _Builder:
+    """Emits one Relax binding per graph node into an open dataflow block."""
+
+    def __init__(self, bb: relax.BlockBuilder):
+        self.bb = bb
+
+    def emit(self, expr: relax.Expr) -> relax.Expr:
+        return self.bb.emit(expr)
+
+    def cast(self, v: Value, dtype: str) -> relax.Expr:
+        return v.expr if v.dtype == dtype else self.emit(relax.op.astype(v.expr, dtype))
+
+    def centered(self, v: Value) -> Value:
+        """The value itself (offset 0), in a container wide enough for it."""
+        if not v.offset:
+            return v
+        dt = container(v.lo, v.hi)
+        wide = "int32" if dt in ("uint8", "int8", "int16") else dt
+        e = self.emit(relax.op.subtract(self.cast(v, wide), relax.const(v.offset, wide)))
+        return Value(self.emit(relax.op.astype(e, dt)) if dt != wide else e, v.lo, v.hi)
+
+    # -- ops ---------------------------------------------------------------------------------
+    def quantize(self, node, x: relax.Expr) -> Value:
+        scale = np.float32(_np(node["scale"]).reshape(-1)[0])
+        z, qmin, qmax = int(node["zero_point"]), int(node["qmin"]), int(node["qmax"])
+        q = self.emit(relax.op.divide(x, relax.const(scale, "float32")))    # divide, never * 1/S
+        q = self.emit(relax.op.round(q))                                      # half to even
+        q = self.emit(relax.op.add(q, relax.const(np.float32(z), "float32")))
+        q = self.emit(relax.op.clip(q, float(qmin), float(qmax)))
+        q = self.emit(relax.op.astype(q, container(qmin, qmax)))
+        return Value(q, qmin - z, qmax - z, offset=z)
+
+    def _accumulator(self, x: Value, w: np.ndarray, bias: np.ndarray, what: str) -> tuple[int, str]:
+        """Worst-case |acc| of x·W + b and the accumulator dtype it needs."""
+        w_abs = np.abs(w.astype(np.int64)).reshape(w.shape[0], -1).sum(1)
+        bound = int((w_abs * x.absmax()).max()) + int(np.abs(bias.astype(np.int64)).max(initial=0))
+        bound += int(w_abs.max()) * abs(x.offset)
+        if bound >= _I64.max // 2:
+            raise HawqError(f"{what}: accumulator bound {bound} overflows int64")
+        return bound, ("int32" if bound <= np.iinfo(np.int32).max else "int64")
+
+    def _operand(self, x: Value, acc_dtype: str) -> relax.Expr:
+        """Conv/dense input: uint8/int8 stay narrow (int32 acc); anything else is widened."""
+        if acc_dtype == "int64" or x.dtype not in ("uint8", "int8"):
+            return self.cast(x, acc_dtype)
+        return x.expr
+
+    def conv2d(self, node, x: Value) -> Value:
+        w, bias = _np(node["weight"]), _np(node["bias"]).astype(np.int64)
+        bound, acc = self._accumulator(x, w, bias, node["name"])
+        pad = [int(p) for p in node["padding"]]
+        data = self._operand(x, acc)
+        if x.offset:
+            # conv(q - z) = conv_pad_z(q) - z·ΣW: pad the uncentered q with z (the centered zero).
+            data = self.emit(relax.op.nn.pad(data, [0, 0, 0, 0, pad[0], pad[0], pad[1], pad[1]],
+                                             pad_value=float(x.offset)))
+            bias = bias - x.offset * w.astype(np.int64).reshape(w.shape[0], -1).sum(1)
+            pad = [0, 0]
+        wdt = acc if acc == "int64" or data.ty.dtype not in ("uint8", "int8") else "int8"
+        y = self.emit(relax.op.nn.conv2d(
+            data, _const(w, wdt), strides=[int(s) for s in node["stride"]], padding=pad,
+            dilation=[int(d) for d in node["dilation"]], groups=int(node["groups"]), out_dtype=acc))
+        y = self.emit(relax.op.add(y, _const(bias.reshape(1, -1, 1, 1), acc)))
+        return Value(y, -bound, bound)
+
+    def dense(self, node, x: Value) -> Value:
+        w, bias = _np(node["weight"]), _np(node["bias"]).astype(np.int64)
+        x = self.centered(x)
+        bound, acc = self._accumulator(x, w, bias, node["name"])
+        data = self._operand(x, acc)
+        wdt = acc if data.ty.dtype == acc else "int8"
+        y = self.emit(relax.op.matmul(data, _const(w.T, wdt), out_dtype=acc))
+        y = self.emit(relax.op.add(y, _const(bias.reshape(1, -1), acc)))
+        return Value(y, -bound, bound)
+
+    def _rescale(self, v: Value, m: np.ndarray, s: np.ndarray, what: str) -> relax.Expr:
+        """round_half_up(v·m / 2^s) in int64, per channel (dim 1); the product is bounded below 2^63."""
+        v = self.centered(v)
+        nd = len(v.expr.ty.shape)
+        m, s = _channel(m, nd), _channel(s, nd)
+        if v.absmax() * int(m.max()) + (1 << (int(s.max()) - 1)) > _I64.max:
+            raise HawqError(f"{what}: requantization product overflows int64")
+        e = self.emit(relax.op.multiply(self.cast(v, "int64"), _const(m, "int64")))
+        e = self.emit(relax.op.add(e, _const(np.left_shift(1, s - 1), "int64")))
+        return self.emit(relax.op.right_shift(e, _const(s, "int64")))
+
+    def _saturate(self, e: relax.Expr, lo: int, hi: int) -> Value:
+        e = self.emit(relax.op.clip(e, lo, hi))
+        return Value(self.emit(relax.op.astype(e, container(lo, hi))), lo, hi)
+
+    def requant(self, node, x: Value) -> Value:
+        e = self._rescale(x, _np(node["multiplier"]), _np(node["shift"]), node["name"])
+        return self._saturate(e, int(node["qmin"]), int(node["qmax"]))
+
+    def requant_add(self, node, branch: Value, identity: Value) -> Value:
+        a = self._rescale(branch, _np(node["multiplier"]), _np(node["shift"]), node["name"])
+        b = self._rescale(identity, _np(node["identity_multiplier"]), _np(node["identity_shift"]), node["name"])
+        return self._saturate(self.emit(relax.op.add(a, b)), int(node["qmin"]), int(node["qmax"]))
+
+    def relu(self, node, x: Value) -> Value:
+        x = self.centered(x)
+        y = self.emit(relax.op.maximum(x.expr, relax.const(0, x.dtype)))
+        return Value(y, max(x.lo, 0), max(x.hi, 0))
+
+    def maxpool2d(self, node, x: Value) -> Value:
+        x = self.centered(x)
+        p = [int(v) for v in node["padding"]]
+        y = self.emit(relax.op.nn.max_pool2d(x.expr, [int(k) for k in node["kernel"]],
+                                             [int(s) for s in node["stride"]], [p[0], p[1], p[0], p[1]]))
+        return Value(y, x.lo, x.hi)
+
+    def global_avgpool_sum(self, node, x: Value) -> Value:
+        x = self.centered(x)
+        shape = [int(d) for d in x.expr.ty.shape]
+        h, w = shape[2], shape[3]
+        lo, hi = x.lo * h * w, x.hi * h * w
+        acc = "int32" if container(lo, hi) != "int64" else "int64"
+        y = self.emit(relax.op.sum(self.cast(x, acc), axis=[2, 3]))
+        return Value(y, lo, hi)
+
+
+def build_module(graph: dict, input_shape: tuple[int, ...], all_outputs: bool = False) -> tvm.IRModule:
+    """Relax module ``main(x: float32[input_shape]) -> logits`` for an artifact graph.
+
+    ``input_shape`` is [B, C, H, W]. With ``all_outputs`` the function returns a tuple holding every
+    node's value (centered, in graph order) instead, for per-layer comparison.
+    Returns an IRModule of high-level Relax ops (not yet legalized).
+    """
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([int(d) for d in input_shape], "float32"))
+    b = _Builder(bb)
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            env: dict[str, Value | relax.Expr] = {graph["input"]: x}
+            order = []
+            for node in graph["nodes"]:
+                fn = getattr(b, node["op"], None)
+                if fn is None or node["op"].startswith("_"):
+                    raise HawqError(f"integer graph has an op the TVM backend does not support: {node['op']!r}")
+                env[node["output"]] = fn(node, *(env[n] for n in node["inputs"]))
+                order.append(node["output"])
+            if all_outputs:
+                out = relax.Tuple([b.centered(env[n]).expr for n in order])
+            else:
+                out = b.centered(env[graph["output"]]).expr
+            gv = bb.emit_output(out)
+        bb.emit_func_output(gv)
+    return bb.get()
+
+
+def node_outputs(graph: dict) -> list[tuple[str, str]]:
+    """(node name, output value name) in graph order: the tuple layout of ``all_outputs=True``."""
+    return [(n["name"], n["output"]) for n in graph["nodes"]]

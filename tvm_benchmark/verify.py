@@ -1,0 +1,104 @@
+"""Bit-exactness of the compiled TVM program against the integer reference (NumPy int64).
+
+    python -m tvm_benchmark.verify --checkpoint PATH [--target llvm] [--limit N] [--per-layer]
+
+Compiles the checkpoint's integer graph, runs TVM and :func:`hawq.reference.run_graph` on the
+validation set, prints a table and, as the last line, ``mismatches: M/N`` (N logits compared
+integer to integer). ``--per-layer`` compares every node's integer output (first batch) and names
+the first node that diverges. Exit status 1 when anything differs.
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+from tqdm import tqdm
+
+from hawq.cli import one_line_errors
+from hawq.data import build_loaders
+from hawq.errors import HawqError
+from hawq.export import float_logits
+from hawq.reference import run_graph
+from tvm_benchmark.cli_args import add_data_args, add_program_args
+from tvm_benchmark.compile import compile_program, device_of
+from tvm_benchmark.program import Runner, load_program
+from tvm_benchmark.relax_graph import node_outputs
+
+
+def compare_logits(runner: Runner, graph: dict, loader, progress: bool = True) -> dict:
+    """Logit mismatches and top-1 of TVM and the reference over ``loader``."""
+    mismatches = total = n = hit_tvm = hit_ref = 0
+    for x, y in tqdm(loader, desc="verify", disable=not progress, dynamic_ncols=True, leave=False):
+        x, y = x.numpy(), y.numpy()
+        out, ref = runner(x), run_graph(graph, x)
+        mismatches += int((out != ref).sum())
+        total += ref.size
+        n += len(y)
+        hit_tvm += int((float_logits(out, graph).argmax(1) == y).sum())
+        hit_ref += int((float_logits(ref, graph).argmax(1) == y).sum())
+    return {"mismatches": mismatches, "logits": total, "images": n,
+            "tvm_top1": 100.0 * hit_tvm / max(n, 1), "ref_top1": 100.0 * hit_ref / max(n, 1)}
+
+
+def compare_layers(outputs: list[np.ndarray], graph: dict, x: np.ndarray) -> list[dict]:
+    """Per-node comparison of TVM's tuple of node outputs with the reference's intermediates."""
+    _, env = run_graph(graph, x, keep=True)
+    rows = []
+    for (name, value), node, got in zip(node_outputs(graph), graph["nodes"], outputs):
+        ref = env[value]
+        diff = got != ref
+        rows.append({"node": name, "op": node["op"], "output": value, "values": int(ref.size),
+                     "mismatches": int(diff.sum()),
+                     "max_abs_diff": int(np.abs(got - ref).max()) if diff.any() else 0})
+    return rows
+
+
+def _print_layers(rows: list[dict]) -> str | None:
+    print(f"{'node':<40}{'op':<20}{'values':>10}{'mismatches':>12}{'max|diff|':>11}")
+    for r in rows:
+        print(f"{r['node']:<40}{r['op']:<20}{r['values']:>10}{r['mismatches']:>12}{r['max_abs_diff']:>11}")
+    first = next((r for r in rows if r["mismatches"]), None)
+    if first:
+        print(f"first divergence: {first['node']} ({first['op']}, output {first['output']}): "
+              f"{first['mismatches']}/{first['values']} values differ")
+    else:
+        print("first divergence: none")
+    return first and first["node"]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_program_args(p, batch_default=50)
+    add_data_args(p)
+    p.add_argument("--per-layer", action="store_true", help="compare every node's output on the first batch")
+    args = p.parse_args(argv)
+    if args.batch_size < 1:
+        raise HawqError(f"--batch-size must be >= 1, got {args.batch_size}")
+
+    prog = load_program(args.checkpoint)
+    data = build_loaders(args.dataset or prog.dataset, args.data, args.batch_size, 0, 1.0, 0,
+                         eval_limit=args.limit)
+    if data.input_size != prog.input_chw[1]:
+        raise HawqError(f"dataset images are {data.input_size}px but the program was exported for "
+                        f"{prog.input_chw[1]}px")
+    exe, target, rec = compile_program(prog.graph, prog.input_shape(args.batch_size), args.target, prog.arch,
+                                       args.threads, args.records, all_outputs=args.per_layer)
+    runner = Runner(exe, device_of(args.target), args.batch_size)
+    print(f"target: {target}  tuned: {rec or 'no'}")
+    if args.per_layer:
+        x, _ = next(iter(data.val))
+        x = x.numpy()
+        rows = compare_layers(runner(x), prog.graph, x)
+        _print_layers(rows)
+        m, total = sum(r["mismatches"] for r in rows), sum(r["values"] for r in rows)
+    else:
+        r = compare_logits(runner, prog.graph, data.val, progress=not args.no_progress)
+        print(f"{'arch':<18}{'scheme':<20}{'images':>8}{'tvm_top1':>10}{'ref_top1':>10}")
+        print(f"{prog.arch:<18}{prog.scheme:<20}{r['images']:>8}{r['tvm_top1']:>10.2f}{r['ref_top1']:>10.2f}")
+        m, total = r["mismatches"], r["logits"]
+    print(f"mismatches: {m}/{total}")
+    return 1 if m else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(one_line_errors(main)())
