@@ -27,8 +27,8 @@ CKPT = "checkpoints/resnet20_cifar10_{}.pth.tar"
 RELEASED = ["uniform8", "uniform4", "mixed_stage1_8bit"]
 
 
-def _runner(graph, shape, all_outputs=False, arch="resnet20_cifar10"):
-    exe, _, _ = compile_program(graph, shape, "llvm", arch, threads=2, records="none", all_outputs=all_outputs)
+def _runner(graph, shape, all_outputs=False, fast=None):
+    exe, _ = compile_program(graph, shape, "llvm", threads=2, all_outputs=all_outputs, fast=fast)
     return Runner(exe, tvm.cpu(), shape[0])
 
 
@@ -38,8 +38,7 @@ def _last_line(capsys) -> str:
 
 @pytest.mark.parametrize("scheme", RELEASED)
 def test_verify_released_checkpoint_llvm(scheme, capsys):
-    rc = tvm_verify.main(["--checkpoint", CKPT.format(scheme), "--limit", "100", "--no-progress",
-                          "--records", "none", "-b", "50"])
+    rc = tvm_verify.main(["--checkpoint", CKPT.format(scheme), "--limit", "100", "--no-progress", "-b", "50"])
     assert _last_line(capsys) == "mismatches: 0/1000"
     assert rc == 0
 
@@ -50,7 +49,7 @@ def test_random_inputs_bit_exact(arch, scheme):
     model, probe = build_calibrated(arch, scheme, 10, (3, 3, 32, 32))
     graph = export_integer(model, (3, 32, 32))["graph"]
     x = probe.numpy()
-    out = _runner(graph, x.shape, arch=arch)(x)
+    out = _runner(graph, x.shape)(x)
     ref = run_graph(graph, x)
     np.testing.assert_array_equal(out, ref)
     np.testing.assert_array_equal(out, model.forward_int(probe).numpy())
@@ -64,7 +63,7 @@ def test_every_arch_scheme_bit_exact(arch, scheme):
     model, probe = build_calibrated(arch, scheme, 10, (2, 3, 32, 32))
     graph = export_integer(model, (3, 32, 32))["graph"]
     x = probe.numpy()
-    np.testing.assert_array_equal(_runner(graph, x.shape, arch=arch)(x), run_graph(graph, x))
+    np.testing.assert_array_equal(_runner(graph, x.shape)(x), run_graph(graph, x))
 
 
 def test_input_quantizer_rounds_half_to_even_like_reference(small_model):
@@ -122,8 +121,7 @@ def test_per_layer_names_the_corrupted_layer(small_model, capsys):
 
 
 def test_per_layer_cli_on_released_checkpoint(capsys):
-    rc = tvm_verify.main(["--checkpoint", CKPT.format("uniform4"), "--limit", "8", "--per-layer",
-                          "--records", "none", "-b", "8"])
+    rc = tvm_verify.main(["--checkpoint", CKPT.format("uniform4"), "--limit", "8", "--per-layer", "-b", "8"])
     out = capsys.readouterr().out
     assert rc == 0 and "first divergence: none" in out and out.strip().endswith("/" + out.split("/")[-1].strip())
 
@@ -131,7 +129,7 @@ def test_per_layer_cli_on_released_checkpoint(capsys):
 def test_export_then_run_round_trip(tmp_path, capsys):
     out = tmp_path / "r20"
     tvm_export.main(["--checkpoint", CKPT.format("uniform8"), "--target", "llvm", "--out", str(out),
-                     "-b", "4", "--records", "none"])
+                     "-b", "4"])
     params = json.loads((out / "params.json").read_text())
     assert params["input_shape"] == [4, 3, 32, 32] and len(params["logit_scale"]) == 10
     x = np.random.RandomState(0).randn(6, 3, 32, 32).astype(np.float32)
@@ -184,7 +182,7 @@ def test_cuda_bit_exact(small_model):
     model, probe = small_model
     graph = export_integer(model, (3, 32, 32))["graph"]
     x = probe.numpy()
-    exe, _, _ = compile_program(graph, x.shape, "cuda", "resnet20_cifar10", records="none")
+    exe, _ = compile_program(graph, x.shape, "cuda")
     np.testing.assert_array_equal(Runner(exe, tvm.cuda(0), x.shape[0])(x), run_graph(graph, x))
 
 
@@ -194,4 +192,4 @@ def test_resnet18_224_compiles_and_matches():
     model, probe = build_calibrated("resnet18", "bops_0.5", 1000, (1, 3, 224, 224))
     graph = export_integer(model, (3, 224, 224))["graph"]
     x = probe.numpy()
-    np.testing.assert_array_equal(_runner(graph, x.shape, arch="resnet18")(x), run_graph(graph, x))
+    np.testing.assert_array_equal(_runner(graph, x.shape)(x), run_graph(graph, x))

@@ -14,9 +14,8 @@ def add_program_args(p: argparse.ArgumentParser, batch_default: int) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("-b", "--batch-size", type=int, default=batch_default,
                    help="static batch size the module is compiled for")
-    p.add_argument("--records", default="auto",
-                   help="MetaSchedule records dir; 'auto' = tvm_benchmark/tuning/<target>/<arch>-b<batch> "
-                        "if committed, 'none' = untuned")
+    p.add_argument("--untuned", action="store_true",
+                   help="compile TVM's unscheduled default program instead of the hand-scheduled one")
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:

@@ -1,18 +1,15 @@
-"""Targets, lowering, MetaSchedule tuning and building of the integer Relax modules.
+"""Targets, lowering and building of the integer Relax modules.
 
 A target is named by a short key (``llvm``, ``cuda``) on the command line and turned into the dict
 form TVM 0.27 requires. ``llvm`` means *this* host: the CPU LLVM reports (``znver3``,
 ``icelake-server``, …), so LLVM uses every vector extension the host has (AVX2, AVX-512, VNNI).
 
-Tuning records live in ``tvm_benchmark/tuning/<target tag>/<arch>-b<batch>/`` (MetaSchedule's JSON
-database). Workloads are matched ignoring tensor data (``ignore-tensor``), and uniform8/uniform4/mixed
-schemes share their dtypes (4-bit values travel in 8-bit containers), so one tuning run per
-(arch, batch, target) serves every checkpoint and scheme of that arch; benchmarks never retune.
+CPU kernels are hand-scheduled (:mod:`tvm_benchmark.schedules`), so nothing is tuned at build or
+benchmark time and no tuning records are needed.
 """
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import tvm
@@ -20,10 +17,9 @@ import tvm_ffi
 from tvm import relax
 
 from hawq.errors import HawqError
+from tvm_benchmark.schedules import schedule_generic
 
 TARGETS = ("llvm", "cuda")
-TUNING_ROOT = Path(__file__).resolve().parent / "tuning"
-MODULE_EQUALITY = "ignore-tensor"
 
 
 def host_cpu() -> str:
@@ -31,13 +27,22 @@ def host_cpu() -> str:
     return str(tvm_ffi.get_global_func("target.llvm_get_system_cpu")())
 
 
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return set(line.split(":", 1)[-1].split())
+
+
+def host_has_avx2() -> bool:
+    return "avx2" in _cpu_flags()
+
+
 def host_has_vnni() -> bool:
     """True when this CPU has AVX-512 VNNI (vpdpbusd)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags
+    return "avx512_vnni" in _cpu_flags()
 
 
 def cuda_available() -> bool:
@@ -69,10 +74,6 @@ def target_tag(key: str) -> str:
     return f"llvm-{host_cpu()}" if key == "llvm" else f"cuda-{_cuda_arch()}"
 
 
-def tuning_dir(key: str, arch: str, batch: int) -> Path:
-    return TUNING_ROOT / target_tag(key) / f"{arch}-b{batch}"
-
-
 def lower(mod: tvm.IRModule) -> tvm.IRModule:
     """High-level Relax ops -> fused TIR kernels (conv + bias + requant + clip + cast in one)."""
     seq = tvm.transform.Sequential([
@@ -85,39 +86,12 @@ def lower(mod: tvm.IRModule) -> tvm.IRModule:
     return seq(mod)
 
 
-def _database(path: Path):
-    from tvm.s_tir import meta_schedule as ms
-    return ms.database.JSONDatabase(work_dir=str(path), module_equality=MODULE_EQUALITY)
-
-
-def has_records(key: str, arch: str, batch: int) -> bool:
-    d = tuning_dir(key, arch, batch)
-    return (d / "database_tuning_record.json").is_file()
-
-
-def tune(mod: tvm.IRModule, target: tvm.target.Target, work_dir: Path, trials: int,
-         trials_per_task: int | None = None, seed: int = 0) -> None:
-    """MetaSchedule-tune every fused kernel of the lowered module; records go to ``work_dir``.
-
-    Only the JSON database is kept (MetaSchedule's logs go to a scratch dir).
-    """
-    from tvm.s_tir import meta_schedule as ms
-    work_dir.mkdir(parents=True, exist_ok=True)
-    scratch = work_dir / "_logs"
-    with target:
-        ms.relax_integration.tune_relax(
-            mod=lower(mod), params={}, target=target, work_dir=str(scratch), max_trials_global=trials,
-            max_trials_per_task=trials_per_task, database=_database(work_dir), seed=seed,
-            module_equality=MODULE_EQUALITY)
-    shutil.rmtree(scratch, ignore_errors=True)
-
-
-def build(mod: tvm.IRModule, target: tvm.target.Target, records: Path | None = None) -> relax.VMExecutable:
-    """Compile with the tuned schedules from ``records`` applied where they match (else TVM's default)."""
+def build(mod: tvm.IRModule, target: tvm.target.Target, schedule: bool) -> relax.VMExecutable:
+    """Lower and compile; with ``schedule`` every kernel not hand-scheduled gets the generic CPU
+    schedule (:func:`tvm_benchmark.schedules.schedule_generic`)."""
     lowered = lower(mod)
-    if records is not None and (records / "database_tuning_record.json").is_file():
-        with _database(records), target, tvm.transform.PassContext(opt_level=3):
-            lowered = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(lowered)
+    if schedule:
+        lowered = schedule_generic(lowered)
     return tvm.compile(lowered, target)
 
 
@@ -125,24 +99,18 @@ def device_of(key: str):
     return tvm.cpu(0) if key == "llvm" else tvm.cuda(0)
 
 
-def compile_program(graph: dict, input_shape: tuple[int, int, int, int], key: str, arch: str,
-                    threads: int | None = None, records: str | None = "auto", all_outputs: bool = False):
-    """Build an artifact graph for target ``key``; returns (executable, target, records dir used or None).
+def compile_program(graph: dict, input_shape: tuple[int, int, int, int], key: str,
+                    threads: int | None = None, all_outputs: bool = False, fast: bool | None = None):
+    """Build an artifact graph for target ``key``; returns (executable, target).
 
-    ``records``: ``"auto"`` uses the committed tuning records of (target, arch, batch) when present,
-    ``None``/``"none"`` compiles untuned, any other value is a records directory.
+    ``fast`` (default: on for ``llvm`` hosts with AVX2) uses the hand-scheduled NHWC program
+    (tensorized convolutions, parallel/vectorized epilogues); off compiles TVM's unscheduled default.
     """
     from tvm_benchmark.relax_graph import build_module
+    target = make_target(key, threads)
     if key == "cuda" and not cuda_available() and os.environ.get("HAWQ_CUDA_ARCH") is None:
         raise HawqError("target cuda: no CUDA GPU visible to TVM (set HAWQ_CUDA_ARCH=sm_XX to cross-compile)")
-    target = make_target(key, threads)
-    if records == "auto":
-        d = tuning_dir(key, arch, input_shape[0])
-        rec = d if (d / "database_tuning_record.json").is_file() else None
-    elif records in (None, "none"):
-        rec = None
-    else:
-        rec = Path(records)
-        if not (rec / "database_tuning_record.json").is_file():
-            raise HawqError(f"tuning records '{records}' not found (expected database_tuning_record.json there)")
-    return build(build_module(graph, input_shape, all_outputs=all_outputs), target, rec), target, rec
+    if fast is None:
+        fast = key == "llvm" and host_has_avx2()
+    mod = build_module(graph, input_shape, all_outputs=all_outputs, fast_conv=fast)
+    return build(mod, target, schedule=fast), target

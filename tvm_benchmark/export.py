@@ -6,7 +6,7 @@
 compile-time constants inside it, so it is self-contained: ``main(x: float32[B,3,S,S]) ->
 int32 logits [B, classes]``. ``DIR/params.json``: the program's parameters a caller needs —
 input shape, per-class logit scale (float logits = int logits · scale), arch, scheme, bit_config,
-target, tuning records used. Both files are written atomically (temp file, then rename).
+target. Both files are written atomically (temp file, then rename).
 """
 from __future__ import annotations
 
@@ -39,20 +39,20 @@ def _replace_into(out: Path, name: str, write) -> None:
 
 
 def export(checkpoint: str, target_key: str, out: str, batch: int = 1, threads: int | None = None,
-           records: str | None = "auto") -> dict:
+           untuned: bool = False) -> dict:
     """Compile and write ``out/model.so`` + ``out/params.json``; returns the params dict."""
     if batch < 1:
         raise HawqError(f"--batch-size must be >= 1, got {batch}")
     prog = load_program(checkpoint)
-    exe, target, rec = compile_program(prog.graph, prog.input_shape(batch), target_key, prog.arch,
-                                       threads, records)
+    exe, target = compile_program(prog.graph, prog.input_shape(batch), target_key, threads,
+                                  fast=False if untuned else None)
     scale = prog.graph.get("output_scale")
     params = {
         "format": "hawq-tvm/1", "arch": prog.arch, "quant_scheme": prog.scheme, "dataset": prog.dataset,
         "bit_config": prog.bit_config, "input_shape": list(prog.input_shape(batch)),
         "output_dtype": "int32",
         "logit_scale": None if scale is None else np.asarray(scale, dtype=np.float64).tolist(),
-        "target_key": target_key, "target": str(target), "records": None if rec is None else str(rec),
+        "target_key": target_key, "target": str(target), "scheduled": not untuned,
         "source": os.path.abspath(checkpoint),
     }
     dest = Path(out)
@@ -67,9 +67,9 @@ def main(argv=None) -> int:
     add_program_args(p, batch_default=1)
     p.add_argument("--out", required=True, help="output directory (created)")
     args = p.parse_args(argv)
-    params = export(args.checkpoint, args.target, args.out, args.batch_size, args.threads, args.records)
+    params = export(args.checkpoint, args.target, args.out, args.batch_size, args.threads, args.untuned)
     print(f"wrote {Path(args.out) / LIB} and {PARAMS}: {params['arch']} {params['quant_scheme']} "
-          f"input {params['input_shape']} target {params['target']} tuned: {params['records'] or 'no'}")
+          f"input {params['input_shape']} target {params['target']}")
     return 0
 
 

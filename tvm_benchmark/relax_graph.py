@@ -24,6 +24,7 @@ import tvm
 from tvm import relax
 
 from hawq.errors import HawqError
+from tvm_benchmark import schedules as S
 
 _CONTAINERS = ("uint8", "int8", "int16", "int32", "int64")
 _I64 = np.iinfo(np.int64)
@@ -48,10 +49,15 @@ class Value:
 
     @property
     def dtype(self) -> str:
-        return self.expr.ty.dtype
+        return _dt(self.expr)
 
     def absmax(self) -> int:
         return max(abs(self.lo), abs(self.hi))
+
+
+def _dt(e: relax.Expr) -> str:
+    """Element dtype of a Relax tensor expression, as a string."""
+    return str(e.ty.dtype)
 
 
 def _np(t) -> np.ndarray:
@@ -62,18 +68,32 @@ def _const(a: np.ndarray, dtype: str) -> relax.Constant:
     return relax.const(np.ascontiguousarray(a).astype(dtype), dtype)
 
 
-def _channel(v: np.ndarray, ndim: int) -> np.ndarray:
-    """Per-channel vector [C] or [1] -> broadcastable along dim 1 of an ndim tensor."""
-    shape = [1] * ndim
-    shape[1] = -1
-    return np.asarray(v, dtype=np.int64).reshape(shape)
-
-
 class _Builder:
-    """Emits one Relax binding per graph node into an open dataflow block."""
+    """Emits one Relax binding per graph node into an open dataflow block.
 
-    def __init__(self, bb: relax.BlockBuilder):
-        self.bb = bb
+    ``layout`` is the layout of 4-D values inside the program (``NCHW`` as in the graph, or ``NHWC``
+    for the tensorized CPU convolution); ``fast_conv`` enables :func:`schedules.conv2d_pmaddwd`.
+    """
+
+    def __init__(self, bb: relax.BlockBuilder, layout: str = "NCHW", fast_conv: bool = False):
+        self.bb, self.layout, self.fast_conv = bb, layout, fast_conv
+
+    def caxis(self, ndim: int) -> int:
+        return 3 if ndim == 4 and self.layout == "NHWC" else 1
+
+    def hw_axes(self) -> list[int]:
+        return [1, 2] if self.layout == "NHWC" else [2, 3]
+
+    def per_channel(self, v: np.ndarray, ndim: int) -> np.ndarray:
+        """Per-channel vector [C] or [1] -> broadcastable along the channel axis of an ndim value."""
+        shape = [1] * ndim
+        shape[self.caxis(ndim)] = -1
+        return np.asarray(v, dtype=np.int64).reshape(shape)
+
+    def to_graph_layout(self, e: relax.Expr) -> relax.Expr:
+        if self.layout == "NHWC" and len(e.ty.shape) == 4:
+            return self.emit(relax.op.permute_dims(e, [0, 3, 1, 2]))
+        return e
 
     def emit(self, expr: relax.Expr) -> relax.Expr:
         return self.bb.emit(expr)
@@ -94,6 +114,8 @@ class _Builder:
     def quantize(self, node, x: relax.Expr) -> Value:
         scale = np.float32(_np(node["scale"]).reshape(-1)[0])
         z, qmin, qmax = int(node["zero_point"]), int(node["qmin"]), int(node["qmax"])
+        if self.layout == "NHWC":
+            x = self.emit(relax.op.permute_dims(x, [0, 2, 3, 1]))
         q = self.emit(relax.op.divide(x, relax.const(scale, "float32")))    # divide, never * 1/S
         q = self.emit(relax.op.round(q))                                      # half to even
         q = self.emit(relax.op.add(q, relax.const(np.float32(z), "float32")))
@@ -116,30 +138,59 @@ class _Builder:
             return self.cast(x, acc_dtype)
         return x.expr
 
+    def _pad_hw(self, data: relax.Expr, pad: list[int], value: int, extra_channels: int = 0) -> relax.Expr:
+        if not any(pad) and not extra_channels:
+            return data
+        widths = [0, 0] * 4
+        for axis, p in zip(self.hw_axes(), pad):
+            widths[2 * axis] = widths[2 * axis + 1] = p
+        widths[2 * self.caxis(4) + 1] = extra_channels
+        return self.emit(relax.op.nn.pad(data, widths, pad_value=float(value)))
+
     def conv2d(self, node, x: Value) -> Value:
         w, bias = _np(node["weight"]), _np(node["bias"]).astype(np.int64)
         bound, acc = self._accumulator(x, w, bias, node["name"])
         pad = [int(p) for p in node["padding"]]
+        stride = [int(s) for s in node["stride"]]
         data = self._operand(x, acc)
         if x.offset:
             # conv(q - z) = conv_pad_z(q) - z·ΣW: pad the uncentered q with z (the centered zero).
-            data = self.emit(relax.op.nn.pad(data, [0, 0, 0, 0, pad[0], pad[0], pad[1], pad[1]],
-                                             pad_value=float(x.offset)))
             bias = bias - x.offset * w.astype(np.int64).reshape(w.shape[0], -1).sum(1)
-            pad = [0, 0]
-        wdt = acc if acc == "int64" or data.ty.dtype not in ("uint8", "int8") else "int8"
-        y = self.emit(relax.op.nn.conv2d(
-            data, _const(w, wdt), strides=[int(s) for s in node["stride"]], padding=pad,
-            dilation=[int(d) for d in node["dilation"]], groups=int(node["groups"]), out_dtype=acc))
-        y = self.emit(relax.op.add(y, _const(bias.reshape(1, -1, 1, 1), acc)))
+        groups = int(node["groups"])
+        if (self.fast_conv and acc == "int32" and tuple(int(d) for d in node["dilation"]) == (1, 1)
+                and S.pmaddwd_supported(_dt(data), w.shape[1], w.shape[0], groups)):
+            y = self._conv_pmaddwd(data, w, pad, stride, x.offset)
+        else:
+            if x.offset:
+                data, pad = self._pad_hw(data, pad, x.offset), [0, 0]
+            wdt = acc if acc == "int64" or _dt(data) not in ("uint8", "int8") else "int8"
+            kernel = w if self.layout == "NCHW" else w.transpose(0, 2, 3, 1)
+            y = self.emit(relax.op.nn.conv2d(
+                data, _const(kernel, wdt), strides=stride, padding=pad,
+                dilation=[int(d) for d in node["dilation"]], groups=groups, out_dtype=acc,
+                data_layout=self.layout, kernel_layout="OIHW" if self.layout == "NCHW" else "OHWI"))
+        y = self.emit(relax.op.add(y, _const(self.per_channel(bias, 4), acc)))
         return Value(y, -bound, bound)
+
+    def _conv_pmaddwd(self, data: relax.Expr, w: np.ndarray, pad: list[int], stride: list[int],
+                      pad_value: int) -> relax.Expr:
+        """NHWC conv through the tensorized kernel: pad (spatial, and channels to even), call, reshape."""
+        o, c, kh, kw = w.shape
+        data = self._pad_hw(data, pad, pad_value, extra_channels=c % 2)
+        b, h, wd, cp = (int(d) for d in data.ty.shape)
+        func = S.conv2d_pmaddwd(b, (h, wd), cp, o, (kh, kw), tuple(stride), _dt(data))
+        gv = self.bb.add_func(func, "conv2d_pmaddwd")
+        oh, ow = (h - kh) // stride[0] + 1, (wd - kw) // stride[1] + 1
+        acc = self.emit(relax.call_tir(gv, [data, _const(S.pmaddwd_weight(w), "int16")],
+                                       relax.TensorType([b, oh, ow, o // S.LANES, S.LANES], "int32")))
+        return self.emit(relax.op.reshape(acc, [b, oh, ow, o]))
 
     def dense(self, node, x: Value) -> Value:
         w, bias = _np(node["weight"]), _np(node["bias"]).astype(np.int64)
         x = self.centered(x)
         bound, acc = self._accumulator(x, w, bias, node["name"])
         data = self._operand(x, acc)
-        wdt = acc if data.ty.dtype == acc else "int8"
+        wdt = acc if _dt(data) == acc else "int8"
         y = self.emit(relax.op.matmul(data, _const(w.T, wdt), out_dtype=acc))
         y = self.emit(relax.op.add(y, _const(bias.reshape(1, -1), acc)))
         return Value(y, -bound, bound)
@@ -148,7 +199,7 @@ class _Builder:
         """round_half_up(v·m / 2^s) in int64, per channel (dim 1); the product is bounded below 2^63."""
         v = self.centered(v)
         nd = len(v.expr.ty.shape)
-        m, s = _channel(m, nd), _channel(s, nd)
+        m, s = self.per_channel(m, nd), self.per_channel(s, nd)
         if v.absmax() * int(m.max()) + (1 << (int(s.max()) - 1)) > _I64.max:
             raise HawqError(f"{what}: requantization product overflows int64")
         e = self.emit(relax.op.multiply(self.cast(v, "int64"), _const(m, "int64")))
@@ -177,29 +228,32 @@ class _Builder:
         x = self.centered(x)
         p = [int(v) for v in node["padding"]]
         y = self.emit(relax.op.nn.max_pool2d(x.expr, [int(k) for k in node["kernel"]],
-                                             [int(s) for s in node["stride"]], [p[0], p[1], p[0], p[1]]))
+                                             [int(s) for s in node["stride"]], [p[0], p[1], p[0], p[1]],
+                                             layout=self.layout))
         return Value(y, x.lo, x.hi)
 
     def global_avgpool_sum(self, node, x: Value) -> Value:
         x = self.centered(x)
         shape = [int(d) for d in x.expr.ty.shape]
-        h, w = shape[2], shape[3]
+        h, w = (shape[a] for a in self.hw_axes())
         lo, hi = x.lo * h * w, x.hi * h * w
         acc = "int32" if container(lo, hi) != "int64" else "int64"
-        y = self.emit(relax.op.sum(self.cast(x, acc), axis=[2, 3]))
+        y = self.emit(relax.op.sum(self.cast(x, acc), axis=self.hw_axes()))
         return Value(y, lo, hi)
 
 
-def build_module(graph: dict, input_shape: tuple[int, ...], all_outputs: bool = False) -> tvm.IRModule:
+def build_module(graph: dict, input_shape: tuple[int, ...], all_outputs: bool = False,
+                 fast_conv: bool = False) -> tvm.IRModule:
     """Relax module ``main(x: float32[input_shape]) -> logits`` for an artifact graph.
 
-    ``input_shape`` is [B, C, H, W]. With ``all_outputs`` the function returns a tuple holding every
-    node's value (centered, in graph order) instead, for per-layer comparison.
-    Returns an IRModule of high-level Relax ops (not yet legalized).
+    ``input_shape`` is [B, C, H, W] (the graph's NCHW; outputs too). With ``all_outputs`` the function
+    returns a tuple holding every node's value (centered, NCHW, in graph order) instead, for
+    per-layer comparison. ``fast_conv`` computes in NHWC with the tensorized AVX2 convolution.
+    Returns an IRModule of high-level Relax ops plus the hand-scheduled conv kernels.
     """
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType([int(d) for d in input_shape], "float32"))
-    b = _Builder(bb)
+    b = _Builder(bb, layout="NHWC" if fast_conv else "NCHW", fast_conv=fast_conv)
     with bb.function("main", [x]):
         with bb.dataflow():
             env: dict[str, Value | relax.Expr] = {graph["input"]: x}
@@ -211,9 +265,9 @@ def build_module(graph: dict, input_shape: tuple[int, ...], all_outputs: bool = 
                 env[node["output"]] = fn(node, *(env[n] for n in node["inputs"]))
                 order.append(node["output"])
             if all_outputs:
-                out = relax.Tuple([b.centered(env[n]).expr for n in order])
+                out = relax.Tuple([b.to_graph_layout(b.centered(env[n]).expr) for n in order])
             else:
-                out = b.centered(env[graph["output"]]).expr
+                out = b.to_graph_layout(b.centered(env[graph["output"]]).expr)
             gv = bb.emit_output(out)
         bb.emit_func_output(gv)
     return bb.get()

@@ -81,10 +81,10 @@ def main(argv=None) -> int:
     if data.input_size != prog.input_chw[1]:
         raise HawqError(f"dataset images are {data.input_size}px but the program was exported for "
                         f"{prog.input_chw[1]}px")
-    exe, target, rec = compile_program(prog.graph, prog.input_shape(args.batch_size), args.target, prog.arch,
-                                       args.threads, args.records, all_outputs=args.per_layer)
+    exe, target = compile_program(prog.graph, prog.input_shape(args.batch_size), args.target, args.threads,
+                                  all_outputs=args.per_layer, fast=False if args.untuned else None)
     runner = Runner(exe, device_of(args.target), args.batch_size)
-    print(f"target: {target}  tuned: {rec or 'no'}")
+    print(f"target: {target}  scheduled: {'no' if args.untuned else 'yes'}")
     if args.per_layer:
         x, _ = next(iter(data.val))
         x = x.numpy()
