@@ -25,7 +25,6 @@ import copy
 import csv
 import datetime as _dt
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -40,6 +39,7 @@ from hawq.bit_config import load_scheme
 from hawq.cli import one_line_errors
 from hawq.errors import HawqError
 from hawq.models.layers import arch_info
+from hawq.tables import cpu_summary, markdown_table
 
 FIELDS = ("arch", "scheme", "batch", "fp_step_ms", "qat_step_ms", "ratio")
 TARGET_RATIO = 1.5
@@ -160,10 +160,7 @@ def write_csv(path: str, rows: list[dict]) -> None:
 
 
 def markdown(rows: list[dict], meta: str, method: str) -> str:
-    lines = ["# QAT training-step overhead", "", meta, "",
-             "| " + " | ".join(FIELDS) + " |",
-             "|" + "|".join("---" if f in ("arch", "scheme") else "---:" for f in FIELDS) + "|"]
-    lines += ["| " + " | ".join(str(r[f]) for f in FIELDS) + " |" for r in rows]
+    lines = ["# QAT training-step overhead", "", meta, ""] + markdown_table(rows, FIELDS)
     worst = max((float(r["ratio"]) for r in rows), default=float("nan"))
     verdict = "met" if worst <= TARGET_RATIO else "NOT met"
     lines += ["", method, "",
@@ -174,16 +171,7 @@ def markdown(rows: list[dict], meta: str, method: str) -> str:
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"cpu ({cpu}, {os.cpu_count()} logical cores)"
+    return f"cpu ({cpu_summary()})"
 
 
 def _busy_warning(device: torch.device, threads: int) -> str:

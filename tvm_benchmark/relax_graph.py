@@ -72,7 +72,7 @@ class _Builder:
     """Emits one Relax binding per graph node into an open dataflow block.
 
     ``layout`` is the layout of 4-D values inside the program (``NCHW`` as in the graph, or ``NHWC``
-    for the tensorized CPU convolution); ``fast_conv`` enables :func:`schedules.conv2d_pmaddwd`.
+    for the tensorized CPU convolution); ``fast_conv`` enables :func:`schedules.conv2d_tensorized`.
     """
 
     def __init__(self, bb: relax.BlockBuilder, layout: str = "NCHW", fast_conv: bool = False):
@@ -157,9 +157,12 @@ class _Builder:
             # conv(q - z) = conv_pad_z(q) - z·ΣW: pad the uncentered q with z (the centered zero).
             bias = bias - x.offset * w.astype(np.int64).reshape(w.shape[0], -1).sum(1)
         groups = int(node["groups"])
-        if (self.fast_conv and acc == "int32" and tuple(int(d) for d in node["dilation"]) == (1, 1)
-                and S.pmaddwd_supported(_dt(data), w.shape[1], w.shape[0], groups)):
-            y = self._conv_pmaddwd(data, w, pad, stride, x.offset)
+        kernel = None
+        if self.fast_conv and acc == "int32" and tuple(int(d) for d in node["dilation"]) == (1, 1):
+            stored_max = max(abs(x.lo + x.offset), abs(x.hi + x.offset))   # the uncentered values
+            kernel = S.choose_kernel(_dt(data), stored_max, w, groups)
+        if kernel is not None:
+            y = self._conv_tensorized(kernel, data, w, pad, stride, x.offset)
         else:
             if x.offset:
                 data, pad = self._pad_hw(data, pad, x.offset), [0, 0]
@@ -172,16 +175,16 @@ class _Builder:
         y = self.emit(relax.op.add(y, _const(self.per_channel(bias, 4), acc)))
         return Value(y, -bound, bound)
 
-    def _conv_pmaddwd(self, data: relax.Expr, w: np.ndarray, pad: list[int], stride: list[int],
-                      pad_value: int) -> relax.Expr:
-        """NHWC conv through the tensorized kernel: pad (spatial, and channels to even), call, reshape."""
+    def _conv_tensorized(self, kernel, data: relax.Expr, w: np.ndarray, pad: list[int], stride: list[int],
+                         pad_value: int) -> relax.Expr:
+        """NHWC conv through a tensorized kernel: pad (spatial, channels to a multiple of k), call, reshape."""
         o, c, kh, kw = w.shape
-        data = self._pad_hw(data, pad, pad_value, extra_channels=c % 2)
+        data = self._pad_hw(data, pad, pad_value, extra_channels=-c % kernel.k)
         b, h, wd, cp = (int(d) for d in data.ty.shape)
-        func = S.conv2d_pmaddwd(b, (h, wd), cp, o, (kh, kw), tuple(stride), _dt(data))
-        gv = self.bb.add_func(func, "conv2d_pmaddwd")
+        func = S.conv2d_tensorized(kernel, b, (h, wd), cp, o, (kh, kw), tuple(stride), _dt(data))
+        gv = self.bb.add_func(func, f"conv2d_{kernel.name}")
         oh, ow = (h - kh) // stride[0] + 1, (wd - kw) // stride[1] + 1
-        acc = self.emit(relax.call_tir(gv, [data, _const(S.pmaddwd_weight(w), "int16")],
+        acc = self.emit(relax.call_tir(gv, [data, _const(S.pack_weight(w, kernel), kernel.weight_dtype)],
                                        relax.TensorType([b, oh, ow, o // S.LANES, S.LANES], "int32")))
         return self.emit(relax.op.reshape(acc, [b, oh, ow, o]))
 

@@ -1,15 +1,20 @@
 """Hand-written CPU schedules for the integer program (TVM's default Relax pipeline schedules nothing).
 
-- :func:`conv2d_pmaddwd`: an NHWC integer convolution tensorized with AVX2 ``vpmaddwd``
-  (``llvm.x86.avx2.pmadd.wd``: 16 int16·int16 products summed pairwise into 8 int32 lanes). Both
-  operands fit int16 exactly (uint8/int8 activations widened on load, int8 weights stored as int16),
-  and each pair sum is at most 2·255·128 < 2^31, so it is exact — unlike ``vpmaddubsw``, whose int16
-  pair sums saturate. Weights are laid out ``[O/8, KH, KW, C/2, 8, 2]`` so one 256-bit load feeds one
-  instruction; the output is tiled over 4 (or 7) output columns × 16 output channels in registers.
+- :func:`conv2d_tensorized`: an NHWC integer convolution tensorized with one of two exact AVX2
+  dot-product steps (:class:`DotKernel`):
+  ``vpmaddwd`` (``llvm.x86.avx2.pmadd.wd``: 16 int16·int16 products summed pairwise into 8 int32
+  lanes; uint8/int8 activations widened on load, weights stored as int16; a pair sum is at most
+  2·255·128 < 2^31, so always exact), and ``vpmaddubsw`` + ``vpmaddwd(1)`` (32 uint8·int8
+  products per instruction, summed by 4), whose int16 pair sums saturate above 32767 and which is
+  therefore chosen only where the layer's static bounds prove 2·max|a|·max|w| <= 32767 — in practice
+  the 4-bit layers (15·127·2 or 255·8·2). Weights are packed ``[O/8, KH, KW, C/k, 8, k]`` so one
+  256-bit load feeds one step; the output is tiled over 4 (or 7) columns × 16 channels in registers.
 - :func:`schedule_generic`: every other kernel (the fused requantization epilogues, pads, pooling,
   the classifier): inline producers, then parallelize and vectorize the spatial loops.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import tvm
@@ -17,24 +22,41 @@ from tvm import te
 from tvm.s_tir import Schedule, ScheduleError, TensorIntrin
 from tvm.script import tirx as T
 
-PMADDWD = "hawq_avx2_pmaddwd_u8_8x2"
 SCHEDULED = "hawq.scheduled"
-LANES, PAIR = 8, 2
+LANES = 8          # int32 accumulator lanes per 256-bit register
 
 
-def _pmaddwd_intrin(act_dtype: str):
+@dataclass(frozen=True)
+class DotKernel:
+    """An exact AVX2 dot-product step: 8 int32 lanes += Σ_k act[k]·w[lane, k] over ``k`` channels."""
+    name: str
+    k: int               # input channels reduced per instruction group
+    weight_dtype: str    # weight container in the packed layout
+
+
+#: vpmaddwd on int16-widened operands: exact for any uint8/int8 activation and int8 weight.
+PMADDWD = DotKernel("pmaddwd", 2, "int16")
+#: vpmaddubsw + vpmaddwd(1): twice the products per instruction; its int16 pair sums saturate, so it
+#: is used only where the bounds prove 2·max|act|·max|w| <= 32767 (4-bit activations or weights).
+PMADDUBSW = DotKernel("pmaddubsw", 4, "int8")
+
+
+def _desc(k: int, act_dtype: str, w_dtype: str):
     @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((2,), act_dtype, offset_factor=1), B: T.Buffer((8, 2), "int16", offset_factor=1),
+    def desc(A: T.Buffer((k,), act_dtype, offset_factor=1), B: T.Buffer((8, k), w_dtype, offset_factor=1),
              C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
-            T.reads(C[0:8], A[0:2], B[0:8, 0:2])
+            T.reads(C[0:8], A[0:k], B[0:8, 0:k])
             T.writes(C[0:8])
             for i in T.serial(0, 8):
-                for k in T.serial(0, 2):
+                for r in T.serial(0, k):
                     with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+                        vi, vr = T.axis.remap("SR", [i, r])
+                        C[vi] = C[vi] + T.cast(A[vr], "int32") * T.cast(B[vi, vr], "int32")
+    return desc
 
+
+def _pmaddwd_impl(act_dtype: str):
     @T.prim_func(s_tir=True)
     def impl(A: T.Buffer((2,), act_dtype, offset_factor=1), B: T.Buffer((8, 2), "int16", offset_factor=1),
              C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
@@ -47,33 +69,56 @@ def _pmaddwd_intrin(act_dtype: str):
             C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a16, B.vload([0, 0], dtype="int16x16"),
                 dtype="int32x8")
-
-    return desc, impl
-
-
-def _intrin_name(act_dtype: str) -> str:
-    return f"{PMADDWD}_{act_dtype}"
+    return impl
 
 
-def _register(act_dtype: str) -> str:
-    name = _intrin_name(act_dtype)
+def _pmaddubsw_impl(act_dtype: str):
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((8, 4), "int8", offset_factor=1),
+             C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+            T.writes(C[0:8])
+            a = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+            pairs = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
+                T.reinterpret(T.broadcast(a, 8), dtype="uint8x32"), B.vload([0, 0], dtype="int8x32"),
+                dtype="int16x16")
+            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs, T.int16x16(1), dtype="int32x8")
+    return impl
+
+
+_IMPLS = {"pmaddwd": _pmaddwd_impl, "pmaddubsw": _pmaddubsw_impl}
+
+
+def _register(kernel: DotKernel, act_dtype: str) -> str:
+    name = f"hawq_avx2_{kernel.name}_{act_dtype}_8x{kernel.k}"
     if TensorIntrin.get(name, allow_missing=True) is None:
-        TensorIntrin.register(name, *_pmaddwd_intrin(act_dtype))
+        TensorIntrin.register(name, _desc(kernel.k, act_dtype, kernel.weight_dtype), _IMPLS[kernel.name](act_dtype))
     return name
 
 
-def pmaddwd_supported(act_dtype: str, channels: int, out_channels: int, groups: int) -> bool:
-    """Whether :func:`conv2d_pmaddwd` applies (else the generic Relax conv2d is used)."""
-    return act_dtype in ("uint8", "int8") and groups == 1 and out_channels % LANES == 0 and channels >= 1
+def choose_kernel(act_dtype: str, act_absmax: int, w: np.ndarray, groups: int) -> DotKernel | None:
+    """The fastest exact kernel for this conv (None: use the generic Relax conv2d).
+
+    ``act_absmax``: bound on |activation| (of the stored, uncentered values); ``w``: OIHW int8.
+    """
+    if act_dtype not in ("uint8", "int8") or groups != 1 or w.shape[0] % LANES:
+        return None
+    if act_dtype == "uint8" and 2 * act_absmax * int(np.abs(w.astype(np.int64)).max(initial=0)) <= 32767:
+        return PMADDUBSW
+    return PMADDWD
 
 
-def pmaddwd_weight(w: np.ndarray) -> np.ndarray:
-    """OIHW int8 weights -> int16 ``[O/8, KH, KW, C'/2, 8, 2]`` (C' = C rounded up to even, zero-filled)."""
+def pack_weight(w: np.ndarray, kernel: DotKernel) -> np.ndarray:
+    """OIHW int8 weights -> ``[O/8, KH, KW, C'/k, 8, k]`` in the kernel's weight dtype
+    (C' = C rounded up to a multiple of k, zero-filled)."""
     o, c, kh, kw = w.shape
-    c2 = c + (c % 2)
-    w = np.pad(w.astype(np.int16), ((0, 0), (0, c2 - c), (0, 0), (0, 0)))
-    return np.ascontiguousarray(
-        w.reshape(o // LANES, LANES, c2 // PAIR, PAIR, kh, kw).transpose(0, 4, 5, 2, 1, 3))
+    k = kernel.k
+    cp = -(-c // k) * k
+    w = np.pad(w.astype(kernel.weight_dtype), ((0, 0), (0, cp - c), (0, 0), (0, 0)))
+    return np.ascontiguousarray(w.reshape(o // LANES, LANES, cp // k, k, kh, kw).transpose(0, 4, 5, 2, 1, 3))
 
 
 def _column_tile(ow: int) -> int:
@@ -83,33 +128,33 @@ def _column_tile(ow: int) -> int:
     return 1
 
 
-def conv2d_pmaddwd(batch: int, in_hw: tuple[int, int], channels: int, out_channels: int,
-                   kernel: tuple[int, int], stride: tuple[int, int], act_dtype: str) -> tvm.tirx.PrimFunc:
-    """Scheduled PrimFunc ``(data [B,H,W,C'] act_dtype (already padded), w [O/8,KH,KW,C'/2,8,2] int16)
-    -> acc [B,OH,OW,O/8,8] int32`` where C' = channels (even). Exact integer convolution."""
+def conv2d_tensorized(kernel: DotKernel, batch: int, in_hw: tuple[int, int], channels: int, out_channels: int,
+                      ksize: tuple[int, int], stride: tuple[int, int], act_dtype: str) -> tvm.tirx.PrimFunc:
+    """Scheduled PrimFunc ``(data [B,H,W,C'] act_dtype (already padded), w = pack_weight(...))
+    -> acc [B,OH,OW,O/8,8] int32``, C' a multiple of ``kernel.k``. Exact integer convolution."""
     h, w_ = in_hw
-    (kh, kw), (sh, sw) = kernel, stride
+    (kh, kw), (sh, sw), k = ksize, stride, kernel.k
     oh, ow = (h - kh) // sh + 1, (w_ - kw) // sw + 1
     data = te.placeholder((batch, h, w_, channels), act_dtype, name="data")
-    wt = te.placeholder((out_channels // LANES, kh, kw, channels // PAIR, LANES, PAIR), "int16", name="weight")
+    wt = te.placeholder((out_channels // LANES, kh, kw, channels // k, LANES, k), kernel.weight_dtype, name="weight")
     rh, rw = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw")
-    rc, rp = te.reduce_axis((0, channels // PAIR), "rc"), te.reduce_axis((0, PAIR), "rp")
+    rc, rk = te.reduce_axis((0, channels // k), "rc"), te.reduce_axis((0, k), "rk")
     acc = te.compute(
         (batch, oh, ow, out_channels // LANES, LANES),
         lambda n, y, x, ob, oi: te.sum(
-            data[n, y * sh + rh, x * sw + rw, rc * PAIR + rp].astype("int32")
-            * wt[ob, rh, rw, rc, oi, rp].astype("int32"), axis=[rh, rw, rc, rp]),
+            data[n, y * sh + rh, x * sw + rw, rc * k + rk].astype("int32")
+            * wt[ob, rh, rw, rc, oi, rk].astype("int32"), axis=[rh, rw, rc, rk]),
         name="acc")
     sch = Schedule(te.create_prim_func([data, wt, acc]))
     blk = sch.get_sblock("acc")
-    n, y, x, ob, oi, lh, lw, lc, lp = sch.get_loops(blk)
+    n, y, x, ob, oi, lh, lw, lc, lk = sch.get_loops(blk)
     xo, xi = sch.split(x, [None, _column_tile(ow)])
     ob_tile = 2 if (out_channels // LANES) % 2 == 0 else 1
     obo, obi = sch.split(ob, [None, ob_tile])
-    sch.reorder(n, y, xo, obo, lh, lw, lc, xi, obi, oi, lp)
+    sch.reorder(n, y, xo, obo, lh, lw, lc, xi, obi, oi, lk)
     sch.parallel(sch.fuse(n, y, xo, obo))
     init = sch.decompose_reduction(blk, lh)
-    sch.tensorize(oi, _register(act_dtype))
+    sch.tensorize(oi, _register(kernel, act_dtype))
     sch.unroll(xi)
     sch.unroll(obi)
     sch.vectorize(sch.get_loops(init)[-1])

@@ -1,0 +1,29 @@
+"""Small reporting helpers shared by the benchmarks: markdown tables and the host's CPU name."""
+from __future__ import annotations
+
+import os
+import platform
+
+
+def markdown_table(rows: list[dict], fields: list[str] | tuple[str, ...], text_fields=("arch", "scheme", "engine")) -> list[str]:
+    """GitHub markdown table lines for ``rows`` (dicts) with columns ``fields``; text columns left-aligned."""
+    lines = ["| " + " | ".join(fields) + " |",
+             "|" + "|".join("---" if f in text_fields else "---:" for f in fields) + "|"]
+    lines += ["| " + " | ".join(str(r[f]) for f in fields) + " |" for r in rows]
+    return lines
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (or platform's guess)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_summary() -> str:
+    return f"{cpu_name()}, {os.cpu_count()} logical cores"

@@ -1,0 +1,93 @@
+"""The engines users would otherwise pick, built from the same FP model as our integer program.
+
+Every builder returns a zero-argument callable that runs one batch (the input is bound once), so
+the benchmark times only inference.
+
+- ``torch-fp32``: eager FP32.
+- ``torch-int8``: PyTorch's x86 int8 backend via FX graph mode (``get_default_qconfig_mapping("x86")``:
+  per-channel int8 weights, uint8 activations, calibrated on the calibration batches).
+- ``ort-fp32``: ONNX Runtime on the ONNX export, all graph optimizations.
+- ``ort-int8``: ORT's own best CPU recipe: ``quant_pre_process`` (shape inference + ORT
+  optimizations) first, then static QDQ quantization with per-channel int8 weights and uint8
+  activations (MinMax calibration on the calibration batches), all graph optimizations.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+Run = Callable[[], object]
+
+
+def torch_fp32(model: torch.nn.Module, x: np.ndarray) -> Run:
+    model = model.eval()
+    t = torch.from_numpy(x)
+
+    def run():
+        with torch.inference_mode():
+            return model(t)
+    return run
+
+
+def torch_int8(model: torch.nn.Module, x: np.ndarray, calib: list[np.ndarray]) -> Run:
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+    torch.backends.quantized.engine = "x86"
+    m = copy.deepcopy(model).eval()
+    prepared = prepare_fx(m, get_default_qconfig_mapping("x86"), example_inputs=(torch.from_numpy(x),))
+    with torch.inference_mode():
+        for c in calib:
+            prepared(torch.from_numpy(c))
+    return torch_fp32(convert_fx(prepared), x)
+
+
+def export_onnx(model: torch.nn.Module, x: np.ndarray, path: Path) -> Path:
+    """FP32 ONNX export (opset 17) with a static input shape."""
+    torch.onnx.export(copy.deepcopy(model).eval(), (torch.from_numpy(x),), str(path), opset_version=17,
+                      input_names=["x"], output_names=["logits"], dynamo=False)
+    return path
+
+
+def _session(path: Path, threads: int):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def ort_run(path: Path, x: np.ndarray, threads: int) -> Run:
+    sess = _session(path, threads)
+    feed = {"x": x}
+
+    def run():
+        return sess.run(None, feed)
+    return run
+
+
+def quantize_onnx_int8(fp32: Path, calib: list[np.ndarray], out_dir: Path) -> Path:
+    """ORT static QDQ int8 model of ``fp32`` following ORT's CPU recipe (pre-processing first)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(calib)
+
+        def get_next(self):
+            b = next(self.it, None)
+            return None if b is None else {"x": b}
+
+    pre, out = out_dir / "model.pre.onnx", out_dir / "model.int8.onnx"
+    logging.getLogger().setLevel(logging.ERROR)
+    quant_pre_process(str(fp32), str(pre))
+    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return out

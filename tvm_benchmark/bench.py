@@ -1,0 +1,253 @@
+"""Latency benchmark: our TVM integer program vs PyTorch FP32/int8 and ONNX Runtime FP32/int8.
+
+    python -m tvm_benchmark.bench -a resnet18 --quant-scheme uniform8 --batch-size 1 8 --threads 2
+    python -m tvm_benchmark.bench -a resnet18 resnet50 --quant-scheme all      # every bit_config scheme
+
+All engines run in one process, on the same input batch, with the same thread count. Each engine
+first warms up, then ``--rounds`` rounds each time ``--iters`` single calls of every engine, in an
+order rotated per round, so drift on a noisy machine hits all engines alike; an engine's figures
+are the median and 90th percentile of all its timed calls.
+
+Weights: ``resnet20_cifar10`` uses the released checkpoints (FP and, where released, the scheme's
+QAT checkpoint), and its points in the accuracy plot carry their MANIFEST top-1. ImageNet archs use
+a randomly initialised FP model whose quantized copy is calibrated on random batches (pretrained
+weights cannot be downloaded here); latency does not depend on weight values.
+
+Rows are appended to ``results/latency.csv`` (``arch,scheme,batch,threads,engine,median_ms,p90_ms``);
+``results/latency.md`` (median, p90, speed-up over FP32 eager, ratio to ORT int8) and
+``results/latency_accuracy.png`` are rebuilt from the whole CSV (latest row per key).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hawq.tables import cpu_summary, markdown_table
+
+ENGINES = ("tvm-int", "torch-fp32", "torch-int8", "ort-fp32", "ort-int8")
+FIELDS = ("arch", "scheme", "batch", "threads", "engine", "median_ms", "p90_ms")
+MD_FIELDS = ("engine", "scheme", "median_ms", "p90_ms", "speedup_vs_torch_fp32", "ratio_to_ort_int8")
+RESULTS = Path("results")
+RELEASED_ARCH = "resnet20_cifar10"
+
+
+def _models(arch: str, scheme: str, num_classes: int, shape, fp_cache: dict):
+    """(FP model, calibrated/loaded quantized model) for ``arch`` and ``scheme``."""
+    import torch
+    from hawq.bit_config import load_scheme
+    from hawq.models.factory import fp_model, load_quant_checkpoint, quant_model
+    if arch not in fp_cache:
+        torch.manual_seed(0)
+        released = Path("checkpoints") / f"{arch}_fp32.pth.tar"
+        fp_cache[arch] = fp_model(arch, num_classes, pretrained=str(released) if released.is_file() else None).eval()
+    fp = fp_cache[arch]
+    qat = Path("checkpoints") / f"{arch}_{scheme}.pth.tar"
+    if qat.is_file():
+        return fp, load_quant_checkpoint(str(qat))[0]
+    q = quant_model(arch, load_scheme(arch, scheme), num_classes, fp=_copy(fp), fix_BN=True)
+    g = torch.Generator().manual_seed(1)
+    q.train()
+    with torch.no_grad():
+        for _ in range(2):
+            q(torch.randn(*shape, generator=g))
+    return fp, q.eval()
+
+
+def _copy(m):
+    import copy
+    return copy.deepcopy(m)
+
+
+def _tvm_engine(qmodel, x: np.ndarray, threads: int):
+    import tvm
+    from hawq.export import export_integer
+    from tvm_benchmark.compile import compile_program
+    from tvm_benchmark.program import Runner
+    graph = export_integer(qmodel, tuple(x.shape[1:]))["graph"]
+    exe, _ = compile_program(graph, x.shape, "llvm", threads)
+    runner = Runner(exe, tvm.cpu(0), x.shape[0])
+    xt = tvm.runtime.tensor(x, tvm.cpu(0))
+    fn = runner.vm["main"]
+    return lambda: fn(xt)
+
+
+def time_engines(engines: dict, warmup: int, rounds: int, iters: int, progress: bool = True) -> dict:
+    """Interleaved timing; returns {engine: (median_ms, p90_ms)}."""
+    from tqdm import tqdm
+    names = list(engines)
+    for n in names:
+        for _ in range(warmup):
+            engines[n]()
+    samples = {n: [] for n in names}
+    for r in tqdm(range(rounds), desc="rounds", disable=not progress, leave=False, dynamic_ncols=True):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            f = engines[n]
+            for _ in range(iters):
+                t = time.perf_counter()
+                f()
+                samples[n].append((time.perf_counter() - t) * 1e3)
+    return {n: (float(np.median(s)), float(np.percentile(s, 90))) for n, s in samples.items()}
+
+
+def bench_arch_batch(arch: str, schemes: list[str], batch: int, threads: int, engines: list[str],
+                     warmup: int, rounds: int, iters: int, progress: bool) -> list[dict]:
+    from hawq.models.layers import arch_info
+    from tvm_benchmark import baselines as B
+    info = arch_info(arch)
+    shape = (batch, 3, info.input_size, info.input_size)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    calib = [rng.standard_normal(shape, dtype=np.float32) for _ in range(4)]
+    fp_cache: dict = {}
+    fp, _ = _models(arch, schemes[0], info.num_classes, shape, fp_cache)
+    runs, labels = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if "torch-fp32" in engines:
+            runs["torch-fp32"], labels["torch-fp32"] = B.torch_fp32(fp, x), "fp32"
+        if "torch-int8" in engines:
+            runs["torch-int8"], labels["torch-int8"] = B.torch_int8(fp, x, calib), "uniform8"
+        if {"ort-fp32", "ort-int8"} & set(engines):
+            onnx = B.export_onnx(fp, x, tmp / "model.onnx")
+            if "ort-fp32" in engines:
+                runs["ort-fp32"], labels["ort-fp32"] = B.ort_run(onnx, x, threads), "fp32"
+            if "ort-int8" in engines:
+                runs["ort-int8"], labels["ort-int8"] = B.ort_run(B.quantize_onnx_int8(onnx, calib, tmp), x, threads), "uniform8"
+        if "tvm-int" in engines:
+            for s in schemes:
+                _, q = _models(arch, s, info.num_classes, shape, fp_cache)
+                key = f"tvm-int:{s}"
+                runs[key], labels[key] = _tvm_engine(q, x, threads), s
+        stats = time_engines(runs, warmup, rounds, iters, progress)
+    return [{"arch": arch, "scheme": labels[k], "batch": batch, "threads": threads, "engine": k.split(":")[0],
+             "median_ms": round(m, 4), "p90_ms": round(p, 4)} for k, (m, p) in stats.items()]
+
+
+def append_rows(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.is_file()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        if new:
+            w.writeheader()
+        w.writerows(rows)
+
+
+def latest(path: Path):
+    import pandas as pd
+    df = pd.read_csv(path)
+    return df.drop_duplicates(subset=["arch", "scheme", "batch", "threads", "engine"], keep="last")
+
+
+def markdown(df, header: str) -> str:
+    """Per (arch, batch, threads): every engine's median/p90, speed-up over FP32 eager, ratio to ORT int8."""
+    out = [header, ""]
+    for (arch, batch, threads), g in df.groupby(["arch", "batch", "threads"], sort=True):
+        base = g[g.engine == "torch-fp32"].median_ms
+        ort8 = g[g.engine == "ort-int8"].median_ms
+        g = g.sort_values("median_ms").copy()
+        g["speedup_vs_torch_fp32"] = (float(base.iloc[0]) / g.median_ms).round(2) if len(base) else np.nan
+        g["ratio_to_ort_int8"] = (g.median_ms / float(ort8.iloc[0])).round(2) if len(ort8) else np.nan
+        out += [f"### {arch}, batch {batch}, {threads} threads", ""]
+        out += markdown_table(g.to_dict("records"), MD_FIELDS) + [""]
+    return "\n".join(out)
+
+
+def manifest_top1() -> dict[tuple[str, str], float]:
+    path = Path("checkpoints/MANIFEST.csv")
+    if not path.is_file():
+        return {}
+    with open(path) as f:
+        return {(r["arch"], r["scheme"]): float(r["top1"]) for r in csv.DictReader(f)}
+
+
+def plot_accuracy(df, path: Path) -> bool:
+    """Top-1 vs median latency for every row whose (arch, scheme) has a released accuracy."""
+    top1 = manifest_top1()
+    known = np.array([(a, s) in top1 for a, s in zip(df.arch, df.scheme)], dtype=bool)
+    pts = df[known & df.engine.isin(["tvm-int", "torch-fp32"]).to_numpy()]
+    if pts.empty:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for (arch, batch, threads, engine), g in pts.groupby(["arch", "batch", "threads", "engine"]):
+        ys = [top1[(arch, s)] for s in g.scheme]
+        ax.scatter(g.median_ms, ys, label=f"{arch} {engine} b{batch} t{threads}")
+        for xm, y, s in zip(g.median_ms, ys, g.scheme):
+            ax.annotate(s, (xm, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("median latency per batch (ms)")
+    ax.set_ylabel("top-1 (%) on Fashion-MNIST test")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _host() -> str:
+    from tvm_benchmark.compile import host_cpu, host_has_avx2, host_has_vnni
+    return (f"{cpu_summary()} (LLVM: {host_cpu()}), AVX2: {host_has_avx2()}, "
+            f"AVX-512 VNNI: {host_has_vnni()}")
+
+
+def main(argv=None) -> int:
+    from hawq.bit_config import list_schemes
+    from hawq.errors import HawqError
+    from hawq.models.layers import ARCHS
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("-a", "--arch", nargs="+", default=["resnet18"])
+    p.add_argument("--quant-scheme", nargs="+", default=["uniform8"], help="scheme names, or 'all'")
+    p.add_argument("-b", "--batch-size", nargs="+", type=int, default=[1, 8])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--iters", type=int, default=10, help="timed calls per engine per round")
+    p.add_argument("--out-dir", default=str(RESULTS))
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    for a in args.arch:
+        if a not in ARCHS:
+            raise HawqError(f"unknown arch '{a}'; choose one of {', '.join(ARCHS)}")
+    if args.threads < 1 or any(b < 1 for b in args.batch_size):
+        raise HawqError("--threads and --batch-size must be >= 1")
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)   # read when TVM's pool first starts
+    import torch
+    torch.set_num_threads(args.threads)
+    out = Path(args.out_dir)
+    for arch in args.arch:
+        schemes = list_schemes(arch) if args.quant_scheme == ["all"] else args.quant_scheme
+        for s in schemes:
+            if s not in list_schemes(arch):
+                raise HawqError(f"unknown scheme '{s}' for {arch}; choose from {', '.join(list_schemes(arch))}")
+        for batch in args.batch_size:
+            rows = bench_arch_batch(arch, schemes, batch, args.threads, args.engines, args.warmup,
+                                    args.rounds, args.iters, not args.no_progress)
+            append_rows(rows, out / "latency.csv")
+            for r in rows:
+                print(",".join(str(r[k]) for k in FIELDS), flush=True)
+    df = latest(out / "latency.csv")
+    cmd = "python -m tvm_benchmark.bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    header = (f"# Latency (ms per batch)\n\nHost: {_host()}.\n\nLatest command: `{cmd}`. Rows are the latest "
+              "measurement per (arch, scheme, batch, threads, engine) in `results/latency.csv`.")
+    (out / "latency.md").write_text(markdown(df, header) + "\n")
+    if plot_accuracy(df, out / "latency_accuracy.png"):
+        print(f"plot -> {out / 'latency_accuracy.png'}")
+    print(f"table -> {out / 'latency.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    from hawq.cli import one_line_errors
+    raise SystemExit(one_line_errors(main)())
