@@ -16,6 +16,7 @@ from hawq.bit_config import list_schemes
 from hawq.export import export_integer, save_artifact
 from hawq.reference import run_graph
 from tvm_benchmark import export as tvm_export
+from tvm_benchmark import schedules as S
 from tvm_benchmark import run as tvm_run
 from tvm_benchmark import verify as tvm_verify
 from tvm_benchmark.compile import compile_program, lower
@@ -43,13 +44,15 @@ def test_verify_released_checkpoint_llvm(scheme, capsys):
     assert rc == 0
 
 
-@pytest.mark.parametrize("arch,scheme", [("resnet20_cifar10", s) for s in list_schemes("resnet20_cifar10")]
-                         + [("resnet18", "bops_0.5"), ("resnet50", "uniform4")])
-def test_random_inputs_bit_exact(arch, scheme):
+@pytest.mark.parametrize("arch,scheme,fast", [("resnet20_cifar10", s, None) for s in list_schemes("resnet20_cifar10")]
+                         + [("resnet20_cifar10", "uniform8", False), ("resnet18", "bops_0.5", None),
+                            ("resnet50", "uniform4", None)])
+def test_random_inputs_bit_exact(arch, scheme, fast):
+    """fast=None: the hand-scheduled NHWC program (tensorized convs); False: TVM's unscheduled default."""
     model, probe = build_calibrated(arch, scheme, 10, (3, 3, 32, 32))
     graph = export_integer(model, (3, 32, 32))["graph"]
     x = probe.numpy()
-    out = _runner(graph, x.shape)(x)
+    out = _runner(graph, x.shape, fast=fast)(x)
     ref = run_graph(graph, x)
     np.testing.assert_array_equal(out, ref)
     np.testing.assert_array_equal(out, model.forward_int(probe).numpy())
@@ -64,6 +67,32 @@ def test_every_arch_scheme_bit_exact(arch, scheme):
     graph = export_integer(model, (3, 32, 32))["graph"]
     x = probe.numpy()
     np.testing.assert_array_equal(_runner(graph, x.shape)(x), run_graph(graph, x))
+
+
+@pytest.mark.parametrize("scheme,kernels", [("uniform8", {"conv2d_pmaddwd"}),
+                                            ("uniform4", {"conv2d_pmaddwd", "conv2d_pmaddubsw"})])
+def test_kernel_choice_follows_the_saturation_bound(scheme, kernels):
+    """vpmaddubsw (int16 pair sums) only where 2·max|a|·max|w| <= 32767: never for 8x8-bit layers;
+    for uniform4 every 4-bit layer uses it and the 8-bit stem keeps vpmaddwd."""
+    graph = load_program(CKPT.format(scheme)).graph
+    mod = build_module(graph, (1, 3, 32, 32), fast_conv=True)
+    names = {str(gv.name_hint).rstrip("0123456789") for gv in mod.get_global_vars()} - {"main"}
+    assert names == kernels
+    convs = [n for n in graph["nodes"] if n["op"] == "conv2d"]
+    fast = [S.choose_kernel("uint8", 15 if n["weight_bits"] == 4 else 255, n["weight"].numpy(), 1) for n in convs]
+    assert all(k is S.PMADDUBSW for k, n in zip(fast, convs) if n["weight_bits"] == 4)
+    assert S.choose_kernel("uint8", 255, np.full((8, 4, 1, 1), 127, np.int8), 1) is S.PMADDWD
+    assert S.choose_kernel("uint8", 255, np.full((8, 4, 1, 1), 64, np.int8), 1) is S.PMADDUBSW   # 2·255·64 = 32640
+    assert S.choose_kernel("int8", 15, np.ones((8, 4, 1, 1), np.int8), 1) is S.PMADDWD           # signed act
+
+
+def test_cuda_cross_compiles(monkeypatch, small_model):
+    """The CUDA program cross-compiles here (TVM calls the machine's CUDA compiler) even without a GPU."""
+    monkeypatch.setenv("HAWQ_CUDA_ARCH", "sm_90")
+    model, _ = small_model
+    graph = export_integer(model, (3, 32, 32))["graph"]
+    exe, target = compile_program(graph, (2, 3, 32, 32), "cuda")
+    assert "sm_90" in str(target) and exe is not None
 
 
 def test_input_quantizer_rounds_half_to_even_like_reference(small_model):
@@ -184,6 +213,19 @@ def test_cuda_bit_exact(small_model):
     x = probe.numpy()
     exe, _ = compile_program(graph, x.shape, "cuda")
     np.testing.assert_array_equal(Runner(exe, tvm.cuda(0), x.shape[0])(x), run_graph(graph, x))
+
+
+@pytest.mark.slow
+def test_layer_latency_table(tmp_path):
+    from tvm_benchmark import layer_latency
+    assert layer_latency.main(["-a", "resnet20_cifar10", "--out", str(tmp_path / "t.csv"), "--no-progress"]) == 0
+    import pandas as pd
+    df = pd.read_csv(tmp_path / "t.csv")
+    assert list(df.columns) == ["layer", "bits", "median_ms", "p90_ms"]
+    from hawq.bit_config import load_scheme
+    four = {k for k, v in load_scheme("resnet20_cifar10", "uniform4").items() if v == 4}
+    assert set(df[df.bits == 4].layer) == {n for n in df.layer if n in four}
+    assert (df.median_ms >= 0).all() and len(df[df.bits == 8]) == df.layer.nunique()
 
 
 @pytest.mark.slow

@@ -114,7 +114,7 @@ class _Builder:
     def quantize(self, node, x: relax.Expr) -> Value:
         scale = np.float32(_np(node["scale"]).reshape(-1)[0])
         z, qmin, qmax = int(node["zero_point"]), int(node["qmin"]), int(node["qmax"])
-        if self.layout == "NHWC":
+        if self.layout == "NHWC" and len(x.ty.shape) == 4:
             x = self.emit(relax.op.permute_dims(x, [0, 2, 3, 1]))
         q = self.emit(relax.op.divide(x, relax.const(scale, "float32")))    # divide, never * 1/S
         q = self.emit(relax.op.round(q))                                      # half to even

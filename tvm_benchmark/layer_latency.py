@@ -1,0 +1,142 @@
+"""Per-layer latency of every quantized conv/dense layer at 4 and 8 bits on a TVM target.
+
+    python -m tvm_benchmark.layer_latency -a resnet18 [--target llvm] [-b 1] [--threads 2]
+
+writes ``tvm_benchmark/layer_latency/<target tag>/<arch>.csv`` (``layer,bits,median_ms,p90_ms``;
+the tag names the host CPU, e.g. ``llvm-znver3``), which ``hawq.mpq --latency-table`` reads.
+
+Each layer is compiled alone, exactly as it is compiled inside the whole program (same kernel
+choice — at 4 bits the saturation-free ``vpmaddubsw`` kernel applies — same epilogue), from the
+integer graph of a model calibrated on random data with every free layer at ``bits`` (the
+``uniform4``/``uniform8`` schemes; layers the schemes keep at 8 bits get an 8-bit row only). Its
+input is produced by a stand-in quantizer over the layer's real input range; that quantizer is timed
+alone and subtracted. Latencies are per batch of ``-b`` images.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import tvm
+from tqdm import tqdm
+
+from hawq.bit_config import load_scheme
+from hawq.cli import one_line_errors
+from hawq.errors import HawqError
+from hawq.export import export_integer
+from hawq.models.factory import fp_model, quant_model
+from hawq.models.layers import ARCHS, arch_info
+from hawq.reference import run_graph
+from tvm_benchmark.compile import compile_program, device_of, target_tag
+from tvm_benchmark.program import Runner
+
+FIELDS = ("layer", "bits", "median_ms", "p90_ms")
+ROOT = Path(__file__).resolve().parent / "layer_latency"
+
+
+def calibrated_graph(arch: str, scheme: str, batch: int, seed: int = 0) -> tuple[dict, dict]:
+    """(integer graph, value shapes) of ``arch`` under ``scheme``, calibrated on random batches."""
+    info = arch_info(arch)
+    torch.manual_seed(seed)
+    shape = (batch, 3, info.input_size, info.input_size)
+    q = quant_model(arch, load_scheme(arch, scheme), info.num_classes, fp=fp_model(arch, info.num_classes),
+                    fix_BN=True)
+    g = torch.Generator().manual_seed(seed)
+    q.train()
+    with torch.no_grad():
+        for _ in range(2):
+            q(torch.randn(*shape, generator=g))
+    graph = export_integer(q.eval(), shape[1:])["graph"]
+    _, env = run_graph(graph, np.zeros((1, *shape[1:]), np.float32), keep=True)
+    return graph, {k: v.shape[1:] for k, v in env.items()}
+
+
+def _range_of(graph: dict, value: str) -> tuple[int, int]:
+    """Integer range [lo, hi] of a value produced by a quantize/requant node."""
+    node = next(n for n in graph["nodes"] if n["output"] == value)
+    if node["op"] == "quantize":
+        z = int(node["zero_point"])
+        return int(node["qmin"]) - z, int(node["qmax"]) - z
+    return int(node["qmin"]), int(node["qmax"])
+
+
+def _stub(lo: int, hi: int) -> dict:
+    """A quantize node that turns float inputs in [lo, hi] into those integers (scale 1, z 0)."""
+    return {"op": "quantize", "name": "stub", "inputs": ["input"], "output": "stub:out",
+            "scale": torch.ones(1), "zero_point": 0, "qmin": lo, "qmax": hi, "bits": 8}
+
+
+def _time(graph: dict, shape, threads: int, target: str, rng) -> np.ndarray:
+    exe, _ = compile_program(graph, shape, target, threads)
+    runner = Runner(exe, device_of(target), shape[0])
+    node = graph["nodes"][0]
+    x = rng.integers(int(node["qmin"]), int(node["qmax"]) + 1, size=shape).astype(np.float32)
+    return runner.time(x, number=10, repeat=15)
+
+
+def layer_rows(arch: str, batch: int, threads: int, target: str, progress: bool = True) -> list[dict]:
+    rng = np.random.default_rng(0)
+    rows, stub_ms = [], {}
+    for bits, scheme in ((8, "uniform8"), (4, "uniform4")):
+        graph, shapes = calibrated_graph(arch, scheme, batch)
+        layers = [n for n in graph["nodes"] if n["op"] in ("conv2d", "dense")]
+        for node in tqdm(layers, desc=f"{arch} {bits}-bit layers", disable=not progress, leave=False,
+                         dynamic_ncols=True):
+            if int(node["weight_bits"]) != bits:
+                continue   # a layer the schemes keep at 8 bits: 8-bit row only
+            src = node["inputs"][0]
+            first = graph["nodes"][0]["output"] == src
+            shape = (batch, *shapes[src])
+            if first:   # the stem reads the real input quantizer
+                sub = {"input": "input", "output": node["output"], "nodes": [graph["nodes"][0], node]}
+                base = _stub(*_range_of(graph, src))
+            else:
+                lo, hi = _range_of(graph, src)
+                base = _stub(lo, hi)
+                sub = {"input": "input", "output": node["output"], "nodes": [base, {**node, "inputs": ["stub:out"]}]}
+            key = (shape, base["qmin"], base["qmax"])
+            if key not in stub_ms:
+                stub_ms[key] = float(np.median(_time({"input": "input", "output": "stub:out", "nodes": [base]},
+                                                     shape, threads, target, rng)))
+            ms = _time(sub, shape, threads, target, rng) - stub_ms[key]
+            rows.append({"layer": node["name"], "bits": bits, "median_ms": round(max(float(np.median(ms)), 0.0), 5),
+                         "p90_ms": round(max(float(np.percentile(ms, 90)), 0.0), 5)})
+    return rows
+
+
+def write_rows(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        w.writerows(sorted(rows, key=lambda r: (r["layer"], r["bits"])))
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("-a", "--arch", required=True)
+    p.add_argument("--target", default="llvm")
+    p.add_argument("-b", "--batch-size", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=None, help="default: tvm_benchmark/layer_latency/<target tag>/<arch>.csv")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.arch not in ARCHS:
+        raise HawqError(f"unknown arch '{args.arch}'; choose one of {', '.join(ARCHS)}")
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    rows = layer_rows(args.arch, args.batch_size, args.threads, args.target, not args.no_progress)
+    out = Path(args.out) if args.out else ROOT / target_tag(args.target) / f"{args.arch}.csv"
+    write_rows(rows, out)
+    total = {b: sum(r["median_ms"] for r in rows if r["bits"] == b) for b in (4, 8)}
+    print(f"{len(rows)} rows -> {out}  (sum of medians: 8-bit {total[8]:.3f} ms, 4-bit rows {total[4]:.3f} ms)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(one_line_errors(main)())
