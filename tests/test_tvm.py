@@ -3,6 +3,7 @@ export/run round trip, bad input."""
 from __future__ import annotations
 
 import copy
+import shutil
 import json
 
 import numpy as np
@@ -86,6 +87,7 @@ def test_kernel_choice_follows_the_saturation_bound(scheme, kernels):
     assert S.choose_kernel("int8", 15, np.ones((8, 4, 1, 1), np.int8), 1) is S.PMADDWD           # signed act
 
 
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no CUDA compiler (nvcc) on this machine")
 def test_cuda_cross_compiles(monkeypatch, small_model):
     """The CUDA program cross-compiles here (TVM calls the machine's CUDA compiler) even without a GPU."""
     monkeypatch.setenv("HAWQ_CUDA_ARCH", "sm_90")
@@ -235,3 +237,18 @@ def test_resnet18_224_compiles_and_matches():
     graph = export_integer(model, (3, 224, 224))["graph"]
     x = probe.numpy()
     np.testing.assert_array_equal(_runner(graph, x.shape)(x), run_graph(graph, x))
+
+
+def test_latency_benchmark_writes_csv_table_and_plot(tmp_path, capsys):
+    from tvm_benchmark import bench
+    argv = ["-a", "resnet20_cifar10", "--quant-scheme", "uniform4", "-b", "2", "--rounds", "1", "--iters", "2",
+            "--warmup", "1", "--out-dir", str(tmp_path), "--no-progress"]
+    assert bench.main(argv) == 0
+    rows = (tmp_path / "latency.csv").read_text().splitlines()
+    assert rows[0] == "arch,scheme,batch,threads,engine,median_ms,p90_ms"
+    assert {r.split(",")[4] for r in rows[1:]} == set(bench.ENGINES)
+    md = (tmp_path / "latency.md").read_text()
+    assert "ratio_to_ort_int8" in md and "| tvm-int | uniform4 |" in md
+    assert (tmp_path / "latency_accuracy.png").stat().st_size > 1000
+    assert bench.main(argv) == 0                       # rows are appended, the table keeps the latest
+    assert len((tmp_path / "latency.csv").read_text().splitlines()) == 2 * len(rows) - 1

@@ -13,8 +13,10 @@ the benchmark times only inference.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -34,22 +36,34 @@ def torch_fp32(model: torch.nn.Module, x: np.ndarray) -> Run:
     return run
 
 
+@contextlib.contextmanager
+def _quiet():
+    """torch's int8 (torch.ao) and TorchScript-ONNX APIs warn that they are deprecated; they still
+    are what PyTorch users run today, so the warnings are silenced, not the engines dropped."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
 def torch_int8(model: torch.nn.Module, x: np.ndarray, calib: list[np.ndarray]) -> Run:
-    from torch.ao.quantization import get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-    torch.backends.quantized.engine = "x86"
-    m = copy.deepcopy(model).eval()
-    prepared = prepare_fx(m, get_default_qconfig_mapping("x86"), example_inputs=(torch.from_numpy(x),))
-    with torch.inference_mode():
-        for c in calib:
-            prepared(torch.from_numpy(c))
-    return torch_fp32(convert_fx(prepared), x)
+    with _quiet():
+        from torch.ao.quantization import get_default_qconfig_mapping
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+        torch.backends.quantized.engine = "x86"
+        m = copy.deepcopy(model).eval()
+        prepared = prepare_fx(m, get_default_qconfig_mapping("x86"), example_inputs=(torch.from_numpy(x),))
+        with torch.inference_mode():
+            for c in calib:
+                prepared(torch.from_numpy(c))
+        return torch_fp32(convert_fx(prepared), x)
 
 
 def export_onnx(model: torch.nn.Module, x: np.ndarray, path: Path) -> Path:
     """FP32 ONNX export (opset 17) with a static input shape."""
-    torch.onnx.export(copy.deepcopy(model).eval(), (torch.from_numpy(x),), str(path), opset_version=17,
-                      input_names=["x"], output_names=["logits"], dynamo=False)
+    with _quiet():
+        torch.onnx.export(copy.deepcopy(model).eval(), (torch.from_numpy(x),), str(path), opset_version=17,
+                          input_names=["x"], output_names=["logits"], dynamo=False)
     return path
 
 
