@@ -8,7 +8,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup dataset demo test test-slow bench release lock clean
+.PHONY: setup dataset demo test test-slow bench layer-latency release lock clean
 
 setup: $(STAMP) dataset
 
@@ -36,6 +36,11 @@ test-slow: setup
 
 bench: setup
 	$(PY) -m hawq.bench
+	$(PY) -m tvm_benchmark.bench -a resnet18 resnet50 --quant-scheme uniform8 uniform4 -b 1 8 --threads 2
+
+# Per-layer TVM latency tables for the latency-constrained bit allocation (hawq.mpq --latency-table).
+layer-latency: setup
+	for a in resnet20_cifar10 resnet18 resnet50; do $(PY) -m tvm_benchmark.layer_latency -a $$a; done
 
 # Re-train the released checkpoints (about an hour on 2 cores) and rewrite checkpoints/MANIFEST.csv.
 release: setup

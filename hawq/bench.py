@@ -39,7 +39,7 @@ from hawq.bit_config import load_scheme
 from hawq.cli import one_line_errors
 from hawq.errors import HawqError
 from hawq.models.layers import arch_info
-from hawq.tables import cpu_summary, markdown_table
+from hawq.tables import busy_warning, cpu_summary, markdown_table
 
 FIELDS = ("arch", "scheme", "batch", "fp_step_ms", "qat_step_ms", "ratio")
 TARGET_RATIO = 1.5
@@ -175,18 +175,9 @@ def _device_name(device: torch.device) -> str:
 
 
 def _busy_warning(device: torch.device, threads: int) -> str:
-    """A warning when other processes already load the CPU cores this run's threads need."""
-    if device.type != "cpu" or not hasattr(os, "getloadavg"):
-        return ""
-    load, cores = os.getloadavg()[0], os.cpu_count() or 1
-    if load + threads <= cores + 0.5:
-        return ""
-    return (f"warning: the machine was busy before the run (load average {load:.2f} on {cores} cores); "
-            f"with {threads} thread(s) the timings include CPU contention and can be far off -- "
-            "rerun on an idle machine (or with fewer --threads)")
+    return busy_warning(threads) if device.type == "cpu" else ""
 
 
-# --------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m hawq.bench",
                                 description="Training-step time of QAT vs. floating-point models "

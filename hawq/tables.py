@@ -27,3 +27,15 @@ def cpu_name() -> str:
 
 def cpu_summary() -> str:
     return f"{cpu_name()}, {os.cpu_count()} logical cores"
+
+
+def busy_warning(threads: int) -> str:
+    """A warning when other processes already load the CPU cores a benchmark's threads need."""
+    if not hasattr(os, "getloadavg"):
+        return ""
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load + threads <= cores + 0.5:
+        return ""
+    return (f"warning: the machine was busy before the run (load average {load:.2f} on {cores} cores); "
+            f"with {threads} thread(s) the timings include CPU contention and can be far off -- "
+            "rerun on an idle machine (or with fewer --threads)")

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hawq.tables import cpu_summary, markdown_table
+from hawq.tables import busy_warning, cpu_summary, markdown_table
 
 ENGINES = ("tvm-int", "torch-fp32", "torch-int8", "ort-fp32", "ort-int8")
 FIELDS = ("arch", "scheme", "batch", "threads", "engine", "median_ms", "p90_ms")
@@ -226,6 +226,9 @@ def main(argv=None) -> int:
     import torch
     torch.set_num_threads(args.threads)
     out = Path(args.out_dir)
+    warn = busy_warning(args.threads)
+    if warn:
+        print(warn, file=sys.stderr)
     for arch in args.arch:
         schemes = list_schemes(arch) if args.quant_scheme == ["all"] else args.quant_scheme
         for s in schemes:
@@ -240,7 +243,8 @@ def main(argv=None) -> int:
     df = latest(out / "latency.csv")
     cmd = "python -m tvm_benchmark.bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     header = (f"# Latency (ms per batch)\n\nHost: {_host()}.\n\nLatest command: `{cmd}`. Rows are the latest "
-              "measurement per (arch, scheme, batch, threads, engine) in `results/latency.csv`.")
+              "measurement per (arch, scheme, batch, threads, engine) in `results/latency.csv`."
+              + (f"\n\n**{warn}**" if warn else ""))
     (out / "latency.md").write_text(markdown(df, header) + "\n")
     if plot_accuracy(df, out / "latency_accuracy.png"):
         print(f"plot -> {out / 'latency_accuracy.png'}")
