@@ -180,14 +180,27 @@ def _schedule_block(sch: Schedule, block, vector: int) -> None:
         else:
             sch.parallel(fused)
         return
-    n_spatial = 0
-    for iv in sch.get(block).iter_vars:
-        if int(iv.iter_type) != 0:
-            break
-        n_spatial += 1
-    if n_spatial:
-        lead = loops[:n_spatial]
+    ivs = sch.get(block).iter_vars
+    n_spatial = next((i for i, iv in enumerate(ivs) if int(iv.iter_type) != 0), len(ivs))
+    if not n_spatial or len(loops) != len(ivs):
+        return
+    # Reductions (pooling, global sum, classifier): the innermost spatial loop (NHWC channels,
+    # output features) moves inside the reduction and is vectorized; the others run in parallel.
+    lead, inner, reduce = loops[:n_spatial - 1], loops[n_spatial - 1], loops[n_spatial:]
+    sch.reorder(*reduce, inner)
+    init = sch.decompose_reduction(block, reduce[0])
+    _vectorize_inner(sch, inner, vector)
+    _vectorize_inner(sch, sch.get_loops(init)[-1], vector)
+    if lead:
         sch.parallel(sch.fuse(*lead) if len(lead) > 1 else lead[0])
+
+
+def _vectorize_inner(sch: Schedule, loop, vector: int) -> None:
+    extent = sch.get(loop).extent
+    if isinstance(extent, tvm.tirx.IntImm) and int(extent) % vector == 0 and int(extent) > vector:
+        sch.vectorize(sch.split(loop, [None, vector])[1])
+    elif isinstance(extent, tvm.tirx.IntImm) and int(extent) <= 64:
+        sch.vectorize(loop)
 
 
 def schedule_function(func: tvm.tirx.PrimFunc, vector: int = 16) -> tvm.tirx.PrimFunc:
