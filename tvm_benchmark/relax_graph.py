@@ -179,6 +179,10 @@ class _Builder:
                          pad_value: int) -> relax.Expr:
         """NHWC conv through a tensorized kernel: pad (spatial, channels to a multiple of k), call, reshape."""
         o, c, kh, kw = w.shape
+        if kernel is S.PMADDWD:
+            # Widened once here (fused into the producer's epilogue), the kernel's activation pair is a
+            # single 32-bit broadcast load instead of two byte loads, a widen and a broadcast.
+            data = self.emit(relax.op.astype(data, "int16"))
         data = self._pad_hw(data, pad, pad_value, extra_channels=-c % kernel.k)
         b, h, wd, cp = (int(d) for d in data.ty.shape)
         func = S.conv2d_tensorized(kernel, b, (h, wd), cp, o, (kh, kw), tuple(stride), _dt(data))

@@ -3,7 +3,8 @@
 - :func:`conv2d_tensorized`: an NHWC integer convolution tensorized with one of two exact AVX2
   dot-product steps (:class:`DotKernel`):
   ``vpmaddwd`` (``llvm.x86.avx2.pmadd.wd``: 16 int16·int16 products summed pairwise into 8 int32
-  lanes; uint8/int8 activations widened on load, weights stored as int16; a pair sum is at most
+  lanes; activations arrive widened to int16 (done in the producing epilogue), weights stored as
+  int16; a pair sum is at most
   2·255·128 < 2^31, so always exact), and ``vpmaddubsw`` + ``vpmaddwd(1)`` (32 uint8·int8
   products per instruction, summed by 4), whose int16 pair sums saturate above 32767 and which is
   therefore chosen only where the layer's static bounds prove 2·max|a|·max|w| <= 32767 — in practice
