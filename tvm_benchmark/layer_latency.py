@@ -10,7 +10,9 @@ choice — at 4 bits the saturation-free ``vpmaddubsw`` kernel applies — same 
 integer graph of a model calibrated on random data with every free layer at ``bits`` (the
 ``uniform4``/``uniform8`` schemes; layers the schemes keep at 8 bits get an 8-bit row only). Its
 input is produced by a stand-in quantizer over the layer's real input range; that quantizer is timed
-alone and subtracted. Latencies are per batch of ``-b`` images.
+alone, alternately with the layer, and subtracted round by round, in 3 passes over all layers; the
+CSV holds the median and 90th percentile of those differences. Latencies are per batch of ``-b``
+images.
 """
 from __future__ import annotations
 
@@ -70,42 +72,62 @@ def _stub(lo: int, hi: int) -> dict:
             "scale": torch.ones(1), "zero_point": 0, "qmin": lo, "qmax": hi, "bits": 8}
 
 
-def _time(graph: dict, shape, threads: int, target: str, rng) -> np.ndarray:
+def _runner(graph: dict, shape, threads: int, target: str, rng) -> tuple[Runner, np.ndarray]:
+    """The compiled ``graph`` and an input batch inside its input quantizer's range."""
     exe, _ = compile_program(graph, shape, target, threads)
-    runner = Runner(exe, device_of(target), shape[0])
     node = graph["nodes"][0]
     x = rng.integers(int(node["qmin"]), int(node["qmax"]) + 1, size=shape).astype(np.float32)
-    return runner.time(x, number=10, repeat=15)
+    return Runner(exe, device_of(target), shape[0]), x
 
 
-def layer_rows(arch: str, batch: int, threads: int, target: str, progress: bool = True) -> list[dict]:
-    rng = np.random.default_rng(0)
-    rows, stub_ms = [], {}
+def paired_ms(layer: tuple[Runner, np.ndarray], stub: tuple[Runner, np.ndarray], rounds: int = 15) -> np.ndarray:
+    """Per-round (layer − stub) ms: the two are timed alternately, so drift hits both alike."""
+    diffs = []
+    for _ in range(rounds):
+        a = float(np.median(layer[0].time(layer[1], number=5, repeat=3)))
+        b = float(np.median(stub[0].time(stub[1], number=5, repeat=3)))
+        diffs.append(a - b)
+    return np.asarray(diffs)
+
+
+def _jobs(arch: str, batch: int, threads: int, target: str, rng) -> list[tuple[str, int, tuple, tuple]]:
+    """(layer, bits, compiled layer, compiled stub) for every conv/dense layer at 8 and at 4 bits."""
+    jobs, stubs = [], {}
     for bits, scheme in ((8, "uniform8"), (4, "uniform4")):
         graph, shapes = calibrated_graph(arch, scheme, batch)
-        layers = [n for n in graph["nodes"] if n["op"] in ("conv2d", "dense")]
-        for node in tqdm(layers, desc=f"{arch} {bits}-bit layers", disable=not progress, leave=False,
-                         dynamic_ncols=True):
+        for node in (n for n in graph["nodes"] if n["op"] in ("conv2d", "dense")):
             if int(node["weight_bits"]) != bits:
                 continue   # a layer the schemes keep at 8 bits: 8-bit row only
             src = node["inputs"][0]
-            first = graph["nodes"][0]["output"] == src
             shape = (batch, *shapes[src])
-            if first:   # the stem reads the real input quantizer
+            base = _stub(*_range_of(graph, src))
+            if graph["nodes"][0]["output"] == src:   # the stem reads the real input quantizer
                 sub = {"input": "input", "output": node["output"], "nodes": [graph["nodes"][0], node]}
-                base = _stub(*_range_of(graph, src))
             else:
-                lo, hi = _range_of(graph, src)
-                base = _stub(lo, hi)
                 sub = {"input": "input", "output": node["output"], "nodes": [base, {**node, "inputs": ["stub:out"]}]}
             key = (shape, base["qmin"], base["qmax"])
-            if key not in stub_ms:
-                stub_ms[key] = float(np.median(_time({"input": "input", "output": "stub:out", "nodes": [base]},
-                                                     shape, threads, target, rng)))
-            ms = _time(sub, shape, threads, target, rng) - stub_ms[key]
-            rows.append({"layer": node["name"], "bits": bits, "median_ms": round(max(float(np.median(ms)), 0.0), 5),
-                         "p90_ms": round(max(float(np.percentile(ms, 90)), 0.0), 5)})
-    return rows
+            if key not in stubs:
+                stubs[key] = _runner({"input": "input", "output": "stub:out", "nodes": [base]},
+                                     shape, threads, target, rng)
+            jobs.append((node["name"], bits, _runner(sub, shape, threads, target, rng), stubs[key]))
+    return jobs
+
+
+def layer_rows(arch: str, batch: int, threads: int, target: str, passes: int = 3,
+               progress: bool = True) -> list[dict]:
+    """Every layer is measured in ``passes`` passes spread over the whole run (5 paired rounds
+    each), so a slow spell of a shared machine cannot own one layer's figure."""
+    rng = np.random.default_rng(0)
+    jobs = _jobs(arch, batch, threads, target, rng)
+    diffs = {(name, bits): [] for name, bits, _, _ in jobs}
+    with tqdm(total=passes * len(jobs), desc=f"{arch} layers", disable=not progress, leave=False,
+              dynamic_ncols=True) as bar:
+        for _ in range(passes):
+            for name, bits, layer, stub in jobs:
+                diffs[(name, bits)].extend(paired_ms(layer, stub, rounds=5))
+                bar.update()
+    return [{"layer": name, "bits": bits, "median_ms": round(max(float(np.median(d)), 0.0), 5),
+             "p90_ms": round(max(float(np.percentile(d, 90)), 0.0), 5)} for (name, bits), d in diffs.items()]
 
 
 def write_rows(rows: list[dict], path: Path) -> None:
@@ -130,7 +152,7 @@ def main(argv=None) -> int:
     if args.arch not in ARCHS:
         raise HawqError(f"unknown arch '{args.arch}'; choose one of {', '.join(ARCHS)}")
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
-    rows = layer_rows(args.arch, args.batch_size, args.threads, args.target, not args.no_progress)
+    rows = layer_rows(args.arch, args.batch_size, args.threads, args.target, progress=not args.no_progress)
     out = Path(args.out) if args.out else ROOT / target_tag(args.target) / f"{args.arch}.csv"
     write_rows(rows, out)
     total = {b: sum(r["median_ms"] for r in rows if r["bits"] == b) for b in (4, 8)}
