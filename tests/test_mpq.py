@@ -277,3 +277,16 @@ def test_cli_entry_point_one_line_error():
                            "bops=0.5", "--out", "x.json"], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": ROOT}, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip() == "error: sensitivity file /nonexistent.csv: no such file"
+
+
+@pytest.mark.parametrize("arch", ["resnet20_cifar10", "resnet18", "resnet50"])
+def test_committed_tvm_latency_tables_cover_every_layer(arch):
+    """The tables `python -m tvm_benchmark.layer_latency` wrote for this host are complete inputs."""
+    from tvm_benchmark.compile import target_tag
+    path = os.path.join(ROOT, "tvm_benchmark", "layer_latency", target_tag("llvm"), f"{arch}.csv")
+    if not os.path.isfile(path):
+        pytest.skip(f"no latency table committed for this host ({target_tag('llvm')})")
+    table = mpq.read_latency_table(path, arch)
+    for bits in (4, 8):
+        assert mpq.scheme_latency(table, load_scheme(arch, f"uniform{bits}")) > 0
+    assert all(v >= 0 for v in table.values())
