@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import warnings
 
 import torch
 
 from hawq.errors import HawqError
+from hawq.fileio import atomic_write
 
 #: Prefix DataParallel adds to every key; HAWQ-V3 checkpoints carry it.
 DP_PREFIX = "module."
@@ -23,26 +23,12 @@ def save_atomic(obj, path: str) -> None:
 
     A crash mid-write leaves the previous file intact, never a truncated one.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth.tar", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp creates 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    atomic_write(path, write, suffix=".pth.tar")
 
 
 def load_file(path: str) -> dict:

@@ -102,6 +102,24 @@ def train_one_epoch(model, loader, optimizer, device, epoch: int, *, teacher=Non
 
 
 @torch.no_grad()
+def calibrate(model: nn.Module, inputs) -> nn.Module:
+    """Activation ranges from training-mode forwards of ``inputs`` (an iterable of image batches;
+    no gradient, no weight update; with ``fix_BN`` the BN running statistics are not touched).
+    Returns the model in eval mode."""
+    model.train()
+    for x in inputs:
+        model(x)
+    return model.eval()
+
+
+def calibrate_random(model: nn.Module, shape, batches: int = 2, seed: int = 0) -> nn.Module:
+    """:func:`calibrate` on ``batches`` standard-normal batches of ``shape`` (seeded): for latency
+    work and tests, where only the integer program's structure matters, not its accuracy."""
+    g = torch.Generator().manual_seed(seed)
+    return calibrate(model, (torch.randn(*shape, generator=g) for _ in range(batches)))
+
+
+@torch.no_grad()
 def evaluate(model, loader, device, progress=True, desc="eval") -> dict:
     """Eval-mode pass (for a QAT model: the exact integer path). Returns {'loss', 'top1', 'top5', 'n'}."""
     model.eval()

@@ -64,7 +64,11 @@ def save_artifact(art: dict, path: str) -> None:
 
 def load_artifact(path: str) -> dict:
     """Load and check an integer artifact; HawqError if the file is not one."""
-    art = load_file(path)
+    return check_artifact(load_file(path), path)
+
+
+def check_artifact(art: dict, path: str) -> dict:
+    """``art`` (loaded from ``path``) if it is an integer artifact, else HawqError saying what it is."""
     if art.get("format") != FORMAT or "graph" not in art:
         if "weight_integer" in art:
             raise HawqError(f"'{path}' is a HAWQ-V3 quantized_checkpoint without an integer graph; "

@@ -48,7 +48,8 @@ from hawq.bit_config import ALLOWED_BITS, scheme_stats, validate_scheme
 from hawq.cli import one_line_errors
 from hawq.errors import HawqError
 from hawq.models.layers import WEIGHT_KINDS, arch_info, quant_layers
-from hawq.sensitivity import BITS, rows_csv, write_text_atomic
+from hawq.fileio import rows_csv, write_text_atomic
+from hawq.sensitivity import BITS
 
 #: Activation quantizers whose groups stay 8-bit: the stem (input) and the head (classifier).
 FIXED_ACTS = ("quant_input", "quant_act_output")

@@ -37,7 +37,8 @@ from hawq.data import build_loaders
 from hawq.errors import HawqError
 from hawq.models.factory import fp_model, quant_model
 from hawq.mpq import BITS, Constraint, Problem, Solution, parse_constraint, read_sensitivity, scheme_json
-from hawq.sensitivity import CSV_FIELDS, batches_of, layer_sensitivity, rows_csv, write_text_atomic
+from hawq.fileio import rows_csv, write_text_atomic
+from hawq.sensitivity import CSV_FIELDS, batches_of, layer_sensitivity
 from hawq.train import run as quant_train
 
 ARCH = "resnet20_cifar10"
@@ -77,20 +78,11 @@ def candidates(problem: Problem, budgets: list[str], n_random: int, seed: int) -
 
 # --------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def calibrate(model: torch.nn.Module, batches) -> None:
-    """Activation ranges from training-mode forwards of ``batches`` (no gradient, no weight update;
-    with ``fix_BN`` the BN running statistics are not touched). Leaves the model in eval mode."""
-    model.train()
-    for x, _y in batches:
-        model(x)
-    model.eval()
-
-
 def calibrated_top1(scheme: dict[str, int], ckpt: str, data, calib, momentum: float) -> float:
     """Post-calibration top-1 (%) of ``scheme`` on the FP checkpoint, integer eval path."""
     fp = fp_model(ARCH, data.num_classes, pretrained=ckpt)
     model = quant_model(ARCH, scheme, data.num_classes, fp=fp, fix_BN=True, act_range_momentum=momentum)
-    calibrate(model, calib)
+    engine.calibrate(model, (x for x, _y in calib))
     return engine.evaluate(model, data.val, torch.device("cpu"), progress=False)["top1"]
 
 

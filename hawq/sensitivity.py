@@ -26,12 +26,8 @@ reads it.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import math
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,6 +41,7 @@ from hawq import numerics as N
 from hawq.cli import one_line_errors
 from hawq.data import build_loaders
 from hawq.errors import HawqError
+from hawq.fileio import rows_csv, write_text_atomic
 from hawq.models.factory import fp_model
 from hawq.models.layers import WEIGHT_KINDS, _layer_plan, arch_info
 
@@ -207,33 +204,6 @@ def sensitivity_rows(layers: Sequence[WeightLayer], est: TraceEstimate, per_chan
             row[f"omega_{b}"] = max(trace, 0.0) / n * pert
         rows.append(row)
     return rows
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    """Write ``text`` to a temp file beside ``path``, then rename over it (no partial files)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def rows_csv(rows: Sequence[dict[str, object]], fields: Sequence[str]) -> str:
-    """CSV text of ``rows`` with header ``fields``; floats as ``repr`` (round-trips exactly)."""
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(fields), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
 
 
 # --------------------------------------------------------------------------- model + data

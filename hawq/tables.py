@@ -13,16 +13,22 @@ def markdown_table(rows: list[dict], fields: list[str] | tuple[str, ...], text_f
     return lines
 
 
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (or platform's guess)."""
+def cpuinfo_field(name: str) -> str | None:
+    """The first ``name : value`` of /proc/cpuinfo (None when absent or unreadable)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (or platform's guess)."""
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def cpu_summary() -> str:

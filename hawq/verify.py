@@ -21,19 +21,30 @@ from hawq.models.factory import load_quant_checkpoint
 from hawq.reference import run_graph
 
 
-def compare(model, graph: dict, loader, progress: bool = True) -> dict:
-    """Run both executors over ``loader``; count logit mismatches and top-1 of each."""
-    mismatches = total = n = hit_model = hit_ref = 0
+def compare_with_reference(run, graph: dict, loader, name: str, progress: bool = True) -> dict:
+    """Run an executor and the integer reference over ``loader``; count logit mismatches, top-1 of each.
+
+    ``run``: float32 NumPy batch [B,C,H,W] -> int64 NumPy logits [B, classes]. Returns
+    ``mismatches``, ``logits`` (compared), ``images``, ``<name>_top1`` and ``ref_top1`` (percent,
+    classes ranked by the scaled logits).
+    """
+    mismatches = total = n = hit = hit_ref = 0
     for x, y in tqdm(loader, desc="verify", disable=not progress, dynamic_ncols=True, leave=False):
-        qat = model.forward_int(x).cpu().numpy()
-        ref = run_graph(graph, x.numpy())
-        mismatches += int((qat != ref).sum())
-        total += qat.size
+        x, y = x.numpy(), y.numpy()
+        out, ref = run(x), run_graph(graph, x)
+        mismatches += int((out != ref).sum())
+        total += ref.size
         n += len(y)
-        hit_model += int((float_logits(qat, graph).argmax(1) == y.numpy()).sum())
-        hit_ref += int((float_logits(ref, graph).argmax(1) == y.numpy()).sum())
+        hit += int((float_logits(out, graph).argmax(1) == y).sum())
+        hit_ref += int((float_logits(ref, graph).argmax(1) == y).sum())
     return {"mismatches": mismatches, "logits": total, "images": n,
-            "qat_top1": 100.0 * hit_model / max(n, 1), "ref_top1": 100.0 * hit_ref / max(n, 1)}
+            f"{name}_top1": 100.0 * hit / max(n, 1), "ref_top1": 100.0 * hit_ref / max(n, 1)}
+
+
+def compare(model, graph: dict, loader, progress: bool = True) -> dict:
+    """The QAT model's integer eval path vs the reference (:func:`compare_with_reference`, ``qat_top1``)."""
+    return compare_with_reference(lambda x: model.forward_int(torch.from_numpy(x)).cpu().numpy(),
+                                  graph, loader, "qat", progress)
 
 
 def main(argv=None) -> int:

@@ -17,7 +17,8 @@ from hawq import mpq
 from hawq.bit_config import list_schemes, load_scheme, scheme_stats
 from hawq.errors import HawqError
 from hawq.models.layers import WEIGHT_KINDS, quant_layers
-from hawq.sensitivity import CSV_FIELDS, rows_csv
+from hawq.fileio import rows_csv
+from hawq.sensitivity import CSV_FIELDS
 
 ARCH = "resnet18"
 

@@ -20,6 +20,7 @@ Rows are appended to ``results/latency.csv`` (``arch,scheme,batch,threads,engine
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import os
 import shlex
@@ -43,6 +44,7 @@ def _models(arch: str, scheme: str, num_classes: int, shape, fp_cache: dict):
     """(FP model, calibrated/loaded quantized model) for ``arch`` and ``scheme``."""
     import torch
     from hawq.bit_config import load_scheme
+    from hawq.engine import calibrate_random
     from hawq.models.factory import fp_model, load_quant_checkpoint, quant_model
     if arch not in fp_cache:
         torch.manual_seed(0)
@@ -52,18 +54,8 @@ def _models(arch: str, scheme: str, num_classes: int, shape, fp_cache: dict):
     qat = Path("checkpoints") / f"{arch}_{scheme}.pth.tar"
     if qat.is_file():
         return fp, load_quant_checkpoint(str(qat))[0]
-    q = quant_model(arch, load_scheme(arch, scheme), num_classes, fp=_copy(fp), fix_BN=True)
-    g = torch.Generator().manual_seed(1)
-    q.train()
-    with torch.no_grad():
-        for _ in range(2):
-            q(torch.randn(*shape, generator=g))
-    return fp, q.eval()
-
-
-def _copy(m):
-    import copy
-    return copy.deepcopy(m)
+    q = quant_model(arch, load_scheme(arch, scheme), num_classes, fp=copy.deepcopy(fp), fix_BN=True)
+    return fp, calibrate_random(q, shape, seed=1)
 
 
 def _tvm_engine(qmodel, x: np.ndarray, threads: int):

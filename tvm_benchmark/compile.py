@@ -10,13 +10,13 @@ benchmark time and no tuning records are needed.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import tvm
 import tvm_ffi
 from tvm import relax
 
 from hawq.errors import HawqError
+from hawq.tables import cpuinfo_field
 from tvm_benchmark.schedules import schedule_generic
 
 TARGETS = ("llvm", "cuda")
@@ -28,12 +28,7 @@ def host_cpu() -> str:
 
 
 def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    return set(line.split(":", 1)[-1].split())
+    return set((cpuinfo_field("flags") or "").split())
 
 
 def host_has_avx2() -> bool:

@@ -13,29 +13,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from hawq.cli import one_line_errors
 from hawq.errors import HawqError
+from hawq.fileio import atomic_write, write_text_atomic
 from tvm_benchmark.cli_args import add_program_args
 from tvm_benchmark.compile import compile_program
 from tvm_benchmark.program import load_program
 
 LIB, PARAMS = "model.so", "params.json"
-
-
-def _replace_into(out: Path, name: str, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=Path(name).suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, out / name)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def export(checkpoint: str, target_key: str, out: str, batch: int = 1, threads: int | None = None,
@@ -57,8 +46,8 @@ def export(checkpoint: str, target_key: str, out: str, batch: int = 1, threads: 
     }
     dest = Path(out)
     dest.mkdir(parents=True, exist_ok=True)
-    _replace_into(dest, LIB, exe.export_library)
-    _replace_into(dest, PARAMS, lambda p: Path(p).write_text(json.dumps(params, indent=1) + "\n"))
+    atomic_write(dest / LIB, exe.export_library, suffix=".so")
+    write_text_atomic(dest / PARAMS, json.dumps(params, indent=1) + "\n")
     return params
 
 

@@ -17,18 +17,18 @@ images.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
-import tvm
 from tqdm import tqdm
 
 from hawq.bit_config import load_scheme
 from hawq.cli import one_line_errors
+from hawq.engine import calibrate_random
 from hawq.errors import HawqError
+from hawq.fileio import rows_csv, write_text_atomic
 from hawq.export import export_integer
 from hawq.models.factory import fp_model, quant_model
 from hawq.models.layers import ARCHS, arch_info
@@ -47,12 +47,7 @@ def calibrated_graph(arch: str, scheme: str, batch: int, seed: int = 0) -> tuple
     shape = (batch, 3, info.input_size, info.input_size)
     q = quant_model(arch, load_scheme(arch, scheme), info.num_classes, fp=fp_model(arch, info.num_classes),
                     fix_BN=True)
-    g = torch.Generator().manual_seed(seed)
-    q.train()
-    with torch.no_grad():
-        for _ in range(2):
-            q(torch.randn(*shape, generator=g))
-    graph = export_integer(q.eval(), shape[1:])["graph"]
+    graph = export_integer(calibrate_random(q, shape, seed=seed), shape[1:])["graph"]
     _, env = run_graph(graph, np.zeros((1, *shape[1:]), np.float32), keep=True)
     return graph, {k: v.shape[1:] for k, v in env.items()}
 
@@ -131,13 +126,7 @@ def layer_rows(arch: str, batch: int, threads: int, target: str, passes: int = 3
 
 
 def write_rows(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        w.writeheader()
-        w.writerows(sorted(rows, key=lambda r: (r["layer"], r["bits"])))
-    os.replace(tmp, path)
+    write_text_atomic(path, rows_csv(sorted(rows, key=lambda r: (r["layer"], r["bits"])), FIELDS))
 
 
 def main(argv=None) -> int:

@@ -20,8 +20,8 @@ from tvm import relax
 from hawq import checkpoint as C
 from hawq.data import input_size_of
 from hawq.errors import HawqError
-from hawq.export import FORMAT, export_integer, load_artifact
-from hawq.models.factory import load_quant_checkpoint
+from hawq.export import FORMAT, check_artifact, export_integer
+from hawq.models.factory import quant_model_of
 
 
 @dataclass
@@ -42,7 +42,7 @@ class Program:
 def load_program(path: str) -> Program:
     ckpt = C.load_file(path)
     if ckpt.get("format") == FORMAT or "weight_integer" in ckpt:
-        art = load_artifact(path)
+        art = check_artifact(ckpt, path)
         dataset = art.get("dataset") or "fashion-mnist"
         return Program(art["graph"], tuple(int(d) for d in art["input_shape"]), str(art.get("arch")),
                        str(art.get("quant_scheme")), dataset, dict(art.get("bit_config") or {}), path)
@@ -50,7 +50,7 @@ def load_program(path: str) -> Program:
     if not C.is_quantized_state(sd):
         raise HawqError(f"'{path}' holds no integer data (a floating-point checkpoint?); "
                         "give a QAT checkpoint from quant_train.py or its quantized_checkpoint.pth.tar")
-    model, ckpt = load_quant_checkpoint(path)
+    model, ckpt = quant_model_of(ckpt, path)
     dataset = ckpt.get("dataset") or "fashion-mnist"
     s = input_size_of(dataset)
     art = export_integer(model, (3, s, s))

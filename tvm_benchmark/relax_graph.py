@@ -24,6 +24,7 @@ import tvm
 from tvm import relax
 
 from hawq.errors import HawqError
+from hawq.reference import OPS as REFERENCE_OPS
 from tvm_benchmark import schedules as S
 
 _CONTAINERS = ("uint8", "int8", "int16", "int32", "int64")
@@ -167,9 +168,9 @@ class _Builder:
             if x.offset:
                 data, pad = self._pad_hw(data, pad, x.offset), [0, 0]
             wdt = acc if acc == "int64" or _dt(data) not in ("uint8", "int8") else "int8"
-            kernel = w if self.layout == "NCHW" else w.transpose(0, 2, 3, 1)
+            w_laid = w if self.layout == "NCHW" else w.transpose(0, 2, 3, 1)
             y = self.emit(relax.op.nn.conv2d(
-                data, _const(kernel, wdt), strides=stride, padding=pad,
+                data, _const(w_laid, wdt), strides=stride, padding=pad,
                 dilation=[int(d) for d in node["dilation"]], groups=groups, out_dtype=acc,
                 data_layout=self.layout, kernel_layout="OIHW" if self.layout == "NCHW" else "OHWI"))
         y = self.emit(relax.op.add(y, _const(self.per_channel(bias, 4), acc)))
@@ -266,10 +267,9 @@ def build_module(graph: dict, input_shape: tuple[int, ...], all_outputs: bool = 
             env: dict[str, Value | relax.Expr] = {graph["input"]: x}
             order = []
             for node in graph["nodes"]:
-                fn = getattr(b, node["op"], None)
-                if fn is None or node["op"].startswith("_"):
+                if node["op"] not in REFERENCE_OPS:   # the builder has one method per reference op
                     raise HawqError(f"integer graph has an op the TVM backend does not support: {node['op']!r}")
-                env[node["output"]] = fn(node, *(env[n] for n in node["inputs"]))
+                env[node["output"]] = getattr(b, node["op"])(node, *(env[n] for n in node["inputs"]))
                 order.append(node["output"])
             if all_outputs:
                 out = relax.Tuple([b.to_graph_layout(b.centered(env[n]).expr) for n in order])

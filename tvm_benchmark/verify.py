@@ -12,32 +12,16 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from tqdm import tqdm
 
 from hawq.cli import one_line_errors
 from hawq.data import build_loaders
 from hawq.errors import HawqError
-from hawq.export import float_logits
 from hawq.reference import run_graph
+from hawq.verify import compare_with_reference
 from tvm_benchmark.cli_args import add_data_args, add_program_args
 from tvm_benchmark.compile import compile_program, device_of
 from tvm_benchmark.program import Runner, load_program
 from tvm_benchmark.relax_graph import node_outputs
-
-
-def compare_logits(runner: Runner, graph: dict, loader, progress: bool = True) -> dict:
-    """Logit mismatches and top-1 of TVM and the reference over ``loader``."""
-    mismatches = total = n = hit_tvm = hit_ref = 0
-    for x, y in tqdm(loader, desc="verify", disable=not progress, dynamic_ncols=True, leave=False):
-        x, y = x.numpy(), y.numpy()
-        out, ref = runner(x), run_graph(graph, x)
-        mismatches += int((out != ref).sum())
-        total += ref.size
-        n += len(y)
-        hit_tvm += int((float_logits(out, graph).argmax(1) == y).sum())
-        hit_ref += int((float_logits(ref, graph).argmax(1) == y).sum())
-    return {"mismatches": mismatches, "logits": total, "images": n,
-            "tvm_top1": 100.0 * hit_tvm / max(n, 1), "ref_top1": 100.0 * hit_ref / max(n, 1)}
 
 
 def compare_layers(outputs: list[np.ndarray], graph: dict, x: np.ndarray) -> list[dict]:
@@ -92,7 +76,7 @@ def main(argv=None) -> int:
         _print_layers(rows)
         m, total = sum(r["mismatches"] for r in rows), sum(r["values"] for r in rows)
     else:
-        r = compare_logits(runner, prog.graph, data.val, progress=not args.no_progress)
+        r = compare_with_reference(runner, prog.graph, data.val, "tvm", progress=not args.no_progress)
         print(f"{'arch':<18}{'scheme':<20}{'images':>8}{'tvm_top1':>10}{'ref_top1':>10}")
         print(f"{prog.arch:<18}{prog.scheme:<20}{r['images']:>8}{r['tvm_top1']:>10.2f}{r['ref_top1']:>10.2f}")
         m, total = r["mismatches"], r["logits"]

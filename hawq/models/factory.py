@@ -95,7 +95,11 @@ def load_quant_checkpoint(path: str, device="cpu"):
 
     Returns (model in eval mode, checkpoint dict). HawqError for FP, foreign or broken files.
     """
-    ckpt = C.load_file(path)
+    return quant_model_of(C.load_file(path), path, device)
+
+
+def quant_model_of(ckpt: dict, path: str, device="cpu"):
+    """:func:`load_quant_checkpoint` for a checkpoint dict already loaded from ``path``."""
     sd = C.state_dict_of(ckpt, path)
     if not C.is_quantized_state(sd):
         raise HawqError(f"'{path}' is a floating-point checkpoint; integer verification needs a quantized one")
