@@ -40,6 +40,7 @@ from hawq.cli import one_line_errors
 from hawq.errors import HawqError
 from hawq.models.layers import arch_info
 from hawq.tables import busy_warning, cpu_summary, markdown_table
+from hawq.quant.config import QuantConfig
 
 FIELDS = ("arch", "scheme", "batch", "fp_step_ms", "qat_step_ms", "ratio")
 TARGET_RATIO = 1.5
@@ -114,7 +115,7 @@ def build_trainees(arch: str, schemes: list[tuple[str, dict]], batch: int, input
     _set_bn_stats(fp, x)
     trainees = []
     for label, bits in schemes:
-        q = quant_model(arch, bits, num_classes, fp=copy.deepcopy(fp), fix_BN=True).to(device)
+        q = quant_model(arch, bits, num_classes, fp=copy.deepcopy(fp), config=QuantConfig(fix_BN=True)).to(device)
         trainees.append(Trainee(label, q, x, y))
     return [Trainee("fp32", fp, x, y)] + trainees
 

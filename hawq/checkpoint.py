@@ -1,18 +1,39 @@
-"""Checkpoint files: atomic writes, safe loads, HAWQ-V3 layout compatibility.
+"""Every model file on disk: atomic writes, safe loads, and one classification of what a file is.
 
-Every load goes through ``torch.load(..., weights_only=True)``: a file that needs pickled code or
-arbitrary objects is refused. Every problem becomes a one-line :class:`HawqError`.
+:func:`read` loads a file once (``torch.load(..., weights_only=True)``: a file that needs pickled
+code or arbitrary objects is refused) and classifies it into a :class:`ModelFile`:
+
+========================  =======================================================================
+``Kind.FP``               our floating-point checkpoint (``--quant-scheme fp32`` run) or a bare FP state_dict
+``Kind.QAT``              our quantized checkpoint (``checkpoint.pth.tar`` / ``model_best.pth.tar``)
+``Kind.HAWQ``             a HAWQ-V3 ``checkpoint.pth.tar`` (``module.`` keys, no numeric profile recorded)
+``Kind.ARTIFACT``         an integer artifact (``quantized_checkpoint.pth.tar`` with ``graph``)
+``Kind.HAWQ_QUANTIZED``   HAWQ-V3's ``quantized_checkpoint.pth.tar``: its five dicts, no graph
+========================  =======================================================================
+
+The CLIs and the model factory take the :class:`ModelFile`; nothing else opens checkpoints.
+Every problem becomes a one-line :class:`HawqError`.
 """
 from __future__ import annotations
 
+import enum
 import os
 import pickle
 import warnings
+from dataclasses import dataclass
 
 import torch
 
 from hawq.errors import HawqError
 from hawq.fileio import atomic_write
+from hawq.quant.config import HAWQ_README, QuantConfig
+
+#: The integer artifact format written by :mod:`hawq.export`.
+ARTIFACT_FORMAT = "hawq-integer-graph/1"
+#: HAWQ-V3's five dicts of ``quantized_checkpoint.pth.tar`` (our artifacts carry them too).
+HAWQ_KEYS = ("weight_integer", "bias_integer", "convbn_scaling_factor", "fc_scaling_factor", "act_scaling_factor")
+#: Keys of ours that HAWQ-V3 checkpoints do not carry; they keep their defaults when absent.
+OPTIONAL_KEYS = ("act_zero_point", "fold_step")
 
 #: Prefix DataParallel adds to every key; HAWQ-V3 checkpoints carry it.
 DP_PREFIX = "module."
@@ -56,6 +77,98 @@ def strip_prefix(state_dict: dict) -> dict:
     if state_dict and all(k.startswith(DP_PREFIX) for k in state_dict):
         return {k[len(DP_PREFIX):]: v for k, v in state_dict.items()}
     return dict(state_dict)
+
+
+class Kind(enum.Enum):
+    FP = "floating-point checkpoint"
+    QAT = "quantized checkpoint"
+    HAWQ = "HAWQ-V3 checkpoint"
+    ARTIFACT = "integer artifact"
+    HAWQ_QUANTIZED = "HAWQ-V3 quantized_checkpoint"
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """One model file, read and classified once.
+
+    ``raw`` is the loaded dict; ``state_dict`` the model state (DataParallel prefix stripped) for
+    FP/QAT/HAWQ checkpoints, for HAWQ_QUANTIZED the union of its five dicts, None for artifacts.
+    ``config`` is the recorded :class:`QuantConfig` (HAWQ files: HAWQ-V3's README settings in
+    profile hawq; legacy files of ours: rebuilt from their saved args), None for FP checkpoints.
+    ``arch``, ``quant_scheme``, ``bit_config``, ``num_classes``, ``dataset`` are None when unrecorded.
+    """
+
+    path: str
+    kind: Kind
+    raw: dict
+    state_dict: dict | None
+    arch: str | None
+    quant_scheme: str | None
+    bit_config: dict | None
+    num_classes: int | None
+    dataset: str | None
+    config: QuantConfig | None
+
+    @property
+    def quantized(self) -> bool:
+        return self.kind is not Kind.FP
+
+    @property
+    def numerics_inferred(self) -> bool:
+        """True when the numeric profile was not recorded but inferred from HAWQ-V3's layout."""
+        return self.kind in (Kind.HAWQ, Kind.HAWQ_QUANTIZED)
+
+    def describe(self) -> str:
+        return f"'{self.path}' ({self.kind.value})"
+
+
+def read(path: str) -> ModelFile:
+    """Load ``path`` once and classify it; HawqError (one line) for anything that is not a model file."""
+    raw = load_file(path)
+    if raw.get("format") == ARTIFACT_FORMAT or "graph" in raw:
+        if raw.get("format") != ARTIFACT_FORMAT or not isinstance(raw.get("graph"), dict):
+            raise HawqError(f"'{path}' is not an integer artifact of format {ARTIFACT_FORMAT}")
+        cfg = raw.get("quant_config")
+        return ModelFile(path, Kind.ARTIFACT, raw, None, _str(raw.get("arch")), _str(raw.get("quant_scheme")),
+                         raw.get("bit_config") if isinstance(raw.get("bit_config"), dict) else None, None,
+                         _str(raw.get("dataset")),
+                         QuantConfig.from_dict(cfg, path) if isinstance(cfg, dict)
+                         else QuantConfig(numerics=str(raw.get("numerics", "exact"))))
+    if all(k in raw for k in HAWQ_KEYS) and "state_dict" not in raw:
+        sd = {}
+        for key in HAWQ_KEYS:
+            if not isinstance(raw[key], dict) or not all(isinstance(v, torch.Tensor) for v in raw[key].values()):
+                raise HawqError(f"'{path}' looks like a HAWQ-V3 quantized_checkpoint but '{key}' is not a dict of tensors")
+            sd.update(raw[key])
+        sd = strip_prefix(sd)
+        return ModelFile(path, Kind.HAWQ_QUANTIZED, raw, sd, None, None, None, _num_classes(sd), None, HAWQ_README)
+    sd = state_dict_of(raw, path)
+    arch, scheme = _str(raw.get("arch")), _str(raw.get("quant_scheme"))
+    bits = raw.get("bit_config") if isinstance(raw.get("bit_config"), dict) else None
+    num_classes = int(raw["num_classes"]) if "num_classes" in raw else _num_classes(sd)
+    dataset = _str(raw.get("dataset"))
+    if not is_quantized_state(sd):
+        return ModelFile(path, Kind.FP, raw, sd, arch, scheme, None, num_classes, dataset, None)
+    raw_sd = raw.get("state_dict", raw)
+    hawq_layout = all(k.startswith(DP_PREFIX) for k in raw_sd) and "quant_config" not in raw and "args" not in raw
+    if hawq_layout:
+        return ModelFile(path, Kind.HAWQ, raw, sd, arch, None, None, num_classes, None, HAWQ_README)
+    cfg = raw.get("quant_config")
+    config = (QuantConfig.from_dict(cfg, path) if isinstance(cfg, dict)
+              else QuantConfig.from_legacy_args(raw.get("args")))
+    return ModelFile(path, Kind.QAT, raw, sd, arch, scheme, bits, num_classes, dataset, config)
+
+
+def _str(v) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+def _num_classes(sd: dict) -> int | None:
+    """Classes of a model state: rows of the output layer (HAWQ files do not record the count)."""
+    for key in ("quant_output.weight", "output.weight", "quant_output.weight_integer"):
+        if key in sd and sd[key].dim() == 2:
+            return int(sd[key].shape[0])
+    return None
 
 
 def state_dict_of(ckpt: dict, path: str) -> dict:

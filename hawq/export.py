@@ -12,12 +12,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hawq.checkpoint import load_file, save_atomic
+from hawq import checkpoint as C
+from hawq.checkpoint import ARTIFACT_FORMAT as FORMAT
+from hawq.checkpoint import HAWQ_KEYS, save_atomic
 from hawq.errors import HawqError
 from hawq.quant.graph import recording
-
-FORMAT = "hawq-integer-graph/1"
-HAWQ_KEYS = ("weight_integer", "bias_integer", "convbn_scaling_factor", "fc_scaling_factor", "act_scaling_factor")
 
 
 @torch.no_grad()
@@ -53,8 +52,10 @@ def export_integer(model: torch.nn.Module, input_shape: tuple[int, int, int], me
     graph = record_graph(model, example)
     sd = model.state_dict()
     art = {key: {k: v.detach().cpu().clone() for k, v in sd.items() if key in k} for key in HAWQ_KEYS}
+    config = model.config
     art.update(format=FORMAT, graph=graph, input_shape=list(input_shape),
-               bit_config=dict(model.bit_config()), **(meta or {}))
+               bit_config=dict(model.bit_config()), numerics=config.numerics, quant_config=config.to_dict(),
+               **(meta or {}))
     return art
 
 
@@ -63,15 +64,14 @@ def save_artifact(art: dict, path: str) -> None:
 
 
 def load_artifact(path: str) -> dict:
-    """Load and check an integer artifact; HawqError if the file is not one."""
-    return check_artifact(load_file(path), path)
+    """Load an integer artifact; HawqError if the file is not one."""
+    return artifact_of(C.read(path))
 
 
-def check_artifact(art: dict, path: str) -> dict:
-    """``art`` (loaded from ``path``) if it is an integer artifact, else HawqError saying what it is."""
-    if art.get("format") != FORMAT or "graph" not in art:
-        if "weight_integer" in art:
-            raise HawqError(f"'{path}' is a HAWQ-V3 quantized_checkpoint without an integer graph; "
-                            "re-export it with quant_train.py --resume ... -e (or hawq.export)")
-        raise HawqError(f"'{path}' is not an integer artifact (expected format {FORMAT})")
-    return art
+def artifact_of(f: C.ModelFile) -> dict:
+    """The artifact dict of a file classified as one, else HawqError saying what the file is."""
+    if f.kind is not C.Kind.ARTIFACT:
+        hint = (" (it has no integer graph: evaluate it with --quant-scheme, or quant_train.py "
+                "--resume PATH --quant-scheme S -e to write an artifact)" if f.kind is C.Kind.HAWQ_QUANTIZED else "")
+        raise HawqError(f"{f.describe()} is not an integer artifact (format {FORMAT}){hint}")
+    return f.raw

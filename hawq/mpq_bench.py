@@ -35,11 +35,12 @@ from hawq import engine
 from hawq.cli import one_line_errors
 from hawq.data import build_loaders
 from hawq.errors import HawqError
-from hawq.models.factory import fp_model, quant_model
+from hawq.models.factory import fp_model_pretrained, quant_model
 from hawq.mpq import BITS, Constraint, Problem, Solution, parse_constraint, read_sensitivity, scheme_json
 from hawq.fileio import rows_csv, write_text_atomic
 from hawq.sensitivity import CSV_FIELDS, batches_of, layer_sensitivity
 from hawq.train import run as quant_train
+from hawq.quant.config import QuantConfig
 
 ARCH = "resnet20_cifar10"
 DEFAULT_CKPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "checkpoints",
@@ -80,8 +81,9 @@ def candidates(problem: Problem, budgets: list[str], n_random: int, seed: int) -
 @torch.no_grad()
 def calibrated_top1(scheme: dict[str, int], ckpt: str, data, calib, momentum: float) -> float:
     """Post-calibration top-1 (%) of ``scheme`` on the FP checkpoint, integer eval path."""
-    fp = fp_model(ARCH, data.num_classes, pretrained=ckpt)
-    model = quant_model(ARCH, scheme, data.num_classes, fp=fp, fix_BN=True, act_range_momentum=momentum)
+    fp = fp_model_pretrained(ARCH, data.num_classes, ckpt)
+    model = quant_model(ARCH, scheme, data.num_classes, fp=fp,
+                        config=QuantConfig(fix_BN=True, act_range_momentum=momentum))
     engine.calibrate(model, (x for x, _y in calib))
     return engine.evaluate(model, data.val, torch.device("cpu"), progress=False)["top1"]
 
@@ -142,7 +144,7 @@ def sensitivity(args, argv: list[str]) -> tuple[str, float]:
     """Compute and write ``OUT_DIR/mpq_sensitivity.csv``; returns (its path, seconds taken)."""
     t0 = time.time()
     sens_data = build_loaders("fashion-mnist", None, args.sens_batch, 0, 1.0, args.seed)
-    fp = fp_model(ARCH, sens_data.num_classes, pretrained=args.pretrained)
+    fp = fp_model_pretrained(ARCH, sens_data.num_classes, args.pretrained)
     print(f"sensitivity of {args.pretrained} on {args.sens_batch} training images ...", flush=True)
     rows = layer_sensitivity(fp, ARCH, batches_of(sens_data.train, 1), tol=args.tol, max_iter=args.max_iter,
                              seed=args.seed, progress=not args.no_progress)

@@ -17,6 +17,8 @@ Conventions
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -29,7 +31,73 @@ MAX_SHIFT = 62
 #: Floor for a range or a per-channel |max| so an all-zero tensor still gets a finite scale.
 MIN_RANGE = 1e-8
 
-ACT_MODES = ("unsigned", "symmetric", "asymmetric")
+#: Activation grids. ``unsigned_range`` is HAWQ-V3's "asymmetric": S = (x_max - x_min)/(2^b-1),
+#: q in [0, 2^b-1], and the zero point it computes is never applied (z = 0).
+ACT_MODES = ("unsigned", "symmetric", "asymmetric", "unsigned_range")
+#: Requantization rounding rules (integer-exact either way).
+ROUNDINGS = ("half_up", "half_even")
+#: Roles of an activation quantizer in the graph: the float->int boundary, a post-ReLU activation
+#: (``quant_act*``, ``quant_act_output``), a wide signed accumulator (``quant_act_int32``).
+ACT_ROLES = ("input", "relu", "accumulator")
+INT32 = (-(1 << 31), (1 << 31) - 1)
+
+
+# --------------------------------------------------------------------------- numeric profiles
+@dataclass(frozen=True)
+class Profile:
+    """A numeric profile: which grids, scale formulas and rounding rules the integers follow.
+
+    ``exact`` is this project's spec (docs/numerics.md §1-13). ``hawq`` is what HAWQ-V3's code
+    computes (§15): its grids and scale formulas, its float32/float64 cast order for scale products,
+    its reciprocal-multiply quantization and half-to-even requantization, its truncating average
+    pool, an unclamped (int32-container) residual add - all evaluated in exact integer arithmetic.
+
+    Fields:
+        name: ``exact`` or ``hawq`` (recorded in checkpoints and artifacts).
+        reciprocal_quantize: float->int as ``round(x · f32(1/S))`` (HAWQ) instead of ``round(x / S)``.
+        rounding: requantization rounding, one of :data:`ROUNDINGS`.
+        float32_scale_product: the accumulator scale S_in·S_w is rounded to float32 (HAWQ's bias
+            scale and "follow TVM" ratio) instead of being kept exact in float64.
+        residual_int32: the residual add saturates only to int32 (HAWQ does not clamp it) instead of
+            to its declared width.
+        avgpool: ``sum`` (integer sum, 1/N folded into the next requantization) or ``trunc_mean``
+            (HAWQ: trunc(sum/N + 0.01), scale unchanged).
+    """
+
+    name: str
+    reciprocal_quantize: bool
+    rounding: str
+    float32_scale_product: bool
+    residual_int32: bool
+    avgpool: str
+
+    def act_mode(self, role: str, bits: int) -> str:
+        """The activation grid of a quantizer in ``role`` (:data:`ACT_ROLES`) at ``bits`` bits.
+
+        exact: input asymmetric (applied zero point), post-ReLU unsigned, accumulators symmetric.
+        hawq: every 4-bit quantizer ``unsigned_range`` (quant_train.py switches exactly the 4-bit
+        ones to 'asymmetric'), every other width symmetric signed - the input and post-ReLU too.
+        """
+        if role not in ACT_ROLES:
+            raise ValueError(f"unknown activation role {role!r}; expected one of {ACT_ROLES}")
+        if self.name == "hawq":
+            return "unsigned_range" if bits == 4 else "symmetric"
+        return {"input": "asymmetric", "relu": "unsigned", "accumulator": "symmetric"}[role]
+
+
+EXACT = Profile("exact", reciprocal_quantize=False, rounding="half_up", float32_scale_product=False,
+                residual_int32=False, avgpool="sum")
+HAWQ = Profile("hawq", reciprocal_quantize=True, rounding="half_even", float32_scale_product=True,
+               residual_int32=True, avgpool="trunc_mean")
+PROFILES: dict[str, Profile] = {"exact": EXACT, "hawq": HAWQ}
+
+
+def profile(name: str) -> Profile:
+    """The :class:`Profile` called ``name`` (``exact`` or ``hawq``)."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown numeric profile {name!r}; expected one of {tuple(PROFILES)}") from None
 
 
 # --------------------------------------------------------------------------- ranges / scales
@@ -41,7 +109,7 @@ def qrange(bits: int, signed: bool) -> tuple[int, int]:
 
 
 def weight_scale(w: torch.Tensor, bits: int, per_channel: bool = True,
-                 percentile: float = 0.0) -> torch.Tensor:
+                 percentile: float = 0.0, prof: "Profile" = None) -> torch.Tensor:
     """Symmetric weight scale S_w = max|W_c| / (2^(b-1)-1).
 
     Args:
@@ -49,9 +117,13 @@ def weight_scale(w: torch.Tensor, bits: int, per_channel: bool = True,
         bits: weight bit width (4 or 8).
         per_channel: one scale per output channel ([C_out]) or one for the tensor ([1]).
         percentile: if in (0, 100), use that percentile of |W_c| instead of the max
-            (``--weight-percentile``); values beyond it saturate.
+            (``--weight-percentile``); values beyond it saturate. Profile hawq takes HAWQ's signed
+            percentiles instead (see :func:`_hawq_percentile_absmax`).
     Returns: float32 tensor [C_out] or [1].
     """
+    if prof is not None and prof.name == "hawq" and 0.0 < percentile < 100.0:
+        absmax = _hawq_percentile_absmax(w.detach().float(), percentile, per_channel)
+        return (absmax.clamp(min=MIN_RANGE) / float((1 << (bits - 1)) - 1)).float()
     flat = w.detach().reshape(w.shape[0], -1).abs() if per_channel else w.detach().reshape(1, -1).abs()
     if 0.0 < percentile < 100.0:
         k = max(1, int(round(flat.shape[1] * percentile / 100.0)))
@@ -59,6 +131,24 @@ def weight_scale(w: torch.Tensor, bits: int, per_channel: bool = True,
     else:
         absmax = flat.amax(dim=1)
     return (absmax.float().clamp(min=MIN_RANGE) / float((1 << (bits - 1)) - 1)).float()
+
+
+def _hawq_percentile_absmax(w: torch.Tensor, p: float, per_channel: bool) -> torch.Tensor:
+    """HAWQ-V3's weight percentile range: per channel the ceil(n·(100-p)/100)-th and ceil(n·p/100)-th
+    smallest signed values (``QuantBnConv2d.forward``); per tensor ``get_percentile_min_max``
+    (round(n·p/100)-th largest and smallest). Returns max(|lo|, |hi|), [C_out] or [1]."""
+    import math
+    if per_channel:
+        flat = w.reshape(w.shape[0], -1)
+        n = flat.shape[1]
+        lo = flat.kthvalue(max(1, math.ceil(n * (100 - p) * 0.01)), dim=1).values
+        hi = flat.kthvalue(min(n, max(1, math.ceil(n * p * 0.01))), dim=1).values
+    else:
+        flat = w.reshape(-1)
+        n = flat.numel()
+        hi = flat.kthvalue(min(n, max(1, round(n * p * 0.01)))).values.reshape(1)
+        lo = -(-flat).kthvalue(min(n, max(1, round(n * (1 - (100 - p) * 0.01))))).values.reshape(1)
+    return torch.maximum(lo.abs(), hi.abs())
 
 
 def activation_params(x_min: torch.Tensor, x_max: torch.Tensor, bits: int,
@@ -71,6 +161,8 @@ def activation_params(x_min: torch.Tensor, x_max: torch.Tensor, bits: int,
     * ``asymmetric`` (inputs that can be negative): the range is widened to contain 0 so
       that real zero (conv padding) is exactly an integer, S = (x_max-x_min)/(2^b-1),
       z = round(-x_min/S), q in [0, 2^b-1]; the integer value that arithmetic sees is q - z.
+    * ``unsigned_range`` (HAWQ-V3's 4-bit 'asymmetric'): S = (x_max - x_min)/(2^b-1) on the stored
+      range as is, q in [0, 2^b-1], zero point 0.
     """
     lo = torch.minimum(x_min.detach().float(), torch.zeros_like(x_min, dtype=torch.float32))
     hi = torch.maximum(x_max.detach().float(), torch.zeros_like(x_max, dtype=torch.float32))
@@ -83,6 +175,9 @@ def activation_params(x_min: torch.Tensor, x_max: torch.Tensor, bits: int,
     elif mode == "asymmetric":
         scale = (hi - lo).clamp(min=MIN_RANGE) / float((1 << bits) - 1)
         zero = torch.round(-lo / scale).clamp(0, (1 << bits) - 1).to(torch.int64)
+    elif mode == "unsigned_range":          # HAWQ's 'asymmetric': no widening to 0, z never applied
+        scale = (x_max.detach().float() - x_min.detach().float()).clamp(min=MIN_RANGE) / float((1 << bits) - 1)
+        zero = torch.zeros_like(scale, dtype=torch.int64)
     else:
         raise ValueError(f"unknown activation mode {mode!r}; expected one of {ACT_MODES}")
     return scale.float(), zero
@@ -131,11 +226,16 @@ def fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, mean: torch.Tensor,
 
 
 # --------------------------------------------------------------------------- float -> int
-def quantize(x: torch.Tensor, scale: torch.Tensor, zero_point, qmin: int, qmax: int) -> torch.Tensor:
+def quantize(x: torch.Tensor, scale: torch.Tensor, zero_point, qmin: int, qmax: int,
+             reciprocal: bool = False) -> torch.Tensor:
     """clamp(round_half_even(x / S) + z, qmin, qmax), still in x's float dtype.
 
     Division (not multiplication by 1/S) is IEEE-exact-rounded, so NumPy and torch agree bit for bit.
+    ``reciprocal`` (profile ``hawq``): ``round((1/S) · x + z)`` as HAWQ's ``linear_quantize`` does,
+    the reciprocal rounded to x's dtype first - also correctly rounded at each step, so as portable.
     """
+    if reciprocal:
+        return torch.clamp(torch.round((1.0 / scale) * x + zero_point), qmin, qmax)
     return torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
 
 
@@ -158,30 +258,46 @@ def straight_through(x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     return _StraightThrough.apply(x, value.detach())
 
 
-def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point, qmin: int, qmax: int) -> torch.Tensor:
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point, qmin: int, qmax: int,
+                  reciprocal: bool = False) -> torch.Tensor:
     """Quantize-dequantize with a straight-through gradient: (q - z)·S."""
-    return straight_through(x, (quantize(x, scale, zero_point, qmin, qmax) - zero_point) * scale)
+    return straight_through(x, (quantize(x, scale, zero_point, qmin, qmax, reciprocal) - zero_point) * scale)
 
 
-def quantize_weight(w: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
-    """Symmetric integer weight clamp(round(W/S_w), -2^(b-1), 2^(b-1)-1), float dtype; scale per dim 0."""
-    lo, hi = qrange(bits, signed=True)
-    return quantize(w, scale.reshape(-1, *([1] * (w.dim() - 1))), 0, lo, hi)
+def quantize_weight(w: torch.Tensor, scale: torch.Tensor, bits: int, prof: Profile = EXACT) -> torch.Tensor:
+    """Symmetric integer weight clamp(round(W/S_w), -2^(b-1), 2^(b-1)-1), float dtype; scale per dim 0.
 
-
-def quantize_bias(b: torch.Tensor, scale_in: torch.Tensor, scale_w: torch.Tensor, bits: int) -> torch.Tensor:
-    """Bias integer at scale S_in·S_w: clamp(round(b / (S_in·S_w)), -2^(bits-1), 2^(bits-1)-1).
-
-    Computed in float64 (so an int32 bound of 2^31-1 is exact), returned as int64 [C_out].
+    Profile ``hawq`` multiplies by the float32 reciprocal instead of dividing (HAWQ's linear_quantize).
     """
     lo, hi = qrange(bits, signed=True)
+    return quantize(w, scale.reshape(-1, *([1] * (w.dim() - 1))), 0, lo, hi, prof.reciprocal_quantize)
+
+
+def quantize_bias(b: torch.Tensor, scale_in: torch.Tensor, scale_w: torch.Tensor, bits: int,
+                  prof: Profile = EXACT) -> torch.Tensor:
+    """Bias integer at scale S_in·S_w: clamp(round(b / (S_in·S_w)), -2^(bits-1), 2^(bits-1)-1).
+
+    exact: computed in float64 (so an int32 bound of 2^31-1 is exact). hawq: HAWQ's float32
+    ``round(f32(1/f32(S_in·S_w)) · b)``, then clamped exactly in integers (HAWQ's float32 clamp turns
+    2^31-1 into 2^31, which no int32 holds). Returned as int64 [C_out].
+    """
+    lo, hi = qrange(bits, signed=True)
+    if prof.float32_scale_product:
+        s32 = (scale_w.detach().float().reshape(-1) * scale_in.detach().float().reshape(-1))
+        q = torch.round((1.0 / s32) * b.detach().float())
+        return torch.clamp(q.double(), lo, hi).to(torch.int64)
     s = bias_scale(scale_in, scale_w)
     return torch.clamp(torch.round(b.detach().double() / s), lo, hi).to(torch.int64)
 
 
-def bias_scale(scale_in: torch.Tensor, scale_w: torch.Tensor) -> torch.Tensor:
-    """Accumulator scale S_in·S_w in float64 ([C_out]); the one place this product is formed."""
-    return scale_in.detach().double().reshape(-1) * scale_w.detach().double().reshape(-1)
+def bias_scale(scale_in: torch.Tensor, scale_w: torch.Tensor, prof: Profile = EXACT) -> torch.Tensor:
+    """Accumulator scale S_in·S_w as float64 ([C_out]); the one place this product is formed.
+
+    exact: the float64 product of the float32 scales (exact: 48 significant bits). hawq: that product
+    rounded to float32, as HAWQ's bias scale and its requantization ratio ("follow TVM") use it.
+    """
+    prod = scale_in.detach().double().reshape(-1) * scale_w.detach().double().reshape(-1)
+    return prod.float().double() if prof.float32_scale_product else prod
 
 
 # --------------------------------------------------------------------------- dyadic requant
@@ -219,14 +335,26 @@ def dyadic(ratio) -> tuple[np.ndarray, np.ndarray]:
     return m, shift
 
 
-def requantize(acc, m, shift):
-    """Integer-only rescale: round_half_up(acc · m / 2^shift) = (acc·m + 2^(shift-1)) >> shift.
+def requantize(acc, m, shift, rounding: str = "half_up"):
+    """Integer-only rescale of ``acc`` by m·2^-shift.
+
+    * ``half_up``: round_half_up(acc·m / 2^shift) = (acc·m + 2^(shift-1)) >> shift.
+    * ``half_even`` (profile hawq, HAWQ's torch.round): (t + 2^(shift-1) - 1 + ((t >> shift) & 1)) >> shift
+      with t = acc·m: below a tie it floors, above it rounds up, at a tie it adds the parity of
+      floor(t/2^shift), i.e. rounds to even. Exact where HAWQ's float64 product t is (|t| < 2^53).
 
     ``acc``: int64 tensor/array with |acc| <= 3·2^30; ``m``, ``shift``: int64 broadcastable to acc
     (e.g. per-channel, reshaped to [1, C, 1, 1]). No clamp here: see :func:`saturate`.
     """
     out = acc * m                 # fresh int64 buffer; the rest is in place (large eval tensors)
-    out += 1 << (shift - 1)
+    if rounding == "half_even":
+        odd = (out >> shift) & 1
+        out += (1 << (shift - 1)) - 1
+        out += odd
+    elif rounding == "half_up":
+        out += 1 << (shift - 1)
+    else:
+        raise ValueError(f"unknown rounding {rounding!r}; expected one of {ROUNDINGS}")
     out >>= shift
     return out
 
@@ -245,13 +373,28 @@ def saturate_(x, lo: int, hi: int):
     return np.clip(x, lo, hi, out=x)
 
 
-def residual_add(branch, m_branch, s_branch, identity, m_id, s_id, lo: int, hi: int):
+def residual_add(branch, m_branch, s_branch, identity, m_id, s_id, lo: int, hi: int,
+                 rounding: str = "half_up"):
     """Residual add in a wide domain: each term is requantized in int64 to the output scale,
-    summed in int64 (cannot overflow: each term < 2^62), then saturated to the accumulator's
-    declared range [lo, hi]. HAWQ's version skips the saturation and overflows int16."""
-    out = requantize(branch, m_branch, s_branch)
-    out += requantize(identity, m_id, s_id)
+    summed in int64 (cannot overflow: each term < 2^62), then saturated to [lo, hi]: the
+    accumulator's declared range (exact) or int32 (hawq, whose original skips the clamp)."""
+    out = requantize(branch, m_branch, s_branch, rounding)
+    out += requantize(identity, m_id, s_id, rounding)
     return saturate_(out, lo, hi)
+
+
+def avgpool_trunc(total, n: int):
+    """HAWQ-V3's integer average: trunc(total/n + 0.01) = truncdiv(100·total + n, 100·n), exact.
+
+    ``total``: int64 sums over n values (tensor or array). HAWQ computes it in float32
+    (AvgPool2d, then ``trunc(x + 0.01)``); the two agree except at float32 ties of the fraction
+    0.99, which need n >= 100.
+    """
+    num = total * 100 + n
+    d = 100 * n
+    if isinstance(num, torch.Tensor):
+        return torch.div(num, d, rounding_mode="trunc")
+    return np.sign(num) * (np.abs(num) // d)
 
 
 def channel_view(v, ndim: int, channel_dim: int = 1):

@@ -48,7 +48,12 @@ def _per_channel(v: np.ndarray, ndim: int) -> np.ndarray:
 def _op_quantize(node, x):
     scale = _np(node["scale"]).astype(np.float32)
     z = node["zero_point"]
-    q = np.clip(np.round(x.astype(np.float32) / scale) + np.float32(z), node["qmin"], node["qmax"])
+    x = x.astype(np.float32)
+    if node.get("reciprocal", False):        # profile hawq: round(f32(1/S) · x + z)
+        q = np.round((np.float32(1.0) / scale) * x + np.float32(z))
+    else:
+        q = np.round(x / scale) + np.float32(z)
+    q = np.clip(q, node["qmin"], node["qmax"])
     return q.astype(np.int64) - z
 
 
@@ -61,16 +66,22 @@ def _op_dense(node, x):
     return x @ _np(node["weight"]).astype(np.int64).T + _np(node["bias"]).astype(np.int64).reshape(1, -1)
 
 
+def rounding_of(node) -> str:
+    """Requantization rounding of a requant/requant_add node (graphs before profiles: half up)."""
+    return node.get("rounding", "half_up")
+
+
 def _op_requant(node, x):
     m, s = _per_channel(_np(node["multiplier"]), x.ndim), _per_channel(_np(node["shift"]), x.ndim)
-    return N.saturate(N.requantize(x, m, s), node["qmin"], node["qmax"])
+    return N.saturate(N.requantize(x, m, s, rounding_of(node)), node["qmin"], node["qmax"])
 
 
 def _op_requant_add(node, x, identity):
     nd = x.ndim
     return N.residual_add(x, _per_channel(_np(node["multiplier"]), nd), _per_channel(_np(node["shift"]), nd),
                           identity, _per_channel(_np(node["identity_multiplier"]), nd),
-                          _per_channel(_np(node["identity_shift"]), nd), node["qmin"], node["qmax"])
+                          _per_channel(_np(node["identity_shift"]), nd), node["qmin"], node["qmax"],
+                          rounding_of(node))
 
 
 def _op_relu(node, x):
@@ -85,10 +96,14 @@ def _op_global_avgpool_sum(node, x):
     return x.sum(axis=(2, 3))
 
 
+def _op_global_avgpool_trunc(node, x):
+    return N.avgpool_trunc(x.sum(axis=(2, 3)), int(node["divisor"]))
+
+
 OPS = {
     "quantize": _op_quantize, "conv2d": _op_conv2d, "dense": _op_dense, "requant": _op_requant,
     "requant_add": _op_requant_add, "relu": _op_relu, "maxpool2d": _op_maxpool2d,
-    "global_avgpool_sum": _op_global_avgpool_sum,
+    "global_avgpool_sum": _op_global_avgpool_sum, "global_avgpool_trunc": _op_global_avgpool_trunc,
 }
 
 

@@ -42,7 +42,7 @@ from hawq.cli import one_line_errors
 from hawq.data import build_loaders
 from hawq.errors import HawqError
 from hawq.fileio import rows_csv, write_text_atomic
-from hawq.models.factory import fp_model
+from hawq.models.factory import fp_model_pretrained
 from hawq.models.layers import WEIGHT_KINDS, _layer_plan, arch_info
 
 #: Bit widths a weight layer can take in a mixed 4/8-bit scheme.
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     dataset = args.dataset or ("imagenet" if args.data else "fashion-mnist")
     data = build_loaders(dataset, args.data, args.batch_size, args.workers, 1.0, args.seed)
     torch.manual_seed(args.seed)
-    model = fp_model(args.arch, data.num_classes, pretrained=args.pretrained).to(_device())
+    model = fp_model_pretrained(args.arch, data.num_classes, args.pretrained).to(_device())
     if not args.pretrained:
         print("warning: no --pretrained: the sensitivity of a randomly initialized model", file=sys.stderr)
     t0 = time.time()

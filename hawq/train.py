@@ -20,12 +20,12 @@ from hawq.bit_config import load_scheme
 from hawq.data import build_loaders
 from hawq.errors import HawqError
 from hawq.export import export_integer, save_artifact
-from hawq.models.factory import check_arch, fp_model, load_fp_checkpoint, quant_model
+from hawq.models.factory import check_arch, fp_model, quant_model, quant_model_from
 from hawq.models.layers import arch_info
+from hawq.numerics import PROFILES
+from hawq.quant.config import QuantConfig
 
 FP_SCHEME = "fp32"
-#: Keys of ours that HAWQ-V3 checkpoints do not carry; they keep their defaults when absent.
-OPTIONAL_KEYS = ("act_zero_point", "fold_step")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--act-range-momentum", default=0.99, type=float,
       help="EMA momentum of activation ranges; -1 = running min/max")
     a("--quant-mode", default="symmetric", choices=["symmetric", "asymmetric"],
-      help="accepted for HAWQ compatibility; modes follow the numeric spec (docs/numerics.md)")
+      help="accepted for HAWQ compatibility; grids follow the numeric profile (--numerics)")
+    a("--numerics", default=None, choices=list(PROFILES),
+      help="numeric profile: exact (this project's spec) or hawq (HAWQ-V3's grids and rounding, "
+           "docs/numerics.md). Default: the --resume checkpoint's (hawq for HAWQ-V3 checkpoints), else exact")
     a("--save-path", default="runs/test/", help="where checkpoints, logs and the integer artifact go")
     a("--data-percentage", default=1.0, type=float, help="fraction of the training set used (seeded subset)")
     a("--eval-limit", default=None, type=int, help="evaluate on the first N validation images only")
@@ -100,59 +103,78 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _quant_args(args) -> dict:
-    return dict(act_range_momentum=args.act_range_momentum, act_percentile=args.act_percentile,
-                weight_percentile=args.weight_percentile, per_channel=args.channel_wise,
-                bias_bit=args.bias_bit, fix_BN=args.fix_BN, fix_BN_threshold=args.fix_BN_threshold,
-                fixed_point_quantization=args.fixed_point_quantization)
-
-
 def _check_args(args) -> None:
     if args.epochs < 0 or args.batch_size < 1:
         raise HawqError("--epochs must be >= 0 and --batch-size >= 1")
-    if args.bias_bit < 8 or args.bias_bit > 32:
-        raise HawqError(f"--bias-bit must be between 8 and 32, got {args.bias_bit}")
-    if args.act_range_momentum >= 1:
-        raise HawqError("--act-range-momentum must be < 1 (or -1 for a running min/max)")
+    if os.path.exists(args.save_path) and not os.path.isdir(args.save_path):
+        raise HawqError(f"--save-path '{args.save_path}' exists and is not a directory")
     if args.dataset is None:
         args.dataset = "imagenet" if args.data else "fashion-mnist"
 
 
-def build_model(args, num_classes: int, resume_ckpt: dict | None):
-    """The model for this run, with --pretrained / floating-point --resume weights applied."""
+def quant_config(args, resume: C.ModelFile | None) -> QuantConfig:
+    """The run's one :class:`QuantConfig`: from the flags; when resuming a quantized checkpoint, the
+    settings that define its integers (profile, per-channel, bias width, weight percentile) are the
+    checkpoint's, and a HAWQ-V3 checkpoint without a recorded profile runs under ``hawq`` (said in one line)."""
+    numerics = args.numerics
+    if resume is not None and resume.quantized:
+        rec = resume.config
+        if numerics is None:
+            numerics = rec.numerics
+            if resume.numerics_inferred:
+                print(f"note: {resume.describe()} records no numeric profile: evaluated and resumed "
+                      f"under --numerics {numerics} (HAWQ-V3's arithmetic)")
+        cli = QuantConfig.from_args(argparse.Namespace(**{**vars(args), "numerics": numerics}))
+        return cli.replace(per_channel=rec.per_channel, bias_bit=rec.bias_bit,
+                           weight_percentile=rec.weight_percentile)
+    return QuantConfig.from_args(argparse.Namespace(**{**vars(args), "numerics": numerics or "exact"}))
+
+
+def build_model(args, num_classes: int, resume: C.ModelFile | None, config: QuantConfig):
+    """The model for this run, with --pretrained / --resume weights applied (files already read)."""
     arch_info(args.arch)
-    fp_resume = resume_ckpt is not None and not C.is_quantized_state(C.state_dict_of(resume_ckpt, args.resume))
-    fp = fp_model(args.arch, num_classes, pretrained=False if fp_resume else args.pretrained)
-    if fp_resume:
-        load_fp_checkpoint(fp, args.arch, args.resume)
+    fp_resume = resume is not None and not resume.quantized
+    weights = resume if fp_resume else (C.read(args.pretrained) if isinstance(args.pretrained, str) else None)
+    if weights is not None and weights.kind is not C.Kind.FP:
+        raise HawqError(f"--pretrained: {weights.describe()} is not a floating-point checkpoint; "
+                        "use --resume PATH --resume-quantize for quantized ones")
+    if resume is not None and resume.quantized:
+        if resume.num_classes is not None and resume.num_classes != num_classes:
+            raise HawqError(f"{resume.describe()} has {resume.num_classes} classes, the dataset {num_classes}")
+        model, bits = quant_model_from(resume, arch=args.arch, scheme=args.quant_scheme, config=config)
+        return model.train(), bits
+    fp = fp_model(args.arch, num_classes, pretrained=args.pretrained is True, weights=weights)
     if args.quant_scheme == FP_SCHEME:
         return fp, None
     bits = load_scheme(args.arch, args.quant_scheme)
-    return quant_model(args.arch, bits, num_classes, fp=fp, **_quant_args(args)), bits
+    return quant_model(args.arch, bits, num_classes, fp=fp, config=config), bits
 
 
-def load_resume(args) -> dict | None:
+def load_resume(args) -> C.ModelFile | None:
     """Read and check the --resume checkpoint (arch, quantized vs FP) before anything runs."""
     if not args.resume:
         return None
-    ckpt = C.load_file(args.resume)
-    check_arch(ckpt, args.arch, args.resume)
-    sd = C.state_dict_of(ckpt, args.resume)
-    quantized = C.is_quantized_state(sd)
-    if args.resume_quantize and not quantized:
+    f = C.read(args.resume)
+    if f.kind is C.Kind.ARTIFACT:
+        raise HawqError(f"{f.describe()} cannot be resumed; pass the checkpoint.pth.tar it was exported from")
+    check_arch(f, args.arch)
+    if args.resume_quantize and not f.quantized:
         raise HawqError(f"--resume-quantize given but '{args.resume}' is a floating-point checkpoint")
-    if quantized and args.quant_scheme == FP_SCHEME:
+    if f.quantized and args.quant_scheme == FP_SCHEME:
         raise HawqError(f"'{args.resume}' is a quantized checkpoint; it cannot resume an fp32 run")
-    return ckpt
+    if f.kind is C.Kind.HAWQ_QUANTIZED and not args.evaluate:
+        raise HawqError(f"{f.describe()} holds integers and scales only, no float weights: it can be "
+                        "evaluated (-e) but not trained; resume from HAWQ's checkpoint.pth.tar instead")
+    if f.bit_config is not None and f.quant_scheme not in (None, args.quant_scheme):
+        raise HawqError(f"{f.describe()} was trained as --quant-scheme {f.quant_scheme}, not {args.quant_scheme}")
+    return f
 
 
-def restore_training_state(args, model, optimizer, ckpt: dict) -> float:
-    """Load a quantized --resume checkpoint into the model and, when it is ours and of the same scheme,
-    the optimizer and epoch counter. Returns best_acc1 so far."""
-    sd = C.state_dict_of(ckpt, args.resume)
-    if C.is_quantized_state(sd):
-        C.load_into(model, sd, args.resume, optional_suffixes=OPTIONAL_KEYS)
-    same_run = ckpt.get("quant_scheme") == args.quant_scheme and "optimizer" in ckpt
+def restore_training_state(args, optimizer, f: C.ModelFile) -> float:
+    """When the --resume checkpoint is ours and of the same scheme, restore the optimizer and epoch
+    counter (the model state was loaded when the model was built). Returns best_acc1 so far."""
+    ckpt = f.raw
+    same_run = f.kind in (C.Kind.QAT, C.Kind.FP) and ckpt.get("quant_scheme") == args.quant_scheme and "optimizer" in ckpt
     if same_run and not args.evaluate:
         try:
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -165,8 +187,8 @@ def restore_training_state(args, model, optimizer, ckpt: dict) -> float:
 def _teacher(args, num_classes: int, device):
     if args.distill_method == "None":
         return None
-    teacher = fp_model(args.teacher_arch, num_classes,
-                       pretrained=args.teacher_pretrained if args.teacher_pretrained else True)
+    weights = C.read(args.teacher_pretrained) if args.teacher_pretrained else None
+    teacher = fp_model(args.teacher_arch, num_classes, pretrained=weights is None, weights=weights)
     return teacher.to(device).eval()
 
 
@@ -193,10 +215,12 @@ def _featuremap_hook(args, model):
     return hook
 
 
-def _checkpoint_state(args, model, optimizer, epoch: int, best: float, num_classes: int, bits) -> dict:
+def _checkpoint_state(args, model, optimizer, epoch: int, best: float, num_classes: int, bits,
+                      config: QuantConfig | None) -> dict:
     return {"epoch": epoch, "arch": args.arch, "quant_scheme": args.quant_scheme, "state_dict": model.state_dict(),
             "optimizer": optimizer.state_dict(), "best_acc1": best, "num_classes": num_classes,
-            "dataset": args.dataset, "bit_config": bits, "args": _plain(vars(args))}
+            "dataset": args.dataset, "bit_config": bits, "args": _plain(vars(args)),
+            "quant_config": None if config is None else config.to_dict()}
 
 
 def _plain(d: dict) -> dict:
@@ -220,14 +244,17 @@ def run(argv=None) -> dict:
     _seed_everything(args.seed)
     device = _device(args)
     resume = load_resume(args)
+    config = quant_config(args, resume)
     data = build_loaders(args.dataset, args.data, args.batch_size, args.workers, args.data_percentage,
                          args.seed, eval_limit=args.eval_limit)
-    model, bits = build_model(args, data.num_classes, resume)
+    model, bits = build_model(args, data.num_classes, resume, config)
+    if bits is None:
+        config = None
     model.to(device)
     teacher = _teacher(args, data.num_classes, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
-    best = restore_training_state(args, model, optimizer, resume) if resume is not None else 0.0
+    best = restore_training_state(args, optimizer, resume) if resume is not None else 0.0
     progress = not args.no_progress
 
     if args.evaluate:
@@ -236,7 +263,8 @@ def run(argv=None) -> dict:
         if bits is not None:
             os.makedirs(args.save_path, exist_ok=True)
             out["artifact"] = _export(args, model, data.input_size, bits, res["top1"])
-        print(f"{args.arch} {args.quant_scheme} eval on {res['n']} images: "
+        profile = f" (numerics {config.numerics})" if config is not None else ""
+        print(f"{args.arch} {args.quant_scheme}{profile} eval on {res['n']} images: "
               f"top1 {res['top1']:.2f}  top5 {res['top5']:.2f}")
         return out
 
@@ -255,7 +283,7 @@ def run(argv=None) -> dict:
         ev = engine.evaluate(model, data.val, device, progress=progress)
         is_best = ev["top1"] > best
         best = max(best, ev["top1"])
-        state = _checkpoint_state(args, model, optimizer, epoch + 1, best, data.num_classes, bits)
+        state = _checkpoint_state(args, model, optimizer, epoch + 1, best, data.num_classes, bits, config)
         C.save_atomic(state, os.path.join(args.save_path, "checkpoint.pth.tar"))
         if is_best:
             C.save_atomic(state, os.path.join(args.save_path, "model_best.pth.tar"))

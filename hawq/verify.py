@@ -1,6 +1,7 @@
 """Bit-exactness check: the QAT model's eval (integer) path vs the integer reference executor.
 
     python -m hawq.verify --checkpoint runs/x/model_best.pth.tar [--artifact quantized_checkpoint.pth.tar]
+    python -m hawq.verify --checkpoint hawq_run/checkpoint.pth.tar --quant-scheme uniform8 --data IMAGENET_DIR
 
 Evaluates both on the validation set (or its first --limit images) and prints a table, then, as the
 last line, ``mismatches: M/N`` where N is the number of output logits compared integer to integer.
@@ -13,11 +14,12 @@ import argparse
 import torch
 from tqdm import tqdm
 
+from hawq import checkpoint as C
 from hawq.cli import one_line_errors
 from hawq.data import build_loaders
 from hawq.errors import HawqError
-from hawq.export import export_integer, float_logits, load_artifact
-from hawq.models.factory import load_quant_checkpoint
+from hawq.export import artifact_of, export_integer, float_logits
+from hawq.models.factory import quant_model_from
 from hawq.reference import run_graph
 
 
@@ -49,7 +51,11 @@ def compare(model, graph: dict, loader, progress: bool = True) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True, help="QAT checkpoint (checkpoint.pth.tar / model_best.pth.tar)")
+    p.add_argument("--checkpoint", required=True,
+                   help="QAT checkpoint (checkpoint.pth.tar / model_best.pth.tar), or HAWQ-V3's checkpoint.pth.tar "
+                        "or quantized_checkpoint.pth.tar (these need --quant-scheme)")
+    p.add_argument("-a", "--arch", default=None, help="for HAWQ-V3 files that do not record it")
+    p.add_argument("--quant-scheme", default=None, help="for HAWQ-V3 files, which do not record their bit_config")
     p.add_argument("--artifact", default=None,
                    help="integer artifact to check (default: export one from the checkpoint in memory)")
     p.add_argument("--dataset", default=None, help="default: the dataset the checkpoint was trained on")
@@ -60,18 +66,22 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     torch.set_grad_enabled(False)
-    model, ckpt = load_quant_checkpoint(args.checkpoint)
-    dataset = args.dataset or ckpt.get("dataset") or "fashion-mnist"
+    f = C.read(args.checkpoint)
+    model, _ = quant_model_from(f, arch=args.arch, scheme=args.quant_scheme)
+    if f.numerics_inferred:
+        print(f"note: {f.describe()} records no numeric profile: evaluated under numerics {model.config.numerics}")
+    dataset = args.dataset or f.dataset or ("imagenet" if args.data else "fashion-mnist")
     data = build_loaders(dataset, args.data, args.batch_size, 0, 1.0, 0, eval_limit=args.limit)
     if args.artifact:
-        art = load_artifact(args.artifact)
-        if art.get("arch") not in (None, ckpt["arch"]):
-            raise HawqError(f"artifact '{args.artifact}' is for {art.get('arch')}, checkpoint for {ckpt['arch']}")
+        art = artifact_of(C.read(args.artifact))
+        if art.get("arch") not in (None, model.arch):
+            raise HawqError(f"artifact '{args.artifact}' is for {art.get('arch')}, checkpoint for {model.arch}")
     else:
         art = export_integer(model, (3, data.input_size, data.input_size))
     r = compare(model, art["graph"], data.val, progress=not args.no_progress)
-    print(f"{'arch':<18}{'scheme':<20}{'images':>8}{'qat_top1':>10}{'ref_top1':>10}")
-    print(f"{ckpt['arch']:<18}{str(ckpt.get('quant_scheme')):<20}{r['images']:>8}"
+    scheme = f.quant_scheme or args.quant_scheme
+    print(f"{'arch':<18}{'scheme':<20}{'numerics':<10}{'images':>8}{'qat_top1':>10}{'ref_top1':>10}")
+    print(f"{model.arch:<18}{str(scheme):<20}{model.config.numerics:<10}{r['images']:>8}"
           f"{r['qat_top1']:>10.2f}{r['ref_top1']:>10.2f}")
     print(f"mismatches: {r['mismatches']}/{r['logits']}")
     return 1 if r["mismatches"] else 0

@@ -40,11 +40,12 @@ def calibrate(model: torch.nn.Module, shape, batches: int = 2, seed: int = 0) ->
 def build_calibrated(arch: str, scheme: str, num_classes: int, shape, **quant_args):
     from hawq.bit_config import load_scheme
     from hawq.models.factory import fp_model, quant_model
+    from hawq.quant.config import QuantConfig
     torch.manual_seed(0)
     fp = fp_model(arch, num_classes)
     randomize_bn(fp)
     model = quant_model(arch, load_scheme(arch, scheme), num_classes, fp=fp,
-                        **{"fix_BN": True, **quant_args})
+                        config=QuantConfig(**{"fix_BN": True, **quant_args}))
     probe = calibrate(model, shape)
     return model, probe
 

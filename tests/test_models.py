@@ -13,6 +13,7 @@ from hawq.export import export_integer
 from hawq.models.factory import fp_model, quant_model
 from hawq.quant.modules import QuantAct, QuantBnConv2d
 from hawq.reference import run_graph
+from hawq.quant.config import QuantConfig
 
 IMAGENET_ARCHS = ["resnet18", "resnet50", "resnet50b", "resnet101"]
 #: ImageNet archs run at 32x32 here (the global pool makes the graph size-agnostic); 224 is covered
@@ -114,7 +115,8 @@ def test_activation_ranges_update_only_in_training(small_model):
 
 def test_bn_fold_threshold_schedule():
     torch.manual_seed(0)
-    model = quant_model("resnet20_cifar10", load_scheme("resnet20_cifar10", "uniform8"), 10, fix_BN_threshold=3)
+    model = quant_model("resnet20_cifar10", load_scheme("resnet20_cifar10", "uniform8"), 10,
+                        config=QuantConfig(fix_BN_threshold=3))
     conv = model.stage1.unit1.quant_convbn1
     x = torch.randn(4, 3, 32, 32)
     model.train()
@@ -130,7 +132,7 @@ def test_bn_fold_threshold_schedule():
 
 
 def test_fix_bn_folds_from_the_start():
-    model = quant_model("resnet20_cifar10", load_scheme("resnet20_cifar10", "uniform8"), 10, fix_BN=True)
+    model = quant_model("resnet20_cifar10", load_scheme("resnet20_cifar10", "uniform8"), 10, config=QuantConfig(fix_BN=True))
     mean = model.quant_init_block_convbn.bn.running_mean.clone()
     model.train()
     with torch.no_grad():

@@ -197,3 +197,78 @@ def test_exact_linear_matches_int64():
     q = torch.randint(0, 256, (4, 2048), generator=g)
     w = torch.randint(-128, 128, (10, 2048), generator=g)
     np.testing.assert_array_equal(exact_linear(q, w).numpy(), q.numpy() @ w.numpy().T)
+
+
+# ----------------------------------------------------------------------------- profile hawq
+def test_requantize_half_even_is_exact_round_half_to_even():
+    """Every acc·m/2^shift with small shifts (ties included) against Python's exact rounding."""
+    from fractions import Fraction
+    acc = np.arange(-300, 301, dtype=np.int64)
+    for m in (1, 3, 5, 1 << 30, (1 << 31) - 1):
+        for shift in (1, 2, 3, 7, 33):
+            got = N.requantize(acc.copy(), np.int64(m), np.int64(shift), "half_even")
+            want = [round(Fraction(int(a) * m, 1 << shift)) for a in acc]     # Python rounds half to even
+            assert got.tolist() == want, (m, shift)
+    t = torch.tensor([2, 6, -2, -6, 10, 3, -3], dtype=torch.int64)       # ratio 0.25: ties at .5
+    assert N.requantize(t, 1 << 30, 32, "half_even").tolist() == [0, 2, 0, -2, 2, 1, -1]
+    assert N.requantize(t, 1 << 30, 32, "half_up").tolist() == [1, 2, 0, -1, 3, 1, -1]
+    with pytest.raises(ValueError, match="rounding"):
+        N.requantize(t, 1, 1, "nearest")
+
+
+def test_requantize_half_even_agrees_with_hawq_float64_where_that_is_exact():
+    """HAWQ computes round(f64(acc)·f64(m) / 2^e): the same integers while |acc·m| < 2^53."""
+    rng = np.random.default_rng(0)
+    acc = rng.integers(-(1 << 21), 1 << 21, 20000)
+    for r in (0.00123, 0.5, 0.999, 3.7e-5):
+        m, e = N.dyadic(np.array([r]))
+        hawq = np.round(acc.astype(np.float64) * float(m[0]) / 2.0 ** float(e[0])).astype(np.int64)
+        assert np.array_equal(N.requantize(acc.copy(), m, e, "half_even"), hawq)
+
+
+def test_avgpool_trunc_is_hawqs_float_formula():
+    for n in (1, 4, 49, 64):
+        total = np.arange(0, 40 * n, dtype=np.int64)
+        hawq = np.trunc((total.astype(np.float32) / np.float32(n)) + np.float32(0.01)).astype(np.int64)
+        assert np.array_equal(N.avgpool_trunc(total, n), hawq), n
+        assert torch.equal(N.avgpool_trunc(torch.from_numpy(total), n), torch.from_numpy(hawq))
+    assert N.avgpool_trunc(np.array([-5]), 4).tolist() == [-1]        # truncation toward zero
+
+
+def test_hawq_residual_is_unclamped_up_to_int32():
+    """Decision (docs/numerics.md §15): HAWQ does not clamp the 16-bit residual; profile hawq keeps
+    the value in an int32 container, saturating only at the int32 bounds."""
+    branch = np.array([40000, -36802, 3 << 30], dtype=np.int64)
+    zero = np.zeros(3, dtype=np.int64)
+    one, s = np.int64(1 << 30), np.int64(30)
+    out = N.residual_add(branch, one, s, zero, one, s, *N.INT32, rounding="half_even")
+    assert out.tolist() == [40000, -36802, 2 ** 31 - 1]
+    assert N.residual_add(branch, one, s, zero, one, s, -32768, 32767).tolist() == [32767, -32768, 32767]
+
+
+def test_hawq_grids():
+    hawq = N.profile("hawq")
+    assert [hawq.act_mode(r, 8) for r in N.ACT_ROLES] == ["symmetric"] * 3
+    assert [hawq.act_mode(r, 4) for r in N.ACT_ROLES] == ["unsigned_range"] * 3
+    exact = N.profile("exact")
+    assert [exact.act_mode(r, 8) for r in N.ACT_ROLES] == ["asymmetric", "unsigned", "symmetric"]
+    s, z = N.activation_params(torch.tensor([0.25]), torch.tensor([3.25]), 4, "unsigned_range")
+    assert s.item() == np.float32(3.0) / np.float32(15) and z.item() == 0     # no widening to 0
+    s, _ = N.activation_params(torch.tensor([-1.0]), torch.tensor([2.54]), 8, "symmetric")
+    assert s.item() == np.float32(2.54) / np.float32(127)
+    with pytest.raises(ValueError, match="profile"):
+        N.profile("fp16")
+
+
+def test_hawq_weight_and_bias_follow_hawqs_float32_order():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(16, 8, 3, 3, generator=g)
+    s_w = N.weight_scale(w, 8)
+    hawq_w = torch.clamp(torch.round((1.0 / s_w.view(-1, 1, 1, 1)) * w), -128, 127)   # HAWQ's linear_quantize
+    assert torch.equal(N.quantize_weight(w, s_w, 8, N.HAWQ), hawq_w)
+    b = torch.randn(16, generator=g)
+    s_in = torch.tensor([0.0173])
+    bsf = s_w.view(1, -1) * s_in.view(1, -1)
+    hawq_b = torch.clamp(torch.round((1.0 / bsf.view(-1)) * b), -2 ** 31, 2 ** 31 - 1)
+    assert torch.equal(N.quantize_bias(b, s_in, s_w, 32, N.HAWQ), hawq_b.to(torch.int64))
+    assert torch.equal(N.bias_scale(s_in, s_w, N.HAWQ), bsf.view(-1).double())

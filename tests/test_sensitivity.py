@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from conftest import ROOT, calibrate, randomize_bn
 from hawq.bit_config import load_scheme
-from hawq.models.factory import fp_model, quant_model
+from hawq.models.factory import fp_model, fp_model_pretrained, quant_model
+from hawq.quant.config import QuantConfig
 from hawq.sensitivity import (CSV_FIELDS, TraceEstimate, hutchinson, layer_sensitivity, main, make_hvp,
                               quant_error, weight_layers)
 
@@ -115,7 +116,7 @@ def test_quant_error_is_the_error_of_the_integer_models_weights():
     randomize_bn(fp)
     layers = {layer.name: layer for layer in weight_layers(fp, ARCH)}
     for scheme, bits in (("uniform4", 4), ("uniform8", 8)):
-        model = quant_model(ARCH, load_scheme(ARCH, scheme), 10, fp=fp, fix_BN=True)
+        model = quant_model(ARCH, load_scheme(ARCH, scheme), 10, fp=fp, config=QuantConfig(fix_BN=True))
         probe = calibrate(model, (2, 3, 32, 32))
         model(probe)  # eval forward fills weight_integer and the scales
         modules = dict(model.named_modules())
@@ -151,7 +152,7 @@ def test_layer_sensitivity_rows_are_deterministic_and_complete():
     batches = batches_of(data.train, 1)
 
     def rows():
-        return layer_sensitivity(fp_model(ARCH, 10, pretrained=RELEASED_FP), ARCH, batches, max_iter=1, seed=5)
+        return layer_sensitivity(fp_model_pretrained(ARCH, 10, RELEASED_FP), ARCH, batches, max_iter=1, seed=5)
 
     a, b = rows(), rows()
     assert a == b

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from hawq.tables import busy_warning, cpu_summary, markdown_table
+from hawq.quant.config import QuantConfig
 
 ENGINES = ("tvm-int", "torch-fp32", "torch-int8", "ort-fp32", "ort-int8")
 FIELDS = ("arch", "scheme", "batch", "threads", "engine", "median_ms", "p90_ms")
@@ -45,16 +46,17 @@ def _models(arch: str, scheme: str, num_classes: int, shape, fp_cache: dict):
     import torch
     from hawq.bit_config import load_scheme
     from hawq.engine import calibrate_random
-    from hawq.models.factory import fp_model, load_quant_checkpoint, quant_model
+    from hawq.models.factory import fp_model_pretrained, load_quant_checkpoint, quant_model
     if arch not in fp_cache:
         torch.manual_seed(0)
         released = Path("checkpoints") / f"{arch}_fp32.pth.tar"
-        fp_cache[arch] = fp_model(arch, num_classes, pretrained=str(released) if released.is_file() else None).eval()
+        fp_cache[arch] = fp_model_pretrained(arch, num_classes, str(released) if released.is_file() else None).eval()
     fp = fp_cache[arch]
     qat = Path("checkpoints") / f"{arch}_{scheme}.pth.tar"
     if qat.is_file():
         return fp, load_quant_checkpoint(str(qat))[0]
-    q = quant_model(arch, load_scheme(arch, scheme), num_classes, fp=copy.deepcopy(fp), fix_BN=True)
+    q = quant_model(arch, load_scheme(arch, scheme), num_classes, fp=copy.deepcopy(fp),
+                    config=QuantConfig(fix_BN=True))
     return fp, calibrate_random(q, shape, seed=1)
 
 

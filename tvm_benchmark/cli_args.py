@@ -8,7 +8,10 @@ from tvm_benchmark.compile import TARGETS
 
 def add_program_args(p: argparse.ArgumentParser, batch_default: int) -> None:
     p.add_argument("--checkpoint", required=True,
-                   help="QAT checkpoint from quant_train.py, or its integer artifact quantized_checkpoint.pth.tar")
+                   help="QAT checkpoint from quant_train.py, or its integer artifact quantized_checkpoint.pth.tar, "
+                        "or HAWQ-V3's checkpoint.pth.tar / quantized_checkpoint.pth.tar (with --quant-scheme)")
+    p.add_argument("-a", "--arch", default=None, help="for HAWQ-V3 files that do not record it")
+    p.add_argument("--quant-scheme", default=None, help="for HAWQ-V3 files, which do not record their bit_config")
     p.add_argument("--target", default="llvm",
                    help=f"{' or '.join(TARGETS)} (llvm = this host's CPU, vector extensions detected)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")

@@ -28,17 +28,17 @@ LIB, PARAMS = "model.so", "params.json"
 
 
 def export(checkpoint: str, target_key: str, out: str, batch: int = 1, threads: int | None = None,
-           untuned: bool = False) -> dict:
+           untuned: bool = False, arch: str | None = None, scheme: str | None = None) -> dict:
     """Compile and write ``out/model.so`` + ``out/params.json``; returns the params dict."""
     if batch < 1:
         raise HawqError(f"--batch-size must be >= 1, got {batch}")
-    prog = load_program(checkpoint)
+    prog = load_program(checkpoint, arch, scheme)
     exe, target = compile_program(prog.graph, prog.input_shape(batch), target_key, threads,
                                   fast=False if untuned else None)
     scale = prog.graph.get("output_scale")
     params = {
         "format": "hawq-tvm/1", "arch": prog.arch, "quant_scheme": prog.scheme, "dataset": prog.dataset,
-        "bit_config": prog.bit_config, "input_shape": list(prog.input_shape(batch)),
+        "bit_config": prog.bit_config, "numerics": prog.numerics, "input_shape": list(prog.input_shape(batch)),
         "output_dtype": "int32",
         "logit_scale": None if scale is None else np.asarray(scale, dtype=np.float64).tolist(),
         "target_key": target_key, "target": str(target), "scheduled": not untuned,
@@ -56,7 +56,8 @@ def main(argv=None) -> int:
     add_program_args(p, batch_default=1)
     p.add_argument("--out", required=True, help="output directory (created)")
     args = p.parse_args(argv)
-    params = export(args.checkpoint, args.target, args.out, args.batch_size, args.threads, args.untuned)
+    params = export(args.checkpoint, args.target, args.out, args.batch_size, args.threads, args.untuned,
+                    args.arch, args.quant_scheme)
     print(f"wrote {Path(args.out) / LIB} and {PARAMS}: {params['arch']} {params['quant_scheme']} "
           f"input {params['input_shape']} target {params['target']}")
     return 0

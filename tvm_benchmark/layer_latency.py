@@ -33,6 +33,7 @@ from hawq.export import export_integer
 from hawq.models.factory import fp_model, quant_model
 from hawq.models.layers import ARCHS, arch_info
 from hawq.reference import run_graph
+from hawq.quant.config import QuantConfig
 from tvm_benchmark.compile import compile_program, device_of, target_tag
 from tvm_benchmark.program import Runner
 
@@ -46,7 +47,7 @@ def calibrated_graph(arch: str, scheme: str, batch: int, seed: int = 0) -> tuple
     torch.manual_seed(seed)
     shape = (batch, 3, info.input_size, info.input_size)
     q = quant_model(arch, load_scheme(arch, scheme), info.num_classes, fp=fp_model(arch, info.num_classes),
-                    fix_BN=True)
+                    config=QuantConfig(fix_BN=True))
     graph = export_integer(calibrate_random(q, shape, seed=seed), shape[1:])["graph"]
     _, env = run_graph(graph, np.zeros((1, *shape[1:]), np.float32), keep=True)
     return graph, {k: v.shape[1:] for k, v in env.items()}

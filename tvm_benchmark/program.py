@@ -1,13 +1,14 @@
 """The integer program to compile: from a QAT checkpoint or an integer artifact, plus its runner.
 
-``load_program(path)`` accepts what users have on disk:
+``load_program(path)`` accepts what users have on disk (classified once by :func:`hawq.checkpoint.read`):
 
 - a QAT checkpoint written by ``quant_train.py`` (``checkpoint.pth.tar`` / ``model_best.pth.tar``):
   the integer graph is exported in memory from the model's eval path;
-- an integer artifact (``quantized_checkpoint.pth.tar``, format ``hawq-integer-graph/1``).
+- an integer artifact (``quantized_checkpoint.pth.tar``, format ``hawq-integer-graph/1``);
+- HAWQ-V3's ``checkpoint.pth.tar`` or ``quantized_checkpoint.pth.tar`` with ``scheme`` (and ``arch``
+  for the latter), evaluated in numeric profile ``hawq``.
 
-Anything else (an FP checkpoint, HAWQ-V3's graph-less quantized_checkpoint, a foreign file) is a
-:class:`HawqError` naming what the file is.
+Anything else (an FP checkpoint, a foreign file) is a :class:`HawqError` naming what the file is.
 """
 from __future__ import annotations
 
@@ -19,9 +20,8 @@ from tvm import relax
 
 from hawq import checkpoint as C
 from hawq.data import input_size_of
-from hawq.errors import HawqError
-from hawq.export import FORMAT, check_artifact, export_integer
-from hawq.models.factory import quant_model_of
+from hawq.export import export_integer
+from hawq.models.factory import quant_model_from
 
 
 @dataclass
@@ -34,28 +34,28 @@ class Program:
     dataset: str
     bit_config: dict
     source: str
+    numerics: str = "exact"
 
     def input_shape(self, batch: int) -> tuple[int, int, int, int]:
         return (batch, *self.input_chw)
 
 
-def load_program(path: str) -> Program:
-    ckpt = C.load_file(path)
-    if ckpt.get("format") == FORMAT or "weight_integer" in ckpt:
-        art = check_artifact(ckpt, path)
-        dataset = art.get("dataset") or "fashion-mnist"
+def load_program(path: str, arch: str | None = None, scheme: str | None = None,
+                 dataset: str | None = None) -> Program:
+    """The integer program in ``path``; ``arch``/``scheme`` for HAWQ-V3 files, ``dataset`` (default:
+    the recorded one; for HAWQ-V3 files imagenet) fixes the input size a checkpoint is exported at."""
+    f = C.read(path)
+    if f.kind is C.Kind.ARTIFACT:
+        art = f.raw
         return Program(art["graph"], tuple(int(d) for d in art["input_shape"]), str(art.get("arch")),
-                       str(art.get("quant_scheme")), dataset, dict(art.get("bit_config") or {}), path)
-    sd = C.state_dict_of(ckpt, path)
-    if not C.is_quantized_state(sd):
-        raise HawqError(f"'{path}' holds no integer data (a floating-point checkpoint?); "
-                        "give a QAT checkpoint from quant_train.py or its quantized_checkpoint.pth.tar")
-    model, ckpt = quant_model_of(ckpt, path)
-    dataset = ckpt.get("dataset") or "fashion-mnist"
+                       str(art.get("quant_scheme")), f.dataset or "fashion-mnist", dict(f.bit_config or {}), path,
+                       f.config.numerics)
+    model, bits = quant_model_from(f, arch=arch, scheme=scheme)
+    dataset = dataset or f.dataset or ("imagenet" if f.numerics_inferred else "fashion-mnist")
     s = input_size_of(dataset)
     art = export_integer(model, (3, s, s))
-    return Program(art["graph"], (3, s, s), ckpt["arch"], str(ckpt.get("quant_scheme")), dataset,
-                   dict(ckpt["bit_config"]), path)
+    return Program(art["graph"], (3, s, s), model.arch, str(f.quant_scheme or scheme), dataset, dict(bits), path,
+                   model.config.numerics)
 
 
 class Runner:

@@ -59,7 +59,8 @@ def main(argv=None) -> int:
     if args.batch_size < 1:
         raise HawqError(f"--batch-size must be >= 1, got {args.batch_size}")
 
-    prog = load_program(args.checkpoint)
+    prog = load_program(args.checkpoint, args.arch, args.quant_scheme,
+                        args.dataset or ("imagenet" if args.data else None))
     data = build_loaders(args.dataset or prog.dataset, args.data, args.batch_size, 0, 1.0, 0,
                          eval_limit=args.limit)
     if data.input_size != prog.input_chw[1]:
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
     exe, target = compile_program(prog.graph, prog.input_shape(args.batch_size), args.target, args.threads,
                                   all_outputs=args.per_layer, fast=False if args.untuned else None)
     runner = Runner(exe, device_of(args.target), args.batch_size)
-    print(f"target: {target}  scheduled: {'no' if args.untuned else 'yes'}")
+    print(f"target: {target}  scheduled: {'no' if args.untuned else 'yes'}  numerics: {prog.numerics}")
     if args.per_layer:
         x, _ = next(iter(data.val))
         x = x.numpy()

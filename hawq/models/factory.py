@@ -1,12 +1,11 @@
 """Model construction: floating-point pytorchcv models (optionally pretrained) and their quantized wraps."""
 from __future__ import annotations
 
-import os
-
 import torch.nn as nn
 
 from hawq import checkpoint as C
 from hawq.errors import HawqError
+from hawq.quant.config import QuantConfig
 from hawq.models.layers import arch_info, build_fp_model
 from hawq.models.resnet import QuantResNet
 
@@ -33,79 +32,134 @@ def _pytorchcv_pretrained(arch: str, num_classes: int) -> nn.Module:
     return model
 
 
-def fp_model(arch: str, num_classes: int, pretrained: bool | str | None = None) -> nn.Module:
+def fp_model(arch: str, num_classes: int, pretrained: bool = False, weights: C.ModelFile | None = None) -> nn.Module:
     """The floating-point model of ``arch`` with ``num_classes`` outputs.
 
-    ``pretrained``: falsy for random init, True for pytorchcv's ImageNet weights, or a path to a
-    floating-point checkpoint of ours (``checkpoint.pth.tar`` of a ``--quant-scheme fp32`` run).
+    ``pretrained=True``: pytorchcv's ImageNet weights; ``weights``: a floating-point checkpoint of
+    ours already read by :func:`hawq.checkpoint.read` (this function never opens files).
     """
     if pretrained is True:
         model = _pytorchcv_pretrained(arch, num_classes)
     else:
         model = build_fp_model(arch, num_classes=num_classes)
     model.features.final_pool = GlobalAvgPool()
-    if isinstance(pretrained, str) and pretrained:
-        load_fp_checkpoint(model, arch, pretrained)
+    if weights is not None:
+        load_fp_weights(model, arch, weights)
     return model
 
 
-def load_fp_checkpoint(model: nn.Module, arch: str, path: str) -> dict:
-    """Load a floating-point checkpoint into ``model``; returns the checkpoint dict."""
-    if not os.path.isfile(path):
-        raise HawqError(f"pretrained checkpoint '{path}' does not exist")
-    ckpt = C.load_file(path)
-    check_arch(ckpt, arch, path)
-    sd = C.state_dict_of(ckpt, path)
-    if C.is_quantized_state(sd):
-        raise HawqError(f"'{path}' is a quantized checkpoint; use --resume PATH --resume-quantize for it")
-    C.load_into(model, sd, path)
-    return ckpt
+def fp_model_pretrained(arch: str, num_classes: int, pretrained: bool | str | None) -> nn.Module:
+    """The FP model for a ``--pretrained`` value: False/None random init, True pytorchcv's ImageNet
+    weights, a path one of our FP checkpoints (read once by :func:`hawq.checkpoint.read`)."""
+    if isinstance(pretrained, str) and pretrained:
+        return fp_model(arch, num_classes, weights=C.read(pretrained))
+    return fp_model(arch, num_classes, pretrained=pretrained is True)
 
 
-def check_arch(ckpt: dict, arch: str, path: str) -> None:
-    got = ckpt.get("arch")
-    if got is not None and got != arch:
-        raise HawqError(f"checkpoint '{path}' is for arch '{got}', not '{arch}'")
+def load_fp_weights(model: nn.Module, arch: str, f: C.ModelFile) -> None:
+    """Load a floating-point checkpoint (read by :func:`hawq.checkpoint.read`) into ``model``."""
+    check_arch(f, arch)
+    if f.kind is not C.Kind.FP:
+        raise HawqError(f"{f.describe()} is not a floating-point checkpoint; "
+                        "use --resume PATH --resume-quantize for quantized ones")
+    C.load_into(model, f.state_dict, f.path)
+
+
+def _stored_widths(arch: str, sd: dict) -> tuple[int, list[list[int]]] | None:
+    """(init channels, per-stage unit output channels) of an ImageNet ResNet state, from its conv
+    shapes; None when they cannot be read (e.g. a quantized_checkpoint without unit weights)."""
+    init = arch_info(arch).init_conv
+    key = f"{init}.conv.weight" if f"{init}.conv.weight" in sd else f"{init}.weight_integer"
+    if key not in sd:
+        return None
+    last = "quant_convbn3" if arch_info(arch).init_conv == "quant_init_convbn" else "quant_convbn2"
+    stages: dict[int, dict[int, int]] = {}
+    for k, v in sd.items():
+        parts = k.split(".")
+        if len(parts) >= 4 and parts[0].startswith("stage") and parts[2] == last and \
+                parts[3] in ("conv", "weight_integer") and v.dim() == 4:
+            stages.setdefault(int(parts[0][5:]), {})[int(parts[1][4:])] = int(v.shape[0])
+    if not stages:
+        return None
+    return int(sd[key].shape[0]), [[units[u] for u in sorted(units)] for _, units in sorted(stages.items())]
+
+
+def _fp_model_for_state(arch: str, num_classes: int, sd: dict) -> nn.Module:
+    """The FP model whose shapes fit ``sd``: the arch's own, or (HAWQ-V3 files of a thinner ResNet,
+    e.g. make_ref.py --width-scale fixtures) a pytorchcv ResNet with the widths the state holds."""
+    model = fp_model(arch, num_classes)
+    if not arch_info(arch).stem_maxpool:
+        return model
+    widths = _stored_widths(arch, sd)
+    ref = _stored_widths(arch, {f"{k}": v for k, v in _reference_state(arch).items()})
+    if widths is None or widths == ref:
+        return model
+    from pytorchcv.models.resnet import ResNet
+    model = ResNet(channels=widths[1], init_block_channels=widths[0], bottleneck=arch_info(arch).init_conv ==
+                   "quant_init_convbn", conv1_stride=arch != "resnet50b", num_classes=num_classes)
+    model.features.final_pool = GlobalAvgPool()
+    return model
+
+
+def _reference_state(arch: str) -> dict:
+    """Shapes of the arch's standard quantized model, as the state-dict keys HAWQ names."""
+    from hawq.bit_config import load_scheme
+    import torch
+    with torch.device("meta"):
+        q = QuantResNet(build_fp_model(arch), load_scheme(arch, "uniform8"), arch=arch)
+    return q.state_dict()
+
+
+def check_arch(f: C.ModelFile, arch: str) -> None:
+    if f.arch is not None and f.arch != arch:
+        raise HawqError(f"checkpoint '{f.path}' is for arch '{f.arch}', not '{arch}'")
 
 
 def quant_model(arch: str, bits: dict[str, int], num_classes: int, fp: nn.Module | None = None,
-                **quant_args) -> QuantResNet:
-    """The quantized model of ``arch`` with per-layer ``bits``, wrapping ``fp`` (or a fresh FP model)."""
+                config: QuantConfig | None = None) -> QuantResNet:
+    """The quantized model of ``arch`` with per-layer ``bits`` and ``config``, wrapping ``fp`` (or a fresh FP model)."""
     if fp is None:
         fp = fp_model(arch, num_classes)
-    return QuantResNet(fp, bits, arch=arch, **quant_args)
+    return QuantResNet(fp, bits, arch=arch, config=config)
 
 
-def quant_args_from(saved_args: dict | None) -> dict:
-    """Quantization settings recorded in a checkpoint's ``args`` (quant_train.py flags), with defaults.
+def quant_model_from(f: C.ModelFile, arch: str | None = None, scheme: str | None = None,
+                     config: QuantConfig | None = None, device="cpu"):
+    """Rebuild the quantized model a quantized file holds, in eval mode: (model, bit_config).
 
-    Only what changes the integer program matters for eval: per-channel scales, bias width, weight
-    percentile; the rest is kept so a resumed run trains as the original did.
+    Ours record arch, bit_config and config; HAWQ-V3 files need ``scheme`` (and ``arch`` for its
+    quantized_checkpoint), and are built in profile hawq unless ``config`` says otherwise. A HAWQ
+    quantized_checkpoint carries only integers and scales: the model evaluates those as stored.
     """
-    a = saved_args or {}
-    pick = {"act_range_momentum": "act_range_momentum", "act_percentile": "act_percentile",
-            "weight_percentile": "weight_percentile", "per_channel": "channel_wise", "bias_bit": "bias_bit",
-            "fix_BN": "fix_BN", "fix_BN_threshold": "fix_BN_threshold",
-            "fixed_point_quantization": "fixed_point_quantization"}
-    return {k: a[v] for k, v in pick.items() if v in a}
+    from hawq.bit_config import load_scheme
+    if f.kind in (C.Kind.FP, C.Kind.ARTIFACT):
+        raise HawqError(f"{f.describe()} holds no quantized model; give a quantized checkpoint")
+    arch = arch or f.arch
+    if f.arch is not None and arch != f.arch:
+        raise HawqError(f"checkpoint '{f.path}' is for arch '{f.arch}', not '{arch}'")
+    if arch is None:
+        raise HawqError(f"{f.describe()} does not record its arch; pass -a/--arch")
+    bits = f.bit_config
+    if bits is None:
+        if scheme is None:
+            raise HawqError(f"{f.describe()} does not record its bit_config; pass --quant-scheme")
+        bits = load_scheme(arch, scheme)
+    if f.num_classes is None:
+        raise HawqError(f"{f.describe()} lacks an output layer; cannot tell the number of classes")
+    fp = _fp_model_for_state(arch, f.num_classes, f.state_dict) if f.numerics_inferred else None
+    model = quant_model(arch, bits, f.num_classes, fp=fp, config=config or f.config)
+    if f.kind is C.Kind.HAWQ_QUANTIZED:
+        model.load_stored_integers(f.state_dict, f.path)
+    else:
+        C.load_into(model, f.state_dict, f.path, optional_suffixes=C.OPTIONAL_KEYS)
+    return model.to(device).eval(), bits
 
 
 def load_quant_checkpoint(path: str, device="cpu"):
-    """Rebuild the quantized model stored in one of our QAT checkpoints.
+    """Read a quantized checkpoint that records its arch and scheme (ours) and rebuild its model.
 
-    Returns (model in eval mode, checkpoint dict). HawqError for FP, foreign or broken files.
+    Returns (model in eval mode, :class:`hawq.checkpoint.ModelFile`).
     """
-    return quant_model_of(C.load_file(path), path, device)
-
-
-def quant_model_of(ckpt: dict, path: str, device="cpu"):
-    """:func:`load_quant_checkpoint` for a checkpoint dict already loaded from ``path``."""
-    sd = C.state_dict_of(ckpt, path)
-    if not C.is_quantized_state(sd):
-        raise HawqError(f"'{path}' is a floating-point checkpoint; integer verification needs a quantized one")
-    arch, bits = ckpt.get("arch"), ckpt.get("bit_config")
-    if not isinstance(arch, str) or not isinstance(bits, dict) or "num_classes" not in ckpt:
-        raise HawqError(f"'{path}' lacks arch/bit_config/num_classes; it was not written by quant_train.py")
-    model = quant_model(arch, bits, int(ckpt["num_classes"]), **quant_args_from(ckpt.get("args")))
-    C.load_into(model, sd, path, optional_suffixes=("act_zero_point", "fold_step"))
-    return model.to(device).eval(), ckpt
+    f = C.read(path)
+    model, _ = quant_model_from(f, device=device)
+    return model, f

@@ -18,38 +18,31 @@ import torch
 import torch.nn as nn
 
 from hawq.errors import HawqError
+from hawq.quant.config import QuantConfig
 from hawq.quant.graph import Q
 from hawq.quant.modules import (QuantAct, QuantAveragePool2d, QuantBnConv2d, QuantLinear, QuantMaxPool2d,
                                 QuantReLU)
 
 QUANT_TYPES = (QuantAct, QuantBnConv2d, QuantLinear)
 
-#: Defaults mirror quant_train.py's flags.
-DEFAULT_QUANT_ARGS = dict(act_range_momentum=0.99, act_percentile=0.0, weight_percentile=0.0, per_channel=True,
-                          bias_bit=32, fix_BN=False, fix_BN_threshold=None, fixed_point_quantization=False)
-
 
 class _Builder:
-    """Creates quant modules with the run's quantization settings; bit widths are set afterwards."""
+    """Creates quant modules with the run's :class:`QuantConfig`; bit widths are set afterwards."""
 
-    def __init__(self, **quant_args):
-        unknown = set(quant_args) - set(DEFAULT_QUANT_ARGS)
-        if unknown:
-            raise TypeError(f"unknown quantization arguments: {sorted(unknown)}")
-        self.a = {**DEFAULT_QUANT_ARGS, **quant_args}
+    def __init__(self, config: QuantConfig):
+        self.config = config
 
-    def act(self, mode: str) -> QuantAct:
-        a = self.a
-        return QuantAct(8, mode, a["act_range_momentum"], a["act_percentile"], a["fixed_point_quantization"])
+    def act(self, role: str) -> QuantAct:
+        return QuantAct(role, self.config)
 
     def convbn(self, block: nn.Module) -> QuantBnConv2d:
-        a = self.a
-        return QuantBnConv2d(block.conv, block.bn, 8, a["bias_bit"], a["per_channel"], a["weight_percentile"],
-                             a["fix_BN"], a["fix_BN_threshold"])
+        return QuantBnConv2d(block.conv, block.bn, self.config)
 
     def linear(self, fc: nn.Linear) -> QuantLinear:
-        a = self.a
-        return QuantLinear(fc, 8, a["bias_bit"], a["per_channel"], a["weight_percentile"])
+        return QuantLinear(fc, self.config)
+
+    def avgpool(self) -> QuantAveragePool2d:
+        return QuantAveragePool2d(self.config)
 
 
 class QuantResUnit(nn.Module):
@@ -59,17 +52,17 @@ class QuantResUnit(nn.Module):
         super().__init__()
         body = unit.body
         self.bottleneck = hasattr(body, "conv3")
-        self.quant_act = b.act("unsigned")
+        self.quant_act = b.act("relu")
         self.quant_convbn1 = b.convbn(body.conv1)
-        self.quant_act1 = b.act("unsigned")
+        self.quant_act1 = b.act("relu")
         self.quant_convbn2 = b.convbn(body.conv2)
         if self.bottleneck:
-            self.quant_act2 = b.act("unsigned")
+            self.quant_act2 = b.act("relu")
             self.quant_convbn3 = b.convbn(body.conv3)
         self.resize_identity = hasattr(unit, "identity_conv")
         if self.resize_identity:
             self.quant_identity_convbn = b.convbn(unit.identity_conv)
-        self.quant_act_int32 = b.act("symmetric")
+        self.quant_act_int32 = b.act("accumulator")
         self.relu = QuantReLU()
 
     def forward(self, x: Q) -> Q:
@@ -86,9 +79,11 @@ class QuantResNet(nn.Module):
     """Integer-only quantized ResNet. ``forward`` returns float logits [B, classes] (in eval mode
     exactly the integer logits times their scale); :meth:`forward_int` returns the int64 logits."""
 
-    def __init__(self, fp_model: nn.Module, bit_config: dict[str, int], arch: str = "", **quant_args):
+    def __init__(self, fp_model: nn.Module, bit_config: dict[str, int], arch: str = "",
+                 config: QuantConfig | None = None):
         super().__init__()
-        b = _Builder(**quant_args)
+        self.config = config if config is not None else QuantConfig()
+        b = _Builder(self.config)
         self.arch = arch
         feats = fp_model.features
         init = feats.init_block
@@ -96,18 +91,18 @@ class QuantResNet(nn.Module):
         bottleneck = hasattr(feats.stage1.unit1.body, "conv3")
         self.init_name = "quant_init_convbn" if bottleneck else "quant_init_block_convbn"
 
-        self.quant_input = b.act("asymmetric")
+        self.quant_input = b.act("input")
         setattr(self, self.init_name, b.convbn(conv_block))
         self.pool = QuantMaxPool2d(init.pool) if hasattr(init, "pool") else None
-        self.quant_act_int32 = b.act("symmetric")
+        self.quant_act_int32 = b.act("accumulator")
         self.relu = QuantReLU()
         stage_names = [n for n, _ in feats.named_children() if n.startswith("stage")]
         for s in stage_names:
             units = OrderedDict((u, QuantResUnit(unit, b)) for u, unit in getattr(feats, s).named_children())
             setattr(self, s, nn.Sequential(units))
         self.stage_names = stage_names
-        self.final_pool = QuantAveragePool2d()
-        self.quant_act_output = b.act("unsigned")
+        self.final_pool = b.avgpool()
+        self.quant_act_output = b.act("relu")
         self.quant_output = self._head(fp_model, b)
         for name, m in self.named_modules():
             if hasattr(m, "layer_name"):
@@ -145,6 +140,28 @@ class QuantResNet(nn.Module):
     def bit_config(self) -> dict[str, int]:
         return {n: (m.activation_bit if isinstance(m, QuantAct) else m.weight_bit)
                 for n, m in self.named_modules() if isinstance(m, QUANT_TYPES)}
+
+    def load_stored_integers(self, sd: dict, path: str) -> None:
+        """Evaluate HAWQ-V3's quantized_checkpoint: per conv/linear its ``weight_integer``,
+        ``bias_integer`` and ``convbn_scaling_factor``/``fc_scaling_factor``, per QuantAct its
+        ``act_scaling_factor`` (``sd``: the union of the five dicts, prefix stripped). Eval only."""
+        for name, m in self.named_modules():
+            keys = ([f"{name}.act_scaling_factor"] if isinstance(m, QuantAct) else
+                    [f"{name}.weight_integer", f"{name}.bias_integer", f"{name}.{m.scale_name}"]
+                    if isinstance(m, (QuantBnConv2d, QuantLinear)) else [])
+            missing = [k for k in keys if k not in sd]
+            if missing:
+                raise HawqError(f"'{path}' has no '{missing[0]}' - wrong arch or scheme?")
+            if isinstance(m, QuantAct):
+                m.use_stored_scale(sd[keys[0]])
+            elif keys:
+                m.use_stored_integers(sd[keys[0]], sd[keys[1]], sd[keys[2]])
+        own = {f"{n}.{k.rsplit('.', 1)[-1]}" for n, m in self.named_modules() for k in
+               (("act_scaling_factor",) if isinstance(m, QuantAct) else ("weight_integer", "bias_integer",
+                getattr(m, "scale_name", "")) if isinstance(m, (QuantBnConv2d, QuantLinear)) else ())}
+        unexpected = sorted(set(sd) - own)
+        if unexpected:
+            raise HawqError(f"'{path}' has '{unexpected[0]}', which this model lacks - wrong arch or scheme?")
 
     def act_quantizers(self) -> list[QuantAct]:
         return [m for m in self.modules() if isinstance(m, QuantAct)]

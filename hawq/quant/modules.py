@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from hawq import numerics as N
 from hawq.errors import HawqError
+from hawq.quant.config import QuantConfig
 from hawq.quant.graph import Q, active
 
 #: float32 accumulates integers exactly while every partial sum stays below 2^24.
@@ -67,36 +68,40 @@ def exact_linear(q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return _to_int(q.to(dtype) @ w.to(dtype).t())
 
 
-def _emulate_requant(v: torch.Tensor, scale_in: torch.Tensor, scale_out: torch.Tensor) -> torch.Tensor:
+def _emulate_requant(v: torch.Tensor, scale_in: torch.Tensor, scale_out: torch.Tensor,
+                     rounding: str = "half_up") -> torch.Tensor:
     """Training-time emulation of the integer path's rounding points: round the accumulator to an
-    integer, then rescale by S_in/S_out and round half up. The ratio is formed in the training dtype
-    (float32), so values within float32 rounding of a tie may round differently from eval mode,
-    which uses the exact dyadic m·2^-shift."""
+    integer, then rescale by S_in/S_out and round (half up, or half to even in profile hawq). The
+    ratio is formed in the training dtype (float32), so values within float32 rounding of a tie may
+    round differently from eval mode, which uses the exact dyadic m·2^-shift."""
     s_in = N.channel_view(scale_in.to(v.dtype), v.dim()) if scale_in.numel() > 1 else scale_in.to(v.dtype)
     acc = torch.div(v, s_in).round_()          # in place: these are activation-sized buffers
-    return acc.mul_(s_in / scale_out.to(v.dtype)).add_(0.5).floor_()
+    acc.mul_(s_in / scale_out.to(v.dtype))
+    return acc.round_() if rounding == "half_even" else acc.add_(0.5).floor_()
 
 
 class QuantAct(nn.Module):
     """Static per-tensor activation quantizer (HAWQ's ``QuantAct``).
 
-    ``mode``: 'unsigned' after a ReLU, 'asymmetric' (scale + zero point) for inputs that can be
-    negative, 'symmetric' for the wide signed residual accumulators (``quant_act_int32``).
+    ``role`` (:data:`hawq.numerics.ACT_ROLES`): 'input' (the float->int boundary), 'relu' (after a
+    ReLU), 'accumulator' (the wide signed residual requantizers, ``quant_act_int32``). The grid
+    (:attr:`mode`) follows from the role, the bit width and the config's numeric profile.
     Called as ``act(x)`` (requantize / quantize a float input) or ``act(x, identity)`` for the
     residual add, which requantizes both terms to this layer's scale and adds them.
     """
 
-    def __init__(self, activation_bit: int = 8, mode: str = "unsigned", act_range_momentum: float = 0.99,
-                 act_percentile: float = 0.0, fixed_point_quantization: bool = False):
+    def __init__(self, role: str, config: QuantConfig, activation_bit: int = 8):
         super().__init__()
-        if mode not in N.ACT_MODES:
-            raise ValueError(f"unknown activation mode {mode!r}")
+        if role not in N.ACT_ROLES:
+            raise ValueError(f"unknown activation role {role!r}")
+        self.role = role
+        self.profile = config.profile
         self.activation_bit = activation_bit
-        self.mode = mode
-        self.act_range_momentum = act_range_momentum
-        self.act_percentile = act_percentile
-        self.fixed_point_quantization = fixed_point_quantization
+        self.act_range_momentum = config.act_range_momentum
+        self.act_percentile = config.act_percentile
+        self.fixed_point_quantization = config.fixed_point_quantization
         self.running_stat = True
+        self.stored_scale = False        # True: evaluate act_scaling_factor as stored (HAWQ quantized_checkpoint)
         self.layer_name = ""
         self.register_buffer("x_min", torch.zeros(1))
         self.register_buffer("x_max", torch.zeros(1))
@@ -107,7 +112,17 @@ class QuantAct(nn.Module):
         self.register_buffer("identity_weight_scaling_factor", torch.ones(1))
 
     def extra_repr(self) -> str:
-        return f"activation_bit={self.activation_bit}, mode={self.mode}, momentum={self.act_range_momentum}"
+        return (f"activation_bit={self.activation_bit}, mode={self.mode}, numerics={self.profile.name}, "
+                f"momentum={self.act_range_momentum}")
+
+    @property
+    def mode(self) -> str:
+        """The activation grid (:data:`hawq.numerics.ACT_MODES`) for this role, width and profile."""
+        return self.profile.act_mode(self.role, self.activation_bit)
+
+    def residual_range(self, lo: int, hi: int) -> tuple[int, int]:
+        """Saturation range of a residual add: the declared one, or int32 in profile hawq (unclamped there)."""
+        return N.INT32 if self.profile.residual_int32 else (lo, hi)
 
     def fix(self):
         """Freeze the activation range (HAWQ's ``fix``)."""
@@ -118,10 +133,20 @@ class QuantAct(nn.Module):
 
     @property
     def calibrated(self) -> bool:
-        return bool((self.x_max != self.x_min).all())
+        return self.stored_scale or bool((self.x_max != self.x_min).all())
+
+    def use_stored_scale(self, scale: torch.Tensor) -> None:
+        """Evaluate with this scale (float32 [1]) instead of one derived from the range; the grid's
+        zero point is 0 (every grid of profile hawq). Eval only: training needs a range."""
+        if self.mode == "asymmetric":
+            raise HawqError(f"'{self.layer_name}': a stored scale needs a grid without zero point")
+        self.act_scaling_factor.copy_(scale.reshape(-1)[:1].float())
+        self.stored_scale = True
 
     def quant_params(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scale float32 [1], zero point int64 [1]) from the current range."""
+        """(scale float32 [1], zero point int64 [1]) from the current range (or the stored scale)."""
+        if self.stored_scale:
+            return self.act_scaling_factor.clone(), torch.zeros(1, dtype=torch.int64)
         return N.activation_params(self.x_min, self.x_max, self.activation_bit, self.mode)
 
     def storage_range(self) -> tuple[int, int]:
@@ -144,6 +169,9 @@ class QuantAct(nn.Module):
 
     # -- training: fake quantization ----------------------------------------------------------
     def _forward_train(self, x, identity: Q | None) -> Q:
+        if self.stored_scale:
+            raise HawqError("a model loaded from integers and scales only (HAWQ quantized_checkpoint) "
+                            "cannot be trained; resume from HAWQ's checkpoint.pth.tar instead")
         xv, s_x = (x.value, x.scale) if isinstance(x, Q) else (x, None)
         total = xv if identity is None else xv + identity.value
         if self.running_stat:
@@ -154,13 +182,15 @@ class QuantAct(nn.Module):
             self.act_scaling_factor.copy_(scale)
             self.act_zero_point.copy_(zero)
         lo, hi = self.storage_range()
+        prof = self.profile
         no_grid = s_x is None or (identity is not None and identity.scale is None)
         if self.fixed_point_quantization or no_grid:
-            return Q(N.fake_quantize(total, scale, zero, lo, hi), scale)
+            return Q(N.fake_quantize(total, scale, zero, lo, hi, prof.reciprocal_quantize), scale)
         with torch.no_grad():
-            q = _emulate_requant(xv.detach(), s_x, scale)
+            q = _emulate_requant(xv.detach(), s_x, scale, prof.rounding)
             if identity is not None:
-                q.add_(_emulate_requant(identity.value.detach(), identity.scale, scale))
+                q.add_(_emulate_requant(identity.value.detach(), identity.scale, scale, prof.rounding))
+                lo, hi = self.residual_range(lo, hi)
             if self.mode == "asymmetric":
                 q.add_(zero).clamp_(lo, hi).sub_(zero)
             else:                                   # zero point is 0
@@ -182,30 +212,36 @@ class QuantAct(nn.Module):
         z = int(zero.item())
         lo, hi = self.storage_range()
         rec = active()
+        prof = self.profile
+        # Node fields beyond the exact profile's are recorded only when they differ from it, so
+        # exact-profile artifacts stay byte-identical to those of earlier versions.
+        extra = {"rounding": prof.rounding} if prof.rounding != "half_up" else {}
         if not isinstance(x, Q):      # the float->int boundary (quant_input)
-            q = (N.quantize(x.float(), scale.to(x.device), z, lo, hi) - z).to(torch.int64)
+            q = (N.quantize(x.float(), scale.to(x.device), z, lo, hi, prof.reciprocal_quantize) - z).to(torch.int64)
             if rec:
+                recip = {"reciprocal": True} if prof.reciprocal_quantize else {}
                 rec.add("quantize", self.layer_name, [x], q, scale=scale.clone(), zero_point=z,
-                        qmin=lo, qmax=hi, bits=self.activation_bit)
+                        qmin=lo, qmax=hi, bits=self.activation_bit, **recip)
         elif identity is None:
             m, sh = N.dyadic(N.requant_ratio(x.scale, scale))
             m_t, s_t = _int_params(m, sh, x.value, x.value.dim())
-            q = N.saturate_(N.requantize(x.value, m_t, s_t), lo - z, hi - z)
+            q = N.saturate_(N.requantize(x.value, m_t, s_t, prof.rounding), lo - z, hi - z)
             if rec:
                 rec.add("requant", self.layer_name, [x.value], q, multiplier=torch.from_numpy(m),
                         shift=torch.from_numpy(sh), qmin=lo - z, qmax=hi - z, zero_point=z,
-                        bits=self.activation_bit)
+                        bits=self.activation_bit, **extra)
         else:
             m1, s1 = N.dyadic(N.requant_ratio(x.scale, scale))
             m2, s2 = N.dyadic(N.requant_ratio(identity.scale, scale))
             nd = x.value.dim()
+            r_lo, r_hi = self.residual_range(lo - z, hi - z)
             q = N.residual_add(x.value, *_int_params(m1, s1, x.value, nd),
-                               identity.value, *_int_params(m2, s2, x.value, nd), lo - z, hi - z)
+                               identity.value, *_int_params(m2, s2, x.value, nd), r_lo, r_hi, prof.rounding)
             if rec:
                 rec.add("requant_add", self.layer_name, [x.value, identity.value], q,
                         multiplier=torch.from_numpy(m1), shift=torch.from_numpy(s1),
                         identity_multiplier=torch.from_numpy(m2), identity_shift=torch.from_numpy(s2),
-                        qmin=lo - z, qmax=hi - z, zero_point=z, bits=self.activation_bit)
+                        qmin=r_lo, qmax=r_hi, zero_point=z, bits=self.activation_bit, **extra)
         return Q(q, scale.double().to(q.device))
 
 
@@ -216,41 +252,65 @@ class _QuantWeightLayer(nn.Module):
     (int8 container, weight shape) and ``bias_integer`` [C_out] (int32), filled by the eval path.
     """
 
-    def __init__(self, weight_shape, scale_name: str, weight_bit: int, bias_bit: int, per_channel: bool,
-                 weight_percentile: float):
+    def __init__(self, weight_shape, scale_name: str, config: QuantConfig, weight_bit: int):
         super().__init__()
-        self.weight_bit, self.bias_bit = weight_bit, bias_bit
-        self.per_channel, self.weight_percentile = per_channel, weight_percentile
+        self.weight_bit, self.bias_bit = weight_bit, config.bias_bit
+        self.per_channel, self.weight_percentile = config.per_channel, config.weight_percentile
+        self.profile = config.profile
+        self.stored = False       # True: evaluate the integer buffers as stored (HAWQ quantized_checkpoint)
         self.layer_name = ""
         c = weight_shape[0]
+        self.scale_name = scale_name
         self.register_buffer(scale_name, torch.zeros(c))
         self.register_buffer("weight_integer", torch.zeros(weight_shape, dtype=torch.int8))
         self.register_buffer("bias_integer", torch.zeros(c, dtype=torch.int32))
 
     def extra_repr(self) -> str:
-        return f"weight_bit={self.weight_bit}, bias_bit={self.bias_bit}, per_channel={self.per_channel}"
+        return (f"weight_bit={self.weight_bit}, bias_bit={self.bias_bit}, per_channel={self.per_channel}, "
+                f"numerics={self.profile.name}")
 
     def _weight_scale(self, w: torch.Tensor) -> torch.Tensor:
-        return N.weight_scale(w, self.weight_bit, self.per_channel, self.weight_percentile)
+        return N.weight_scale(w, self.weight_bit, self.per_channel, self.weight_percentile, self.profile)
 
     def _fake_weight(self, w: torch.Tensor, s_w: torch.Tensor) -> torch.Tensor:
-        deq = N.quantize_weight(w, s_w, self.weight_bit) * N.channel_view(s_w, w.dim(), 0)
+        deq = N.quantize_weight(w, s_w, self.weight_bit, self.profile) * N.channel_view(s_w, w.dim(), 0)
         return N.straight_through(w, deq)
 
     def _fake_bias(self, b: torch.Tensor | None, scale_in: torch.Tensor | None, s_w: torch.Tensor):
         if b is None or scale_in is None:
             return b
-        b_int = N.quantize_bias(b, scale_in, s_w, self.bias_bit)
-        return N.straight_through(b, (b_int.double() * N.bias_scale(scale_in, s_w)).to(b.dtype))
+        b_int = N.quantize_bias(b, scale_in, s_w, self.bias_bit, self.profile)
+        return N.straight_through(b, (b_int.double() * N.bias_scale(scale_in, s_w, self.profile)).to(b.dtype))
+
+    def _acc_scale(self, scale_in: torch.Tensor, s_w: torch.Tensor, dtype) -> torch.Tensor:
+        return N.bias_scale(scale_in, s_w, self.profile).to(dtype)
+
+    def use_stored_integers(self, w_int: torch.Tensor, b_int: torch.Tensor, s_w: torch.Tensor) -> None:
+        """Evaluate these integers and weight scales (HAWQ stores floats; the bias clamp is exact here)."""
+        qmin, qmax = N.qrange(self.weight_bit, signed=True)
+        if w_int.shape != self.weight_integer.shape or s_w.numel() not in (1, w_int.shape[0]):
+            raise HawqError(f"'{self.layer_name}': stored integers have shape {tuple(w_int.shape)}, "
+                            f"model expects {tuple(self.weight_integer.shape)} - wrong arch or scheme?")
+        if float(w_int.min()) < qmin or float(w_int.max()) > qmax:
+            raise HawqError(f"'{self.layer_name}': stored weights exceed {self.weight_bit} bits - wrong scheme?")
+        self.weight_integer.copy_(w_int.round().to(torch.int8))
+        lo, hi = N.qrange(self.bias_bit, signed=True)
+        self.bias_integer.copy_(b_int.double().round().clamp(lo, hi).to(torch.int32))
+        getattr(self, self.scale_name).copy_(s_w.reshape(-1).float().expand_as(getattr(self, self.scale_name)))
+        self.stored = True
 
     def _integer_weights(self, w: torch.Tensor, b: torch.Tensor | None, scale_in: torch.Tensor):
         """(w_int int64, b_int int64 [C_out], s_w float32 [C_out|1], acc scale float64 [C_out])."""
+        if self.stored:
+            s_w = getattr(self, self.scale_name).clone()
+            acc_scale = N.bias_scale(scale_in, s_w, self.profile).to(w.device)
+            return self.weight_integer.to(torch.int64), self.bias_integer.to(torch.int64), s_w, acc_scale
         s_w = self._weight_scale(w)
-        w_int = N.quantize_weight(w.detach(), s_w, self.weight_bit).to(torch.int64)
+        w_int = N.quantize_weight(w.detach(), s_w, self.weight_bit, self.profile).to(torch.int64)
         if b is None:
             b = torch.zeros(w.shape[0], device=w.device)
-        b_int = N.quantize_bias(b, scale_in, s_w, self.bias_bit)
-        acc_scale = N.bias_scale(scale_in, s_w).to(w.device)
+        b_int = N.quantize_bias(b, scale_in, s_w, self.bias_bit, self.profile)
+        acc_scale = N.bias_scale(scale_in, s_w, self.profile).to(w.device)
         if acc_scale.numel() == 1:
             acc_scale = acc_scale.expand(w.shape[0]).clone()
         return w_int, b_int, s_w, acc_scale
@@ -264,13 +324,10 @@ class QuantBnConv2d(_QuantWeightLayer):
     weights followed by a regular BatchNorm on batch statistics. Eval always folds.
     """
 
-    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, weight_bit: int = 8, bias_bit: int = 32,
-                 per_channel: bool = True, weight_percentile: float = 0.0, fix_BN: bool = False,
-                 fix_BN_threshold: int | None = None):
-        super().__init__(conv.weight.shape, "convbn_scaling_factor", weight_bit, bias_bit, per_channel,
-                         weight_percentile)
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, config: QuantConfig, weight_bit: int = 8):
+        super().__init__(conv.weight.shape, "convbn_scaling_factor", config, weight_bit)
         self.conv, self.bn = conv, bn
-        self.fix_BN, self.fix_BN_threshold = fix_BN, fix_BN_threshold
+        self.fix_BN, self.fix_BN_threshold = config.fix_BN, config.fix_BN_threshold
         self.register_buffer("fold_step", torch.zeros((), dtype=torch.int64))
 
     @property
@@ -297,7 +354,7 @@ class QuantBnConv2d(_QuantWeightLayer):
             w, b = self.folded_weight_bias()
             s_w = self._weight_scale(w)
             y = self._conv(x.value, self._fake_weight(w, s_w), self._fake_bias(b, x.scale, s_w))
-            scale = None if x.scale is None else N.bias_scale(x.scale, s_w).to(y.dtype)
+            scale = None if x.scale is None else self._acc_scale(x.scale, s_w, y.dtype)
             return Q(y, scale)
         w = self.conv.weight
         y = self._conv(x.value, self._fake_weight(w, self._weight_scale(w)), self.conv.bias)
@@ -325,10 +382,8 @@ class QuantBnConv2d(_QuantWeightLayer):
 class QuantLinear(_QuantWeightLayer):
     """Fully connected layer with per-output-row weight scales (HAWQ's ``QuantLinear``)."""
 
-    def __init__(self, linear: nn.Linear, weight_bit: int = 8, bias_bit: int = 32, per_channel: bool = True,
-                 weight_percentile: float = 0.0):
-        super().__init__(linear.weight.shape, "fc_scaling_factor", weight_bit, bias_bit, per_channel,
-                         weight_percentile)
+    def __init__(self, linear: nn.Linear, config: QuantConfig, weight_bit: int = 8):
+        super().__init__(linear.weight.shape, "fc_scaling_factor", config, weight_bit)
         self.weight = nn.Parameter(linear.weight.detach().clone())
         self.bias = nn.Parameter(linear.bias.detach().clone()) if linear.bias is not None else None
 
@@ -337,7 +392,7 @@ class QuantLinear(_QuantWeightLayer):
             return self._forward_int(x)
         s_w = self._weight_scale(self.weight)
         y = F.linear(x.value, self._fake_weight(self.weight, s_w), self._fake_bias(self.bias, x.scale, s_w))
-        return Q(y, None if x.scale is None else N.bias_scale(x.scale, s_w).to(y.dtype))
+        return Q(y, None if x.scale is None else self._acc_scale(x.scale, s_w, y.dtype))
 
     @torch.no_grad()
     def _forward_int(self, x: Q) -> Q:
@@ -355,27 +410,38 @@ class QuantLinear(_QuantWeightLayer):
 
 
 class QuantAveragePool2d(nn.Module):
-    """Global average pool in integers: the integer *sum* over H×W with scale S/(H·W).
+    """Global average pool in integers. Output: [B, C].
 
-    Folding 1/(H·W) into the next requantization's dyadic multiplier means the average is rounded
-    once (half up, by that requantization) instead of twice (HAWQ truncates, then requantizes).
-    Output: [B, C].
+    Profile exact: the integer *sum* over H×W with scale S/(H·W). Folding 1/(H·W) into the next
+    requantization's dyadic multiplier means the average is rounded once (half up, by that
+    requantization) instead of twice. Profile hawq: HAWQ's trunc(sum/(H·W) + 0.01), scale S
+    (:func:`hawq.numerics.avgpool_trunc`), then the next requantization rounds again.
     """
 
-    def __init__(self):
+    def __init__(self, config: QuantConfig):
         super().__init__()
+        self.profile = config.profile
         self.layer_name = ""
 
     def forward(self, x: Q) -> Q:
         n = x.value.shape[2] * x.value.shape[3]
-        scale = None if x.scale is None else x.scale / n
+        trunc = self.profile.avgpool == "trunc_mean"
+        scale = None if x.scale is None or trunc else x.scale / n
         if self.training:
-            return Q(x.value.mean(dim=(2, 3)), scale)
-        s = x.value.sum(dim=(2, 3))
+            mean = x.value.mean(dim=(2, 3))
+            if not trunc or x.scale is None:
+                return Q(mean, scale)
+            s = x.scale.to(mean.dtype)
+            with torch.no_grad():
+                value = torch.trunc(torch.round(mean.detach() * n / s) / n + 0.01) * s
+            return Q(N.straight_through(mean, value), x.scale)
+        total = x.value.sum(dim=(2, 3))
+        y = N.avgpool_trunc(total, n) if trunc else total
         rec = active()
         if rec:
-            rec.add("global_avgpool_sum", self.layer_name, [x.value], s, divisor=n)
-        return Q(s, scale)
+            rec.add("global_avgpool_trunc" if trunc else "global_avgpool_sum", self.layer_name, [x.value], y,
+                    divisor=n)
+        return Q(y, x.scale if trunc else scale)
 
 
 class QuantMaxPool2d(nn.Module):
