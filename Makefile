@@ -8,7 +8,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup dataset demo test test-slow bench layer-latency release lock clean
+.PHONY: setup dataset demo test test-slow hawq-conformance bench layer-latency release lock clean
 
 setup: $(STAMP) dataset
 
@@ -33,6 +33,18 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow
+
+# Full-size conformance with HAWQ-V3's original code: runs ../shared/hawq_ref/make_ref.py (HAWQ's own
+# code, not part of this project) for resnet18/resnet50 x uniform8/uniform4/bops_0.5 at 224x224, then
+# compares every QuantAct's integers (about 25 min on 2 cores).
+HAWQ_REF ?= ../shared/hawq_ref/make_ref.py
+HAWQ_REF_OUT ?= build/hawq_ref
+hawq-conformance: setup
+	@test -f $(HAWQ_REF) || { echo "error: $(HAWQ_REF) not found (HAWQ_REF=path/to/make_ref.py)"; exit 2; }
+	for a in resnet18 resnet50; do test -f $(HAWQ_REF_OUT)/$$a/summary.json || \
+	  $(PY) $(HAWQ_REF) $(HAWQ_REF_OUT)/$$a --arch $$a --schemes uniform8 uniform4 bops_0.5 || exit 1; done
+	$(PY) -m hawq.conformance $(HAWQ_REF_OUT)/resnet18/resnet18_*/ $(HAWQ_REF_OUT)/resnet50/resnet50_*/
+	HAWQ_REF_FULL=$(HAWQ_REF_OUT)/resnet18:$(HAWQ_REF_OUT)/resnet50 $(PY) -m pytest -q -m slow tests/test_hawq_conformance.py
 
 bench: setup
 	$(PY) -m hawq.bench

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from hawq.bit_config import list_schemes, table_csv, table_rows
+from hawq.cli import add_arch_arg, add_quant_scheme_arg, one_line_errors, run_main
 from hawq.errors import HawqError
 from hawq.models.layers import ARCHS
 
@@ -25,24 +26,21 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--table", action="store_true", help="CSV: arch,scheme,size_mb,gbops,paper_size_mb,paper_gbops")
     mode.add_argument("--list", action="store_true", help="archs and their scheme names")
-    parser.add_argument("-a", "--arch", help=f"one of: {', '.join(ARCHS)} (default: all)")
-    parser.add_argument("--quant-scheme", help="scheme name, HAWQ alias, or path to a JSON file (needs -a)")
+    add_arch_arg(parser, None, help=f"one of: {', '.join(ARCHS)} (default: all)")
+    add_quant_scheme_arg(parser, help="scheme name, HAWQ alias, or path to a JSON file (needs -a)")
     return parser.parse_args(argv)
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = _parse(argv)
-        if args.list:
-            for arch in [args.arch] if args.arch else ARCHS:
-                print(f"{arch}: {' '.join(list_schemes(arch))}")
-        else:
-            sys.stdout.write(table_csv(table_rows(args.arch, args.quant_scheme)))
-    except HawqError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    args = _parse(argv)
+    if args.list:
+        for arch in [args.arch] if args.arch else ARCHS:
+            print(f"{arch}: {' '.join(list_schemes(arch))}")
+    else:
+        sys.stdout.write(table_csv(table_rows(args.arch, args.quant_scheme)))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -7,8 +7,8 @@
 
 Without --data it trains on the embedded Fashion-MNIST. See README.md for every flag.
 """
-from hawq.cli import one_line_errors
-from hawq.train import run
+from hawq.cli import run_main
+from hawq.train import main
 
 if __name__ == "__main__":
-    one_line_errors(run)()
+    run_main(main)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from hawq.bit_config import load_scheme
-from hawq.cli import one_line_errors
+from hawq.cli import add_arch_arg, add_quant_scheme_arg, one_line_errors, run_main
 from hawq.errors import HawqError
 from hawq.models.layers import arch_info
 from hawq.tables import busy_warning, cpu_summary, markdown_table
@@ -183,10 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m hawq.bench",
                                 description="Training-step time of QAT vs. floating-point models "
                                             "(writes OUT_DIR/qat_overhead.csv and .md).")
-    p.add_argument("-a", "--arch", nargs="+", default=["resnet20_cifar10"],
-                   help="architectures (default: resnet20_cifar10)")
-    p.add_argument("--quant-scheme", nargs="+", default=["uniform8", "uniform4"],
-                   help="bit_config schemes (names or JSON paths; default: uniform8 uniform4)")
+    add_arch_arg(p, ["resnet20_cifar10"], nargs="+", help="architectures (default: resnet20_cifar10)")
+    add_quant_scheme_arg(p, ["uniform8", "uniform4"], nargs="+",
+                         help="bit_config schemes (names or JSON paths; default: uniform8 uniform4)")
     p.add_argument("-b", "--batch-size", nargs="+", type=int, default=[128], help="batch sizes (default: 128)")
     p.add_argument("--input-size", type=int, default=None,
                    help="square input side (default: the arch's, 32 for CIFAR archs, 224 for ImageNet archs)")
@@ -294,4 +293,4 @@ def _run(args: argparse.Namespace, argv: list[str]) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

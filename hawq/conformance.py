@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from hawq import checkpoint as C
-from hawq.cli import one_line_errors
+from hawq.cli import one_line_errors, run_main
 from hawq.errors import HawqError
 from hawq.export import export_integer, float_logits
 from hawq.models.factory import quant_model_from
@@ -161,6 +161,7 @@ def format_result(r: RunResult, per_layer: bool = False) -> str:
     return "\n".join(lines)
 
 
+@one_line_errors
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("dirs", nargs="+", help="make_ref.py output directories (<arch>_<scheme>/)")
@@ -183,4 +184,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(one_line_errors(main)())
+    run_main(main)

@@ -12,6 +12,7 @@ Two datasets are supported (``build_loaders(dataset=...)``):
 ``imagenet``
     Any ImageNet-layout tree ``DIR/train/<class>/*`` + ``DIR/val/<class>/*`` read with
     ``torchvision.datasets.ImageFolder`` and the standard HAWQ / pytorch-examples transforms.
+    Images PIL cannot read are skipped, and counted in one warning line per pass (:class:`TorchLoader`).
 
 Model contract for Fashion-MNIST inputs (the exported integer model sees exactly this):
 a 28x28 uint8 image is zero-padded by 2 px to 32x32, scaled to [0, 1], replicated to 3 channels
@@ -26,6 +27,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import sys
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -362,6 +364,36 @@ class ArrayLoader:
 
 
 # ----------------------------------------------------------------------------- ImageFolder
+class SkipUnreadable(torch.utils.data.Dataset):
+    """An ImageFolder whose unreadable samples (not an image, truncated, no read permission: PIL's
+    ``UnidentifiedImageError`` and other ``OSError``) come back as their path (a ``str``) instead of
+    raising. :func:`collate_readable` drops them from the batch and :class:`TorchLoader` counts them
+    in the main process, so this works with DataLoader workers too."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.root = folder.root
+        self.classes = folder.classes
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.folder[index]
+        except OSError:  # PIL.UnidentifiedImageError is an OSError
+            return self.folder.samples[index][0]
+
+
+def collate_readable(batch: list) -> tuple[torch.Tensor | None, torch.Tensor | None, list[str]]:
+    """``(x, y, skipped_paths)`` of a :class:`SkipUnreadable` batch; x, y are None when no sample was readable."""
+    from torch.utils.data import default_collate
+
+    good = [s for s in batch if not isinstance(s, str)]
+    x, y = default_collate(good) if good else (None, None)
+    return x, y, [s for s in batch if isinstance(s, str)]
+
+
 class TorchLoader:
     """A ``DataLoader`` plus :meth:`set_epoch` (reseeds its shuffling) and ``dataset_size``.
 
@@ -369,14 +401,20 @@ class TorchLoader:
     ``generator``, so with ``num_workers > 0`` shuffle order and augmentation are determined by
     ``(seed, epoch)``. With ``num_workers == 0`` the transforms draw from torch's global RNG
     (seed it with ``torch.manual_seed`` for reproducible augmentation).
+
+    The loader's batches are :func:`collate_readable`'s: unreadable images are left out of their
+    batch (a batch with none readable is skipped) and each pass ends with one line on stderr,
+    ``warning: skipped N unreadable images in ROOT (first: PATH)``; a pass with no readable image
+    at all is a HawqError.
     """
 
     def __init__(self, loader: torch.utils.data.DataLoader, generator: torch.Generator | None,
-                 seed: int):
+                 seed: int, root: str | None = None):
         self.loader = loader
         self.generator = generator
         self.seed = int(seed)
         self.dataset_size = len(loader.dataset)
+        self.root = root
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -388,8 +426,26 @@ class TorchLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for x, y in self.loader:
-            yield x, y
+        skipped: list[str] = []
+        readable = 0
+        try:
+            for x, y, bad in self.loader:
+                skipped += bad
+                if x is not None:
+                    readable += len(y)
+                    yield x, y
+        except GeneratorExit:  # the caller stopped early: report what this partial pass skipped
+            self._warn_skipped(skipped)
+            raise
+        if skipped and not readable:
+            raise HawqError(f"no readable image in {self.root}: all {len(skipped)} unreadable "
+                            f"(first: {skipped[0]})")
+        self._warn_skipped(skipped)
+
+    def _warn_skipped(self, skipped: list[str]) -> None:
+        if skipped:
+            print(f"warning: skipped {len(skipped)} unreadable images in {self.root} (first: {skipped[0]})",
+                  file=sys.stderr, flush=True)
 
 
 def imagenet_transforms(train: bool):
@@ -462,6 +518,8 @@ def _imagenet_loaders(data, batch_size: int, workers: int, fraction: float, seed
                         f"({len(train_set.classes)}) and {Path(data) / 'val'} "
                         f"({len(val_set.classes)}); labels would not line up")
     num_classes = len(train_set.classes)
+    train_set, val_set = SkipUnreadable(train_set), SkipUnreadable(val_set)
+    train_root, val_root = train_set.root, val_set.root
     idx = subset_indices(len(train_set), fraction, seed)
     if idx is not None:
         train_set = Subset(train_set, idx.tolist())
@@ -470,10 +528,10 @@ def _imagenet_loaders(data, batch_size: int, workers: int, fraction: float, seed
     pin = torch.cuda.is_available()
     g = torch.Generator()
     train = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=g,
-                       num_workers=workers, pin_memory=pin)
+                       num_workers=workers, pin_memory=pin, collate_fn=collate_readable)
     val = DataLoader(val_set, batch_size=batch_size, shuffle=False, num_workers=workers,
-                     pin_memory=pin)
-    return TorchLoader(train, g, seed), TorchLoader(val, None, seed), num_classes
+                     pin_memory=pin, collate_fn=collate_readable)
+    return TorchLoader(train, g, seed, train_root), TorchLoader(val, None, seed, val_root), num_classes
 
 
 # ----------------------------------------------------------------------------- entry point

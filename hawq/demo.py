@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from hawq.cli import one_line_errors
+from hawq.cli import add_arch_arg, one_line_errors, run_main
 from hawq.data import build_loaders
 from hawq.export import load_artifact
 from hawq.models.factory import load_quant_checkpoint
@@ -27,9 +27,10 @@ def _step(title: str, argv: list[str]) -> tuple[dict, float]:
     return res, time.time() - t0
 
 
+@one_line_errors
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("-a", "--arch", default="resnet20_cifar10")
+    add_arch_arg(p)
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--data-percentage", type=float, default=0.15, help="training subset for both stages")
     p.add_argument("--ref-images", type=int, default=1000, help="test images run through the integer reference")
@@ -71,4 +72,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(one_line_errors(main)())
+    run_main(main)

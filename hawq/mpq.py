@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hawq.bit_config import ALLOWED_BITS, scheme_stats, validate_scheme
-from hawq.cli import one_line_errors
+from hawq.cli import add_arch_arg, one_line_errors, run_main
 from hawq.errors import HawqError
 from hawq.models.layers import WEIGHT_KINDS, arch_info, quant_layers
 from hawq.fileio import rows_csv, write_text_atomic
@@ -523,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m hawq.mpq",
                                 description="Hessian-aware mixed-precision bit allocation (ILP, HAWQ-V3).")
     a = p.add_argument
-    a("-a", "--arch", default="resnet20_cifar10")
+    add_arch_arg(p)
     a("--sensitivity", required=True, metavar="CSV", help="output of python -m hawq.sensitivity")
     a("--constraint", action="append", default=[], metavar="KIND=VALUE",
       help="size|bops|latency = fraction in [0,1] (lo + r*(hi-lo), HAWQ-V3's bops_0.5 convention) or an "
@@ -538,8 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _inputs(args) -> tuple[Problem, list[Constraint], list[Constraint]]:
-    """Parse and check everything before any solve or write."""
-    arch_info(args.arch)
+    """Parse and check everything before any solve or write (the arch was checked while parsing)."""
     constraints = [parse_constraint(t) for t in args.constraint]
     sweep = parse_sweep(args.sweep) if args.sweep else []
     if not constraints and not sweep:
@@ -588,4 +587,4 @@ def main(argv: list[str] | None = None) -> Solution | list[dict[str, object]]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from hawq import engine
-from hawq.cli import one_line_errors
+from hawq.cli import one_line_errors, run_main
 from hawq.data import build_loaders
 from hawq.errors import HawqError
 from hawq.models.factory import fp_model_pretrained, quant_model
@@ -198,4 +198,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -16,7 +16,7 @@ import os
 import shlex
 import shutil
 
-from hawq.cli import one_line_errors
+from hawq.cli import one_line_errors, run_main
 from hawq.train import run
 
 ARCH = "resnet20_cifar10"
@@ -90,6 +90,7 @@ def write_manifest(path: str = f"{OUT}/MANIFEST.csv") -> list[dict]:
     return rows
 
 
+@one_line_errors
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", choices=["train", "manifest"])
@@ -104,4 +105,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(one_line_errors(main)())
+    run_main(main)

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from hawq import numerics as N
-from hawq.cli import one_line_errors
+from hawq.cli import add_arch_arg, add_data_args, one_line_errors, resolve_dataset, run_main
 from hawq.data import build_loaders
 from hawq.errors import HawqError
 from hawq.fileio import rows_csv, write_text_atomic
@@ -237,10 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Per-layer Hessian trace (Hutchinson) and quantization "
                                             "perturbation for 4/8-bit weights; writes a CSV for hawq.mpq.")
     a = p.add_argument
-    a("-a", "--arch", default="resnet20_cifar10")
-    a("--data", metavar="DIR", default=None, help="as quant_train.py (default: the embedded Fashion-MNIST)")
-    a("--dataset", default=None, choices=["fashion-mnist", "imagenet"],
-      help="default: imagenet when --data is given, else fashion-mnist")
+    add_arch_arg(p)
+    add_data_args(p, data_help="as quant_train.py (default: the embedded Fashion-MNIST)")
     a("--pretrained", nargs="?", const=True, default=False, metavar="PATH",
       help="pytorchcv ImageNet weights, or our floating-point checkpoint at PATH (as quant_train.py)")
     a("-b", "--batch-size", type=int, default=64)
@@ -265,13 +263,11 @@ def _device() -> torch.device:
 @one_line_errors
 def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     args = build_parser().parse_args(argv)
-    arch_info(args.arch)
     if args.batches < 1 or args.batch_size < 1 or args.max_iter < 1:
         raise HawqError("--batches, --batch-size and --max-iter must be >= 1")
     if not args.tol > 0:
         raise HawqError(f"--tol must be > 0, got {args.tol}")
-    dataset = args.dataset or ("imagenet" if args.data else "fashion-mnist")
-    data = build_loaders(dataset, args.data, args.batch_size, args.workers, 1.0, args.seed)
+    data = build_loaders(resolve_dataset(args.dataset, args.data), args.data, args.batch_size, args.workers, 1.0, args.seed)
     torch.manual_seed(args.seed)
     model = fp_model_pretrained(args.arch, data.num_classes, args.pretrained).to(_device())
     if not args.pretrained:
@@ -288,4 +284,4 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -17,11 +17,11 @@ import torch
 from hawq import checkpoint as C
 from hawq import engine
 from hawq.bit_config import load_scheme
+from hawq.cli import add_arch_arg, add_data_args, add_quant_scheme_arg, arch_name, one_line_errors, resolve_dataset
 from hawq.data import build_loaders
 from hawq.errors import HawqError
 from hawq.export import export_integer, save_artifact
 from hawq.models.factory import check_arch, fp_model, quant_model, quant_model_from
-from hawq.models.layers import arch_info
 from hawq.numerics import PROFILES
 from hawq.quant.config import QuantConfig
 
@@ -31,13 +31,11 @@ FP_SCHEME = "fp32"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Integer-only quantization-aware training (HAWQ-V3 flags).")
     a = p.add_argument
-    a("--data", metavar="DIR", default=None,
-      help="ImageFolder root with train/ and val/ (implies --dataset imagenet), or, with --dataset fashion-mnist, "
-           "a directory of the four IDX files; default: the embedded Fashion-MNIST")
-    a("--dataset", default=None, choices=["fashion-mnist", "imagenet"],
-      help="default: imagenet when --data is given, else fashion-mnist")
-    a("-a", "--arch", default="resnet20_cifar10", help="model architecture (pytorchcv name)")
-    a("--teacher-arch", default="resnet101", help="teacher for --distill-method KD_naive")
+    add_data_args(p, data_help="ImageFolder root with train/ and val/ (implies --dataset imagenet), or, with "
+                               "--dataset fashion-mnist, a directory of the four IDX files; default: the embedded "
+                               "Fashion-MNIST; unreadable images are skipped, with one warning line per pass")
+    add_arch_arg(p, help="model architecture (pytorchcv name)")
+    a("--teacher-arch", default="resnet101", type=arch_name, help="teacher for --distill-method KD_naive")
     a("--teacher-pretrained", default=None, metavar="PATH",
       help="floating-point checkpoint for the teacher (default: pytorchcv ImageNet weights)")
     a("-j", "--workers", default=4, type=int, help="data loading workers (ImageFolder only)")
@@ -72,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--checkpoint-iter", default=-1, type=int,
       help="save every quantizer's feature map at this training iteration (-1: never)")
     a("--evaluate-times", default=-1, type=int, help="accepted for HAWQ compatibility")
-    a("--quant-scheme", default="uniform8", help="bit_config scheme name, a JSON file, or fp32")
+    add_quant_scheme_arg(p, default="uniform8", help="bit_config scheme name, a JSON file, or fp32")
     a("--resume-quantize", action="store_true",
       help="the --resume checkpoint is a quantized one (detected automatically; given, it is checked)")
     a("--act-percentile", default=0.0, type=float, help="percentile for activation ranges (0 = min/max)")
@@ -108,8 +106,7 @@ def _check_args(args) -> None:
         raise HawqError("--epochs must be >= 0 and --batch-size >= 1")
     if os.path.exists(args.save_path) and not os.path.isdir(args.save_path):
         raise HawqError(f"--save-path '{args.save_path}' exists and is not a directory")
-    if args.dataset is None:
-        args.dataset = "imagenet" if args.data else "fashion-mnist"
+    args.dataset = resolve_dataset(args.dataset, args.data)
 
 
 def quant_config(args, resume: C.ModelFile | None) -> QuantConfig:
@@ -132,7 +129,6 @@ def quant_config(args, resume: C.ModelFile | None) -> QuantConfig:
 
 def build_model(args, num_classes: int, resume: C.ModelFile | None, config: QuantConfig):
     """The model for this run, with --pretrained / --resume weights applied (files already read)."""
-    arch_info(args.arch)
     fp_resume = resume is not None and not resume.quantized
     weights = resume if fp_resume else (C.read(args.pretrained) if isinstance(args.pretrained, str) else None)
     if weights is not None and weights.kind is not C.Kind.FP:
@@ -235,6 +231,12 @@ def _export(args, model, input_size: int, bits, top1: float) -> str:
                                "dataset": args.dataset})
     save_artifact(art, path)
     return path
+
+
+@one_line_errors
+def main(argv=None) -> dict:
+    """quant_train.py: :func:`run` with one-line errors (``error: ...``, exit status 2)."""
+    return run(argv)
 
 
 def run(argv=None) -> dict:

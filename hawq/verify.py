@@ -15,7 +15,8 @@ import torch
 from tqdm import tqdm
 
 from hawq import checkpoint as C
-from hawq.cli import one_line_errors
+from hawq.cli import (RECORDED_DATASET_HELP, add_arch_arg, add_data_args, add_quant_scheme_arg, one_line_errors,
+                      resolve_dataset, run_main)
 from hawq.data import build_loaders
 from hawq.errors import HawqError
 from hawq.export import artifact_of, export_integer, float_logits
@@ -49,17 +50,17 @@ def compare(model, graph: dict, loader, progress: bool = True) -> dict:
                                   graph, loader, "qat", progress)
 
 
+@one_line_errors
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True,
                    help="QAT checkpoint (checkpoint.pth.tar / model_best.pth.tar), or HAWQ-V3's checkpoint.pth.tar "
                         "or quantized_checkpoint.pth.tar (these need --quant-scheme)")
-    p.add_argument("-a", "--arch", default=None, help="for HAWQ-V3 files that do not record it")
-    p.add_argument("--quant-scheme", default=None, help="for HAWQ-V3 files, which do not record their bit_config")
+    add_arch_arg(p, None, help="for HAWQ-V3 files that do not record it")
+    add_quant_scheme_arg(p, help="for HAWQ-V3 files, which do not record their bit_config")
     p.add_argument("--artifact", default=None,
                    help="integer artifact to check (default: export one from the checkpoint in memory)")
-    p.add_argument("--dataset", default=None, help="default: the dataset the checkpoint was trained on")
-    p.add_argument("--data", default=None)
+    add_data_args(p, dataset_help=RECORDED_DATASET_HELP)
     p.add_argument("--limit", type=int, default=None, help="first N validation images (default: all)")
     p.add_argument("-b", "--batch-size", type=int, default=200)
     p.add_argument("--no-progress", action="store_true")
@@ -70,8 +71,8 @@ def main(argv=None) -> int:
     model, _ = quant_model_from(f, arch=args.arch, scheme=args.quant_scheme)
     if f.numerics_inferred:
         print(f"note: {f.describe()} records no numeric profile: evaluated under numerics {model.config.numerics}")
-    dataset = args.dataset or f.dataset or ("imagenet" if args.data else "fashion-mnist")
-    data = build_loaders(dataset, args.data, args.batch_size, 0, 1.0, 0, eval_limit=args.limit)
+    data = build_loaders(resolve_dataset(args.dataset, args.data, f.dataset or ("imagenet" if f.numerics_inferred else None)), args.data, args.batch_size, 0, 1.0, 0,
+                         eval_limit=args.limit)
     if args.artifact:
         art = artifact_of(C.read(args.artifact))
         if art.get("arch") not in (None, model.arch):
@@ -88,4 +89,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(one_line_errors(main)())
+    run_main(main)

@@ -18,7 +18,8 @@ from hawq.reference import run_graph
 
 FIX = os.path.join(ROOT, "tests", "fixtures", "hawq_ref")
 RUNS = ["resnet18_uniform8", "resnet18_uniform4", "resnet18_bops_0.5", "resnet50_uniform8", "resnet50_bops_0.5"]
-FULL = os.environ.get("HAWQ_REF_FULL")          # a make_ref.py output root of full-size models (slow test)
+#: make_ref.py output roots of full-size models for the slow test (os.pathsep-separated), e.g. build/hawq_ref/resnet18
+FULL = [p for p in os.environ.get("HAWQ_REF_FULL", "").split(os.pathsep) if p]
 
 
 def _assert_conformant(r):
@@ -97,12 +98,14 @@ def test_hawq_graph_records_its_profile():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not FULL, reason="set HAWQ_REF_FULL to a make_ref.py output root (make hawq-conformance)")
+@pytest.mark.skipif(not FULL, reason="set HAWQ_REF_FULL to make_ref.py output roots (make hawq-conformance writes "
+                                      "build/hawq_ref/resnet18 and .../resnet50)")
 def test_full_size_models_match_hawq():
-    runs = sorted(d for d in os.listdir(FULL) if os.path.isfile(os.path.join(FULL, d, "acts_sample0.pt")))
+    runs = sorted(os.path.join(root, d) for root in FULL for d in os.listdir(root)
+                  if os.path.isfile(os.path.join(root, d, "acts_sample0.pt")))
     assert runs
     for run in runs:
-        _assert_conformant(compare_fixture(os.path.join(FULL, run)))
+        _assert_conformant(compare_fixture(run))
 
 
 # ----------------------------------------------------------------------------- the CLIs on HAWQ files
@@ -146,6 +149,10 @@ def test_quant_train_evaluates_a_hawq_checkpoint(imagenet_1000, tmp_path):
             "--limit", "4", "-b", "2", "--no-progress")
     assert r.returncode == 0, r.stderr[-1500:]
     assert r.stdout.strip().splitlines()[-1] == "mismatches: 0/4000"
+    r = cli("-m", "tvm_benchmark.verify", "--checkpoint", ckpt, "--quant-scheme", "uniform8", "--data",
+            str(imagenet_1000), "--limit", "4", "-b", "2", "--no-progress")
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert "numerics: hawq" in r.stdout and r.stdout.strip().splitlines()[-1] == "mismatches: 0/4000"
 
 
 def test_hawq_checkpoint_resumes_training_under_hawq(imagenet_1000, tmp_path):
@@ -167,3 +174,40 @@ def test_quantized_checkpoint_is_refused_for_training(tmp_path):
             "--save-path", str(tmp_path / "s"))
     err = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(err) == 1 and "checkpoint.pth.tar" in err[0] and "evaluated" in err[0], r.stderr
+
+
+# ----------------------------------------------------------------------------- QAT in profile hawq
+HAS_FMNIST = os.path.exists("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz")
+RELEASED_FP = os.path.join(ROOT, "checkpoints", "resnet20_cifar10_fp32.pth.tar")
+
+
+@pytest.fixture(scope="module")
+def hawq_qat(tmp_path_factory):
+    from hawq.train import run
+    from test_train_cli import TINY
+    out = tmp_path_factory.mktemp("hawq_u4")
+    summary = run(["--quant-scheme", "uniform4", "--numerics", "hawq", "--epochs", "1", "--lr", "0.005", "--fix-BN",
+                   "--pretrained", RELEASED_FP, "--save-path", str(out), *TINY])
+    return out, summary
+
+
+@pytest.mark.skipif(not HAS_FMNIST, reason="Debian package dataset-fashion-mnist not installed")
+def test_qat_in_profile_hawq_trains_exports_and_verifies(hawq_qat, tmp_path):
+    from hawq.train import run
+    from test_train_cli import TINY, cli
+    out, summary = hawq_qat
+    assert summary["best_top1"] > 50.0                  # starts from the released FP model
+    ck = C.read(str(out / "model_best.pth.tar"))
+    assert ck.kind is C.Kind.QAT and ck.config.numerics == "hawq" and ck.config.fix_BN
+    art = C.read(str(out / "quantized_checkpoint.pth.tar"))
+    assert art.config.numerics == "hawq"
+    assert any(n.get("rounding") == "half_even" for n in art.raw["graph"]["nodes"])
+    r = cli("-m", "hawq.verify", "--checkpoint", str(out / "model_best.pth.tar"),
+            "--artifact", str(out / "quantized_checkpoint.pth.tar"), "--limit", "64", "--no-progress")
+    assert r.returncode == 0, r.stderr[-800:]
+    assert r.stdout.strip().splitlines()[-1] == "mismatches: 0/640"
+    assert "hawq" in r.stdout
+    # evaluating the checkpoint again restores its profile from the file (no --numerics) and its top-1
+    res = run(["-e", "--resume", str(out / "model_best.pth.tar"), "--quant-scheme", "uniform4",
+               "--save-path", str(tmp_path), *TINY])
+    assert res["top1"] == pytest.approx(summary["best_top1"], abs=1e-9)

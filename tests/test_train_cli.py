@@ -107,7 +107,13 @@ def test_hawq_layout_checkpoint_loads(qat_run, tmp_path):
             "optimizer": {"state": {}, "param_groups": []}}
     path = tmp_path / "hawq_checkpoint.pth.tar"
     torch.save(hawq, path)
-    res = run(["-e", "--resume", str(path), "--resume-quantize", "--quant-scheme", "uniform8",
+    # No profile recorded: HAWQ's arithmetic is inferred (said in one line); --numerics exact gives ours back.
+    r = cli("quant_train.py", "-e", "--resume", str(path), "--resume-quantize", "--quant-scheme", "uniform8",
+            "--save-path", str(tmp_path / "h"), *TINY)
+    assert r.returncode == 0, r.stderr[-800:]
+    assert sum("records no numeric profile" in line and "--numerics hawq" in line
+               for line in r.stdout.splitlines()) == 1, r.stdout
+    res = run(["-e", "--resume", str(path), "--resume-quantize", "--quant-scheme", "uniform8", "--numerics", "exact",
                "--save-path", str(tmp_path / "e"), *TINY])
     assert res["top1"] == pytest.approx(summary["best_top1"], abs=1e-9)
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hawq.cli import add_arch_arg, add_quant_scheme_arg, one_line_errors, run_main
 from hawq.tables import busy_warning, cpu_summary, markdown_table
 from hawq.quant.config import QuantConfig
 
@@ -195,13 +196,13 @@ def _host() -> str:
             f"AVX-512 VNNI: {host_has_vnni()}")
 
 
+@one_line_errors
 def main(argv=None) -> int:
     from hawq.bit_config import list_schemes
     from hawq.errors import HawqError
-    from hawq.models.layers import ARCHS
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("-a", "--arch", nargs="+", default=["resnet18"])
-    p.add_argument("--quant-scheme", nargs="+", default=["uniform8"], help="scheme names, or 'all'")
+    add_arch_arg(p, ["resnet18"], nargs="+")
+    add_quant_scheme_arg(p, ["uniform8"], nargs="+", help="scheme names, or 'all'")
     p.add_argument("-b", "--batch-size", nargs="+", type=int, default=[1, 8])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
@@ -211,9 +212,6 @@ def main(argv=None) -> int:
     p.add_argument("--out-dir", default=str(RESULTS))
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    for a in args.arch:
-        if a not in ARCHS:
-            raise HawqError(f"unknown arch '{a}'; choose one of {', '.join(ARCHS)}")
     if args.threads < 1 or any(b < 1 for b in args.batch_size):
         raise HawqError("--threads and --batch-size must be >= 1")
     os.environ["TVM_NUM_THREADS"] = str(args.threads)   # read when TVM's pool first starts
@@ -247,5 +245,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from hawq.cli import one_line_errors
-    raise SystemExit(one_line_errors(main)())
+    run_main(main)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from hawq.cli import RECORDED_DATASET_HELP, add_arch_arg, add_data_args as add_dataset_args, add_quant_scheme_arg
 from tvm_benchmark.compile import TARGETS
 
 
@@ -10,8 +11,8 @@ def add_program_args(p: argparse.ArgumentParser, batch_default: int) -> None:
     p.add_argument("--checkpoint", required=True,
                    help="QAT checkpoint from quant_train.py, or its integer artifact quantized_checkpoint.pth.tar, "
                         "or HAWQ-V3's checkpoint.pth.tar / quantized_checkpoint.pth.tar (with --quant-scheme)")
-    p.add_argument("-a", "--arch", default=None, help="for HAWQ-V3 files that do not record it")
-    p.add_argument("--quant-scheme", default=None, help="for HAWQ-V3 files, which do not record their bit_config")
+    add_arch_arg(p, None, help="for HAWQ-V3 files that do not record it")
+    add_quant_scheme_arg(p, help="for HAWQ-V3 files, which do not record their bit_config")
     p.add_argument("--target", default="llvm",
                    help=f"{' or '.join(TARGETS)} (llvm = this host's CPU, vector extensions detected)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
@@ -22,7 +23,7 @@ def add_program_args(p: argparse.ArgumentParser, batch_default: int) -> None:
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default=None, help="default: the dataset the checkpoint was trained on")
-    p.add_argument("--data", default=None, help="dataset directory (ImageFolder root for imagenet)")
+    add_dataset_args(p, data_help="dataset directory (ImageFolder root for imagenet)",
+                     dataset_help=RECORDED_DATASET_HELP)
     p.add_argument("--limit", type=int, default=None, help="first N validation images (default: all)")
     p.add_argument("--no-progress", action="store_true")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hawq.cli import one_line_errors
+from hawq.cli import one_line_errors, run_main
 from hawq.errors import HawqError
 from hawq.fileio import atomic_write, write_text_atomic
 from tvm_benchmark.cli_args import add_program_args
@@ -51,6 +51,7 @@ def export(checkpoint: str, target_key: str, out: str, batch: int = 1, threads: 
     return params
 
 
+@one_line_errors
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_program_args(p, batch_default=1)
@@ -64,4 +65,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(one_line_errors(main)())
+    run_main(main)

@@ -3,7 +3,8 @@
 Walks the Relax ``main`` of a lowered module (after FuseOps/FuseTIR) and every TIR kernel it calls:
 
 - the only kernels allowed to touch floating point are those that read the float input ``x``
-  (the fused input quantizer: divide, round, clip, cast) and they must return an integer tensor;
+  (the fused input quantizer: divide, or multiply by the reciprocal, round, clip, cast) and they must
+  return an integer tensor;
 - every other kernel must have no floating-point dtype anywhere in its TIR (buffers, casts,
   constants, intrinsics);
 - every Relax binding after the first one must have an integer dtype.

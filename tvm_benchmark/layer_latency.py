@@ -25,17 +25,17 @@ import torch
 from tqdm import tqdm
 
 from hawq.bit_config import load_scheme
-from hawq.cli import one_line_errors
+from hawq.cli import add_arch_arg, one_line_errors, run_main
 from hawq.engine import calibrate_random
-from hawq.errors import HawqError
 from hawq.fileio import rows_csv, write_text_atomic
 from hawq.export import export_integer
 from hawq.models.factory import fp_model, quant_model
-from hawq.models.layers import ARCHS, arch_info
+from hawq.models.layers import arch_info
 from hawq.reference import run_graph
 from hawq.quant.config import QuantConfig
 from tvm_benchmark.compile import compile_program, device_of, target_tag
 from tvm_benchmark.program import Runner
+from tvm_benchmark.relax_graph import value_ranges
 
 FIELDS = ("layer", "bits", "median_ms", "p90_ms")
 ROOT = Path(__file__).resolve().parent / "layer_latency"
@@ -51,15 +51,6 @@ def calibrated_graph(arch: str, scheme: str, batch: int, seed: int = 0) -> tuple
     graph = export_integer(calibrate_random(q, shape, seed=seed), shape[1:])["graph"]
     _, env = run_graph(graph, np.zeros((1, *shape[1:]), np.float32), keep=True)
     return graph, {k: v.shape[1:] for k, v in env.items()}
-
-
-def _range_of(graph: dict, value: str) -> tuple[int, int]:
-    """Integer range [lo, hi] of a value produced by a quantize/requant node."""
-    node = next(n for n in graph["nodes"] if n["output"] == value)
-    if node["op"] == "quantize":
-        z = int(node["zero_point"])
-        return int(node["qmin"]) - z, int(node["qmax"]) - z
-    return int(node["qmin"]), int(node["qmax"])
 
 
 def _stub(lo: int, hi: int) -> dict:
@@ -91,12 +82,15 @@ def _jobs(arch: str, batch: int, threads: int, target: str, rng) -> list[tuple[s
     jobs, stubs = [], {}
     for bits, scheme in ((8, "uniform8"), (4, "uniform4")):
         graph, shapes = calibrated_graph(arch, scheme, batch)
+        # The static ranges the whole program uses (not just the nodes' qmin/qmax: e.g. a post-ReLU
+        # requant is [0, qmax]), so the stub feeds each layer the container and kernel it gets there.
+        ranges = value_ranges(graph, (batch, *shapes[graph["input"]]))
         for node in (n for n in graph["nodes"] if n["op"] in ("conv2d", "dense")):
             if int(node["weight_bits"]) != bits:
                 continue   # a layer the schemes keep at 8 bits: 8-bit row only
             src = node["inputs"][0]
             shape = (batch, *shapes[src])
-            base = _stub(*_range_of(graph, src))
+            base = _stub(*ranges[src])
             if graph["nodes"][0]["output"] == src:   # the stem reads the real input quantizer
                 sub = {"input": "input", "output": node["output"], "nodes": [graph["nodes"][0], node]}
             else:
@@ -130,17 +124,16 @@ def write_rows(rows: list[dict], path: Path) -> None:
     write_text_atomic(path, rows_csv(sorted(rows, key=lambda r: (r["layer"], r["bits"])), FIELDS))
 
 
+@one_line_errors
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("-a", "--arch", required=True)
+    add_arch_arg(p, required=True)
     p.add_argument("--target", default="llvm")
     p.add_argument("-b", "--batch-size", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None, help="default: tvm_benchmark/layer_latency/<target tag>/<arch>.csv")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    if args.arch not in ARCHS:
-        raise HawqError(f"unknown arch '{args.arch}'; choose one of {', '.join(ARCHS)}")
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     rows = layer_rows(args.arch, args.batch_size, args.threads, args.target, progress=not args.no_progress)
     out = Path(args.out) if args.out else ROOT / target_tag(args.target) / f"{args.arch}.csv"
@@ -151,4 +144,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(one_line_errors(main)())
+    run_main(main)

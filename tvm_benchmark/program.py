@@ -19,6 +19,7 @@ import tvm
 from tvm import relax
 
 from hawq import checkpoint as C
+from hawq.cli import resolve_dataset
 from hawq.data import input_size_of
 from hawq.export import export_integer
 from hawq.models.factory import quant_model_from
@@ -41,9 +42,10 @@ class Program:
 
 
 def load_program(path: str, arch: str | None = None, scheme: str | None = None,
-                 dataset: str | None = None) -> Program:
+                 dataset: str | None = None, data: str | None = None) -> Program:
     """The integer program in ``path``; ``arch``/``scheme`` for HAWQ-V3 files, ``dataset`` (default:
-    the recorded one; for HAWQ-V3 files imagenet) fixes the input size a checkpoint is exported at."""
+    the recorded one; for HAWQ-V3 files imagenet; else as :func:`hawq.cli.resolve_dataset` with the
+    ``--data`` directory ``data``) fixes the input size a checkpoint is exported at."""
     f = C.read(path)
     if f.kind is C.Kind.ARTIFACT:
         art = f.raw
@@ -51,7 +53,7 @@ def load_program(path: str, arch: str | None = None, scheme: str | None = None,
                        str(art.get("quant_scheme")), f.dataset or "fashion-mnist", dict(f.bit_config or {}), path,
                        f.config.numerics)
     model, bits = quant_model_from(f, arch=arch, scheme=scheme)
-    dataset = dataset or f.dataset or ("imagenet" if f.numerics_inferred else "fashion-mnist")
+    dataset = resolve_dataset(dataset, data, f.dataset or ("imagenet" if f.numerics_inferred else None))
     s = input_size_of(dataset)
     art = export_integer(model, (3, s, s))
     return Program(art["graph"], (3, s, s), model.arch, str(f.quant_scheme or scheme), dataset, dict(bits), path,

@@ -5,14 +5,24 @@ artifact's node list, with the semantics of :mod:`hawq.reference` (int64 through
 value gets a static integer interval; the smallest container dtype holding it is used, and each
 accumulator's worst case is bounded before int32 is chosen, so narrowing never changes a result:
 
-- activations feeding a conv/dense: ``uint8`` (post-ReLU, 4 and 8 bit) or ``int8``;
+- activations feeding a conv/dense: ``uint8`` (post-ReLU, 4 and 8 bit) or ``int8``. A requant of a
+  provably non-negative input (post-ReLU) is non-negative too, so profile ``hawq``'s signed 8-bit
+  post-ReLU activations (``qmin = -128``) get the interval [0, 127] and a ``uint8`` container;
 - conv/dense: Relax ``conv2d``/``matmul`` with ``out_dtype="int32"`` (int64 when the bound says so);
-- requantization: ``(int64(acc)·m + 2^(s-1)) >> s`` then ``clip`` — :func:`hawq.numerics.requantize`;
-- residual adds: both terms requantized in int64, summed, saturated (``int16`` container);
-- max pool and global sum on the integer accumulators.
+- requantization (``requant``, both terms of ``requant_add``), ``t = int64(acc)·m`` per channel, by the
+  node's ``rounding`` field (:func:`hawq.reference.rounding_of`, :func:`hawq.numerics.requantize`):
+  ``half_up`` (absent field) ``(t + 2^(s-1)) >> s``, ``half_even`` ``(t + 2^(s-1) - 1 + ((t >> s) & 1)) >> s``;
+  then ``clip`` to the node's ``qmin``/``qmax``;
+- residual adds: both terms requantized in int64, summed, saturated to ``qmin``/``qmax``: ``int16``
+  container for 16-bit bounds, ``int32`` for profile ``hawq``'s int32 bounds (then ReLU, the next
+  requantization and the global sum see an int32 value; the sum goes to int64 where its bound needs it);
+- max pool and global sum on the integer accumulators; ``global_avgpool_trunc`` (``divisor`` N):
+  ``truncdiv(100·sum + N, 100·N)`` (truncation toward zero), int32 or int64 by its bound.
 
 The input quantizer is the only float computation (the graph's boundary, §9 of docs/numerics.md):
-float32 divide, round half to even, clip. Its zero point never reaches the integer ops: the first
+float32 divide, round half to even, clip; with ``reciprocal: true`` (profile ``hawq``) a float32
+multiply by the float32 ``1/S`` and the zero point added before rounding, ``round(f32(1/S)·x + z)``,
+as :func:`hawq.reference._op_quantize`. A nonzero zero point never reaches the integer ops: the first
 conv reads the uncentered ``uint8`` q, pads with z, and gets ``-z·ΣW`` folded into its bias.
 """
 from __future__ import annotations
@@ -25,6 +35,7 @@ from tvm import relax
 
 from hawq.errors import HawqError
 from hawq.reference import OPS as REFERENCE_OPS
+from hawq.reference import rounding_of
 from tvm_benchmark import schedules as S
 
 _CONTAINERS = ("uint8", "int8", "int16", "int32", "int64")
@@ -117,9 +128,21 @@ class _Builder:
         z, qmin, qmax = int(node["zero_point"]), int(node["qmin"]), int(node["qmax"])
         if self.layout == "NHWC" and len(x.ty.shape) == 4:
             x = self.emit(relax.op.permute_dims(x, [0, 2, 3, 1]))
-        q = self.emit(relax.op.divide(x, relax.const(scale, "float32")))    # divide, never * 1/S
-        q = self.emit(relax.op.round(q))                                      # half to even
-        q = self.emit(relax.op.add(q, relax.const(np.float32(z), "float32")))
+        if node.get("reciprocal", False):
+            # round(f32(1/S)·x + z): float32 reciprocal, float32 multiply, float32 add, half to even.
+            recip = np.float32(1.0) / scale
+            q = self.emit(relax.op.multiply(x, relax.const(recip, "float32")))
+            if z:
+                # A no-op after the final clip (p beyond [qmin-z-1, qmax-z+1] saturates either way), it
+                # keeps the add's operand from being the multiply, so no backend contracts the two into
+                # one FMA (a single rounding; the reference rounds the product and the sum separately).
+                q = self.emit(relax.op.clip(q, float(qmin - z - 1), float(qmax - z + 1)))
+                q = self.emit(relax.op.add(q, relax.const(np.float32(z), "float32")))
+            q = self.emit(relax.op.round(q))                                  # half to even
+        else:
+            q = self.emit(relax.op.divide(x, relax.const(scale, "float32")))    # divide, never * 1/S
+            q = self.emit(relax.op.round(q))                                  # half to even
+            q = self.emit(relax.op.add(q, relax.const(np.float32(z), "float32")))
         q = self.emit(relax.op.clip(q, float(qmin), float(qmax)))
         q = self.emit(relax.op.astype(q, container(qmin, qmax)))
         return Value(q, qmin - z, qmax - z, offset=z)
@@ -203,28 +226,42 @@ class _Builder:
         y = self.emit(relax.op.add(y, _const(bias.reshape(1, -1), acc)))
         return Value(y, -bound, bound)
 
-    def _rescale(self, v: Value, m: np.ndarray, s: np.ndarray, what: str) -> relax.Expr:
-        """round_half_up(v·m / 2^s) in int64, per channel (dim 1); the product is bounded below 2^63."""
+    def _rescale(self, v: Value, m: np.ndarray, s: np.ndarray, rounding: str, what: str) -> relax.Expr:
+        """round(v·m / 2^s) in int64, per channel (dim 1), ties by ``rounding`` (half_up / half_even);
+        the pre-shift sum is bounded below 2^63 channel by channel."""
         v = self.centered(v)
         nd = len(v.expr.ty.shape)
-        m, s = self.per_channel(m, nd), self.per_channel(s, nd)
-        if v.absmax() * int(m.max()) + (1 << (int(s.max()) - 1)) > _I64.max:
+        pairs = zip(*np.broadcast_arrays(np.asarray(m, np.int64).reshape(-1), np.asarray(s, np.int64).reshape(-1)))
+        if max(v.absmax() * abs(int(mi)) + (1 << (int(si) - 1)) for mi, si in pairs) > _I64.max:
             raise HawqError(f"{what}: requantization product overflows int64")
-        e = self.emit(relax.op.multiply(self.cast(v, "int64"), _const(m, "int64")))
-        e = self.emit(relax.op.add(e, _const(np.left_shift(1, s - 1), "int64")))
-        return self.emit(relax.op.right_shift(e, _const(s, "int64")))
+        m, s = self.per_channel(m, nd), self.per_channel(s, nd)
+        t = self.emit(relax.op.multiply(self.cast(v, "int64"), _const(m, "int64")))
+        shift = _const(s, "int64")
+        if rounding == "half_up":
+            e = self.emit(relax.op.add(t, _const(np.left_shift(1, s - 1), "int64")))
+        elif rounding == "half_even":
+            # Below a tie floor, above it round up, at a tie add the parity of floor(t / 2^s).
+            odd = self.emit(relax.op.right_shift(t, shift))
+            odd = self.emit(relax.op.bitwise_and(odd, relax.const(1, "int64")))
+            e = self.emit(relax.op.add(t, _const(np.left_shift(1, s - 1) - 1, "int64")))
+            e = self.emit(relax.op.add(e, odd))
+        else:
+            raise HawqError(f"{what}: unknown requantization rounding {rounding!r} (half_up or half_even)")
+        return self.emit(relax.op.right_shift(e, shift))
 
     def _saturate(self, e: relax.Expr, lo: int, hi: int) -> Value:
         e = self.emit(relax.op.clip(e, lo, hi))
         return Value(self.emit(relax.op.astype(e, container(lo, hi))), lo, hi)
 
     def requant(self, node, x: Value) -> Value:
-        e = self._rescale(x, _np(node["multiplier"]), _np(node["shift"]), node["name"])
-        return self._saturate(e, int(node["qmin"]), int(node["qmax"]))
+        m = _np(node["multiplier"])
+        e = self._rescale(x, m, _np(node["shift"]), rounding_of(node), node["name"])
+        return self._saturate(e, *requant_bounds(int(node["qmin"]), int(node["qmax"]), x.lo, m))
 
     def requant_add(self, node, branch: Value, identity: Value) -> Value:
-        a = self._rescale(branch, _np(node["multiplier"]), _np(node["shift"]), node["name"])
-        b = self._rescale(identity, _np(node["identity_multiplier"]), _np(node["identity_shift"]), node["name"])
+        rounding, what = rounding_of(node), node["name"]
+        a = self._rescale(branch, _np(node["multiplier"]), _np(node["shift"]), rounding, what)
+        b = self._rescale(identity, _np(node["identity_multiplier"]), _np(node["identity_shift"]), rounding, what)
         return self._saturate(self.emit(relax.op.add(a, b)), int(node["qmin"]), int(node["qmax"]))
 
     def relu(self, node, x: Value) -> Value:
@@ -249,6 +286,47 @@ class _Builder:
         y = self.emit(relax.op.sum(self.cast(x, acc), axis=self.hw_axes()))
         return Value(y, lo, hi)
 
+    def global_avgpool_trunc(self, node, x: Value) -> Value:
+        """HAWQ's trunc(sum/N + 0.01) = truncdiv(100·sum + N, 100·N), :func:`hawq.numerics.avgpool_trunc`."""
+        n = int(node["divisor"])
+        if n <= 0:
+            raise HawqError(f"{node['name']}: global_avgpool_trunc divisor must be positive, got {n}")
+        total = self.global_avgpool_sum(node, x)
+        lo, hi = 100 * total.lo + n, 100 * total.hi + n
+        dt = "int32" if container(min(lo, 0), max(hi, 100 * n)) != "int64" else "int64"
+        e = self.emit(relax.op.multiply(self.cast(total, dt), relax.const(100, dt)))
+        e = self.emit(relax.op.add(e, relax.const(n, dt)))
+        e = self.emit(relax.op.divide(e, relax.const(100 * n, dt)))     # integer divide: truncates toward 0
+        return Value(e, _truncdiv(lo, 100 * n), _truncdiv(hi, 100 * n))
+
+
+def _truncdiv(a: int, b: int) -> int:
+    """C-style integer division (toward zero) of Python ints, b > 0."""
+    q = abs(a) // b
+    return q if a >= 0 else -q
+
+
+def requant_bounds(qmin: int, qmax: int, in_lo: int, multiplier) -> tuple[int, int]:
+    """Static range of a requant's output: [qmin, qmax], narrowed to [max(qmin, 0), qmax] when the
+    input is non-negative (``in_lo >= 0``) and every multiplier is >= 0: then t = acc·m >= 0, and
+    both roundings of t·2^-s are >= 0. This is what lets a signed-declared post-ReLU activation
+    (profile ``hawq``: qmin -128, values 0..127) use a ``uint8`` container."""
+    if in_lo >= 0 and bool((np.asarray(multiplier) >= 0).all()):
+        return min(max(qmin, 0), qmax), qmax
+    return qmin, qmax
+
+
+def _emit_nodes(b: _Builder, graph: dict, x: relax.Var) -> tuple[dict, list[str]]:
+    """Emit every node of ``graph`` (input ``x``); returns (value name -> Value, outputs in order)."""
+    env: dict[str, Value | relax.Expr] = {graph["input"]: x}
+    order = []
+    for node in graph["nodes"]:
+        if node["op"] not in REFERENCE_OPS:   # the builder has one method per reference op
+            raise HawqError(f"integer graph has an op the TVM backend does not support: {node['op']!r}")
+        env[node["output"]] = getattr(b, node["op"])(node, *(env[n] for n in node["inputs"]))
+        order.append(node["output"])
+    return env, order
+
 
 def build_module(graph: dict, input_shape: tuple[int, ...], all_outputs: bool = False,
                  fast_conv: bool = False) -> tvm.IRModule:
@@ -264,13 +342,7 @@ def build_module(graph: dict, input_shape: tuple[int, ...], all_outputs: bool = 
     b = _Builder(bb, layout="NHWC" if fast_conv else "NCHW", fast_conv=fast_conv)
     with bb.function("main", [x]):
         with bb.dataflow():
-            env: dict[str, Value | relax.Expr] = {graph["input"]: x}
-            order = []
-            for node in graph["nodes"]:
-                if node["op"] not in REFERENCE_OPS:   # the builder has one method per reference op
-                    raise HawqError(f"integer graph has an op the TVM backend does not support: {node['op']!r}")
-                env[node["output"]] = getattr(b, node["op"])(node, *(env[n] for n in node["inputs"]))
-                order.append(node["output"])
+            env, order = _emit_nodes(b, graph, x)
             if all_outputs:
                 out = relax.Tuple([b.to_graph_layout(b.centered(env[n]).expr) for n in order])
             else:
@@ -278,6 +350,19 @@ def build_module(graph: dict, input_shape: tuple[int, ...], all_outputs: bool = 
             gv = bb.emit_output(out)
         bb.emit_func_output(gv)
     return bb.get()
+
+
+def value_ranges(graph: dict, input_shape: tuple[int, ...]) -> dict[str, tuple[int, int]]:
+    """Static integer interval [lo, hi] (centered) of every node output, exactly as the program built
+    by :func:`build_module` bounds it (and picks containers and conv kernels from it)."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([int(d) for d in input_shape], "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            env, order = _emit_nodes(_Builder(bb), graph, x)
+            gv = bb.emit_output(env[order[-1]].expr)
+        bb.emit_func_output(gv)
+    return {n: (env[n].lo, env[n].hi) for n in order}
 
 
 def node_outputs(graph: dict) -> list[tuple[str, str]]:

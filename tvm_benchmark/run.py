@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import tvm
 
-from hawq.cli import one_line_errors
+from hawq.cli import one_line_errors, run_main
 from hawq.data import build_loaders
 from hawq.errors import HawqError
 from tvm_benchmark.compile import device_of
@@ -52,6 +52,7 @@ def _inputs(args, params) -> tuple[np.ndarray, np.ndarray | None]:
     return x.numpy(), y.numpy()
 
 
+@one_line_errors
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lib", required=True, help="directory written by python -m tvm_benchmark.export")
@@ -78,4 +79,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(one_line_errors(main)())
+    run_main(main)

@@ -104,6 +104,10 @@ def choose_kernel(act_dtype: str, act_absmax: int, w: np.ndarray, groups: int) -
     """The fastest exact kernel for this conv (None: use the generic Relax conv2d).
 
     ``act_absmax``: bound on |activation| (of the stored, uncentered values); ``w``: OIHW int8.
+    vpmaddubsw reads its activation operand as unsigned, so it is only chosen for ``uint8`` data (a
+    range proven non-negative: the builder gives profile ``hawq``'s post-ReLU int8-declared values
+    [0, 127] a uint8 container, where 2·127·128 <= 32767 makes it exact for any int8 weight); signed
+    ``int8`` data (e.g. profile ``hawq``'s symmetric input quantizer) always gets vpmaddwd.
     """
     if act_dtype not in ("uint8", "int8") or groups != 1 or w.shape[0] % LANES:
         return None

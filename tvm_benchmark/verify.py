@@ -13,7 +13,7 @@ import argparse
 
 import numpy as np
 
-from hawq.cli import one_line_errors
+from hawq.cli import one_line_errors, run_main
 from hawq.data import build_loaders
 from hawq.errors import HawqError
 from hawq.reference import run_graph
@@ -50,6 +50,7 @@ def _print_layers(rows: list[dict]) -> str | None:
     return first and first["node"]
 
 
+@one_line_errors
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_program_args(p, batch_default=50)
@@ -59,8 +60,7 @@ def main(argv=None) -> int:
     if args.batch_size < 1:
         raise HawqError(f"--batch-size must be >= 1, got {args.batch_size}")
 
-    prog = load_program(args.checkpoint, args.arch, args.quant_scheme,
-                        args.dataset or ("imagenet" if args.data else None))
+    prog = load_program(args.checkpoint, args.arch, args.quant_scheme, args.dataset, args.data)
     data = build_loaders(args.dataset or prog.dataset, args.data, args.batch_size, 0, 1.0, 0,
                          eval_limit=args.limit)
     if data.input_size != prog.input_chw[1]:
@@ -86,4 +86,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(one_line_errors(main)())
+    run_main(main)

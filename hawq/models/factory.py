@@ -132,8 +132,11 @@ def quant_model_from(f: C.ModelFile, arch: str | None = None, scheme: str | None
     quantized_checkpoint carries only integers and scales: the model evaluates those as stored.
     """
     from hawq.bit_config import load_scheme
-    if f.kind in (C.Kind.FP, C.Kind.ARTIFACT):
-        raise HawqError(f"{f.describe()} holds no quantized model; give a quantized checkpoint")
+    if f.kind is C.Kind.FP:
+        raise HawqError(f"{f.describe()} holds no integer data; give a QAT checkpoint from quant_train.py "
+                        "or its quantized_checkpoint.pth.tar")
+    if f.kind is C.Kind.ARTIFACT:
+        raise HawqError(f"{f.describe()} holds an integer graph, not a model; give the checkpoint it was exported from")
     arch = arch or f.arch
     if f.arch is not None and arch != f.arch:
         raise HawqError(f"checkpoint '{f.path}' is for arch '{f.arch}', not '{arch}'")

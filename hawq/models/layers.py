@@ -91,6 +91,10 @@ def build_fp_model(arch: str, num_classes: int | None = None, pretrained: bool =
 
     if num_classes is None:
         num_classes = info.num_classes
+    # pytorchcv's CIFAR ResNets assert num_classes in [10, 100] (pytorchcv/models/resnet_cifar.py)
+    if "_cifar" in info.model_name and num_classes not in (10, 100):
+        raise HawqError(f"arch {arch} takes 10 or 100 classes, the dataset has {num_classes}; "
+                        "use an ImageNet arch (e.g. -a resnet18) for other class counts")
     return get_model(info.model_name, pretrained=pretrained, num_classes=num_classes)
 
 
