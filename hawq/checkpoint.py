@@ -152,11 +152,26 @@ def read(path: str) -> ModelFile:
     raw_sd = raw.get("state_dict", raw)
     hawq_layout = all(k.startswith(DP_PREFIX) for k in raw_sd) and "quant_config" not in raw and "args" not in raw
     if hawq_layout:
-        return ModelFile(path, Kind.HAWQ, raw, sd, arch, None, None, num_classes, None, HAWQ_README)
+        sd, per_channel = _hawq_weight_scales(sd)
+        return ModelFile(path, Kind.HAWQ, raw, sd, arch, None, None, num_classes, None,
+                         HAWQ_README.replace(per_channel=per_channel))
     cfg = raw.get("quant_config")
     config = (QuantConfig.from_dict(cfg, path) if isinstance(cfg, dict)
               else QuantConfig.from_legacy_args(raw.get("args")))
     return ModelFile(path, Kind.QAT, raw, sd, arch, scheme, bits, num_classes, dataset, config)
+
+
+def _hawq_weight_scales(sd: dict) -> tuple[dict, bool]:
+    """HAWQ-V3 trained with its ``--channel-wise`` flag (which turns per-channel OFF) stores 0-dim weight
+    scales; spread them over the output channels (our buffers are [C_out]) and report per-tensor."""
+    out, per_channel = dict(sd), True
+    for k, v in sd.items():
+        if k.endswith(("convbn_scaling_factor", "fc_scaling_factor")) and v.numel() == 1:
+            w = sd.get(k.rsplit(".", 1)[0] + ".weight_integer")
+            if w is not None and w.shape[0] > 1:
+                out[k] = v.reshape(1).expand(w.shape[0]).clone()
+                per_channel = False
+    return out, per_channel
 
 
 def _str(v) -> str | None:

@@ -26,6 +26,8 @@ from hawq.numerics import PROFILES
 from hawq.quant.config import QuantConfig
 
 FP_SCHEME = "fp32"
+#: Flag defaults are QuantConfig's (the one place they are stated).
+_Q = QuantConfig()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
       help="start from pytorchcv ImageNet weights, or from our floating-point checkpoint at PATH")
     a("--seed", default=0, type=int)
     a("--gpu", default=None, type=int, help="CUDA device index (default: cuda:0 when available, else CPU)")
-    a("--act-range-momentum", default=0.99, type=float,
+    a("--act-range-momentum", default=_Q.act_range_momentum, type=float,
       help="EMA momentum of activation ranges; -1 = running min/max")
     a("--quant-mode", default="symmetric", choices=["symmetric", "asymmetric"],
       help="accepted for HAWQ compatibility; grids follow the numeric profile (--numerics)")
@@ -73,12 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_quant_scheme_arg(p, default="uniform8", help="bit_config scheme name, a JSON file, or fp32")
     a("--resume-quantize", action="store_true",
       help="the --resume checkpoint is a quantized one (detected automatically; given, it is checked)")
-    a("--act-percentile", default=0.0, type=float, help="percentile for activation ranges (0 = min/max)")
-    a("--weight-percentile", default=0.0, type=float, help="percentile for weight ranges (0 = max)")
-    a("--channel-wise", action=argparse.BooleanOptionalAction, default=True,
+    a("--act-percentile", default=_Q.act_percentile, type=float, help="percentile for activation ranges (0 = min/max)")
+    a("--weight-percentile", default=_Q.weight_percentile, type=float, help="percentile for weight ranges (0 = max)")
+    a("--channel-wise", action=argparse.BooleanOptionalAction, default=_Q.per_channel,
       help="per-output-channel weight scales (default on; --no-channel-wise = per-tensor). "
            "Unlike HAWQ-V3, passing --channel-wise turns it ON")
-    a("--bias-bit", default=32, type=int)
+    a("--bias-bit", default=_Q.bias_bit, type=int)
     a("--distill-method", default="None", choices=["None", "KD_naive"])
     a("--distill-alpha", default=0.95, type=float)
     a("--temperature", default=6.0, type=float)

@@ -167,6 +167,21 @@ def test_hawq_checkpoint_resumes_training_under_hawq(imagenet_1000, tmp_path):
     assert ours.config.fix_BN
 
 
+def test_quant_train_evaluates_hawqs_quantized_checkpoint(imagenet_1000, tmp_path):
+    """HAWQ's quantized_checkpoint.pth.tar alone (arch and scheme given) evaluates to the same logits
+    as its checkpoint.pth.tar."""
+    from hawq.train import run
+    d = os.path.join(FIX, "resnet18_uniform8")
+    common = ["-a", "resnet18", "--quant-scheme", "uniform8", "-e", "--data", str(imagenet_1000), "--eval-limit", "4",
+              "-b", "2", "-j", "0", "--no-progress"]
+    a = run([*common, "--resume", os.path.join(d, "quantized_checkpoint.pth.tar"), "--save-path", str(tmp_path / "q")])
+    b = run([*common, "--resume", os.path.join(d, "checkpoint.pth.tar"), "--save-path", str(tmp_path / "c")])
+    ga = C.read(a["artifact"]).raw["graph"]
+    gb = C.read(b["artifact"]).raw["graph"]
+    x = np.random.default_rng(1).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    assert np.array_equal(run_graph(ga, x), run_graph(gb, x))
+
+
 def test_quantized_checkpoint_is_refused_for_training(tmp_path):
     from test_train_cli import cli
     q = os.path.join(FIX, "resnet18_uniform8", "quantized_checkpoint.pth.tar")
@@ -211,3 +226,21 @@ def test_qat_in_profile_hawq_trains_exports_and_verifies(hawq_qat, tmp_path):
     res = run(["-e", "--resume", str(out / "model_best.pth.tar"), "--quant-scheme", "uniform4",
                "--save-path", str(tmp_path), *TINY])
     assert res["top1"] == pytest.approx(summary["best_top1"], abs=1e-9)
+
+
+def test_per_tensor_hawq_checkpoint_is_recognised(tmp_path):
+    """HAWQ's --channel-wise (store_false) gives per-tensor 0-dim weight scales: loaded as per-tensor."""
+    raw = torch.load(os.path.join(FIX, "resnet18_uniform8", "checkpoint.pth.tar"), weights_only=True)
+    sd = raw["state_dict"]
+    for k in list(sd):
+        if k.endswith(("convbn_scaling_factor", "fc_scaling_factor")):
+            sd[k] = sd[k].max().reshape(())
+    torch.save(raw, tmp_path / "per_tensor.pth.tar")
+    f = C.read(str(tmp_path / "per_tensor.pth.tar"))
+    assert f.kind is C.Kind.HAWQ and f.config.per_channel is False
+    model, _ = quant_model_from(f, scheme="uniform8")
+    assert model.quant_output.per_channel is False
+    x = torch.randn(1, 3, 64, 64)
+    graph = export_integer(model, (3, 64, 64))["graph"]
+    assert np.array_equal(model.forward_int(x).numpy(), run_graph(graph, x.numpy()))
+    assert all(n["weight_scale"].unique().numel() == 1 for n in graph["nodes"] if n["op"] == "conv2d")
