@@ -17,6 +17,7 @@ Conventions
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,7 +138,6 @@ def _hawq_percentile_absmax(w: torch.Tensor, p: float, per_channel: bool) -> tor
     """HAWQ-V3's weight percentile range: per channel the ceil(n·(100-p)/100)-th and ceil(n·p/100)-th
     smallest signed values (``QuantBnConv2d.forward``); per tensor ``get_percentile_min_max``
     (round(n·p/100)-th largest and smallest). Returns max(|lo|, |hi|), [C_out] or [1]."""
-    import math
     if per_channel:
         flat = w.reshape(w.shape[0], -1)
         n = flat.shape[1]

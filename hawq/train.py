@@ -21,7 +21,7 @@ from hawq.cli import add_arch_arg, add_data_args, add_quant_scheme_arg, arch_nam
 from hawq.data import build_loaders
 from hawq.errors import HawqError
 from hawq.export import export_integer, save_artifact
-from hawq.models.factory import check_arch, fp_model, quant_model, quant_model_from
+from hawq.models.factory import check_arch, fp_model, fp_model_pretrained, quant_model, quant_model_from
 from hawq.numerics import PROFILES
 from hawq.quant.config import QuantConfig
 
@@ -115,33 +115,26 @@ def quant_config(args, resume: C.ModelFile | None) -> QuantConfig:
     """The run's one :class:`QuantConfig`: from the flags; when resuming a quantized checkpoint, the
     settings that define its integers (profile, per-channel, bias width, weight percentile) are the
     checkpoint's, and a HAWQ-V3 checkpoint without a recorded profile runs under ``hawq`` (said in one line)."""
-    numerics = args.numerics
-    if resume is not None and resume.quantized:
-        rec = resume.config
-        if numerics is None:
-            numerics = rec.numerics
-            if resume.numerics_inferred:
-                print(f"note: {resume.describe()} records no numeric profile: evaluated and resumed "
-                      f"under --numerics {numerics} (HAWQ-V3's arithmetic)")
-        cli = QuantConfig.from_args(argparse.Namespace(**{**vars(args), "numerics": numerics}))
-        return cli.replace(per_channel=rec.per_channel, bias_bit=rec.bias_bit,
-                           weight_percentile=rec.weight_percentile)
-    return QuantConfig.from_args(argparse.Namespace(**{**vars(args), "numerics": numerics or "exact"}))
+    rec = resume.config if resume is not None and resume.quantized else None
+    numerics = args.numerics or (rec.numerics if rec is not None else "exact")
+    if rec is not None and args.numerics is None and resume.numerics_inferred:
+        print(f"note: {resume.describe()} records no numeric profile: evaluated and resumed "
+              f"under --numerics {numerics} (HAWQ-V3's arithmetic)")
+    config = QuantConfig.from_args(args, numerics)
+    if rec is None:
+        return config
+    return config.replace(per_channel=rec.per_channel, bias_bit=rec.bias_bit, weight_percentile=rec.weight_percentile)
 
 
 def build_model(args, num_classes: int, resume: C.ModelFile | None, config: QuantConfig):
     """The model for this run, with --pretrained / --resume weights applied (files already read)."""
-    fp_resume = resume is not None and not resume.quantized
-    weights = resume if fp_resume else (C.read(args.pretrained) if isinstance(args.pretrained, str) else None)
-    if weights is not None and weights.kind is not C.Kind.FP:
-        raise HawqError(f"--pretrained: {weights.describe()} is not a floating-point checkpoint; "
-                        "use --resume PATH --resume-quantize for quantized ones")
     if resume is not None and resume.quantized:
         if resume.num_classes is not None and resume.num_classes != num_classes:
             raise HawqError(f"{resume.describe()} has {resume.num_classes} classes, the dataset {num_classes}")
         model, bits = quant_model_from(resume, arch=args.arch, scheme=args.quant_scheme, config=config)
         return model.train(), bits
-    fp = fp_model(args.arch, num_classes, pretrained=args.pretrained is True, weights=weights)
+    fp = (fp_model(args.arch, num_classes, weights=resume) if resume is not None
+          else fp_model_pretrained(args.arch, num_classes, args.pretrained))
     if args.quant_scheme == FP_SCHEME:
         return fp, None
     bits = load_scheme(args.arch, args.quant_scheme)
@@ -185,8 +178,7 @@ def restore_training_state(args, optimizer, f: C.ModelFile) -> float:
 def _teacher(args, num_classes: int, device):
     if args.distill_method == "None":
         return None
-    weights = C.read(args.teacher_pretrained) if args.teacher_pretrained else None
-    teacher = fp_model(args.teacher_arch, num_classes, pretrained=weights is None, weights=weights)
+    teacher = fp_model_pretrained(args.teacher_arch, num_classes, args.teacher_pretrained or True)
     return teacher.to(device).eval()
 
 

@@ -6,7 +6,7 @@ import torch.nn as nn
 from hawq import checkpoint as C
 from hawq.errors import HawqError
 from hawq.quant.config import QuantConfig
-from hawq.models.layers import arch_info, build_fp_model
+from hawq.models.layers import arch_info, build_fp_model, conv_of
 from hawq.models.resnet import QuantResNet
 
 
@@ -65,6 +65,10 @@ def load_fp_weights(model: nn.Module, arch: str, f: C.ModelFile) -> None:
     C.load_into(model, f.state_dict, f.path)
 
 
+def _bottleneck(arch: str) -> bool:
+    return arch_info(arch).init_conv == "quant_init_convbn"
+
+
 def _stored_widths(arch: str, sd: dict) -> tuple[int, list[list[int]]] | None:
     """(init channels, per-stage unit output channels) of an ImageNet ResNet state, from its conv
     shapes; None when they cannot be read (e.g. a quantized_checkpoint without unit weights)."""
@@ -72,7 +76,7 @@ def _stored_widths(arch: str, sd: dict) -> tuple[int, list[list[int]]] | None:
     key = f"{init}.conv.weight" if f"{init}.conv.weight" in sd else f"{init}.weight_integer"
     if key not in sd:
         return None
-    last = "quant_convbn3" if arch_info(arch).init_conv == "quant_init_convbn" else "quant_convbn2"
+    last = "quant_convbn3" if _bottleneck(arch) else "quant_convbn2"
     stages: dict[int, dict[int, int]] = {}
     for k, v in sd.items():
         parts = k.split(".")
@@ -84,30 +88,27 @@ def _stored_widths(arch: str, sd: dict) -> tuple[int, list[list[int]]] | None:
     return int(sd[key].shape[0]), [[units[u] for u in sorted(units)] for _, units in sorted(stages.items())]
 
 
+def _model_widths(model: nn.Module, arch: str) -> tuple[int, list[list[int]]]:
+    """The same widths read off a pytorchcv ResNet."""
+    last = "conv3" if _bottleneck(arch) else "conv2"
+    feats = model.features
+    stages = [[conv_of(getattr(unit.body, last)).out_channels for unit in stage.children()]
+              for name, stage in feats.named_children() if name.startswith("stage")]
+    return conv_of(feats.init_block).out_channels, stages
+
+
 def _fp_model_for_state(arch: str, num_classes: int, sd: dict) -> nn.Module:
     """The FP model whose shapes fit ``sd``: the arch's own, or (HAWQ-V3 files of a thinner ResNet,
     e.g. make_ref.py --width-scale fixtures) a pytorchcv ResNet with the widths the state holds."""
     model = fp_model(arch, num_classes)
-    if not arch_info(arch).stem_maxpool:
-        return model
-    widths = _stored_widths(arch, sd)
-    ref = _stored_widths(arch, {f"{k}": v for k, v in _reference_state(arch).items()})
-    if widths is None or widths == ref:
+    widths = _stored_widths(arch, sd) if arch_info(arch).stem_maxpool else None
+    if widths is None or widths == _model_widths(model, arch):
         return model
     from pytorchcv.models.resnet import ResNet
-    model = ResNet(channels=widths[1], init_block_channels=widths[0], bottleneck=arch_info(arch).init_conv ==
-                   "quant_init_convbn", conv1_stride=arch != "resnet50b", num_classes=num_classes)
+    model = ResNet(channels=widths[1], init_block_channels=widths[0], bottleneck=_bottleneck(arch),
+                   conv1_stride=arch != "resnet50b", num_classes=num_classes)
     model.features.final_pool = GlobalAvgPool()
     return model
-
-
-def _reference_state(arch: str) -> dict:
-    """Shapes of the arch's standard quantized model, as the state-dict keys HAWQ names."""
-    from hawq.bit_config import load_scheme
-    import torch
-    with torch.device("meta"):
-        q = QuantResNet(build_fp_model(arch), load_scheme(arch, "uniform8"), arch=arch)
-    return q.state_dict()
 
 
 def check_arch(f: C.ModelFile, arch: str) -> None:

@@ -98,7 +98,7 @@ def build_fp_model(arch: str, num_classes: int | None = None, pretrained: bool =
     return get_model(info.model_name, pretrained=pretrained, num_classes=num_classes)
 
 
-def _conv_of(block: nn.Module) -> nn.Conv2d:
+def conv_of(block: nn.Module) -> nn.Conv2d:
     """The Conv2d inside a pytorchcv ConvBlock (or a ResInitBlock wrapping one)."""
     while not isinstance(block, nn.Conv2d):
         block = block.conv
@@ -115,9 +115,9 @@ def _unit_plan(prefix: str, unit: nn.Module) -> list[tuple[str, str, nn.Module |
         if k > 1:
             feeding = f"{prefix}quant_act{k - 1}"
             plan.append((feeding, "act", None, None))
-        plan.append((f"{prefix}quant_convbn{k}", "conv", _conv_of(block), feeding))
+        plan.append((f"{prefix}quant_convbn{k}", "conv", conv_of(block), feeding))
     if unit.resize_identity:
-        plan.append((prefix + "quant_identity_convbn", "conv", _conv_of(unit.identity_conv), quant_act))
+        plan.append((prefix + "quant_identity_convbn", "conv", conv_of(unit.identity_conv), quant_act))
     plan.append((prefix + "quant_act_int32", "act_int32", None, None))
     return plan
 
@@ -126,7 +126,7 @@ def _layer_plan(model: nn.Module, info: ArchInfo) -> list[tuple[str, str, nn.Mod
     """All plan entries ``(name, kind, module, input_act)`` of a pytorchcv ResNet, graph order."""
     plan = [
         ("quant_input", "act", None, None),
-        (info.init_conv, "conv", _conv_of(model.features.init_block), "quant_input"),
+        (info.init_conv, "conv", conv_of(model.features.init_block), "quant_input"),
         ("quant_act_int32", "act_int32", None, None),
     ]
     for stage_name, stage in model.features.named_children():

@@ -74,9 +74,10 @@ class QuantConfig:
         return cls(**d)
 
     @classmethod
-    def from_args(cls, args) -> "QuantConfig":
-        """From quant_train.py's parsed flags (``--channel-wise`` is ``args.channel_wise``)."""
-        return cls(numerics=args.numerics, per_channel=args.channel_wise, bias_bit=args.bias_bit,
+    def from_args(cls, args, numerics: str | None = None) -> "QuantConfig":
+        """From quant_train.py's parsed flags (``--channel-wise`` is ``args.channel_wise``); ``numerics``
+        replaces ``args.numerics`` (the flag's default, None, is resolved by the caller)."""
+        return cls(numerics=numerics or args.numerics, per_channel=args.channel_wise, bias_bit=args.bias_bit,
                    act_range_momentum=args.act_range_momentum, act_percentile=args.act_percentile,
                    weight_percentile=args.weight_percentile, fix_BN=args.fix_BN,
                    fix_BN_threshold=args.fix_BN_threshold, fixed_point_quantization=args.fixed_point_quantization)
