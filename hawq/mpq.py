@@ -189,6 +189,26 @@ def read_latency_table(path: str, arch: str) -> dict[tuple[str, int], float]:
     return table
 
 
+LATENCY_ROOT = Path(__file__).resolve().parent.parent / "tvm_benchmark" / "layer_latency"
+
+
+def host_latency_table(arch: str) -> str:
+    """The committed per-layer table of this host (``tvm_benchmark/layer_latency/<host key>/<arch>.csv``,
+    the key from :func:`tvm_benchmark.targets.target_tag`), or one line saying which exist."""
+    try:
+        from tvm_benchmark.targets import target_tag
+        key = target_tag("llvm")
+    except ImportError as e:
+        raise HawqError(f"a latency constraint needs --latency-table PATH (TVM is not importable: {e})") from None
+    path = LATENCY_ROOT / key / f"{arch}.csv"
+    if path.is_file():
+        return str(path)
+    have = sorted(d.name for d in LATENCY_ROOT.iterdir() if (d / f"{arch}.csv").is_file()) if LATENCY_ROOT.is_dir() else []
+    raise HawqError(f"no per-layer latency table for this host ({key}) and {arch}: measure one with "
+                    f"python -m tvm_benchmark.layer_latency -a {arch}, or pass --latency-table "
+                    + (f"{LATENCY_ROOT}/<key>/{arch}.csv with a key of: {', '.join(have)}" if have else "PATH"))
+
+
 def scheme_latency(table: Mapping[tuple[str, int], float], scheme: Mapping[str, int]) -> float:
     """Σ median_ms over the table's layers at the scheme's widths (ms)."""
     return sum(table[(layer, scheme[layer])] for layer in {layer for layer, _ in table})
@@ -545,8 +565,8 @@ def _inputs(args) -> tuple[Problem, list[Constraint], list[Constraint]]:
         raise HawqError("give at least one --constraint KIND=VALUE (or --sweep KIND=START:STOP:STEP)")
     kinds = {c.kind for c in constraints + sweep}
     if "latency" in kinds and not args.latency_table:
-        raise HawqError("a latency constraint needs --latency-table PATH (CSV layer,bits,median_ms,p90_ms, "
-                        f"e.g. tvm_benchmark/layer_latency/<target>/{args.arch}.csv)")
+        args.latency_table = host_latency_table(args.arch)
+        print(f"latency table: {args.latency_table} (this host)", file=sys.stderr)
     omega = read_sensitivity(args.sensitivity, args.arch)
     table = read_latency_table(args.latency_table, args.arch) if args.latency_table else None
     return Problem.build(args.arch, omega, table), constraints, sweep

@@ -3,6 +3,7 @@ export/run round trip, bad input."""
 from __future__ import annotations
 
 import copy
+import csv
 import shutil
 import json
 
@@ -22,8 +23,10 @@ from tvm_benchmark import run as tvm_run
 from tvm_benchmark import verify as tvm_verify
 from tvm_benchmark.compile import compile_program, lower
 from tvm_benchmark.ir_check import float_violations
-from tvm_benchmark.program import Runner, load_program
-from tvm_benchmark.relax_graph import build_module
+from tvm_benchmark.frontend import build_module
+from tvm_benchmark.isa import ISAS, detect
+from tvm_benchmark.program import load_program
+from tvm_benchmark.runtime import Runner
 
 CKPT = "checkpoints/resnet20_cifar10_{}.pth.tar"
 RELEASED = ["uniform8", "uniform4", "mixed_stage1_8bit"]
@@ -70,21 +73,27 @@ def test_every_arch_scheme_bit_exact(arch, scheme):
     np.testing.assert_array_equal(_runner(graph, x.shape)(x), run_graph(graph, x))
 
 
-@pytest.mark.parametrize("scheme,kernels", [("uniform8", {"conv2d_pmaddwd"}),
-                                            ("uniform4", {"conv2d_pmaddwd", "conv2d_pmaddubsw"})])
-def test_kernel_choice_follows_the_saturation_bound(scheme, kernels):
-    """vpmaddubsw (int16 pair sums) only where 2·max|a|·max|w| <= 32767: never for 8x8-bit layers;
-    for uniform4 every 4-bit layer uses it and the 8-bit stem keeps vpmaddwd."""
-    graph = load_program(CKPT.format(scheme)).graph
-    mod = build_module(graph, (1, 3, 32, 32), fast_conv=True)
-    names = {str(gv.name_hint).rstrip("0123456789") for gv in mod.get_global_vars()} - {"main"}
-    assert names == kernels
-    convs = [n for n in graph["nodes"] if n["op"] == "conv2d"]
-    fast = [S.choose_kernel("uint8", 15 if n["weight_bits"] == 4 else 255, n["weight"].numpy(), 1) for n in convs]
-    assert all(k is S.PMADDUBSW for k, n in zip(fast, convs) if n["weight_bits"] == 4)
-    assert S.choose_kernel("uint8", 255, np.full((8, 4, 1, 1), 127, np.int8), 1) is S.PMADDWD
-    assert S.choose_kernel("uint8", 255, np.full((8, 4, 1, 1), 64, np.int8), 1) is S.PMADDUBSW   # 2·255·64 = 32640
-    assert S.choose_kernel("int8", 15, np.ones((8, 4, 1, 1), np.int8), 1) is S.PMADDWD           # signed act
+def _kernels(graph, isa: str) -> set[str]:
+    mod = build_module(graph, (1, 3, 32, 32), planner=lambda *a: S.plan_conv(ISAS[isa], *a))
+    return {str(gv.name_hint).removeprefix("conv2d_").split("__")[0] for gv in mod.get_global_vars()} - {"main"}
+
+
+@pytest.mark.parametrize("scheme,isa,kernels", [
+    ("uniform8", "avx2", {"pmaddwd_256"}),
+    ("uniform4", "avx2", {"pmaddwd_256", "pmaddubsw_256_g4", "pmaddubsw_256_g8"}),
+    ("uniform8", "avx512", {"pmaddwd_512"}),
+    ("uniform4", "avx512", {"pmaddwd_512", "pmaddubsw_512_g4", "pmaddubsw_512_g8"}),
+    ("uniform8", "avxvnni", {"vpdpbusd_256"}),
+    ("uniform8", "vnni", {"vpdpbusd_512"}),
+    ("uniform4", "vnni", {"vpdpbusd_512"}),
+    ("uniform8", "amx", {"vpdpbusd_512", "amx_m8_n2"}),
+])
+def test_kernel_choice_per_isa_follows_the_bounds(scheme, isa, kernels):
+    """Released resnet20 checkpoints: 8x8-bit layers (uint8 activations up to 255) never get a
+    saturating vpmaddubsw on AVX2/AVX-512BW; 4-bit layers get the grouped one (16·15·128 <= 32767;
+    4 groups where 16 channels allow no more); VNNI takes every layer; AMX the 64-channel stage (8x8
+    pixels: 8-row tiles), the stem and the 16/32-channel stages stay on vpdpbusd."""
+    assert _kernels(load_program(CKPT.format(scheme)).graph, isa) == kernels
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="no CUDA compiler (nvcc) on this machine")
@@ -246,11 +255,35 @@ def test_latency_benchmark_writes_csv_table_and_plot(tmp_path, capsys):
     argv = ["-a", "resnet20_cifar10", "--quant-scheme", "uniform4", "-b", "2", "--rounds", "1", "--iters", "2",
             "--warmup", "1", "--out-dir", str(tmp_path), "--no-progress"]
     assert bench.main(argv) == 0
-    rows = (tmp_path / "latency.csv").read_text().splitlines()
-    assert rows[0] == "arch,scheme,batch,threads,engine,median_ms,p90_ms"
-    assert {r.split(",")[4] for r in rows[1:]} == set(bench.ENGINES)
+    rows = list(csv.DictReader(open(tmp_path / "latency.csv")))
+    assert list(rows[0]) == ["host", "isa", "arch", "scheme", "batch", "threads", "engine", "median_ms", "p90_ms"]
+    assert {r["engine"] for r in rows} == set(bench.ENGINES)
+    assert {r["host"] for r in rows} == {bench.host_key()} and "(" in bench.host_key()
+    tvm_isa = {r["isa"] for r in rows if r["engine"] == "tvm-int"}
+    assert tvm_isa == {detect().name}
     md = (tmp_path / "latency.md").read_text()
-    assert "ratio_to_ort_int8" in md and "| tvm-int | uniform4 |" in md
+    assert "ratio_to_best_int8" in md and f"| tvm-int | {detect().name} | uniform4 |" in md
+    assert bench.host_key() in md
     assert (tmp_path / "latency_accuracy.png").stat().st_size > 1000
     assert bench.main(argv) == 0                       # rows are appended, the table keeps the latest
-    assert len((tmp_path / "latency.csv").read_text().splitlines()) == 2 * len(rows) - 1
+    assert len(list(csv.DictReader(open(tmp_path / "latency.csv")))) == 2 * len(rows)
+
+
+def test_latency_table_never_mixes_hosts(tmp_path):
+    """Rows of another host stay in the CSV but never reach this host's table; a CSV of the old
+    layout (no host column) is set aside, not mixed in."""
+    from tvm_benchmark import bench
+    path = tmp_path / "latency.csv"
+    path.write_text("arch,scheme,batch,threads,engine,median_ms,p90_ms\nresnet18,uniform8,1,2,ort-int8,9.9,9.9\n")
+    row = {"isa": "avx2", "arch": "resnet18", "scheme": "uniform8", "batch": 1, "threads": 2, "p90_ms": 2.0}
+    bench.append_rows([{**row, "host": "Other CPU (x; avx2)", "engine": "ort-int8", "median_ms": 1.0},
+                       {**row, "host": bench.host_key(), "engine": "ort-int8", "median_ms": 2.0},
+                       {**row, "host": bench.host_key(), "engine": "tvm-int", "median_ms": 1.5}], path)
+    assert (tmp_path / "latency.old.csv").read_text().startswith("arch,scheme")
+    df = bench.latest(path, bench.host_key())
+    assert set(df.host) == {bench.host_key()} and len(df) == 2
+    md = bench.markdown(df, "# t")
+    assert "| ort-int8 | avx2 | uniform8 | 2.0 | 2.0 | nan | 1.0 |" in md and "| uniform8 | 1.0 |" not in md
+    assert "| tvm-int | avx2 | uniform8 | 1.5 | 2.0 | nan | 0.75 |" in md
+    with pytest.raises(ValueError, match="one host"):
+        bench.markdown(bench.latest(path), "# t")

@@ -17,10 +17,11 @@ from conftest import build_calibrated
 from hawq.export import export_integer
 from hawq.reference import run_graph
 from tvm_benchmark import schedules as S
-from tvm_benchmark.compile import compile_program, host_has_avx2
+from tvm_benchmark.compile import compile_program
 from tvm_benchmark.ir_check import float_violations
-from tvm_benchmark.program import Runner
-from tvm_benchmark.relax_graph import build_module, value_ranges
+from tvm_benchmark.runtime import Runner
+from tvm_benchmark.frontend import build_module, value_ranges
+from tvm_benchmark.isa import ISAS, detect
 
 INT32 = (-(1 << 31), (1 << 31) - 1)
 INT16 = (-(1 << 15), (1 << 15) - 1)
@@ -33,10 +34,10 @@ def _runner(graph, shape, fast, all_outputs=False):
     return Runner(exe, tvm.cpu(), shape[0])
 
 
-def _conv_kernels(graph, shape) -> dict[str, str]:
-    """conv node name -> tensorized kernel (pmaddwd / pmaddubsw) in the fast program; '' = generic."""
-    mod = build_module(graph, shape, fast_conv=True)
-    called = [str(b.value.args[0].name_hint).rstrip("0123456789")
+def _conv_kernels(graph, shape, isa: str = "avx2") -> dict[str, str]:
+    """conv node name -> the kernel ``isa``'s program calls for it (``pmaddwd_256``, ...)."""
+    mod = build_module(graph, shape, planner=lambda *a: S.plan_conv(ISAS[isa], *a))
+    called = [str(b.value.args[0].name_hint).split("__")[0]
               for block in mod["main"].body.blocks for b in block.bindings
               if isinstance(b.value, tvm.relax.Call) and getattr(b.value.op, "name", "") == "relax.call_tir"]
     convs = [n["name"] for n in graph["nodes"] if n["op"] == "conv2d"]
@@ -113,12 +114,18 @@ def test_hawq_profile_ranges_and_kernel_choice(hawq_models):
         assert ranges[stem["inputs"][0]] == (-128, 127)
         assert all(0 <= ranges[n["inputs"][0]][0] and ranges[n["inputs"][0]][1] <= 127 for n in rest)
         assert all(ranges[n["output"]] == INT32 for n in graph["nodes"] if n["op"] == "requant_add")
-        if host_has_avx2():
-            kernels = _conv_kernels(graph, x.shape)
-            assert kernels[stem["name"]] == "pmaddwd"
-            assert all(kernels[n["name"]] == "pmaddubsw" for n in rest), (scheme, kernels)
-    assert S.choose_kernel("int8", 127, np.full((8, 4, 1, 1), -128, np.int8), 1) is S.PMADDWD
-    assert S.choose_kernel("uint8", 127, np.full((8, 4, 1, 1), -128, np.int8), 1) is S.PMADDUBSW   # 2·127·128
+        kernels = _conv_kernels(graph, x.shape)
+        assert kernels[stem["name"]] == "pmaddwd_256"
+        assert all(kernels[n["name"]].startswith("pmaddubsw_256") for n in rest), (scheme, kernels)
+        vnni = _conv_kernels(graph, x.shape, "vnni")      # the signed stem: vpdpbusd on q + 128
+        assert set(vnni.values()) == {"vpdpbusd_512"}
+    avx2 = ISAS["avx2"]
+    plan = S.plan_conv(avx2, "int8", -128, 127, np.full((8, 4, 1, 1), -128, np.int8), 1)
+    assert plan.kernel.name == "pmaddwd_256" and plan.act_shift == 0
+    plan = S.plan_conv(avx2, "uint8", 0, 127, np.full((8, 4, 1, 1), -128, np.int8), 1)   # 2·127·128
+    assert plan.kernel.name == "pmaddubsw_256_g1"
+    plan = S.plan_conv(ISAS["vnni"], "int8", -128, 127, np.full((16, 4, 1, 1), -128, np.int8), 1)
+    assert plan.kernel.name == "vpdpbusd_512" and plan.act_shift == 128
 
 
 def test_hawq_style_exact_graph_bit_exact(small_model):
@@ -349,8 +356,7 @@ def test_tie_graph_kernels_and_bounds():
     ranges = value_ranges(graph, (1, C, HW, HW))
     assert ranges["r_pos:out"] == (0, 127) and ranges["r_tie:out"] == (-128, 127)
     assert ranges["add:out"] == INT32 and ranges["relu1:out"] == (0, INT32[1])
-    if host_has_avx2():
-        assert _conv_kernels(graph, (1, C, HW, HW)) == {"conv_u": "pmaddubsw", "conv_s": "pmaddwd"}
+    assert _conv_kernels(graph, (1, C, HW, HW)) == {"conv_u": "pmaddubsw_256_g1", "conv_s": "pmaddwd_256"}
 
 
 # --------------------------------------------------------------------------- CUDA

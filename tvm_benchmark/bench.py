@@ -2,6 +2,7 @@
 
     python -m tvm_benchmark.bench -a resnet18 --quant-scheme uniform8 --batch-size 1 8 --threads 2
     python -m tvm_benchmark.bench -a resnet18 resnet50 --quant-scheme all      # every bit_config scheme
+    python -m tvm_benchmark.bench -a resnet18 --isa avx2 vnni                  # one TVM engine per ISA family
 
 All engines run in one process, on the same input batch, with the same thread count. Each engine
 first warms up, then ``--rounds`` rounds each time ``--iters`` single calls of every engine, in an
@@ -13,9 +14,12 @@ QAT checkpoint), and its points in the accuracy plot carry their MANIFEST top-1.
 a randomly initialised FP model whose quantized copy is calibrated on random batches (pretrained
 weights cannot be downloaded here); latency does not depend on weight values.
 
-Rows are appended to ``results/latency.csv`` (``arch,scheme,batch,threads,engine,median_ms,p90_ms``);
-``results/latency.md`` (median, p90, speed-up over FP32 eager, ratio to ORT int8) and
-``results/latency_accuracy.png`` are rebuilt from the whole CSV (latest row per key).
+Rows are appended to ``results/latency.csv`` (``host,isa,arch,scheme,batch,threads,engine,median_ms,
+p90_ms``; ``host`` names the CPU model, LLVM's CPU name and the CPU's vector flags, ``isa`` the kernel
+family of a TVM row, for a baseline the host's best family); ``results/latency.md`` (median, p90,
+speed-up over FP32 eager, ratio to the faster of torch-int8 and ORT int8) and
+``results/latency_accuracy.png`` are rebuilt from *this host's* rows only (latest row per key): rows
+of other hosts stay in the CSV and never enter its tables.
 """
 from __future__ import annotations
 
@@ -34,10 +38,12 @@ import numpy as np
 from hawq.cli import add_arch_arg, add_quant_scheme_arg, one_line_errors, run_main
 from hawq.tables import busy_warning, cpu_summary, markdown_table
 from hawq.quant.config import QuantConfig
+from tvm_benchmark.isa import CHOICES as ISA_CHOICES
 
 ENGINES = ("tvm-int", "torch-fp32", "torch-int8", "ort-fp32", "ort-int8")
-FIELDS = ("arch", "scheme", "batch", "threads", "engine", "median_ms", "p90_ms")
-MD_FIELDS = ("engine", "scheme", "median_ms", "p90_ms", "speedup_vs_torch_fp32", "ratio_to_ort_int8")
+FIELDS = ("host", "isa", "arch", "scheme", "batch", "threads", "engine", "median_ms", "p90_ms")
+KEY = ("host", "isa", "arch", "scheme", "batch", "threads", "engine")
+MD_FIELDS = ("engine", "isa", "scheme", "median_ms", "p90_ms", "speedup_vs_torch_fp32", "ratio_to_best_int8")
 RESULTS = Path("results")
 RELEASED_ARCH = "resnet20_cifar10"
 
@@ -61,14 +67,14 @@ def _models(arch: str, scheme: str, num_classes: int, shape, fp_cache: dict):
     return fp, calibrate_random(q, shape, seed=1)
 
 
-def _tvm_engine(qmodel, x: np.ndarray, threads: int):
+def _tvm_engine(qmodel, x: np.ndarray, threads: int, isa: str | None):
     import tvm
     from hawq.export import export_integer
     from tvm_benchmark.compile import compile_program
-    from tvm_benchmark.program import Runner
+    from tvm_benchmark.runtime import Runner
     graph = export_integer(qmodel, tuple(x.shape[1:]))["graph"]
-    exe, _ = compile_program(graph, x.shape, "llvm", threads)
-    runner = Runner(exe, tvm.cpu(0), x.shape[0])
+    built = compile_program(graph, x.shape, "llvm", threads, isa=isa)
+    runner = Runner(built.executable, tvm.cpu(0), x.shape[0], built.isa_name)
     xt = tvm.runtime.tensor(x, tvm.cpu(0))
     fn = runner.vm["main"]
     return lambda: fn(xt)
@@ -93,7 +99,10 @@ def time_engines(engines: dict, warmup: int, rounds: int, iters: int, progress: 
 
 
 def bench_arch_batch(arch: str, schemes: list[str], batch: int, threads: int, engines: list[str],
-                     warmup: int, rounds: int, iters: int, progress: bool) -> list[dict]:
+                     warmup: int, rounds: int, iters: int, progress: bool,
+                     isas: list[str | None] = (None,)) -> list[dict]:
+    """One interleaved timing run of every engine (one TVM engine per scheme × ISA family)."""
+    from tvm_benchmark import isa as I
     from hawq.models.layers import arch_info
     from tvm_benchmark import baselines as B
     info = arch_info(arch)
@@ -116,18 +125,41 @@ def bench_arch_batch(arch: str, schemes: list[str], batch: int, threads: int, en
                 runs["ort-fp32"], labels["ort-fp32"] = B.ort_run(onnx, x, threads), "fp32"
             if "ort-int8" in engines:
                 runs["ort-int8"], labels["ort-int8"] = B.ort_run(B.quantize_onnx_int8(onnx, calib, tmp), x, threads), "uniform8"
+        host_isa = I.detect()
+        families = {k: (host_isa.name if host_isa else "generic") for k in runs}
         if "tvm-int" in engines:
             for s in schemes:
                 _, q = _models(arch, s, info.num_classes, shape, fp_cache)
-                key = f"tvm-int:{s}"
-                runs[key], labels[key] = _tvm_engine(q, x, threads), s
+                for name in isas:
+                    fam = I.resolve(name)
+                    I.require_runnable(fam)
+                    key = f"tvm-int:{s}:{fam.name if fam else 'generic'}"
+                    runs[key], labels[key] = _tvm_engine(q, x, threads, name), s
+                    families[key] = fam.name if fam else "generic"
         stats = time_engines(runs, warmup, rounds, iters, progress)
-    return [{"arch": arch, "scheme": labels[k], "batch": batch, "threads": threads, "engine": k.split(":")[0],
-             "median_ms": round(m, 4), "p90_ms": round(p, 4)} for k, (m, p) in stats.items()]
+    host = host_key()
+    return [{"host": host, "isa": families[k], "arch": arch, "scheme": labels[k], "batch": batch,
+             "threads": threads, "engine": k.split(":")[0], "median_ms": round(m, 4), "p90_ms": round(p, 4)}
+            for k, (m, p) in stats.items()]
+
+
+def host_key() -> str:
+    """``CPU model (LLVM cpu; flags)``: what a latency row was measured on."""
+    from hawq.tables import cpu_name
+    from tvm_benchmark.isa import describe
+    from tvm_benchmark.targets import host_cpu
+    return f"{cpu_name()} ({host_cpu()}; {describe().replace(', ', '+')})"
 
 
 def append_rows(rows: list[dict], path: Path) -> None:
+    """Append to the CSV; a CSV of an older layout (no host column) is kept aside as ``*.old.csv``:
+    its rows cannot be attributed to a host, so they never mix with these."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_file():
+        with open(path) as f:
+            head = f.readline().strip().split(",")
+        if head != list(FIELDS):
+            path.replace(path.with_suffix(".old.csv"))
     new = not path.is_file()
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)
@@ -136,21 +168,27 @@ def append_rows(rows: list[dict], path: Path) -> None:
         w.writerows(rows)
 
 
-def latest(path: Path):
+def latest(path: Path, host: str | None = None):
+    """Latest row per key, of ``host``'s rows only (None: every host)."""
     import pandas as pd
     df = pd.read_csv(path)
-    return df.drop_duplicates(subset=["arch", "scheme", "batch", "threads", "engine"], keep="last")
+    if host is not None:
+        df = df[df.host == host]
+    return df.drop_duplicates(subset=list(KEY), keep="last")
 
 
 def markdown(df, header: str) -> str:
-    """Per (arch, batch, threads): every engine's median/p90, speed-up over FP32 eager, ratio to ORT int8."""
+    """Per (arch, batch, threads) of one host: every engine's median/p90, speed-up over FP32 eager,
+    ratio to the faster of torch-int8 and ORT int8 (the goal is <= 0.75 for TVM uniform8)."""
+    if df.host.nunique() > 1:
+        raise ValueError("a latency table must hold one host's rows")
     out = [header, ""]
     for (arch, batch, threads), g in df.groupby(["arch", "batch", "threads"], sort=True):
         base = g[g.engine == "torch-fp32"].median_ms
-        ort8 = g[g.engine == "ort-int8"].median_ms
+        int8 = g[g.engine.isin(["torch-int8", "ort-int8"])].median_ms
         g = g.sort_values("median_ms").copy()
         g["speedup_vs_torch_fp32"] = (float(base.iloc[0]) / g.median_ms).round(2) if len(base) else np.nan
-        g["ratio_to_ort_int8"] = (g.median_ms / float(ort8.iloc[0])).round(2) if len(ort8) else np.nan
+        g["ratio_to_best_int8"] = (g.median_ms / float(int8.min())).round(2) if len(int8) else np.nan
         out += [f"### {arch}, batch {batch}, {threads} threads", ""]
         out += markdown_table(g.to_dict("records"), MD_FIELDS) + [""]
     return "\n".join(out)
@@ -191,9 +229,11 @@ def plot_accuracy(df, path: Path) -> bool:
 
 
 def _host() -> str:
-    from tvm_benchmark.compile import host_cpu, host_has_avx2, host_has_vnni
-    return (f"{cpu_summary()} (LLVM: {host_cpu()}), AVX2: {host_has_avx2()}, "
-            f"AVX-512 VNNI: {host_has_vnni()}")
+    from tvm_benchmark.isa import describe, detect
+    from tvm_benchmark.targets import host_cpu
+    fam = detect()
+    return (f"{cpu_summary()} (LLVM: {host_cpu()}); CPU flags: {describe()}; "
+            f"kernel family detected: {fam.name if fam else 'none (no AVX2)'}")
 
 
 @one_line_errors
@@ -206,6 +246,8 @@ def main(argv=None) -> int:
     p.add_argument("-b", "--batch-size", nargs="+", type=int, default=[1, 8])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
+    p.add_argument("--isa", nargs="+", default=None, choices=ISA_CHOICES,
+                   help="TVM kernel families to time, one tvm-int engine each (default: the detected one)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--iters", type=int, default=10, help="timed calls per engine per round")
@@ -214,6 +256,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads < 1 or any(b < 1 for b in args.batch_size):
         raise HawqError("--threads and --batch-size must be >= 1")
+    from tvm_benchmark import isa as I
+    for name in args.isa or []:
+        I.require_runnable(I.resolve(name))
     os.environ["TVM_NUM_THREADS"] = str(args.threads)   # read when TVM's pool first starts
     import torch
     torch.set_num_threads(args.threads)
@@ -228,14 +273,15 @@ def main(argv=None) -> int:
                 raise HawqError(f"unknown scheme '{s}' for {arch}; choose from {', '.join(list_schemes(arch))}")
         for batch in args.batch_size:
             rows = bench_arch_batch(arch, schemes, batch, args.threads, args.engines, args.warmup,
-                                    args.rounds, args.iters, not args.no_progress)
+                                    args.rounds, args.iters, not args.no_progress, args.isa or [None])
             append_rows(rows, out / "latency.csv")
             for r in rows:
                 print(",".join(str(r[k]) for k in FIELDS), flush=True)
-    df = latest(out / "latency.csv")
+    df = latest(out / "latency.csv", host_key())
     cmd = "python -m tvm_benchmark.bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    header = (f"# Latency (ms per batch)\n\nHost: {_host()}.\n\nLatest command: `{cmd}`. Rows are the latest "
-              "measurement per (arch, scheme, batch, threads, engine) in `results/latency.csv`."
+    header = (f"# Latency (ms per batch)\n\nHost: {_host()}. Host key in `latency.csv`: `{host_key()}`; "
+              f"only that host's rows are tabulated here.\n\nLatest command: `{cmd}`. Rows are the latest "
+              "measurement per (isa, arch, scheme, batch, threads, engine) in `results/latency.csv`."
               + (f"\n\n**{warn}**" if warn else ""))
     (out / "latency.md").write_text(markdown(df, header) + "\n")
     if plot_accuracy(df, out / "latency_accuracy.png"):

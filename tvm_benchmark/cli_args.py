@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 from hawq.cli import RECORDED_DATASET_HELP, add_arch_arg, add_data_args as add_dataset_args, add_quant_scheme_arg
-from tvm_benchmark.compile import TARGETS
+from tvm_benchmark.isa import CHOICES as ISA_CHOICES
+from tvm_benchmark.targets import TARGETS
 
 
 def add_program_args(p: argparse.ArgumentParser, batch_default: int) -> None:
@@ -20,6 +21,13 @@ def add_program_args(p: argparse.ArgumentParser, batch_default: int) -> None:
                    help="static batch size the module is compiled for")
     p.add_argument("--untuned", action="store_true",
                    help="compile TVM's unscheduled default program instead of the hand-scheduled one")
+    add_isa_arg(p)
+
+
+def add_isa_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--isa", choices=ISA_CHOICES, default=None,
+                   help="x86 kernel family for --target llvm (default: detected from /proc/cpuinfo); "
+                        "a family this CPU lacks can be exported but not run")
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:

@@ -1,72 +1,21 @@
-"""Targets, lowering and building of the integer Relax modules.
+"""Lowering and building of the integer Relax modules (targets: :mod:`tvm_benchmark.targets`).
 
-A target is named by a short key (``llvm``, ``cuda``) on the command line and turned into the dict
-form TVM 0.27 requires. ``llvm`` means *this* host: the CPU LLVM reports (``znver3``,
-``icelake-server``, …), so LLVM uses every vector extension the host has (AVX2, AVX-512, VNNI).
-
-CPU kernels are hand-scheduled (:mod:`tvm_benchmark.schedules`), so nothing is tuned at build or
-benchmark time and no tuning records are needed.
+CPU kernels are hand-scheduled (:mod:`tvm_benchmark.schedules`) for the ISA family the program is
+built for, so nothing is tuned at build or benchmark time and no tuning records are needed.
 """
 from __future__ import annotations
 
+import functools
 import os
+from dataclasses import dataclass
 
 import tvm
-import tvm_ffi
 from tvm import relax
 
 from hawq.errors import HawqError
-from hawq.tables import cpuinfo_field
-from tvm_benchmark.schedules import schedule_generic
-
-TARGETS = ("llvm", "cuda")
-
-
-def host_cpu() -> str:
-    """LLVM's name for this machine's CPU (e.g. ``znver3``, ``icelake-server``)."""
-    return str(tvm_ffi.get_global_func("target.llvm_get_system_cpu")())
-
-
-def _cpu_flags() -> set[str]:
-    return set((cpuinfo_field("flags") or "").split())
-
-
-def host_has_avx2() -> bool:
-    return "avx2" in _cpu_flags()
-
-
-def host_has_vnni() -> bool:
-    """True when this CPU has AVX-512 VNNI (vpdpbusd)."""
-    return "avx512_vnni" in _cpu_flags()
-
-
-def cuda_available() -> bool:
-    return bool(tvm.cuda(0).exist)
-
-
-def make_target(key: str, threads: int | None = None) -> tvm.target.Target:
-    """``llvm`` (this host) or ``cuda`` (with an llvm host) as a TVM Target."""
-    if key == "llvm":
-        spec = {"kind": "llvm", "mcpu": host_cpu(), "num-cores": int(threads or os.cpu_count() or 1)}
-        return tvm.target.Target(spec)
-    if key == "cuda":
-        arch = _cuda_arch()
-        return tvm.target.Target({"kind": "cuda", "arch": arch, "max_threads_per_block": 1024,
-                                  "max_shared_memory_per_block": 49152, "thread_warp_size": 32},
-                                 host={"kind": "llvm"})
-    raise HawqError(f"unsupported target '{key}': choose one of {', '.join(TARGETS)}")
-
-
-def _cuda_arch() -> str:
-    dev = tvm.cuda(0)
-    if dev.exist:
-        return "sm_" + str(dev.compute_version).replace(".", "")
-    return os.environ.get("HAWQ_CUDA_ARCH", "sm_90")   # cross-compile default: Hopper (the lent GPUs)
-
-
-def target_tag(key: str) -> str:
-    """Directory name for per-target data: ``llvm-znver3``, ``cuda-sm_90``."""
-    return f"llvm-{host_cpu()}" if key == "llvm" else f"cuda-{_cuda_arch()}"
+from tvm_benchmark import isa as I
+from tvm_benchmark.schedules import plan_conv, schedule_generic
+from tvm_benchmark.targets import cuda_available, make_target
 
 
 def lower(mod: tvm.IRModule) -> tvm.IRModule:
@@ -90,22 +39,43 @@ def build(mod: tvm.IRModule, target: tvm.target.Target, schedule: bool) -> relax
     return tvm.compile(lowered, target)
 
 
-def device_of(key: str):
-    return tvm.cpu(0) if key == "llvm" else tvm.cuda(0)
+@dataclass(frozen=True)
+class Built:
+    """A compiled integer program: the executable, its TVM target and the ISA family its kernels
+    use (None: TVM's unscheduled default program, or a CUDA target)."""
+    executable: relax.VMExecutable
+    target: tvm.target.Target
+    isa: I.Isa | None
+
+    @property
+    def isa_name(self) -> str:
+        return self.isa.name if self.isa else "generic"
+
+    def __iter__(self):   # (executable, target) = compile_program(...)
+        return iter((self.executable, self.target))
 
 
 def compile_program(graph: dict, input_shape: tuple[int, int, int, int], key: str,
-                    threads: int | None = None, all_outputs: bool = False, fast: bool | None = None):
-    """Build an artifact graph for target ``key``; returns (executable, target).
+                    threads: int | None = None, all_outputs: bool = False, fast: bool | None = None,
+                    isa: str | None = None, emulate: bool = False) -> Built:
+    """Build an artifact graph for target ``key``.
 
-    ``fast`` (default: on for ``llvm`` hosts with AVX2) uses the hand-scheduled NHWC program
-    (tensorized convolutions, parallel/vectorized epilogues); off compiles TVM's unscheduled default.
+    ``isa`` (``--isa``; None: detected from /proc/cpuinfo) picks the CPU kernel family. ``fast``
+    (default: on for ``llvm`` when the family is at least AVX2) builds the hand-scheduled NHWC
+    program; off compiles TVM's unscheduled default. ``emulate`` swaps every instruction for its
+    scalar description (tests: runs another ISA's schedules on this CPU).
     """
-    from tvm_benchmark.relax_graph import build_module
-    target = make_target(key, threads)
+    from tvm_benchmark.frontend import build_module
+    family = I.resolve(isa) if key == "llvm" else None
+    if isa is not None and key != "llvm":
+        raise HawqError("--isa applies to --target llvm only")
+    target = make_target(key, threads, family)
     if key == "cuda" and not cuda_available() and os.environ.get("HAWQ_CUDA_ARCH") is None:
         raise HawqError("target cuda: no CUDA GPU visible to TVM (set HAWQ_CUDA_ARCH=sm_XX to cross-compile)")
     if fast is None:
-        fast = key == "llvm" and host_has_avx2()
-    mod = build_module(graph, input_shape, all_outputs=all_outputs, fast_conv=fast)
-    return build(mod, target, schedule=fast), target
+        fast = family is not None
+    if fast and family is None:
+        raise HawqError("the hand-scheduled program needs an x86 CPU with AVX2 (compile with --untuned)")
+    planner = functools.partial(plan_conv, family, emulate=emulate) if fast else None
+    mod = build_module(graph, input_shape, all_outputs=all_outputs, planner=planner)
+    return Built(build(mod, target, schedule=fast), target, family if fast else None)

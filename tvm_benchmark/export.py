@@ -6,7 +6,8 @@
 compile-time constants inside it, so it is self-contained: ``main(x: float32[B,3,S,S]) ->
 int32 logits [B, classes]``. ``DIR/params.json``: the program's parameters a caller needs —
 input shape, per-class logit scale (float logits = int logits · scale), arch, scheme, bit_config,
-target. Both files are written atomically (temp file, then rename).
+target, and the x86 kernel family (``isa``, ``--isa`` or detected) with the CPU flags it needs
+(``tvm_benchmark.run`` refuses a program this CPU cannot execute). Both files are written atomically (temp file, then rename).
 """
 from __future__ import annotations
 
@@ -28,13 +29,15 @@ LIB, PARAMS = "model.so", "params.json"
 
 
 def export(checkpoint: str, target_key: str, out: str, batch: int = 1, threads: int | None = None,
-           untuned: bool = False, arch: str | None = None, scheme: str | None = None) -> dict:
+           untuned: bool = False, arch: str | None = None, scheme: str | None = None,
+           isa: str | None = None) -> dict:
     """Compile and write ``out/model.so`` + ``out/params.json``; returns the params dict."""
     if batch < 1:
         raise HawqError(f"--batch-size must be >= 1, got {batch}")
     prog = load_program(checkpoint, arch, scheme)
-    exe, target = compile_program(prog.graph, prog.input_shape(batch), target_key, threads,
-                                  fast=False if untuned else None)
+    built = compile_program(prog.graph, prog.input_shape(batch), target_key, threads,
+                            fast=False if untuned else None, isa=isa)
+    exe, target = built
     scale = prog.graph.get("output_scale")
     params = {
         "format": "hawq-tvm/1", "arch": prog.arch, "quant_scheme": prog.scheme, "dataset": prog.dataset,
@@ -42,6 +45,7 @@ def export(checkpoint: str, target_key: str, out: str, batch: int = 1, threads: 
         "output_dtype": "int32",
         "logit_scale": None if scale is None else np.asarray(scale, dtype=np.float64).tolist(),
         "target_key": target_key, "target": str(target), "scheduled": not untuned,
+        "isa": built.isa_name, "isa_flags": list(built.isa.flags) if built.isa else [],
         "source": os.path.abspath(checkpoint),
     }
     dest = Path(out)
@@ -58,9 +62,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="output directory (created)")
     args = p.parse_args(argv)
     params = export(args.checkpoint, args.target, args.out, args.batch_size, args.threads, args.untuned,
-                    args.arch, args.quant_scheme)
+                    args.arch, args.quant_scheme, args.isa)
     print(f"wrote {Path(args.out) / LIB} and {PARAMS}: {params['arch']} {params['quant_scheme']} "
-          f"input {params['input_shape']} target {params['target']}")
+          f"input {params['input_shape']} isa {params['isa']} target {params['target']}")
     return 0
 
 

@@ -1,9 +1,10 @@
 """Per-layer latency of every quantized conv/dense layer at 4 and 8 bits on a TVM target.
 
-    python -m tvm_benchmark.layer_latency -a resnet18 [--target llvm] [-b 1] [--threads 2]
+    python -m tvm_benchmark.layer_latency -a resnet18 [--target llvm] [--isa vnni] [-b 1] [--threads 2]
 
-writes ``tvm_benchmark/layer_latency/<target tag>/<arch>.csv`` (``layer,bits,median_ms,p90_ms``;
-the tag names the host CPU, e.g. ``llvm-znver3``), which ``hawq.mpq --latency-table`` reads.
+writes ``tvm_benchmark/layer_latency/<host key>/<arch>.csv`` (``layer,bits,median_ms,p90_ms``;
+the key names the host's LLVM CPU and the kernel family, e.g. ``llvm-znver3-avx2``), which
+``hawq.mpq --constraint latency=...`` reads for the current host (or ``--latency-table PATH``).
 
 Each layer is compiled alone, exactly as it is compiled inside the whole program (same kernel
 choice — at 4 bits the saturation-free ``vpmaddubsw`` kernel applies — same epilogue), from the
@@ -33,9 +34,12 @@ from hawq.models.factory import fp_model, quant_model
 from hawq.models.layers import arch_info
 from hawq.reference import run_graph
 from hawq.quant.config import QuantConfig
-from tvm_benchmark.compile import compile_program, device_of, target_tag
-from tvm_benchmark.program import Runner
-from tvm_benchmark.relax_graph import value_ranges
+from tvm_benchmark.cli_args import add_isa_arg
+from tvm_benchmark.compile import compile_program
+from tvm_benchmark.frontend import value_ranges
+from tvm_benchmark.isa import require_runnable, resolve
+from tvm_benchmark.runtime import Runner
+from tvm_benchmark.targets import device_of, target_tag
 
 FIELDS = ("layer", "bits", "median_ms", "p90_ms")
 ROOT = Path(__file__).resolve().parent / "layer_latency"
@@ -59,12 +63,12 @@ def _stub(lo: int, hi: int) -> dict:
             "scale": torch.ones(1), "zero_point": 0, "qmin": lo, "qmax": hi, "bits": 8}
 
 
-def _runner(graph: dict, shape, threads: int, target: str, rng) -> tuple[Runner, np.ndarray]:
+def _runner(graph: dict, shape, threads: int, target: str, rng, isa: str | None) -> tuple[Runner, np.ndarray]:
     """The compiled ``graph`` and an input batch inside its input quantizer's range."""
-    exe, _ = compile_program(graph, shape, target, threads)
+    built = compile_program(graph, shape, target, threads, isa=isa)
     node = graph["nodes"][0]
     x = rng.integers(int(node["qmin"]), int(node["qmax"]) + 1, size=shape).astype(np.float32)
-    return Runner(exe, device_of(target), shape[0]), x
+    return Runner(built.executable, device_of(target), shape[0], built.isa_name), x
 
 
 def paired_ms(layer: tuple[Runner, np.ndarray], stub: tuple[Runner, np.ndarray], rounds: int = 15) -> np.ndarray:
@@ -77,7 +81,7 @@ def paired_ms(layer: tuple[Runner, np.ndarray], stub: tuple[Runner, np.ndarray],
     return np.asarray(diffs)
 
 
-def _jobs(arch: str, batch: int, threads: int, target: str, rng) -> list[tuple[str, int, tuple, tuple]]:
+def _jobs(arch: str, batch: int, threads: int, target: str, rng, isa: str | None) -> list[tuple[str, int, tuple, tuple]]:
     """(layer, bits, compiled layer, compiled stub) for every conv/dense layer at 8 and at 4 bits."""
     jobs, stubs = [], {}
     for bits, scheme in ((8, "uniform8"), (4, "uniform4")):
@@ -98,17 +102,17 @@ def _jobs(arch: str, batch: int, threads: int, target: str, rng) -> list[tuple[s
             key = (shape, base["qmin"], base["qmax"])
             if key not in stubs:
                 stubs[key] = _runner({"input": "input", "output": "stub:out", "nodes": [base]},
-                                     shape, threads, target, rng)
-            jobs.append((node["name"], bits, _runner(sub, shape, threads, target, rng), stubs[key]))
+                                     shape, threads, target, rng, isa)
+            jobs.append((node["name"], bits, _runner(sub, shape, threads, target, rng, isa), stubs[key]))
     return jobs
 
 
 def layer_rows(arch: str, batch: int, threads: int, target: str, passes: int = 3,
-               progress: bool = True) -> list[dict]:
+               progress: bool = True, isa: str | None = None) -> list[dict]:
     """Every layer is measured in ``passes`` passes spread over the whole run (5 paired rounds
     each), so a slow spell of a shared machine cannot own one layer's figure."""
     rng = np.random.default_rng(0)
-    jobs = _jobs(arch, batch, threads, target, rng)
+    jobs = _jobs(arch, batch, threads, target, rng, isa)
     diffs = {(name, bits): [] for name, bits, _, _ in jobs}
     with tqdm(total=passes * len(jobs), desc=f"{arch} layers", disable=not progress, leave=False,
               dynamic_ncols=True) as bar:
@@ -131,12 +135,16 @@ def main(argv=None) -> int:
     p.add_argument("--target", default="llvm")
     p.add_argument("-b", "--batch-size", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default=None, help="default: tvm_benchmark/layer_latency/<target tag>/<arch>.csv")
+    add_isa_arg(p)
+    p.add_argument("--out", default=None, help="default: tvm_benchmark/layer_latency/<host key>/<arch>.csv")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
-    rows = layer_rows(args.arch, args.batch_size, args.threads, args.target, progress=not args.no_progress)
-    out = Path(args.out) if args.out else ROOT / target_tag(args.target) / f"{args.arch}.csv"
+    family = resolve(args.isa) if args.target == "llvm" else None
+    require_runnable(family)
+    rows = layer_rows(args.arch, args.batch_size, args.threads, args.target, progress=not args.no_progress,
+                      isa=args.isa)
+    out = Path(args.out) if args.out else ROOT / target_tag(args.target, family) / f"{args.arch}.csv"
     write_rows(rows, out)
     total = {b: sum(r["median_ms"] for r in rows if r["bits"] == b) for b in (4, 8)}
     print(f"{len(rows)} rows -> {out}  (sum of medians: 8-bit {total[8]:.3f} ms, 4-bit rows {total[4]:.3f} ms)")

@@ -14,10 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-import tvm
-from tvm import relax
-
 from hawq import checkpoint as C
 from hawq.cli import resolve_dataset
 from hawq.data import input_size_of
@@ -58,41 +54,3 @@ def load_program(path: str, arch: str | None = None, scheme: str | None = None,
     art = export_integer(model, (3, s, s))
     return Program(art["graph"], (3, s, s), model.arch, str(f.quant_scheme or scheme), dataset, dict(bits), path,
                    model.config.numerics)
-
-
-class Runner:
-    """A compiled integer module on a device, run on float batches of any size.
-
-    The module has a static batch ``batch``; bigger inputs run in chunks and a short last chunk is
-    zero-padded (padded rows are dropped). Returns NumPy int64 arrays.
-    """
-
-    def __init__(self, executable, device, batch: int):
-        self.vm = relax.VirtualMachine(executable, device)
-        self.device, self.batch = device, batch
-
-    def _one(self, x: np.ndarray):
-        out = self.vm["main"](tvm.runtime.tensor(np.ascontiguousarray(x, dtype=np.float32), self.device))
-        if isinstance(out, tvm.runtime.Tensor):
-            return out.numpy().astype(np.int64)
-        return [o.numpy().astype(np.int64) for o in out]
-
-    def __call__(self, x: np.ndarray):
-        n = len(x)
-        outs = []
-        for i in range(0, n, self.batch):
-            chunk = x[i:i + self.batch]
-            k = len(chunk)
-            if k < self.batch:
-                chunk = np.concatenate([chunk, np.zeros((self.batch - k, *chunk.shape[1:]), chunk.dtype)])
-            r = self._one(chunk)
-            outs.append([v[:k] for v in r] if isinstance(r, list) else r[:k])
-        if isinstance(outs[0], list):
-            return [np.concatenate(vs) for vs in zip(*outs)]
-        return np.concatenate(outs)
-
-    def time(self, x: np.ndarray, number: int = 10, repeat: int = 10) -> np.ndarray:
-        """Per-call latencies in ms of ``main`` on one batch ``x`` ([batch, C, H, W])."""
-        f = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat)
-        res = f(tvm.runtime.tensor(np.ascontiguousarray(x, dtype=np.float32), self.device))
-        return np.asarray(res.results) * 1e3

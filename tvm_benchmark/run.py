@@ -18,9 +18,10 @@ import tvm
 from hawq.cli import one_line_errors, run_main
 from hawq.data import build_loaders
 from hawq.errors import HawqError
-from tvm_benchmark.compile import device_of
 from tvm_benchmark.export import LIB, PARAMS
-from tvm_benchmark.program import Runner
+from tvm_benchmark.isa import ISAS, require_runnable
+from tvm_benchmark.runtime import Runner
+from tvm_benchmark.targets import device_of
 
 
 def load_exported(path: str) -> tuple[Runner, dict]:
@@ -34,8 +35,11 @@ def load_exported(path: str) -> tuple[Runner, dict]:
         raise HawqError(f"'{d / PARAMS}' is not valid JSON ({e})") from None
     if params.get("format") != "hawq-tvm/1":
         raise HawqError(f"'{d / PARAMS}' is not a hawq-tvm/1 parameter file")
+    isa = params.get("isa", "generic")
+    if isa in ISAS:
+        require_runnable(ISAS[isa])   # before loading: a kernel this CPU lacks would die of SIGILL
     lib = tvm.runtime.load_module(str(d / LIB))
-    return Runner(lib, device_of(params["target_key"]), params["input_shape"][0]), params
+    return Runner(lib, device_of(params["target_key"]), params["input_shape"][0], isa), params
 
 
 def _inputs(args, params) -> tuple[np.ndarray, np.ndarray | None]:

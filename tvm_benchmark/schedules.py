@@ -1,15 +1,15 @@
 """Hand-written CPU schedules for the integer program (TVM's default Relax pipeline schedules nothing).
 
-- :func:`conv2d_tensorized`: an NHWC integer convolution tensorized with one of two exact AVX2
-  dot-product steps (:class:`DotKernel`):
-  ``vpmaddwd`` (``llvm.x86.avx2.pmadd.wd``: 16 int16·int16 products summed pairwise into 8 int32
-  lanes; activations arrive widened to int16 (done in the producing epilogue), weights stored as
-  int16; a pair sum is at most
-  2·255·128 < 2^31, so always exact), and ``vpmaddubsw`` + ``vpmaddwd(1)`` (32 uint8·int8
-  products per instruction, summed by 4), whose int16 pair sums saturate above 32767 and which is
-  therefore chosen only where the layer's static bounds prove 2·max|a|·max|w| <= 32767 — in practice
-  the 4-bit layers (15·127·2 or 255·8·2). Weights are packed ``[O/8, KH, KW, C/k, 8, k]`` so one
-  256-bit load feeds one step; the output is tiled over 4 (or 7) columns × 16 channels in registers.
+- :func:`plan_conv` picks, per convolution, the fastest exact kernel of the ISA family
+  (:mod:`tvm_benchmark.isa`) from the layer's proven bounds — AMX tiles, ``vpdpbusd``, grouped or
+  plain ``vpmaddubsw``, ``vpmaddwd`` (:mod:`tvm_benchmark.intrinsics`) — or None (generic conv2d).
+- :func:`conv2d_tensorized`: an NHWC integer convolution tensorized with one vector
+  :class:`~tvm_benchmark.intrinsics.DotKernel` step; weights packed
+  ``[O/L, KH, KW, C/(G·k), G, L, k]`` at export so one vector load feeds one step; the output is
+  tiled over columns × lane blocks in registers, parallel over (batch, rows, column tiles, channel
+  tiles).
+- :func:`conv2d_amx`: the same convolution on AMX tiles (``M`` output pixels × 16·NT channels per
+  step, accumulators held in tile registers across the reduction).
 - :func:`schedule_generic`: every other kernel (the fused requantization epilogues, pads, pooling,
   the classifier): inline producers, then parallelize and vectorize the spatial loops.
 """
@@ -20,149 +20,217 @@ from dataclasses import dataclass
 import numpy as np
 import tvm
 from tvm import te
-from tvm.s_tir import Schedule, ScheduleError, TensorIntrin
-from tvm.script import tirx as T
+from tvm.s_tir import Schedule, ScheduleError
+
+from tvm_benchmark.intrinsics import DotKernel, intrinsic
+from tvm_benchmark.intrinsics.x86_amx import AmxKernel, intrinsics as amx_intrinsics
+from tvm_benchmark.intrinsics.x86_madd import pmaddubsw, pmaddwd
+from tvm_benchmark.intrinsics.x86_vnni import vpdpbusd
+from tvm_benchmark.isa import Isa
 
 SCHEDULED = "hawq.scheduled"
-LANES = 8          # int32 accumulator lanes per 256-bit register
+INT32_MAX = 2 ** 31 - 1
+GROUPS = (8, 4, 2, 1)          # vpmaddubsw steps summed in int16 before widening, most first
 
 
 @dataclass(frozen=True)
-class DotKernel:
-    """An exact AVX2 dot-product step: 8 int32 lanes += Σ_k act[k]·w[lane, k] over ``k`` channels."""
-    name: str
-    k: int               # input channels reduced per instruction group
-    weight_dtype: str    # weight container in the packed layout
+class ConvPlan:
+    """How one convolution runs: ``kernel`` on activations shifted by ``act_shift`` (128 when signed
+    int8 data feeds an unsigned-operand instruction: the front end adds 128 and folds −128·ΣW into
+    the bias, exactly). ``emulate`` builds the identical schedule with the kernel's scalar description
+    in place of the instruction (tests: proves a schedule on a CPU that lacks the instruction)."""
+    kernel: DotKernel | AmxKernel
+    act_shift: int = 0
+    emulate: bool = False
+
+    @property
+    def column_phases(self) -> bool:
+        """True when the kernel reads its input split into stride column phases (AMX)."""
+        return isinstance(self.kernel, AmxKernel)
+
+    @property
+    def out_lanes(self) -> int:
+        return 16 if isinstance(self.kernel, AmxKernel) else self.kernel.lanes
+
+    def pack(self, w: np.ndarray) -> np.ndarray:
+        return pack_weight(w, self.kernel)
+
+    def prim_func(self, batch: int, in_hw: tuple[int, int], channels: int, out_channels: int,
+                  ksize: tuple[int, int], stride: tuple[int, int]) -> tvm.tirx.PrimFunc:
+        build = conv2d_amx if isinstance(self.kernel, AmxKernel) else conv2d_tensorized
+        return build(self.kernel, batch, in_hw, channels, out_channels, ksize, stride, emulate=self.emulate)
 
 
-#: vpmaddwd on int16-widened operands: exact for any uint8/int8 activation and int8 weight.
-PMADDWD = DotKernel("pmaddwd", 2, "int16")
-#: vpmaddubsw + vpmaddwd(1): twice the products per instruction; its int16 pair sums saturate, so it
-#: is used only where the bounds prove 2·max|act|·max|w| <= 32767 (4-bit activations or weights).
-PMADDUBSW = DotKernel("pmaddubsw", 4, "int8")
+def _vector_menu(isa: Isa, bits: int) -> list:
+    if isa.name in ("vnni", "amx"):
+        return [vpdpbusd(bits)]
+    if isa.name == "avxvnni":
+        return [vpdpbusd(256)] if bits == 256 else []
+    if isa.name == "avx512" or bits == 256:
+        return [pmaddubsw(bits, g) for g in GROUPS] + [pmaddwd(bits)]
+    return []
 
 
-def _desc(k: int, act_dtype: str, w_dtype: str):
-    @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((k,), act_dtype, offset_factor=1), B: T.Buffer((8, k), w_dtype, offset_factor=1),
-             C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:8], A[0:k], B[0:8, 0:k])
-            T.writes(C[0:8])
-            for i in T.serial(0, 8):
-                for r in T.serial(0, k):
-                    with T.sblock("update"):
-                        vi, vr = T.axis.remap("SR", [i, r])
-                        C[vi] = C[vi] + T.cast(A[vr], "int32") * T.cast(B[vi, vr], "int32")
-    return desc
+def _amx_rows(ow: int) -> int:
+    """The largest divisor of the output width that fits a tile (16 rows)."""
+    return max(m for m in range(1, 17) if ow % m == 0)
 
 
-def _pmaddwd_impl(act_dtype: str):
-    @T.prim_func(s_tir=True)
-    def impl(A: T.Buffer((2,), act_dtype, offset_factor=1), B: T.Buffer((8, 2), "int16", offset_factor=1),
-             C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:8], A[0:2], B[0:8, 0:2])
-            T.writes(C[0:8])
-            # The activation pair, widened to int16 and viewed as one int32, is broadcast to 8 lanes.
-            a = T.reinterpret(T.Cast("int16x2", A.vload([0], act_dtype + "x2")), dtype="int32")
-            a16 = T.reinterpret(T.broadcast(a, 8), dtype="int16x16")
-            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a16, B.vload([0, 0], dtype="int16x16"),
-                dtype="int32x8")
-    return impl
+def plan_conv(isa: Isa | None, act_dtype: str, act_lo: int, act_hi: int, w: np.ndarray, groups: int,
+              out_w: int | None = None, emulate: bool = False) -> ConvPlan | None:
+    """The fastest exact kernel of ``isa`` for this conv (None: the generic Relax conv2d).
 
-
-def _pmaddubsw_impl(act_dtype: str):
-    @T.prim_func(s_tir=True)
-    def impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((8, 4), "int8", offset_factor=1),
-             C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:8], A[0:4], B[0:8, 0:4])
-            T.writes(C[0:8])
-            a = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-            pairs = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
-                T.reinterpret(T.broadcast(a, 8), dtype="uint8x32"), B.vload([0, 0], dtype="int8x32"),
-                dtype="int16x16")
-            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs, T.int16x16(1), dtype="int32x8")
-    return impl
-
-
-_IMPLS = {"pmaddwd": _pmaddwd_impl, "pmaddubsw": _pmaddubsw_impl}
-
-
-def _register(kernel: DotKernel, act_dtype: str) -> str:
-    name = f"hawq_avx2_{kernel.name}_{act_dtype}_8x{kernel.k}"
-    if TensorIntrin.get(name, allow_missing=True) is None:
-        TensorIntrin.register(name, _desc(kernel.k, act_dtype, kernel.weight_dtype), _IMPLS[kernel.name](act_dtype))
-    return name
-
-
-def choose_kernel(act_dtype: str, act_absmax: int, w: np.ndarray, groups: int) -> DotKernel | None:
-    """The fastest exact kernel for this conv (None: use the generic Relax conv2d).
-
-    ``act_absmax``: bound on |activation| (of the stored, uncentered values); ``w``: OIHW int8.
-    vpmaddubsw reads its activation operand as unsigned, so it is only chosen for ``uint8`` data (a
-    range proven non-negative: the builder gives profile ``hawq``'s post-ReLU int8-declared values
-    [0, 127] a uint8 container, where 2·127·128 <= 32767 makes it exact for any int8 weight); signed
-    ``int8`` data (e.g. profile ``hawq``'s symmetric input quantizer) always gets vpmaddwd.
+    ``act_lo``/``act_hi``: bounds of the stored (uncentered) activations in container ``act_dtype``;
+    ``w``: OIHW int8 weights; ``out_w``: output width (AMX tiles rows along it). Unsigned-operand
+    kernels (vpmaddubsw, vpdpbusd, AMX) read ``int8`` data shifted by +128; a grouped vpmaddubsw is
+    chosen only where 2·G·max|a|·max|w| <= 32767, a plain one where 2·max|a|·max|w| <= 32767.
     """
-    if act_dtype not in ("uint8", "int8") or groups != 1 or w.shape[0] % LANES:
+    if isa is None or act_dtype not in ("uint8", "int8") or groups != 1:
         return None
-    if act_dtype == "uint8" and 2 * act_absmax * int(np.abs(w.astype(np.int64)).max(initial=0)) <= 32767:
-        return PMADDUBSW
-    return PMADDWD
+    o, c = w.shape[:2]
+    w64 = np.abs(w.astype(np.int64))
+    w_abs = int(w64.max(initial=0))
+    shift = 128 if act_dtype == "int8" else 0
+    a_abs = max(abs(act_lo + shift), abs(act_hi + shift))
+    if int(w64.reshape(o, -1).sum(1).max(initial=0)) * max(a_abs, abs(act_lo), abs(act_hi)) > INT32_MAX:
+        return None    # the kernel's raw (uncentered) int32 sum itself is not proven to fit
+    if isa.name == "amx" and c % 64 == 0 and o % 32 == 0 and out_w:
+        return ConvPlan(AmxKernel(_amx_rows(out_w), 2), shift, emulate)
+    for bits in ((isa.vector_bits, 256) if isa.vector_bits == 512 else (256,)):
+        fits = [k for k in _vector_menu(isa, bits) if o % k.lanes == 0]
+        for k in fits:
+            unsigned = k.act_dtype == "uint8"
+            exact = k.exact_for(a_abs if unsigned else max(abs(act_lo), abs(act_hi)), w_abs)
+            if exact and (k.channels <= 4 or c % k.channels == 0):
+                return ConvPlan(k, shift if unsigned else 0, emulate)
+    return None
 
 
-def pack_weight(w: np.ndarray, kernel: DotKernel) -> np.ndarray:
-    """OIHW int8 weights -> ``[O/8, KH, KW, C'/k, 8, k]`` in the kernel's weight dtype
-    (C' = C rounded up to a multiple of k, zero-filled)."""
+def pack_weight(w: np.ndarray, kernel: DotKernel | AmxKernel) -> np.ndarray:
+    """OIHW int8 weights -> the kernel's packed layout, in its weight dtype (C zero-filled up to a
+    multiple of ``kernel.channels``): ``[O/L, KH, KW, C/(G·k), G, L, k]`` for vector steps,
+    ``[O/(16·NT), KH, KW, C/64, NT, 16, 16, 4]`` for AMX (one 16 x 64-byte B tile per innermost three,
+    the NT tiles of one step adjacent)."""
     o, c, kh, kw = w.shape
-    k = kernel.k
-    cp = -(-c // k) * k
+    if isinstance(kernel, AmxKernel):
+        cp = -(-c // 64) * 64
+        w = np.pad(w.astype("int8"), ((0, 0), (0, cp - c), (0, 0), (0, 0)))
+        w = w.reshape(o // (16 * kernel.ntiles), kernel.ntiles, 16, cp // 64, 16, 4, kh, kw)
+        return np.ascontiguousarray(w.transpose(0, 6, 7, 3, 1, 4, 2, 5))
+    lanes, groups, k = kernel.lanes, kernel.groups, kernel.k
+    step = groups * k
+    cp = -(-c // step) * step
     w = np.pad(w.astype(kernel.weight_dtype), ((0, 0), (0, cp - c), (0, 0), (0, 0)))
-    return np.ascontiguousarray(w.reshape(o // LANES, LANES, cp // k, k, kh, kw).transpose(0, 4, 5, 2, 1, 3))
+    w = w.reshape(o // lanes, lanes, cp // step, groups, k, kh, kw)
+    return np.ascontiguousarray(w.transpose(0, 5, 6, 2, 3, 1, 4))
 
 
-def _column_tile(ow: int) -> int:
-    for t in (4, 7, 3, 2):
-        if ow % t == 0:
-            return t
-    return 1
+def _register_tile(ow: int, lane_blocks: int, registers: int) -> tuple[int, int]:
+    """(columns, lane blocks) of accumulators held in vector registers: the largest product that
+    leaves room for the weight vectors and the broadcast (``registers`` = 16 or 32)."""
+    best = (1, 1)
+    for cols in (8, 7, 6, 5, 4, 3, 2, 1):
+        if ow % cols:
+            continue
+        for blocks in (4, 3, 2, 1):
+            if lane_blocks % blocks or cols * blocks + blocks + 1 > registers - 2:
+                continue
+            if cols * blocks > best[0] * best[1]:
+                best = (cols, blocks)
+    return best
+
+
+def _conv_compute(batch: int, data_shape: tuple, wt_shape: tuple, act_dtype: str, w_dtype: str,
+                  out_shape: tuple, read):
+    data = te.placeholder(data_shape, act_dtype, name="data")
+    wt = te.placeholder(wt_shape, w_dtype, name="weight")
+    _, kh, kw, cb, g, _, k = wt_shape
+    rh, rw = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw")
+    rc, rk = te.reduce_axis((0, cb), "rc"), te.reduce_axis((0, k), "rk")
+    if g == 1:   # no unit group axis: TensorIR would keep its loop and tensorize would not match
+        acc = te.compute(out_shape, lambda n, y, x, ob, oi: te.sum(
+            read(data, n, y, x, rh, rw, rc * k + rk).astype("int32")
+            * wt[ob, rh, rw, rc, 0, oi, rk].astype("int32"), axis=[rh, rw, rc, rk]), name="acc")
+        return data, wt, acc
+    rg = te.reduce_axis((0, g), "rg")
+    acc = te.compute(out_shape, lambda n, y, x, ob, oi: te.sum(
+        read(data, n, y, x, rh, rw, (rc * g + rg) * k + rk).astype("int32")
+        * wt[ob, rh, rw, rc, rg, oi, rk].astype("int32"), axis=[rh, rw, rc, rg, rk]), name="acc")
+    return data, wt, acc
+
+
+def _conv_loops(sch: Schedule, blk):
+    """(n, y, x, ob, oi, rh, rw, rc, inner reduction loops) of a :func:`_conv_compute` block."""
+    loops = sch.get_loops(blk)
+    return (*loops[:8], loops[8:])
 
 
 def conv2d_tensorized(kernel: DotKernel, batch: int, in_hw: tuple[int, int], channels: int, out_channels: int,
-                      ksize: tuple[int, int], stride: tuple[int, int], act_dtype: str) -> tvm.tirx.PrimFunc:
-    """Scheduled PrimFunc ``(data [B,H,W,C'] act_dtype (already padded), w = pack_weight(...))
-    -> acc [B,OH,OW,O/8,8] int32``, C' a multiple of ``kernel.k``. Exact integer convolution."""
+                      ksize: tuple[int, int], stride: tuple[int, int], emulate: bool = False) -> tvm.tirx.PrimFunc:
+    """Scheduled PrimFunc ``(data [B,H,W,C'] kernel.act_dtype (already padded), w = pack_weight(...))
+    -> acc [B,OH,OW,O/L,L] int32``, C' a multiple of ``kernel.channels``. Exact integer convolution."""
     h, w_ = in_hw
-    (kh, kw), (sh, sw), k = ksize, stride, kernel.k
+    (kh, kw), (sh, sw) = ksize, stride
     oh, ow = (h - kh) // sh + 1, (w_ - kw) // sw + 1
-    data = te.placeholder((batch, h, w_, channels), act_dtype, name="data")
-    wt = te.placeholder((out_channels // LANES, kh, kw, channels // k, LANES, k), kernel.weight_dtype, name="weight")
-    rh, rw = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw")
-    rc, rk = te.reduce_axis((0, channels // k), "rc"), te.reduce_axis((0, k), "rk")
-    acc = te.compute(
-        (batch, oh, ow, out_channels // LANES, LANES),
-        lambda n, y, x, ob, oi: te.sum(
-            data[n, y * sh + rh, x * sw + rw, rc * k + rk].astype("int32")
-            * wt[ob, rh, rw, rc, oi, rk].astype("int32"), axis=[rh, rw, rc, rk]),
-        name="acc")
+    lanes, step = kernel.lanes, kernel.channels
+    data, wt, acc = _conv_compute(
+        batch, (batch, h, w_, channels), (out_channels // lanes, kh, kw, channels // step, kernel.groups, lanes, kernel.k),
+        kernel.act_dtype, kernel.weight_dtype, (batch, oh, ow, out_channels // lanes, lanes),
+        lambda d, n, y, x, rh, rw, c: d[n, y * sh + rh, x * sw + rw, c])
     sch = Schedule(te.create_prim_func([data, wt, acc]))
     blk = sch.get_sblock("acc")
-    n, y, x, ob, oi, lh, lw, lc, lk = sch.get_loops(blk)
-    xo, xi = sch.split(x, [None, _column_tile(ow)])
-    ob_tile = 2 if (out_channels // LANES) % 2 == 0 else 1
-    obo, obi = sch.split(ob, [None, ob_tile])
-    sch.reorder(n, y, xo, obo, lh, lw, lc, xi, obi, oi, lk)
+    n, y, x, ob, oi, lh, lw, lc, inner = _conv_loops(sch, blk)
+    cols, blocks = _register_tile(ow, out_channels // lanes, 32 if lanes == 16 else 16)
+    xo, xi = sch.split(x, [None, cols])
+    obo, obi = sch.split(ob, [None, blocks])
+    sch.reorder(n, y, xo, obo, lh, lw, lc, xi, obi, oi, *inner)
     sch.parallel(sch.fuse(n, y, xo, obo))
     init = sch.decompose_reduction(blk, lh)
-    sch.tensorize(oi, _register(kernel, act_dtype))
+    sch.tensorize(oi, intrinsic(kernel, emulate))
     sch.unroll(xi)
     sch.unroll(obi)
     sch.vectorize(sch.get_loops(init)[-1])
+    return _finish(sch)
+
+
+def conv2d_amx(kernel: AmxKernel, batch: int, in_hw: tuple[int, int], channels: int, out_channels: int,
+               ksize: tuple[int, int], stride: tuple[int, int], emulate: bool = False) -> tvm.tirx.PrimFunc:
+    """Scheduled PrimFunc ``(data [B,H,S,W/S,C] uint8, w = pack_weight(...)) -> acc [B,OH,OW,O/16,16]``.
+
+    ``data`` is the padded NHWC input split into its ``S`` = stride column phases (column
+    ``x·S + rw`` is phase ``rw mod S``, index ``x + rw div S``), so the M pixels of an A tile are
+    consecutive rows of one phase: one strided ``tileloadd`` (row stride C bytes) for any stride.
+    """
+    h, w_ = in_hw
+    (kh, kw), (sh, sw) = ksize, stride
+    oh, ow = (h - kh) // sh + 1, (w_ - kw) // sw + 1
+    m, nt = kernel.rows, kernel.ntiles
+    data = te.placeholder((batch, h, sw, -(-w_ // sw), channels), "uint8", name="data")
+    wt = te.placeholder((out_channels // (16 * nt), kh, kw, channels // 64, nt, 16, 16, 4), "int8", name="weight")
+    rh, rw = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw")
+    rc, rg, rk = te.reduce_axis((0, channels // 64), "rc"), te.reduce_axis((0, 16), "rg"), te.reduce_axis((0, 4), "rk")
+    acc = te.compute((batch, oh, ow, out_channels // 16, 16), lambda n, y, x, ob, oi: te.sum(
+        data[n, y * sh + rh, rw % sw, x + rw // sw, rc * 64 + rg * 4 + rk].astype("int32")
+        * wt[ob // nt, rh, rw, rc, ob % nt, rg, oi, rk].astype("int32"), axis=[rh, rw, rc, rg, rk]), name="acc")
+    zero, dot, store = amx_intrinsics(kernel, emulate)
+    sch = Schedule(te.create_prim_func([data, wt, acc]))
+    blk = sch.get_sblock("acc")
+    n, y, x, ob, oi, lh, lw, lc, inner = _conv_loops(sch, blk)
+    xo, xm = sch.split(x, [None, m])
+    obo, obn = sch.split(ob, [None, nt])
+    sch.reorder(n, y, xo, obo, lh, lw, lc, xm, obn, oi, *inner)
+    task = sch.fuse(n, y, xo, obo)
+    local = sch.cache_write(blk, 0, "local")
+    sch.reverse_compute_at(local, task)
+    sch.parallel(task)
+    init = sch.decompose_reduction(blk, lh)
+    sch.tensorize(sch.get_loops(init)[-3], zero)
+    sch.tensorize(xm, dot)
+    sch.tensorize(sch.get_loops(local)[-3], store)
+    return _finish(sch)
+
+
+def _finish(sch: Schedule) -> tvm.tirx.PrimFunc:
     func = sch.mod["main"].without_attr("global_symbol")
     return func.with_attr(SCHEDULED, True).with_attr("op_pattern", 8)   # opaque: never fused
 

@@ -1,6 +1,6 @@
 """Bit-exactness of the compiled TVM program against the integer reference (NumPy int64).
 
-    python -m tvm_benchmark.verify --checkpoint PATH [--target llvm] [--limit N] [--per-layer]
+    python -m tvm_benchmark.verify --checkpoint PATH [--target llvm] [--isa avx2|...] [--limit N] [--per-layer]
 
 Compiles the checkpoint's integer graph, runs TVM and :func:`hawq.reference.run_graph` on the
 validation set, prints a table and, as the last line, ``mismatches: M/N`` (N logits compared
@@ -19,9 +19,12 @@ from hawq.errors import HawqError
 from hawq.reference import run_graph
 from hawq.verify import compare_with_reference
 from tvm_benchmark.cli_args import add_data_args, add_program_args
-from tvm_benchmark.compile import compile_program, device_of
-from tvm_benchmark.program import Runner, load_program
-from tvm_benchmark.relax_graph import node_outputs
+from tvm_benchmark.compile import compile_program
+from tvm_benchmark.frontend import node_outputs
+from tvm_benchmark.isa import require_runnable
+from tvm_benchmark.program import load_program
+from tvm_benchmark.runtime import Runner
+from tvm_benchmark.targets import device_of
 
 
 def compare_layers(outputs: list[np.ndarray], graph: dict, x: np.ndarray) -> list[dict]:
@@ -66,10 +69,12 @@ def main(argv=None) -> int:
     if data.input_size != prog.input_chw[1]:
         raise HawqError(f"dataset images are {data.input_size}px but the program was exported for "
                         f"{prog.input_chw[1]}px")
-    exe, target = compile_program(prog.graph, prog.input_shape(args.batch_size), args.target, args.threads,
-                                  all_outputs=args.per_layer, fast=False if args.untuned else None)
-    runner = Runner(exe, device_of(args.target), args.batch_size)
-    print(f"target: {target}  scheduled: {'no' if args.untuned else 'yes'}  numerics: {prog.numerics}")
+    built = compile_program(prog.graph, prog.input_shape(args.batch_size), args.target, args.threads,
+                            all_outputs=args.per_layer, fast=False if args.untuned else None, isa=args.isa)
+    require_runnable(built.isa)
+    runner = Runner(built.executable, device_of(args.target), args.batch_size, built.isa_name)
+    print(f"target: {built.target}  isa: {built.isa_name}  scheduled: {'no' if args.untuned else 'yes'}  "
+          f"numerics: {prog.numerics}")
     if args.per_layer:
         x, _ = next(iter(data.val))
         x = x.numpy()

@@ -5,7 +5,8 @@ artifact's node list, with the semantics of :mod:`hawq.reference` (int64 through
 value gets a static integer interval; the smallest container dtype holding it is used, and each
 accumulator's worst case is bounded before int32 is chosen, so narrowing never changes a result:
 
-- activations feeding a conv/dense: ``uint8`` (post-ReLU, 4 and 8 bit) or ``int8``. A requant of a
+- activations feeding a conv/dense: ``uint8`` (post-ReLU, 4 and 8 bit) or ``int8`` (a kernel that
+  reads unsigned bytes gets ``int8`` data as ``q + 128`` at offset 128, the −128·ΣW folded into the bias). A requant of a
   provably non-negative input (post-ReLU) is non-negative too, so profile ``hawq``'s signed 8-bit
   post-ReLU activations (``qmin = -128``) get the interval [0, 127] and a ``uint8`` container;
 - conv/dense: Relax ``conv2d``/``matmul`` with ``out_dtype="int32"`` (int64 when the bound says so);
@@ -28,6 +29,7 @@ conv reads the uncentered ``uint8`` q, pads with z, and gets ``-z·ΣW`` folded 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import tvm
@@ -36,7 +38,11 @@ from tvm import relax
 from hawq.errors import HawqError
 from hawq.reference import OPS as REFERENCE_OPS
 from hawq.reference import rounding_of
-from tvm_benchmark import schedules as S
+
+#: ``planner(act_dtype, act_lo, act_hi, weight_oihw, groups, out_w) -> ConvPlan | None``: the
+#: back end's choice of a hand-scheduled kernel for one convolution (:func:`tvm_benchmark.schedules.plan_conv`
+#: bound to an ISA). The front end knows no ISA: it only prepares the operands a plan asks for.
+ConvPlanner = Callable[..., object]
 
 _CONTAINERS = ("uint8", "int8", "int16", "int32", "int64")
 _I64 = np.iinfo(np.int64)
@@ -84,11 +90,11 @@ class _Builder:
     """Emits one Relax binding per graph node into an open dataflow block.
 
     ``layout`` is the layout of 4-D values inside the program (``NCHW`` as in the graph, or ``NHWC``
-    for the tensorized CPU convolution); ``fast_conv`` enables :func:`schedules.conv2d_tensorized`.
+    for the hand-scheduled CPU convolutions); ``planner`` (:data:`ConvPlanner`) picks those kernels.
     """
 
-    def __init__(self, bb: relax.BlockBuilder, layout: str = "NCHW", fast_conv: bool = False):
-        self.bb, self.layout, self.fast_conv = bb, layout, fast_conv
+    def __init__(self, bb: relax.BlockBuilder, layout: str = "NCHW", planner: ConvPlanner | None = None):
+        self.bb, self.layout, self.planner = bb, layout, planner
 
     def caxis(self, ndim: int) -> int:
         return 3 if ndim == 4 and self.layout == "NHWC" else 1
@@ -177,17 +183,15 @@ class _Builder:
         pad = [int(p) for p in node["padding"]]
         stride = [int(s) for s in node["stride"]]
         data = self._operand(x, acc)
-        if x.offset:
-            # conv(q - z) = conv_pad_z(q) - z·ΣW: pad the uncentered q with z (the centered zero).
-            bias = bias - x.offset * w.astype(np.int64).reshape(w.shape[0], -1).sum(1)
         groups = int(node["groups"])
-        kernel = None
-        if self.fast_conv and acc == "int32" and tuple(int(d) for d in node["dilation"]) == (1, 1):
-            stored_max = max(abs(x.lo + x.offset), abs(x.hi + x.offset))   # the uncentered values
-            kernel = S.choose_kernel(_dt(data), stored_max, w, groups)
-        if kernel is not None:
-            y = self._conv_tensorized(kernel, data, w, pad, stride, x.offset)
+        plan = None
+        if self.planner is not None and acc == "int32" and tuple(int(d) for d in node["dilation"]) == (1, 1):
+            out_w = (int(data.ty.shape[2]) + 2 * pad[1] - w.shape[3]) // stride[1] + 1
+            plan = self.planner(_dt(data), x.lo + x.offset, x.hi + x.offset, w, groups, out_w)
+        if plan is not None:
+            y, offset = self._conv_planned(plan, data, w, pad, stride, x.offset)
         else:
+            offset = x.offset
             if x.offset:
                 data, pad = self._pad_hw(data, pad, x.offset), [0, 0]
             wdt = acc if acc == "int64" or _dt(data) not in ("uint8", "int8") else "int8"
@@ -196,25 +200,45 @@ class _Builder:
                 data, _const(w_laid, wdt), strides=stride, padding=pad,
                 dilation=[int(d) for d in node["dilation"]], groups=groups, out_dtype=acc,
                 data_layout=self.layout, kernel_layout="OIHW" if self.layout == "NCHW" else "OHWI"))
+        if offset:
+            # conv(q - z) = conv_pad_z(q) - z·ΣW: the uncentered q was padded with z (the centered zero).
+            bias = bias - offset * w.astype(np.int64).reshape(w.shape[0], -1).sum(1)
         y = self.emit(relax.op.add(y, _const(self.per_channel(bias, 4), acc)))
         return Value(y, -bound, bound)
 
-    def _conv_tensorized(self, kernel, data: relax.Expr, w: np.ndarray, pad: list[int], stride: list[int],
-                         pad_value: int) -> relax.Expr:
-        """NHWC conv through a tensorized kernel: pad (spatial, channels to a multiple of k), call, reshape."""
+    def _conv_planned(self, plan, data: relax.Expr, w: np.ndarray, pad: list[int], stride: list[int],
+                      offset: int) -> tuple[relax.Expr, int]:
+        """NHWC conv through a hand-scheduled kernel: shift/widen the operand as the kernel reads it,
+        pad (spatial with the centered zero, channels to the kernel's multiple), split column phases
+        where the kernel asks, call it, reshape. Returns (int32 acc [B,OH,OW,O], total offset)."""
         o, c, kh, kw = w.shape
-        if kernel is S.PMADDWD:
-            # Widened once here (fused into the producer's epilogue), the kernel's activation pair is a
+        kernel = plan.kernel
+        if plan.act_shift:
+            # Signed data for an unsigned-operand instruction: q + 128 is the same value at offset + 128.
+            data = self.emit(relax.op.add(self.emit(relax.op.astype(data, "int16")),
+                                          relax.const(plan.act_shift, "int16")))
+            data, offset = self.emit(relax.op.astype(data, "uint8")), offset + plan.act_shift
+        if _dt(data) != kernel.act_dtype:
+            # Widened once here (fused into the producer's epilogue), a vpmaddwd activation pair is a
             # single 32-bit broadcast load instead of two byte loads, a widen and a broadcast.
-            data = self.emit(relax.op.astype(data, "int16"))
-        data = self._pad_hw(data, pad, pad_value, extra_channels=-c % kernel.k)
+            data = self.emit(relax.op.astype(data, kernel.act_dtype))
+        data = self._pad_hw(data, pad, offset, extra_channels=-c % kernel.channels)
         b, h, wd, cp = (int(d) for d in data.ty.shape)
-        func = S.conv2d_tensorized(kernel, b, (h, wd), cp, o, (kh, kw), tuple(stride), _dt(data))
-        gv = self.bb.add_func(func, f"conv2d_{kernel.name}")
         oh, ow = (h - kh) // stride[0] + 1, (wd - kw) // stride[1] + 1
-        acc = self.emit(relax.call_tir(gv, [data, _const(S.pack_weight(w, kernel), kernel.weight_dtype)],
-                                       relax.TensorType([b, oh, ow, o // S.LANES, S.LANES], "int32")))
-        return self.emit(relax.op.reshape(acc, [b, oh, ow, o]))
+        phases = stride[1] if plan.column_phases else 0
+        if phases:
+            if wd % phases:
+                widths = [0] * 8
+                widths[5] = -wd % phases
+                data = self.emit(relax.op.nn.pad(data, widths, pad_value=float(offset)))
+            data = self.emit(relax.op.reshape(data, [b, h, -(-wd // phases), phases, cp]))
+            data = self.emit(relax.op.permute_dims(data, [0, 1, 3, 2, 4]))
+        func = plan.prim_func(b, (h, wd), cp, o, (kh, kw), tuple(stride))
+        gv = self.bb.add_func(func, f"conv2d_{kernel.name}__")   # the builder numbers repeats
+        lanes = plan.out_lanes
+        acc = self.emit(relax.call_tir(gv, [data, _const(plan.pack(w), kernel.weight_dtype)],
+                                       relax.TensorType([b, oh, ow, o // lanes, lanes], "int32")))
+        return self.emit(relax.op.reshape(acc, [b, oh, ow, o])), offset
 
     def dense(self, node, x: Value) -> Value:
         w, bias = _np(node["weight"]), _np(node["bias"]).astype(np.int64)
@@ -329,17 +353,18 @@ def _emit_nodes(b: _Builder, graph: dict, x: relax.Var) -> tuple[dict, list[str]
 
 
 def build_module(graph: dict, input_shape: tuple[int, ...], all_outputs: bool = False,
-                 fast_conv: bool = False) -> tvm.IRModule:
+                 planner: ConvPlanner | None = None) -> tvm.IRModule:
     """Relax module ``main(x: float32[input_shape]) -> logits`` for an artifact graph.
 
     ``input_shape`` is [B, C, H, W] (the graph's NCHW; outputs too). With ``all_outputs`` the function
     returns a tuple holding every node's value (centered, NCHW, in graph order) instead, for
-    per-layer comparison. ``fast_conv`` computes in NHWC with the tensorized AVX2 convolution.
-    Returns an IRModule of high-level Relax ops plus the hand-scheduled conv kernels.
+    per-layer comparison. With a ``planner`` the program computes in NHWC and every convolution the
+    planner accepts calls its hand-scheduled kernel. Returns an IRModule of high-level Relax ops plus
+    those kernels.
     """
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType([int(d) for d in input_shape], "float32"))
-    b = _Builder(bb, layout="NHWC" if fast_conv else "NCHW", fast_conv=fast_conv)
+    b = _Builder(bb, layout="NHWC" if planner is not None else "NCHW", planner=planner)
     with bb.function("main", [x]):
         with bb.dataflow():
             env, order = _emit_nodes(b, graph, x)

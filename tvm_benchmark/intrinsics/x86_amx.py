@@ -1,0 +1,181 @@
+"""AMX-INT8 tiles: ``tdpbusd`` on uint8 activations × int8 weights, int32 accumulation (exact).
+
+A convolution step multiplies an ``M × 64`` activation tile (``M`` output pixels of one row × 64
+input channels; the row stride is the layout's pixel stride) by ``NT`` weight tiles of ``16 × 64``
+bytes (16 groups of 4 input channels × 16 output channels × 4, pre-packed at export as
+``[O/32, KH, KW, C/64, 2, 16, 16, 4]``) into ``NT`` accumulator tiles of ``M × 16`` int32. The
+accumulators stay in tile registers across the whole reduction, as wmma fragments do on a GPU:
+
+- ``amx_zero_*`` loads the tile configuration (``ldtilecfg``: palette 1, rows/column bytes per tile;
+  configuration is per thread, so every parallel task loads it before its first tile op) and zeroes
+  the accumulators (``tilezero``);
+- ``amx_dot_*`` loads A and the B tiles (``tileloadd``, strided) and issues ``tdpbusd`` per B tile;
+- ``amx_store_*`` writes the accumulators out (``tilestored``).
+
+Tile registers: accumulators ``tmm0..NT-1``, A ``tmm4``, B ``tmm5..``. Linux hands out the tile state
+only on request (``arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)``):
+:func:`tvm_benchmark.runtime.request_amx` does it before a program with AMX kernels runs.
+
+For CPUs without AMX, :func:`intrinsics` with ``emulate=True`` registers each description as its
+own implementation: the identical schedule then runs anywhere, which is how the test suite proves
+the AMX schedule's loop transformations and weight packing exact (the instruction stream itself is
+checked in the generated assembly).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm.s_tir import TensorIntrin
+from tvm.script import tirx as T
+
+K_BYTES = 64            # input channels per A row / per B tile (16 groups of 4)
+N_LANES = 16            # output channels per accumulator tile
+A_TILE, B_TILE0 = 4, 5
+
+
+@dataclass(frozen=True)
+class AmxKernel:
+    """``rows`` (M ≤ 16) output pixels × ``ntiles`` (2: tmm0, tmm1) × 16 output channels per step."""
+    rows: int
+    ntiles: int = 2
+    family: str = "amx"
+    instruction: str = "tdpbusd"
+    act_dtype: str = "uint8"
+    weight_dtype: str = "int8"
+    channels: int = K_BYTES
+
+    @property
+    def name(self) -> str:
+        return f"amx_m{self.rows}_n{self.ntiles}"
+
+    def exact_for(self, act_absmax: int, w_absmax: int) -> bool:
+        return True
+
+
+def _zero_desc(m: int, nt: int):
+    @T.prim_func(s_tir=True)
+    def desc(c: T.handle) -> None:
+        C = T.match_buffer(c, (m, nt, N_LANES), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads()
+            T.writes(C[0:m, 0:nt, 0:N_LANES])
+            for i, t, j in T.grid(m, nt, N_LANES):
+                with T.sblock("init"):
+                    vi, vt, vj = T.axis.remap("SSS", [i, t, j])
+                    C[vi, vt, vj] = T.int32(0)
+    return desc
+
+
+def _zero_impl(m: int, nt: int):
+    @T.prim_func(s_tir=True)
+    def impl(c: T.handle) -> None:
+        C = T.match_buffer(c, (m, nt, N_LANES), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads()
+            T.writes(C[0:m, 0:nt, 0:N_LANES])
+            cfg = T.alloc_buffer((64,), "uint8", scope="local")
+            for i in range(64):
+                cfg[i] = T.uint8(0)
+            cfg[0] = T.uint8(1)                                   # palette 1
+            for t in range(nt):                                   # accumulators: m rows x 64 bytes
+                cfg[16 + 2 * t] = T.uint8(64)
+                cfg[48 + t] = T.uint8(m)
+            cfg[16 + 2 * A_TILE] = T.uint8(64)                    # A: m rows x 64 bytes
+            cfg[48 + A_TILE] = T.uint8(m)
+            for t in range(nt):                                   # B: 16 rows x 64 bytes
+                cfg[16 + 2 * (B_TILE0 + t)] = T.uint8(64)
+                cfg[48 + B_TILE0 + t] = T.uint8(16)
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.ldtilecfg", cfg.access_ptr("r")))
+            # Tile numbers are immediates: one statement per accumulator (NT = 2).
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.int8(0)))
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.int8(1)))
+    return impl
+
+
+def _dot_desc(m: int, nt: int):
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        sa = T.int32()
+        sb = T.int32()
+        A = T.match_buffer(a, (m, K_BYTES), "uint8", offset_factor=1, strides=[sa, 1])
+        B = T.match_buffer(b, (nt, 16, N_LANES, 4), "int8", offset_factor=1, strides=[sb, 64, 4, 1])
+        C = T.match_buffer(c, (m, nt, N_LANES), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:m, 0:nt, 0:N_LANES], A[0:m, 0:K_BYTES], B[0:nt, 0:16, 0:N_LANES, 0:4])
+            T.writes(C[0:m, 0:nt, 0:N_LANES])
+            for i, t, j, g, r in T.grid(m, nt, N_LANES, 16, 4):
+                with T.sblock("update"):
+                    vi, vt, vj, vg, vr = T.axis.remap("SSSRR", [i, t, j, g, r])
+                    C[vi, vt, vj] = C[vi, vt, vj] + T.cast(A[vi, vg * 4 + vr], "int32") * T.cast(B[vt, vg, vj, vr], "int32")
+    return desc
+
+
+def _dot_impl(m: int, nt: int):
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        sa = T.int32()
+        sb = T.int32()
+        A = T.match_buffer(a, (m, K_BYTES), "uint8", offset_factor=1, strides=[sa, 1])
+        B = T.match_buffer(b, (nt, 16, N_LANES, 4), "int8", offset_factor=1, strides=[sb, 64, 4, 1])
+        C = T.match_buffer(c, (m, nt, N_LANES), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:m, 0:nt, 0:N_LANES], A[0:m, 0:K_BYTES], B[0:nt, 0:16, 0:N_LANES, 0:4])
+            T.writes(C[0:m, 0:nt, 0:N_LANES])
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.int8(A_TILE), A.access_ptr("r"),
+                                          T.Cast("int64", sa)))
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.int8(B_TILE0),
+                                          T.address_of(B[0, 0, 0, 0]), T.int64(64)))
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.int8(B_TILE0 + 1),
+                                          T.address_of(B[1, 0, 0, 0]), T.int64(64)))
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tdpbusd", T.int8(0), T.int8(A_TILE), T.int8(B_TILE0)))
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tdpbusd", T.int8(1), T.int8(A_TILE), T.int8(B_TILE0 + 1)))
+    return impl
+
+
+def _store_desc(m: int, nt: int):
+    @T.prim_func(s_tir=True)
+    def desc(c: T.handle, d: T.handle) -> None:
+        sd = T.int32()
+        sn = T.int32()
+        C = T.match_buffer(c, (m, nt, N_LANES), "int32", offset_factor=1, scope="local")
+        D = T.match_buffer(d, (m, nt, N_LANES), "int32", offset_factor=1, strides=[sd, sn, 1])
+        with T.sblock("root"):
+            T.reads(C[0:m, 0:nt, 0:N_LANES])
+            T.writes(D[0:m, 0:nt, 0:N_LANES])
+            for i, t, j in T.grid(m, nt, N_LANES):
+                with T.sblock("store"):
+                    vi, vt, vj = T.axis.remap("SSS", [i, t, j])
+                    D[vi, vt, vj] = C[vi, vt, vj]
+    return desc
+
+
+def _store_impl(m: int, nt: int):
+    @T.prim_func(s_tir=True)
+    def impl(c: T.handle, d: T.handle) -> None:
+        sd = T.int32()
+        sn = T.int32()
+        C = T.match_buffer(c, (m, nt, N_LANES), "int32", offset_factor=1, scope="local")
+        D = T.match_buffer(d, (m, nt, N_LANES), "int32", offset_factor=1, strides=[sd, sn, 1])
+        with T.sblock("root"):
+            T.reads(C[0:m, 0:nt, 0:N_LANES])
+            T.writes(D[0:m, 0:nt, 0:N_LANES])
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilestored64", T.int8(0),
+                                          T.address_of(D[0, 0, 0]), T.Cast("int64", sd * 4)))
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilestored64", T.int8(1),
+                                          T.address_of(D[0, 1, 0]), T.Cast("int64", sd * 4)))
+    return impl
+
+
+def intrinsics(kern: AmxKernel, emulate: bool = False) -> tuple[str, str, str]:
+    """Register (once) and name the zero / dot / store intrinsics of ``kern``."""
+    m, nt = kern.rows, kern.ntiles
+    if nt != 2:
+        raise ValueError("the AMX step holds exactly two accumulator tiles (tmm0, tmm1)")
+    names = []
+    for what, desc, impl in (("zero", _zero_desc, _zero_impl), ("dot", _dot_desc, _dot_impl),
+                             ("store", _store_desc, _store_impl)):
+        name = f"hawq_{kern.name}_{what}" + ("_emulated" if emulate else "")
+        if TensorIntrin.get(name, allow_missing=True) is None:
+            TensorIntrin.register(name, desc(m, nt), desc(m, nt) if emulate else impl(m, nt))
+        names.append(name)
+    return tuple(names)
