@@ -62,13 +62,18 @@ def compile_program(graph: dict, input_shape: tuple[int, int, int, int], key: st
 
     ``isa`` (``--isa``; None: detected from /proc/cpuinfo) picks the CPU kernel family. ``fast``
     (default: on for ``llvm`` when the family is at least AVX2) builds the hand-scheduled NHWC
-    program; off compiles TVM's unscheduled default. ``emulate`` swaps every instruction for its
-    scalar description (tests: runs another ISA's schedules on this CPU).
+    program; off compiles TVM's unscheduled default. ``emulate`` keeps ``isa``'s kernel choice and
+    schedules but swaps every instruction for its scalar description and compiles for this CPU
+    (tests: runs another family's schedules here).
     """
     from tvm_benchmark.frontend import build_module
     family = I.resolve(isa) if key == "llvm" else None
     if isa is not None and key != "llvm":
         raise HawqError("--isa applies to --target llvm only")
+    if emulate:
+        planned, family = family, I.detect()
+    else:
+        planned = family
     target = make_target(key, threads, family)
     if key == "cuda" and not cuda_available() and os.environ.get("HAWQ_CUDA_ARCH") is None:
         raise HawqError("target cuda: no CUDA GPU visible to TVM (set HAWQ_CUDA_ARCH=sm_XX to cross-compile)")
@@ -76,6 +81,6 @@ def compile_program(graph: dict, input_shape: tuple[int, int, int, int], key: st
         fast = family is not None
     if fast and family is None:
         raise HawqError("the hand-scheduled program needs an x86 CPU with AVX2 (compile with --untuned)")
-    planner = functools.partial(plan_conv, family, emulate=emulate) if fast else None
+    planner = functools.partial(plan_conv, planned, emulate=emulate) if fast else None
     mod = build_module(graph, input_shape, all_outputs=all_outputs, planner=planner)
     return Built(build(mod, target, schedule=fast), target, family if fast else None)

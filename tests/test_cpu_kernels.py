@@ -1,0 +1,233 @@
+"""x86 kernel families: detection and dispatch, every kernel bit-exact at its worst-case bounds
+(natively where this CPU has the instruction, as the identical emulated schedule where it does not),
+the instruction present in the assembly compiled for a CPU that has it, whole programs per family."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tvm
+
+from conftest import build_calibrated
+from hawq.errors import HawqError
+from hawq.export import export_integer
+from hawq.reference import run_graph
+from tvm_benchmark import isa as I
+from tvm_benchmark import schedules as S
+from tvm_benchmark.compile import compile_program
+from tvm_benchmark.intrinsics.x86_amx import AmxKernel
+from tvm_benchmark.intrinsics.x86_madd import pmaddubsw, pmaddwd
+from tvm_benchmark.intrinsics.x86_vnni import vpdpbusd
+from tvm_benchmark.runtime import Runner, request_amx
+from tvm_benchmark.targets import host_cpu
+
+HOST = I.cpu_flags()
+FLAGS = {
+    "epyc": {"avx2", "fma"},
+    "icelake": {"avx2", "avx512f", "avx512bw", "avx512_vnni"},
+    "skylake": {"avx2", "avx512f", "avx512bw"},
+    "alderlake": {"avx2", "avx_vnni"},
+    "sapphire": {"avx2", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "amx_tile", "amx_bf16"},
+    "old": {"sse4_2", "avx"},
+}
+#: Each family's reference CPU for cross-compiling (its instructions must show in the assembly).
+REF_CPU = {"avx2": "znver3", "avx512": "skylake-avx512", "avxvnni": "alderlake", "vnni": "icelake-server",
+           "amx": "sapphirerapids"}
+
+
+# --------------------------------------------------------------------------- detection / dispatch
+@pytest.mark.parametrize("host,family", [("epyc", "avx2"), ("icelake", "vnni"), ("skylake", "avx512"),
+                                         ("alderlake", "avxvnni"), ("sapphire", "amx"), ("old", None)])
+def test_detect_picks_the_most_capable_family(host, family):
+    got = I.detect(FLAGS[host])
+    assert (got.name if got else None) == family
+
+
+def test_isa_override_and_refusal():
+    assert I.resolve("avx2", FLAGS["sapphire"]).name == "avx2"
+    with pytest.raises(HawqError, match="unknown --isa 'sse'"):
+        I.resolve("sse")
+    with pytest.raises(HawqError, match=r"--isa amx needs CPU flags avx512bw, avx512_vnni, amx_int8, amx_tile .*runs avx2"):
+        I.require_runnable(I.ISAS["amx"], FLAGS["epyc"])
+    I.require_runnable(I.ISAS["avx2"], FLAGS["sapphire"])          # narrower than the host: fine
+    # Below the host: this CPU's name for tuning, wider features off; above it: the family's CPU.
+    mcpu, mattr = I.llvm_attrs(I.ISAS["avx2"], "sapphirerapids", FLAGS["sapphire"])
+    assert mcpu == "sapphirerapids" and "-avx512f" in mattr and "-amx-int8" in mattr
+    assert I.llvm_attrs(I.ISAS["amx"], "znver3", FLAGS["epyc"])[0] == "sapphirerapids"
+
+
+W8 = np.full((32, 64, 3, 3), -128, np.int8)
+
+
+@pytest.mark.parametrize("family,dtype,lo,hi,w,kernel,shift", [
+    ("avx2", "uint8", 0, 255, W8, "pmaddwd_256", 0),                  # 2·255·128 saturates int16
+    ("avx2", "uint8", 0, 127, W8, "pmaddubsw_256_g1", 0),             # 2·127·128 = 32512
+    ("avx2", "uint8", 0, 15, W8, "pmaddubsw_256_g4", 0),              # 8·15·128 = 15360
+    ("avx2", "uint8", 0, 255, np.full((32, 64, 3, 3), 64, np.int8), "pmaddubsw_256_g1", 0),   # 32640
+    ("avx2", "uint8", 0, 255, np.full((32, 64, 3, 3), 7, np.int8), "pmaddubsw_256_g4", 0),    # 8·255·7
+    ("avx2", "int8", -128, 127, W8, "pmaddwd_256", 0),                # signed: never shifted into ubsw
+    ("avx512", "uint8", 0, 255, W8, "pmaddwd_512", 0),
+    ("avx512", "uint8", 0, 15, W8, "pmaddubsw_512_g4", 0),
+    ("avxvnni", "uint8", 0, 255, W8, "vpdpbusd_256", 0),
+    ("vnni", "uint8", 0, 255, W8, "vpdpbusd_512", 0),
+    ("vnni", "int8", -128, 127, W8, "vpdpbusd_512", 128),             # q + 128, −128·ΣW in the bias
+    ("amx", "uint8", 0, 255, W8, "amx_m14_n2", 0),
+    ("amx", "int8", -8, 7, W8, "amx_m14_n2", 128),
+    ("amx", "uint8", 0, 255, W8[:, :3], "vpdpbusd_512", 0),            # 3 input channels: no tile
+    ("amx", "uint8", 0, 255, W8[:16], "vpdpbusd_512", 0),              # 16 output channels: no tile pair
+    ("avx2", "uint8", 0, 255, W8[:4], None, 0),                        # 4 outputs: no vector step
+])
+def test_plan_conv_per_family_and_bounds(family, dtype, lo, hi, w, kernel, shift):
+    plan = S.plan_conv(I.ISAS[family], dtype, lo, hi, w, 1, out_w=28)
+    assert (plan.kernel.name if plan else None) == kernel
+    if plan:
+        assert plan.act_shift == shift
+        a = max(abs(lo + plan.act_shift), abs(hi + plan.act_shift)) if plan.kernel.act_dtype == "uint8" else 255
+        assert plan.kernel.exact_for(a, int(np.abs(w.astype(int)).max()))
+
+
+def test_no_kernel_when_the_raw_sum_could_overflow_int32():
+    wide = np.full((32, 8192, 3, 3), -128, np.int8)                    # 255·128·73728 > 2^31
+    assert S.plan_conv(I.ISAS["vnni"], "uint8", 0, 255, wide, 1, out_w=7) is None
+
+
+# --------------------------------------------------------------------------- kernels
+def _ref_conv(d: np.ndarray, w: np.ndarray, stride: tuple[int, int]) -> np.ndarray:
+    b, h, wd, _ = d.shape
+    o, c, kh, kw = w.shape
+    oh, ow = (h - kh) // stride[0] + 1, (wd - kw) // stride[1] + 1
+    out = np.zeros((b, oh, ow, o), np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            patch = d[:, i:i + stride[0] * (oh - 1) + 1:stride[0], j:j + stride[1] * (ow - 1) + 1:stride[1], :c]
+            out += np.einsum("nyxc,oc->nyxo", patch.astype(np.int64), w[:, :, i, j].astype(np.int64))
+    return out
+
+
+def _phases(d: np.ndarray, s: int) -> np.ndarray:
+    b, h, wd, c = d.shape
+    pad = np.zeros((b, h, -(-wd // s) * s, c), d.dtype)
+    pad[:, :, :wd] = d
+    return np.ascontiguousarray(pad.reshape(b, h, -1, s, c).transpose(0, 1, 3, 2, 4))
+
+
+KERNELS = [pmaddwd(256), pmaddubsw(256, 1), pmaddubsw(256, 4), pmaddwd(512), pmaddubsw(512, 4),
+           vpdpbusd(256), vpdpbusd(512), AmxKernel(7), AmxKernel(14)]
+
+
+def _worst_case(kernel, rng, c: int, o: int, kh: int, kw: int, h: int, w_: int, b: int):
+    """Activations at the kernel's largest exact |a| (half the pixels exactly there), weights at
+    ±max (the first output channel all −128, the second all +127), every channel used."""
+    if isinstance(kernel, AmxKernel) or kernel.name.startswith("vpdpbusd") or kernel.name.startswith("pmaddwd"):
+        amax = 255
+    else:
+        amax = 32767 // (kernel.int16_terms * 128)
+    wmax = 128
+    d = rng.integers(0, amax + 1, (b, h, w_, c))
+    d[rng.random(d.shape) < 0.5] = amax
+    w = rng.integers(-wmax, wmax, (o, c, kh, kw)).astype(np.int8)
+    w[0], w[1] = -128, 127
+    return d, w
+
+
+@pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: k.name)
+@pytest.mark.parametrize("ksize,stride", [((3, 3), (1, 1)), ((1, 1), (2, 2)), ((3, 3), (2, 2))])
+def test_kernel_bit_exact_at_worst_case_bounds(kernel, ksize, stride):
+    """Runs natively where this CPU has the family; elsewhere the identical schedule with the
+    instruction's scalar description (so the loop transformations and packing are still proven),
+    and the native build is checked for the instruction in :func:`test_kernel_instruction_in_assembly`."""
+    rng = np.random.default_rng(hash((kernel.name, ksize, stride)) % 2**32)
+    family = I.ISAS[kernel.family]
+    native = family.runs_on(HOST)
+    b, c, o = 2, 64, 32 if not isinstance(kernel, AmxKernel) else 64
+    ow = kernel.rows if isinstance(kernel, AmxKernel) else 8
+    h = w_ = (ow - 1) * stride[0] + ksize[0]
+    d, w = _worst_case(kernel, rng, c, o, *ksize, h, w_, b)
+    plan = S.ConvPlan(kernel, 0, emulate=not native)
+    func = plan.prim_func(b, (h, w_), c, o, ksize, stride)
+    target = {"kind": "llvm", "mcpu": host_cpu()}
+    if native:
+        target["mcpu"], target["mattr"] = I.llvm_attrs(family, host_cpu())
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), tvm.target.Target(target))
+    data = _phases(d, stride[1]) if plan.column_phases else d
+    if native and isinstance(kernel, AmxKernel):
+        request_amx()
+    oh = (h - ksize[0]) // stride[0] + 1
+    owo = (w_ - ksize[1]) // stride[1] + 1
+    out = tvm.runtime.tensor(np.zeros((b, oh, owo, o // plan.out_lanes, plan.out_lanes), "int32"))
+    lib(tvm.runtime.tensor(data.astype(kernel.act_dtype)), tvm.runtime.tensor(plan.pack(w)), out)
+    np.testing.assert_array_equal(out.numpy().reshape(b, oh, owo, o), _ref_conv(d, w, stride))
+
+
+@pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: k.name)
+def test_kernel_instruction_in_assembly(kernel):
+    """Every family's kernel is built and lowered on every machine: compiled for a CPU that has the
+    instruction, the assembly contains it (a lowering that silently fell back would not)."""
+    family = I.ISAS[kernel.family]
+    mcpu, mattr = I.llvm_attrs(family, REF_CPU[family.name], flags=set(family.flags))
+    func = S.ConvPlan(kernel).prim_func(1, (16, 16), 64, 64, (3, 3), (1, 1))
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                      tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "mattr": mattr}))
+    asm = lib.mod.inspect_source("asm")
+    assert f"\t{kernel.instruction}\t" in asm
+    if isinstance(kernel, AmxKernel):
+        assert all(f"\t{op}\t" in asm for op in ("ldtilecfg", "tileloadd", "tilestored", "tilezero"))
+    if kernel.family == "avxvnni":
+        assert "{vex}\tvpdpbusd" in asm and "zmm" not in asm
+    if kernel.family == "avx2":
+        assert "zmm" not in asm
+
+
+def test_amx_permission_matches_the_cpu():
+    if "amx_tile" in HOST:
+        request_amx()
+    else:
+        with pytest.raises(HawqError, match="Linux refused the AMX tile state"):
+            request_amx()
+
+
+# --------------------------------------------------------------------------- whole programs
+@pytest.fixture(scope="module")
+def resnet18_64():
+    """resnet18 at 64x64 (64..512 channels: every stage takes AMX tiles) under bops_0.5 (4 and 8 bit)."""
+    model, probe = build_calibrated("resnet18", "bops_0.5", 10, (2, 3, 64, 64))
+    return export_integer(model, (3, 64, 64))["graph"], probe.numpy()
+
+
+@pytest.mark.parametrize("family", list(I.ISAS))
+def test_whole_program_bit_exact_per_family(family, resnet18_64):
+    """Every family's program (kernel choice, shifts, channel padding, column phases, packing)
+    == the integer reference; emulated instructions where this CPU lacks the family."""
+    from tvm_benchmark.frontend import build_module
+    graph, x = resnet18_64
+    native = I.ISAS[family].runs_on(HOST)
+    mod = build_module(graph, x.shape, planner=lambda *a: S.plan_conv(I.ISAS[family], *a))
+    called = {str(gv.name_hint).removeprefix("conv2d_").split("_")[0] for gv in mod.get_global_vars()} - {"main"}
+    assert called == {"avx2": {"pmaddwd", "pmaddubsw"}, "avx512": {"pmaddwd", "pmaddubsw"}, "avxvnni": {"vpdpbusd"},
+                      "vnni": {"vpdpbusd"}, "amx": {"vpdpbusd", "amx"}}[family]
+    built = compile_program(graph, x.shape, "llvm", threads=2, isa=family, emulate=not native)
+    got = Runner(built.executable, tvm.cpu(), x.shape[0], built.isa_name)(x)
+    np.testing.assert_array_equal(got, run_graph(graph, x))
+
+
+def test_export_records_isa_and_run_refuses_a_foreign_one(tmp_path, capsys):
+    from tvm_benchmark import export as tvm_export
+    from tvm_benchmark import run as tvm_run
+    ck = "checkpoints/resnet20_cifar10_uniform4.pth.tar"
+    foreign = next((n for n in ("amx", "vnni", "avx512") if not I.ISAS[n].runs_on(HOST)), None)
+    own = I.detect().name
+    assert tvm_export.main(["--checkpoint", ck, "--out", str(tmp_path / "own")]) == 0
+    params = json.loads((tmp_path / "own" / "params.json").read_text())
+    assert params["isa"] == own and set(params["isa_flags"]) == set(I.ISAS[own].flags)
+    assert tvm_run.main(["--lib", str(tmp_path / "own"), "--images", "20"]) == 0
+    if foreign is None:
+        pytest.skip("this CPU runs every family: no foreign ISA to refuse")
+    assert tvm_export.main(["--checkpoint", ck, "--out", str(tmp_path / "x"), "--isa", foreign]) == 0
+    assert json.loads((tmp_path / "x" / "params.json").read_text())["isa"] == foreign
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        tvm_run.main(["--lib", str(tmp_path / "x"), "--images", "20"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--isa {foreign} needs CPU flags" in err[0]
