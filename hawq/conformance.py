@@ -12,7 +12,10 @@ value's float32 convolution sum can pass 2^24, where recovering the accumulator 
 float (``z / s_in / s_w``, three float32 roundings) can miss by 0.5 (|acc| >= 2^21), or where its
 float64 requantization product acc·m passes 2^53 (|acc| >= 2^22): a layer is **certified** when none
 of this can happen to it and every quantizer feeding it agreed exactly. Certified layers must be
-identical; every other layer is allowed differences of ±1, counted in the table.
+identical except at values within float32 rounding of a requantization tie (``acc·m/2^s`` closer to
+``k + 1/2`` than ``2^-22`` of its size: a one-ulp difference in a float32 scale, which HAWQ's
+training and PyTorch's vector code form differently on different CPUs, moves them across; they may
+differ by 1); every other layer is allowed differences of ±1, counted in the table.
 """
 from __future__ import annotations
 
@@ -34,18 +37,28 @@ from hawq.reference import run_graph
 ACC_EXACT = 1 << 21
 #: float32 sums of integers are exact while every partial sum is below this.
 F32_EXACT = 1 << 24
+#: A requantized value this close to a tie, relative to its size, depends on float32 scale ulps.
+TIE_MARGIN = 2.0 ** -22
 QUANT_OPS = ("quantize", "requant", "requant_add")
 
 
 @dataclass(frozen=True)
 class LayerResult:
     """One QuantAct's sample-0 output: ``values`` compared, ``identical`` of them, largest |diff|,
-    ``certified`` (HAWQ's arithmetic provably exact there, inputs identical)."""
+    ``certified`` (HAWQ's arithmetic provably exact there, inputs identical), ``ties`` of them within
+    float32 rounding of a requantization tie and ``off_tie_mismatches`` differing elsewhere."""
     name: str
     values: int
     identical: int
     max_abs_diff: int
     certified: bool
+    ties: int = 0            # values within float32 rounding of a requantization tie
+    off_tie_mismatches: int = 0
+
+    @property
+    def conformant(self) -> bool:
+        """Certified: identical except near-tie values (±1); otherwise ±1 anywhere."""
+        return self.max_abs_diff <= 1 and (not self.certified or self.off_tie_mismatches == 0)
 
 
 @dataclass(frozen=True)
@@ -88,6 +101,26 @@ def _feeding_quantizers(node: dict, producers: dict[str, dict]) -> list[str]:
         else:
             stack.extend(p["inputs"])
     return out
+
+
+def _tie_mask(node: dict, env: dict) -> np.ndarray | None:
+    """Sample 0's values of a requant / requant_add whose rescaled term ``x·m/2^s`` lies within
+    float32 rounding of a tie (relative ``TIE_MARGIN``); None for other ops."""
+    if node["op"] not in ("requant", "requant_add"):
+        return None
+    pairs = [(node["inputs"][0], "multiplier", "shift")]
+    if node["op"] == "requant_add":
+        pairs.append((node["inputs"][1], "identity_multiplier", "identity_shift"))
+    mask = None
+    for value, mk, sk in pairs:
+        x = np.asarray(env[value][:1], dtype=np.float64)
+        shape = [1, -1] + [1] * (x.ndim - 2)
+        m = np.asarray(node[mk], dtype=np.float64).reshape(shape)
+        s = np.asarray(node[sk], dtype=np.float64).reshape(shape)
+        t = x * m / np.exp2(s)
+        near = np.abs(t - np.floor(t) - 0.5) <= np.abs(t) * TIE_MARGIN
+        mask = near if mask is None else (mask | near)
+    return mask[0]
 
 
 def _conv_bound(node: dict, producers: dict[str, dict], env: dict) -> int:
@@ -141,8 +174,14 @@ def compare_fixture(path: str, numerics: str | None = None, file: str = "checkpo
         certified = (node["op"] == "quantize" or
                      (inputs_ok and acc_max < ACC_EXACT and _conv_bound(node, producers, env) < F32_EXACT))
         identical = int((diff == 0).sum())
+        tie = _tie_mask(node, env)
+        tie = np.zeros(diff.shape, bool) if tie is None else tie.reshape(diff.shape)
+        off_tie = int(((diff != 0) & ~tie).sum())
+        # A near-tie value that differs makes its consumers uncertified (their inputs differ); one that
+        # agrees keeps them certified.
         exact[name] = identical == diff.size
-        rows.append(LayerResult(name, int(diff.size), identical, int(diff.max(initial=0)), certified))
+        rows.append(LayerResult(name, int(diff.size), identical, int(diff.max(initial=0)), certified,
+                                int(tie.sum()), off_tie))
     ours_top1 = float_logits(logits, graph).argmax(1)
     top1_equal = int((ours_top1 == io["logits"].argmax(1).numpy()).sum())
     return RunResult(path, model.arch, scheme, tuple(rows), top1_equal, len(ours_top1))
@@ -175,7 +214,7 @@ def main(argv=None) -> int:
     for d in args.dirs:
         r = compare_fixture(d, args.numerics, args.file)
         print(format_result(r, args.per_layer))
-        failed = [L.name for L in r.layers if (L.certified and L.identical != L.values) or L.max_abs_diff > 1]
+        failed = [L.name for L in r.layers if not L.conformant]
         if failed or r.top1_equal != r.images:
             what = (f"{len(failed)} layers, first {', '.join(failed[:3])}" if failed else "top-1 differs")
             print(f"NOT CONFORMANT: {what}")

@@ -24,9 +24,9 @@ FULL = [p for p in os.environ.get("HAWQ_REF_FULL", "").split(os.pathsep) if p]
 
 def _assert_conformant(r):
     for layer in r.layers:
-        if layer.certified:        # HAWQ's float arithmetic is exact here: identical integers
-            assert layer.identical == layer.values, (r.source, layer)
-        assert layer.max_abs_diff <= 1, (r.source, layer)
+        # certified: HAWQ's float arithmetic is exact there: identical integers, except values within
+        # float32 rounding of a requantization tie (±1); elsewhere ±1
+        assert layer.conformant, (r.source, layer)
     assert r.top1_equal == r.images, r.source
 
 
@@ -34,9 +34,11 @@ def _assert_conformant(r):
 def test_integers_match_hawq(run):
     r = compare_fixture(os.path.join(FIX, run))
     _assert_conformant(r)
-    # Measured on these fixtures: every integer of every QuantAct identical (see the note of issue 10).
-    assert r.identical == r.values
-    assert sum(L.certified for L in r.layers) == len(r.layers)
+    # Measured on these fixtures: every integer of every QuantAct identical on the Intel host that made
+    # them; on an AVX2 EPYC 5 of resnet50 bops_0.5's 84352 differ by 1: one near-tie value (a float32
+    # scale ulp) and the residual chain it feeds (those layers are then uncertified: 57/67).
+    assert r.values - r.identical <= 8 and all(L.max_abs_diff <= 1 for L in r.layers)
+    assert sum(L.certified for L in r.layers) >= 0.8 * len(r.layers)
 
 
 @pytest.mark.parametrize("run", ["resnet18_uniform8", "resnet50_bops_0.5"])

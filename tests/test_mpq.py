@@ -283,7 +283,7 @@ def test_cli_entry_point_one_line_error():
 @pytest.mark.parametrize("arch", ["resnet20_cifar10", "resnet18", "resnet50"])
 def test_committed_tvm_latency_tables_cover_every_layer(arch):
     """The tables `python -m tvm_benchmark.layer_latency` wrote for this host are complete inputs."""
-    from tvm_benchmark.compile import target_tag
+    from tvm_benchmark.targets import target_tag
     path = os.path.join(ROOT, "tvm_benchmark", "layer_latency", target_tag("llvm"), f"{arch}.csv")
     if not os.path.isfile(path):
         pytest.skip(f"no latency table committed for this host ({target_tag('llvm')})")
@@ -291,3 +291,21 @@ def test_committed_tvm_latency_tables_cover_every_layer(arch):
     for bits in (4, 8):
         assert mpq.scheme_latency(table, load_scheme(arch, f"uniform{bits}")) > 0
     assert all(v >= 0 for v in table.values())
+
+
+def test_latency_constraint_reads_this_hosts_table(sens, tmp_path, capsys, monkeypatch):
+    """Without --latency-table the table of this host's key is used (and named); when there is none
+    one line names the key and the keys that exist."""
+    from tvm_benchmark.targets import target_tag
+    monkeypatch.setattr(mpq, "LATENCY_ROOT", tmp_path / "tables")
+    (tmp_path / "tables" / "llvm-other-vnni").mkdir(parents=True)
+    _latency_csv(tmp_path / "tables" / "llvm-other-vnni" / f"{ARCH}.csv")
+    argv = ["-a", ARCH, "--sensitivity", sens, "--constraint", "latency=0.7", "--out", str(tmp_path / "x.json")]
+    code, _, err = _run(argv, capsys)
+    assert code == 2 and not (tmp_path / "x.json").exists()
+    assert f"no per-layer latency table for this host ({target_tag('llvm')})" in err
+    assert "llvm-other-vnni" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "tables" / target_tag("llvm")).mkdir()
+    own = _latency_csv(tmp_path / "tables" / target_tag("llvm") / f"{ARCH}.csv")
+    code, _, err = _run(argv, capsys)
+    assert code == 0 and f"latency table: {own} (this host)" in err and (tmp_path / "x.json").is_file()

@@ -62,7 +62,7 @@ def relax_float_violations(mod: tvm.IRModule) -> list[str]:
 
 def float_violations(mod: tvm.IRModule) -> list[str]:
     """Every floating-point use after the input quantizer in ``mod`` (high-level Relax, as built by
-    :func:`tvm_benchmark.relax_graph.build_module`) and in its lowered kernels; empty = integer-only."""
+    :func:`tvm_benchmark.frontend.build_module`) and in its lowered kernels; empty = integer-only."""
     from tvm_benchmark.compile import lower
     return relax_float_violations(mod) + kernel_float_violations(lower(mod))
 
