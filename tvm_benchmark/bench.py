@@ -190,7 +190,7 @@ def markdown(df, header: str) -> str:
         g["speedup_vs_torch_fp32"] = (float(base.iloc[0]) / g.median_ms).round(2) if len(base) else np.nan
         g["ratio_to_best_int8"] = (g.median_ms / float(int8.min())).round(2) if len(int8) else np.nan
         out += [f"### {arch}, batch {batch}, {threads} threads", ""]
-        out += markdown_table(g.to_dict("records"), MD_FIELDS) + [""]
+        out += markdown_table(g.to_dict("records"), MD_FIELDS, ("engine", "isa", "scheme")) + [""]
     return "\n".join(out)
 
 
