@@ -230,7 +230,8 @@ def test_pareto_flags():
     (["--sweep", "bops=0.5:0.25:0.1"], "STOP >= START"),
     ([], "at least one --constraint"),
 ])
-def test_bad_constraints_are_one_line_errors(args, message, sens, tmp_path, capsys):
+def test_bad_constraints_are_one_line_errors(args, message, sens, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(mpq, "LATENCY_ROOT", tmp_path / "no-tables")   # latency: no table for this host
     out = tmp_path / "x.json"
     code, stdout, err = _run(["-a", ARCH, "--sensitivity", sens, *args, "--out", str(out)], capsys)
     assert code == 2 and err.startswith("error:") and err.count("\n") == 1 and message in err, err
