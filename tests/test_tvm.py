@@ -33,8 +33,8 @@ RELEASED = ["uniform8", "uniform4", "mixed_stage1_8bit"]
 
 
 def _runner(graph, shape, all_outputs=False, fast=None):
-    exe, _ = compile_program(graph, shape, "llvm", threads=2, all_outputs=all_outputs, fast=fast)
-    return Runner(exe, tvm.cpu(), shape[0])
+    built = compile_program(graph, shape, "llvm", threads=2, all_outputs=all_outputs, fast=fast)
+    return Runner(built.executable, tvm.cpu(), shape[0], built.isa_name)
 
 
 def _last_line(capsys) -> str:
@@ -102,7 +102,8 @@ def test_cuda_cross_compiles(monkeypatch, small_model):
     monkeypatch.setenv("HAWQ_CUDA_ARCH", "sm_90")
     model, _ = small_model
     graph = export_integer(model, (3, 32, 32))["graph"]
-    exe, target = compile_program(graph, (2, 3, 32, 32), "cuda")
+    built = compile_program(graph, (2, 3, 32, 32), "cuda")
+    exe, target = built.executable, built.target
     assert "sm_90" in str(target) and exe is not None
 
 
@@ -224,7 +225,7 @@ def test_cuda_bit_exact(small_model):
     model, probe = small_model
     graph = export_integer(model, (3, 32, 32))["graph"]
     x = probe.numpy()
-    exe, _ = compile_program(graph, x.shape, "cuda")
+    exe = compile_program(graph, x.shape, "cuda").executable
     np.testing.assert_array_equal(Runner(exe, tvm.cuda(0), x.shape[0])(x), run_graph(graph, x))
 
 

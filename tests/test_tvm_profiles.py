@@ -30,8 +30,8 @@ SCHEDULED, UNTUNED = None, False
 
 
 def _runner(graph, shape, fast, all_outputs=False):
-    exe, _ = compile_program(graph, shape, "llvm", threads=2, all_outputs=all_outputs, fast=fast)
-    return Runner(exe, tvm.cpu(), shape[0])
+    built = compile_program(graph, shape, "llvm", threads=2, all_outputs=all_outputs, fast=fast)
+    return Runner(built.executable, tvm.cpu(), shape[0], built.isa_name)
 
 
 def _conv_kernels(graph, shape, isa: str = "avx2") -> dict[str, str]:
@@ -365,7 +365,8 @@ def test_profile_graphs_cross_compile_for_cuda(monkeypatch):
     monkeypatch.setenv("HAWQ_CUDA_ARCH", "sm_90")
     for graph, shape in [(tie_graph("half_even"), (2, C, HW, HW)),
                          (_quantize_graph(np.float32(0.0371), 37, 0, 255, True), (2, 3, 8, 8))]:
-        exe, target = compile_program(graph, shape, "cuda")
+        built = compile_program(graph, shape, "cuda")
+        exe, target = built.executable, built.target
         assert "sm_90" in str(target) and exe is not None
 
 
@@ -377,5 +378,5 @@ def test_profile_graphs_cuda_bit_exact(hawq_models):
     cases = [(_quantize_graph(scale, 37, 0, 255, True), x), (tie_graph("half_even"), _tie_input(3)),
              hawq_models["uniform8"]]
     for graph, inp in cases:
-        exe, _ = compile_program(graph, inp.shape, "cuda")
+        exe = compile_program(graph, inp.shape, "cuda").executable
         np.testing.assert_array_equal(Runner(exe, tvm.cuda(0), inp.shape[0])(inp), run_graph(graph, inp))

@@ -51,9 +51,6 @@ class Built:
     def isa_name(self) -> str:
         return self.isa.name if self.isa else "generic"
 
-    def __iter__(self):   # (executable, target) = compile_program(...)
-        return iter((self.executable, self.target))
-
 
 def compile_program(graph: dict, input_shape: tuple[int, int, int, int], key: str,
                     threads: int | None = None, all_outputs: bool = False, fast: bool | None = None,

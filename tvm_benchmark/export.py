@@ -37,20 +37,19 @@ def export(checkpoint: str, target_key: str, out: str, batch: int = 1, threads: 
     prog = load_program(checkpoint, arch, scheme)
     built = compile_program(prog.graph, prog.input_shape(batch), target_key, threads,
                             fast=False if untuned else None, isa=isa)
-    exe, target = built
     scale = prog.graph.get("output_scale")
     params = {
         "format": "hawq-tvm/1", "arch": prog.arch, "quant_scheme": prog.scheme, "dataset": prog.dataset,
         "bit_config": prog.bit_config, "numerics": prog.numerics, "input_shape": list(prog.input_shape(batch)),
         "output_dtype": "int32",
         "logit_scale": None if scale is None else np.asarray(scale, dtype=np.float64).tolist(),
-        "target_key": target_key, "target": str(target), "scheduled": not untuned,
+        "target_key": target_key, "target": str(built.target), "scheduled": not untuned,
         "isa": built.isa_name, "isa_flags": list(built.isa.flags) if built.isa else [],
         "source": os.path.abspath(checkpoint),
     }
     dest = Path(out)
     dest.mkdir(parents=True, exist_ok=True)
-    atomic_write(dest / LIB, exe.export_library, suffix=".so")
+    atomic_write(dest / LIB, built.executable.export_library, suffix=".so")
     write_text_atomic(dest / PARAMS, json.dumps(params, indent=1) + "\n")
     return params
 

@@ -168,13 +168,17 @@ class _Builder:
             return self.cast(x, acc_dtype)
         return x.expr
 
-    def _pad_hw(self, data: relax.Expr, pad: list[int], value: int, extra_channels: int = 0) -> relax.Expr:
-        if not any(pad) and not extra_channels:
+    def _pad_hw(self, data: relax.Expr, pad: list[int], value: int, extra_channels: int = 0,
+                extra_width: int = 0) -> relax.Expr:
+        """Pad H and W by ``pad`` on both sides, and append ``extra_channels`` / ``extra_width``
+        (right side of W) — all with ``value`` — in one op."""
+        if not any(pad) and not extra_channels and not extra_width:
             return data
         widths = [0, 0] * 4
         for axis, p in zip(self.hw_axes(), pad):
             widths[2 * axis] = widths[2 * axis + 1] = p
         widths[2 * self.caxis(4) + 1] = extra_channels
+        widths[2 * self.hw_axes()[1] + 1] += extra_width
         return self.emit(relax.op.nn.pad(data, widths, pad_value=float(value)))
 
     def conv2d(self, node, x: Value) -> Value:
@@ -222,16 +226,15 @@ class _Builder:
             # Widened once here (fused into the producer's epilogue), a vpmaddwd activation pair is a
             # single 32-bit broadcast load instead of two byte loads, a widen and a broadcast.
             data = self.emit(relax.op.astype(data, kernel.act_dtype))
-        data = self._pad_hw(data, pad, offset, extra_channels=-c % kernel.channels)
-        b, h, wd, cp = (int(d) for d in data.ty.shape)
-        oh, ow = (h - kh) // stride[0] + 1, (wd - kw) // stride[1] + 1
         phases = stride[1] if plan.column_phases else 0
+        # Column phases need W a multiple of the stride; the extra columns are never read.
+        extra_w = -(int(data.ty.shape[2]) + 2 * pad[1]) % phases if phases else 0
+        data = self._pad_hw(data, pad, offset, extra_channels=-c % kernel.channels, extra_width=extra_w)
+        b, h, wd, cp = (int(d) for d in data.ty.shape)
+        wd -= extra_w                                      # the conv's own padded width
+        oh, ow = (h - kh) // stride[0] + 1, (wd - kw) // stride[1] + 1
         if phases:
-            if wd % phases:
-                widths = [0] * 8
-                widths[5] = -wd % phases
-                data = self.emit(relax.op.nn.pad(data, widths, pad_value=float(offset)))
-            data = self.emit(relax.op.reshape(data, [b, h, -(-wd // phases), phases, cp]))
+            data = self.emit(relax.op.reshape(data, [b, h, (wd + extra_w) // phases, phases, cp]))
             data = self.emit(relax.op.permute_dims(data, [0, 1, 3, 2, 4]))
         func = plan.prim_func(b, (h, wd), cp, o, (kh, kw), tuple(stride))
         gv = self.bb.add_func(func, f"conv2d_{kernel.name}__")   # the builder numbers repeats

@@ -16,6 +16,7 @@ import tvm
 from tvm import relax
 
 from hawq.errors import HawqError
+from tvm_benchmark.isa import ISAS, require_runnable
 
 SYS_ARCH_PRCTL = 158            # x86_64
 ARCH_REQ_XCOMP_PERM = 0x1023
@@ -41,10 +42,13 @@ class Runner:
 
     The module has a static batch ``batch``; bigger inputs run in chunks and a short last chunk is
     zero-padded (padded rows are dropped). Returns NumPy int64 arrays. ``isa``: the family the
-    program was built for (``amx`` requests the tile state first).
+    program was built for: refused with one line when this CPU lacks it; ``amx`` requests the tile
+    state first.
     """
 
     def __init__(self, executable, device, batch: int, isa: str | None = None):
+        if isa in ISAS:
+            require_runnable(ISAS[isa])   # a kernel this CPU lacks would die of SIGILL
         if isa == "amx":
             request_amx()
         self.vm = relax.VirtualMachine(executable, device)

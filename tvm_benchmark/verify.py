@@ -21,7 +21,6 @@ from hawq.verify import compare_with_reference
 from tvm_benchmark.cli_args import add_data_args, add_program_args
 from tvm_benchmark.compile import compile_program
 from tvm_benchmark.frontend import node_outputs
-from tvm_benchmark.isa import require_runnable
 from tvm_benchmark.program import load_program
 from tvm_benchmark.runtime import Runner
 from tvm_benchmark.targets import device_of
@@ -71,7 +70,6 @@ def main(argv=None) -> int:
                         f"{prog.input_chw[1]}px")
     built = compile_program(prog.graph, prog.input_shape(args.batch_size), args.target, args.threads,
                             all_outputs=args.per_layer, fast=False if args.untuned else None, isa=args.isa)
-    require_runnable(built.isa)
     runner = Runner(built.executable, device_of(args.target), args.batch_size, built.isa_name)
     print(f"target: {built.target}  isa: {built.isa_name}  scheduled: {'no' if args.untuned else 'yes'}  "
           f"numerics: {prog.numerics}")
