@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from hawq import checkpoint as C
+from hawq import ir
 from hawq.checkpoint import ARTIFACT_FORMAT as FORMAT
 from hawq.checkpoint import HAWQ_KEYS, save_atomic
 from hawq.errors import HawqError
@@ -20,23 +21,26 @@ from hawq.quant.graph import recording
 
 
 @torch.no_grad()
-def record_graph(model: torch.nn.Module, example: torch.Tensor) -> dict:
-    """Run the model's integer path once on ``example`` [B,C,H,W] and return its graph."""
+def record_graph(model: torch.nn.Module, example: torch.Tensor) -> ir.Graph:
+    """Run the model's integer path once on ``example`` [B,C,H,W] and return its (validated) graph."""
     model.eval()
     with recording() as rec:
         rec.bind(example, "input")
         q = model.forward_int_q(example)
     # Per-class float64 scale of the int64 logits: backends need it to rank classes (per-class S_fc).
-    return {"input": "input", "output": rec.nodes[-1]["output"], "nodes": rec.nodes,
-            "output_scale": q.scale.detach().double().cpu().reshape(-1).clone()}
+    graph = ir.Graph("input", rec.nodes[-1].output, rec.nodes,
+                     output_scale=q.scale.detach().double().cpu().reshape(-1).clone())
+    graph.validate()
+    graph.infer(tuple(example.shape))          # shape rules hold for the recorded program
+    return graph
 
 
-def float_logits(logits_int, graph: dict) -> np.ndarray:
+def float_logits(logits_int, graph: "ir.Graph | dict") -> np.ndarray:
     """Integer logits [B, classes] -> float64 logits (int · per-class scale), for ranking classes.
 
     Graphs exported before ``output_scale`` existed rank the raw integers (one shared scale).
     """
-    scale = graph.get("output_scale")
+    scale = graph.output_scale if isinstance(graph, ir.Graph) else graph.get("output_scale")
     out = np.asarray(logits_int, dtype=np.float64)
     return out if scale is None else out * np.asarray(scale, dtype=np.float64).reshape(1, -1)
 
@@ -49,7 +53,7 @@ def export_integer(model: torch.nn.Module, input_shape: tuple[int, int, int], me
     """
     device = next(model.parameters()).device
     example = torch.zeros(1, *input_shape, device=device)
-    graph = record_graph(model, example)
+    graph = record_graph(model, example).to_dict()
     sd = model.state_dict()
     art = {key: {k: v.detach().cpu().clone() for k, v in sd.items() if key in k} for key in HAWQ_KEYS}
     config = model.config

@@ -38,8 +38,9 @@ ACT_MODES = ("unsigned", "symmetric", "asymmetric", "unsigned_range")
 #: Requantization rounding rules (integer-exact either way).
 ROUNDINGS = ("half_up", "half_even")
 #: Roles of an activation quantizer in the graph: the float->int boundary, a post-ReLU activation
-#: (``quant_act*``, ``quant_act_output``), a wide signed accumulator (``quant_act_int32``).
-ACT_ROLES = ("input", "relu", "accumulator")
+#: (``quant_act*``, ``quant_act_output``), a wide signed accumulator (``quant_act_int32``), a narrow
+#: signed activation (MobileNetV2's unit inputs: the linear bottleneck has no ReLU).
+ACT_ROLES = ("input", "relu", "accumulator", "signed")
 INT32 = (-(1 << 31), (1 << 31) - 1)
 
 
@@ -83,7 +84,7 @@ class Profile:
             raise ValueError(f"unknown activation role {role!r}; expected one of {ACT_ROLES}")
         if self.name == "hawq":
             return "unsigned_range" if bits == 4 else "symmetric"
-        return {"input": "asymmetric", "relu": "unsigned", "accumulator": "symmetric"}[role]
+        return {"input": "asymmetric", "relu": "unsigned", "accumulator": "symmetric", "signed": "symmetric"}[role]
 
 
 EXACT = Profile("exact", reciprocal_quantize=False, rounding="half_up", float32_scale_product=False,
@@ -400,6 +401,18 @@ def avgpool_trunc(total, n: int):
     if isinstance(num, torch.Tensor):
         return torch.div(num, d, rounding_mode="trunc")
     return np.sign(num) * (np.abs(num) // d)
+
+
+def relu6_bound(acc_scale) -> np.ndarray:
+    """ReLU6 on an accumulator of per-channel scale S_c, in integers: clamp(acc, 0, floor(6 / S_c)).
+
+    ``acc`` · S_c <= 6 exactly when acc <= 6 / S_c, i.e. acc <= floor(6 / S_c) for an integer acc, so the
+    integer clamp keeps exactly the accumulators whose real value is within ReLU6's range (the largest
+    kept value may sit up to one accumulator step below 6). float64 division of the stored float64
+    scale; capped at 2^40 (above any accumulator). Returns int64 [C].
+    """
+    s = np.asarray(_to_numpy(acc_scale), dtype=np.float64).reshape(-1)
+    return np.minimum(np.floor(6.0 / s), float(1 << 40)).astype(np.int64)
 
 
 def channel_view(v, ndim: int, channel_dim: int = 1):

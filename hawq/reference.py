@@ -3,13 +3,15 @@
 The only float operation is the input quantizer (float image -> integers), which is the graph's
 boundary. Everything after it is int64 arithmetic: convolutions as integer im2col products,
 requantization through :func:`hawq.numerics.requantize` (the same function the QAT eval path uses),
-saturating residual adds, integer max/sum pooling. Shapes are NCHW.
+saturating residual adds, integer max/sum pooling, clamps and concatenation. Shapes are NCHW.
+One function per :mod:`hawq.ir` op, registered in :data:`IMPL`.
 """
 from __future__ import annotations
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from hawq import ir
 from hawq import numerics as N
 
 _INT_MIN = np.iinfo(np.int64).min
@@ -32,6 +34,10 @@ def conv2d(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride, padding, dila
     if tuple(dilation) != (1, 1):
         raise NotImplementedError("dilated convolution is not used by the supported models")
     w = w.astype(np.int64)
+    if groups > 1 and w.shape[1] == 1 and w.shape[0] == x.shape[1]:      # depthwise: one window sum per channel
+        win = _windows(x, w.shape[2:], stride, padding, 0)
+        y = np.einsum("bchwij,cij->bchw", win, w[:, 0], optimize=True)
+        return y + bias.astype(np.int64).reshape(1, -1, 1, 1)
     outs = []
     cg, og = x.shape[1] // groups, w.shape[0] // groups
     for g in range(groups):
@@ -41,97 +47,116 @@ def conv2d(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride, padding, dila
     return np.ascontiguousarray(y) + bias.astype(np.int64).reshape(1, -1, 1, 1)
 
 
-def _per_channel(v: np.ndarray, ndim: int) -> np.ndarray:
-    return N.channel_view(np.asarray(v, dtype=np.int64), ndim)
+def _per_channel(v, ndim: int) -> np.ndarray:
+    return N.channel_view(np.asarray(_np(v), dtype=np.int64), ndim)
 
 
-def _op_quantize(node, x):
-    scale = _np(node["scale"]).astype(np.float32)
-    z = node["zero_point"]
+#: The reference's implementation of each IR op: ``fn(node, *inputs) -> int64 array``.
+IMPL = ir.Registry("integer reference")
+
+
+@IMPL.register(ir.Quantize)
+def _quantize(node: ir.Quantize, x):
+    scale = _np(node.scale).astype(np.float32)
+    z = node.zero_point
     x = x.astype(np.float32)
-    if node.get("reciprocal", False):        # profile hawq: round(f32(1/S) · x + z)
+    if node.reciprocal:                      # profile hawq: round(f32(1/S) · x + z)
         q = np.round((np.float32(1.0) / scale) * x + np.float32(z))
     else:
         q = np.round(x / scale) + np.float32(z)
-    q = np.clip(q, node["qmin"], node["qmax"])
+    q = np.clip(q, node.qmin, node.qmax)
     return q.astype(np.int64) - z
 
 
-def _op_conv2d(node, x):
-    return conv2d(x, _np(node["weight"]), _np(node["bias"]), node["stride"], node["padding"],
-                  node["dilation"], node["groups"])
+@IMPL.register(ir.Conv2d)
+def _conv2d(node: ir.Conv2d, x):
+    return conv2d(x, _np(node.weight), _np(node.bias), node.stride, node.padding, node.dilation, node.groups)
 
 
-def _op_dense(node, x):
-    return x @ _np(node["weight"]).astype(np.int64).T + _np(node["bias"]).astype(np.int64).reshape(1, -1)
+@IMPL.register(ir.Dense)
+def _dense(node: ir.Dense, x):
+    return x @ _np(node.weight).astype(np.int64).T + _np(node.bias).astype(np.int64).reshape(1, -1)
 
 
 def rounding_of(node) -> str:
     """Requantization rounding of a requant/requant_add node (graphs before profiles: half up)."""
-    return node.get("rounding", "half_up")
+    return node.rounding if isinstance(node, ir.Op) else node.get("rounding", "half_up")
 
 
-def _op_requant(node, x):
-    m, s = _per_channel(_np(node["multiplier"]), x.ndim), _per_channel(_np(node["shift"]), x.ndim)
-    return N.saturate(N.requantize(x, m, s, rounding_of(node)), node["qmin"], node["qmax"])
+@IMPL.register(ir.Requant)
+def _requant(node: ir.Requant, x):
+    m, s = _per_channel(node.multiplier, x.ndim), _per_channel(node.shift, x.ndim)
+    return N.saturate(N.requantize(x, m, s, node.rounding), node.qmin, node.qmax)
 
 
-def _op_requant_add(node, x, identity):
+@IMPL.register(ir.RequantAdd)
+def _requant_add(node: ir.RequantAdd, x, identity):
     nd = x.ndim
-    return N.residual_add(x, _per_channel(_np(node["multiplier"]), nd), _per_channel(_np(node["shift"]), nd),
-                          identity, _per_channel(_np(node["identity_multiplier"]), nd),
-                          _per_channel(_np(node["identity_shift"]), nd), node["qmin"], node["qmax"],
-                          rounding_of(node))
+    return N.residual_add(x, _per_channel(node.multiplier, nd), _per_channel(node.shift, nd),
+                          identity, _per_channel(node.identity_multiplier, nd),
+                          _per_channel(node.identity_shift, nd), node.qmin, node.qmax, node.rounding)
 
 
-def _op_relu(node, x):
+@IMPL.register(ir.Relu)
+def _relu(node, x):
     return np.maximum(x, 0)
 
 
-def _op_maxpool2d(node, x):
-    return _windows(x, node["kernel"], node["stride"], node["padding"], _INT_MIN).max(axis=(4, 5))
+@IMPL.register(ir.Clamp)
+def _clamp(node: ir.Clamp, x):
+    return np.minimum(np.maximum(x, node.qmin), _per_channel(node.qmax, x.ndim))
 
 
-def _op_global_avgpool_sum(node, x):
+@IMPL.register(ir.Concat)
+def _concat(node: ir.Concat, *xs):
+    return np.concatenate(xs, axis=node.axis)
+
+
+@IMPL.register(ir.MaxPool2d)
+def _maxpool2d(node: ir.MaxPool2d, x):
+    return _windows(x, node.kernel, node.stride, node.padding, _INT_MIN).max(axis=(4, 5))
+
+
+@IMPL.register(ir.AvgPool2d)
+def _avgpool2d(node: ir.AvgPool2d, x):
+    total = _windows(x, ir._pair(node.kernel), ir._pair(node.stride), ir._pair(node.padding), 0).sum(axis=(4, 5))
+    return total if node.mode == "sum" else N.avgpool_trunc(total, int(node.divisor))
+
+
+@IMPL.register(ir.GlobalAvgPoolSum)
+def _global_avgpool_sum(node, x):
     return x.sum(axis=(2, 3))
 
 
-def _op_global_avgpool_trunc(node, x):
-    return N.avgpool_trunc(x.sum(axis=(2, 3)), int(node["divisor"]))
+@IMPL.register(ir.GlobalAvgPoolTrunc)
+def _global_avgpool_trunc(node, x):
+    return N.avgpool_trunc(x.sum(axis=(2, 3)), int(node.divisor))
 
 
-OPS = {
-    "quantize": _op_quantize, "conv2d": _op_conv2d, "dense": _op_dense, "requant": _op_requant,
-    "requant_add": _op_requant_add, "relu": _op_relu, "maxpool2d": _op_maxpool2d,
-    "global_avgpool_sum": _op_global_avgpool_sum, "global_avgpool_trunc": _op_global_avgpool_trunc,
-}
-
-
-def _last_uses(graph: dict) -> dict[str, int]:
+def _last_uses(graph: ir.Graph) -> dict[str, int]:
     """Index of the last node reading each value, so intermediates can be freed early."""
     last = {}
-    for i, node in enumerate(graph["nodes"]):
-        for name in node["inputs"]:
+    for i, node in enumerate(graph.nodes):
+        for name in node.inputs:
             last[name] = i
     return last
 
 
-def run_graph(graph: dict, x: np.ndarray, keep: bool = False):
-    """Execute ``graph`` on a float32 batch ``x`` [B,C,H,W].
+def run_graph(graph: ir.Graph | dict, x: np.ndarray, keep: bool = False):
+    """Execute ``graph`` (an :class:`hawq.ir.Graph` or an artifact's graph dict) on a float32 batch
+    ``x`` [B,C,H,W].
 
     Returns the int64 output (logits [B, classes]); with ``keep=True`` also the dict of every
     intermediate value by name (for per-layer comparisons).
     """
-    env = {graph["input"]: np.asarray(x, dtype=np.float32)}
+    graph = ir.as_graph(graph)
+    env = {graph.input: np.asarray(x, dtype=np.float32)}
     last = _last_uses(graph)
-    for i, node in enumerate(graph["nodes"]):
-        fn = OPS.get(node["op"])
-        if fn is None:
-            raise ValueError(f"integer graph has an unknown op {node['op']!r} (node {node['name']})")
-        env[node["output"]] = fn(node, *(env[n] for n in node["inputs"]))
+    for i, node in enumerate(graph.nodes):
+        env[node.output] = IMPL.lookup(node)(node, *(env[n] for n in node.inputs))
         if not keep:
-            for n in node["inputs"]:
-                if last[n] == i and n != graph["output"]:
+            for n in node.inputs:
+                if last[n] == i and n != graph.output:
                     env.pop(n, None)
-    out = env[graph["output"]]
+    out = env[graph.output]
     return (out, env) if keep else out

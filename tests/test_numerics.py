@@ -248,10 +248,10 @@ def test_hawq_residual_is_unclamped_up_to_int32():
 
 def test_hawq_grids():
     hawq = N.profile("hawq")
-    assert [hawq.act_mode(r, 8) for r in N.ACT_ROLES] == ["symmetric"] * 3
-    assert [hawq.act_mode(r, 4) for r in N.ACT_ROLES] == ["unsigned_range"] * 3
+    assert [hawq.act_mode(r, 8) for r in N.ACT_ROLES] == ["symmetric"] * 4
+    assert [hawq.act_mode(r, 4) for r in N.ACT_ROLES] == ["unsigned_range"] * 4
     exact = N.profile("exact")
-    assert [exact.act_mode(r, 8) for r in N.ACT_ROLES] == ["asymmetric", "unsigned", "symmetric"]
+    assert [exact.act_mode(r, 8) for r in N.ACT_ROLES] == ["asymmetric", "unsigned", "symmetric", "symmetric"]
     s, z = N.activation_params(torch.tensor([0.25]), torch.tensor([3.25]), 4, "unsigned_range")
     assert s.item() == np.float32(3.0) / np.float32(15) and z.item() == 0     # no widening to 0
     s, _ = N.activation_params(torch.tensor([-1.0]), torch.tensor([2.54]), 8, "symmetric")

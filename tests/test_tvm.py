@@ -152,7 +152,7 @@ def test_per_layer_names_the_corrupted_layer(small_model, capsys):
     bad = copy.deepcopy(graph)
     node = next(n for n in bad["nodes"] if n["name"] == victim["name"] and n["op"] == "requant")
     node["multiplier"] = node["multiplier"].clone()
-    node["multiplier"][0] += 1 << 26
+    node["multiplier"][0] -= 1 << 26          # still a valid dyadic multiplier (>= 2^30)
     x = probe.numpy()
     rows = tvm_verify.compare_layers(_runner(bad, x.shape, all_outputs=True)(x), graph, x)
     assert tvm_verify._print_layers(rows) == victim["name"]

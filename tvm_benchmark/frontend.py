@@ -36,8 +36,8 @@ import tvm
 from tvm import relax
 
 from hawq.errors import HawqError
-from hawq.reference import OPS as REFERENCE_OPS
-from hawq.reference import rounding_of
+from hawq import ir
+from hawq.ir import Interval
 
 #: ``planner(act_dtype, act_lo, act_hi, weight_oihw, groups, out_w) -> ConvPlan | None``: the
 #: back end's choice of a hand-scheduled kernel for one convolution (:func:`tvm_benchmark.schedules.plan_conv`
@@ -128,13 +128,14 @@ class _Builder:
         e = self.emit(relax.op.subtract(self.cast(v, wide), relax.const(v.offset, wide)))
         return Value(self.emit(relax.op.astype(e, dt)) if dt != wide else e, v.lo, v.hi)
 
-    # -- ops ---------------------------------------------------------------------------------
-    def quantize(self, node, x: relax.Expr) -> Value:
-        scale = np.float32(_np(node["scale"]).reshape(-1)[0])
-        z, qmin, qmax = int(node["zero_point"]), int(node["qmin"]), int(node["qmax"])
+    # -- ops: each returns the Relax expression of the node's value (quantize: with its offset);
+    # the value's interval comes from the IR (:meth:`hawq.ir.Op.bounds`), see :func:`_emit_nodes`.
+    def quantize(self, node: ir.Quantize, x: relax.Expr):
+        scale = np.float32(_np(node.scale).reshape(-1)[0])
+        z, qmin, qmax = int(node.zero_point), int(node.qmin), int(node.qmax)
         if self.layout == "NHWC" and len(x.ty.shape) == 4:
             x = self.emit(relax.op.permute_dims(x, [0, 2, 3, 1]))
-        if node.get("reciprocal", False):
+        if node.reciprocal:
             # round(f32(1/S)·x + z): float32 reciprocal, float32 multiply, float32 add, half to even.
             recip = np.float32(1.0) / scale
             q = self.emit(relax.op.multiply(x, relax.const(recip, "float32")))
@@ -150,17 +151,16 @@ class _Builder:
             q = self.emit(relax.op.round(q))                                  # half to even
             q = self.emit(relax.op.add(q, relax.const(np.float32(z), "float32")))
         q = self.emit(relax.op.clip(q, float(qmin), float(qmax)))
-        q = self.emit(relax.op.astype(q, container(qmin, qmax)))
-        return Value(q, qmin - z, qmax - z, offset=z)
+        return self.emit(relax.op.astype(q, container(qmin, qmax))), z
 
-    def _accumulator(self, x: Value, w: np.ndarray, bias: np.ndarray, what: str) -> tuple[int, str]:
-        """Worst-case |acc| of x·W + b and the accumulator dtype it needs."""
+    def _accumulator(self, x: Value, w: np.ndarray, bias: np.ndarray, what: str) -> str:
+        """The accumulator dtype of the raw sum x·W + b (before any offset correction)."""
         w_abs = np.abs(w.astype(np.int64)).reshape(w.shape[0], -1).sum(1)
         bound = int((w_abs * x.absmax()).max()) + int(np.abs(bias.astype(np.int64)).max(initial=0))
         bound += int(w_abs.max()) * abs(x.offset)
         if bound >= _I64.max // 2:
             raise HawqError(f"{what}: accumulator bound {bound} overflows int64")
-        return bound, ("int32" if bound <= np.iinfo(np.int32).max else "int64")
+        return "int32" if bound <= np.iinfo(np.int32).max else "int64"
 
     def _operand(self, x: Value, acc_dtype: str) -> relax.Expr:
         """Conv/dense input: uint8/int8 stay narrow (int32 acc); anything else is widened."""
@@ -181,15 +181,15 @@ class _Builder:
         widths[2 * self.hw_axes()[1] + 1] += extra_width
         return self.emit(relax.op.nn.pad(data, widths, pad_value=float(value)))
 
-    def conv2d(self, node, x: Value) -> Value:
-        w, bias = _np(node["weight"]), _np(node["bias"]).astype(np.int64)
-        bound, acc = self._accumulator(x, w, bias, node["name"])
-        pad = [int(p) for p in node["padding"]]
-        stride = [int(s) for s in node["stride"]]
+    def conv2d(self, node: ir.Conv2d, x: Value) -> relax.Expr:
+        w, bias = _np(node.weight), _np(node.bias).astype(np.int64)
+        acc = self._accumulator(x, w, bias, node.name)
+        pad = [int(p) for p in node.padding]
+        stride = [int(s) for s in node.stride]
         data = self._operand(x, acc)
-        groups = int(node["groups"])
+        groups = int(node.groups)
         plan = None
-        if self.planner is not None and acc == "int32" and tuple(int(d) for d in node["dilation"]) == (1, 1):
+        if self.planner is not None and acc == "int32":
             out_w = (int(data.ty.shape[2]) + 2 * pad[1] - w.shape[3]) // stride[1] + 1
             plan = self.planner(_dt(data), x.lo + x.offset, x.hi + x.offset, w, groups, out_w)
         if plan is not None:
@@ -202,13 +202,12 @@ class _Builder:
             w_laid = w if self.layout == "NCHW" else w.transpose(0, 2, 3, 1)
             y = self.emit(relax.op.nn.conv2d(
                 data, _const(w_laid, wdt), strides=stride, padding=pad,
-                dilation=[int(d) for d in node["dilation"]], groups=groups, out_dtype=acc,
+                dilation=[int(d) for d in node.dilation], groups=groups, out_dtype=acc,
                 data_layout=self.layout, kernel_layout="OIHW" if self.layout == "NCHW" else "OHWI"))
         if offset:
             # conv(q - z) = conv_pad_z(q) - z·ΣW: the uncentered q was padded with z (the centered zero).
             bias = bias - offset * w.astype(np.int64).reshape(w.shape[0], -1).sum(1)
-        y = self.emit(relax.op.add(y, _const(self.per_channel(bias, 4), acc)))
-        return Value(y, -bound, bound)
+        return self.emit(relax.op.add(y, _const(self.per_channel(bias, 4), acc)))
 
     def _conv_planned(self, plan, data: relax.Expr, w: np.ndarray, pad: list[int], stride: list[int],
                       offset: int) -> tuple[relax.Expr, int]:
@@ -243,15 +242,14 @@ class _Builder:
                                        relax.TensorType([b, oh, ow, o // lanes, lanes], "int32")))
         return self.emit(relax.op.reshape(acc, [b, oh, ow, o])), offset
 
-    def dense(self, node, x: Value) -> Value:
-        w, bias = _np(node["weight"]), _np(node["bias"]).astype(np.int64)
+    def dense(self, node: ir.Dense, x: Value) -> relax.Expr:
+        w, bias = _np(node.weight), _np(node.bias).astype(np.int64)
         x = self.centered(x)
-        bound, acc = self._accumulator(x, w, bias, node["name"])
+        acc = self._accumulator(x, w, bias, node.name)
         data = self._operand(x, acc)
         wdt = acc if _dt(data) == acc else "int8"
         y = self.emit(relax.op.matmul(data, _const(w.T, wdt), out_dtype=acc))
-        y = self.emit(relax.op.add(y, _const(bias.reshape(1, -1), acc)))
-        return Value(y, -bound, bound)
+        return self.emit(relax.op.add(y, _const(bias.reshape(1, -1), acc)))
 
     def _rescale(self, v: Value, m: np.ndarray, s: np.ndarray, rounding: str, what: str) -> relax.Expr:
         """round(v·m / 2^s) in int64, per channel (dim 1), ties by ``rounding`` (half_up / half_even);
@@ -276,86 +274,116 @@ class _Builder:
             raise HawqError(f"{what}: unknown requantization rounding {rounding!r} (half_up or half_even)")
         return self.emit(relax.op.right_shift(e, shift))
 
-    def _saturate(self, e: relax.Expr, lo: int, hi: int) -> Value:
+    def _saturate(self, e: relax.Expr, lo: int, hi: int) -> relax.Expr:
         e = self.emit(relax.op.clip(e, lo, hi))
-        return Value(self.emit(relax.op.astype(e, container(lo, hi))), lo, hi)
+        return self.emit(relax.op.astype(e, container(lo, hi)))
 
-    def requant(self, node, x: Value) -> Value:
-        m = _np(node["multiplier"])
-        e = self._rescale(x, m, _np(node["shift"]), rounding_of(node), node["name"])
-        return self._saturate(e, *requant_bounds(int(node["qmin"]), int(node["qmax"]), x.lo, m))
+    def requant(self, node: ir.Requant, x: Value, out: Interval) -> relax.Expr:
+        e = self._rescale(x, _np(node.multiplier), _np(node.shift), node.rounding, node.name)
+        return self._saturate(e, *out)
 
-    def requant_add(self, node, branch: Value, identity: Value) -> Value:
-        rounding, what = rounding_of(node), node["name"]
-        a = self._rescale(branch, _np(node["multiplier"]), _np(node["shift"]), rounding, what)
-        b = self._rescale(identity, _np(node["identity_multiplier"]), _np(node["identity_shift"]), rounding, what)
-        return self._saturate(self.emit(relax.op.add(a, b)), int(node["qmin"]), int(node["qmax"]))
+    def requant_add(self, node: ir.RequantAdd, branch: Value, identity: Value, out: Interval) -> relax.Expr:
+        a = self._rescale(branch, _np(node.multiplier), _np(node.shift), node.rounding, node.name)
+        b = self._rescale(identity, _np(node.identity_multiplier), _np(node.identity_shift), node.rounding, node.name)
+        return self._saturate(self.emit(relax.op.add(a, b)), int(node.qmin), int(node.qmax))
 
-    def relu(self, node, x: Value) -> Value:
+    def relu(self, node: ir.Relu, x: Value) -> relax.Expr:
         x = self.centered(x)
-        y = self.emit(relax.op.maximum(x.expr, relax.const(0, x.dtype)))
-        return Value(y, max(x.lo, 0), max(x.hi, 0))
+        return self.emit(relax.op.maximum(x.expr, relax.const(0, x.dtype)))
 
-    def maxpool2d(self, node, x: Value) -> Value:
+    def clamp(self, node: ir.Clamp, x: Value, out: Interval) -> relax.Expr:
+        """Per-channel upper bound (ReLU6 on an accumulator), then the narrowest container."""
         x = self.centered(x)
-        p = [int(v) for v in node["padding"]]
-        y = self.emit(relax.op.nn.max_pool2d(x.expr, [int(k) for k in node["kernel"]],
-                                             [int(s) for s in node["stride"]], [p[0], p[1], p[0], p[1]],
-                                             layout=self.layout))
-        return Value(y, x.lo, x.hi)
+        nd = len(x.expr.ty.shape)
+        wide = container(min(x.lo, out[0]), max(x.hi, out[1]))
+        e = self.emit(relax.op.maximum(x.expr, relax.const(int(node.qmin), x.dtype)))
+        hi = np.minimum(_np(node.qmax).astype(np.int64), np.iinfo(x.dtype).max)
+        e = self.emit(relax.op.minimum(e, _const(self.per_channel(hi, nd), x.dtype)))
+        return e if container(*out) == wide else self.emit(relax.op.astype(e, container(*out)))
 
-    def global_avgpool_sum(self, node, x: Value) -> Value:
+    def concat(self, node: ir.Concat, *xs: Value) -> relax.Expr:
+        xs = [self.centered(x) for x in xs]
+        dt = container(min(x.lo for x in xs), max(x.hi for x in xs))
+        return self.emit(relax.op.concat([self.cast(x, dt) for x in xs], axis=self.caxis(len(xs[0].expr.ty.shape))))
+
+    def maxpool2d(self, node: ir.MaxPool2d, x: Value) -> relax.Expr:
+        x = self.centered(x)
+        p = [int(v) for v in node.padding]
+        return self.emit(relax.op.nn.max_pool2d(x.expr, [int(k) for k in node.kernel],
+                                                [int(s) for s in node.stride], [p[0], p[1], p[0], p[1]],
+                                                layout=self.layout))
+
+    def avgpool2d(self, node: ir.AvgPool2d, x: Value, out: Interval) -> relax.Expr:
+        """k×k window sum (zero padding counted) in the narrowest sufficient accumulator, by
+        ``sum_pool2d``-style padding + ``avg_pool2d`` is avoided: the sum is a depthwise all-ones conv."""
+        x = self.centered(x)
+        (kh, kw), (sh, sw), (ph, pw) = (ir._pair(v) for v in (node.kernel, node.stride, node.padding))
+        n = kh * kw
+        lo, hi = min(x.lo, 0) * n, max(x.hi, 0) * n
+        acc = "int32" if container(lo, hi) != "int64" else "int64"
+        c = int(x.expr.ty.shape[self.caxis(4)])
+        ones = np.ones((c, 1, kh, kw), np.int64)
+        w_laid = ones if self.layout == "NCHW" else ones.transpose(0, 2, 3, 1)
+        total = self.emit(relax.op.nn.conv2d(
+            self.cast(x, acc), _const(w_laid, acc), strides=[sh, sw], padding=[ph, pw], groups=c, out_dtype=acc,
+            data_layout=self.layout, kernel_layout="OIHW" if self.layout == "NCHW" else "OHWI"))
+        if node.mode == "sum":
+            return total
+        return self._trunc_mean(total, lo, hi, n)
+
+    def _trunc_mean(self, total: relax.Expr, lo: int, hi: int, n: int) -> relax.Expr:
+        """HAWQ's trunc(sum/N + 0.01) = truncdiv(100·sum + N, 100·N), :func:`hawq.numerics.avgpool_trunc`."""
+        lo, hi = 100 * lo + n, 100 * hi + n
+        dt = "int32" if container(min(lo, 0), max(hi, 100 * n)) != "int64" else "int64"
+        e = self.emit(relax.op.multiply(self.emit(relax.op.astype(total, dt)) if _dt(total) != dt else total,
+                                        relax.const(100, dt)))
+        e = self.emit(relax.op.add(e, relax.const(n, dt)))
+        return self.emit(relax.op.divide(e, relax.const(100 * n, dt)))     # integer divide: truncates toward 0
+
+    def global_avgpool_sum(self, node: ir.GlobalAvgPoolSum, x: Value) -> relax.Expr:
         x = self.centered(x)
         shape = [int(d) for d in x.expr.ty.shape]
         h, w = (shape[a] for a in self.hw_axes())
-        lo, hi = x.lo * h * w, x.hi * h * w
-        acc = "int32" if container(lo, hi) != "int64" else "int64"
-        y = self.emit(relax.op.sum(self.cast(x, acc), axis=self.hw_axes()))
-        return Value(y, lo, hi)
+        acc = "int32" if container(x.lo * h * w, x.hi * h * w) != "int64" else "int64"
+        return self.emit(relax.op.sum(self.cast(x, acc), axis=self.hw_axes()))
 
-    def global_avgpool_trunc(self, node, x: Value) -> Value:
-        """HAWQ's trunc(sum/N + 0.01) = truncdiv(100·sum + N, 100·N), :func:`hawq.numerics.avgpool_trunc`."""
-        n = int(node["divisor"])
-        if n <= 0:
-            raise HawqError(f"{node['name']}: global_avgpool_trunc divisor must be positive, got {n}")
+    def global_avgpool_trunc(self, node: ir.GlobalAvgPoolTrunc, x: Value) -> relax.Expr:
         total = self.global_avgpool_sum(node, x)
-        lo, hi = 100 * total.lo + n, 100 * total.hi + n
-        dt = "int32" if container(min(lo, 0), max(hi, 100 * n)) != "int64" else "int64"
-        e = self.emit(relax.op.multiply(self.cast(total, dt), relax.const(100, dt)))
-        e = self.emit(relax.op.add(e, relax.const(n, dt)))
-        e = self.emit(relax.op.divide(e, relax.const(100 * n, dt)))     # integer divide: truncates toward 0
-        return Value(e, _truncdiv(lo, 100 * n), _truncdiv(hi, 100 * n))
+        shape = [int(d) for d in x.expr.ty.shape]
+        hw = int(np.prod([shape[a] for a in self.hw_axes()]))
+        return self._trunc_mean(total, min(x.lo, 0) * hw, max(x.hi, 0) * hw, int(node.divisor))
 
 
-def _truncdiv(a: int, b: int) -> int:
-    """C-style integer division (toward zero) of Python ints, b > 0."""
-    q = abs(a) // b
-    return q if a >= 0 else -q
+#: The TVM front end's lowering of each IR op (a :class:`_Builder` method). Methods that take an
+#: ``out`` argument also receive the node's output interval (their saturation / container).
+LOWER = ir.Registry("TVM backend")
+for _cls, _meth in ((ir.Quantize, _Builder.quantize), (ir.Conv2d, _Builder.conv2d), (ir.Dense, _Builder.dense),
+                    (ir.Requant, _Builder.requant), (ir.RequantAdd, _Builder.requant_add), (ir.Relu, _Builder.relu),
+                    (ir.Clamp, _Builder.clamp), (ir.Concat, _Builder.concat), (ir.MaxPool2d, _Builder.maxpool2d),
+                    (ir.AvgPool2d, _Builder.avgpool2d), (ir.GlobalAvgPoolSum, _Builder.global_avgpool_sum),
+                    (ir.GlobalAvgPoolTrunc, _Builder.global_avgpool_trunc)):
+    LOWER.register(_cls)(_meth)
+_TAKES_OUT = {_Builder.requant, _Builder.requant_add, _Builder.clamp, _Builder.avgpool2d}
 
 
-def requant_bounds(qmin: int, qmax: int, in_lo: int, multiplier) -> tuple[int, int]:
-    """Static range of a requant's output: [qmin, qmax], narrowed to [max(qmin, 0), qmax] when the
-    input is non-negative (``in_lo >= 0``) and every multiplier is >= 0: then t = acc·m >= 0, and
-    both roundings of t·2^-s are >= 0. This is what lets a signed-declared post-ReLU activation
-    (profile ``hawq``: qmin -128, values 0..127) use a ``uint8`` container."""
-    if in_lo >= 0 and bool((np.asarray(multiplier) >= 0).all()):
-        return min(max(qmin, 0), qmax), qmax
-    return qmin, qmax
-
-
-def _emit_nodes(b: _Builder, graph: dict, x: relax.Var) -> tuple[dict, list[str]]:
-    """Emit every node of ``graph`` (input ``x``); returns (value name -> Value, outputs in order)."""
-    env: dict[str, Value | relax.Expr] = {graph["input"]: x}
+def _emit_nodes(b: _Builder, graph: ir.Graph, x: relax.Var) -> tuple[dict, list[str]]:
+    """Emit every node of ``graph`` (input ``x``); returns (value name -> Value, outputs in order).
+    Each value's interval is the IR's (:meth:`hawq.ir.Graph.infer`)."""
+    info = graph.infer(tuple(int(d) for d in x.ty.shape))
+    env: dict[str, Value | relax.Expr] = {graph.input: x}
     order = []
-    for node in graph["nodes"]:
-        if node["op"] not in REFERENCE_OPS:   # the builder has one method per reference op
-            raise HawqError(f"integer graph has an op the TVM backend does not support: {node['op']!r}")
-        env[node["output"]] = getattr(b, node["op"])(node, *(env[n] for n in node["inputs"]))
-        order.append(node["output"])
+    for node in graph.nodes:
+        fn = LOWER.lookup(node)
+        out = info[node.output][1]
+        args = [env[n] for n in node.inputs]
+        res = fn(b, node, *args, out) if fn in _TAKES_OUT else fn(b, node, *args)
+        expr, offset = res if isinstance(res, tuple) else (res, 0)
+        env[node.output] = Value(expr, out[0], out[1], offset)
+        order.append(node.output)
     return env, order
 
 
-def build_module(graph: dict, input_shape: tuple[int, ...], all_outputs: bool = False,
+def build_module(graph: "ir.Graph | dict", input_shape: tuple[int, ...], all_outputs: bool = False,
                  planner: ConvPlanner | None = None) -> tvm.IRModule:
     """Relax module ``main(x: float32[input_shape]) -> logits`` for an artifact graph.
 
@@ -365,6 +393,7 @@ def build_module(graph: dict, input_shape: tuple[int, ...], all_outputs: bool = 
     planner accepts calls its hand-scheduled kernel. Returns an IRModule of high-level Relax ops plus
     those kernels.
     """
+    graph = ir.as_graph(graph)
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType([int(d) for d in input_shape], "float32"))
     b = _Builder(bb, layout="NHWC" if planner is not None else "NCHW", planner=planner)
@@ -374,25 +403,20 @@ def build_module(graph: dict, input_shape: tuple[int, ...], all_outputs: bool = 
             if all_outputs:
                 out = relax.Tuple([b.to_graph_layout(b.centered(env[n]).expr) for n in order])
             else:
-                out = b.to_graph_layout(b.centered(env[graph["output"]]).expr)
+                out = b.to_graph_layout(b.centered(env[graph.output]).expr)
             gv = bb.emit_output(out)
         bb.emit_func_output(gv)
     return bb.get()
 
 
-def value_ranges(graph: dict, input_shape: tuple[int, ...]) -> dict[str, tuple[int, int]]:
-    """Static integer interval [lo, hi] (centered) of every node output, exactly as the program built
-    by :func:`build_module` bounds it (and picks containers and conv kernels from it)."""
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType([int(d) for d in input_shape], "float32"))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            env, order = _emit_nodes(_Builder(bb), graph, x)
-            gv = bb.emit_output(env[order[-1]].expr)
-        bb.emit_func_output(gv)
-    return {n: (env[n].lo, env[n].hi) for n in order}
+def value_ranges(graph: "ir.Graph | dict", input_shape: tuple[int, ...]) -> dict[str, Interval]:
+    """Static integer interval [lo, hi] (centered) of every node output: the IR's bounds, which the
+    program built by :func:`build_module` uses (containers and conv kernels are chosen from them)."""
+    graph = ir.as_graph(graph)
+    info = graph.infer(tuple(input_shape))
+    return {n.output: info[n.output][1] for n in graph.nodes}
 
 
-def node_outputs(graph: dict) -> list[tuple[str, str]]:
+def node_outputs(graph: "ir.Graph | dict") -> list[tuple[str, str]]:
     """(node name, output value name) in graph order: the tuple layout of ``all_outputs=True``."""
-    return [(n["name"], n["output"]) for n in graph["nodes"]]
+    return [(n.name, n.output) for n in ir.as_graph(graph).nodes]

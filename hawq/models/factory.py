@@ -7,7 +7,14 @@ from hawq import checkpoint as C
 from hawq.errors import HawqError
 from hawq.quant.config import QuantConfig
 from hawq.models.layers import arch_info, build_fp_model, conv_of
+from hawq.models.base import QuantModel
+from hawq.models.inception import QuantInceptionV3
+from hawq.models.mobilenet import QuantMobileNetV2
 from hawq.models.resnet import QuantResNet
+
+#: The quantized wrapper of each :attr:`hawq.models.layers.ArchInfo.family`.
+WRAPPERS: dict[str, type[QuantModel]] = {"resnet": QuantResNet, "mobilenetv2": QuantMobileNetV2,
+                                         "inception": QuantInceptionV3}
 
 
 class GlobalAvgPool(nn.AdaptiveAvgPool2d):
@@ -28,8 +35,20 @@ def _pytorchcv_pretrained(arch: str, num_classes: int) -> nn.Module:
                         "this machine may be offline - pass --pretrained PATH to a floating-point checkpoint "
                         "(e.g. one from checkpoints/) instead") from None
     if num_classes != info.num_classes:
-        model.output = nn.Linear(model.output.in_features, num_classes)
+        replace_head(model, num_classes)
     return model
+
+
+def replace_head(model: nn.Module, num_classes: int) -> None:
+    """A fresh classifier with ``num_classes`` outputs in place of pytorchcv's (a Linear, a 1×1 conv
+    or InceptionV3's Sequential(dropout, fc))."""
+    out = model.output
+    if isinstance(out, nn.Sequential):
+        out.fc = nn.Linear(out.fc.in_features, num_classes)
+    elif isinstance(out, nn.Conv2d):
+        model.output = nn.Conv2d(out.in_channels, num_classes, 1, bias=out.bias is not None)
+    else:
+        model.output = nn.Linear(out.in_features, num_classes)
 
 
 def fp_model(arch: str, num_classes: int, pretrained: bool = False, weights: C.ModelFile | None = None) -> nn.Module:
@@ -117,11 +136,11 @@ def check_arch(f: C.ModelFile, arch: str) -> None:
 
 
 def quant_model(arch: str, bits: dict[str, int], num_classes: int, fp: nn.Module | None = None,
-                config: QuantConfig | None = None) -> QuantResNet:
+                config: QuantConfig | None = None) -> QuantModel:
     """The quantized model of ``arch`` with per-layer ``bits`` and ``config``, wrapping ``fp`` (or a fresh FP model)."""
     if fp is None:
         fp = fp_model(arch, num_classes)
-    return QuantResNet(fp, bits, arch=arch, config=config)
+    return WRAPPERS[arch_info(arch).family](fp, bits, arch=arch, config=config)
 
 
 def quant_model_from(f: C.ModelFile, arch: str | None = None, scheme: str | None = None,

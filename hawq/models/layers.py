@@ -34,19 +34,26 @@ class ArchInfo:
     """One supported architecture.
 
     ``input_size`` is the canonical square input side in pixels (MACs are counted there),
-    ``stem_maxpool`` says whether the stem ends with a max pool (ImageNet ResNets), and
-    ``init_conv`` is the HAWQ name of the stem convolution.
+    ``stem_maxpool`` says whether the stem ends with a max pool (ImageNet ResNets),
+    ``init_conv`` is the HAWQ name of the stem convolution (ResNet family; None otherwise),
+    ``family`` selects the quantized wrapper (``resnet`` — RegNetX's units are ResNet bottlenecks —
+    ``mobilenetv2`` or ``inception``) and ``min_input`` is the smallest input side the network
+    takes (InceptionV3's stem and reductions need 75 px; on 32×32 Fashion-MNIST the images are
+    upscaled, :func:`hawq.data.upscale_of`).
     """
 
     model_name: str
     input_size: int
     num_classes: int
     stem_maxpool: bool
-    init_conv: str
+    init_conv: str | None
+    family: str = "resnet"
+    min_input: int = 32
 
 
-def _imagenet(model_name: str, init_conv: str) -> ArchInfo:
-    return ArchInfo(model_name, 224, 1000, True, init_conv)
+def _imagenet(model_name: str, init_conv: str | None, family: str = "resnet", stem_maxpool: bool = True,
+              input_size: int = 224, min_input: int = 32) -> ArchInfo:
+    return ArchInfo(model_name, input_size, 1000, stem_maxpool, init_conv, family, min_input)
 
 
 #: Supported archs, keyed by the ``-a/--arch`` name.
@@ -56,6 +63,10 @@ ARCHS: dict[str, ArchInfo] = {
     "resnet50b": _imagenet("resnet50b", "quant_init_convbn"),
     "resnet101": _imagenet("resnet101", "quant_init_convbn"),
     "resnet20_cifar10": ArchInfo("resnet20_cifar10", 32, 10, False, "quant_init_block_convbn"),
+    "regnetx006": _imagenet("regnetx006", "quant_init_convbn", stem_maxpool=False),
+    "mobilenetv2_w1": _imagenet("mobilenetv2_w1", None, family="mobilenetv2", stem_maxpool=False),
+    "inceptionv3": _imagenet("inceptionv3", None, family="inception", stem_maxpool=False, input_size=299,
+                             min_input=75),
 }
 
 
@@ -145,9 +156,49 @@ def _macs_per_image(module: nn.Module, output: torch.Tensor) -> int:
     return output.shape[1:].numel() * module.weight.shape[1:].numel()
 
 
+def _traced_layers(arch: str) -> tuple[LayerSpec, ...]:
+    """The inventory of a non-ResNet arch, read off its quantized wrapper running one training-mode
+    batch at the canonical input size: quantizers in execution order; a conv/linear's ``input_act``
+    is the quantizer whose grid (the scale object it emitted) reaches the layer's input."""
+    from hawq.models.factory import fp_model, quant_model
+    from hawq.quant.modules import QuantAct, QuantBnConv2d, QuantLinear
+
+    info = arch_info(arch)
+    torch.manual_seed(0)
+    model = quant_model(arch, {}, info.num_classes, fp=fp_model(arch, info.num_classes)).train()
+    order: list[LayerSpec] = []
+    emitted: dict[int, str] = {}
+    seen: set[str] = set()
+
+    def after(module, inputs, output):
+        name = module.layer_name
+        if isinstance(module, QuantAct):
+            emitted[id(output.scale)] = name
+            if name not in seen:
+                order.append(LayerSpec(name, "act_int32" if module.role == "accumulator" else "act"))
+        else:
+            feeding = emitted.get(id(inputs[0].scale))
+            if feeding is None:
+                raise RuntimeError(f"{arch}: cannot tell which quantizer feeds {name}")
+            w = module.weight_integer
+            macs = output.value.shape[1:].numel() * w.shape[1:].numel()
+            order.append(LayerSpec(name, "conv" if isinstance(module, QuantBnConv2d) else "linear",
+                                   w.numel(), macs, feeding))
+        seen.add(name)
+
+    hooks = [m.register_forward_hook(after) for m in model.modules() if isinstance(m, (QuantAct, QuantBnConv2d, QuantLinear))]
+    with torch.no_grad():
+        model(torch.randn(2, 3, info.input_size, info.input_size))
+    for h in hooks:
+        h.remove()
+    return tuple(order)
+
+
 @functools.lru_cache(maxsize=None)
 def _quant_layers_cached(arch: str) -> tuple[LayerSpec, ...]:
     info = arch_info(arch)
+    if info.family != "resnet":
+        return _traced_layers(arch)
     with torch.device("meta"):  # shapes only: no weights allocated, no arithmetic done
         model = build_fp_model(arch).eval()
         plan = _layer_plan(model, info)

@@ -12,6 +12,8 @@ from typing import NamedTuple
 
 import torch
 
+from hawq import ir
+
 
 class Q(NamedTuple):
     """A quantized activation flowing between modules.
@@ -26,10 +28,10 @@ class Q(NamedTuple):
 
 
 class GraphRecorder:
-    """Collects nodes: dicts with 'op', 'name', 'inputs', 'output' and op parameters."""
+    """Collects :mod:`hawq.ir` op objects in execution order."""
 
     def __init__(self):
-        self.nodes: list[dict] = []
+        self.nodes: list[ir.Op] = []
         self._names: dict[int, str] = {}
         self._keep: list[torch.Tensor] = []   # keep tensors alive so id()s stay unique
         self._used: set[str] = set()
@@ -45,17 +47,16 @@ class GraphRecorder:
         self._keep.append(t)
         return name
 
-    def add(self, op: str, name: str, inputs: list[torch.Tensor], output: torch.Tensor, **params) -> None:
+    def add(self, op: type[ir.Op], name: str, inputs: list[torch.Tensor], output: torch.Tensor, **params) -> None:
+        """Append ``op(name, inputs, output, **params)``; inputs/output are the tensors themselves."""
         out = f"{name}:out"
         n = 1
         while out in self._used:          # a module applied twice (a shared ReLU) gets out#2, ...
             n += 1
             out = f"{name}:out#{n}"
         self._used.add(out)
-        node = {"op": op, "name": name, "inputs": [self.name_of(t) for t in inputs],
-                "output": self.bind(output, out)}
-        node.update(params)
-        self.nodes.append(node)
+        self.nodes.append(op(name=name, inputs=[self.name_of(t) for t in inputs], output=self.bind(output, out),
+                             **params))
 
 
 _ACTIVE: list[GraphRecorder] = []

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from hawq import ir
 from hawq import numerics as N
 from hawq.errors import HawqError
 from hawq.quant.config import QuantConfig
@@ -213,23 +214,19 @@ class QuantAct(nn.Module):
         lo, hi = self.storage_range()
         rec = active()
         prof = self.profile
-        # Node fields beyond the exact profile's are recorded only when they differ from it, so
-        # exact-profile artifacts stay byte-identical to those of earlier versions.
-        extra = {"rounding": prof.rounding} if prof.rounding != "half_up" else {}
         if not isinstance(x, Q):      # the float->int boundary (quant_input)
             q = (N.quantize(x.float(), scale.to(x.device), z, lo, hi, prof.reciprocal_quantize) - z).to(torch.int64)
             if rec:
-                recip = {"reciprocal": True} if prof.reciprocal_quantize else {}
-                rec.add("quantize", self.layer_name, [x], q, scale=scale.clone(), zero_point=z,
-                        qmin=lo, qmax=hi, bits=self.activation_bit, **recip)
+                rec.add(ir.Quantize, self.layer_name, [x], q, scale=scale.clone(), zero_point=z,
+                        qmin=lo, qmax=hi, bits=self.activation_bit, reciprocal=prof.reciprocal_quantize)
         elif identity is None:
             m, sh = N.dyadic(N.requant_ratio(x.scale, scale))
             m_t, s_t = _int_params(m, sh, x.value, x.value.dim())
             q = N.saturate_(N.requantize(x.value, m_t, s_t, prof.rounding), lo - z, hi - z)
             if rec:
-                rec.add("requant", self.layer_name, [x.value], q, multiplier=torch.from_numpy(m),
+                rec.add(ir.Requant, self.layer_name, [x.value], q, multiplier=torch.from_numpy(m),
                         shift=torch.from_numpy(sh), qmin=lo - z, qmax=hi - z, zero_point=z,
-                        bits=self.activation_bit, **extra)
+                        bits=self.activation_bit, rounding=prof.rounding)
         else:
             m1, s1 = N.dyadic(N.requant_ratio(x.scale, scale))
             m2, s2 = N.dyadic(N.requant_ratio(identity.scale, scale))
@@ -238,10 +235,10 @@ class QuantAct(nn.Module):
             q = N.residual_add(x.value, *_int_params(m1, s1, x.value, nd),
                                identity.value, *_int_params(m2, s2, x.value, nd), r_lo, r_hi, prof.rounding)
             if rec:
-                rec.add("requant_add", self.layer_name, [x.value, identity.value], q,
+                rec.add(ir.RequantAdd, self.layer_name, [x.value, identity.value], q,
                         multiplier=torch.from_numpy(m1), shift=torch.from_numpy(s1),
                         identity_multiplier=torch.from_numpy(m2), identity_shift=torch.from_numpy(s2),
-                        qmin=r_lo, qmax=r_hi, zero_point=z, bits=self.activation_bit, **extra)
+                        qmin=r_lo, qmax=r_hi, zero_point=z, bits=self.activation_bit, rounding=prof.rounding)
         return Q(q, scale.double().to(q.device))
 
 
@@ -372,7 +369,7 @@ class QuantBnConv2d(_QuantWeightLayer):
         acc += N.channel_view(b_int, 4)
         rec = active()
         if rec:
-            rec.add("conv2d", self.layer_name, [x.value], acc, weight=w_int.to(torch.int8).cpu(),
+            rec.add(ir.Conv2d, self.layer_name, [x.value], acc, weight=w_int.to(torch.int8).cpu(),
                     bias=b_int.to(torch.int32).cpu(), stride=list(c.stride), padding=list(c.padding),
                     dilation=list(c.dilation), groups=c.groups, weight_bits=self.weight_bit,
                     weight_scale=s_w.cpu().clone())
@@ -403,7 +400,7 @@ class QuantLinear(_QuantWeightLayer):
         acc = exact_linear(x.value, w_int) + b_int.reshape(1, -1)
         rec = active()
         if rec:
-            rec.add("dense", self.layer_name, [x.value], acc, weight=w_int.to(torch.int8).cpu(),
+            rec.add(ir.Dense, self.layer_name, [x.value], acc, weight=w_int.to(torch.int8).cpu(),
                     bias=b_int.to(torch.int32).cpu(), weight_bits=self.weight_bit,
                     weight_scale=s_w.cpu().clone())
         return Q(acc, acc_scale)
@@ -439,7 +436,7 @@ class QuantAveragePool2d(nn.Module):
         y = N.avgpool_trunc(total, n) if trunc else total
         rec = active()
         if rec:
-            rec.add("global_avgpool_trunc" if trunc else "global_avgpool_sum", self.layer_name, [x.value], y,
+            rec.add(ir.GlobalAvgPoolTrunc if trunc else ir.GlobalAvgPoolSum, self.layer_name, [x.value], y,
                     divisor=n)
         return Q(y, x.scale if trunc else scale)
 
@@ -463,7 +460,7 @@ class QuantMaxPool2d(nn.Module):
         rec = active()
         if rec:
             k, s, p = (_pair(v) for v in (self.kernel_size, self.stride, self.padding))
-            rec.add("maxpool2d", self.layer_name, [x.value], y, kernel=k, stride=s, padding=p)
+            rec.add(ir.MaxPool2d, self.layer_name, [x.value], y, kernel=k, stride=s, padding=p)
         return Q(y, x.scale)
 
 
@@ -480,9 +477,94 @@ class QuantReLU(nn.Module):
         y = x.value.clamp(min=0)
         rec = active()
         if rec:
-            rec.add("relu", self.layer_name, [x.value], y)
+            rec.add(ir.Relu, self.layer_name, [x.value], y)
         return Q(y, x.scale)
 
 
 def _pair(v) -> list[int]:
     return list(v) if isinstance(v, (tuple, list)) else [v, v]
+
+
+class QuantReLU6(nn.Module):
+    """ReLU6 on a conv accumulator (MobileNetV2). Training: ``relu6`` of the float value. Eval: the
+    integer clamp ``clamp(acc, 0, floor(6 / S_c))`` per channel (:func:`hawq.numerics.relu6_bound`),
+    recorded as an :class:`hawq.ir.Clamp`."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer_name = ""
+
+    def forward(self, x: Q) -> Q:
+        if self.training or x.scale is None:
+            return Q(F.relu6(x.value), x.scale)
+        hi = torch.from_numpy(N.relu6_bound(x.scale))
+        y = torch.minimum(x.value.clamp(min=0), N.channel_view(hi.to(x.value.device), x.value.dim()))
+        rec = active()
+        if rec:
+            rec.add(ir.Clamp, self.layer_name, [x.value], y, qmin=0, qmax=hi)
+        return Q(y, x.scale)
+
+
+def _channel_scales(parts: list[Q]) -> torch.Tensor | None:
+    """Per-channel scale [ΣC] of a channel concatenation: each part's scale repeated over its channels."""
+    if any(p.scale is None for p in parts):
+        return None
+    return torch.cat([p.scale.reshape(-1).expand(p.value.shape[1]) if p.scale.numel() == 1
+                      else p.scale.reshape(-1) for p in parts])
+
+
+class QuantConcat(nn.Module):
+    """Channel concatenation of branches on different grids (inception). The output carries a
+    per-channel scale (each branch's); the next :class:`QuantAct` requantizes every channel to the
+    common output scale, i.e. each branch by its own dyadic multiplier."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer_name = ""
+
+    def forward(self, parts: list[Q]) -> Q:
+        y = torch.cat([p.value for p in parts], dim=1)
+        scale = _channel_scales(parts)
+        if not self.training:
+            rec = active()
+            if rec:
+                rec.add(ir.Concat, self.layer_name, [p.value for p in parts], y, axis=1)
+        return Q(y, scale)
+
+
+class QuantWindowAvgPool2d(nn.Module):
+    """k×k average pool with zero padding counted (PyTorch's default ``count_include_pad=True``).
+
+    Profile exact: the integer window *sum* at scale S/k², the 1/k² folded into the next requantization
+    (one rounding, half up). Profile hawq: ``trunc(sum/k² + 0.01)`` at scale S, as its global pool.
+    """
+
+    def __init__(self, pool: nn.AvgPool2d, config: QuantConfig):
+        super().__init__()
+        if not pool.count_include_pad or pool.ceil_mode or pool.divisor_override:
+            raise HawqError("only AvgPool2d(count_include_pad=True, ceil_mode=False) is supported")
+        self.kernel, self.stride, self.padding = _pair(pool.kernel_size), _pair(pool.stride), _pair(pool.padding)
+        self.profile = config.profile
+        self.layer_name = ""
+
+    def _sum(self, v: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(v, self.kernel, self.stride, self.padding, divisor_override=1)
+
+    def forward(self, x: Q) -> Q:
+        n = self.kernel[0] * self.kernel[1]
+        trunc = self.profile.avgpool == "trunc_mean"
+        if self.training:
+            mean = F.avg_pool2d(x.value, self.kernel, self.stride, self.padding)
+            if not trunc or x.scale is None:
+                return Q(mean, None if x.scale is None else x.scale / n)
+            s = x.scale.to(mean.dtype)
+            with torch.no_grad():
+                value = torch.trunc(torch.round(mean.detach() * n / s) / n + 0.01) * s
+            return Q(N.straight_through(mean, value), x.scale)
+        total = torch.round(self._sum(x.value.double())).to(torch.int64)   # float64 sums of ints: exact
+        y = N.avgpool_trunc(total, n) if trunc else total
+        rec = active()
+        if rec:
+            rec.add(ir.AvgPool2d, self.layer_name, [x.value], y, kernel=list(self.kernel), stride=list(self.stride),
+                    padding=list(self.padding), divisor=n, mode="trunc_mean" if trunc else "sum")
+        return Q(y, x.scale if trunc else x.scale / n)

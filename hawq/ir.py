@@ -1,0 +1,509 @@
+"""The integer IR: one small dataclass per integer operation, and the graph that orders them.
+
+This module owns the integer program's vocabulary. Each op class states
+
+* its fields (exactly the keys of its node in the artifact, ``hawq-integer-graph/1``);
+* :meth:`Op.check`: field rules (types, widths, per-channel lengths);
+* :meth:`Op.shape`: the output shape from the input shapes (NCHW for 4-D values, [B, F] for 2-D);
+* :meth:`Op.bounds`: the static interval [lo, hi] of the (centered) output integers from the input
+  intervals — what the TVM front end sizes containers and accumulators from, and what the reference
+  never exceeds.
+
+Back ends register one implementation per op class (:class:`Registry`): the NumPy reference
+(:mod:`hawq.reference`) and the Relax front end (:mod:`tvm_benchmark.frontend`). A new op is one
+class here plus one function per back end.
+
+On disk a graph stays the artifact's plain dict (tensors, ints, strings, lists: ``weights_only``
+loads it): :meth:`Graph.from_dict` reads it — artifacts written before a field existed get that
+field's default (``rounding`` half up, ``reciprocal`` False, no ``output_scale``) — and
+:meth:`Graph.to_dict` writes it back key for key, so ``from_dict(d).to_dict() == d``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+import numpy as np
+import torch
+
+from hawq.errors import HawqError
+
+Interval = tuple[int, int]
+Shape = tuple[int, ...]
+INT32 = (-(1 << 31), (1 << 31) - 1)
+ROUNDINGS = ("half_up", "half_even")
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+
+
+def _absmax(iv: Interval) -> int:
+    return max(abs(int(iv[0])), abs(int(iv[1])))
+
+
+def _pair(v) -> list[int]:
+    return [int(x) for x in v] if isinstance(v, (list, tuple)) else [int(v), int(v)]
+
+
+def _truncdiv(a: int, b: int) -> int:
+    """C-style integer division (toward zero) of Python ints, b > 0."""
+    q = abs(a) // b
+    return q if a >= 0 else -q
+
+
+def _window_out(size: int, k: int, s: int, p: int) -> int:
+    return (size + 2 * p - k) // s + 1
+
+
+@dataclass(kw_only=True)
+class Op:
+    """A graph node: ``name`` (the module that recorded it), value names read (``inputs``) and
+    written (``output``). Subclasses set ``OP`` (the artifact's ``op`` string) and ``ARITY``."""
+
+    OP: ClassVar[str] = ""
+    ARITY: ClassVar[int] = 1
+    #: Fields written to the artifact only when they differ from their default (so artifacts of the
+    #: exact profile stay byte-identical to those written before the field existed).
+    OPTIONAL: ClassVar[tuple[str, ...]] = ()
+
+    name: str
+    inputs: list[str]
+    output: str
+
+    # -- rules -------------------------------------------------------------------------------
+    def check(self) -> None:
+        """Field rules; raises HawqError naming the node."""
+
+    def shape(self, *ins: Shape) -> Shape:
+        return ins[0]
+
+    def bounds(self, ins: list[Interval], shapes: list[Shape]) -> Interval:
+        return ins[0]
+
+    def fail(self, msg: str):
+        raise HawqError(f"integer graph node '{self.name}' ({self.OP}): {msg}")
+
+    # -- (de)serialization ----------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = {"op": self.OP, "name": self.name, "inputs": list(self.inputs), "output": self.output}
+        for f in dataclasses.fields(self):
+            if f.name in ("name", "inputs", "output"):
+                continue
+            v = getattr(self, f.name)
+            if f.name in self.OPTIONAL and v == f.default:
+                continue
+            d[f.name] = v
+        return d
+
+
+# ------------------------------------------------------------------------------------- ops
+@dataclass(kw_only=True)
+class Quantize(Op):
+    """Float32 image -> centered integers q - z (the graph's only float op, docs/numerics.md §9):
+    ``clip(round(x / S) + z, qmin, qmax) - z``, or with ``reciprocal`` (profile hawq)
+    ``clip(round(f32(1/S)·x + z), qmin, qmax) - z``; rounding half to even."""
+    OP: ClassVar[str] = "quantize"
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("reciprocal",)
+    scale: torch.Tensor
+    zero_point: int
+    qmin: int
+    qmax: int
+    bits: int
+    reciprocal: bool = False
+
+    def check(self):
+        if not self.qmin <= self.zero_point <= self.qmax:
+            self.fail(f"zero point {self.zero_point} outside [{self.qmin}, {self.qmax}]")
+        if not float(_np(self.scale).reshape(-1)[0]) > 0:
+            self.fail("scale must be positive")
+
+    def bounds(self, ins, shapes):
+        return int(self.qmin) - int(self.zero_point), int(self.qmax) - int(self.zero_point)
+
+
+@dataclass(kw_only=True)
+class _Weighted(Op):
+    """Shared by conv2d and dense: int8-container weights, int32 bias, exact int accumulation."""
+    weight: torch.Tensor
+    bias: torch.Tensor
+    weight_bits: int
+    weight_scale: torch.Tensor
+
+    def check(self):
+        w, b = _np(self.weight), _np(self.bias)
+        if b.shape != (w.shape[0],):
+            self.fail(f"bias shape {b.shape} does not match {w.shape[0]} output channels")
+        lim = 1 << (int(self.weight_bits) - 1)
+        if w.size and (int(w.min()) < -lim or int(w.max()) > lim - 1):
+            self.fail(f"weights exceed {self.weight_bits} bits")
+
+    def bounds(self, ins, shapes):
+        w = _np(self.weight).astype(np.int64).reshape(_np(self.weight).shape[0], -1)
+        bound = int((np.abs(w).sum(1) * _absmax(ins[0])).max(initial=0))
+        bound += int(np.abs(_np(self.bias).astype(np.int64)).max(initial=0))
+        return -bound, bound
+
+
+@dataclass(kw_only=True)
+class Conv2d(_Weighted):
+    """Integer convolution (NCHW, weight OIHW, groups incl. depthwise), zero padding (centered 0),
+    accumulated exactly, bias added: int [B,C,H,W] -> int [B,O,OH,OW]."""
+    OP: ClassVar[str] = "conv2d"
+    stride: list[int]
+    padding: list[int]
+    dilation: list[int]
+    groups: int
+
+    def check(self):
+        super().check()
+        o, cg = _np(self.weight).shape[:2]
+        if self.groups < 1 or o % self.groups:
+            self.fail(f"{o} output channels do not split into {self.groups} groups")
+        if _pair(self.dilation) != [1, 1]:
+            self.fail("dilated convolution is not supported")
+
+    def shape(self, x):
+        w = _np(self.weight).shape
+        if x[1] != w[1] * self.groups:
+            self.fail(f"input has {x[1]} channels, weight expects {w[1] * self.groups}")
+        (sh, sw), (ph, pw) = _pair(self.stride), _pair(self.padding)
+        return (x[0], w[0], _window_out(x[2], w[2], sh, ph), _window_out(x[3], w[3], sw, pw))
+
+
+@dataclass(kw_only=True)
+class Dense(_Weighted):
+    """Integer matrix product [B, F] · W[O, F]^T + bias -> [B, O]."""
+    OP: ClassVar[str] = "dense"
+
+    def shape(self, x):
+        w = _np(self.weight).shape
+        if len(x) != 2 or x[1] != w[1]:
+            self.fail(f"input shape {x} does not match weight {w}")
+        return (x[0], w[0])
+
+
+@dataclass(kw_only=True)
+class Requant(Op):
+    """Dyadic rescale per channel, ``saturate(round(x·m / 2^shift), qmin, qmax)``; rounding half up
+    (default) or half to even (profile hawq), docs/numerics.md §6."""
+    OP: ClassVar[str] = "requant"
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("rounding",)
+    multiplier: torch.Tensor
+    shift: torch.Tensor
+    qmin: int
+    qmax: int
+    zero_point: int
+    bits: int
+    rounding: str = "half_up"
+
+    def check(self):
+        _check_dyadic(self, self.multiplier, self.shift)
+        if self.rounding not in ROUNDINGS:
+            self.fail(f"unknown rounding {self.rounding!r}")
+        if self.qmin > self.qmax:
+            self.fail(f"empty range [{self.qmin}, {self.qmax}]")
+
+    def shape(self, x):
+        _check_channels(self, self.multiplier, x)
+        return x
+
+    def bounds(self, ins, shapes):
+        return requant_bounds(int(self.qmin), int(self.qmax), ins[0][0], _np(self.multiplier))
+
+
+@dataclass(kw_only=True)
+class RequantAdd(Op):
+    """Residual add: both terms requantized in int64 to the output scale, summed, saturated
+    (docs/numerics.md §7). No ReLU: a ReLU, where the network has one, is its own node."""
+    OP: ClassVar[str] = "requant_add"
+    ARITY: ClassVar[int] = 2
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("rounding",)
+    multiplier: torch.Tensor
+    shift: torch.Tensor
+    identity_multiplier: torch.Tensor
+    identity_shift: torch.Tensor
+    qmin: int
+    qmax: int
+    zero_point: int
+    bits: int
+    rounding: str = "half_up"
+
+    def check(self):
+        _check_dyadic(self, self.multiplier, self.shift)
+        _check_dyadic(self, self.identity_multiplier, self.identity_shift)
+        if self.rounding not in ROUNDINGS:
+            self.fail(f"unknown rounding {self.rounding!r}")
+
+    def shape(self, x, identity):
+        if tuple(x) != tuple(identity):
+            self.fail(f"branch shape {x} differs from identity shape {identity}")
+        _check_channels(self, self.multiplier, x)
+        return x
+
+    def bounds(self, ins, shapes):
+        return int(self.qmin), int(self.qmax)
+
+
+@dataclass(kw_only=True)
+class Relu(Op):
+    """max(q, 0)."""
+    OP: ClassVar[str] = "relu"
+
+    def bounds(self, ins, shapes):
+        return max(ins[0][0], 0), max(ins[0][1], 0)
+
+
+@dataclass(kw_only=True)
+class Clamp(Op):
+    """Per-channel clamp ``min(max(q, qmin), qmax[c])``: ReLU6 on an accumulator of scale S_c is
+    ``clamp(acc, 0, floor(6 / S_c))`` (docs/numerics.md §8a). ``qmax``: int64 [C] (or [1])."""
+    OP: ClassVar[str] = "clamp"
+    qmin: int
+    qmax: torch.Tensor
+
+    def check(self):
+        hi = _np(self.qmax)
+        if hi.size == 0 or int(hi.min()) < int(self.qmin):
+            self.fail(f"upper bound below qmin {self.qmin}")
+
+    def shape(self, x):
+        _check_channels(self, self.qmax, x)
+        return x
+
+    def bounds(self, ins, shapes):
+        hi = int(_np(self.qmax).max())
+        lo = min(max(ins[0][0], int(self.qmin)), hi)
+        return lo, max(min(ins[0][1], hi), lo)
+
+
+@dataclass(kw_only=True)
+class Concat(Op):
+    """Channel concatenation (axis 1) of values already on one grid or about to be requantized per
+    channel by the next node (inception: each branch requantized to the common output scale)."""
+    OP: ClassVar[str] = "concat"
+    ARITY: ClassVar[int] = -1          # any number >= 2
+    axis: int = 1
+
+    def check(self):
+        if self.axis != 1:
+            self.fail("only channel concatenation (axis 1) is supported")
+        if len(self.inputs) < 2:
+            self.fail("needs at least two inputs")
+
+    def shape(self, *ins):
+        first = ins[0]
+        for s in ins[1:]:
+            if len(s) != len(first) or s[0] != first[0] or tuple(s[2:]) != tuple(first[2:]):
+                self.fail(f"cannot concatenate shapes {first} and {s}")
+        return (first[0], sum(s[1] for s in ins), *first[2:])
+
+    def bounds(self, ins, shapes):
+        return min(lo for lo, _ in ins), max(hi for _, hi in ins)
+
+
+@dataclass(kw_only=True)
+class MaxPool2d(Op):
+    """Max over k×k windows; padding never wins (it is −∞)."""
+    OP: ClassVar[str] = "maxpool2d"
+    kernel: list[int]
+    stride: list[int]
+    padding: list[int]
+
+    def shape(self, x):
+        (kh, kw), (sh, sw), (ph, pw) = _pair(self.kernel), _pair(self.stride), _pair(self.padding)
+        return (x[0], x[1], _window_out(x[2], kh, sh, ph), _window_out(x[3], kw, sw, pw))
+
+
+@dataclass(kw_only=True)
+class AvgPool2d(Op):
+    """k×k average pool, zero padding counted (PyTorch's ``count_include_pad=True``), ``divisor`` = k·k.
+
+    ``mode`` ``sum`` (profile exact): the integer window sum, scale S/divisor, the division folded into
+    the next requantization (one rounding, half up). ``trunc_mean`` (profile hawq): HAWQ's
+    ``trunc(sum/divisor + 0.01)`` at scale S (:func:`hawq.numerics.avgpool_trunc`)."""
+    OP: ClassVar[str] = "avgpool2d"
+    kernel: list[int]
+    stride: list[int]
+    padding: list[int]
+    divisor: int
+    mode: str = "sum"
+
+    def check(self):
+        kh, kw = _pair(self.kernel)
+        if int(self.divisor) != kh * kw:
+            self.fail(f"divisor {self.divisor} is not the window size {kh * kw}")
+        if self.mode not in ("sum", "trunc_mean"):
+            self.fail(f"unknown mode {self.mode!r}")
+
+    shape = MaxPool2d.shape
+
+    def bounds(self, ins, shapes):
+        n = int(self.divisor)
+        lo, hi = min(ins[0][0], 0) * n, max(ins[0][1], 0) * n
+        if self.mode == "sum":
+            return lo, hi
+        return _truncdiv(100 * lo + n, 100 * n), _truncdiv(100 * hi + n, 100 * n)
+
+
+@dataclass(kw_only=True)
+class GlobalAvgPoolSum(Op):
+    """Sum over H×W -> [B, C]; scale S/(H·W), folded into the next requantization."""
+    OP: ClassVar[str] = "global_avgpool_sum"
+    divisor: int
+
+    def shape(self, x):
+        return (x[0], x[1])
+
+    def bounds(self, ins, shapes):
+        n = int(np.prod(shapes[0][2:]))
+        return ins[0][0] * n, ins[0][1] * n
+
+
+@dataclass(kw_only=True)
+class GlobalAvgPoolTrunc(GlobalAvgPoolSum):
+    """HAWQ's trunc(sum/N + 0.01) over H×W (N = ``divisor``) -> [B, C] at scale S."""
+    OP: ClassVar[str] = "global_avgpool_trunc"
+
+    def check(self):
+        if int(self.divisor) <= 0:
+            self.fail(f"divisor must be positive, got {self.divisor}")
+
+    def bounds(self, ins, shapes):
+        lo, hi = super().bounds(ins, shapes)
+        n = int(self.divisor)
+        return _truncdiv(100 * lo + n, 100 * n), _truncdiv(100 * hi + n, 100 * n)
+
+
+OPS: dict[str, type[Op]] = {c.OP: c for c in (Quantize, Conv2d, Dense, Requant, RequantAdd, Relu, Clamp, Concat,
+                                              MaxPool2d, AvgPool2d, GlobalAvgPoolSum, GlobalAvgPoolTrunc)}
+
+
+def requant_bounds(qmin: int, qmax: int, in_lo: int, multiplier) -> Interval:
+    """Static range of a requant's output: [qmin, qmax], narrowed to [max(qmin, 0), qmax] when the
+    input is non-negative (``in_lo >= 0``) and every multiplier is >= 0: then t = acc·m >= 0, and
+    both roundings of t·2^-s are >= 0. This is what lets a signed-declared post-ReLU activation
+    (profile ``hawq``: qmin -128, values 0..127) use a ``uint8`` container."""
+    if in_lo >= 0 and bool((np.asarray(multiplier) >= 0).all()):
+        return min(max(qmin, 0), qmax), qmax
+    return qmin, qmax
+
+
+def _check_dyadic(op: Op, m, s) -> None:
+    m, s = _np(m), _np(s)
+    if m.shape != s.shape:
+        op.fail(f"multiplier shape {m.shape} differs from shift shape {s.shape}")
+    if m.size and (int(s.min()) < 1 or int(s.max()) > 62 or int(np.abs(m).max()) >= 1 << 31):
+        op.fail("dyadic multiplier must be < 2^31 with a shift in [1, 62]")
+
+
+def _check_channels(op: Op, per_channel, x: Shape) -> None:
+    n = _np(per_channel).size
+    if n not in (1, x[1]):
+        op.fail(f"{n} per-channel parameters for {x[1]} channels")
+
+
+# ------------------------------------------------------------------------------------- graph
+@dataclass
+class Graph:
+    """An integer program: ``nodes`` in execution order reading ``input`` (the float image) and
+    producing ``output`` (int logits); ``output_scale`` (float64 [classes]) ranks the classes."""
+
+    input: str
+    output: str
+    nodes: list[Op]
+    output_scale: torch.Tensor | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "integer graph") -> "Graph":
+        """Parse and validate an artifact's ``graph`` dict (any version of ``hawq-integer-graph/1``)."""
+        if not isinstance(d, dict) or not {"input", "output", "nodes"} <= set(d):
+            raise HawqError(f"{where}: not an integer graph (needs input, output, nodes)")
+        nodes = [node_from_dict(n, where) for n in d["nodes"]]
+        g = cls(d["input"], d["output"], nodes, d.get("output_scale"))
+        g.validate()
+        return g
+
+    def to_dict(self) -> dict:
+        d = {"input": self.input, "output": self.output, "nodes": [n.to_dict() for n in self.nodes]}
+        if self.output_scale is not None:
+            d["output_scale"] = self.output_scale
+        return d
+
+    def validate(self) -> None:
+        """Every node's fields, arity, single assignment, and every read defined before use."""
+        defined = {self.input}
+        for n in self.nodes:
+            n.check()
+            if n.ARITY >= 0 and len(n.inputs) != n.ARITY:
+                n.fail(f"takes {n.ARITY} input(s), got {len(n.inputs)}")
+            for v in n.inputs:
+                if v not in defined:
+                    n.fail(f"reads '{v}' before it is defined")
+            if n.output in defined:
+                n.fail(f"redefines '{n.output}'")
+            defined.add(n.output)
+        if self.output not in defined:
+            raise HawqError(f"integer graph output '{self.output}' is never computed")
+
+    def infer(self, input_shape: Shape) -> dict[str, tuple[Shape, Interval]]:
+        """(shape, [lo, hi]) of every value for a float input of ``input_shape`` [B, C, H, W]."""
+        info: dict[str, tuple[Shape, Interval]] = {self.input: (tuple(int(d) for d in input_shape), (0, 0))}
+        for n in self.nodes:
+            shapes = [info[v][0] for v in n.inputs]
+            ivs = [info[v][1] for v in n.inputs]
+            out = tuple(int(d) for d in n.shape(*shapes))
+            info[n.output] = (out, tuple(int(b) for b in n.bounds(ivs, shapes)))
+        return info
+
+    def node(self, name: str) -> Op:
+        return next(n for n in self.nodes if n.name == name)
+
+
+def node_from_dict(d: dict, where: str = "integer graph") -> Op:
+    """One artifact node dict -> its op object; unknown ops and missing fields are HawqErrors."""
+    op = d.get("op") if isinstance(d, dict) else None
+    cls = OPS.get(op)
+    if cls is None:
+        raise HawqError(f"{where}: unknown op {op!r}" + (f" (node {d.get('name')})" if isinstance(d, dict) else ""))
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names - {"op"})
+    if unknown:
+        raise HawqError(f"{where}: node '{d.get('name')}' ({op}) has unknown field '{unknown[0]}'")
+    try:
+        return cls(**{k: v for k, v in d.items() if k != "op"})
+    except TypeError as e:
+        missing = str(e).split("argument")[-1].strip(": ")
+        raise HawqError(f"{where}: node '{d.get('name')}' ({op}) lacks {missing}") from None
+
+
+def as_graph(g: "Graph | dict") -> Graph:
+    """A :class:`Graph`, parsing (and validating) an artifact dict when given one."""
+    return g if isinstance(g, Graph) else Graph.from_dict(g)
+
+
+class Registry:
+    """One implementation per op class for a back end: ``@REG.register(Conv2d)`` above a function
+    ``fn(backend_state_or_node, ...)``; :meth:`lookup` names the back end when an op has none."""
+
+    def __init__(self, backend: str):
+        self.backend = backend
+        self._impl: dict[type[Op], Callable] = {}
+
+    def register(self, cls: type[Op]):
+        def deco(fn):
+            if cls in self._impl:
+                raise RuntimeError(f"{self.backend}: {cls.__name__} registered twice")
+            self._impl[cls] = fn
+            return fn
+        return deco
+
+    def lookup(self, node: Op) -> Callable:
+        try:
+            return self._impl[type(node)]
+        except KeyError:
+            raise HawqError(f"the {self.backend} does not support op {node.OP!r} (node {node.name})") from None
+
+    def missing(self) -> list[str]:
+        return [c.OP for c in OPS.values() if c not in self._impl]
