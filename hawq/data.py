@@ -242,14 +242,31 @@ def random_flip_crop(images: torch.Tensor, generator: torch.Generator,
     return padded[torch.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-def preprocess(images) -> torch.Tensor:
-    """Eval transform: uint8 ``[B, 28, 28]`` (or ``[28, 28]``) -> float32 ``[B, 3, 32, 32]``."""
-    return normalize_images(pad_images(_as_uint8_batch(images)))
+def upscale(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """Nearest-neighbour upscale of uint8 ``[B, H, W]`` by an integer ``factor`` (pixel repetition:
+    no new values, no interpolation) -> ``[B, H·f, W·f]``."""
+    if factor == 1:
+        return images
+    return images.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
 
 
-def augment(images, generator: torch.Generator) -> torch.Tensor:
-    """Train transform: pad to 32, random crop(+-2 px) + flip, normalize -> float32 ``[B,3,32,32]``."""
-    return normalize_images(random_flip_crop(pad_images(_as_uint8_batch(images)), generator))
+def upscale_of(arch: str | None) -> int:
+    """Integer upscale of the 32×32 Fashion-MNIST input an arch needs to reach its smallest input
+    side (:attr:`hawq.models.layers.ArchInfo.min_input`): 3 for InceptionV3 (96 px), else 1."""
+    if arch is None:
+        return 1
+    from hawq.models.layers import arch_info
+    return -(-arch_info(arch).min_input // FMNIST_INPUT)
+
+
+def preprocess(images, scale: int = 1) -> torch.Tensor:
+    """Eval transform: uint8 ``[B, 28, 28]`` (or ``[28, 28]``) -> float32 ``[B, 3, 32·s, 32·s]``."""
+    return normalize_images(upscale(pad_images(_as_uint8_batch(images)), scale))
+
+
+def augment(images, generator: torch.Generator, scale: int = 1) -> torch.Tensor:
+    """Train transform: pad to 32, random crop(+-2 px) + flip, upscale, normalize -> float32 ``[B,3,32·s,32·s]``."""
+    return normalize_images(upscale(random_flip_crop(pad_images(_as_uint8_batch(images)), generator), scale))
 
 
 # ----------------------------------------------------------------------------- seeding / subsets
@@ -322,8 +339,9 @@ class ArrayLoader:
     """
 
     def __init__(self, images_uint8, labels, batch_size: int, train: bool, seed: int = 0,
-                 indices=None, limit: int | None = None):
+                 indices=None, limit: int | None = None, scale: int = 1):
         _check_positive("batch_size", batch_size)
+        self.scale = int(scale)
         _check_positive("limit", limit, allow_none=True)
         images = _as_uint8_batch(images_uint8)
         labels = (labels.to(torch.int64) if torch.is_tensor(labels)
@@ -354,13 +372,13 @@ class ArrayLoader:
         n, bs = self.dataset_size, self.batch_size
         if not self.train:
             for start in range(0, n, bs):
-                yield preprocess(self.images[start:start + bs]), self.labels[start:start + bs]
+                yield preprocess(self.images[start:start + bs], self.scale), self.labels[start:start + bs]
             return
         g = epoch_generator(self.seed, self.epoch)
         order = torch.randperm(n, generator=g)
         for start in range(0, n, bs):
             idx = order[start:start + bs]
-            yield augment(self.images[idx], g), self.labels[idx]
+            yield augment(self.images[idx], g, self.scale), self.labels[idx]
 
 
 # ----------------------------------------------------------------------------- ImageFolder
@@ -557,9 +575,12 @@ def _check_dataset(dataset: str) -> str:
     return name
 
 
-def input_size_of(dataset: str) -> int:
-    """Model input side S (images are [3, S, S]): 32 for Fashion-MNIST (padded), 224 for ImageNet."""
-    return FMNIST_INPUT if _check_dataset(dataset) == "fashion-mnist" else IMAGENET_INPUT
+def input_size_of(dataset: str, arch: str | None = None) -> int:
+    """Model input side S (images are [3, S, S]): 32 for Fashion-MNIST (padded; times
+    :func:`upscale_of` for archs that need more, e.g. 96 for InceptionV3), 224 for ImageNet."""
+    if _check_dataset(dataset) == "fashion-mnist":
+        return FMNIST_INPUT * upscale_of(arch)
+    return IMAGENET_INPUT
 
 
 def num_classes_of(dataset: str, data: str | os.PathLike | None = None) -> int:
@@ -570,14 +591,16 @@ def num_classes_of(dataset: str, data: str | os.PathLike | None = None) -> int:
 
 
 def build_loaders(dataset: str, data: str | os.PathLike | None, batch_size: int, workers: int,
-                  data_percentage: float, seed: int, eval_limit: int | None = None) -> DataBundle:
+                  data_percentage: float, seed: int, eval_limit: int | None = None,
+                  arch: str | None = None) -> DataBundle:
     """Build the train / val loaders for ``dataset`` (``fashion-mnist`` or ``imagenet``).
 
     ``data``: for Fashion-MNIST an optional directory holding the four IDX files (default
     :data:`FMNIST_DIR`); for ``imagenet`` the required ImageFolder root. ``workers`` is used by
     the ImageFolder DataLoader only. ``data_percentage`` in (0, 1] keeps a seed-deterministic
     random subset of the training set; ``eval_limit`` caps the validation set (Fashion-MNIST:
-    first N test images; ImageFolder: N evenly spaced ones). Errors are :class:`HawqError`.
+    first N test images; ImageFolder: N evenly spaced ones). ``arch``: Fashion-MNIST images are
+    upscaled to the arch's smallest input (:func:`upscale_of`). Errors are :class:`HawqError`.
     """
     name = _check_dataset(dataset)
     _check_positive("batch_size", batch_size)
@@ -586,9 +609,10 @@ def build_loaders(dataset: str, data: str | os.PathLike | None, batch_size: int,
     if name == "fashion-mnist":
         train_x, train_y, test_x, test_y = load_fashion_mnist(data)
         idx = subset_indices(len(train_y), fraction, seed)
-        train = ArrayLoader(train_x, train_y, batch_size, train=True, seed=seed, indices=idx)
-        val = ArrayLoader(test_x, test_y, batch_size, train=False, seed=seed, limit=eval_limit)
-        return DataBundle(train, val, FMNIST_CLASSES, FMNIST_INPUT, name)
+        s = upscale_of(arch)
+        train = ArrayLoader(train_x, train_y, batch_size, train=True, seed=seed, indices=idx, scale=s)
+        val = ArrayLoader(test_x, test_y, batch_size, train=False, seed=seed, limit=eval_limit, scale=s)
+        return DataBundle(train, val, FMNIST_CLASSES, FMNIST_INPUT * s, name)
     if not isinstance(workers, (int, np.integer)) or workers < 0:
         raise HawqError(f"workers must be a non-negative integer, got {workers!r}")
     train, val, num_classes = _imagenet_loaders(data, batch_size, workers, fraction, seed,

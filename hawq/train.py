@@ -242,7 +242,7 @@ def run(argv=None) -> dict:
     resume = load_resume(args)
     config = quant_config(args, resume)
     data = build_loaders(args.dataset, args.data, args.batch_size, args.workers, args.data_percentage,
-                         args.seed, eval_limit=args.eval_limit)
+                         args.seed, eval_limit=args.eval_limit, arch=args.arch)
     model, bits = build_model(args, data.num_classes, resume, config)
     if bits is None:
         config = None

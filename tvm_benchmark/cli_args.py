@@ -8,8 +8,8 @@ from tvm_benchmark.isa import CHOICES as ISA_CHOICES
 from tvm_benchmark.targets import TARGETS
 
 
-def add_program_args(p: argparse.ArgumentParser, batch_default: int) -> None:
-    p.add_argument("--checkpoint", required=True,
+def add_program_args(p: argparse.ArgumentParser, batch_default: int, checkpoint_required: bool = True) -> None:
+    p.add_argument("--checkpoint", required=checkpoint_required,
                    help="QAT checkpoint from quant_train.py, or its integer artifact quantized_checkpoint.pth.tar, "
                         "or HAWQ-V3's checkpoint.pth.tar / quantized_checkpoint.pth.tar (with --quant-scheme)")
     add_arch_arg(p, None, help="for HAWQ-V3 files that do not record it")

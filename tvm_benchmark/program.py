@@ -50,7 +50,7 @@ def load_program(path: str, arch: str | None = None, scheme: str | None = None,
                        f.config.numerics)
     model, bits = quant_model_from(f, arch=arch, scheme=scheme)
     dataset = resolve_dataset(dataset, data, f.dataset or ("imagenet" if f.numerics_inferred else None))
-    s = input_size_of(dataset)
+    s = input_size_of(dataset, model.arch)
     art = export_integer(model, (3, s, s))
     return Program(art["graph"], (3, s, s), model.arch, str(f.quant_scheme or scheme), dataset, dict(bits), path,
                    model.config.numerics)

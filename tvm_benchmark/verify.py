@@ -1,6 +1,7 @@
 """Bit-exactness of the compiled TVM program against the integer reference (NumPy int64).
 
     python -m tvm_benchmark.verify --checkpoint PATH [--target llvm] [--isa avx2|...] [--limit N] [--per-layer]
+    python -m tvm_benchmark.verify -a ARCH --quant-scheme S [--random]   # no checkpoint: a calibrated model
 
 Compiles the checkpoint's integer graph, runs TVM and :func:`hawq.reference.run_graph` on the
 validation set, prints a table and, as the last line, ``mismatches: M/N`` (N logits compared
@@ -17,11 +18,12 @@ from hawq.cli import one_line_errors, run_main
 from hawq.data import build_loaders
 from hawq.errors import HawqError
 from hawq.reference import run_graph
-from hawq.verify import compare_with_reference
+from hawq.export import export_integer
+from hawq.verify import add_calibration_args, calibrated_inputs, compare_with_reference
 from tvm_benchmark.cli_args import add_data_args, add_program_args
 from tvm_benchmark.compile import compile_program
 from tvm_benchmark.frontend import node_outputs
-from tvm_benchmark.program import load_program
+from tvm_benchmark.program import Program, load_program
 from tvm_benchmark.runtime import Runner
 from tvm_benchmark.targets import device_of
 
@@ -55,18 +57,26 @@ def _print_layers(rows: list[dict]) -> str | None:
 @one_line_errors
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_program_args(p, batch_default=50)
+    add_program_args(p, batch_default=50, checkpoint_required=False)
     add_data_args(p)
+    add_calibration_args(p)
     p.add_argument("--per-layer", action="store_true", help="compare every node's output on the first batch")
     args = p.parse_args(argv)
     if args.batch_size < 1:
         raise HawqError(f"--batch-size must be >= 1, got {args.batch_size}")
 
-    prog = load_program(args.checkpoint, args.arch, args.quant_scheme, args.dataset, args.data)
-    data = build_loaders(args.dataset or prog.dataset, args.data, args.batch_size, 0, 1.0, 0,
-                         eval_limit=args.limit)
-    if data.input_size != prog.input_chw[1]:
-        raise HawqError(f"dataset images are {data.input_size}px but the program was exported for "
+    if args.checkpoint is None:
+        model, size, val, what = calibrated_inputs(args)
+        art = export_integer(model, (3, size, size))
+        prog = Program(art["graph"], (3, size, size), model.arch, args.quant_scheme, what, model.bit_config(),
+                       "calibrated", model.config.numerics)
+    else:
+        prog = load_program(args.checkpoint, args.arch, args.quant_scheme, args.dataset, args.data)
+        data = build_loaders(args.dataset or prog.dataset, args.data, args.batch_size, 0, 1.0, 0,
+                             eval_limit=args.limit, arch=prog.arch)
+        val, size = data.val, data.input_size
+    if size != prog.input_chw[1]:
+        raise HawqError(f"dataset images are {size}px but the program was exported for "
                         f"{prog.input_chw[1]}px")
     built = compile_program(prog.graph, prog.input_shape(args.batch_size), args.target, args.threads,
                             all_outputs=args.per_layer, fast=False if args.untuned else None, isa=args.isa)
@@ -74,13 +84,13 @@ def main(argv=None) -> int:
     print(f"target: {built.target}  isa: {built.isa_name}  scheduled: {'no' if args.untuned else 'yes'}  "
           f"numerics: {prog.numerics}")
     if args.per_layer:
-        x, _ = next(iter(data.val))
+        x, _ = next(iter(val))
         x = x.numpy()
         rows = compare_layers(runner(x), prog.graph, x)
         _print_layers(rows)
         m, total = sum(r["mismatches"] for r in rows), sum(r["values"] for r in rows)
     else:
-        r = compare_with_reference(runner, prog.graph, data.val, "tvm", progress=not args.no_progress)
+        r = compare_with_reference(runner, prog.graph, val, "tvm", progress=not args.no_progress)
         print(f"{'arch':<18}{'scheme':<20}{'images':>8}{'tvm_top1':>10}{'ref_top1':>10}")
         print(f"{prog.arch:<18}{prog.scheme:<20}{r['images']:>8}{r['tvm_top1']:>10.2f}{r['ref_top1']:>10.2f}")
         m, total = r["mismatches"], r["logits"]
