@@ -103,7 +103,8 @@ def test_every_entry_point_rejects_an_unknown_arch_the_same_way(module, argv, ca
         main(["-a", "resnet7", *argv])
     assert exc.value.code == 2
     assert capsys.readouterr().err.splitlines() == [
-        "error: unknown arch 'resnet7'; supported: resnet18, resnet50, resnet50b, resnet101, resnet20_cifar10"]
+        "error: unknown arch 'resnet7'; supported: resnet18, resnet50, resnet50b, resnet101, resnet20_cifar10, "
+        "regnetx006, mobilenetv2_w1, inceptionv3"]
     assert list(tmp_path.iterdir()) == []
 
 

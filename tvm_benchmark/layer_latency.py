@@ -18,6 +18,7 @@ images.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from hawq import ir
 from hawq.bit_config import load_scheme
 from hawq.cli import add_arch_arg, one_line_errors, run_main
 from hawq.engine import calibrate_random
@@ -32,7 +34,6 @@ from hawq.fileio import rows_csv, write_text_atomic
 from hawq.export import export_integer
 from hawq.models.factory import fp_model, quant_model
 from hawq.models.layers import arch_info
-from hawq.reference import run_graph
 from hawq.quant.config import QuantConfig
 from tvm_benchmark.cli_args import add_isa_arg
 from tvm_benchmark.compile import compile_program
@@ -45,29 +46,29 @@ FIELDS = ("layer", "bits", "median_ms", "p90_ms")
 ROOT = Path(__file__).resolve().parent / "layer_latency"
 
 
-def calibrated_graph(arch: str, scheme: str, batch: int, seed: int = 0) -> tuple[dict, dict]:
+def calibrated_graph(arch: str, scheme: str, batch: int, seed: int = 0) -> tuple[ir.Graph, dict]:
     """(integer graph, value shapes) of ``arch`` under ``scheme``, calibrated on random batches."""
     info = arch_info(arch)
     torch.manual_seed(seed)
     shape = (batch, 3, info.input_size, info.input_size)
     q = quant_model(arch, load_scheme(arch, scheme), info.num_classes, fp=fp_model(arch, info.num_classes),
                     config=QuantConfig(fix_BN=True))
-    graph = export_integer(calibrate_random(q, shape, seed=seed), shape[1:])["graph"]
-    _, env = run_graph(graph, np.zeros((1, *shape[1:]), np.float32), keep=True)
-    return graph, {k: v.shape[1:] for k, v in env.items()}
+    graph = ir.Graph.from_dict(export_integer(calibrate_random(q, shape, seed=seed), shape[1:])["graph"])
+    info = graph.infer((1, *shape[1:]))
+    return graph, {k: shp[1:] for k, (shp, _) in info.items()}
 
 
-def _stub(lo: int, hi: int) -> dict:
+def _stub(lo: int, hi: int) -> ir.Quantize:
     """A quantize node that turns float inputs in [lo, hi] into those integers (scale 1, z 0)."""
-    return {"op": "quantize", "name": "stub", "inputs": ["input"], "output": "stub:out",
-            "scale": torch.ones(1), "zero_point": 0, "qmin": lo, "qmax": hi, "bits": 8}
+    return ir.Quantize(name="stub", inputs=["input"], output="stub:out", scale=torch.ones(1), zero_point=0,
+                       qmin=lo, qmax=hi, bits=8)
 
 
-def _runner(graph: dict, shape, threads: int, target: str, rng, isa: str | None) -> tuple[Runner, np.ndarray]:
+def _runner(graph: ir.Graph, shape, threads: int, target: str, rng, isa: str | None) -> tuple[Runner, np.ndarray]:
     """The compiled ``graph`` and an input batch inside its input quantizer's range."""
     built = compile_program(graph, shape, target, threads, isa=isa)
-    node = graph["nodes"][0]
-    x = rng.integers(int(node["qmin"]), int(node["qmax"]) + 1, size=shape).astype(np.float32)
+    node = graph.nodes[0]
+    x = rng.integers(int(node.qmin), int(node.qmax) + 1, size=shape).astype(np.float32)
     return Runner(built.executable, device_of(target), shape[0], built.isa_name), x
 
 
@@ -88,22 +89,21 @@ def _jobs(arch: str, batch: int, threads: int, target: str, rng, isa: str | None
         graph, shapes = calibrated_graph(arch, scheme, batch)
         # The static ranges the whole program uses (not just the nodes' qmin/qmax: e.g. a post-ReLU
         # requant is [0, qmax]), so the stub feeds each layer the container and kernel it gets there.
-        ranges = value_ranges(graph, (batch, *shapes[graph["input"]]))
-        for node in (n for n in graph["nodes"] if n["op"] in ("conv2d", "dense")):
-            if int(node["weight_bits"]) != bits:
+        ranges = value_ranges(graph, (batch, *shapes[graph.input]))
+        for node in (n for n in graph.nodes if isinstance(n, (ir.Conv2d, ir.Dense))):
+            if int(node.weight_bits) != bits:
                 continue   # a layer the schemes keep at 8 bits: 8-bit row only
-            src = node["inputs"][0]
+            src = node.inputs[0]
             shape = (batch, *shapes[src])
             base = _stub(*ranges[src])
-            if graph["nodes"][0]["output"] == src:   # the stem reads the real input quantizer
-                sub = {"input": "input", "output": node["output"], "nodes": [graph["nodes"][0], node]}
+            if graph.nodes[0].output == src:   # the stem reads the real input quantizer
+                sub = ir.Graph("input", node.output, [graph.nodes[0], node])
             else:
-                sub = {"input": "input", "output": node["output"], "nodes": [base, {**node, "inputs": ["stub:out"]}]}
-            key = (shape, base["qmin"], base["qmax"])
+                sub = ir.Graph("input", node.output, [base, dataclasses.replace(node, inputs=["stub:out"])])
+            key = (shape, base.qmin, base.qmax)
             if key not in stubs:
-                stubs[key] = _runner({"input": "input", "output": "stub:out", "nodes": [base]},
-                                     shape, threads, target, rng, isa)
-            jobs.append((node["name"], bits, _runner(sub, shape, threads, target, rng, isa), stubs[key]))
+                stubs[key] = _runner(ir.Graph("input", "stub:out", [base]), shape, threads, target, rng, isa)
+            jobs.append((node.name, bits, _runner(sub, shape, threads, target, rng, isa), stubs[key]))
     return jobs
 
 
