@@ -49,6 +49,7 @@ hawq-conformance: setup
 bench: setup
 	$(PY) -m hawq.bench
 	$(PY) -m tvm_benchmark.bench -a resnet18 resnet50 --quant-scheme uniform8 uniform4 bops_0.5 -b 1 8 --threads 2
+	$(PY) -m tvm_benchmark.bench -a mobilenetv2_w1 regnetx006 inceptionv3 --quant-scheme uniform8 uniform4 -b 1 8 --threads 2
 
 # Per-layer TVM latency tables for the latency-constrained bit allocation (hawq.mpq --latency-table).
 layer-latency: setup
