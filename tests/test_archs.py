@@ -164,3 +164,18 @@ def test_qat_training_runs_on_the_embedded_dataset(arch, tmp_path):
     art = torch.load(tmp_path / "quantized_checkpoint.pth.tar", weights_only=True)
     side = 96 if arch == "inceptionv3" else 32
     assert art["input_shape"] == [3, side, side] and 0.0 <= res["top1"] <= 100.0
+
+
+def test_depthwise_layers_get_the_hand_scheduled_kernel():
+    """Every depthwise conv of MobileNetV2 calls tvm_benchmark.depthwise's kernel, not TVM's generic
+    conv2d (HAWQ users report untuned depthwise kernels dominating MobileNetV2 on TVM)."""
+    import functools
+    from tvm_benchmark.compile import plan_kernel
+    from tvm_benchmark.frontend import build_module
+    from tvm_benchmark.isa import detect
+    model, _ = build_calibrated("mobilenetv2_w1", "uniform8", 10, (1, 3, 32, 32))
+    graph = export_integer(model, (3, 32, 32))["graph"]
+    depthwise = [n for n in graph["nodes"] if n["op"] == "conv2d" and n["groups"] > 1]
+    mod = build_module(graph, (1, 3, 32, 32), planner=functools.partial(plan_kernel, detect()))
+    calls = mod["main"].script().count("conv2d_depthwise")   # call sites (same-shape layers share a kernel)
+    assert len(depthwise) == 17 and calls == len(depthwise)

@@ -14,6 +14,7 @@ from tvm import relax
 
 from hawq.errors import HawqError
 from tvm_benchmark import isa as I
+from tvm_benchmark.depthwise import plan_depthwise
 from tvm_benchmark.schedules import plan_conv, schedule_generic
 from tvm_benchmark.targets import cuda_available, make_target
 
@@ -52,6 +53,14 @@ class Built:
         return self.isa.name if self.isa else "generic"
 
 
+def plan_kernel(isa, act_dtype: str, act_lo: int, act_hi: int, w, groups: int, out_w: int | None = None,
+                emulate: bool = False):
+    """The hand-scheduled kernel for one convolution: the depthwise kernel where it applies, else
+    :func:`tvm_benchmark.schedules.plan_conv`'s choice (None: TVM's generic convolution)."""
+    return (plan_depthwise(isa, act_dtype, act_lo, act_hi, w, groups, emulate=emulate)
+            or plan_conv(isa, act_dtype, act_lo, act_hi, w, groups, out_w, emulate=emulate))
+
+
 def compile_program(graph: dict, input_shape: tuple[int, int, int, int], key: str,
                     threads: int | None = None, all_outputs: bool = False, fast: bool | None = None,
                     isa: str | None = None, emulate: bool = False) -> Built:
@@ -78,6 +87,6 @@ def compile_program(graph: dict, input_shape: tuple[int, int, int, int], key: st
         fast = family is not None
     if fast and family is None:
         raise HawqError("the hand-scheduled program needs an x86 CPU with AVX2 (compile with --untuned)")
-    planner = functools.partial(plan_conv, planned, emulate=emulate) if fast else None
+    planner = functools.partial(plan_kernel, planned, emulate=emulate) if fast else None
     mod = build_module(graph, input_shape, all_outputs=all_outputs, planner=planner)
     return Built(build(mod, target, schedule=fast), target, family if fast else None)

@@ -38,6 +38,7 @@ from tvm import relax
 from hawq.errors import HawqError
 from hawq import ir
 from hawq.ir import Interval
+from tvm_benchmark.depthwise import DepthwisePlan
 
 #: ``planner(act_dtype, act_lo, act_hi, weight_oihw, groups, out_w) -> ConvPlan | None``: the
 #: back end's choice of a hand-scheduled kernel for one convolution (:func:`tvm_benchmark.schedules.plan_conv`
@@ -192,7 +193,9 @@ class _Builder:
         if self.planner is not None and acc == "int32":
             out_w = (int(data.ty.shape[2]) + 2 * pad[1] - w.shape[3]) // stride[1] + 1
             plan = self.planner(_dt(data), x.lo + x.offset, x.hi + x.offset, w, groups, out_w)
-        if plan is not None:
+        if isinstance(plan, DepthwisePlan):
+            y, offset = self._depthwise_planned(plan, data, w, pad, stride, x.offset)
+        elif plan is not None:
             y, offset = self._conv_planned(plan, data, w, pad, stride, x.offset)
         else:
             offset = x.offset
@@ -241,6 +244,24 @@ class _Builder:
         acc = self.emit(relax.call_tir(gv, [data, _const(plan.pack(w), kernel.weight_dtype)],
                                        relax.TensorType([b, oh, ow, o // lanes, lanes], "int32")))
         return self.emit(relax.op.reshape(acc, [b, oh, ow, o])), offset
+
+    def _depthwise_planned(self, plan: DepthwisePlan, data: relax.Expr, w: np.ndarray, pad: list[int],
+                           stride: list[int], offset: int) -> tuple[relax.Expr, int]:
+        """NHWC depthwise conv through :mod:`tvm_benchmark.depthwise`: pad spatially with the centered
+        zero and channels to the lane multiple (zero weights there), call, drop the padded channels."""
+        c, _, kh, kw = w.shape
+        if _dt(data) != plan.act_dtype:
+            data = self.emit(relax.op.astype(data, plan.act_dtype))
+        cp = plan.padded(c)
+        data = self._pad_hw(data, pad, offset, extra_channels=cp - c)
+        b, h, wd, _ = (int(d) for d in data.ty.shape)
+        oh, ow = (h - kh) // stride[0] + 1, (wd - kw) // stride[1] + 1
+        gv = self.bb.add_func(plan.prim_func(b, (h, wd), cp, (kh, kw), tuple(stride)), "conv2d_depthwise__")
+        acc = self.emit(relax.call_tir(gv, [data, _const(plan.pack(w), plan.weight_dtype)],
+                                       relax.TensorType([b, oh, ow, cp], "int32")))
+        if cp != c:
+            acc = self.emit(relax.op.strided_slice(acc, axes=[3], begin=[0], end=[c]))
+        return acc, offset
 
     def dense(self, node: ir.Dense, x: Value) -> relax.Expr:
         w, bias = _np(node.weight), _np(node.bias).astype(np.int64)
