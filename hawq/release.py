@@ -44,9 +44,9 @@ RELEASES = [
 MB = "mobilenetv2_w1"
 MB_FP_FILE = f"{OUT}/{MB}_fp32.pth.tar"
 _MB_COMMON = ["-a", MB, "-b", "128", "--lr-schedule", "cosine", "--no-progress"]
-# FP from scratch for 6 epochs, then one QAT epoch on half the training set, as for resnet20.
+# FP from scratch for 3 epochs, then one QAT epoch on half the training set, as for resnet20.
 RELEASES += [
-    (MB_FP_FILE, ["--quant-scheme", "fp32", "--epochs", "6", "--lr", "0.05", "--wd", "4e-5",
+    (MB_FP_FILE, ["--quant-scheme", "fp32", "--epochs", "3", "--lr", "0.05", "--wd", "4e-5",
                   "--save-path", f"{RUNS}/{MB}_fp32", *_MB_COMMON]),
     (f"{OUT}/{MB}_uniform8.pth.tar", ["--quant-scheme", "uniform8", "--epochs", "1", "--lr", "0.002",
                                       "--data-percentage", "0.5", "--fix-BN",
