@@ -53,12 +53,17 @@ def _models(arch: str, scheme: str, num_classes: int, shape, fp_cache: dict):
     import torch
     from hawq.bit_config import load_scheme
     from hawq.engine import calibrate_random
-    from hawq.models.factory import fp_model_pretrained, load_quant_checkpoint, quant_model
+    from hawq import checkpoint as C
+    from hawq.models.factory import fp_model, load_quant_checkpoint, quant_model
     if arch not in fp_cache:
         torch.manual_seed(0)
         released = Path("checkpoints") / f"{arch}_fp32.pth.tar"
-        fp_cache[arch] = fp_model_pretrained(arch, num_classes, str(released) if released.is_file() else None).eval()
+        f = C.read(str(released)) if released.is_file() else None
+        # A released FP checkpoint (trained on the embedded dataset) fixes the class count.
+        fp_cache[arch] = fp_model(arch, f.num_classes if f else num_classes, weights=f).eval()
     fp = fp_cache[arch]
+    num_classes = fp.output.fc.out_features if isinstance(fp.output, torch.nn.Sequential) else fp.output.out_features \
+        if isinstance(fp.output, torch.nn.Linear) else fp.output.out_channels
     qat = Path("checkpoints") / f"{arch}_{scheme}.pth.tar"
     if qat.is_file():
         return fp, load_quant_checkpoint(str(qat))[0]
