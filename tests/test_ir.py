@@ -41,7 +41,7 @@ def test_released_artifacts_round_trip_unchanged(path):
     assert all(type(n).OP == d["op"] for n, d in zip(parsed.nodes, graph["nodes"]))
 
 
-def test_profile_hawq_fields_round_trip(small_model):
+def test_profile_hawq_fields_round_trip():
     from conftest import build_calibrated
     model, _ = build_calibrated("resnet20_cifar10", "uniform4", 10, (2, 3, 32, 32), numerics="hawq")
     graph = export_integer(model, (3, 32, 32))["graph"]

@@ -335,8 +335,9 @@ class _Builder:
                                                 layout=self.layout))
 
     def avgpool2d(self, node: ir.AvgPool2d, x: Value, out: Interval) -> relax.Expr:
-        """k×k window sum (zero padding counted) in the narrowest sufficient accumulator, by
-        ``sum_pool2d``-style padding + ``avg_pool2d`` is avoided: the sum is a depthwise all-ones conv."""
+        """k×k window sum (zero padding counted) as a depthwise all-ones integer conv, in int32 unless
+        the bound needs int64 (no float ``avg_pool2d``: its division would round); ``trunc_mean`` then
+        divides as HAWQ does."""
         x = self.centered(x)
         (kh, kw), (sh, sw), (ph, pw) = (ir._pair(v) for v in (node.kernel, node.stride, node.padding))
         n = kh * kw

@@ -17,7 +17,6 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
-from hawq.errors import HawqError
 from hawq.models.base import QUANT_TYPES, Builder, QuantModel  # noqa: F401  (QUANT_TYPES re-exported)
 from hawq.quant.config import QuantConfig
 from hawq.quant.graph import Q

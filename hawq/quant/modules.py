@@ -406,6 +406,19 @@ class QuantLinear(_QuantWeightLayer):
         return Q(acc, acc_scale)
 
 
+def _train_mean(mean: torch.Tensor, scale: torch.Tensor | None, n: int, trunc: bool) -> Q:
+    """Training path of an average over ``n`` values (global or k×k): the float mean at scale S/n,
+    or in profile hawq HAWQ's trunc(sum/n + 0.01) at scale S with a straight-through gradient."""
+    if scale is None:
+        return Q(mean, None)
+    if not trunc:
+        return Q(mean, scale / n)
+    s = scale.to(mean.dtype)
+    with torch.no_grad():
+        value = torch.trunc(torch.round(mean.detach() * n / s) / n + 0.01) * s
+    return Q(N.straight_through(mean, value), scale)
+
+
 class QuantAveragePool2d(nn.Module):
     """Global average pool in integers. Output: [B, C].
 
@@ -425,13 +438,7 @@ class QuantAveragePool2d(nn.Module):
         trunc = self.profile.avgpool == "trunc_mean"
         scale = None if x.scale is None or trunc else x.scale / n
         if self.training:
-            mean = x.value.mean(dim=(2, 3))
-            if not trunc or x.scale is None:
-                return Q(mean, scale)
-            s = x.scale.to(mean.dtype)
-            with torch.no_grad():
-                value = torch.trunc(torch.round(mean.detach() * n / s) / n + 0.01) * s
-            return Q(N.straight_through(mean, value), x.scale)
+            return _train_mean(x.value.mean(dim=(2, 3)), x.scale, n, trunc)
         total = x.value.sum(dim=(2, 3))
         y = N.avgpool_trunc(total, n) if trunc else total
         rec = active()
@@ -554,13 +561,7 @@ class QuantWindowAvgPool2d(nn.Module):
         n = self.kernel[0] * self.kernel[1]
         trunc = self.profile.avgpool == "trunc_mean"
         if self.training:
-            mean = F.avg_pool2d(x.value, self.kernel, self.stride, self.padding)
-            if not trunc or x.scale is None:
-                return Q(mean, None if x.scale is None else x.scale / n)
-            s = x.scale.to(mean.dtype)
-            with torch.no_grad():
-                value = torch.trunc(torch.round(mean.detach() * n / s) / n + 0.01) * s
-            return Q(N.straight_through(mean, value), x.scale)
+            return _train_mean(F.avg_pool2d(x.value, self.kernel, self.stride, self.padding), x.scale, n, trunc)
         total = torch.round(self._sum(x.value.double())).to(torch.int64)   # float64 sums of ints: exact
         y = N.avgpool_trunc(total, n) if trunc else total
         rec = active()
