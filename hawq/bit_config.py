@@ -38,9 +38,9 @@ BIT_CONFIG_DIR = Path(__file__).resolve().parent / "bit_configs"
 
 #: Allowed bit widths per layer kind.
 ALLOWED_BITS: dict[str, tuple[int, ...]] = {
-    "act": (4, 8),
-    "conv": (4, 8),
-    "linear": (4, 8),
+    "act": (2, 3, 4, 5, 6, 7, 8),      # below 8 bits: int8 containers with the narrow clamp range
+    "conv": (2, 3, 4, 5, 6, 7, 8),
+    "linear": (2, 3, 4, 5, 6, 7, 8),
     "act_int32": (16,),
 }
 

@@ -33,7 +33,7 @@ ARTIFACT_FORMAT = "hawq-integer-graph/1"
 #: HAWQ-V3's five dicts of ``quantized_checkpoint.pth.tar`` (our artifacts carry them too).
 HAWQ_KEYS = ("weight_integer", "bias_integer", "convbn_scaling_factor", "fc_scaling_factor", "act_scaling_factor")
 #: Keys of ours that HAWQ-V3 checkpoints do not carry; they keep their defaults when absent.
-OPTIONAL_KEYS = ("act_zero_point", "fold_step")
+OPTIONAL_KEYS = ("act_zero_point", "fold_step", "fixed_weight_scale")
 
 #: Prefix DataParallel adds to every key; HAWQ-V3 checkpoints carry it.
 DP_PREFIX = "module."

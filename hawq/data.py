@@ -618,3 +618,27 @@ def build_loaders(dataset: str, data: str | os.PathLike | None, batch_size: int,
     train, val, num_classes = _imagenet_loaders(data, batch_size, workers, fraction, seed,
                                                 eval_limit)
     return DataBundle(train, val, num_classes, IMAGENET_INPUT, name)
+
+
+# ----------------------------------------------------------------------------- calibration sets
+def calibration_images(dataset: str, data: str | os.PathLike | None, n: int, seed: int,
+                       arch: str | None = None) -> torch.Tensor:
+    """``n`` training images chosen at random with ``seed``, preprocessed as for evaluation (no
+    augmentation): float32 ``[n, 3, S, S]`` with S from :func:`input_size_of`. The images of
+    post-training calibration and reconstruction; the same seed gives the same images.
+    HawqError when the training set holds fewer than ``n`` images."""
+    name = _check_dataset(dataset)
+    _check_positive("calibration size", n)
+    if name == "fashion-mnist":
+        train_x, _, _, _ = load_fashion_mnist(data)
+        total = len(train_x)
+    else:
+        _split_dir(data, "train")
+        folder = _image_folder(data, "train", train=False)
+        total = len(folder)
+    if n > total:
+        raise HawqError(f"calibration size {n} is larger than the training set ({total} images)")
+    idx = torch.randperm(total, generator=torch.Generator().manual_seed(int(seed)))[:n].sort().values
+    if name == "fashion-mnist":
+        return preprocess(_as_uint8_batch(train_x)[idx], upscale_of(arch))
+    return torch.stack([folder[int(i)][0] for i in idx])

@@ -78,12 +78,13 @@ class Profile:
 
         exact: input asymmetric (applied zero point), post-ReLU unsigned, accumulators symmetric.
         hawq: every 4-bit quantizer ``unsigned_range`` (quant_train.py switches exactly the 4-bit
-        ones to 'asymmetric'), every other width symmetric signed - the input and post-ReLU too.
+        ones to 'asymmetric'), 8 bits and wider symmetric signed - the input and post-ReLU too. HAWQ
+        has no 2/3/5-7-bit activations; those follow its low-bit rule (``unsigned_range``).
         """
         if role not in ACT_ROLES:
             raise ValueError(f"unknown activation role {role!r}; expected one of {ACT_ROLES}")
         if self.name == "hawq":
-            return "unsigned_range" if bits == 4 else "symmetric"
+            return "unsigned_range" if bits < 8 else "symmetric"
         return {"input": "asymmetric", "relu": "unsigned", "accumulator": "symmetric", "signed": "symmetric"}[role]
 
 

@@ -207,9 +207,9 @@ def test_unknown_layer_is_named():
 @pytest.mark.parametrize(
     ("kind", "value", "message"),
     [
-        ("conv", 3, "has 3 bits; allowed: 4, 8"),
-        ("conv", 16, "has 16 bits; allowed: 4, 8"),
-        ("act", 2, "has 2 bits; allowed: 4, 8"),
+        ("conv", 1, "has 1 bits; allowed: 2, 3, 4, 5, 6, 7, 8"),
+        ("conv", 16, "has 16 bits; allowed: 2, 3, 4, 5, 6, 7, 8"),
+        ("act", 9, "has 9 bits; allowed: 2, 3, 4, 5, 6, 7, 8"),
         ("act_int32", 8, "has 8 bits; allowed: 16"),
         ("conv", "8", "non-integer bits '8'"),
         ("act", 8.0, "non-integer bits 8.0"),

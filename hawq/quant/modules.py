@@ -104,6 +104,10 @@ class QuantAct(nn.Module):
         self.running_stat = True
         self.stored_scale = False        # True: evaluate act_scaling_factor as stored (HAWQ quantized_checkpoint)
         self.layer_name = ""
+        # Post-training quantization hooks (hawq.ptq), training path only, never saved:
+        self.observer = None             # callable(float tensor): sees every value this quantizer would quantize
+        self.fake_quant = True           # False: pass values through unquantized (the float model)
+        self.drop_prob = 0.0             # QDrop: each element is left unquantized with this probability
         self.register_buffer("x_min", torch.zeros(1))
         self.register_buffer("x_max", torch.zeros(1))
         self.register_buffer("act_scaling_factor", torch.ones(1))
@@ -175,6 +179,10 @@ class QuantAct(nn.Module):
                             "cannot be trained; resume from HAWQ's checkpoint.pth.tar instead")
         xv, s_x = (x.value, x.scale) if isinstance(x, Q) else (x, None)
         total = xv if identity is None else xv + identity.value
+        if self.observer is not None:
+            self.observer(total.detach())
+        if not self.fake_quant:
+            return Q(total, None)
         if self.running_stat:
             self._observe(total)
         scale, zero = self.quant_params()
@@ -186,7 +194,7 @@ class QuantAct(nn.Module):
         prof = self.profile
         no_grid = s_x is None or (identity is not None and identity.scale is None)
         if self.fixed_point_quantization or no_grid:
-            return Q(N.fake_quantize(total, scale, zero, lo, hi, prof.reciprocal_quantize), scale)
+            return Q(self._drop(total, N.fake_quantize(total, scale, zero, lo, hi, prof.reciprocal_quantize)), scale)
         with torch.no_grad():
             q = _emulate_requant(xv.detach(), s_x, scale, prof.rounding)
             if identity is not None:
@@ -197,7 +205,13 @@ class QuantAct(nn.Module):
             else:                                   # zero point is 0
                 q.clamp_(lo, hi)
             q.mul_(scale)
-        return Q(N.straight_through(total, q), scale)
+        return Q(self._drop(total, N.straight_through(total, q)), scale)
+
+    def _drop(self, total: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
+        """QDrop: keep each element's float value with probability ``drop_prob``."""
+        if self.drop_prob <= 0:
+            return quantized
+        return torch.where(torch.rand_like(total) < self.drop_prob, total, quantized)
 
     # -- eval: integer-only ------------------------------------------------------------------
     def _check_calibrated(self):
@@ -261,26 +275,80 @@ class _QuantWeightLayer(nn.Module):
         self.register_buffer(scale_name, torch.zeros(c))
         self.register_buffer("weight_integer", torch.zeros(weight_shape, dtype=torch.int8))
         self.register_buffer("bias_integer", torch.zeros(c, dtype=torch.int32))
+        # A weight grid chosen once (post-training quantization's weight observers; 0 = not chosen):
+        # float32 [C_out], the scale of the BN-folded weight. When set it replaces the min/max scale
+        # in training and eval alike. Optional in checkpoints (hawq.checkpoint.OPTIONAL_KEYS).
+        self.register_buffer("fixed_weight_scale", torch.zeros(c))
+        # hawq.ptq hooks, training path only, never saved: ``fake_quant`` False runs float weights;
+        # ``weight_rounding`` (callable(w, s_w) -> dequantized weight) replaces round-to-nearest.
+        self.fake_quant = True
+        self.weight_rounding = None
 
     def extra_repr(self) -> str:
         return (f"weight_bit={self.weight_bit}, bias_bit={self.bias_bit}, per_channel={self.per_channel}, "
                 f"numerics={self.profile.name}")
 
+    @property
+    def has_fixed_scale(self) -> bool:
+        return bool((self.fixed_weight_scale > 0).all())
+
     def _weight_scale(self, w: torch.Tensor) -> torch.Tensor:
+        if self.has_fixed_scale:
+            return self.fixed_weight_scale.clone()
         return N.weight_scale(w, self.weight_bit, self.per_channel, self.weight_percentile, self.profile)
 
     def _fake_weight(self, w: torch.Tensor, s_w: torch.Tensor) -> torch.Tensor:
+        if not self.fake_quant:
+            return w
+        if self.weight_rounding is not None:
+            return self.weight_rounding(w, s_w)
         deq = N.quantize_weight(w, s_w, self.weight_bit, self.profile) * N.channel_view(s_w, w.dim(), 0)
         return N.straight_through(w, deq)
 
     def _fake_bias(self, b: torch.Tensor | None, scale_in: torch.Tensor | None, s_w: torch.Tensor):
-        if b is None or scale_in is None:
+        if b is None or scale_in is None or not self.fake_quant:
             return b
         b_int = N.quantize_bias(b, scale_in, s_w, self.bias_bit, self.profile)
         return N.straight_through(b, (b_int.double() * N.bias_scale(scale_in, s_w, self.profile)).to(b.dtype))
 
     def _acc_scale(self, scale_in: torch.Tensor, s_w: torch.Tensor, dtype) -> torch.Tensor:
         return N.bias_scale(scale_in, s_w, self.profile).to(dtype)
+
+    # -- the float weight the grid applies to, and writing chosen integers back into it ---------
+    def float_weight(self) -> torch.Tensor:
+        """The float weight the weight grid applies to ([C_out, ...]; BN-folded for a conv)."""
+        raise NotImplementedError
+
+    def _raw_weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _fold_factor(self) -> torch.Tensor | None:
+        """Per-channel factor the raw weight is multiplied by to give :meth:`float_weight` (None: 1)."""
+        return None
+
+    @torch.no_grad()
+    def set_integer_weights(self, q: torch.Tensor, scale: torch.Tensor) -> None:
+        """Fix the grid to ``scale`` (float32 [C_out]) and set the float weights so that the model's
+        own quantization gives exactly the integers ``q`` (weight shape, in the signed ``weight_bit``
+        range), in training and eval: the raw weight becomes S·q/k for BN factor k (channels with
+        k = 0 have a zero folded weight and keep q = 0). Post-training rounding (AdaRound) ends here."""
+        qmin, qmax = N.qrange(self.weight_bit, signed=True)
+        q = q.detach().float().clamp(qmin, qmax).round()
+        s = scale.detach().float().reshape(-1).expand(q.shape[0]).clone()
+        target = q * N.channel_view(s, q.dim(), 0)
+        k = self._fold_factor()
+        raw = self._raw_weight()
+        if k is not None:
+            kv = N.channel_view(k.float(), q.dim(), 0)
+            dead = N.channel_view(k == 0, q.dim(), 0).expand_as(q)
+            target = torch.where(dead, torch.zeros_like(target), target / torch.where(kv == 0, torch.ones_like(kv), kv))
+            q = torch.where(dead, torch.zeros_like(q), q)
+        raw.copy_(target.to(raw.dtype))
+        self.fixed_weight_scale.copy_(s)
+        got = N.quantize_weight(self.float_weight(), s, self.weight_bit, self.profile)
+        if not torch.equal(got, q):
+            raise HawqError(f"'{self.layer_name}': chosen integer weights do not survive BN folding "
+                            f"({int((got != q).sum())} differ)")
 
     def use_stored_integers(self, w_int: torch.Tensor, b_int: torch.Tensor, s_w: torch.Tensor) -> None:
         """Evaluate these integers and weight scales (HAWQ stores floats; the bias clamp is exact here)."""
@@ -338,6 +406,18 @@ class QuantBnConv2d(_QuantWeightLayer):
         return N.fold_bn(self.conv.weight, self.conv.bias, bn.running_mean, bn.running_var, bn.weight,
                          bn.bias, bn.eps)
 
+    def float_weight(self) -> torch.Tensor:
+        return self.folded_weight_bias()[0]
+
+    def _raw_weight(self) -> torch.Tensor:
+        return self.conv.weight
+
+    def _fold_factor(self) -> torch.Tensor:
+        """γ/σ per output channel, exactly as :func:`hawq.numerics.fold_bn` forms it."""
+        bn = self.bn
+        var_eps = bn.running_var + bn.eps
+        return (bn.weight / torch.sqrt(var_eps.double()).to(var_eps.dtype)).detach()
+
     def _conv(self, x, w, b):
         c = self.conv
         return F.conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups)
@@ -383,6 +463,12 @@ class QuantLinear(_QuantWeightLayer):
         super().__init__(linear.weight.shape, "fc_scaling_factor", config, weight_bit)
         self.weight = nn.Parameter(linear.weight.detach().clone())
         self.bias = nn.Parameter(linear.bias.detach().clone()) if linear.bias is not None else None
+
+    def float_weight(self) -> torch.Tensor:
+        return self.weight
+
+    def _raw_weight(self) -> torch.Tensor:
+        return self.weight
 
     def forward(self, x: Q) -> Q:
         if not self.training:
