@@ -273,8 +273,8 @@ def test_json_file_errors(tmp_path):
         bc.load_scheme("resnet18", str(two))
 
     bad_bits = tmp_path / "bad_bits.json"
-    bad_bits.write_text(json.dumps({**_uniform8(), "quant_output": 6}))
-    with pytest.raises(HawqError, match=rf"\({bad_bits}\): layer 'quant_output' \(linear\) has 6 bits"):
+    bad_bits.write_text(json.dumps({**_uniform8(), "quant_output": 9}))
+    with pytest.raises(HawqError, match=rf"\({bad_bits}\): layer 'quant_output' \(linear\) has 9 bits"):
         bc.load_scheme("resnet18", str(bad_bits))
 
 

@@ -88,6 +88,14 @@ def test_plan_conv_per_family_and_bounds(family, dtype, lo, hi, w, kernel, shift
         assert plan.kernel.exact_for(a, int(np.abs(w.astype(int)).max()))
 
 
+@pytest.mark.parametrize("out_w,kernel", [(1, "vpdpbusd_512"), (17, "vpdpbusd_512"), (2, "amx_m2_n2"),
+                                          (7, "amx_m7_n2"), (32, "amx_m16_n2")])
+def test_amx_needs_two_rows_per_tile(out_w, kernel):
+    # A one-row tile (width 1, or a prime above 16) goes to the vector kernel: TensorIR drops its
+    # unit row loop and the AMX intrinsics would not match (seen on resnet18's 1x1 feature maps).
+    assert S.plan_conv(I.ISAS["amx"], "uint8", 0, 255, W8, 1, out_w=out_w).kernel.name == kernel
+
+
 def test_no_kernel_when_the_raw_sum_could_overflow_int32():
     wide = np.full((32, 8192, 3, 3), -128, np.int8)                    # 255·128·73728 > 2^31
     assert S.plan_conv(I.ISAS["vnni"], "uint8", 0, 255, wide, 1, out_w=7) is None

@@ -94,7 +94,9 @@ def plan_conv(isa: Isa | None, act_dtype: str, act_lo: int, act_hi: int, w: np.n
     a_abs = max(abs(act_lo + shift), abs(act_hi + shift))
     if int(w64.reshape(o, -1).sum(1).max(initial=0)) * max(a_abs, abs(act_lo), abs(act_hi)) > INT32_MAX:
         return None    # the kernel's raw (uncentered) int32 sum itself is not proven to fit
-    if isa.name == "amx" and c % 64 == 0 and o % 32 == 0 and out_w:
+    # One-row tiles (output width 1 or a prime above 16) go to the vector kernels: a 1-row tile
+    # wastes 15/16 of each tdpbusd, and TensorIR drops the unit row loop the AMX intrinsics match.
+    if isa.name == "amx" and c % 64 == 0 and o % 32 == 0 and out_w and _amx_rows(out_w) > 1:
         return ConvPlan(AmxKernel(_amx_rows(out_w), 2), shift, emulate)
     for bits in ((isa.vector_bits, 256) if isa.vector_bits == 512 else (256,)):
         fits = [k for k in _vector_menu(isa, bits) if o % k.lanes == 0]

@@ -199,7 +199,7 @@ def reconstruct_unit(model: nn.Module, unit: nn.Module, images: torch.Tensor, s:
         for m, r in zip(layers, rounders):
             m.weight_rounding = None
             m.set_integer_weights(r.hard(), m.fixed_weight_scale)
-    return float(loss)
+    return float(loss.detach())
 
 
 def reconstruct(model: nn.Module, images: torch.Tensor, s: ReconSettings, seed: int = 0,
