@@ -8,7 +8,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup dataset demo test test-slow hawq-conformance bench layer-latency release lock clean
+.PHONY: setup dataset demo test test-slow hawq-conformance bench ptq-bench layer-latency release lock clean
 
 setup: $(STAMP) dataset
 
@@ -50,6 +50,10 @@ bench: setup
 	$(PY) -m hawq.bench
 	$(PY) -m tvm_benchmark.bench -a resnet18 resnet50 --quant-scheme uniform8 uniform4 bops_0.5 -b 1 8 --threads 2
 	$(PY) -m tvm_benchmark.bench -a mobilenetv2_w1 regnetx006 inceptionv3 --quant-scheme uniform8 uniform4 -b 1 8 --threads 2
+
+# Post-training quantization table (MQBench's layout): results/ptq.{csv,md}, about 30 min on 2 cores (the NumPy reference is the slow part of verifying).
+ptq-bench: setup
+	$(PY) -m hawq.ptq_bench -a resnet20_cifar10 --iters 300 --verify-images 100 --no-progress
 
 # Per-layer TVM latency tables for the latency-constrained bit allocation (hawq.mpq --latency-table).
 layer-latency: setup

@@ -89,7 +89,7 @@ ENTRY_POINTS = [
     ("hawq.verify", ["--checkpoint", "missing.pth.tar"]), ("bit_config", ["--table"]),
     ("tvm_benchmark.export", ["--checkpoint", "missing.pth.tar", "--out", "o"]),
     ("tvm_benchmark.verify", ["--checkpoint", "missing.pth.tar"]), ("tvm_benchmark.layer_latency", []),
-    ("tvm_benchmark.bench", []),
+    ("tvm_benchmark.bench", []), ("hawq.ptq.cli", ["--pretrained", "fp.pth.tar"]),
 ]
 
 

@@ -45,7 +45,7 @@ class ReconSettings:
     method: str = "adaround"
     iters: int = 1000
     batch: int = 32
-    lr: float = 1e-3
+    lr: float = 1e-2
     reg_weight: float = 0.01
     warmup: float = 0.2
     drop_prob: float = 0.5
