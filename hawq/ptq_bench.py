@@ -46,7 +46,7 @@ FP_CHECKPOINTS = {"resnet20_cifar10": "checkpoints/resnet20_cifar10_fp32.pth.tar
 FIELDS = ["host", "arch", "W_calibration", "A_calibration", "wbit", "abit", "granularity", "bn_fold", "recon",
           "iters", "top1", "fp_top1", "delta", "images", "verified", "calib_size", "seed", "calib_s", "recon_s",
           "date", "command"]
-KEY = ("host", "arch", "W_calibration", "A_calibration", "wbit", "abit", "granularity", "bn_fold", "recon")
+KEY = ("host", "arch", "W_calibration", "A_calibration", "wbit", "abit", "granularity", "bn_fold", "recon", "iters")
 
 
 @dataclass(frozen=True)
