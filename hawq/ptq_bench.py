@@ -159,10 +159,12 @@ def markdown(rows: list[dict], host: str, command: str) -> str:
            "fake-quantized training path, float activations). `verified`: logits differing from the NumPy "
            "integer reference / logits compared. `calib_s`, `recon_s`: seconds (noisy, this host).", ""]
     cols = ["W_calibration", "A_calibration", "wbit", "abit", "granularity", "bn_fold", "recon", "iters", "top1",
-            "delta", "verified", "calib_size", "seed", "calib_s", "recon_s"]
+            "delta", "images", "verified", "calib_size", "seed", "calib_s", "recon_s"]
     for arch in sorted({r["arch"] for r in mine}):
         rs = [r for r in mine if r["arch"] == arch]
-        out += [f"## {arch} (FP {rs[0]['fp_top1']})", ""]
+        fp = next((r for r in rs if r["W_calibration"] == "FP"), rs[0])
+        out += [f"## {arch} (FP {fp['fp_top1']} on {fp['images']} test images)", ""]
+        out += [f"Command: `{c}`" for c in dict.fromkeys(r["command"] for r in rs)] + [""]
         out += markdown_table(rs, cols, text_fields=("W_calibration", "A_calibration", "granularity", "bn_fold",
                                                      "recon", "verified"))
         out.append("")

@@ -309,7 +309,7 @@ def test_ptq_bench_rows_verify_and_merge(tmp_path, capsys):
     assert rows[1]["verified"] == "0/160 (16 img)" and rows[2]["verified"].startswith("weight-only")
     assert rows[1]["images"] == "32" and rows[2]["granularity"] == "layer" and rows[2]["bn_fold"] == "after"
     md = (tmp_path / "ptq.md").read_text()
-    assert "## resnet20_cifar10 (FP " in md and "| mse | mse | 2 | 4 | channel | before | brecq | 2 |" in md
+    assert "## resnet20_cifar10 (FP " in md and "Command: `python -m hawq.ptq_bench" in md and "| mse | mse | 2 | 4 | channel | before | brecq | 2 |" in md
     assert B.main(argv[:2] + argv[3:]) == 0                  # re-run one row: replaced, not duplicated
     assert len(B._read(tmp_path / "ptq.csv")) == 3
     capsys.readouterr()
