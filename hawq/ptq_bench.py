@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as _dt
-import os
 import shlex
 import sys
 import time
@@ -105,9 +104,8 @@ def _train_path_top1(model, loader, progress: bool) -> tuple[float, int]:
 
 
 def run_row(arch: str, row: Row, fp_file, images, data, verify_loader, args) -> dict:
-    w8 = row.wbit
-    a8 = 8 if row.weight_only else row.abit
-    bits = scheme_bits(arch, w8, a8, first_last_8bit=True)
+    # weight-only rows still need activation widths for the scheme; their quantizers stay off
+    bits = scheme_bits(arch, row.wbit, 8 if row.weight_only else row.abit, first_last_8bit=True)
     config = QuantConfig(numerics="exact", per_channel=row.per_channel, fix_BN=True)
     model = quant_model(arch, bits, data.num_classes, fp=fp_model(arch, data.num_classes, weights=fp_file),
                         config=config)

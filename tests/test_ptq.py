@@ -3,8 +3,6 @@ integer weights written through BN folding, AdaRound's rounding bounds, a tiny e
 verifies bit-exact, and bad input."""
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 import torch.nn as nn
