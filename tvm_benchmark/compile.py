@@ -16,7 +16,8 @@ from hawq.errors import HawqError
 from tvm_benchmark import isa as I
 from tvm_benchmark.depthwise import plan_depthwise
 from tvm_benchmark.schedules import plan_conv, schedule_generic
-from tvm_benchmark.targets import cuda_available, make_target
+from tvm_benchmark.targets import cuda_arch, cuda_available, make_target
+from tvm_benchmark.tensorcore import plan_tensorcore, schedule_tensorcore, sm_number
 
 
 def lower(mod: tvm.IRModule) -> tvm.IRModule:
@@ -31,11 +32,16 @@ def lower(mod: tvm.IRModule) -> tvm.IRModule:
     return seq(mod)
 
 
-def build(mod: tvm.IRModule, target: tvm.target.Target, schedule: bool) -> relax.VMExecutable:
-    """Lower and compile; with ``schedule`` every kernel not hand-scheduled gets the generic CPU
-    schedule (:func:`tvm_benchmark.schedules.schedule_generic`)."""
+def build(mod: tvm.IRModule, target: tvm.target.Target, schedule: bool, tensorcore: bool = False,
+          emulate: bool = False) -> relax.VMExecutable:
+    """Lower and compile. ``tensorcore``: schedule the (fused) implicit GEMMs for the GPU
+    (:func:`tvm_benchmark.tensorcore.schedule_tensorcore`; ``emulate``: the same schedule for llvm);
+    TVM's default GPU rules schedule the rest of a cuda program. With ``schedule`` every llvm kernel
+    not hand-scheduled gets the generic CPU schedule (:func:`tvm_benchmark.schedules.schedule_generic`)."""
     lowered = lower(mod)
-    if schedule:
+    if tensorcore:
+        lowered = schedule_tensorcore(lowered, emulate)
+    if schedule and str(target.kind) == "llvm":
         lowered = schedule_generic(lowered)
     return tvm.compile(lowered, target)
 
@@ -43,13 +49,19 @@ def build(mod: tvm.IRModule, target: tvm.target.Target, schedule: bool) -> relax
 @dataclass(frozen=True)
 class Built:
     """A compiled integer program: the executable, its TVM target and the ISA family its kernels
-    use (None: TVM's unscheduled default program, or a CUDA target)."""
+    use (None: TVM's unscheduled default program, or a CUDA target); ``weights``: the packed GEMM
+    weights ``main`` takes after the input when built with ``weights_as_params`` (else empty);
+    ``sm``: the GPU architecture of a tensor-core program."""
     executable: relax.VMExecutable
     target: tvm.target.Target
     isa: I.Isa | None
+    weights: tuple = ()
+    sm: str | None = None
 
     @property
     def isa_name(self) -> str:
+        if self.sm:
+            return f"tensorcore-{self.sm}"
         return self.isa.name if self.isa else "generic"
 
 
@@ -63,7 +75,7 @@ def plan_kernel(isa, act_dtype: str, act_lo: int, act_hi: int, w, groups: int, o
 
 def compile_program(graph: dict, input_shape: tuple[int, int, int, int], key: str,
                     threads: int | None = None, all_outputs: bool = False, fast: bool | None = None,
-                    isa: str | None = None, emulate: bool = False) -> Built:
+                    isa: str | None = None, emulate: bool = False, weights_as_params: bool = False) -> Built:
     """Build an artifact graph for target ``key``.
 
     ``isa`` (``--isa``; None: detected from /proc/cpuinfo) picks the CPU kernel family. ``fast``
@@ -71,7 +83,14 @@ def compile_program(graph: dict, input_shape: tuple[int, int, int, int], key: st
     program; off compiles TVM's unscheduled default. ``emulate`` keeps ``isa``'s kernel choice and
     schedules but swaps every instruction for its scalar description and compiles for this CPU
     (tests: runs another family's schedules here).
+
+    ``cuda``: the tensor-core program for ``HAWQ_CUDA_ARCH`` / the visible GPU (``fast``, the
+    default) or TVM's default GPU program (``fast=False``); with ``emulate`` the same tensor-core
+    schedule is compiled for this CPU with every PTX instruction replaced by its loops.
+    ``weights_as_params``: GEMM weights become ``main`` parameters (``Built.weights``).
     """
+    if key == "cuda":
+        return _compile_cuda(graph, input_shape, threads, all_outputs, fast, emulate, weights_as_params)
     from tvm_benchmark.frontend import build_module
     family = I.resolve(isa) if key == "llvm" else None
     if isa is not None and key != "llvm":
@@ -90,3 +109,19 @@ def compile_program(graph: dict, input_shape: tuple[int, int, int, int], key: st
     planner = functools.partial(plan_kernel, planned, emulate=emulate) if fast else None
     mod = build_module(graph, input_shape, all_outputs=all_outputs, planner=planner)
     return Built(build(mod, target, schedule=fast), target, family if fast else None)
+
+
+def _compile_cuda(graph: dict, input_shape, threads, all_outputs: bool, fast: bool | None, emulate: bool,
+                  weights_as_params: bool) -> Built:
+    from tvm_benchmark.frontend import build_module
+    if not emulate and not cuda_available() and os.environ.get("HAWQ_CUDA_ARCH") is None:
+        raise HawqError("target cuda: no CUDA GPU visible to TVM (set HAWQ_CUDA_ARCH=sm_XX to cross-compile)")
+    sm = cuda_arch()
+    fast = True if fast is None else fast
+    planner = functools.partial(plan_tensorcore, sm_number(sm), emulate=emulate) if fast else None
+    built = build_module(graph, input_shape, all_outputs=all_outputs, planner=planner,
+                         weights_as_params=weights_as_params)
+    mod, weights = built if weights_as_params else (built, [])
+    target = make_target("llvm", threads, I.detect()) if emulate else make_target("cuda")
+    exe = build(mod, target, schedule=emulate, tensorcore=fast, emulate=emulate)
+    return Built(exe, target, None, tuple(weights), sm if fast else None)

@@ -39,6 +39,7 @@ from hawq.errors import HawqError
 from hawq import ir
 from hawq.ir import Interval
 from tvm_benchmark.depthwise import DepthwisePlan
+from tvm_benchmark.tensorcore import GemmPlan, GemmShape
 
 #: ``planner(act_dtype, act_lo, act_hi, weight_oihw, groups, out_w) -> ConvPlan | None``: the
 #: back end's choice of a hand-scheduled kernel for one convolution (:func:`tvm_benchmark.schedules.plan_conv`
@@ -94,8 +95,11 @@ class _Builder:
     for the hand-scheduled CPU convolutions); ``planner`` (:data:`ConvPlanner`) picks those kernels.
     """
 
-    def __init__(self, bb: relax.BlockBuilder, layout: str = "NCHW", planner: ConvPlanner | None = None):
+    def __init__(self, bb: relax.BlockBuilder, layout: str = "NCHW", planner: ConvPlanner | None = None,
+                 weights_as_params: bool = False):
         self.bb, self.layout, self.planner = bb, layout, planner
+        #: (parameter, packed array) per GEMM weight when weights are ``main`` parameters, else None
+        self.weight_params: list[tuple[relax.Var, np.ndarray]] | None = [] if weights_as_params else None
 
     def caxis(self, ndim: int) -> int:
         return 3 if ndim == 4 and self.layout == "NHWC" else 1
@@ -195,6 +199,8 @@ class _Builder:
             plan = self.planner(_dt(data), x.lo + x.offset, x.hi + x.offset, w, groups, out_w)
         if isinstance(plan, DepthwisePlan):
             y, offset = self._depthwise_planned(plan, data, w, pad, stride, x.offset)
+        elif isinstance(plan, GemmPlan):
+            y, offset = self._gemm_planned(plan, data, w, pad, stride, x.offset)
         elif plan is not None:
             y, offset = self._conv_planned(plan, data, w, pad, stride, x.offset)
         else:
@@ -245,6 +251,34 @@ class _Builder:
                                        relax.TensorType([b, oh, ow, o // lanes, lanes], "int32")))
         return self.emit(relax.op.reshape(acc, [b, oh, ow, o])), offset
 
+    def _gemm_planned(self, plan: GemmPlan, data: relax.Expr, w: np.ndarray, pad: list[int], stride: list[int],
+                      offset: int) -> tuple[relax.Expr, int]:
+        """NHWC conv as a tensor-core implicit GEMM (:mod:`tvm_benchmark.tensorcore`): shift the operand
+        to signed bytes where the plan asks (the shift joins the offset, folded into the bias by the
+        caller), call the GEMM — which pads with the centered zero itself — on weights packed
+        ``[Np, Kp]``. Returns (int32 acc [B,OH,OW,O], total offset)."""
+        if plan.act_shift:
+            e = self.emit(relax.op.add(self.emit(relax.op.astype(data, "int16")), relax.const(plan.act_shift, "int16")))
+            data, offset = self.emit(relax.op.astype(e, "int8")), offset + plan.act_shift
+        elif _dt(data) != "int8":
+            raise HawqError(f"tensor-core GEMM needs int8 data, got {_dt(data)}")
+        b, h, wd, c = (int(d) for d in data.ty.shape)
+        o, _, kh, kw = w.shape
+        shape = GemmShape(b, (h, wd), c, o, (kh, kw), tuple(stride), tuple(pad))
+        gv = self.bb.add_func(plan.prim_func(shape, offset), "conv2d_tensorcore__")
+        oh, ow = shape.out_hw
+        acc = self.emit(relax.call_tir(gv, [data, self.weight(plan.pack(w, shape))],
+                                       relax.TensorType([b, oh, ow, o], "int32")))
+        return acc, offset
+
+    def weight(self, packed: np.ndarray) -> relax.Expr:
+        """A packed weight tensor: a constant, or (``weights_as_params``) the next ``main`` parameter."""
+        if self.weight_params is None:
+            return _const(packed, str(packed.dtype))
+        var = relax.Var(f"w{len(self.weight_params)}", relax.TensorType(list(packed.shape), str(packed.dtype)))
+        self.weight_params.append((var, packed))
+        return var
+
     def _depthwise_planned(self, plan: DepthwisePlan, data: relax.Expr, w: np.ndarray, pad: list[int],
                            stride: list[int], offset: int) -> tuple[relax.Expr, int]:
         """NHWC depthwise conv through :mod:`tvm_benchmark.depthwise`: pad spatially with the centered
@@ -268,6 +302,17 @@ class _Builder:
         x = self.centered(x)
         acc = self._accumulator(x, w, bias, node.name)
         data = self._operand(x, acc)
+        plan = None
+        if self.planner is not None and acc == "int32" and _dt(data) in ("uint8", "int8"):
+            plan = self.planner(_dt(data), x.lo, x.hi, w.reshape(*w.shape, 1, 1), 1, 1)
+        if isinstance(plan, GemmPlan):
+            # The classifier is a 1x1 convolution over a 1x1 image: the same tensor-core GEMM.
+            b, c = (int(d) for d in data.ty.shape)
+            img = self.emit(relax.op.reshape(data, [b, 1, 1, c]))
+            y, offset = self._gemm_planned(plan, img, w.reshape(*w.shape, 1, 1), [0, 0], [1, 1], 0)
+            y = self.emit(relax.op.reshape(y, [b, w.shape[0]]))
+            bias = bias - offset * w.astype(np.int64).sum(1)
+            return self.emit(relax.op.add(y, _const(bias.reshape(1, -1), acc)))
         wdt = acc if _dt(data) == acc else "int8"
         y = self.emit(relax.op.matmul(data, _const(w.T, wdt), out_dtype=acc))
         return self.emit(relax.op.add(y, _const(bias.reshape(1, -1), acc)))
@@ -406,20 +451,23 @@ def _emit_nodes(b: _Builder, graph: ir.Graph, x: relax.Var) -> tuple[dict, list[
 
 
 def build_module(graph: "ir.Graph | dict", input_shape: tuple[int, ...], all_outputs: bool = False,
-                 planner: ConvPlanner | None = None) -> tvm.IRModule:
+                 planner: ConvPlanner | None = None, weights_as_params: bool = False):
     """Relax module ``main(x: float32[input_shape]) -> logits`` for an artifact graph.
 
     ``input_shape`` is [B, C, H, W] (the graph's NCHW; outputs too). With ``all_outputs`` the function
     returns a tuple holding every node's value (centered, NCHW, in graph order) instead, for
     per-layer comparison. With a ``planner`` the program computes in NHWC and every convolution the
     planner accepts calls its hand-scheduled kernel. Returns an IRModule of high-level Relax ops plus
-    those kernels.
+    those kernels. With ``weights_as_params`` the tensor-core GEMMs' packed weights are parameters of
+    ``main`` after ``x`` instead of constants (a small program whose weights ship once for every batch
+    size); then returns ``(module, [packed weight arrays in parameter order])``.
     """
     graph = ir.as_graph(graph)
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType([int(d) for d in input_shape], "float32"))
-    b = _Builder(bb, layout="NHWC" if planner is not None else "NCHW", planner=planner)
-    with bb.function("main", [x]):
+    b = _Builder(bb, layout="NHWC" if planner is not None else "NCHW", planner=planner,
+                 weights_as_params=weights_as_params)
+    with bb.function("main"):
         with bb.dataflow():
             env, order = _emit_nodes(b, graph, x)
             if all_outputs:
@@ -427,7 +475,9 @@ def build_module(graph: "ir.Graph | dict", input_shape: tuple[int, ...], all_out
             else:
                 out = b.to_graph_layout(b.centered(env[graph.output]).expr)
             gv = bb.emit_output(out)
-        bb.emit_func_output(gv)
+        bb.emit_func_output(gv, params=[x] + [v for v, _ in b.weight_params or []])
+    if weights_as_params:
+        return bb.get(), [a for _, a in b.weight_params]
     return bb.get()
 
 

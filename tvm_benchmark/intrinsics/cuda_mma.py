@@ -1,0 +1,157 @@
+"""Tensor-core steps for the CUDA integer program: ``ldmatrix`` + ``mma.sync`` (PTX), registered by name.
+
+One warp computes a 16×16 int32 accumulator fragment from a 16×32 int8 activation fragment (row
+major) and a 16×32 int8 weight fragment (weights stored ``[N, K]``: the ``col`` operand of
+``mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32``, issued twice per fragment for its two n8
+halves). The products accumulate exactly in int32 (the front end proves the sum fits). Activations
+are signed bytes: unsigned 8-bit activations (0..255) arrive shifted by −128 and the front end folds
+128·ΣW into the bias, which is exact (:mod:`tvm_benchmark.tensorcore`).
+
+The descriptions and the PTX implementations are TVM's (``tvm.s_tir.tensor_intrin.cuda``'s builders),
+registered here under our names with the staging scope our schedule uses. With ``emulate=True`` each
+step's implementation is its description written as plain loops over the same warp fragment layouts
+(:func:`_fill_loops` ...): the *same* schedule — tiling, shared-memory staging, ``ldmatrix``/``mma``
+fragment layouts, the fused epilogue — then compiles for llvm and runs on any CPU, which is how the
+test suite proves it bit-exact without a GPU. The instruction stream itself is checked in the PTX.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm.s_tir import TensorIntrin
+from tvm.s_tir.tensor_intrin import cuda as C
+from tvm.script import tirx as T
+
+FRAG = 16                  # fragment rows (M) and columns (N) of one step
+WARP = 32
+FRAGMENT_SCOPE, STAGE_SCOPE = "warp", "shared"
+_C_MAP = C.shared_16x16_to_ldmatrix_32x8_layout        # 16x16 int32 accumulator -> (lane, element)
+_AB_MAP = C.shared_16x32_to_ldmatrix_32x16_layout      # 16x32 int8 operand -> (lane, element)
+
+
+@dataclass(frozen=True)
+class MmaStep:
+    """Registered names of one tensor-core step's intrinsics (load A, load B, multiply-accumulate,
+    zero, store to shared) and its facts: ``k`` reduction elements per step, operand ``dtype``,
+    ``ptx`` the instruction the compiled program must contain, ``min_sm`` the oldest GPU having it."""
+    dtype: str
+    k: int
+    load_a: str
+    load_b: str
+    mma: str
+    fill: str
+    store: str
+    ptx: str
+    min_sm: int
+
+
+def _fill_loops():
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle) -> None:
+        s0 = T.int32()
+        s1 = T.int32()
+        acc = T.match_buffer(a, (WARP, 8), "int32", scope=FRAGMENT_SCOPE, offset_factor=1, strides=[s0, s1])
+        with T.sblock("root"):
+            T.reads()
+            T.writes(acc[0:WARP, 0:8])
+            for i0, i1 in T.grid(FRAG, FRAG):
+                with T.sblock("fill"):
+                    i, j = T.axis.remap("SS", [i0, i1])
+                    t, e = T.meta_var(_C_MAP(i, j))
+                    acc[t, e] = T.int32(0)
+    return impl
+
+
+def _store_loops():
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, c: T.handle) -> None:
+        s0 = T.int32()
+        s1 = T.int32()
+        s2 = T.int32()
+        s3 = T.int32()
+        acc = T.match_buffer(a, (WARP, 8), "int32", scope=FRAGMENT_SCOPE, offset_factor=1, strides=[s0, s1])
+        out = T.match_buffer(c, (FRAG, FRAG), "int32", scope=STAGE_SCOPE, offset_factor=1, strides=[s2, s3])
+        with T.sblock("root"):
+            T.reads(acc[0:WARP, 0:8])
+            T.writes(out[0:FRAG, 0:FRAG])
+            for i0, i1 in T.grid(FRAG, FRAG):
+                with T.sblock("store"):
+                    i, j = T.axis.remap("SS", [i0, i1])
+                    t, e = T.meta_var(_C_MAP(i, j))
+                    out[i, j] = acc[t, e]
+    return impl
+
+
+def _load_loops(k: int, dtype: str):
+    per_lane = FRAG * k // WARP
+
+    @T.prim_func(s_tir=True)
+    def impl(w: T.handle, s: T.handle) -> None:
+        s0 = T.int32()
+        s1 = T.int32()
+        s2 = T.int32()
+        s3 = T.int32()
+        src = T.match_buffer(s, (FRAG, k), dtype, scope=STAGE_SCOPE, offset_factor=1, strides=[s0, s1])
+        frag = T.match_buffer(w, (WARP, per_lane), dtype, scope=FRAGMENT_SCOPE, offset_factor=1, strides=[s2, s3])
+        with T.sblock("root"):
+            T.reads(src[0:FRAG, 0:k])
+            T.writes(frag[0:WARP, 0:per_lane])
+            for i0, i1 in T.grid(FRAG, k):
+                with T.sblock("load"):
+                    i, j = T.axis.remap("SS", [i0, i1])
+                    t, e = T.meta_var(_AB_MAP(i, j))
+                    frag[t, e] = src[i, j]
+    return impl
+
+
+def _mma_loops(k: int, dtype: str):
+    per_lane = FRAG * k // WARP
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        s0 = T.int32()
+        s1 = T.int32()
+        s2 = T.int32()
+        s3 = T.int32()
+        s4 = T.int32()
+        s5 = T.int32()
+        A = T.match_buffer(a, (WARP, per_lane), dtype, scope=FRAGMENT_SCOPE, offset_factor=1, strides=[s0, s1])
+        B = T.match_buffer(b, (WARP, per_lane), dtype, scope=FRAGMENT_SCOPE, offset_factor=1, strides=[s2, s3])
+        acc = T.match_buffer(c, (WARP, 8), "int32", scope=FRAGMENT_SCOPE, offset_factor=1, strides=[s4, s5])
+        with T.sblock("root"):
+            T.reads(acc[0:WARP, 0:8], A[0:WARP, 0:per_lane], B[0:WARP, 0:per_lane])
+            T.writes(acc[0:WARP, 0:8])
+            for i, j, r in T.grid(FRAG, FRAG, k):
+                with T.sblock("mma"):
+                    vi, vj, vr = T.axis.remap("SSR", [i, j, r])
+                    tc, ec = T.meta_var(_C_MAP(vi, vj))
+                    ta, ea = T.meta_var(_AB_MAP(vi, vr))
+                    tb, eb = T.meta_var(_AB_MAP(vj, vr))
+                    acc[tc, ec] = acc[tc, ec] + T.Cast("int32", A[ta, ea]) * T.Cast("int32", B[tb, eb])
+    return impl
+
+
+def _register(name: str, desc, impl, loops, emulate: bool) -> str:
+    if emulate:
+        name, impl = name + "_emulated", loops
+    if TensorIntrin.get(name, allow_missing=True) is None:
+        TensorIntrin.register(name, desc, impl)
+    return name
+
+
+def int8_step(emulate: bool = False) -> MmaStep:
+    """s8·s8→s32 ``m16n8k32`` (sm_80 and newer, Hopper included): ``ldmatrix`` x4 for A ([16, 32]
+    row major) and B (stored [16 N, 32 K]), two ``mma.sync`` per 16×16 fragment, zero fill, and the
+    store of the accumulator fragment to shared memory for the fused epilogue."""
+    return MmaStep(
+        "int8", 32,
+        load_a=_register("hawq_ldmatrix_s8_a", *C.get_ldmatrix_intrin(32, "int8", "A", False, STAGE_SCOPE),
+                         _load_loops(32, "int8"), emulate),
+        load_b=_register("hawq_ldmatrix_s8_b_trans", *C.get_ldmatrix_intrin(32, "int8", "B", True, STAGE_SCOPE),
+                         _load_loops(32, "int8"), emulate),
+        mma=_register("hawq_mma_s8s8s32_trans_b", *C.get_mma_intrin(32, "int8", "int8", "int32", False, True),
+                      _mma_loops(32, "int8"), emulate),
+        fill=_register("hawq_mma_fill_s32", *C.get_mma_fill_intrin("int32", 8), _fill_loops(), emulate),
+        store=_register("hawq_mma_store_s32_shared", *C.get_mma_store_intrin("int32", 8, STAGE_SCOPE, True),
+                        _store_loops(), emulate),
+        ptx="mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32", min_sm=80)

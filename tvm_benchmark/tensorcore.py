@@ -1,0 +1,313 @@
+"""Tensor-core convolutions and classifier for ``--target cuda``: implicit GEMM on ``mma.sync``.
+
+Every convolution (groups = 1) and the classifier is one GEMM ``C[m, n] = Σ_k A[m, k] · W[n, k]``
+over ``m`` = output pixel (batch · OH · OW, NHWC order), ``k`` = (kh, kw, c) and ``n`` = output
+channel. ``A`` is never materialized: the im2col gather — spatial padding with the centered zero
+included — is computed while each thread block stages its ``BM × BK`` tile in shared memory
+(implicit GEMM). Weights are packed once at export as ``[Np, Kp]`` int8 (OHWI rows, zero-padded).
+
+Kernel choice (:func:`plan_tensorcore`): int8 ``mma.sync m16n8k32`` (:mod:`tvm_benchmark.intrinsics.cuda_mma`)
+for every 8- and 4-bit layer on sm_80 and newer. Activations are stored as signed bytes: unsigned
+data is shifted by −128 in its producer's epilogue and the front end folds 128·ΣW into the bias
+(exact; the padded positions carry the shifted zero, so the fold holds at the borders too).
+
+**Fused epilogue.** The GEMM PrimFunc declares ``op_pattern`` 4 (output-elementwise fusable), so Relax's
+FuseOps puts the bias add, requantization, clip, ReLU, cast and the residual add that follow it into
+the same function; :func:`schedule_tensorcore` then inlines all of them into one block that reads the
+accumulator tile from shared memory and writes the layer's narrow output. One kernel per layer.
+
+**Schedule** (per thread block ``BM × BN``, 2 × 2 warps, each warp ``FM × FN`` 16×16 fragments):
+stage ``A`` (gathered) and ``W`` tiles of ``BK`` = 64 in shared memory (vectorized, rows padded
+against bank conflicts), ``ldmatrix`` them into warp fragments, ``mma.sync``, store the int32
+accumulators to shared memory, run the epilogue from there. ``emulate`` (tests) keeps every loop
+transformation and swaps each intrinsic for loops over the same fragment layouts, without thread
+binding: the program compiles for llvm and is checked bit-exact against the NumPy reference.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import te, tirx
+from tvm.s_tir import Schedule
+from tvm.s_tir.tensor_intrin import cuda as C
+
+from hawq.errors import HawqError
+from tvm_benchmark.intrinsics.cuda_mma import FRAG, MmaStep, int8_step
+
+GEMM, GEMM_OUT, IM2COL = "hawq_gemm", "hawq_gemm_out", "hawq_im2col"
+BK = 64                       # reduction elements staged per shared-memory step (2 int8 steps of 32)
+WARPS = (2, 2)                # warps per block along M and N
+INT32_MAX = 2 ** 31 - 1
+OUT_EWISE_FUSABLE = 4         # relax op pattern: elementwise consumers fuse into this kernel
+
+
+def sm_number(arch: str) -> int:
+    """``sm_90`` -> 90."""
+    try:
+        return int(arch.lower().removeprefix("sm_"))
+    except ValueError:
+        raise HawqError(f"not a CUDA architecture: {arch!r} (expected e.g. sm_90)") from None
+
+
+@dataclass(frozen=True)
+class Tile:
+    """Thread-block tile ``bm × bn`` (multiples of 32) of the output."""
+    bm: int
+    bn: int
+
+    @property
+    def frags(self) -> tuple[int, int]:
+        """16×16 fragments per warp along M and N."""
+        return self.bm // FRAG // WARPS[0], self.bn // FRAG // WARPS[1]
+
+    @property
+    def threads(self) -> int:
+        return 32 * WARPS[0] * WARPS[1]
+
+
+def choose_tile(m: int, n: int) -> Tile:
+    """128 rows where the layer has enough pixels to fill the GPU with such blocks, else 64 (fewer
+    padded rows at batch 1); 64 output channels (the accumulator tile stays ≤ 32 KiB of shared)."""
+    return Tile(128 if m >= 16384 else 64, 64)
+
+
+@dataclass(frozen=True)
+class GemmPlan:
+    """One conv/dense as a tensor-core implicit GEMM. ``act_shift``: added to the stored activations
+    before the GEMM (−128 for uint8 data: s8 operands); ``sm``: the GPU it is built for."""
+    step: MmaStep
+    sm: int
+    act_shift: int = 0
+    emulate: bool = False
+    act_dtype: str = "int8"
+    weight_dtype: str = "int8"
+
+    def shape(self, batch: int, in_hw: tuple[int, int], channels: int, out_channels: int,
+              ksize: tuple[int, int], stride: tuple[int, int], pad: tuple[int, int]) -> "GemmShape":
+        return GemmShape(batch, in_hw, channels, out_channels, ksize, stride, pad)
+
+    def pack(self, w: np.ndarray, shape: "GemmShape") -> np.ndarray:
+        """OIHW int8 -> ``[Np, Kp]`` int8, rows in (kh, kw, c) order, zero-padded."""
+        o = w.shape[0]
+        flat = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(o, -1).astype(np.int8)
+        return np.pad(flat, ((0, shape.np_ - o), (0, shape.kp - flat.shape[1])))
+
+    def prim_func(self, shape: "GemmShape", pad_value: int) -> tvm.tirx.PrimFunc:
+        return gemm_func(shape, pad_value)
+
+
+@dataclass(frozen=True)
+class GemmShape:
+    """A convolution's implicit-GEMM geometry (input ``[batch, H, W, C]`` NHWC, unpadded)."""
+    batch: int
+    in_hw: tuple[int, int]
+    channels: int
+    out_channels: int
+    ksize: tuple[int, int]
+    stride: tuple[int, int]
+    pad: tuple[int, int]
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        (h, w), (kh, kw), (sh, sw), (ph, pw) = self.in_hw, self.ksize, self.stride, self.pad
+        return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+
+    @property
+    def m(self) -> int:
+        oh, ow = self.out_hw
+        return self.batch * oh * ow
+
+    @property
+    def k(self) -> int:
+        return self.ksize[0] * self.ksize[1] * self.channels
+
+    @property
+    def tile(self) -> Tile:
+        return choose_tile(self.m, self.out_channels)
+
+    @property
+    def mp(self) -> int:
+        return -(-self.m // self.tile.bm) * self.tile.bm
+
+    @property
+    def np_(self) -> int:
+        return -(-self.out_channels // self.tile.bn) * self.tile.bn
+
+    @property
+    def kp(self) -> int:
+        return -(-self.k // BK) * BK
+
+
+def plan_tensorcore(sm: int, act_dtype: str, act_lo: int, act_hi: int, w: np.ndarray, groups: int,
+                    out_w: int | None = None, emulate: bool = False) -> GemmPlan | None:
+    """The tensor-core GEMM for a conv with ``groups == 1`` on 8-bit containers, or None (TVM's
+    generic GPU convolution: depthwise layers, wider data, GPUs before sm_80). ``act_lo``/``act_hi``
+    bound the stored activations; the shifted signed operands' raw int32 sum must be proven to fit."""
+    step = int8_step(emulate)
+    if groups != 1 or act_dtype not in ("uint8", "int8") or sm < step.min_sm:
+        return None
+    shift = -128 if act_dtype == "uint8" else 0
+    a_abs = max(abs(act_lo + shift), abs(act_hi + shift), abs(shift))   # padding carries the shift too
+    w_sum = int(np.abs(w.astype(np.int64)).reshape(w.shape[0], -1).sum(1).max(initial=0))
+    if w_sum * a_abs > INT32_MAX:
+        return None
+    return GemmPlan(step, sm, shift, emulate)
+
+
+def gemm_func(s: GemmShape, pad_value: int) -> tvm.tirx.PrimFunc:
+    """Unscheduled ``(data [B,H,W,C] int8, weight [Np,Kp] int8) -> acc [B,OH,OW,O] int32``: the
+    im2col gather (``pad_value`` outside the image), the padded GEMM and the unpadding copy; scheduled
+    after fusion by :func:`schedule_tensorcore`."""
+    b, (h, w), c = s.batch, s.in_hw, s.channels
+    (kh, kw), (sh, sw), (ph, pw) = s.ksize, s.stride, s.pad
+    oh, ow = s.out_hw
+    m_real, k_real = s.m, s.k
+    i64 = lambda *dims: tuple(tirx.IntImm("int64", int(d)) for d in dims)   # noqa: E731
+    # int64 extents, as Relax's legalized ops have: FuseTIR unifies buffers by structural type.
+    data = te.placeholder(i64(b, h, w, c), "int8", name="data")
+    weight = te.placeholder(i64(s.np_, s.kp), "int8", name="weight")
+
+    def gather(m, k):
+        n, r = m // (oh * ow), m % (oh * ow)
+        y, x = r // ow, r % ow
+        rh, rw, ch = k // (kw * c), k // c % kw, k % c
+        iy, ix = y * sh + rh - ph, x * sw + rw - pw
+        inside = tirx.all(m < m_real, k < k_real, iy >= 0, iy < h, ix >= 0, ix < w)
+        return tirx.if_then_else(inside, data[n, iy, ix, ch], tirx.const(pad_value, "int8"))
+
+    a = te.compute(i64(s.mp, s.kp), gather, name=IM2COL)
+    r = te.reduce_axis((tirx.IntImm("int64", 0), tirx.IntImm("int64", s.kp)), "k")
+    tile = s.tile
+    acc = te.compute(i64(s.mp, s.np_), lambda i, j: te.sum(
+        a[i, r].astype("int32") * weight[j, r].astype("int32"), axis=r), name=GEMM,
+        attrs={"hawq.tile": [tile.bm, tile.bn], "hawq.vector_gather": int(c % 16 == 0)})
+    out = te.compute(i64(b, oh, ow, s.out_channels), lambda n, y, x, o: acc[(n * oh + y) * ow + x, o],
+                     name=GEMM_OUT)
+    func = te.create_prim_func([data, weight, out]).without_attr("global_symbol")
+    return func.with_attr("op_pattern", OUT_EWISE_FUSABLE).with_attr("hawq.gemm", True)
+
+
+def _has_block(func: tvm.tirx.PrimFunc, name: str) -> bool:
+    try:
+        Schedule(func).get_sblock(name)
+        return True
+    except Exception:  # noqa: BLE001  (no such block)
+        return False
+
+
+def schedule_tensorcore(mod: tvm.IRModule, emulate: bool = False) -> tvm.IRModule:
+    """Schedule every (fused) PrimFunc holding an implicit GEMM; marks them scheduled so TVM's
+    default GPU rules leave them alone."""
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, tvm.tirx.PrimFunc) and _has_block(func, GEMM):
+            mod[gv] = schedule_gemm(func, emulate).with_attr("tirx.is_scheduled", True)
+    return mod
+
+
+def _gemm_geometry(sch: Schedule) -> tuple[int, int, int, tuple[int, int]]:
+    """(Mp, Np, Kp, (OH, OW)) read off the GEMM and unpadding blocks."""
+    mp, np_, kp = (int(sch.get(lp).extent) for lp in sch.get_loops(sch.get_sblock(GEMM)))
+    out_shape = [int(iv.dom.extent) for iv in sch.get(sch.get_sblock(GEMM_OUT)).iter_vars]
+    return mp, np_, kp, (out_shape[1], out_shape[2])
+
+
+def schedule_gemm(func: tvm.tirx.PrimFunc, emulate: bool = False) -> tvm.tirx.PrimFunc:
+    """The tensor-core schedule of one GEMM function (with whatever epilogue FuseOps put after it)."""
+    step = int8_step(emulate)
+    sch = Schedule(func)
+    bind = (lambda loop, tag: None) if emulate else sch.bind
+    mp, np_, kp, (oh, ow) = _gemm_geometry(sch)
+    ann = sch.get(sch.get_sblock(GEMM)).annotations    # block annotations survive FuseTIR
+    tile = Tile(*(int(v) for v in ann["hawq.tile"]))
+    warps = WARPS[0] * WARPS[1]
+    fm, fn = tile.frags
+    gemm = sch.get_sblock(GEMM)
+
+    # The epilogue: every block after the GEMM inlines into the last one, which then reads the
+    # accumulator as C[(n·OH + y)·OW + x, o] and is re-indexed to (m, o) to sit inside the GEMM tile.
+    blocks = [b for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    names = [sch.get(b).name_hint for b in blocks]
+    if len(set(names)) != len(names):
+        raise HawqError(f"tensor-core schedule: duplicate block names {names}")
+    after = names[names.index(GEMM) + 1:]
+    for name in after[:-1]:
+        sch.compute_inline(sch.get_sblock(name))
+    last = sch.get_sblock(after[-1])
+    if len(sch.get(last).iter_vars) != 4:
+        raise HawqError(f"tensor-core schedule: epilogue block {after[-1]} is not 4-D")
+    sch.transform_block_layout(last, lambda n, y, x, o: ((n * oh + y) * ow + x, o))
+
+    i, j, k = sch.get_loops(gemm)
+    i, i_tc = sch.split(i, [None, FRAG])
+    j, j_tc = sch.split(j, [None, FRAG])
+    k, k_tc = sch.split(k, [None, step.k])
+    sch.reorder(i, j, k, i_tc, j_tc, k_tc)
+    outer = sch.blockize(i_tc)
+    i0, i1, i2 = sch.split(i, [None, WARPS[0], fm])
+    j0, j1, j2 = sch.split(j, [None, WARPS[1], fn])
+    k0, k1 = sch.split(k, [None, BK // step.k])
+    sch.reorder(i0, j0, i1, j1, k0, k1, i2, j2)
+    block_x = sch.fuse(i0, j0)
+    warp_y = sch.fuse(i1, j1)
+    bind(block_x, "blockIdx.x")
+    bind(warp_y, "threadIdx.y")
+
+    staged = []
+    for operand in (0, 1):
+        shared = sch.cache_read(outer, operand, "shared")
+        sch.compute_at(shared, k0)
+        staged.append(shared)
+    sch.compute_inline(sch.get_sblock(IM2COL))       # the gather happens while staging: implicit GEMM
+    channels_aligned = bool(int(ann["hawq.vector_gather"]))
+    for n_operand, shared in enumerate(staged):
+        vec = 16 if (n_operand == 1 or channels_aligned) else 1
+        fused = sch.fuse(*sch.get_loops(shared)[-2:])
+        parts = sch.split(fused, [None, warps, 32, vec] if vec > 1 else [None, warps, 32])
+        bind(parts[2], "threadIdx.x")
+        bind(parts[1], "threadIdx.y")
+        if vec > 1:
+            sch.vectorize(parts[3])
+        sch.storage_align(shared, 0, axis=-2, factor=32, offset=16)
+
+    frag_a = sch.cache_read(outer, 0, "warp")
+    frag_b = sch.cache_read(outer, 1, "warp")
+    sch.compute_at(frag_a, k1)
+    sch.compute_at(frag_b, k1)
+    acc = sch.cache_write(outer, 0, "warp")
+    sch.reverse_compute_at(acc, warp_y)
+    ii, jj = sch.get_loops(acc)[-2:]
+    io, ii = sch.split(ii, [None, FRAG])
+    jo, ji = sch.split(jj, [None, FRAG])
+    sch.reorder(io, jo, ii, ji)
+    sch.decompose_reduction(outer, sch.get_loops(outer)[2])
+
+    def fragment_loop(block, rows, cols):
+        a, b = sch.get_loops(block)[-2:]
+        a0, a1 = sch.split(a, [None, rows])
+        b0, b1 = sch.split(b, [None, cols])
+        sch.reorder(a0, b0, a1, b1)
+        return a1
+
+    load_a = fragment_loop(frag_a, FRAG, step.k)
+    load_b = fragment_loop(frag_b, FRAG, step.k)
+    ab_layout = C.shared_16x32_to_ldmatrix_32x16_layout
+    sch.transform_layout(frag_a, ("write", 0), lambda r, c: (r // FRAG, c // step.k, *ab_layout(r % FRAG, c % step.k)))
+    sch.transform_layout(frag_b, ("write", 0), lambda r, c: (r // FRAG, c // step.k, *ab_layout(r % FRAG, c % step.k)))
+    sch.transform_layout(acc, ("read", 0), lambda r, c: (r // FRAG, c // FRAG,
+                                                         *C.shared_16x16_to_ldmatrix_32x8_layout(r % FRAG, c % FRAG)))
+    sch.set_scope(acc, 0, "shared")                  # the accumulator tile, read by the epilogue
+    sch.reverse_compute_at(last, block_x)
+    fused = sch.fuse(*sch.get_loops(last)[1:])
+    _, e_warp, e_lane = sch.split(fused, [None, warps, 32])
+    bind(e_lane, "threadIdx.x")
+    bind(e_warp, "threadIdx.y")
+
+    sch.tensorize(load_a, step.load_a)
+    sch.tensorize(load_b, step.load_b)
+    sch.tensorize(sch.get_loops(gemm)[-3], step.mma)
+    sch.tensorize(sch.get_loops(sch.get_sblock(GEMM + "_init"))[-2], step.fill)
+    sch.tensorize(sch.get_loops(acc)[-2], step.store)
+    return sch.mod["main"]
+
