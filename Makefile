@@ -8,7 +8,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup dataset demo test test-slow hawq-conformance bench ptq-bench layer-latency release lock clean
+.PHONY: setup dataset demo test test-slow hawq-conformance bench ptq-bench layer-latency gpu-bundle release lock clean
 
 setup: $(STAMP) dataset
 
@@ -58,6 +58,14 @@ ptq-bench: setup
 # Per-layer TVM latency tables for the latency-constrained bit allocation (hawq.mpq --latency-table).
 layer-latency: setup
 	for a in resnet20_cifar10 resnet18 resnet50; do $(PY) -m tvm_benchmark.layer_latency -a $$a; done
+
+# The GPU bundle (build/gpu-bundle/, run there with `bash build/gpu-bundle/run.sh OUTDIR`): tensor-core
+# programs of the released checkpoints and resnet18/resnet50 (uniform8, uniform4, bops_0.5) at batch
+# 1/8/64 for CUDA_ARCH, their inputs and reference logits, runtime-only TVM. Fetches tvm_ffi's
+# wheel for the GPU machine's Python (3.12) from PyPI once (build/wheels/).
+CUDA_ARCH ?= sm_90
+gpu-bundle: setup
+	$(PY) -m tvm_benchmark.gpu_bundle --out build/gpu-bundle --sm $(CUDA_ARCH) --no-progress
 
 # Re-train the released checkpoints (about an hour on 2 cores) and rewrite checkpoints/MANIFEST.csv.
 release: setup

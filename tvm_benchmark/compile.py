@@ -56,6 +56,7 @@ class Built:
     target: tvm.target.Target
     isa: I.Isa | None
     weights: tuple = ()
+    weight_nodes: tuple = ()
     sm: str | None = None
 
     @property
@@ -87,7 +88,8 @@ def compile_program(graph: dict, input_shape: tuple[int, int, int, int], key: st
     ``cuda``: the tensor-core program for ``HAWQ_CUDA_ARCH`` / the visible GPU (``fast``, the
     default) or TVM's default GPU program (``fast=False``); with ``emulate`` the same tensor-core
     schedule is compiled for this CPU with every PTX instruction replaced by its loops.
-    ``weights_as_params``: GEMM weights become ``main`` parameters (``Built.weights``).
+    ``weights_as_params``: GEMM weights become ``main`` parameters (``Built.weights``, packed, in
+    parameter order; ``Built.weight_nodes``: the graph node each belongs to).
     """
     if key == "cuda":
         return _compile_cuda(graph, input_shape, threads, all_outputs, fast, emulate, weights_as_params)
@@ -124,4 +126,4 @@ def _compile_cuda(graph: dict, input_shape, threads, all_outputs: bool, fast: bo
     mod, weights = built if weights_as_params else (built, [])
     target = make_target("llvm", threads, I.detect()) if emulate else make_target("cuda")
     exe = build(mod, target, schedule=emulate, tensorcore=fast, emulate=emulate)
-    return Built(exe, target, None, tuple(weights), sm if fast else None)
+    return Built(exe, target, None, tuple(a for _, a in weights), tuple(n for n, _ in weights), sm if fast else None)

@@ -98,8 +98,8 @@ class _Builder:
     def __init__(self, bb: relax.BlockBuilder, layout: str = "NCHW", planner: ConvPlanner | None = None,
                  weights_as_params: bool = False):
         self.bb, self.layout, self.planner = bb, layout, planner
-        #: (parameter, packed array) per GEMM weight when weights are ``main`` parameters, else None
-        self.weight_params: list[tuple[relax.Var, np.ndarray]] | None = [] if weights_as_params else None
+        #: (parameter, packed array, node name) per GEMM weight when weights are ``main`` parameters
+        self.weight_params: list[tuple[relax.Var, np.ndarray, str]] | None = [] if weights_as_params else None
 
     def caxis(self, ndim: int) -> int:
         return 3 if ndim == 4 and self.layout == "NHWC" else 1
@@ -200,7 +200,7 @@ class _Builder:
         if isinstance(plan, DepthwisePlan):
             y, offset = self._depthwise_planned(plan, data, w, pad, stride, x.offset)
         elif isinstance(plan, GemmPlan):
-            y, offset = self._gemm_planned(plan, data, w, pad, stride, x.offset)
+            y, offset = self._gemm_planned(plan, data, w, pad, stride, x.offset, node.name)
         elif plan is not None:
             y, offset = self._conv_planned(plan, data, w, pad, stride, x.offset)
         else:
@@ -252,7 +252,7 @@ class _Builder:
         return self.emit(relax.op.reshape(acc, [b, oh, ow, o])), offset
 
     def _gemm_planned(self, plan: GemmPlan, data: relax.Expr, w: np.ndarray, pad: list[int], stride: list[int],
-                      offset: int) -> tuple[relax.Expr, int]:
+                      offset: int, name: str) -> tuple[relax.Expr, int]:
         """NHWC conv as a tensor-core implicit GEMM (:mod:`tvm_benchmark.tensorcore`): shift the operand
         to signed bytes where the plan asks (the shift joins the offset, folded into the bias by the
         caller), call the GEMM — which pads with the centered zero itself — on weights packed
@@ -267,16 +267,17 @@ class _Builder:
         shape = GemmShape(b, (h, wd), c, o, (kh, kw), tuple(stride), tuple(pad))
         gv = self.bb.add_func(plan.prim_func(shape, offset), "conv2d_tensorcore__")
         oh, ow = shape.out_hw
-        acc = self.emit(relax.call_tir(gv, [data, self.weight(plan.pack(w, shape))],
+        acc = self.emit(relax.call_tir(gv, [data, self.weight(plan.pack(w, shape), name)],
                                        relax.TensorType([b, oh, ow, o], "int32")))
         return acc, offset
 
-    def weight(self, packed: np.ndarray) -> relax.Expr:
-        """A packed weight tensor: a constant, or (``weights_as_params``) the next ``main`` parameter."""
+    def weight(self, packed: np.ndarray, name: str) -> relax.Expr:
+        """Node ``name``'s packed weight tensor: a constant, or (``weights_as_params``) the next
+        ``main`` parameter."""
         if self.weight_params is None:
             return _const(packed, str(packed.dtype))
         var = relax.Var(f"w{len(self.weight_params)}", relax.TensorType(list(packed.shape), str(packed.dtype)))
-        self.weight_params.append((var, packed))
+        self.weight_params.append((var, packed, name))
         return var
 
     def _depthwise_planned(self, plan: DepthwisePlan, data: relax.Expr, w: np.ndarray, pad: list[int],
@@ -309,7 +310,7 @@ class _Builder:
             # The classifier is a 1x1 convolution over a 1x1 image: the same tensor-core GEMM.
             b, c = (int(d) for d in data.ty.shape)
             img = self.emit(relax.op.reshape(data, [b, 1, 1, c]))
-            y, offset = self._gemm_planned(plan, img, w.reshape(*w.shape, 1, 1), [0, 0], [1, 1], 0)
+            y, offset = self._gemm_planned(plan, img, w.reshape(*w.shape, 1, 1), [0, 0], [1, 1], 0, node.name)
             y = self.emit(relax.op.reshape(y, [b, w.shape[0]]))
             bias = bias - offset * w.astype(np.int64).sum(1)
             return self.emit(relax.op.add(y, _const(bias.reshape(1, -1), acc)))
@@ -460,7 +461,7 @@ def build_module(graph: "ir.Graph | dict", input_shape: tuple[int, ...], all_out
     planner accepts calls its hand-scheduled kernel. Returns an IRModule of high-level Relax ops plus
     those kernels. With ``weights_as_params`` the tensor-core GEMMs' packed weights are parameters of
     ``main`` after ``x`` instead of constants (a small program whose weights ship once for every batch
-    size); then returns ``(module, [packed weight arrays in parameter order])``.
+    size); then returns ``(module, [(node name, packed weight array)] in parameter order)``.
     """
     graph = ir.as_graph(graph)
     bb = relax.BlockBuilder()
@@ -475,9 +476,9 @@ def build_module(graph: "ir.Graph | dict", input_shape: tuple[int, ...], all_out
             else:
                 out = b.to_graph_layout(b.centered(env[graph.output]).expr)
             gv = bb.emit_output(out)
-        bb.emit_func_output(gv, params=[x] + [v for v, _ in b.weight_params or []])
+        bb.emit_func_output(gv, params=[x] + [p[0] for p in b.weight_params or []])
     if weights_as_params:
-        return bb.get(), [a for _, a in b.weight_params]
+        return bb.get(), [(name, a) for _, a, name in b.weight_params]
     return bb.get()
 
 
