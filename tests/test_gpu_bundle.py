@@ -1,0 +1,111 @@
+"""The GPU bundle as built by ``make gpu-bundle`` (tvm_benchmark.gpu_bundle), run on this CPU: an llvm
+bundle (the tensor-core schedules with the PTX instructions emulated) of a released checkpoint and
+a synthetic-weight model, executed by its own run.sh in runtime-only mode; and the synthetic-weight
+generator the GPU machine relies on to rebuild weights bit-identically."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tvm_benchmark.gpu_bundle import _batch, _load_params_module, build_bundle
+
+PYVER = f"{sys.version_info.major}.{sys.version_info.minor}"
+bp = _load_params_module()
+
+
+def test_synthetic_weight_is_fixed():
+    """The integers are a pure function of (shape, magnitude, seed): a changed generator would make
+    every shipped recipe fail its CRC on the GPU machine, so the exact bytes are pinned here."""
+    w = bp.synthetic_weight([4, 3, 3, 3], [127, 7, 1, 50], 12345)
+    assert w.dtype == np.int8 and w.shape == (4, 3, 3, 3)
+    for o, a in enumerate([127, 7, 1, 50]):
+        assert np.abs(w[o]).max() <= a
+    assert len(np.unique(w[0])) > 20                     # spread, not a constant
+    assert zlib.crc32(w.tobytes()) == 0x5BA0DA05, hex(zlib.crc32(w.tobytes()))
+    assert not np.array_equal(w, bp.synthetic_weight([4, 3, 3, 3], [127, 7, 1, 50], 12346))
+
+
+def test_recipe_crc_is_checked(tmp_path):
+    w = bp.pack_gemm(bp.synthetic_weight([8, 3, 1, 1], [100] * 8, 7), [64, 64])
+    layer = {"node": "conv", "shape": [8, 3, 1, 1], "absmax": [100] * 8, "seed": 7, "packed": [64, 64],
+             "crc32": bp.crc(w)}
+    f = tmp_path / "m.synth.json"
+    f.write_text(json.dumps({"format": "hawq-synth-weights/1", "layers": [layer]}))
+    (got,) = bp.load_params(f)
+    assert np.array_equal(got, w) and got.shape == (64, 64) and not got[8:].any() and not got[:, 3:].any()
+    f.write_text(json.dumps({"format": "hawq-synth-weights/1", "layers": [layer | {"crc32": layer["crc32"] ^ 1}]}))
+    with pytest.raises(ValueError, match="differs"):
+        bp.load_params(f)
+
+
+@pytest.fixture(scope="module")
+def llvm_bundle(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("gb") / "gpu-bundle"
+    m = build_bundle(out, target="llvm", released=True, released_stems=("resnet20_cifar10_uniform4",),
+                     archs=("resnet20_cifar10",), schemes=("uniform8",), batches=(3,), size=32,
+                     python=PYVER, progress=False)
+    return out, m
+
+
+def test_bundle_layout(llvm_bundle):
+    out, m = llvm_bundle
+    names = [p["name"] for p in m["programs"]]
+    assert names == ["resnet20_cifar10_uniform4_b3", "resnet20_cifar10_uniform8_b3"]
+    assert (out / "data" / "resnet20_cifar10_uniform4.npz").is_file()
+    assert (out / "data" / "resnet20_cifar10_uniform8.synth.json").is_file()
+    assert not (out.parent / "gpu-bundle.tmp").exists()
+    assert "total" in (out / "CONTENTS.md").read_text()
+    x3 = np.load(out / "data" / "resnet20_cifar10_uniform8_b3_input.npy")
+    assert x3.shape == (3, 3, 32, 32)
+    big = _batch(x3, 8)           # batch 64 repeats the 8 reference images
+    assert big.shape == (8, 3, 32, 32) and np.array_equal(big[3:6], x3) and np.array_equal(big[:2], x3[:2])
+    ref = np.load(out / "data" / "resnet20_cifar10_uniform4_b3_ref.npy")
+    assert ref.shape == (3, 10) and ref.dtype == np.int64 and len({tuple(r) for r in ref}) == 3
+
+
+def test_bundle_runs_runtime_only(llvm_bundle, tmp_path):
+    out, _ = llvm_bundle
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    env.update(PYTHON=sys.executable, HAWQ_BUNDLE_REPEAT="2", HAWQ_BUNDLE_WARMUP="1", HAWQ_TORCH_COMPILE="0")
+    r = subprocess.run(["bash", str(out / "run.sh"), str(tmp_path / "res")], env=env, cwd="/",
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    src = re.search(r"^tvm from (.+)$", r.stdout, re.M).group(1)
+    assert Path(src).resolve().is_relative_to(out.resolve()), src
+    with open(tmp_path / "res" / "gpu_results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2
+    for row in rows:
+        assert row["mismatches"] == "0" and int(row["elements"]) == 10 * int(row["batch"]), row
+        assert float(row["tvm_ms"]) > 0
+
+
+def test_bundle_detects_a_wrong_weight(llvm_bundle, tmp_path):
+    """A trained weight file whose one integer differs gives mismatches (the check can fail)."""
+    import shutil
+    out, _ = llvm_bundle
+    bad = tmp_path / "bundle"
+    shutil.copytree(out, bad, symlinks=True)
+    f = bad / "data" / "resnet20_cifar10_uniform4.npz"
+    with np.load(f) as z:
+        ws = {k: z[k].copy() for k in z.files}
+    ws["w0"][0, 0] = 7 if ws["w0"][0, 0] != 7 else -7
+    np.savez(f, **ws)
+    manifest = json.loads((bad / "bundle.json").read_text())
+    manifest["programs"] = [p for p in manifest["programs"] if p["name"] == "resnet20_cifar10_uniform4_b3"]
+    (bad / "bundle.json").write_text(json.dumps(manifest))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    env.update(PYTHON=sys.executable, HAWQ_BUNDLE_REPEAT="1", HAWQ_BUNDLE_WARMUP="1", HAWQ_BUNDLE_TORCH="0")
+    r = subprocess.run(["bash", str(bad / "run.sh"), str(tmp_path / "res")], env=env, cwd="/",
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stdout[-2000:]
+    assert re.search(r"resnet20_cifar10_uniform4_b3: mismatches: [1-9]\d*/30", r.stdout), r.stdout[-2000:]
