@@ -41,9 +41,33 @@ def build(mod: tvm.IRModule, target: tvm.target.Target, schedule: bool, tensorco
     lowered = lower(mod)
     if tensorcore:
         lowered = schedule_tensorcore(lowered, emulate)
+    if str(target.kind) == "cuda":
+        lowered = schedule_gpu_default(lowered, target)
     if schedule and str(target.kind) == "llvm":
         lowered = schedule_generic(lowered)
     return tvm.compile(lowered, target)
+
+
+def schedule_gpu_default(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """TVM's default GPU rules (dlight: Matmul, GEMV, Reduction, GeneralReduction, Fallback, the
+    order ``tvm.compile`` uses) on every kernel not scheduled yet, each rule guarded: a rule that
+    fails on a kernel (dlight's GEMV asserts on some depthwise/pooling shapes) passes it to the next
+    rule instead of aborting the build."""
+    from tvm.s_tir import dlight as dl
+    rules = (dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback())
+    for gv, func in list(mod.functions.items()):
+        if not isinstance(func, tvm.tirx.PrimFunc) or (func.attrs is not None and "tirx.is_scheduled" in func.attrs):
+            continue
+        for rule in rules:
+            try:
+                space = rule.apply(func, target, False)
+            except Exception:  # noqa: BLE001  (dlight rule bug on this kernel: try the next rule)
+                continue
+            if space is not None:
+                sch = space[0] if isinstance(space, list) else space
+                mod[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+                break
+    return mod
 
 
 @dataclass(frozen=True)
