@@ -113,7 +113,7 @@ def compile_program(graph: dict, input_shape: tuple[int, int, int, int], key: st
     default) or TVM's default GPU program (``fast=False``); with ``emulate`` the same tensor-core
     schedule is compiled for this CPU with every PTX instruction replaced by its loops.
     ``weights_as_params``: GEMM weights become ``main`` parameters (``Built.weights``, packed, in
-    parameter order; ``Built.weight_nodes``: the graph node each belongs to).
+    parameter order; ``Built.weight_nodes``: ``"<graph node>:<operand bits>"`` of each).
     """
     if key == "cuda":
         return _compile_cuda(graph, input_shape, threads, all_outputs, fast, emulate, weights_as_params)

@@ -257,6 +257,8 @@ class _Builder:
         to signed bytes where the plan asks (the shift joins the offset, folded into the bias by the
         caller), call the GEMM — which pads with the centered zero itself — on weights packed
         ``[Np, Kp]``. Returns (int32 acc [B,OH,OW,O], total offset)."""
+        if plan.bits == 4 and not plan.fits(offset + plan.act_shift):
+            plan = plan.as_int8(_dt(data))       # the padding value (the stored zero) must fit s4 too
         if plan.act_shift:
             e = self.emit(relax.op.add(self.emit(relax.op.astype(data, "int16")), relax.const(plan.act_shift, "int16")))
             data, offset = self.emit(relax.op.astype(e, "int8")), offset + plan.act_shift
@@ -264,10 +266,10 @@ class _Builder:
             raise HawqError(f"tensor-core GEMM needs int8 data, got {_dt(data)}")
         b, h, wd, c = (int(d) for d in data.ty.shape)
         o, _, kh, kw = w.shape
-        shape = GemmShape(b, (h, wd), c, o, (kh, kw), tuple(stride), tuple(pad))
+        shape = GemmShape(b, (h, wd), c, o, (kh, kw), tuple(stride), tuple(pad), plan.bits)
         gv = self.bb.add_func(plan.prim_func(shape, offset), "conv2d_tensorcore__")
         oh, ow = shape.out_hw
-        acc = self.emit(relax.call_tir(gv, [data, self.weight(plan.pack(w, shape), name)],
+        acc = self.emit(relax.call_tir(gv, [data, self.weight(plan.pack(w, shape), f"{name}:{plan.bits}")],
                                        relax.TensorType([b, oh, ow, o], "int32")))
         return acc, offset
 

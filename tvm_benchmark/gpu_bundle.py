@@ -123,10 +123,12 @@ def _seed(*parts: str) -> int:
 def _recipe(model: Model, nodes: tuple[str, ...], weights: tuple[np.ndarray, ...]) -> dict:
     """The ``hawq-synth-weights/1`` recipe of a synthetic model's GEMM weights, in parameter order."""
     layers = []
-    for name, packed in zip(nodes, weights):
+    for tag, packed in zip(nodes, weights):
+        name, bits = tag.rsplit(":", 1)          # "<node>:<operand bits>" (tvm_benchmark.frontend)
         shape, absmax = model.synthetic[name]
         layers.append({"node": name, "shape": shape, "absmax": absmax, "seed": _seed(model.arch, model.scheme, name),
-                       "packed": list(packed.shape), "crc32": zlib.crc32(np.ascontiguousarray(packed).tobytes())})
+                       "packed": list(packed.shape), "bits": int(bits),
+                       "crc32": zlib.crc32(np.ascontiguousarray(packed).tobytes())})
     return {"format": "hawq-synth-weights/1", "model": model.name, "layers": layers}
 
 

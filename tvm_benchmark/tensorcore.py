@@ -34,10 +34,11 @@ from tvm.s_tir import Schedule
 from tvm.s_tir.tensor_intrin import cuda as C
 
 from hawq.errors import HawqError
-from tvm_benchmark.intrinsics.cuda_mma import FRAG, MmaStep, int8_step
+from tvm_benchmark.bundle_files.bundle_params import pack_gemm   # NumPy only: the GPU bundle packs the same way
+from tvm_benchmark.intrinsics.cuda_mma import FRAG, INT4_SMS, MmaStep, int4_step, int8_step, nibble_hi, nibble_lo
 
 GEMM, GEMM_OUT, IM2COL = "hawq_gemm", "hawq_gemm_out", "hawq_im2col"
-BK = 64                       # reduction elements staged per shared-memory step (2 int8 steps of 32)
+BK = 64                       # reduction bytes staged per shared-memory step (2 steps of 32 bytes)
 WARPS = (2, 2)                # warps per block along M and N
 INT32_MAX = 2 ** 31 - 1
 OUT_EWISE_FUSABLE = 4         # relax op pattern: elementwise consumers fuse into this kernel
@@ -75,24 +76,33 @@ def choose_tile(m: int, n: int) -> Tile:
 
 @dataclass(frozen=True)
 class GemmPlan:
-    """One conv/dense as a tensor-core implicit GEMM. ``act_shift``: added to the stored activations
-    before the GEMM (−128 for uint8 data: s8 operands); ``sm``: the GPU it is built for."""
-    step: MmaStep
+    """One conv/dense as a tensor-core implicit GEMM on ``bits``-bit signed operands (8: s8
+    ``m16n8k32``; 4: s4 ``m16n8k64``, two values per byte along K). ``act_shift``: added to the stored
+    activations before the GEMM (−128 for uint8 data on s8, −8 for 0..15 data on s4); ``sm``: the GPU."""
     sm: int
+    bits: int = 8
     act_shift: int = 0
     emulate: bool = False
     act_dtype: str = "int8"
     weight_dtype: str = "int8"
 
-    def shape(self, batch: int, in_hw: tuple[int, int], channels: int, out_channels: int,
-              ksize: tuple[int, int], stride: tuple[int, int], pad: tuple[int, int]) -> "GemmShape":
-        return GemmShape(batch, in_hw, channels, out_channels, ksize, stride, pad)
+    @property
+    def step(self) -> MmaStep:
+        return (int4_step if self.bits == 4 else int8_step)(self.emulate)
+
+    def fits(self, value: int) -> bool:
+        """True when a (shifted) stored value is a ``bits``-bit signed operand."""
+        lim = 1 << (self.bits - 1)
+        return -lim <= value < lim
+
+    def as_int8(self, act_dtype: str) -> "GemmPlan":
+        """The s8 plan for the same layer (used when a 4-bit plan's padding value would not fit s4)."""
+        return GemmPlan(self.sm, 8, -128 if act_dtype == "uint8" else 0, self.emulate)
 
     def pack(self, w: np.ndarray, shape: "GemmShape") -> np.ndarray:
-        """OIHW int8 -> ``[Np, Kp]`` int8, rows in (kh, kw, c) order, zero-padded."""
-        o = w.shape[0]
-        flat = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(o, -1).astype(np.int8)
-        return np.pad(flat, ((0, shape.np_ - o), (0, shape.kp - flat.shape[1])))
+        """OIHW int8 -> ``[Np, Kp bytes]`` int8, rows in (kh, kw, c) order, zero-padded; 4-bit:
+        element 2j in the low nibble of byte j, 2j + 1 in the high one."""
+        return pack_gemm(w, [shape.np_, shape.kp_bytes], self.bits)
 
     def prim_func(self, shape: "GemmShape", pad_value: int) -> tvm.tirx.PrimFunc:
         return gemm_func(shape, pad_value)
@@ -108,6 +118,11 @@ class GemmShape:
     ksize: tuple[int, int]
     stride: tuple[int, int]
     pad: tuple[int, int]
+    bits: int = 8                 # operand width: 4 packs two K elements per byte
+
+    @property
+    def per_byte(self) -> int:
+        return 2 if self.bits == 4 else 1
 
     @property
     def out_hw(self) -> tuple[int, int]:
@@ -137,23 +152,36 @@ class GemmShape:
 
     @property
     def kp(self) -> int:
-        return -(-self.k // BK) * BK
+        """K padded to the staging step, in elements."""
+        step = BK * self.per_byte
+        return -(-self.k // step) * step
+
+    @property
+    def kp_bytes(self) -> int:
+        return self.kp // self.per_byte
 
 
 def plan_tensorcore(sm: int, act_dtype: str, act_lo: int, act_hi: int, w: np.ndarray, groups: int,
                     out_w: int | None = None, emulate: bool = False) -> GemmPlan | None:
     """The tensor-core GEMM for a conv with ``groups == 1`` on 8-bit containers, or None (TVM's
     generic GPU convolution: depthwise layers, wider data, GPUs before sm_80). ``act_lo``/``act_hi``
-    bound the stored activations; the shifted signed operands' raw int32 sum must be proven to fit."""
-    step = int8_step(emulate)
-    if groups != 1 or act_dtype not in ("uint8", "int8") or sm < step.min_sm:
+    bound the stored activations. s4 where the GPU has int4 MMA (sm_80/86/87) and both the shifted
+    activations (0..15 - 8) and the weights fit 4 bits; else s8. The raw int32 sum of the shifted
+    operands must be proven to fit."""
+    if groups != 1 or act_dtype not in ("uint8", "int8") or sm < int8_step(emulate).min_sm:
         return None
-    shift = -128 if act_dtype == "uint8" else 0
-    a_abs = max(abs(act_lo + shift), abs(act_hi + shift), abs(shift))   # padding carries the shift too
-    w_sum = int(np.abs(w.astype(np.int64)).reshape(w.shape[0], -1).sum(1).max(initial=0))
-    if w_sum * a_abs > INT32_MAX:
+    w64 = w.astype(np.int64)
+    plan = None
+    if sm in INT4_SMS:
+        shift = -8 if act_dtype == "uint8" else 0
+        p4 = GemmPlan(sm, 4, shift, emulate)
+        if all(p4.fits(v) for v in (act_lo + shift, act_hi + shift, int(w64.min(initial=0)), int(w64.max(initial=0)))):
+            plan = p4
+    plan = plan or GemmPlan(sm, 8, -128 if act_dtype == "uint8" else 0, emulate)
+    a_abs = max(abs(act_lo + plan.act_shift), abs(act_hi + plan.act_shift), abs(plan.act_shift))
+    if int(np.abs(w64).reshape(w.shape[0], -1).sum(1).max(initial=0)) * a_abs > INT32_MAX:
         return None
-    return GemmPlan(step, sm, shift, emulate)
+    return plan
 
 
 def gemm_func(s: GemmShape, pad_value: int) -> tvm.tirx.PrimFunc:
@@ -167,7 +195,7 @@ def gemm_func(s: GemmShape, pad_value: int) -> tvm.tirx.PrimFunc:
     i64 = lambda *dims: tuple(tirx.IntImm("int64", int(d)) for d in dims)   # noqa: E731
     # int64 extents, as Relax's legalized ops have: FuseTIR unifies buffers by structural type.
     data = te.placeholder(i64(b, h, w, c), "int8", name="data")
-    weight = te.placeholder(i64(s.np_, s.kp), "int8", name="weight")
+    weight = te.placeholder(i64(s.np_, s.kp_bytes), "int8", name="weight")
 
     def gather(m, k):
         n, r = m // (oh * ow), m % (oh * ow)
@@ -177,12 +205,25 @@ def gemm_func(s: GemmShape, pad_value: int) -> tvm.tirx.PrimFunc:
         inside = tirx.all(m < m_real, k < k_real, iy >= 0, iy < h, ix >= 0, ix < w)
         return tirx.if_then_else(inside, data[n, iy, ix, ch], tirx.const(pad_value, "int8"))
 
-    a = te.compute(i64(s.mp, s.kp), gather, name=IM2COL)
-    r = te.reduce_axis((tirx.IntImm("int64", 0), tirx.IntImm("int64", s.kp)), "k")
+    if s.bits == 4:
+        def packed(m, kb):   # two signed nibbles per byte, element 2·kb low
+            lo = gather(m, 2 * kb).astype("int32") & 15
+            hi = gather(m, 2 * kb + 1).astype("int32") & 15
+            return ((hi << 4) | lo).astype("int8")
+        a = te.compute(i64(s.mp, s.kp_bytes), packed, name=IM2COL)
+    else:
+        a = te.compute(i64(s.mp, s.kp_bytes), gather, name=IM2COL)
+    r = te.reduce_axis((tirx.IntImm("int64", 0), tirx.IntImm("int64", s.kp_bytes)), "k")
     tile = s.tile
-    acc = te.compute(i64(s.mp, s.np_), lambda i, j: te.sum(
-        a[i, r].astype("int32") * weight[j, r].astype("int32"), axis=r), name=GEMM,
-        attrs={"hawq.tile": [tile.bm, tile.bn], "hawq.vector_gather": int(c % 16 == 0)})
+    attrs = {"hawq.tile": [tile.bm, tile.bn], "hawq.bits": s.bits,
+             "hawq.vector_gather": int(c % (16 * s.per_byte) == 0)}
+    if s.bits == 4:
+        acc = te.compute(i64(s.mp, s.np_), lambda i, j: te.sum(
+            nibble_lo(a[i, r]) * nibble_lo(weight[j, r]) + nibble_hi(a[i, r]) * nibble_hi(weight[j, r]), axis=r),
+            name=GEMM, attrs=attrs)
+    else:
+        acc = te.compute(i64(s.mp, s.np_), lambda i, j: te.sum(
+            a[i, r].astype("int32") * weight[j, r].astype("int32"), axis=r), name=GEMM, attrs=attrs)
     out = te.compute(i64(b, oh, ow, s.out_channels), lambda n, y, x, o: acc[(n * oh + y) * ow + x, o],
                      name=GEMM_OUT)
     func = te.create_prim_func([data, weight, out]).without_attr("global_symbol")
@@ -215,12 +256,12 @@ def _gemm_geometry(sch: Schedule) -> tuple[int, int, int, tuple[int, int]]:
 
 def schedule_gemm(func: tvm.tirx.PrimFunc, emulate: bool = False) -> tvm.tirx.PrimFunc:
     """The tensor-core schedule of one GEMM function (with whatever epilogue FuseOps put after it)."""
-    step = int8_step(emulate)
     sch = Schedule(func)
     bind = (lambda loop, tag: None) if emulate else sch.bind
     mp, np_, kp, (oh, ow) = _gemm_geometry(sch)
     ann = sch.get(sch.get_sblock(GEMM)).annotations    # block annotations survive FuseTIR
     tile = Tile(*(int(v) for v in ann["hawq.tile"]))
+    step = (int4_step if int(ann["hawq.bits"]) == 4 else int8_step)(emulate)
     warps = WARPS[0] * WARPS[1]
     fm, fn = tile.frags
     gemm = sch.get_sblock(GEMM)
@@ -262,7 +303,9 @@ def schedule_gemm(func: tvm.tirx.PrimFunc, emulate: bool = False) -> tvm.tirx.Pr
     sch.compute_inline(sch.get_sblock(IM2COL))       # the gather happens while staging: implicit GEMM
     channels_aligned = bool(int(ann["hawq.vector_gather"]))
     for n_operand, shared in enumerate(staged):
-        vec = 16 if (n_operand == 1 or channels_aligned) else 1
+        # The gathered operand moves 4 bytes a lane: its padding is a vector constant, and TVM's CUDA
+        # codegen prints an int8x16 one as make_int4(16 chars), which nvcc rejects (int8x4 is packed).
+        vec = 16 if n_operand == 1 else (4 if channels_aligned else 1)
         fused = sch.fuse(*sch.get_loops(shared)[-2:])
         parts = sch.split(fused, [None, warps, 32, vec] if vec > 1 else [None, warps, 32])
         bind(parts[2], "threadIdx.x")

@@ -45,12 +45,18 @@ def synthetic_weight(shape: list[int], absmax: list[int], seed: int) -> np.ndarr
     return np.clip(w, -a, a).astype(np.int8)
 
 
-def pack_gemm(w: np.ndarray, packed_shape: list[int]) -> np.ndarray:
-    """OIHW (or [O, F]) int8 -> the tensor-core layout ``[Np, Kp]``: rows in (kh, kw, c) order, zero-padded."""
+def pack_gemm(w: np.ndarray, packed_shape: list[int], bits: int = 8) -> np.ndarray:
+    """OIHW (or [O, F]) int8 -> the tensor-core layout ``packed_shape`` = [Np, Kp bytes]: rows in
+    (kh, kw, c) order, zero-padded; ``bits`` 4: two elements per byte, element 2j in the low nibble."""
     w = w.reshape(*w.shape, 1, 1) if w.ndim == 2 else w
     flat = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(w.shape[0], -1).astype(np.int8)
-    n_p, k_p = packed_shape
-    return np.pad(flat, ((0, n_p - flat.shape[0]), (0, k_p - flat.shape[1])))
+    n_p, k_bytes = packed_shape
+    per_byte = 2 if bits == 4 else 1
+    flat = np.pad(flat, ((0, n_p - flat.shape[0]), (0, k_bytes * per_byte - flat.shape[1])))
+    if bits == 4:
+        lo, hi = flat[:, 0::2].astype(np.int32) & 15, flat[:, 1::2].astype(np.int32) & 15
+        flat = ((hi << 4) | lo).astype(np.uint8).view(np.int8)
+    return np.ascontiguousarray(flat)
 
 
 def crc(a: np.ndarray) -> int:
@@ -61,7 +67,8 @@ def materialize(recipe: dict) -> list[np.ndarray]:
     """The packed weights of a ``hawq-synth-weights/1`` recipe, each checked against its CRC-32."""
     out = []
     for layer in recipe["layers"]:
-        w = pack_gemm(synthetic_weight(layer["shape"], layer["absmax"], layer["seed"]), layer["packed"])
+        w = pack_gemm(synthetic_weight(layer["shape"], layer["absmax"], layer["seed"]), layer["packed"],
+                      layer.get("bits", 8))
         if crc(w) != layer["crc32"]:
             raise ValueError(f"regenerated weight of {layer['node']} differs from the one compiled against "
                              f"(crc32 {crc(w)} != {layer['crc32']})")

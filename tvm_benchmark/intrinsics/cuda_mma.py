@@ -1,7 +1,9 @@
 """Tensor-core steps for the CUDA integer program: ``ldmatrix`` + ``mma.sync`` (PTX), registered by name.
 
-One warp computes a 16×16 int32 accumulator fragment from a 16×32 int8 activation fragment (row
-major) and a 16×32 int8 weight fragment (weights stored ``[N, K]``: the ``col`` operand of
+int8 (:func:`int8_step`, sm_80+) and int4 (:func:`int4_step`, sm_80/86/87: ``m16n8k64 s4·s4``
+on bytes packing two nibbles along K — the fragment register layout is the s8 one, so the same
+``ldmatrix``, zero and store steps serve both). One warp computes a 16×16 int32 accumulator fragment
+from a 16×32 int8 activation fragment (row major) and a 16×32 int8 weight fragment (weights stored ``[N, K]``: the ``col`` operand of
 ``mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32``, issued twice per fragment for its two n8
 halves). The products accumulate exactly in int32 (the front end proves the sum fits). Activations
 are signed bytes: unsigned 8-bit activations (0..255) arrive shifted by −128 and the front end folds
@@ -155,3 +157,91 @@ def int8_step(emulate: bool = False) -> MmaStep:
         store=_register("hawq_mma_store_s32_shared", *C.get_mma_store_intrin("int32", 8, STAGE_SCOPE, True),
                         _store_loops(), emulate),
         ptx="mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32", min_sm=80)
+
+
+def nibble_lo(x):
+    """Signed low nibble of an int8 byte (packed element 2j), as int32."""
+    return T.shift_right(T.shift_left(T.Cast("int32", x), 28), 28)
+
+
+def nibble_hi(x):
+    """Signed high nibble of an int8 byte (packed element 2j + 1), as int32."""
+    return T.shift_right(T.Cast("int32", x), 4)
+
+
+def _mma_s4(emulated: bool):
+    """s4·s4→s32 ``m16n8k64`` on packed bytes: a 16×32-byte fragment holds 16×64 nibbles (element
+    2j in the low nibble of byte j), the same register layout as the s8 fragment, so the int8
+    ``ldmatrix``/fill/store steps serve it unchanged; only the multiply differs."""
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (WARP, 16), "int8", align=64, offset_factor=32, scope=FRAGMENT_SCOPE)
+        B = T.match_buffer(b, (WARP, 16), "int8", align=64, offset_factor=32, scope=FRAGMENT_SCOPE)
+        acc = T.match_buffer(c, (WARP, 8), "int32", align=64, offset_factor=16, scope=FRAGMENT_SCOPE)
+        with T.sblock("root"):
+            T.reads(acc[0:WARP, 0:8], A[0:WARP, 0:16], B[0:WARP, 0:16])
+            T.writes(acc[0:WARP, 0:8])
+            for i, j, r in T.grid(FRAG, FRAG, 32):
+                with T.sblock("C"):
+                    vi, vj, vr = T.axis.remap("SSR", [i, j, r])
+                    tc, ec = T.meta_var(_C_MAP(vi, vj))
+                    ta, ea = T.meta_var(_AB_MAP(vi, vr))
+                    tb, eb = T.meta_var(_AB_MAP(vj, vr))
+                    T.reads(acc[tc, ec], A[ta, ea], B[tb, eb])
+                    T.writes(acc[tc, ec])
+                    acc[tc, ec] = acc[tc, ec] + (nibble_lo(A[ta, ea]) * nibble_lo(B[tb, eb])
+                                                 + nibble_hi(A[ta, ea]) * nibble_hi(B[tb, eb]))
+
+    @T.prim_func(s_tir=True)
+    def loops(a: T.handle, b: T.handle, c: T.handle) -> None:
+        s0 = T.int32()
+        s1 = T.int32()
+        s2 = T.int32()
+        s3 = T.int32()
+        s4 = T.int32()
+        s5 = T.int32()
+        A = T.match_buffer(a, (WARP, 16), "int8", scope=FRAGMENT_SCOPE, offset_factor=1, strides=[s0, s1])
+        B = T.match_buffer(b, (WARP, 16), "int8", scope=FRAGMENT_SCOPE, offset_factor=1, strides=[s2, s3])
+        acc = T.match_buffer(c, (WARP, 8), "int32", scope=FRAGMENT_SCOPE, offset_factor=1, strides=[s4, s5])
+        with T.sblock("root"):
+            T.reads(acc[0:WARP, 0:8], A[0:WARP, 0:16], B[0:WARP, 0:16])
+            T.writes(acc[0:WARP, 0:8])
+            for i, j, r in T.grid(FRAG, FRAG, 32):
+                with T.sblock("mma"):
+                    vi, vj, vr = T.axis.remap("SSR", [i, j, r])
+                    tc, ec = T.meta_var(_C_MAP(vi, vj))
+                    ta, ea = T.meta_var(_AB_MAP(vi, vr))
+                    tb, eb = T.meta_var(_AB_MAP(vj, vr))
+                    acc[tc, ec] = acc[tc, ec] + (nibble_lo(A[ta, ea]) * nibble_lo(B[tb, eb])
+                                                 + nibble_hi(A[ta, ea]) * nibble_hi(B[tb, eb]))
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (WARP, 16), "int8", align=64, offset_factor=32, scope=FRAGMENT_SCOPE)
+        B = T.match_buffer(b, (WARP, 16), "int8", align=64, offset_factor=32, scope=FRAGMENT_SCOPE)
+        acc = T.match_buffer(c, (WARP, 8), "int32", align=64, offset_factor=16, scope=FRAGMENT_SCOPE)
+        with T.sblock("root"):
+            T.reads(acc[0:WARP, 0:8], A[0:WARP, 0:16], B[0:WARP, 0:16])
+            T.writes(acc[0:WARP, 0:8])
+            for tx in T.thread_binding(0, WARP, "threadIdx.x"):
+                T.evaluate(T.ptx_legacy.mma("m16n8k64", "row", "col", "int4", "int4", "int32",
+                                            A.data, A.elem_offset + tx * 16, B.data, B.elem_offset + tx * 16,
+                                            acc.data, acc.elem_offset + tx * 8, False, dtype="int32"))
+                T.evaluate(T.ptx_legacy.mma("m16n8k64", "row", "col", "int4", "int4", "int32",
+                                            A.data, A.elem_offset + tx * 16, B.data, B.elem_offset + tx * 16 + 8,
+                                            acc.data, acc.elem_offset + tx * 8 + 4, False, dtype="int32"))
+    return desc, impl, loops
+
+
+def int4_step(emulate: bool = False) -> MmaStep:
+    """s4·s4→s32 ``m16n8k64`` (sm_80, sm_86, sm_87; not sm_89/sm_90): operands are bytes holding two
+    signed nibbles along K, so a 32-byte fragment step covers 64 reduction elements."""
+    s8 = int8_step(emulate)
+    desc, impl, loops = _mma_s4(emulate)
+    return MmaStep("int4", 32, load_a=s8.load_a, load_b=s8.load_b,
+                   mma=_register("hawq_mma_s4s4s32_trans_b", desc, impl, loops, emulate),
+                   fill=s8.fill, store=s8.store, ptx="mma.sync.aligned.m16n8k64.row.col.s32.s4.s4.s32", min_sm=80)
+
+
+#: GPUs with int4 tensor-core MMA (Turing's m8n8k32 is not built: sm_75 is below ``min_sm``)
+INT4_SMS = (80, 86, 87)
