@@ -88,7 +88,7 @@ class GemmPlan:
 
     @property
     def step(self) -> MmaStep:
-        return (int4_step if self.bits == 4 else int8_step)(self.emulate)
+        return (int4_step if self.bits == 4 else int8_step)(self.emulate, self.sm)
 
     def fits(self, value: int) -> bool:
         """True when a (shifted) stored value is a ``bits``-bit signed operand."""
@@ -105,7 +105,7 @@ class GemmPlan:
         return pack_gemm(w, [shape.np_, shape.kp_bytes], self.bits)
 
     def prim_func(self, shape: "GemmShape", pad_value: int) -> tvm.tirx.PrimFunc:
-        return gemm_func(shape, pad_value)
+        return gemm_func(shape, pad_value, self.sm)
 
 
 @dataclass(frozen=True)
@@ -164,11 +164,11 @@ class GemmShape:
 def plan_tensorcore(sm: int, act_dtype: str, act_lo: int, act_hi: int, w: np.ndarray, groups: int,
                     out_w: int | None = None, emulate: bool = False) -> GemmPlan | None:
     """The tensor-core GEMM for a conv with ``groups == 1`` on 8-bit containers, or None (TVM's
-    generic GPU convolution: depthwise layers, wider data, GPUs before sm_80). ``act_lo``/``act_hi``
-    bound the stored activations. s4 where the GPU has int4 MMA (sm_80/86/87) and both the shifted
+    generic GPU convolution: depthwise layers, wider data, GPUs before sm_75). ``act_lo``/``act_hi``
+    bound the stored activations. s4 where the GPU has int4 MMA (sm_75/80/86/87) and both the shifted
     activations (0..15 - 8) and the weights fit 4 bits; else s8. The raw int32 sum of the shifted
     operands must be proven to fit."""
-    if groups != 1 or act_dtype not in ("uint8", "int8") or sm < int8_step(emulate).min_sm:
+    if groups != 1 or act_dtype not in ("uint8", "int8") or sm < int8_step(emulate, sm).min_sm:
         return None
     w64 = w.astype(np.int64)
     plan = None
@@ -184,7 +184,7 @@ def plan_tensorcore(sm: int, act_dtype: str, act_lo: int, act_hi: int, w: np.nda
     return plan
 
 
-def gemm_func(s: GemmShape, pad_value: int) -> tvm.tirx.PrimFunc:
+def gemm_func(s: GemmShape, pad_value: int, sm: int = 80) -> tvm.tirx.PrimFunc:
     """Unscheduled ``(data [B,H,W,C] int8, weight [Np,Kp] int8) -> acc [B,OH,OW,O] int32``: the
     im2col gather (``pad_value`` outside the image), the padded GEMM and the unpadding copy; scheduled
     after fusion by :func:`schedule_tensorcore`."""
@@ -215,7 +215,7 @@ def gemm_func(s: GemmShape, pad_value: int) -> tvm.tirx.PrimFunc:
         a = te.compute(i64(s.mp, s.kp_bytes), gather, name=IM2COL)
     r = te.reduce_axis((tirx.IntImm("int64", 0), tirx.IntImm("int64", s.kp_bytes)), "k")
     tile = s.tile
-    attrs = {"hawq.tile": [tile.bm, tile.bn], "hawq.bits": s.bits,
+    attrs = {"hawq.tile": [tile.bm, tile.bn], "hawq.bits": s.bits, "hawq.sm": sm,
              "hawq.vector_gather": int(c % (16 * s.per_byte) == 0)}
     if s.bits == 4:
         acc = te.compute(i64(s.mp, s.np_), lambda i, j: te.sum(
@@ -261,7 +261,7 @@ def schedule_gemm(func: tvm.tirx.PrimFunc, emulate: bool = False) -> tvm.tirx.Pr
     mp, np_, kp, (oh, ow) = _gemm_geometry(sch)
     ann = sch.get(sch.get_sblock(GEMM)).annotations    # block annotations survive FuseTIR
     tile = Tile(*(int(v) for v in ann["hawq.tile"]))
-    step = (int4_step if int(ann["hawq.bits"]) == 4 else int8_step)(emulate)
+    step = (int4_step if int(ann["hawq.bits"]) == 4 else int8_step)(emulate, int(ann["hawq.sm"]))
     warps = WARPS[0] * WARPS[1]
     fm, fn = tile.frags
     gemm = sch.get_sblock(GEMM)

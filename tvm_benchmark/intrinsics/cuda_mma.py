@@ -18,6 +18,7 @@ test suite proves it bit-exact without a GPU. The instruction stream itself is c
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from tvm.s_tir import TensorIntrin
@@ -133,6 +134,61 @@ def _mma_loops(k: int, dtype: str):
     return impl
 
 
+def _mma_ptx(bits: int, sm: int):
+    """The PTX implementation of one 16×16×(32 bytes) fragment step for ``sm``.
+
+    sm_80+: two ``m16n8k32`` (s8) / ``m16n8k64`` (s4) per fragment, one per 8-column half. sm_75 has
+    only the 8-row shapes (``m8n8k16`` s8, ``m8n8k32`` s4): eight per fragment, addressed by the
+    physical register layout ``ldmatrix`` leaves (A: register r = rows 8·(r%2).., K half r//2; B:
+    register 2·half + k = columns of that half, K half k; C: 4 per half, 2 per row half)."""
+    ab = "int8" if bits == 8 else "int4"
+
+    def m8(A, B, acc, tx, a_reg, b_reg, c_off):
+        shape = "m8n8k16" if bits == 8 else "m8n8k32"
+        return T.ptx_legacy.mma(shape, "row", "col", ab, ab, "int32", A.data, A.elem_offset + tx * 16 + 4 * a_reg,
+                                B.data, B.elem_offset + tx * 16 + 4 * b_reg, acc.data, acc.elem_offset + tx * 8 + c_off,
+                                False, dtype="int32")
+
+    def m16(A, B, acc, tx, half):
+        shape = "m16n8k32" if bits == 8 else "m16n8k64"
+        return T.ptx_legacy.mma(shape, "row", "col", ab, ab, "int32", A.data, A.elem_offset + tx * 16,
+                                B.data, B.elem_offset + tx * 16 + 8 * half, acc.data, acc.elem_offset + tx * 8 + 4 * half,
+                                False, dtype="int32")
+
+    if sm >= 80:
+        @T.prim_func(s_tir=True)
+        def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+            A = T.match_buffer(a, (WARP, 16), "int8", align=64, offset_factor=32, scope=FRAGMENT_SCOPE)
+            B = T.match_buffer(b, (WARP, 16), "int8", align=64, offset_factor=32, scope=FRAGMENT_SCOPE)
+            acc = T.match_buffer(c, (WARP, 8), "int32", align=64, offset_factor=16, scope=FRAGMENT_SCOPE)
+            with T.sblock("root"):
+                T.reads(acc[0:WARP, 0:8], A[0:WARP, 0:16], B[0:WARP, 0:16])
+                T.writes(acc[0:WARP, 0:8])
+                for tx in T.thread_binding(0, WARP, "threadIdx.x"):
+                    T.evaluate(m16(A, B, acc, tx, 0))
+                    T.evaluate(m16(A, B, acc, tx, 1))
+        return impl
+
+    @T.prim_func(s_tir=True)
+    def impl75(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (WARP, 16), "int8", align=64, offset_factor=32, scope=FRAGMENT_SCOPE)
+        B = T.match_buffer(b, (WARP, 16), "int8", align=64, offset_factor=32, scope=FRAGMENT_SCOPE)
+        acc = T.match_buffer(c, (WARP, 8), "int32", align=64, offset_factor=16, scope=FRAGMENT_SCOPE)
+        with T.sblock("root"):
+            T.reads(acc[0:WARP, 0:8], A[0:WARP, 0:16], B[0:WARP, 0:16])
+            T.writes(acc[0:WARP, 0:8])
+            for tx in T.thread_binding(0, WARP, "threadIdx.x"):
+                T.evaluate(m8(A, B, acc, tx, 0, 0, 0))
+                T.evaluate(m8(A, B, acc, tx, 2, 1, 0))
+                T.evaluate(m8(A, B, acc, tx, 1, 0, 2))
+                T.evaluate(m8(A, B, acc, tx, 3, 1, 2))
+                T.evaluate(m8(A, B, acc, tx, 0, 2, 4))
+                T.evaluate(m8(A, B, acc, tx, 2, 3, 4))
+                T.evaluate(m8(A, B, acc, tx, 1, 2, 6))
+                T.evaluate(m8(A, B, acc, tx, 3, 3, 6))
+    return impl75
+
+
 def _register(name: str, desc, impl, loops, emulate: bool) -> str:
     if emulate:
         name, impl = name + "_emulated", loops
@@ -141,22 +197,26 @@ def _register(name: str, desc, impl, loops, emulate: bool) -> str:
     return name
 
 
-def int8_step(emulate: bool = False) -> MmaStep:
-    """s8·s8→s32 ``m16n8k32`` (sm_80 and newer, Hopper included): ``ldmatrix`` x4 for A ([16, 32]
-    row major) and B (stored [16 N, 32 K]), two ``mma.sync`` per 16×16 fragment, zero fill, and the
-    store of the accumulator fragment to shared memory for the fused epilogue."""
+@functools.lru_cache(maxsize=None)   # parsing the intrinsics' TVMScript costs ~1 s a call
+def int8_step(emulate: bool = False, sm: int = 80) -> MmaStep:
+    """s8·s8→s32 (``m16n8k32`` on sm_80 and newer, Hopper included; ``m8n8k16`` ×8 on sm_75):
+    ``ldmatrix`` x4 for A ([16, 32] row major) and B (stored [16 N, 32 K]), the MMAs of one 16×16
+    fragment, zero fill, and the store of the accumulator fragment to shared memory for the fused
+    epilogue."""
+    desc, _ = C.get_mma_intrin(32, "int8", "int8", "int32", False, True)
     return MmaStep(
         "int8", 32,
         load_a=_register("hawq_ldmatrix_s8_a", *C.get_ldmatrix_intrin(32, "int8", "A", False, STAGE_SCOPE),
                          _load_loops(32, "int8"), emulate),
         load_b=_register("hawq_ldmatrix_s8_b_trans", *C.get_ldmatrix_intrin(32, "int8", "B", True, STAGE_SCOPE),
                          _load_loops(32, "int8"), emulate),
-        mma=_register("hawq_mma_s8s8s32_trans_b", *C.get_mma_intrin(32, "int8", "int8", "int32", False, True),
+        mma=_register(f"hawq_mma_s8s8s32_trans_b_sm{75 if sm < 80 else 80}", desc, _mma_ptx(8, sm),
                       _mma_loops(32, "int8"), emulate),
         fill=_register("hawq_mma_fill_s32", *C.get_mma_fill_intrin("int32", 8), _fill_loops(), emulate),
         store=_register("hawq_mma_store_s32_shared", *C.get_mma_store_intrin("int32", 8, STAGE_SCOPE, True),
                         _store_loops(), emulate),
-        ptx="mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32", min_sm=80)
+        ptx="mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32" if sm >= 80 else "mma.sync.aligned.m8n8k16.row.col.s32.s8.s8.s32",
+        min_sm=75)
 
 
 def nibble_lo(x):
@@ -215,33 +275,22 @@ def _mma_s4(emulated: bool):
                     acc[tc, ec] = acc[tc, ec] + (nibble_lo(A[ta, ea]) * nibble_lo(B[tb, eb])
                                                  + nibble_hi(A[ta, ea]) * nibble_hi(B[tb, eb]))
 
-    @T.prim_func(s_tir=True)
-    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (WARP, 16), "int8", align=64, offset_factor=32, scope=FRAGMENT_SCOPE)
-        B = T.match_buffer(b, (WARP, 16), "int8", align=64, offset_factor=32, scope=FRAGMENT_SCOPE)
-        acc = T.match_buffer(c, (WARP, 8), "int32", align=64, offset_factor=16, scope=FRAGMENT_SCOPE)
-        with T.sblock("root"):
-            T.reads(acc[0:WARP, 0:8], A[0:WARP, 0:16], B[0:WARP, 0:16])
-            T.writes(acc[0:WARP, 0:8])
-            for tx in T.thread_binding(0, WARP, "threadIdx.x"):
-                T.evaluate(T.ptx_legacy.mma("m16n8k64", "row", "col", "int4", "int4", "int32",
-                                            A.data, A.elem_offset + tx * 16, B.data, B.elem_offset + tx * 16,
-                                            acc.data, acc.elem_offset + tx * 8, False, dtype="int32"))
-                T.evaluate(T.ptx_legacy.mma("m16n8k64", "row", "col", "int4", "int4", "int32",
-                                            A.data, A.elem_offset + tx * 16, B.data, B.elem_offset + tx * 16 + 8,
-                                            acc.data, acc.elem_offset + tx * 8 + 4, False, dtype="int32"))
-    return desc, impl, loops
+    return desc, loops
 
 
-def int4_step(emulate: bool = False) -> MmaStep:
-    """s4·s4→s32 ``m16n8k64`` (sm_80, sm_86, sm_87; not sm_89/sm_90): operands are bytes holding two
-    signed nibbles along K, so a 32-byte fragment step covers 64 reduction elements."""
-    s8 = int8_step(emulate)
-    desc, impl, loops = _mma_s4(emulate)
+@functools.lru_cache(maxsize=None)   # parsing the intrinsics' TVMScript costs ~1 s a call
+def int4_step(emulate: bool = False, sm: int = 80) -> MmaStep:
+    """s4·s4→s32 (``m16n8k64`` on sm_80/86/87, ``m8n8k32`` ×8 on sm_75; Ada and Hopper have no int4
+    MMA): operands are bytes holding two signed nibbles along K, so a 32-byte fragment step covers
+    64 reduction elements."""
+    s8 = int8_step(emulate, sm)
+    desc, loops = _mma_s4(emulate)
     return MmaStep("int4", 32, load_a=s8.load_a, load_b=s8.load_b,
-                   mma=_register("hawq_mma_s4s4s32_trans_b", desc, impl, loops, emulate),
-                   fill=s8.fill, store=s8.store, ptx="mma.sync.aligned.m16n8k64.row.col.s32.s4.s4.s32", min_sm=80)
+                   mma=_register(f"hawq_mma_s4s4s32_trans_b_sm{75 if sm < 80 else 80}", desc, _mma_ptx(4, sm),
+                                 loops, emulate),
+                   fill=s8.fill, store=s8.store, min_sm=75,
+                   ptx="mma.sync.aligned.m16n8k64.row.col.s32.s4.s4.s32" if sm >= 80 else "mma.sync.aligned.m8n8k32.row.col.s32.s4.s4.s32")
 
 
-#: GPUs with int4 tensor-core MMA (Turing's m8n8k32 is not built: sm_75 is below ``min_sm``)
-INT4_SMS = (80, 86, 87)
+#: GPUs with int4 tensor-core MMA
+INT4_SMS = (75, 80, 86, 87)
