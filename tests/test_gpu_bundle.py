@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tvm_benchmark.gpu_bundle import _batch, _load_params_module, build_bundle
+from tvm_benchmark.gpu_bundle import REF_IMAGES, _load_params_module, build_bundle
 
 PYVER = f"{sys.version_info.major}.{sys.version_info.minor}"
 bp = _load_params_module()
@@ -64,18 +64,23 @@ def test_bundle_layout(llvm_bundle):
     assert (out / "data" / "resnet20_cifar10_uniform8.synth.json").is_file()
     assert not (out.parent / "gpu-bundle.tmp").exists()
     assert "total" in (out / "CONTENTS.md").read_text()
-    x3 = np.load(out / "data" / "resnet20_cifar10_uniform8_b3_input.npy")
-    assert x3.shape == (3, 3, 32, 32)
-    big = _batch(x3, 8)           # batch 64 repeats the 8 reference images
-    assert big.shape == (8, 3, 32, 32) and np.array_equal(big[3:6], x3) and np.array_equal(big[:2], x3[:2])
-    ref = np.load(out / "data" / "resnet20_cifar10_uniform4_b3_ref.npy")
-    assert ref.shape == (3, 10) and ref.dtype == np.int64 and len({tuple(r) for r in ref}) == 3
+    progs = {p["name"]: p for p in m["programs"]}
+    assert all(p["lib"].endswith(".so.xz") and (out / p["lib"]).is_file() for p in progs.values())
+    # the released model reads Fashion-MNIST, the synthetic one seeded noise: two input files
+    assert progs["resnet20_cifar10_uniform4_b3"]["input"] != progs["resnet20_cifar10_uniform8_b3"]["input"]
+    x = np.load(out / progs["resnet20_cifar10_uniform8_b3"]["input"])
+    assert x.shape == (REF_IMAGES, 3, 32, 32) and x.dtype == np.float32
+    big = bp.batch_rows(x, 20)           # batch 64 cycles through the 8 reference images
+    assert big.shape == (20, 3, 32, 32) and np.array_equal(big[8:16], x) and np.array_equal(big[16:], x[:4])
+    ref = np.load(out / progs["resnet20_cifar10_uniform4_b3"]["reference"])
+    assert ref.shape == (REF_IMAGES, 10) and ref.dtype == np.int64 and len({tuple(r) for r in ref}) == REF_IMAGES
 
 
 def test_bundle_runs_runtime_only(llvm_bundle, tmp_path):
     out, _ = llvm_bundle
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
-    env.update(PYTHON=sys.executable, HAWQ_BUNDLE_REPEAT="2", HAWQ_BUNDLE_WARMUP="1", HAWQ_TORCH_COMPILE="0")
+    env.update(PYTHON=sys.executable, HAWQ_BUNDLE_REPEAT="2", HAWQ_BUNDLE_WARMUP="1", HAWQ_TORCH_COMPILE="0",
+               HAWQ_BUNDLE_CACHE=str(tmp_path / "libcache"))
     r = subprocess.run(["bash", str(out / "run.sh"), str(tmp_path / "res")], env=env, cwd="/",
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -96,6 +101,7 @@ def test_bundle_detects_a_wrong_weight(llvm_bundle, tmp_path):
     bad = tmp_path / "bundle"
     shutil.copytree(out, bad, symlinks=True)
     f = bad / "data" / "resnet20_cifar10_uniform4.npz"
+    env_cache = tmp_path / "libcache"
     with np.load(f) as z:
         ws = {k: z[k].copy() for k in z.files}
     ws["w0"][0, 0] = 7 if ws["w0"][0, 0] != 7 else -7
@@ -104,8 +110,30 @@ def test_bundle_detects_a_wrong_weight(llvm_bundle, tmp_path):
     manifest["programs"] = [p for p in manifest["programs"] if p["name"] == "resnet20_cifar10_uniform4_b3"]
     (bad / "bundle.json").write_text(json.dumps(manifest))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
-    env.update(PYTHON=sys.executable, HAWQ_BUNDLE_REPEAT="1", HAWQ_BUNDLE_WARMUP="1", HAWQ_BUNDLE_TORCH="0")
+    env.update(PYTHON=sys.executable, HAWQ_BUNDLE_REPEAT="1", HAWQ_BUNDLE_WARMUP="1", HAWQ_BUNDLE_TORCH="0",
+               HAWQ_BUNDLE_CACHE=str(env_cache))
     r = subprocess.run(["bash", str(bad / "run.sh"), str(tmp_path / "res")], env=env, cwd="/",
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 1, r.stdout[-2000:]
     assert re.search(r"resnet20_cifar10_uniform4_b3: mismatches: [1-9]\d*/30", r.stdout), r.stdout[-2000:]
+
+
+@pytest.mark.skipif(__import__("shutil").which("nvcc") is None, reason="no CUDA compiler (nvcc) on this machine")
+def test_cuda_kernels_ship_as_cubin(tmp_path, monkeypatch, small_model):
+    """TVM embeds CUDA source and compiles it at load time: the bundle ships each program's kernels
+    compiled here, under the SHA-256 of exactly the source the program embeds."""
+    import hashlib
+    import lzma
+    from hawq.export import export_integer
+    from tvm_benchmark.compile import compile_program
+    from tvm_benchmark.gpu_bundle import _ship_cubin, cuda_source
+    monkeypatch.setenv("HAWQ_CUDA_ARCH", "sm_80")
+    model, _ = small_model
+    built = compile_program(export_integer(model, (3, 32, 32))["graph"], (2, 3, 32, 32), "cuda")
+    src = cuda_source(built.executable)
+    assert "mma.sync" in src and "__global__" in src
+    _ship_cubin(tmp_path, built.executable, "sm_80")
+    (f,) = (tmp_path / "cubins").iterdir()
+    assert f.name == hashlib.sha256(src.encode()).hexdigest() + ".cubin.xz"
+    cubin = lzma.decompress(f.read_bytes())
+    assert cubin[:4] == b"\x7fELF" and len(cubin) > 10000

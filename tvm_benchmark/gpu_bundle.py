@@ -18,11 +18,16 @@ reference, times it and PyTorch, writes ``gpu_results.{csv,md}``). The bundle ho
   ``data/MODEL_SCHEME.synth.json`` (resnet18/resnet50, no trained ImageNet checkpoint exists offline:
   a calibrated random model whose GEMM weights are replaced by integers regenerated bit-identically
   from a seed on the GPU machine, see ``bundle_params.py``).
-- ``data/*_input.npy`` (float32 images: the first Fashion-MNIST test images for released
-  checkpoints, seeded standard-normal images for the others) and ``data/*_ref.npy`` (int64 logits of
-  the NumPy integer reference, :func:`hawq.reference.run_graph`, computed here). The reference runs
-  on 8 distinct images per model; batch 1 is the first of them and batch 64 the 8 repeated 8 times
-  (each image is computed independently, so the check is the same; the timing is that of 64).
+- ``data/*_input8.npy`` (8 float32 images: the first Fashion-MNIST test images for released
+  checkpoints, seeded standard-normal images for the others; one file per arch and size) and
+  ``data/*_ref8.npy`` (their int64 logits from the NumPy integer reference,
+  :func:`hawq.reference.run_graph`, computed here). A program of batch B runs the first B of them,
+  cycling (``bundle_params.batch_rows``): batch 64 is the 8 repeated 8 times — each image is
+  computed independently, so the check is the same and the timing is that of 64.
+- programs are stored ``.so.xz`` (lzma; the runner decompresses them into a cache directory). TVM
+  0.27 embeds CUDA kernels as source and compiles them when a program loads; ``cubins/`` holds each
+  program's kernels compiled here with nvcc for ``--sm`` (keyed by the source's SHA-256), which the
+  runner returns from its ``tvm_callback_cuda_compile``.
 - ``tvm/``, ``tvm_ffi/``: runtime-only TVM for the GPU machine's Python (:mod:`tvm_benchmark.tvm_runtime_copy`);
   ``site/pytorchcv``: the PyTorch models for the baseline columns.
 - ``bundle.json`` (the manifest), ``run.sh``, ``gpu_run.py``, ``bundle_params.py``, ``CONTENTS.md``
@@ -33,6 +38,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import lzma
 import os
 import shutil
 import socket
@@ -137,17 +143,26 @@ def _reference(model: Model) -> np.ndarray:
     return np.asarray(run_graph(model.graph, model.images), dtype=np.int64)
 
 
-def _batch(a: np.ndarray, b: int) -> np.ndarray:
-    """The first ``b`` rows of ``a``, repeating ``a`` when ``b`` exceeds it."""
-    reps = -(-b // len(a))
-    return np.ascontiguousarray(np.concatenate([a] * reps)[:b])
+def _save_once(tmp: Path, stem: str, a: np.ndarray, saved: dict) -> str:
+    """Save ``a`` as ``data/<stem>.npy`` unless an identical array is already in the bundle; returns
+    the bundle path of the array's one copy (inputs are shared by every scheme of a model)."""
+    key = (a.shape, str(a.dtype), zlib.crc32(a.tobytes()))
+    if key not in saved:
+        used = set(saved.values())
+        name, n = f"data/{stem}.npy", 1
+        while name in used:                     # same stem, other content (released vs synthetic images)
+            n += 1
+            name = f"data/{stem}_{n}.npy"
+        saved[key] = name
+        np.save(tmp / name, a)
+    return saved[key]
 
 
 def build_bundle(out: Path, target: str = "cuda", sm: str = "sm_90", released: bool = True,
                  archs: tuple[str, ...] = ("resnet18", "resnet50"),
                  schemes: tuple[str, ...] = ("uniform8", "uniform4", "bops_0.5"),
                  batches: tuple[int, ...] = (1, 8, 64), size: int = 224, python: str = "3.12",
-                 released_stems: tuple[str, ...] = RELEASED, progress: bool = True) -> dict:
+                 released_stems: tuple[str, ...] = RELEASED, progress: bool = True, compress: bool = True) -> dict:
     """Write the bundle into ``out`` (replaced as a whole: built in ``out.tmp`` then renamed)."""
     from tqdm import tqdm
     from tvm_benchmark.compile import compile_program
@@ -167,7 +182,7 @@ def build_bundle(out: Path, target: str = "cuda", sm: str = "sm_90", released: b
     models = [released_model(s, root) for s in (released_stems if released else ())]
     # ImageNet's 1000 classes (the CIFAR-style archs take 10 or 100: 10)
     models += [synthetic_model(a, s, size, 10 if "cifar" in a else 1000) for a in archs for s in schemes]
-    entries = []
+    entries, saved = [], {}
     bar = tqdm(total=len(models) * (len(batches) + 1), desc="gpu bundle", disable=not progress)
     for m in models:
         bar.set_postfix_str(f"{m.name} reference")
@@ -175,12 +190,21 @@ def build_bundle(out: Path, target: str = "cuda", sm: str = "sm_90", released: b
         bar.update()
         graph = m.graph
         params_file = None
+        kind = "synthetic" if m.synthetic is not None else "dataset"
+        inputs = _save_once(tmp, f"{m.arch}_{m.size}px_{kind}_input{REF_IMAGES}", m.images, saved)
+        reference = _save_once(tmp, f"{m.name}_ref{REF_IMAGES}", ref, saved)
         for b in batches:
             bar.set_postfix_str(f"{m.name} b{b}")
             built = compile_program(graph, (b, 3, m.size, m.size), "cuda", emulate=(target == "llvm"),
                                     weights_as_params=True)
             name = f"{m.name}_b{b}"
-            built.executable.export_library(str(tmp / "programs" / f"{name}.so"))
+            so = tmp / "programs" / f"{name}.so"
+            built.executable.export_library(str(so))
+            if target == "cuda":
+                _ship_cubin(tmp, built.executable, sm)
+            if compress:
+                (tmp / "programs" / f"{name}.so.xz").write_bytes(lzma.compress(so.read_bytes(), preset=6))
+                so.unlink()
             if params_file is None:
                 if m.synthetic is not None:
                     recipe = _recipe(m, built.weight_nodes, built.weights)
@@ -192,11 +216,9 @@ def build_bundle(out: Path, target: str = "cuda", sm: str = "sm_90", released: b
                 else:
                     params_file = f"data/{m.name}.npz"
                     np.savez(tmp / params_file, **{f"w{i}": w for i, w in enumerate(built.weights)})
-            np.save(tmp / "data" / f"{name}_input.npy", _batch(m.images, b))
-            np.save(tmp / "data" / f"{name}_ref.npy", _batch(ref, b))
             entries.append({"name": name, "arch": m.arch, "scheme": m.scheme, "batch": b,
-                            "lib": f"programs/{name}.so", "input": f"data/{name}_input.npy",
-                            "reference": f"data/{name}_ref.npy", "params": params_file,
+                            "lib": f"programs/{name}.so" + (".xz" if compress else ""), "input": inputs,
+                            "reference": reference, "params": params_file,
                             "weights": "trained checkpoint" if m.synthetic is None else "synthetic (seeded integers)",
                             "torch": {"model": m.arch, "num_classes": m.classes}})
             bar.update()
@@ -216,6 +238,39 @@ def build_bundle(out: Path, target: str = "cuda", sm: str = "sm_90", released: b
     tmp.rename(out)
     manifest["bytes"] = total
     return manifest
+
+
+def cuda_source(executable) -> str:
+    """The CUDA C source TVM embedded in a compiled program (it compiles it when the program loads)."""
+    def walk(m):
+        yield m
+        for x in m.imports:
+            yield from walk(x)
+    return "".join(m.inspect_source("") for m in walk(executable.mod) if m.kind == "cuda")
+
+
+def _ship_cubin(tmp: Path, executable, sm: str) -> None:
+    """Compile the program's CUDA source here (``nvcc -cubin -arch=sm``) into
+    ``cubins/<sha256 of the source>.cubin.xz``: the bundle's runner hands it to TVM's load-time
+    ``tvm_callback_cuda_compile``, so the GPU machine compiles nothing."""
+    import hashlib
+    import subprocess
+    import tempfile
+    src = cuda_source(executable)
+    dest = tmp / "cubins" / f"{hashlib.sha256(src.encode()).hexdigest()}.cubin.xz"
+    if dest.exists():
+        return
+    if shutil.which("nvcc") is None:
+        raise HawqError("nvcc not found: the GPU bundle needs it to compile the CUDA kernels")
+    dest.parent.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory() as d:
+        cu, cubin = Path(d) / "k.cu", Path(d) / "k.cubin"
+        cu.write_text(src)
+        r = subprocess.run(["nvcc", "-cubin", f"-arch={sm}", "-O3", "-o", str(cubin), str(cu)],
+                           capture_output=True, text=True)
+        if r.returncode:
+            raise HawqError(f"nvcc could not compile the CUDA kernels for {sm}: {r.stderr.strip()[-300:]}")
+        dest.write_bytes(lzma.compress(cubin.read_bytes(), preset=6))
 
 
 def _copy_pytorchcv(site: Path) -> None:

@@ -15,6 +15,7 @@ per model and scheme, shared by every batch size:
 from __future__ import annotations
 
 import json
+import os
 import zlib
 from pathlib import Path
 
@@ -57,6 +58,31 @@ def pack_gemm(w: np.ndarray, packed_shape: list[int], bits: int = 8) -> np.ndarr
         lo, hi = flat[:, 0::2].astype(np.int32) & 15, flat[:, 1::2].astype(np.int32) & 15
         flat = ((hi << 4) | lo).astype(np.uint8).view(np.int8)
     return np.ascontiguousarray(flat)
+
+
+def batch_rows(a: np.ndarray, batch: int) -> np.ndarray:
+    """The first ``batch`` rows of ``a``, cycling through ``a`` when ``batch`` exceeds it: the bundle
+    ships 8 images and their reference logits once per model; batch 64 is those 8, eight times
+    (every image is computed independently, so the check is the same, the timing that of 64)."""
+    reps = -(-batch // len(a))
+    return np.ascontiguousarray(np.concatenate([a] * reps)[:batch])
+
+
+def load_program(path: Path, cache: Path) -> Path:
+    """A program's library, decompressed into ``cache`` when shipped as ``.so.xz`` (cubins compress
+    about 4x: the bundle fits the transfer limit)."""
+    path = Path(path)
+    if path.suffix != ".xz":
+        return path
+    import lzma
+    packed = path.read_bytes()
+    out = Path(cache) / f"{path.name[:-len('.so.xz')]}-{zlib.crc32(packed):08x}.so"   # keyed by content
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(f".part{os.getpid()}")
+        tmp.write_bytes(lzma.decompress(packed))
+        tmp.rename(out)
+    return out
 
 
 def crc(a: np.ndarray) -> int:
