@@ -21,6 +21,7 @@ from hawq.export import export_integer
 from hawq.reference import run_graph
 from tvm_benchmark.compile import compile_program, lower
 from tvm_benchmark.frontend import build_module
+from tvm_benchmark.gpu_bundle import cuda_source
 from tvm_benchmark.ir_check import float_violations, kernel_float_violations
 from tvm_benchmark.runtime import Runner
 from tvm_benchmark.targets import cuda_arch
@@ -326,12 +327,7 @@ def test_weights_as_params(emulated_sm90):
 
 
 # --------------------------------------------------------------------------- CUDA source
-def _cuda_source(executable) -> str:
-    def walk(m):
-        yield m
-        for sub in m.imports:
-            yield from walk(sub)
-    return "".join(m.inspect_source("") for m in walk(executable.mod) if m.kind == "cuda")
+_cuda_source = cuda_source        # the CUDA C source TVM embedded in a program
 
 
 def _kernels(src: str) -> dict[str, str]:

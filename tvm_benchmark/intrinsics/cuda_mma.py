@@ -107,7 +107,18 @@ def _load_loops(k: int, dtype: str):
     return impl
 
 
-def _mma_loops(k: int, dtype: str):
+def _s8_product(a, b):
+    return T.Cast("int32", a) * T.Cast("int32", b)
+
+
+def _s4_product(a, b):
+    """Two signed-nibble products of packed bytes (elements 2j and 2j + 1)."""
+    return nibble_lo(a) * nibble_lo(b) + nibble_hi(a) * nibble_hi(b)
+
+
+def _mma_loops(k: int, dtype: str, product=_s8_product):
+    """One fragment step as loops over the fragment layouts (the emulated implementation);
+    ``product(a, b)`` of two operand elements (s8 values or bytes of s4 pairs)."""
     per_lane = FRAG * k // WARP
 
     @T.prim_func(s_tir=True)
@@ -130,7 +141,7 @@ def _mma_loops(k: int, dtype: str):
                     tc, ec = T.meta_var(_C_MAP(vi, vj))
                     ta, ea = T.meta_var(_AB_MAP(vi, vr))
                     tb, eb = T.meta_var(_AB_MAP(vj, vr))
-                    acc[tc, ec] = acc[tc, ec] + T.Cast("int32", A[ta, ea]) * T.Cast("int32", B[tb, eb])
+                    acc[tc, ec] = acc[tc, ec] + product(A[ta, ea], B[tb, eb])
     return impl
 
 
@@ -249,33 +260,9 @@ def _mma_s4(emulated: bool):
                     tb, eb = T.meta_var(_AB_MAP(vj, vr))
                     T.reads(acc[tc, ec], A[ta, ea], B[tb, eb])
                     T.writes(acc[tc, ec])
-                    acc[tc, ec] = acc[tc, ec] + (nibble_lo(A[ta, ea]) * nibble_lo(B[tb, eb])
-                                                 + nibble_hi(A[ta, ea]) * nibble_hi(B[tb, eb]))
+                    acc[tc, ec] = acc[tc, ec] + _s4_product(A[ta, ea], B[tb, eb])
 
-    @T.prim_func(s_tir=True)
-    def loops(a: T.handle, b: T.handle, c: T.handle) -> None:
-        s0 = T.int32()
-        s1 = T.int32()
-        s2 = T.int32()
-        s3 = T.int32()
-        s4 = T.int32()
-        s5 = T.int32()
-        A = T.match_buffer(a, (WARP, 16), "int8", scope=FRAGMENT_SCOPE, offset_factor=1, strides=[s0, s1])
-        B = T.match_buffer(b, (WARP, 16), "int8", scope=FRAGMENT_SCOPE, offset_factor=1, strides=[s2, s3])
-        acc = T.match_buffer(c, (WARP, 8), "int32", scope=FRAGMENT_SCOPE, offset_factor=1, strides=[s4, s5])
-        with T.sblock("root"):
-            T.reads(acc[0:WARP, 0:8], A[0:WARP, 0:16], B[0:WARP, 0:16])
-            T.writes(acc[0:WARP, 0:8])
-            for i, j, r in T.grid(FRAG, FRAG, 32):
-                with T.sblock("mma"):
-                    vi, vj, vr = T.axis.remap("SSR", [i, j, r])
-                    tc, ec = T.meta_var(_C_MAP(vi, vj))
-                    ta, ea = T.meta_var(_AB_MAP(vi, vr))
-                    tb, eb = T.meta_var(_AB_MAP(vj, vr))
-                    acc[tc, ec] = acc[tc, ec] + (nibble_lo(A[ta, ea]) * nibble_lo(B[tb, eb])
-                                                 + nibble_hi(A[ta, ea]) * nibble_hi(B[tb, eb]))
-
-    return desc, loops
+    return desc, _mma_loops(32, "int8", _s4_product)
 
 
 @functools.lru_cache(maxsize=None)   # parsing the intrinsics' TVMScript costs ~1 s a call
