@@ -1,6 +1,6 @@
 """The GPU bundle's runner side (tvm_benchmark/bundle_files: run.sh + gpu_run.py) in runtime-only
 mode on CPU: a hand-built bundle (a toy integer Relax program compiled for llvm, its NumPy
-reference, a bundle_params stub, the runtime-only TVM copy from tvm_runtime_copy), run with
+reference, the bundle's bundle_params.py, the runtime-only TVM copy from tvm_runtime_copy), run with
 `bash run.sh OUT` in a clean environment (no PYTHONPATH, torchvision made unimportable)."""
 from __future__ import annotations
 
@@ -25,16 +25,6 @@ FILES = Path(__file__).resolve().parent.parent / "tvm_benchmark" / "bundle_files
 B, S = 2, 32
 PYVER = f"{sys.version_info.major}.{sys.version_info.minor}"
 
-PARAMS_STUB = '''"""Test stub of bundle_params: the params file is an .npz whose arrays are the params in order."""
-from pathlib import Path
-
-import numpy as np
-
-
-def load_params(path: Path) -> list[np.ndarray]:
-    with np.load(path) as z:
-        return [z[f"arr_{i}"] for i in range(len(z.files))]
-'''
 
 
 @I.ir_module
@@ -66,9 +56,8 @@ def bundle(tmp_path_factory) -> Path:
     w = rng.integers(-128, 128, (4, 3)).astype(np.int8)
     np.save(d / "data" / "toy_b2_input.npy", x)
     np.save(d / "data" / "toy_int8_b2_ref.npy", _toy_reference(x, w))
-    with open(d / "data" / "toy_int8.params", "wb") as f:
-        np.savez(f, w)
-    (d / "bundle_params.py").write_text(PARAMS_STUB)
+    np.savez(d / "data" / "toy_int8.npz", w0=w)
+    shutil.copy2(FILES / "bundle_params.py", d / "bundle_params.py")
     # the GPU machine may lack torchvision: make it unimportable for the run
     (d / "site" / "torchvision").mkdir(parents=True)
     (d / "site" / "torchvision" / "__init__.py").write_text('raise ImportError("no torchvision here")\n')
@@ -76,7 +65,7 @@ def bundle(tmp_path_factory) -> Path:
         "format": "hawq-gpu-bundle/1", "target": "llvm", "sm": None, "built_on": "test",
         "programs": [{"name": "toy_int8_b2", "arch": "toy", "scheme": "int8", "batch": B,
                       "lib": "programs/toy_int8_b2.so", "input": "data/toy_b2_input.npy",
-                      "reference": "data/toy_int8_b2_ref.npy", "params": "data/toy_int8.params",
+                      "reference": "data/toy_int8_b2_ref.npy", "params": "data/toy_int8.npz",
                       "torch": {"model": "resnet20_cifar10", "num_classes": 10}}]}))
     assert copy_tvm_runtime(d, python=PYVER) > 0
     for name in ("run.sh", "gpu_run.py"):
