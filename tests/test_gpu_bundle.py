@@ -137,3 +137,18 @@ def test_cuda_kernels_ship_as_cubin(tmp_path, monkeypatch, small_model):
     assert f.name == hashlib.sha256(src.encode()).hexdigest() + ".cubin.xz"
     cubin = lzma.decompress(f.read_bytes())
     assert cubin[:4] == b"\x7fELF" and len(cubin) > 10000
+
+
+@pytest.mark.parametrize("before", ["sm_86", None])
+def test_build_leaves_the_environment_as_it_was(before, monkeypatch, tmp_path):
+    """The builder compiles for its --sm through HAWQ_CUDA_ARCH; afterwards (here: after a bad
+    batch size) the caller's value is back, so later CUDA builds are not silently cross-compiled."""
+    from hawq.errors import HawqError
+    if before is None:
+        monkeypatch.delenv("HAWQ_CUDA_ARCH", raising=False)
+    else:
+        monkeypatch.setenv("HAWQ_CUDA_ARCH", before)
+    with pytest.raises(HawqError, match="batch sizes"):
+        build_bundle(tmp_path / "b", sm="sm_75", released=False, archs=(), batches=(0,), progress=False)
+    assert os.environ.get("HAWQ_CUDA_ARCH") == before
+    assert not (tmp_path / "b").exists()

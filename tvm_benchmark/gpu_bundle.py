@@ -164,6 +164,20 @@ def build_bundle(out: Path, target: str = "cuda", sm: str = "sm_90", released: b
                  batches: tuple[int, ...] = (1, 8, 64), size: int = 224, python: str = "3.12",
                  released_stems: tuple[str, ...] = RELEASED, progress: bool = True, compress: bool = True) -> dict:
     """Write the bundle into ``out`` (replaced as a whole: built in ``out.tmp`` then renamed)."""
+    previous = os.environ.get("HAWQ_CUDA_ARCH")
+    os.environ["HAWQ_CUDA_ARCH"] = sm            # the sm the programs are compiled for (tvm_benchmark.targets)
+    try:
+        return _build(out, target, sm, released, archs, schemes, batches, size, python, released_stems,
+                      progress, compress)
+    finally:                                     # no lasting change to the caller's environment
+        if previous is None:
+            os.environ.pop("HAWQ_CUDA_ARCH", None)
+        else:
+            os.environ["HAWQ_CUDA_ARCH"] = previous
+
+
+def _build(out: Path, target: str, sm: str, released: bool, archs, schemes, batches, size: int, python: str,
+           released_stems, progress: bool, compress: bool) -> dict:
     from tqdm import tqdm
     from tvm_benchmark.compile import compile_program
     from tvm_benchmark.tvm_runtime_copy import copy_tvm_runtime
@@ -171,7 +185,6 @@ def build_bundle(out: Path, target: str = "cuda", sm: str = "sm_90", released: b
         raise HawqError(f"--target must be cuda or llvm, got {target!r}")
     if any(b < 1 for b in batches):
         raise HawqError(f"batch sizes must be >= 1, got {list(batches)}")
-    os.environ["HAWQ_CUDA_ARCH"] = sm
     root = Path(__file__).resolve().parent.parent
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
