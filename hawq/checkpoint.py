@@ -32,8 +32,10 @@ from hawq.quant.config import HAWQ_README, QuantConfig
 ARTIFACT_FORMAT = "hawq-integer-graph/1"
 #: HAWQ-V3's five dicts of ``quantized_checkpoint.pth.tar`` (our artifacts carry them too).
 HAWQ_KEYS = ("weight_integer", "bias_integer", "convbn_scaling_factor", "fc_scaling_factor", "act_scaling_factor")
-#: Keys of ours that HAWQ-V3 checkpoints do not carry; they keep their defaults when absent.
-OPTIONAL_KEYS = ("act_zero_point", "fold_step", "fixed_weight_scale")
+#: Keys of ours that HAWQ-V3 checkpoints do not carry; they keep their defaults when absent. The
+#: learned quantizer parameters are among them: absent (a minmax checkpoint resumed with
+#: --quantizer lsq/pact) they start from the checkpoint's ranges at the first training step.
+OPTIONAL_KEYS = ("act_zero_point", "fold_step", "fixed_weight_scale", "act_step", "act_clip", "weight_step")
 
 #: Prefix DataParallel adds to every key; HAWQ-V3 checkpoints carry it.
 DP_PREFIX = "module."

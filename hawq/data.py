@@ -336,11 +336,21 @@ class ArrayLoader:
     With ``train=True`` each epoch is shuffled and augmented from ``epoch_generator(seed,
     epoch)``: call :meth:`set_epoch` before iterating; iterating the same epoch twice repeats
     it exactly. With ``train=False`` order is fixed and only :func:`preprocess` is applied.
+
+    ``rank``/``world`` (torchrun, see :mod:`hawq.distributed`): training batches are the same
+    *global* batches of ``batch_size`` as in one process, shuffled and augmented identically, and
+    this rank yields its contiguous share (``torch.tensor_split`` into ``world`` parts) - the
+    one-process run, split. A final global batch smaller than ``world`` is dropped (a rank
+    cannot step on no samples). Evaluation yields this rank's contiguous share of the set.
     """
 
     def __init__(self, images_uint8, labels, batch_size: int, train: bool, seed: int = 0,
-                 indices=None, limit: int | None = None, scale: int = 1):
+                 indices=None, limit: int | None = None, scale: int = 1, rank: int = 0, world: int = 1):
         _check_positive("batch_size", batch_size)
+        if not 0 <= rank < world:
+            raise HawqError(f"rank {rank} is not in [0, {world})")
+        if train and batch_size < world:
+            raise HawqError(f"--batch-size {batch_size} is smaller than the number of processes ({world})")
         self.scale = int(scale)
         _check_positive("limit", limit, allow_none=True)
         images = _as_uint8_batch(images_uint8)
@@ -354,6 +364,10 @@ class ArrayLoader:
             images, labels = images[idx], labels[idx]  # gather once, not every epoch
         if limit is not None:
             images, labels = images[:limit], labels[:limit]
+        if not train and world > 1:
+            part = torch.tensor_split(torch.arange(labels.shape[0]), world)[rank]
+            images, labels = images[part], labels[part]
+        self.rank, self.world = int(rank), int(world)
         self.images, self.labels = images, labels
         self.batch_size = int(batch_size)
         self.train = bool(train)
@@ -366,7 +380,10 @@ class ArrayLoader:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return -(-self.dataset_size // self.batch_size)  # ceil: the partial batch is kept
+        full, last = divmod(self.dataset_size, self.batch_size)
+        if self.train and self.world > 1:
+            return full + (last >= self.world)
+        return full + (last > 0)  # the partial batch is kept
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n, bs = self.dataset_size, self.batch_size
@@ -376,9 +393,14 @@ class ArrayLoader:
             return
         g = epoch_generator(self.seed, self.epoch)
         order = torch.randperm(n, generator=g)
-        for start in range(0, n, bs):
+        for start in range(0, bs * len(self), bs):
             idx = order[start:start + bs]
-            yield augment(self.images[idx], g, self.scale), self.labels[idx]
+            x = augment(self.images[idx], g, self.scale)       # the whole global batch: same draws on every rank
+            if self.world > 1:
+                mine = torch.tensor_split(torch.arange(idx.shape[0]), self.world)[self.rank]
+                yield x[mine], self.labels[idx][mine]
+            else:
+                yield x, self.labels[idx]
 
 
 # ----------------------------------------------------------------------------- ImageFolder
@@ -439,6 +461,9 @@ class TorchLoader:
         self.epoch = int(epoch)
         if self.generator is not None:
             self.generator.manual_seed(epoch_generator(self.seed, self.epoch).initial_seed())
+        sampler = getattr(self.loader, "sampler", None)
+        if isinstance(sampler, torch.utils.data.DistributedSampler):
+            sampler.set_epoch(self.epoch)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -525,8 +550,14 @@ def _eval_subset_indices(n: int, limit: int) -> list[int]:
 
 
 def _imagenet_loaders(data, batch_size: int, workers: int, fraction: float, seed: int,
-                      eval_limit: int | None) -> tuple[TorchLoader, TorchLoader, int]:
-    from torch.utils.data import DataLoader, Subset
+                      eval_limit: int | None, rank: int = 0, world: int = 1) -> tuple[TorchLoader, TorchLoader, int]:
+    """ImageFolder loaders. With ``world`` > 1 (torchrun) the training set goes through a
+    ``DistributedSampler`` (seeded, shuffled, drop_last) with ``batch_size // world`` per rank, and
+    each rank evaluates a contiguous share of the validation set (no padding duplicates)."""
+    from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+    if world > 1 and batch_size % world:
+        raise HawqError(f"--batch-size {batch_size} must be divisible by the number of processes ({world})")
 
     _split_dir(data, "train"), _split_dir(data, "val")  # report a missing split before scanning
     train_set = _image_folder(data, "train", train=True)
@@ -545,8 +576,15 @@ def _imagenet_loaders(data, batch_size: int, workers: int, fraction: float, seed
         val_set = Subset(val_set, _eval_subset_indices(len(val_set), eval_limit))
     pin = torch.cuda.is_available()
     g = torch.Generator()
-    train = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=g,
-                       num_workers=workers, pin_memory=pin, collate_fn=collate_readable)
+    if world > 1:
+        val_set = Subset(val_set, torch.tensor_split(torch.arange(len(val_set)), world)[rank].tolist())
+        sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed,
+                                     drop_last=True)
+        train = DataLoader(train_set, batch_size=batch_size // world, sampler=sampler, generator=g,
+                           num_workers=workers, pin_memory=pin, collate_fn=collate_readable)
+    else:
+        train = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=g,
+                           num_workers=workers, pin_memory=pin, collate_fn=collate_readable)
     val = DataLoader(val_set, batch_size=batch_size, shuffle=False, num_workers=workers,
                      pin_memory=pin, collate_fn=collate_readable)
     return TorchLoader(train, g, seed, train_root), TorchLoader(val, None, seed, val_root), num_classes
@@ -592,7 +630,7 @@ def num_classes_of(dataset: str, data: str | os.PathLike | None = None) -> int:
 
 def build_loaders(dataset: str, data: str | os.PathLike | None, batch_size: int, workers: int,
                   data_percentage: float, seed: int, eval_limit: int | None = None,
-                  arch: str | None = None) -> DataBundle:
+                  arch: str | None = None, rank: int = 0, world: int = 1) -> DataBundle:
     """Build the train / val loaders for ``dataset`` (``fashion-mnist`` or ``imagenet``).
 
     ``data``: for Fashion-MNIST an optional directory holding the four IDX files (default
@@ -600,7 +638,8 @@ def build_loaders(dataset: str, data: str | os.PathLike | None, batch_size: int,
     the ImageFolder DataLoader only. ``data_percentage`` in (0, 1] keeps a seed-deterministic
     random subset of the training set; ``eval_limit`` caps the validation set (Fashion-MNIST:
     first N test images; ImageFolder: N evenly spaced ones). ``arch``: Fashion-MNIST images are
-    upscaled to the arch's smallest input (:func:`upscale_of`). Errors are :class:`HawqError`.
+    upscaled to the arch's smallest input (:func:`upscale_of`). ``rank``/``world``: this process's
+    share under torchrun (``batch_size`` is the global batch). Errors are :class:`HawqError`.
     """
     name = _check_dataset(dataset)
     _check_positive("batch_size", batch_size)
@@ -610,13 +649,15 @@ def build_loaders(dataset: str, data: str | os.PathLike | None, batch_size: int,
         train_x, train_y, test_x, test_y = load_fashion_mnist(data)
         idx = subset_indices(len(train_y), fraction, seed)
         s = upscale_of(arch)
-        train = ArrayLoader(train_x, train_y, batch_size, train=True, seed=seed, indices=idx, scale=s)
-        val = ArrayLoader(test_x, test_y, batch_size, train=False, seed=seed, limit=eval_limit, scale=s)
+        train = ArrayLoader(train_x, train_y, batch_size, train=True, seed=seed, indices=idx, scale=s,
+                            rank=rank, world=world)
+        val = ArrayLoader(test_x, test_y, batch_size, train=False, seed=seed, limit=eval_limit, scale=s,
+                          rank=rank, world=world)
         return DataBundle(train, val, FMNIST_CLASSES, FMNIST_INPUT * s, name)
     if not isinstance(workers, (int, np.integer)) or workers < 0:
         raise HawqError(f"workers must be a non-negative integer, got {workers!r}")
     train, val, num_classes = _imagenet_loaders(data, batch_size, workers, fraction, seed,
-                                                eval_limit)
+                                                eval_limit, rank, world)
     return DataBundle(train, val, num_classes, IMAGENET_INPUT, name)
 
 

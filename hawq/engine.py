@@ -4,27 +4,14 @@ from __future__ import annotations
 import csv
 import math
 import os
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-
-@dataclass
-class Meter:
-    """Running sample-weighted mean."""
-    total: float = 0.0
-    count: int = 0
-
-    def update(self, value: float, n: int) -> None:
-        self.total += value * n
-        self.count += n
-
-    @property
-    def avg(self) -> float:
-        return self.total / max(self.count, 1)
+from hawq import distributed
+from hawq.distributed import SINGLE, World
 
 
 def correct_topk(output: torch.Tensor, target: torch.Tensor, topk=(1, 5)) -> list[int]:
@@ -46,13 +33,21 @@ def kd_loss(output, target, teacher_output, alpha: float, temperature: float) ->
     return kl * (alpha * t * t) + F.cross_entropy(output, target) * (1.0 - alpha)
 
 
-def lr_at(epoch: int, base_lr: float, epochs: int, schedule: str) -> float:
-    """'step': HAWQ's ×0.1 every 30 epochs; 'cosine': half-cosine from base_lr to 0 over ``epochs``;
-    'constant'."""
+def lr_at(epoch: float, base_lr: float, epochs: int, schedule: str, warmup_epochs: float = 0.0) -> float:
+    """Learning rate at ``epoch`` (fractional: epoch + i/len(loader), so it changes every step).
+
+    ``warmup_epochs`` > 0: linear ramp from base_lr/(warm-up steps) to base_lr over the first
+    ``warmup_epochs`` (``--warmup-epochs``); the schedule then runs over the remaining epochs.
+    'step': HAWQ's ×0.1 every 30 epochs (at whole epochs); 'cosine': half-cosine from base_lr to 0
+    over ``epochs``; 'constant'.
+    """
+    if epoch < warmup_epochs:
+        return base_lr * epoch / warmup_epochs
     if schedule == "step":
-        return base_lr * (0.1 ** (epoch // 30))
+        return base_lr * (0.1 ** (int(epoch) // 30))
     if schedule == "cosine":
-        return 0.5 * base_lr * (1 + math.cos(math.pi * epoch / max(epochs, 1)))
+        span = max(epochs - warmup_epochs, 1e-9)
+        return 0.5 * base_lr * (1 + math.cos(math.pi * min((epoch - warmup_epochs) / span, 1.0)))
     return base_lr
 
 
@@ -69,17 +64,32 @@ def freeze_bn_stats(model: nn.Module) -> None:
 
 
 def train_one_epoch(model, loader, optimizer, device, epoch: int, *, teacher=None, distill_alpha=0.95,
-                    temperature=6.0, fix_bn_fp=False, step_hook=None, progress=True) -> dict:
-    """One pass over ``loader``. Returns {'loss', 'top1', 'top5'} (percent)."""
+                    temperature=6.0, fix_bn_fp=False, step_hook=None, progress=True, lr_fn=None,
+                    world: World = SINGLE) -> dict:
+    """One pass over ``loader``. Returns {'loss', 'top1', 'top5'} (percent, over all ranks).
+
+    ``lr_fn(t)``: the learning rate at fractional epoch ``t = epoch + (i+½)/len(loader)`` (the
+    middle of step ``i``), set before step ``i``: per-step warm-up and schedules. The result also
+    holds 'lr_first' and 'lr_last', the rates of the first and last steps. ``world``: under torchrun ``model`` is the
+    DDP-wrapped model and ``loader`` yields this rank's share of each global batch; each rank's
+    loss is weighted by :func:`hawq.distributed.loss_weight`, so the averaged gradient is the
+    global batch's.
+    """
     model.train()
     if fix_bn_fp:
         freeze_bn_stats(model)
     if teacher is not None:
         teacher.eval()
-    loss_m, top1, top5 = Meter(), Meter(), Meter()
+    sums = [0.0, 0.0, 0.0, 0.0]        # loss·n, top-1 hits, top-5 hits, n  (this rank)
+    steps = len(loader)
+    lrs = []
     bar = tqdm(loader, desc=f"train {epoch}", leave=False, disable=not progress, dynamic_ncols=True)
     for i, (images, target) in enumerate(bar):
+        if lr_fn is not None:
+            set_lr(optimizer, lr_fn(epoch + (i + 0.5) / steps))
+        lrs.append(optimizer.param_groups[0]["lr"])
         images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
+        n = images.shape[0]
         output = model(images)
         if teacher is not None:
             with torch.no_grad():
@@ -87,18 +97,23 @@ def train_one_epoch(model, loader, optimizer, device, epoch: int, *, teacher=Non
             loss = kd_loss(output, target, t_out, distill_alpha, temperature)
         else:
             loss = F.cross_entropy(output, target)
+        step_loss = loss
+        if world.distributed:
+            n_global = int(distributed.all_sum([float(n)])[0])
+            step_loss = loss * distributed.loss_weight(n, n_global, world.size)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        step_loss.backward()
         optimizer.step()
-        n = images.shape[0]
         c1, c5 = correct_topk(output.detach(), target)
-        loss_m.update(loss.item(), n)
-        top1.update(100.0 * c1 / n, n)
-        top5.update(100.0 * c5 / n, n)
+        for k, v in enumerate((loss.item() * n, c1, c5, n)):
+            sums[k] += v
         if step_hook is not None:
             step_hook(i, images)
-        bar.set_postfix(loss=f"{loss_m.avg:.3f}", top1=f"{top1.avg:.2f}")
-    return {"loss": loss_m.avg, "top1": top1.avg, "top5": top5.avg}
+        bar.set_postfix(loss=f"{sums[0] / sums[3]:.3f}", top1=f"{100.0 * sums[1] / sums[3]:.2f}")
+    loss_sum, c1s, c5s, count = distributed.all_sum(sums)
+    count = max(count, 1)
+    return {"loss": loss_sum / count, "top1": 100.0 * c1s / count, "top5": 100.0 * c5s / count,
+            "lr_first": lrs[0] if lrs else None, "lr_last": lrs[-1] if lrs else None}
 
 
 @torch.no_grad()
@@ -121,16 +136,20 @@ def calibrate_random(model: nn.Module, shape, batches: int = 2, seed: int = 0) -
 
 @torch.no_grad()
 def evaluate(model, loader, device, progress=True, desc="eval") -> dict:
-    """Eval-mode pass (for a QAT model: the exact integer path). Returns {'loss', 'top1', 'top5', 'n'}."""
+    """Eval-mode pass (for a QAT model: the exact integer path). Returns {'loss', 'top1', 'top5', 'n'}.
+    Under torchrun each rank evaluates its share of the loader and the counts are summed."""
     model.eval()
-    loss_m, c1s, c5s, n = Meter(), 0, 0, 0
+    sums = [0.0, 0.0, 0.0, 0.0]        # loss·n, top-1 hits, top-5 hits, n
     for images, target in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
         images, target = images.to(device), target.to(device)
         output = model(images)
-        loss_m.update(F.cross_entropy(output, target).item(), images.shape[0])
         c1, c5 = correct_topk(output, target)
-        c1s, c5s, n = c1s + c1, c5s + c5, n + images.shape[0]
-    return {"loss": loss_m.avg, "top1": 100.0 * c1s / max(n, 1), "top5": 100.0 * c5s / max(n, 1), "n": n}
+        n = images.shape[0]
+        for k, v in enumerate((F.cross_entropy(output, target).item() * n, c1, c5, n)):
+            sums[k] += v
+    loss_sum, c1s, c5s, n = distributed.all_sum(sums)
+    n = int(n)
+    return {"loss": loss_sum / max(n, 1), "top1": 100.0 * c1s / max(n, 1), "top5": 100.0 * c5s / max(n, 1), "n": n}
 
 
 class CsvLog:

@@ -21,11 +21,16 @@ from hawq.cli import add_arch_arg, add_data_args, add_quant_scheme_arg, arch_nam
 from hawq.data import build_loaders
 from hawq.errors import HawqError
 from hawq.export import export_integer, save_artifact
-from hawq.models.factory import check_arch, fp_model, fp_model_pretrained, quant_model, quant_model_from
+from hawq.models.factory import (check_arch, fp_model, fp_model_pretrained, quant_model, quant_model_from,
+                                 zero_init_residual)
 from hawq.numerics import PROFILES
 from hawq.quant.config import QuantConfig
+from hawq.quant.learned import METHODS
+from hawq import distributed
 
 FP_SCHEME = "fp32"
+#: Default learning rates at batch 128 (scaled linearly with -b): training from scratch, fine-tuning.
+SCRATCH_LR, FINETUNE_LR = 0.1, 0.002
 #: Flag defaults are QuantConfig's (the one place they are stated).
 _Q = QuantConfig()
 
@@ -41,12 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
     a("--teacher-pretrained", default=None, metavar="PATH",
       help="floating-point checkpoint for the teacher (default: pytorchcv ImageNet weights)")
     a("-j", "--workers", default=4, type=int, help="data loading workers (ImageFolder only)")
-    a("--epochs", default=90, type=int)
+    a("--epochs", default=None, type=int,
+      help="default: the recipe's (README, 'Default recipes'): 90 on ImageNet (HAWQ's); on the embedded "
+           "dataset 6 from scratch, 2 when fine-tuning (--pretrained / --resume)")
     a("--start-epoch", default=0, type=int)
-    a("-b", "--batch-size", default=128, type=int, help="mini-batch size (HAWQ's default of 1 is not kept)")
-    a("--lr", "--learning-rate", default=0.1, type=float, dest="lr")
-    a("--lr-schedule", default="step", choices=["step", "cosine", "constant"],
-      help="step = HAWQ's x0.1 every 30 epochs")
+    a("-b", "--batch-size", default=128, type=int,
+      help="global mini-batch size, split over torchrun's processes (HAWQ's default of 1 is not kept)")
+    a("--lr", "--learning-rate", default=None, type=float, dest="lr",
+      help=f"default: {SCRATCH_LR} x b/128 from scratch, {FINETUNE_LR} x b/128 when fine-tuning")
+    a("--lr-schedule", default=None, choices=["step", "cosine", "constant"],
+      help="step = HAWQ's x0.1 every 30 epochs; default: step on ImageNet, cosine on the embedded dataset")
+    a("--warmup-epochs", default=None, type=float,
+      help="linear learning-rate warm-up, per step (default: 1 epoch from scratch, 0 when fine-tuning)")
+    a("--quantizer", default=None, choices=list(METHODS),
+      help="minmax (ranges), lsq (learned steps), pact (learned activation clips), dorefa (tanh weight "
+           "transform); default: the --resume checkpoint's, else minmax")
     a("--momentum", default=0.9, type=float)
     a("--wd", "--weight-decay", default=1e-4, type=float, dest="weight_decay")
     a("-p", "--print-freq", default=10, type=int, help="accepted for HAWQ compatibility (tqdm shows progress)")
@@ -92,9 +106,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _device(args) -> torch.device:
+    """cuda:--gpu (under torchrun cuda:LOCAL_RANK) when CUDA is available, else the CPU."""
     if torch.cuda.is_available():
-        return torch.device(f"cuda:{args.gpu or 0}")
+        local = os.environ.get("LOCAL_RANK")
+        return torch.device(f"cuda:{int(local) if local is not None else (args.gpu or 0)}")
     return torch.device("cpu")
+
+
+def resolve_recipe(args, resume: C.ModelFile | None) -> str:
+    """Fill the recipe flags the user left out (epochs, lr, schedule, warm-up) and return the one
+    line that states them. Fine-tuning = --pretrained or --resume; else training from scratch."""
+    finetune = bool(args.pretrained) or resume is not None
+    embedded = args.dataset == "fashion-mnist"
+    if args.epochs is None:
+        args.epochs = (2 if finetune else 6) if embedded else 90
+    if args.lr is None:
+        args.lr = (FINETUNE_LR if finetune else SCRATCH_LR) * args.batch_size / 128
+    if args.lr_schedule is None:
+        args.lr_schedule = "cosine" if embedded else "step"
+    if args.warmup_epochs is None:
+        args.warmup_epochs = 0.0 if finetune else min(1.0, args.epochs / 2)
+    if args.warmup_epochs < 0:
+        raise HawqError(f"--warmup-epochs must be >= 0, got {args.warmup_epochs}")
+    return (f"recipe: {args.epochs} epochs, lr {args.lr:.4g} ({args.lr_schedule}, warm-up {args.warmup_epochs:g} "
+            f"epochs), batch {args.batch_size}, wd {args.weight_decay:g}, "
+            f"{'fine-tuning' if finetune else 'from scratch'}")
 
 
 def _seed_everything(seed: int) -> None:
@@ -104,7 +140,7 @@ def _seed_everything(seed: int) -> None:
 
 
 def _check_args(args) -> None:
-    if args.epochs < 0 or args.batch_size < 1:
+    if (args.epochs is not None and args.epochs < 0) or args.batch_size < 1:
         raise HawqError("--epochs must be >= 0 and --batch-size >= 1")
     if os.path.exists(args.save_path) and not os.path.isdir(args.save_path):
         raise HawqError(f"--save-path '{args.save_path}' exists and is not a directory")
@@ -123,7 +159,12 @@ def quant_config(args, resume: C.ModelFile | None) -> QuantConfig:
     config = QuantConfig.from_args(args, numerics)
     if rec is None:
         return config
-    return config.replace(per_channel=rec.per_channel, bias_bit=rec.bias_bit, weight_percentile=rec.weight_percentile)
+    quantizer = args.quantizer or rec.quantizer
+    if quantizer != rec.quantizer and rec.quantizer != "minmax":
+        raise HawqError(f"{resume.describe()} was trained with --quantizer {rec.quantizer}; "
+                        f"resume it with that quantizer (only minmax checkpoints can switch)")
+    return config.replace(per_channel=rec.per_channel, bias_bit=rec.bias_bit, weight_percentile=rec.weight_percentile,
+                          quantizer=quantizer)
 
 
 def build_model(args, num_classes: int, resume: C.ModelFile | None, config: QuantConfig):
@@ -135,6 +176,8 @@ def build_model(args, num_classes: int, resume: C.ModelFile | None, config: Quan
         return model.train(), bits
     fp = (fp_model(args.arch, num_classes, weights=resume) if resume is not None
           else fp_model_pretrained(args.arch, num_classes, args.pretrained))
+    if resume is None and not args.pretrained:
+        zero_init_residual(fp)          # from scratch: residual units start as the identity
     if args.quant_scheme == FP_SCHEME:
         return fp, None
     bits = load_scheme(args.arch, args.quant_scheme)
@@ -234,61 +277,97 @@ def main(argv=None) -> dict:
 
 
 def run(argv=None) -> dict:
-    """Parse ``argv`` and run the job. Returns a summary dict (final/best top-1, paths)."""
+    """Parse ``argv`` and run the job. Returns a summary dict (final/best top-1, save path, and the
+    trained ``model``, unwrapped).
+
+    Under ``torchrun --nproc_per_node N`` every rank runs this; rank 0 prints and writes files."""
     args = build_parser().parse_args(argv)
     _check_args(args)
     _seed_everything(args.seed)
     device = _device(args)
     resume = load_resume(args)
     config = quant_config(args, resume)
+    recipe = resolve_recipe(args, resume)
+    world = distributed.init(device)
+    try:
+        return _run(args, device, resume, config, recipe, world)
+    finally:
+        distributed.shutdown()
+
+
+def _run(args, device, resume, config, recipe: str, world: distributed.World) -> dict:
+    say = print if world.main else (lambda *a, **k: None)
     data = build_loaders(args.dataset, args.data, args.batch_size, args.workers, args.data_percentage,
-                         args.seed, eval_limit=args.eval_limit, arch=args.arch)
+                         args.seed, eval_limit=args.eval_limit, arch=args.arch, rank=world.rank, world=world.size)
     model, bits = build_model(args, data.num_classes, resume, config)
     if bits is None:
         config = None
+    elif not args.evaluate and resume is None and not args.pretrained:
+        say(f"note: training --quant-scheme {args.quant_scheme} from random initialization; QAT usually "
+            "starts from a trained floating-point model (--pretrained [PATH])")
+    if config is not None and config.quantizer == "lsq" and not (config.fix_BN or config.fix_BN_threshold is not None):
+        say("note: --quantizer lsq learns weight steps of BN-folded weights; without --fix-BN (or "
+            "--fix-BN-threshold) BN stays unfolded and weights keep min/max scales")
+    if world.distributed:
+        distributed.convert_batchnorm(model)
     model.to(device)
     teacher = _teacher(args, data.num_classes, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     best = restore_training_state(args, optimizer, resume) if resume is not None else 0.0
-    progress = not args.no_progress
+    progress = not args.no_progress and world.main
 
     if args.evaluate:
         res = engine.evaluate(model, data.val, device, progress=progress)
         out = {"top1": res["top1"], "top5": res["top5"], "n": res["n"], "artifact": None}
-        if bits is not None:
+        if bits is not None and world.main:
             os.makedirs(args.save_path, exist_ok=True)
             out["artifact"] = _export(args, model, data.input_size, bits, res["top1"])
         profile = f" (numerics {config.numerics})" if config is not None else ""
-        print(f"{args.arch} {args.quant_scheme}{profile} eval on {res['n']} images: "
-              f"top1 {res['top1']:.2f}  top5 {res['top5']:.2f}")
+        say(f"{args.arch} {args.quant_scheme}{profile} eval on {res['n']} images: "
+            f"top1 {res['top1']:.2f}  top5 {res['top5']:.2f}")
         return out
 
-    os.makedirs(args.save_path, exist_ok=True)
+    say(recipe + (f", {world.size} processes ({world.backend})" if world.distributed else "")
+        + (f", quantizer {config.quantizer}" if config is not None else ""))
+    trainee = model
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        # Buffers need no broadcast: ranges and BN statistics are already synchronized every step.
+        trainee = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+    if world.main:
+        os.makedirs(args.save_path, exist_ok=True)
     log = engine.CsvLog(os.path.join(args.save_path, "log.csv"))
-    hook = _featuremap_hook(args, model)
+    hook = _featuremap_hook(args, model) if world.main else None
     last = {}
+
+    def lr_fn(t: float) -> float:
+        return engine.lr_at(t, args.lr, args.epochs, args.lr_schedule, args.warmup_epochs)
+
     for epoch in range(args.start_epoch, args.epochs):
         t0 = time.time()
-        lr = engine.lr_at(epoch, args.lr, args.epochs, args.lr_schedule)
-        engine.set_lr(optimizer, lr)
         data.train.set_epoch(epoch)
-        tr = engine.train_one_epoch(model, data.train, optimizer, device, epoch, teacher=teacher,
+        tr = engine.train_one_epoch(trainee, data.train, optimizer, device, epoch, teacher=teacher,
                                     distill_alpha=args.distill_alpha, temperature=args.temperature,
-                                    fix_bn_fp=(bits is None and args.fix_BN), step_hook=hook, progress=progress)
+                                    fix_bn_fp=(bits is None and args.fix_BN), step_hook=hook, progress=progress,
+                                    lr_fn=lr_fn, world=world)
+        lr = tr["lr_first"] if tr["lr_first"] is not None else lr_fn(epoch)
         ev = engine.evaluate(model, data.val, device, progress=progress)
         is_best = ev["top1"] > best
         best = max(best, ev["top1"])
-        state = _checkpoint_state(args, model, optimizer, epoch + 1, best, data.num_classes, bits, config)
-        C.save_atomic(state, os.path.join(args.save_path, "checkpoint.pth.tar"))
-        if is_best:
-            C.save_atomic(state, os.path.join(args.save_path, "model_best.pth.tar"))
-            if bits is not None:
-                _export(args, model, data.input_size, bits, ev["top1"])
-        log.write({"epoch": epoch, "lr": lr, "train_loss": tr["loss"], "train_top1": tr["top1"],
-                   "val_loss": ev["loss"], "val_top1": ev["top1"], "val_top5": ev["top5"], "best_top1": best,
-                   "seconds": round(time.time() - t0, 1)})
-        print(f"epoch {epoch}: lr {lr:.4g}  train loss {tr['loss']:.4f} top1 {tr['top1']:.2f}  "
-              f"val top1 {ev['top1']:.2f} top5 {ev['top5']:.2f}  best {best:.2f}  ({time.time() - t0:.0f}s)")
+        if world.main:
+            state = _checkpoint_state(args, model, optimizer, epoch + 1, best, data.num_classes, bits, config)
+            C.save_atomic(state, os.path.join(args.save_path, "checkpoint.pth.tar"))
+            if is_best:
+                C.save_atomic(state, os.path.join(args.save_path, "model_best.pth.tar"))
+                if bits is not None:
+                    _export(args, model, data.input_size, bits, ev["top1"])
+            log.write({"epoch": epoch, "lr": lr, "train_loss": tr["loss"], "train_top1": tr["top1"],
+                       "val_loss": ev["loss"], "val_top1": ev["top1"], "val_top5": ev["top5"], "best_top1": best,
+                       "seconds": round(time.time() - t0, 1)})
+        distributed.barrier()
+        lrs = f"{lr:.4g}" if tr["lr_last"] in (None, lr) else f"{lr:.4g}->{tr['lr_last']:.4g}"
+        say(f"epoch {epoch}: lr {lrs}  train loss {tr['loss']:.4f} top1 {tr['top1']:.2f}  "
+            f"val top1 {ev['top1']:.2f} top5 {ev['top5']:.2f}  best {best:.2f}  ({time.time() - t0:.0f}s)")
         last = ev
-    return {"top1": last.get("top1"), "best_top1": best, "save_path": args.save_path}
+    return {"top1": last.get("top1"), "best_top1": best, "save_path": args.save_path, "model": model}

@@ -80,7 +80,10 @@ def test_verify_cli_reports_zero_mismatches(qat_run):
 
 
 def test_resume_continues_the_uninterrupted_run(fp_ckpt, tmp_path):
-    common = ["--quant-scheme", "uniform4", "--lr", "0.01", "--fix-BN", "--pretrained", fp_ckpt, *TINY]
+    # The step schedule's rate does not depend on --epochs (a per-step cosine does), so a 1-epoch run
+    # is the first epoch of the 2-epoch one.
+    common = ["--quant-scheme", "uniform4", "--lr", "0.01", "--fix-BN", "--pretrained", fp_ckpt, *TINY,
+              "--lr-schedule", "step"]
     run(["--epochs", "2", "--save-path", str(tmp_path / "straight"), *common])
     run(["--epochs", "1", "--save-path", str(tmp_path / "split"), *common])
     run(["--epochs", "2", "--resume", str(tmp_path / "split" / "checkpoint.pth.tar"), "--resume-quantize",

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from hawq import numerics as N
 from hawq.errors import HawqError
+from hawq.quant.learned import check_method
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class QuantConfig:
         fix_BN: fold BN with running statistics from the start [--fix-BN].
         fix_BN_threshold: fold after this many training forwards (None: never, unless fix_BN) [--fix-BN-threshold].
         fixed_point_quantization: train with plain fake quantization [--fixed-point-quantization].
+        quantizer: how scales are found, one of :data:`hawq.quant.learned.METHODS`: ``minmax``
+            (ranges), ``lsq`` (learned steps), ``pact`` (learned activation clips), ``dorefa``
+            (tanh weight transform) [--quantizer].
     """
 
     numerics: str = "exact"
@@ -39,8 +43,10 @@ class QuantConfig:
     fix_BN: bool = False
     fix_BN_threshold: int | None = None
     fixed_point_quantization: bool = False
+    quantizer: str = "minmax"
 
     def __post_init__(self):
+        check_method(self.quantizer)
         if self.numerics not in N.PROFILES:
             raise HawqError(f"unknown numeric profile {self.numerics!r}; expected one of {', '.join(N.PROFILES)}")
         if not 8 <= int(self.bias_bit) <= 32:
@@ -80,7 +86,8 @@ class QuantConfig:
         return cls(numerics=numerics or args.numerics, per_channel=args.channel_wise, bias_bit=args.bias_bit,
                    act_range_momentum=args.act_range_momentum, act_percentile=args.act_percentile,
                    weight_percentile=args.weight_percentile, fix_BN=args.fix_BN,
-                   fix_BN_threshold=args.fix_BN_threshold, fixed_point_quantization=args.fixed_point_quantization)
+                   fix_BN_threshold=args.fix_BN_threshold, fixed_point_quantization=args.fixed_point_quantization,
+                   quantizer=getattr(args, "quantizer", None) or "minmax")
 
     @classmethod
     def from_legacy_args(cls, saved: dict | None, numerics: str = "exact") -> "QuantConfig":

@@ -17,10 +17,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hawq import ir
+from hawq import distributed, ir
 from hawq import numerics as N
 from hawq.errors import HawqError
 from hawq.quant.config import QuantConfig
+from hawq.quant import learned as L
 from hawq.quant.graph import Q, active
 
 #: float32 accumulates integers exactly while every partial sum stays below 2^24.
@@ -100,6 +101,7 @@ class QuantAct(nn.Module):
         self.activation_bit = activation_bit
         self.act_range_momentum = config.act_range_momentum
         self.act_percentile = config.act_percentile
+        self.quantizer = config.quantizer
         self.fixed_point_quantization = config.fixed_point_quantization
         self.running_stat = True
         self.stored_scale = False        # True: evaluate act_scaling_factor as stored (HAWQ quantized_checkpoint)
@@ -115,10 +117,20 @@ class QuantAct(nn.Module):
         # HAWQ-V3 carries these two constant buffers; kept so its checkpoints load key for key.
         self.register_buffer("pre_weight_scaling_factor", torch.ones(1))
         self.register_buffer("identity_weight_scaling_factor", torch.ones(1))
+        # --quantizer lsq / pact: the learned step / clip (float32 [1]; 0 = not yet initialized, set
+        # from the observed range at the first training step). Named by L.ACT_PARAM.
+        self.learned_name = L.ACT_PARAM.get(self.quantizer)
+        if self.learned_name:
+            self.register_parameter(self.learned_name, nn.Parameter(torch.zeros(1)))
 
     def extra_repr(self) -> str:
         return (f"activation_bit={self.activation_bit}, mode={self.mode}, numerics={self.profile.name}, "
-                f"momentum={self.act_range_momentum}")
+                f"momentum={self.act_range_momentum}, quantizer={self.quantizer}")
+
+    @property
+    def learned(self) -> torch.Tensor | None:
+        """The learned step (lsq) or clip (pact) parameter, or None (minmax, dorefa)."""
+        return getattr(self, self.learned_name) if self.learned_name else None
 
     @property
     def mode(self) -> str:
@@ -138,7 +150,11 @@ class QuantAct(nn.Module):
 
     @property
     def calibrated(self) -> bool:
-        return self.stored_scale or bool((self.x_max != self.x_min).all())
+        if self.stored_scale:
+            return True
+        if self.learned is not None:
+            return bool((self.learned != 0).all())
+        return bool((self.x_max != self.x_min).all())
 
     def use_stored_scale(self, scale: torch.Tensor) -> None:
         """Evaluate with this scale (float32 [1]) instead of one derived from the range; the grid's
@@ -152,7 +168,42 @@ class QuantAct(nn.Module):
         """(scale float32 [1], zero point int64 [1]) from the current range (or the stored scale)."""
         if self.stored_scale:
             return self.act_scaling_factor.clone(), torch.zeros(1, dtype=torch.int64)
+        if self.quantizer == "lsq":
+            scale = self.act_step.detach().abs().float().clamp(min=N.MIN_RANGE).reshape(1).cpu()
+            if self.mode != "asymmetric":
+                return scale, torch.zeros(1, dtype=torch.int64)
+            lo = torch.minimum(self.x_min.detach().float().cpu(), torch.zeros(1))
+            return scale, torch.round(-lo / scale).clamp(0, (1 << self.activation_bit) - 1).to(torch.int64)
+        if self.quantizer == "pact":
+            return N.activation_params(*L.pact_range(self.act_clip, self.x_min, self.mode), self.activation_bit,
+                                       self.mode)
         return N.activation_params(self.x_min, self.x_max, self.activation_bit, self.mode)
+
+    @torch.no_grad()
+    def _init_learned(self) -> None:
+        """First training step of lsq/pact: start the step (clip) at the min/max scale (range)."""
+        p = self.learned
+        if p is None or bool((p != 0).all()):
+            return
+        if self.quantizer == "lsq":
+            p.copy_(N.activation_params(self.x_min, self.x_max, self.activation_bit, self.mode)[0].to(p))
+        else:
+            hi = self.x_max.abs() if self.mode != "symmetric" else torch.maximum(self.x_min.abs(), self.x_max.abs())
+            p.copy_(hi.clamp(min=N.MIN_RANGE).to(p))
+
+    def _surrogate(self, total: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+        """What the gradient flows through (:mod:`hawq.quant.learned`): the input itself (minmax,
+        dorefa: straight through), LSQ's fake quantization, or PACT's clip."""
+        if self.quantizer == "lsq":
+            lo, hi = self.storage_range()
+            z = int(zero.item())
+            g = L.lsq_grad_factor(total[0].numel() if total.dim() > 1 else total.numel(), hi - z)
+            return L.lsq_surrogate(total, self.act_step, lo - z, hi - z, g)
+        if self.quantizer == "pact":
+            lower = -self.act_clip.detach().abs() if self.mode == "symmetric" else (
+                0.0 if self.mode == "unsigned" else self.x_min.detach().to(total.dtype))
+            return L.pact_surrogate(total, self.act_clip, lower)
+        return total
 
     def storage_range(self) -> tuple[int, int]:
         """Range of the stored integer q (before subtracting the zero point)."""
@@ -160,8 +211,8 @@ class QuantAct(nn.Module):
 
     @torch.no_grad()
     def _observe(self, x: torch.Tensor):
-        lo, hi = N.batch_range(x, self.act_percentile)
-        first = not self.calibrated
+        lo, hi = distributed.global_range(*N.batch_range(x, self.act_percentile))
+        first = bool((self.x_max == self.x_min).all())
         new_min, new_max = N.ema_range(self.x_min, self.x_max, lo.to(self.x_min), hi.to(self.x_max),
                                        self.act_range_momentum, first)
         self.x_min.copy_(new_min)
@@ -185,6 +236,7 @@ class QuantAct(nn.Module):
             return Q(total, None)
         if self.running_stat:
             self._observe(total)
+        self._init_learned()
         scale, zero = self.quant_params()
         scale, zero = scale.to(xv.device), zero.to(xv.device)
         with torch.no_grad():
@@ -194,7 +246,9 @@ class QuantAct(nn.Module):
         prof = self.profile
         no_grid = s_x is None or (identity is not None and identity.scale is None)
         if self.fixed_point_quantization or no_grid:
-            return Q(self._drop(total, N.fake_quantize(total, scale, zero, lo, hi, prof.reciprocal_quantize)), scale)
+            with torch.no_grad():
+                q = (N.quantize(total, scale, zero, lo, hi, prof.reciprocal_quantize) - zero) * scale
+            return Q(self._drop(total, N.straight_through(self._surrogate(total, zero), q)), scale)
         with torch.no_grad():
             q = _emulate_requant(xv.detach(), s_x, scale, prof.rounding)
             if identity is not None:
@@ -205,7 +259,7 @@ class QuantAct(nn.Module):
             else:                                   # zero point is 0
                 q.clamp_(lo, hi)
             q.mul_(scale)
-        return Q(self._drop(total, N.straight_through(total, q)), scale)
+        return Q(self._drop(total, N.straight_through(self._surrogate(total, zero), q)), scale)
 
     def _drop(self, total: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
         """QDrop: keep each element's float value with probability ``drop_prob``."""
@@ -268,6 +322,7 @@ class _QuantWeightLayer(nn.Module):
         self.weight_bit, self.bias_bit = weight_bit, config.bias_bit
         self.per_channel, self.weight_percentile = config.per_channel, config.weight_percentile
         self.profile = config.profile
+        self.quantizer = config.quantizer
         self.stored = False       # True: evaluate the integer buffers as stored (HAWQ quantized_checkpoint)
         self.layer_name = ""
         c = weight_shape[0]
@@ -283,26 +338,53 @@ class _QuantWeightLayer(nn.Module):
         # ``weight_rounding`` (callable(w, s_w) -> dequantized weight) replaces round-to-nearest.
         self.fake_quant = True
         self.weight_rounding = None
+        # --quantizer lsq: the learned weight step, float32 [C_out] (per channel) or [1]; 0 = not yet
+        # initialized (set to the min/max scale at the first training step).
+        if self.quantizer in L.WEIGHT_PARAM:
+            self.weight_step = nn.Parameter(torch.zeros(c if self.per_channel else 1))
 
     def extra_repr(self) -> str:
         return (f"weight_bit={self.weight_bit}, bias_bit={self.bias_bit}, per_channel={self.per_channel}, "
-                f"numerics={self.profile.name}")
+                f"numerics={self.profile.name}, quantizer={self.quantizer}")
+
+    def _transform(self, w: torch.Tensor) -> torch.Tensor:
+        """The raw float weight as the quantizer sees it: DoReFa's tanh transform, else itself."""
+        return L.dorefa_weight(w) if self.quantizer == "dorefa" else w
 
     @property
     def has_fixed_scale(self) -> bool:
         return bool((self.fixed_weight_scale > 0).all())
 
-    def _weight_scale(self, w: torch.Tensor) -> torch.Tensor:
+    def _weight_scale(self, w: torch.Tensor, learned: bool = True) -> torch.Tensor:
+        """float32 [C_out] or [1]: the PTQ-fixed scale, else the learned LSQ step (of the BN-folded
+        weight; ``learned=False`` for the unfolded weight of a BN still training), else min/max."""
         if self.has_fixed_scale:
             return self.fixed_weight_scale.clone()
-        return N.weight_scale(w, self.weight_bit, self.per_channel, self.weight_percentile, self.profile)
+        minmax = N.weight_scale(w, self.weight_bit, self.per_channel, self.weight_percentile, self.profile)
+        if self.quantizer != "lsq" or not learned:
+            return minmax
+        if not self.step_initialized:
+            if not self.training:
+                return minmax           # never trained folded: the step would start here anyway
+            with torch.no_grad():
+                self.weight_step.copy_(minmax.to(self.weight_step))
+        return self.weight_step.detach().abs().float().clamp(min=N.MIN_RANGE)
 
-    def _fake_weight(self, w: torch.Tensor, s_w: torch.Tensor) -> torch.Tensor:
+    @property
+    def step_initialized(self) -> bool:
+        """LSQ: whether a (folded) training step has set the learned weight step."""
+        return bool((self.weight_step != 0).all())
+
+    def _fake_weight(self, w: torch.Tensor, s_w: torch.Tensor, learned: bool = True) -> torch.Tensor:
         if not self.fake_quant:
             return w
         if self.weight_rounding is not None:
             return self.weight_rounding(w, s_w)
         deq = N.quantize_weight(w, s_w, self.weight_bit, self.profile) * N.channel_view(s_w, w.dim(), 0)
+        if self.quantizer == "lsq" and learned and not self.has_fixed_scale:
+            lo, hi = N.qrange(self.weight_bit, signed=True)
+            g = L.lsq_grad_factor(w[0].numel(), hi)
+            return N.straight_through(L.lsq_surrogate(w, self.weight_step, lo, hi, g, channel_dim=0), deq)
         return N.straight_through(w, deq)
 
     def _fake_bias(self, b: torch.Tensor | None, scale_in: torch.Tensor | None, s_w: torch.Tensor):
@@ -403,8 +485,8 @@ class QuantBnConv2d(_QuantWeightLayer):
 
     def folded_weight_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
         bn = self.bn
-        return N.fold_bn(self.conv.weight, self.conv.bias, bn.running_mean, bn.running_var, bn.weight,
-                         bn.bias, bn.eps)
+        return N.fold_bn(self._transform(self.conv.weight), self.conv.bias, bn.running_mean, bn.running_var,
+                         bn.weight, bn.bias, bn.eps)
 
     def float_weight(self) -> torch.Tensor:
         return self.folded_weight_bias()[0]
@@ -433,8 +515,9 @@ class QuantBnConv2d(_QuantWeightLayer):
             y = self._conv(x.value, self._fake_weight(w, s_w), self._fake_bias(b, x.scale, s_w))
             scale = None if x.scale is None else self._acc_scale(x.scale, s_w, y.dtype)
             return Q(y, scale)
-        w = self.conv.weight
-        y = self._conv(x.value, self._fake_weight(w, self._weight_scale(w)), self.conv.bias)
+        w = self._transform(self.conv.weight)
+        s_w = self._weight_scale(w, learned=False)
+        y = self._conv(x.value, self._fake_weight(w, s_w, learned=False), self.conv.bias)
         return Q(self.bn(y), None)
 
     @torch.no_grad()
@@ -465,7 +548,7 @@ class QuantLinear(_QuantWeightLayer):
         self.bias = nn.Parameter(linear.bias.detach().clone()) if linear.bias is not None else None
 
     def float_weight(self) -> torch.Tensor:
-        return self.weight
+        return self._transform(self.weight)
 
     def _raw_weight(self) -> torch.Tensor:
         return self.weight
@@ -473,13 +556,14 @@ class QuantLinear(_QuantWeightLayer):
     def forward(self, x: Q) -> Q:
         if not self.training:
             return self._forward_int(x)
-        s_w = self._weight_scale(self.weight)
-        y = F.linear(x.value, self._fake_weight(self.weight, s_w), self._fake_bias(self.bias, x.scale, s_w))
+        w = self.float_weight()
+        s_w = self._weight_scale(w)
+        y = F.linear(x.value, self._fake_weight(w, s_w), self._fake_bias(self.bias, x.scale, s_w))
         return Q(y, None if x.scale is None else self._acc_scale(x.scale, s_w, y.dtype))
 
     @torch.no_grad()
     def _forward_int(self, x: Q) -> Q:
-        w_int, b_int, s_w, acc_scale = self._integer_weights(self.weight, self.bias, x.scale)
+        w_int, b_int, s_w, acc_scale = self._integer_weights(self.float_weight(), self.bias, x.scale)
         self.fc_scaling_factor.copy_(s_w.expand_as(self.fc_scaling_factor))
         self.weight_integer.copy_(w_int)
         self.bias_integer.copy_(b_int)
