@@ -47,7 +47,7 @@ hawq-conformance: setup
 	HAWQ_REF_FULL=$(HAWQ_REF_OUT)/resnet18:$(HAWQ_REF_OUT)/resnet50 $(PY) -m pytest -q -m slow tests/test_hawq_conformance.py
 
 bench: setup
-	$(PY) -m hawq.bench
+	$(PY) -m hawq.bench --quantizer minmax lsq pact dorefa --ddp 2
 	$(PY) -m tvm_benchmark.bench -a resnet18 resnet50 --quant-scheme uniform8 uniform4 bops_0.5 -b 1 8 --threads 2
 	$(PY) -m tvm_benchmark.bench -a mobilenetv2_w1 regnetx006 inceptionv3 --quant-scheme uniform8 uniform4 -b 1 8 --threads 2
 

@@ -4,8 +4,10 @@
 backward, SGD step (momentum 0.9, weight decay 1e-4) -- of the FP model and of the QAT model
 (fake quantization, ``fix_BN=True``) of the same arch, on the same random batch, with the same
 thread count, in one process, and writes ``results/qat_overhead.csv``
-(``arch,scheme,batch,fp_step_ms,qat_step_ms,ratio``) and ``results/qat_overhead.md``.
-Target (from the issue): ratio = qat/fp <= 1.5.
+(``arch,scheme,quantizer,batch,fp_step_ms,qat_step_ms,ratio``; one QAT row per scheme × ``--quantizer``)
+and ``results/qat_overhead.md``. Target (from the issue): ratio = qat/fp <= 1.5 for every quantizer.
+``--ddp N`` adds ``results/qat_ddp_step.csv``: the step of an N-process gloo DDP run (torchrun's path,
+ranges all-reduced) against the one-process QAT step.
 
 Timing on a noisy machine: every model first runs ``--warmup`` steps (the first QAT step also
 calibrates the activation ranges), then ``--rounds`` rounds each run a block of ``--steps``
@@ -41,8 +43,10 @@ from hawq.errors import HawqError
 from hawq.models.layers import arch_info
 from hawq.tables import busy_warning, cpu_summary, markdown_table
 from hawq.quant.config import QuantConfig
+from hawq.quant.learned import METHODS
 
-FIELDS = ("arch", "scheme", "batch", "fp_step_ms", "qat_step_ms", "ratio")
+FIELDS = ("arch", "scheme", "quantizer", "batch", "fp_step_ms", "qat_step_ms", "ratio")
+DDP_FIELDS = ("arch", "scheme", "quantizer", "processes", "batch", "single_step_ms", "ddp_step_ms", "ratio")
 TARGET_RATIO = 1.5
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 1e-4
 
@@ -102,8 +106,9 @@ class Trainee:
 
 
 def build_trainees(arch: str, schemes: list[tuple[str, dict]], batch: int, input_size: int,
-                   device: torch.device, seed: int = 0) -> list[Trainee]:
-    """[FP trainee, QAT trainee per scheme], same initial weights, same batch."""
+                   device: torch.device, seed: int = 0, quantizers: tuple[str, ...] = ("minmax",)) -> list[Trainee]:
+    """[FP trainee, QAT trainee per scheme × quantizer], same initial weights, same batch. A QAT
+    trainee's label is ``scheme/quantizer``."""
     from hawq.models.factory import fp_model, quant_model  # pytorchcv import is slow
 
     num_classes = arch_info(arch).num_classes
@@ -115,8 +120,10 @@ def build_trainees(arch: str, schemes: list[tuple[str, dict]], batch: int, input
     _set_bn_stats(fp, x)
     trainees = []
     for label, bits in schemes:
-        q = quant_model(arch, bits, num_classes, fp=copy.deepcopy(fp), config=QuantConfig(fix_BN=True)).to(device)
-        trainees.append(Trainee(label, q, x, y))
+        for method in quantizers:
+            config = QuantConfig(fix_BN=True, quantizer=method)
+            q = quant_model(arch, bits, num_classes, fp=copy.deepcopy(fp), config=config).to(device)
+            trainees.append(Trainee(f"{label}/{method}", q, x, y))
     return [Trainee("fp32", fp, x, y)] + trainees
 
 
@@ -148,16 +155,71 @@ def profile_step(trainee: Trainee, steps: int = 3, row_limit: int = 25) -> str:
 
 
 # --------------------------------------------------------------------------- output
-def row_of(arch: str, scheme: str, batch: int, fp_ms: float, qat_ms: float) -> dict:
-    return {"arch": arch, "scheme": scheme, "batch": batch, "fp_step_ms": f"{fp_ms:.2f}",
+def row_of(arch: str, label: str, batch: int, fp_ms: float, qat_ms: float) -> dict:
+    scheme, _, method = label.rpartition("/")
+    return {"arch": arch, "scheme": scheme, "quantizer": method, "batch": batch, "fp_step_ms": f"{fp_ms:.2f}",
             "qat_step_ms": f"{qat_ms:.2f}", "ratio": f"{qat_ms / fp_ms:.3f}"}
 
 
-def write_csv(path: str, rows: list[dict]) -> None:
+def write_csv(path: str, rows: list[dict], fields=FIELDS) -> None:
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS, lineterminator="\n")
+        w = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
+
+
+# --------------------------------------------------------------------------- distributed step
+def _ddp_worker(rank: int, world: int, port: int, arch: str, bits: dict, method: str, batch: int, size: int,
+                rounds: int, warmup: int, out: str) -> None:
+    """One rank of the DDP step timing: gloo, one thread, this rank's share of the global batch."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from hawq import distributed
+    from hawq.models.factory import fp_model, quant_model
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    distributed.init(torch.device("cpu"))
+    try:
+        num_classes = arch_info(arch).num_classes
+        torch.manual_seed(0)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(batch, 3, size, size, generator=g)
+        y = torch.randint(0, num_classes, (batch,), generator=g)
+        fp = fp_model(arch, num_classes)
+        _set_bn_stats(fp, x)
+        q = quant_model(arch, bits, num_classes, fp=fp, config=QuantConfig(fix_BN=True, quantizer=method))
+        part = torch.tensor_split(torch.arange(batch), world)[rank]
+        t = Trainee("ddp", DDP(q, broadcast_buffers=False), x[part], y[part])
+        t.run(warmup, record=False)
+        t.run(rounds)
+        if rank == 0:
+            with open(out, "w") as f:
+                f.write(f"{t.median_ms}\n")
+    finally:
+        dist.barrier()
+        distributed.shutdown()
+
+
+def ddp_step_ms(arch: str, bits: dict, method: str, batch: int, size: int, processes: int, rounds: int,
+                warmup: int) -> float:
+    """Median training-step time (ms) of a ``processes``-rank gloo DDP run on this host (global batch
+    ``batch``, activation ranges all-reduced every step, one thread per rank)."""
+    import socket
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "ms")
+        mp.spawn(_ddp_worker, args=(processes, port, arch, bits, method, batch, size, rounds, warmup, out),
+                 nprocs=processes, join=True)
+        with open(out) as f:
+            return float(f.read())
 
 
 def markdown(rows: list[dict], meta: str, method: str) -> str:
@@ -186,6 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_arch_arg(p, ["resnet20_cifar10"], nargs="+", help="architectures (default: resnet20_cifar10)")
     add_quant_scheme_arg(p, ["uniform8", "uniform4"], nargs="+",
                          help="bit_config schemes (names or JSON paths; default: uniform8 uniform4)")
+    p.add_argument("--quantizer", nargs="+", default=["minmax"], choices=list(METHODS),
+                   help="QAT quantizers to time (default: minmax)")
+    p.add_argument("--ddp", type=int, default=0, metavar="N",
+                   help="also time an N-process gloo DDP step of the first scheme per quantizer (0: no)")
     p.add_argument("-b", "--batch-size", nargs="+", type=int, default=[128], help="batch sizes (default: 128)")
     p.add_argument("--input-size", type=int, default=None,
                    help="square input side (default: the arch's, 32 for CIFAR archs, 224 for ImageNet archs)")
@@ -234,6 +300,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> list[dict]:
             raise HawqError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.warmup < 0:
         raise HawqError(f"--warmup must be >= 0, got {args.warmup}")
+    if args.ddp < 0 or args.ddp == 1:
+        raise HawqError(f"--ddp must be 0 or >= 2 processes, got {args.ddp}")
     if any(b < 1 for b in args.batch_size):
         raise HawqError(f"--batch-size must be >= 1, got {min(args.batch_size)}")
     if args.input_size is not None and args.input_size < 8:
@@ -250,11 +318,11 @@ def _run(args: argparse.Namespace, argv: list[str]) -> list[dict]:
     if busy:
         print(busy, file=sys.stderr)
 
-    rows, slowest = [], None
+    rows, ddp_rows, slowest = [], [], None
     for arch, schemes in plan:
         size = args.input_size or arch_info(arch).input_size
         for batch in args.batch_size:
-            trainees = build_trainees(arch, schemes, batch, size, device)
+            trainees = build_trainees(arch, schemes, batch, size, device, quantizers=tuple(args.quantizer))
             measure(trainees, args.rounds, args.steps, args.warmup, desc=f"{arch} b{batch}",
                     progress=not args.no_progress)
             fp, qats = trainees[0], trainees[1:]
@@ -264,6 +332,15 @@ def _run(args: argparse.Namespace, argv: list[str]) -> list[dict]:
                           "timings may not be representative", file=sys.stderr)
             for q in qats:
                 rows.append(row_of(arch, q.label, batch, fp.median_ms, q.median_ms))
+            if args.ddp:
+                first = schemes[0][0]
+                for q in (q for q in qats if q.label.startswith(first + "/")):
+                    method = q.label.rpartition("/")[2]
+                    ms = ddp_step_ms(arch, schemes[0][1], method, batch, size, args.ddp, args.rounds * args.steps,
+                                     args.warmup)
+                    ddp_rows.append({"arch": arch, "scheme": first, "quantizer": method, "processes": args.ddp,
+                                     "batch": batch, "single_step_ms": f"{q.median_ms:.2f}",
+                                     "ddp_step_ms": f"{ms:.2f}", "ratio": f"{ms / q.median_ms:.3f}"})
                 ratio = q.median_ms / fp.median_ms
                 if slowest is None or ratio > slowest[0]:
                     slowest = (ratio, f"{arch} {q.label} batch {batch}", q)
@@ -283,6 +360,13 @@ def _run(args: argparse.Namespace, argv: list[str]) -> list[dict]:
               f"(input {sizes}). Median per-step time over {args.rounds} interleaved rounds x {args.steps} "
               f"steps per model, after {args.warmup} warm-up steps.")
     md = markdown(rows, meta, method + (f"\n\n**{busy}**" if busy else ""))
+    if ddp_rows:
+        write_csv(os.path.join(args.out_dir, "qat_ddp_step.csv"), ddp_rows, DDP_FIELDS)
+        md += "\n".join(["", "## Distributed QAT step (torchrun's path, gloo)", ""] + markdown_table(ddp_rows, DDP_FIELDS) + [
+            "", f"ddp_step_ms: median step of {args.ddp} processes on this host, one thread each, each on its share "
+            "of the same global batch, activation ranges all-reduced every step; single_step_ms: the QAT row above "
+            f"(one process, {threads} threads). On a host with fewer cores than processes x threads this measures "
+            "the synchronization cost, not a speed-up.", ""])
     with open(os.path.join(args.out_dir, "qat_overhead.md"), "w") as f:
         f.write(md)
     print(md, end="")

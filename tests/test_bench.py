@@ -8,7 +8,7 @@ import torch
 
 from hawq import bench
 
-HEADER = ["arch", "scheme", "batch", "fp_step_ms", "qat_step_ms", "ratio"]
+HEADER = ["arch", "scheme", "quantizer", "batch", "fp_step_ms", "qat_step_ms", "ratio"]
 
 
 def test_bench_tiny_run_writes_csv_and_markdown(tmp_path, capsys):
@@ -36,8 +36,20 @@ def test_bench_tiny_run_writes_csv_and_markdown(tmp_path, capsys):
     md = (tmp_path / "qat_overhead.md").read_text()
     assert "| " + " | ".join(HEADER) + " |" in md
     assert "python -m hawq.bench" in md and torch.__version__ in md and "1 threads" in md
-    assert all(f"| {r['scheme']} | 8 | {r['fp_step_ms']} | {r['qat_step_ms']} | {r['ratio']} |" in md for r in body)
+    assert all(f"| {r['scheme']} | minmax | 8 | {r['fp_step_ms']} | {r['qat_step_ms']} | {r['ratio']} |" in md for r in body)
     assert md in capsys.readouterr().out  # the table is printed too
+
+
+def test_bench_quantizers_and_ddp_step(tmp_path, capsys):
+    rows = bench.main(["--batch-size", "8", "--rounds", "1", "--steps", "1", "--warmup", "1", "--threads", "1",
+                       "--quant-scheme", "uniform4", "--quantizer", "minmax", "lsq", "pact", "dorefa", "--ddp", "2",
+                       "--no-progress", "--out-dir", str(tmp_path)])
+    assert [r["quantizer"] for r in rows] == ["minmax", "lsq", "pact", "dorefa"]
+    with open(tmp_path / "qat_ddp_step.csv", newline="") as f:
+        ddp = list(csv.DictReader(f))
+    assert [r["quantizer"] for r in ddp] == ["minmax", "lsq", "pact", "dorefa"]
+    assert all(r["processes"] == "2" and float(r["ddp_step_ms"]) > 0 for r in ddp)
+    assert "## Distributed QAT step" in (tmp_path / "qat_overhead.md").read_text()
 
 
 def test_bench_rerun_overwrites_csv(tmp_path):
