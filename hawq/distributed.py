@@ -95,7 +95,9 @@ def all_sum(values: list[float]) -> list[float]:
     """Element-wise sum over ranks of a few float64 scalars (metrics, sample counts)."""
     if not active():
         return list(values)
-    t = torch.tensor(values, dtype=torch.float64)
+    # nccl reduces CUDA tensors only; gloo CPU ones
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
 

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from hawq import distributed
 from hawq.distributed import SINGLE, World
+from hawq.errors import HawqError
 
 
 def correct_topk(output: torch.Tensor, target: torch.Tensor, topk=(1, 5)) -> list[int]:
@@ -98,9 +99,16 @@ def train_one_epoch(model, loader, optimizer, device, epoch: int, *, teacher=Non
         else:
             loss = F.cross_entropy(output, target)
         step_loss = loss
+        bad = 0.0 if bool(torch.isfinite(loss.detach())) else 1.0
         if world.distributed:
-            n_global = int(distributed.all_sum([float(n)])[0])
-            step_loss = loss * distributed.loss_weight(n, n_global, world.size)
+            # one collective carries the global batch size and whether any rank diverged, so every
+            # rank stops at the same step instead of waiting for a peer that raised
+            n_global, bad = distributed.all_sum([float(n), bad])
+            step_loss = loss * distributed.loss_weight(n, int(n_global), world.size)
+        if bad:
+            raise HawqError(f"training diverged: the loss is {loss.item():g} at epoch {epoch} step {i + 1}/{steps} "
+                            f"(lr {optimizer.param_groups[0]['lr']:g}); nothing of this epoch was saved: "
+                            "lower --lr or raise --warmup-epochs")
         optimizer.zero_grad(set_to_none=True)
         step_loss.backward()
         optimizer.step()

@@ -204,11 +204,16 @@ def load_resume(args) -> C.ModelFile | None:
     return f
 
 
-def restore_training_state(args, optimizer, f: C.ModelFile) -> float:
-    """When the --resume checkpoint is ours and of the same scheme, restore the optimizer and epoch
-    counter (the model state was loaded when the model was built). Returns best_acc1 so far."""
+def restore_training_state(args, optimizer, f: C.ModelFile, config: QuantConfig | None) -> float:
+    """When the --resume checkpoint is ours, of the same scheme and quantizer, restore the optimizer
+    and epoch counter (the model state was loaded when the model was built). A minmax checkpoint
+    continued with a learned quantizer is a new run from its weights (new parameters, new optimizer).
+    Returns best_acc1 so far."""
     ckpt = f.raw
-    same_run = f.kind in (C.Kind.QAT, C.Kind.FP) and ckpt.get("quant_scheme") == args.quant_scheme and "optimizer" in ckpt
+    recorded = (ckpt.get("quant_config") or {}).get("quantizer", "minmax")
+    same_quantizer = config is None or recorded == config.quantizer
+    same_run = (f.kind in (C.Kind.QAT, C.Kind.FP) and ckpt.get("quant_scheme") == args.quant_scheme
+                and "optimizer" in ckpt and same_quantizer)
     if same_run and not args.evaluate:
         try:
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -314,7 +319,7 @@ def _run(args, device, resume, config, recipe: str, world: distributed.World) ->
     teacher = _teacher(args, data.num_classes, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
-    best = restore_training_state(args, optimizer, resume) if resume is not None else 0.0
+    best = restore_training_state(args, optimizer, resume, config) if resume is not None else 0.0
     progress = not args.no_progress and world.main
 
     if args.evaluate:

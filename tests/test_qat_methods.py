@@ -121,6 +121,21 @@ def test_training_forward_value_equals_the_integer_path():
     assert torch.equal(train_out, q.value.float() * q.scale.float())
 
 
+@pytest.mark.parametrize("method", ["lsq", "pact"])
+def test_wide_quantizers_keep_minmax_ranges(method):
+    """A 16-bit accumulator under lsq/pact: no learned parameter in use, the min/max scale, no gradient."""
+    act = QuantAct("relu", QuantConfig(quantizer=method), activation_bit=16)
+    assert act.learned is None
+    act.train()
+    x = (torch.rand(2, 3, 4, 4) * 5).requires_grad_()
+    act(x).value.sum().backward()
+    assert float(getattr(act, L.ACT_PARAM[method]).detach().abs().max()) == 0
+    assert getattr(act, L.ACT_PARAM[method]).grad is None
+    scale, _ = act.quant_params()
+    expected, _ = N.activation_params(act.x_min, act.x_max, 16, act.mode)
+    assert torch.equal(scale, expected)
+
+
 # --------------------------------------------------------------------------- recipe
 def test_warmup_then_cosine():
     lrs = [engine.lr_at(t, 0.1, 4, "cosine", 1.0) for t in (0.25, 0.5, 1.0, 2.5, 4.0)]
@@ -171,7 +186,7 @@ def test_every_quantizer_exports_bit_exact(trained, method, capsys):
     assert state["quant_config"]["quantizer"] == method
     names = [k for k in state["state_dict"] if k.endswith(("act_step", "act_clip", "weight_step"))]
     assert bool(names) == (method in ("lsq", "pact"))
-    assert all(float(state["state_dict"][k].abs().min()) > 0 for k in names)
+    assert all(float(state["state_dict"][k].abs().min()) > 0 for k in names if "quant_act_int32" not in k)
     from hawq import verify
     assert verify.main(["--checkpoint", str(ckpt), "--limit", "32", "-b", "32", "--no-progress"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "mismatches: 0/320"
@@ -201,3 +216,76 @@ def test_resume_continues_the_learned_parameters(trained, tmp_path, capsys):
         quant_train.main(["-a", "resnet20_cifar10", "--quant-scheme", "uniform4", "--resume", str(d / "checkpoint.pth.tar"),
                           "--quantizer", "pact", "--epochs", "2", "--save-path", str(tmp_path / "x"), *TINY])
     assert "trained with --quantizer lsq" in capsys.readouterr().err
+
+
+def test_qat_methods_table(tmp_path, capsys):
+    from hawq import qat_methods
+    rows = qat_methods.main(["--pretrained", FP, "--quant-scheme", "uniform4", "--quantizer", "minmax", "lsq",
+                             "--data-percentage", "0.005", "--eval-limit", "64", "--runs", str(tmp_path / "runs"),
+                             "--out-dir", str(tmp_path), "--no-progress"])
+    assert [(r["scheme"], r["quantizer"], r["lr"]) for r in rows] == [("uniform4", "minmax", "0.005"),
+                                                                      ("uniform4", "lsq", "0.005")]
+    md = (tmp_path / "qat_methods.md").read_text()
+    assert "Host: " in md and "| resnet20_cifar10 | uniform4 | lsq | 1 | 0.005 | no |" in md
+    assert (tmp_path / "qat_methods.csv").read_text().splitlines()[0].startswith("host,arch,scheme,quantizer")
+    assert (tmp_path / "runs" / "uniform4_lsq" / "quantized_checkpoint.pth.tar").is_file()
+
+
+def test_minmax_checkpoint_continues_with_lsq(trained, tmp_path, capsys):
+    """Switching a minmax QAT checkpoint to LSQ: a new run from its weights, steps from its ranges."""
+    import quant_train
+    d, _ = trained["minmax"]
+    res = quant_train.main(["-a", "resnet20_cifar10", "--quant-scheme", "uniform4", "--resume", str(d / "checkpoint.pth.tar"),
+                            "--quantizer", "lsq", "--fix-BN", "--epochs", "1", "--lr", "0.001",
+                            "--save-path", str(tmp_path), *TINY])
+    assert "quantizer lsq" in capsys.readouterr().out and res["top1"] > 50
+    sd = torch.load(tmp_path / "checkpoint.pth.tar", map_location="cpu", weights_only=True)["state_dict"]
+    learned = {k: v for k, v in sd.items() if k.endswith(("act_step", "weight_step"))}
+    # every <= 8-bit quantizer has started its step; the 16-bit accumulators keep min/max (step unused, 0)
+    assert all(float(v.abs().min()) > 0 for k, v in learned.items() if "quant_act_int32" not in k)
+    assert all(float(v.abs().max()) == 0 for k, v in learned.items() if "quant_act_int32" in k)
+
+
+@pytest.mark.parametrize("channel_dim", [None, 0])
+def test_fused_lsq_gradient_equals_the_surrogates(channel_dim):
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(4, 3, 5, 5, generator=g) * 3).requires_grad_()
+    step = (torch.rand(4 if channel_dim == 0 else 1, generator=g) * 0.5 + 0.1)
+    step[0] = -step[0]                                 # |step| is the scale: the sign flips its gradient
+    step.requires_grad_()
+    up = torch.randn(4, 3, 5, 5, generator=g)
+    ref = L.lsq_surrogate(x, step, -8, 7, 0.3, channel_dim=channel_dim)
+    gx_ref, gs_ref = torch.autograd.grad((ref * up).sum(), [x, step])
+    fused = L.lsq_ste(x, step, ref.detach(), -8, 7, 0.3, channel_dim=channel_dim)
+    assert torch.equal(fused, ref.detach())
+    gx, gs = torch.autograd.grad((fused * up).sum(), [x, step])
+    torch.testing.assert_close(gx, gx_ref)
+    torch.testing.assert_close(gs, gs_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_pact_gradient_equals_the_surrogates():
+    x = (torch.randn(2, 3, 4, 4) * 2).requires_grad_()
+    a = torch.tensor([1.1], requires_grad=True)
+    up = torch.randn(2, 3, 4, 4)
+    ref = L.pact_surrogate(x, a, -0.5)
+    gx_ref, ga_ref = torch.autograd.grad((ref * up).sum(), [x, a])
+    gx, ga = torch.autograd.grad((L.pact_ste(x, a, ref.detach(), -0.5) * up).sum(), [x, a])
+    torch.testing.assert_close(gx, gx_ref)
+    torch.testing.assert_close(ga, ga_ref)
+
+
+def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys):
+    """A non-finite loss ends the run at that step (exit 2, one line) instead of training on NaN
+    weights and failing later in the integer eval path; nothing of the diverged epoch is written."""
+    import quant_train
+    args = ["-a", "resnet20_cifar10", "--quant-scheme", "uniform8", "--pretrained", FP, "--fix-BN",
+            "--save-path", str(tmp_path), *TINY]
+    assert quant_train.main([*args, "--epochs", "1", "--lr", "0.001"])["top1"] > 50
+    before = (tmp_path / "checkpoint.pth.tar").read_bytes()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        quant_train.main([*args, "--resume", str(tmp_path / "checkpoint.pth.tar"), "--epochs", "2", "--lr", "1e30",
+                          "--momentum", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: training diverged: the loss is")
+    assert (tmp_path / "checkpoint.pth.tar").read_bytes() == before

@@ -34,6 +34,10 @@ METHODS = ("minmax", "lsq", "pact", "dorefa")
 ACT_PARAM = {"lsq": "act_step", "pact": "act_clip"}
 #: Methods whose weight quantizer owns a learned parameter ([C_out]).
 WEIGHT_PARAM = {"lsq": "weight_step"}
+#: Learned steps/clips are for low-bit activations (LSQ and PACT quantize to <= 8 bits); wider
+#: quantizers (the 16-bit residual accumulators) keep min/max ranges: their steps are ~1e-4, where
+#: one SGD step at the weights' learning rate can move the step by its own size.
+MAX_LEARNED_ACT_BITS = 8
 
 
 def check_method(name: str) -> str:
@@ -94,6 +98,77 @@ def lsq_surrogate(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int, g: 
         shape[channel_dim] = -1
         s = s.reshape(shape)
     return round_ste(torch.clamp(x / s, qmin, qmax)) * s
+
+
+class _LSQ(torch.autograd.Function):
+    """Forward: ``value`` as given. Backward: :func:`lsq_surrogate`'s gradients, computed in one pass."""
+
+    @staticmethod
+    def forward(ctx, x, step, value, qmin: int, qmax: int, g: float, channel_dim):
+        ctx.save_for_backward(x, step)
+        ctx.args = (qmin, qmax, g, channel_dim)
+        return value
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, step = ctx.saved_tensors
+        qmin, qmax, g, channel_dim = ctx.args
+        s = step.abs().clamp(min=1e-8).to(x.dtype)
+        per_channel = channel_dim is not None and s.numel() > 1
+        if per_channel:
+            shape = [1] * x.dim()
+            shape[channel_dim] = -1
+            s = s.reshape(shape)
+        # d/dx: 1 inside the clamp range; d/ds: round(clamp(v)) - v inside, qmin / qmax outside
+        # = round(clamp(v)) - v·inside. The masks are hardtanh_backward (grad where qmin < v < qmax):
+        # bool compares and masked_fill are several times slower on CPU.
+        v = x / s
+        grad_x = torch.ops.aten.hardtanh_backward(grad, v, float(qmin), float(qmax))
+        term = v.clamp(qmin, qmax).round_().sub_(torch.ops.aten.hardtanh_backward(v, v, float(qmin), float(qmax)))
+        if per_channel:
+            dims = [d for d in range(x.dim()) if d != channel_dim]
+            grad_s = term.mul_(grad).sum(dim=dims)
+        else:
+            grad_s = torch.dot(term.reshape(-1), grad.reshape(-1)).reshape(1)
+        sign = torch.where(step < 0, -1.0, 1.0).to(grad_s.dtype)   # d|s|/ds; |s| > 0 after the first step
+        return grad_x, (grad_s * g * sign).reshape(step.shape).to(step.dtype), None, None, None, None, None
+
+
+def lsq_ste(x: torch.Tensor, step: torch.Tensor, value: torch.Tensor, qmin: int, qmax: int, g: float,
+            channel_dim: int | None = None) -> torch.Tensor:
+    """Forward exactly ``value`` (the module's own fake quantization of ``x``); backward the LSQ
+    gradients of :func:`lsq_surrogate` in ``x`` and ``step``, without building its graph (a
+    training step costs about what a min/max one does)."""
+    return _LSQ.apply(x, step, value.detach(), qmin, qmax, g, channel_dim)
+
+
+class _PACT(torch.autograd.Function):
+    """Forward: ``value`` as given. Backward: :func:`pact_surrogate`'s gradients in one pass."""
+
+    @staticmethod
+    def forward(ctx, x, clip, value, lower):
+        ctx.save_for_backward(x, clip)
+        ctx.lower = lower
+        return value
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, clip = ctx.saved_tensors
+        a = float(clip.detach().abs())
+        # grad where x > α (threshold_backward), and where lower < x < α (hardtanh_backward): fused
+        # mask kernels, several times faster on CPU than bool compares + masked_fill.
+        grad_clip = torch.ops.aten.threshold_backward(grad, x, a).sum().reshape(1)
+        sign = torch.where(clip < 0, -1.0, 1.0).to(grad_clip.dtype)
+        grad_x = torch.ops.aten.hardtanh_backward(grad, x, float(ctx.lower), a)
+        return grad_x, (grad_clip * sign).reshape(clip.shape).to(clip.dtype), None, None
+
+
+def pact_ste(x: torch.Tensor, clip: torch.Tensor, value: torch.Tensor, lower: float | torch.Tensor) -> torch.Tensor:
+    """Forward exactly ``value``; backward PACT's gradients (:func:`pact_surrogate`) in ``x`` and ``clip``.
+    ``lower``: the lower clip (a float, or a [1] tensor without gradient)."""
+    if torch.is_tensor(lower):
+        lower = float(lower.detach().reshape(-1)[0])
+    return _PACT.apply(x, clip, value.detach(), lower)
 
 
 def pact_surrogate(x: torch.Tensor, clip: torch.Tensor, lower: torch.Tensor | float) -> torch.Tensor:

@@ -129,8 +129,11 @@ class QuantAct(nn.Module):
 
     @property
     def learned(self) -> torch.Tensor | None:
-        """The learned step (lsq) or clip (pact) parameter, or None (minmax, dorefa)."""
-        return getattr(self, self.learned_name) if self.learned_name else None
+        """The learned step (lsq) or clip (pact) parameter, or None (minmax, dorefa, and quantizers
+        wider than :data:`~hawq.quant.learned.MAX_LEARNED_ACT_BITS`, which keep min/max ranges)."""
+        if not self.learned_name or self.activation_bit > L.MAX_LEARNED_ACT_BITS:
+            return None
+        return getattr(self, self.learned_name)
 
     @property
     def mode(self) -> str:
@@ -168,16 +171,21 @@ class QuantAct(nn.Module):
         """(scale float32 [1], zero point int64 [1]) from the current range (or the stored scale)."""
         if self.stored_scale:
             return self.act_scaling_factor.clone(), torch.zeros(1, dtype=torch.int64)
-        if self.quantizer == "lsq":
+        if self.quantizer == "lsq" and self.learned is not None:
             scale = self.act_step.detach().abs().float().clamp(min=N.MIN_RANGE).reshape(1).cpu()
             if self.mode != "asymmetric":
                 return scale, torch.zeros(1, dtype=torch.int64)
             lo = torch.minimum(self.x_min.detach().float().cpu(), torch.zeros(1))
             return scale, torch.round(-lo / scale).clamp(0, (1 << self.activation_bit) - 1).to(torch.int64)
-        if self.quantizer == "pact":
+        if self.quantizer == "pact" and self.learned is not None:
             return N.activation_params(*L.pact_range(self.act_clip, self.x_min, self.mode), self.activation_bit,
                                        self.mode)
         return N.activation_params(self.x_min, self.x_max, self.activation_bit, self.mode)
+
+    def _needs_range(self) -> bool:
+        """min/max/EMA ranges define the scale (minmax, dorefa), start a learned step / clip, or give
+        an asymmetric grid's zero point (and PACT's lower clip there); else they are not tracked."""
+        return self.learned is None or self.mode == "asymmetric" or not bool((self.learned != 0).all())
 
     @torch.no_grad()
     def _init_learned(self) -> None:
@@ -191,19 +199,20 @@ class QuantAct(nn.Module):
             hi = self.x_max.abs() if self.mode != "symmetric" else torch.maximum(self.x_min.abs(), self.x_max.abs())
             p.copy_(hi.clamp(min=N.MIN_RANGE).to(p))
 
-    def _surrogate(self, total: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-        """What the gradient flows through (:mod:`hawq.quant.learned`): the input itself (minmax,
-        dorefa: straight through), LSQ's fake quantization, or PACT's clip."""
+    def _with_gradient(self, total: torch.Tensor, q: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+        """``q`` (the forward value) with the method's gradient (:mod:`hawq.quant.learned`): straight
+        through to ``total`` (minmax, dorefa), LSQ's to ``total`` and the step, PACT's to ``total`` and the clip."""
+        if self.learned is None:
+            return N.straight_through(total, q)
         if self.quantizer == "lsq":
             lo, hi = self.storage_range()
             z = int(zero.item())
             g = L.lsq_grad_factor(total[0].numel() if total.dim() > 1 else total.numel(), hi - z)
-            return L.lsq_surrogate(total, self.act_step, lo - z, hi - z, g)
+            return L.lsq_ste(total, self.act_step, q, lo - z, hi - z, g)
         if self.quantizer == "pact":
-            lower = -self.act_clip.detach().abs() if self.mode == "symmetric" else (
-                0.0 if self.mode == "unsigned" else self.x_min.detach().to(total.dtype))
-            return L.pact_surrogate(total, self.act_clip, lower)
-        return total
+            lower = -float(self.act_clip.detach().abs()) if self.mode == "symmetric" else (
+                0.0 if self.mode == "unsigned" else float(self.x_min.detach().reshape(-1)[0]))
+            return L.pact_ste(total, self.act_clip, q, lower)
 
     def storage_range(self) -> tuple[int, int]:
         """Range of the stored integer q (before subtracting the zero point)."""
@@ -234,7 +243,7 @@ class QuantAct(nn.Module):
             self.observer(total.detach())
         if not self.fake_quant:
             return Q(total, None)
-        if self.running_stat:
+        if self.running_stat and self._needs_range():
             self._observe(total)
         self._init_learned()
         scale, zero = self.quant_params()
@@ -248,7 +257,7 @@ class QuantAct(nn.Module):
         if self.fixed_point_quantization or no_grid:
             with torch.no_grad():
                 q = (N.quantize(total, scale, zero, lo, hi, prof.reciprocal_quantize) - zero) * scale
-            return Q(self._drop(total, N.straight_through(self._surrogate(total, zero), q)), scale)
+            return Q(self._drop(total, self._with_gradient(total, q, zero)), scale)
         with torch.no_grad():
             q = _emulate_requant(xv.detach(), s_x, scale, prof.rounding)
             if identity is not None:
@@ -259,7 +268,7 @@ class QuantAct(nn.Module):
             else:                                   # zero point is 0
                 q.clamp_(lo, hi)
             q.mul_(scale)
-        return Q(self._drop(total, N.straight_through(self._surrogate(total, zero), q)), scale)
+        return Q(self._drop(total, self._with_gradient(total, q, zero)), scale)
 
     def _drop(self, total: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
         """QDrop: keep each element's float value with probability ``drop_prob``."""
@@ -360,12 +369,10 @@ class _QuantWeightLayer(nn.Module):
         weight; ``learned=False`` for the unfolded weight of a BN still training), else min/max."""
         if self.has_fixed_scale:
             return self.fixed_weight_scale.clone()
-        minmax = N.weight_scale(w, self.weight_bit, self.per_channel, self.weight_percentile, self.profile)
-        if self.quantizer != "lsq" or not learned:
-            return minmax
-        if not self.step_initialized:
-            if not self.training:
-                return minmax           # never trained folded: the step would start here anyway
+        if self.quantizer != "lsq" or not learned or not self.step_initialized:
+            minmax = N.weight_scale(w, self.weight_bit, self.per_channel, self.weight_percentile, self.profile)
+            if self.quantizer != "lsq" or not learned or not self.training:
+                return minmax           # (an LSQ layer never trained folded: its step would start here)
             with torch.no_grad():
                 self.weight_step.copy_(minmax.to(self.weight_step))
         return self.weight_step.detach().abs().float().clamp(min=N.MIN_RANGE)
@@ -384,7 +391,7 @@ class _QuantWeightLayer(nn.Module):
         if self.quantizer == "lsq" and learned and not self.has_fixed_scale:
             lo, hi = N.qrange(self.weight_bit, signed=True)
             g = L.lsq_grad_factor(w[0].numel(), hi)
-            return N.straight_through(L.lsq_surrogate(w, self.weight_step, lo, hi, g, channel_dim=0), deq)
+            return L.lsq_ste(w, self.weight_step, deq, lo, hi, g, channel_dim=0)
         return N.straight_through(w, deq)
 
     def _fake_bias(self, b: torch.Tensor | None, scale_in: torch.Tensor | None, s_w: torch.Tensor):
