@@ -113,7 +113,7 @@ class QuantModel(nn.Module):
         for n in names:
             m = modules[n]
             if isinstance(m, QuantAct):
-                m.activation_bit = int(bit_config[n])
+                m.set_activation_bit(bit_config[n])
             else:
                 m.weight_bit = int(bit_config[n])
 

@@ -120,8 +120,22 @@ class QuantAct(nn.Module):
         # --quantizer lsq / pact: the learned step / clip (float32 [1]; 0 = not yet initialized, set
         # from the observed range at the first training step). Named by L.ACT_PARAM.
         self.learned_name = L.ACT_PARAM.get(self.quantizer)
-        if self.learned_name:
+        self._sync_learned()
+
+    def set_activation_bit(self, bits: int) -> None:
+        """Set the width (bit_config); adds or drops the learned parameter to match."""
+        self.activation_bit = int(bits)
+        self._sync_learned()
+
+    def _sync_learned(self) -> None:
+        """The learned parameter exists only where it is used (lsq/pact, <= MAX_LEARNED_ACT_BITS):
+        an unused parameter would fail DDP's gradient reduction and sit in the optimizer."""
+        want = bool(self.learned_name) and self.activation_bit <= L.MAX_LEARNED_ACT_BITS
+        has = bool(self.learned_name) and self.learned_name in self._parameters
+        if want and not has:
             self.register_parameter(self.learned_name, nn.Parameter(torch.zeros(1)))
+        elif has and not want:
+            del self._parameters[self.learned_name]
 
     def extra_repr(self) -> str:
         return (f"activation_bit={self.activation_bit}, mode={self.mode}, numerics={self.profile.name}, "
@@ -133,7 +147,7 @@ class QuantAct(nn.Module):
         wider than :data:`~hawq.quant.learned.MAX_LEARNED_ACT_BITS`, which keep min/max ranges)."""
         if not self.learned_name or self.activation_bit > L.MAX_LEARNED_ACT_BITS:
             return None
-        return getattr(self, self.learned_name)
+        return self._parameters.get(self.learned_name)
 
     @property
     def mode(self) -> str:
