@@ -310,9 +310,6 @@ def _run(args, device, resume, config, recipe: str, world: distributed.World) ->
     elif not args.evaluate and resume is None and not args.pretrained:
         say(f"note: training --quant-scheme {args.quant_scheme} from random initialization; QAT usually "
             "starts from a trained floating-point model (--pretrained [PATH])")
-    if config is not None and config.quantizer == "lsq" and not (config.fix_BN or config.fix_BN_threshold is not None):
-        say("note: --quantizer lsq learns weight steps of BN-folded weights; without --fix-BN (or "
-            "--fix-BN-threshold) BN stays unfolded and weights keep min/max scales")
     if world.distributed:
         distributed.convert_batchnorm(model)
     model.to(device)

@@ -15,7 +15,7 @@ from hawq.models.factory import fp_model, zero_init_residual
 from hawq.quant import learned as L
 from hawq.quant.config import QuantConfig
 from hawq.quant.graph import Q
-from hawq.quant.modules import QuantAct, QuantLinear
+from hawq.quant.modules import QuantAct, QuantBnConv2d, QuantLinear
 
 ROOT = Path(__file__).resolve().parents[1]
 FP = str(ROOT / "checkpoints" / "resnet20_cifar10_fp32.pth.tar")
@@ -70,7 +70,7 @@ def test_unknown_quantizer_is_one_error():
 @pytest.mark.parametrize("method,mode_role", [("lsq", "relu"), ("lsq", "input"), ("pact", "relu"), ("pact", "accumulator")])
 def test_learned_activation_starts_at_minmax_and_evaluates_its_parameter(method, mode_role):
     act = QuantAct(mode_role, QuantConfig(quantizer=method))
-    x = torch.randn(8, 4, 5, 5) * 2
+    x = torch.randn(8, 4, 5, 5, generator=torch.Generator().manual_seed(0)) * 2
     act.train()
     assert not act.calibrated
     act(x)
@@ -106,6 +106,68 @@ def test_lsq_weight_step_is_learned_and_used_for_the_integers():
     torch.testing.assert_close(lin.fc_scaling_factor, lin.weight_step.detach().abs())
     w = lin.weight_integer
     assert int(w.max()) == 7 and int(w.min()) == -8                  # half the step: the largest saturate
+
+
+def _bn_conv(fix_bn: bool) -> QuantBnConv2d:
+    torch.manual_seed(0)
+    conv, bn = torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.BatchNorm2d(4)
+    with torch.no_grad():                # channels with BN factors |γ/σ| from 0.01 to 3
+        bn.weight.copy_(torch.tensor([3.0, -0.5, 0.01, 1.0]))
+        bn.running_var.copy_(torch.tensor([1.0, 4.0, 1.0, 0.25]))
+    return QuantBnConv2d(conv, bn, QuantConfig(quantizer="lsq", fix_BN=fix_bn), weight_bit=8)
+
+
+def test_lsq_weight_step_of_a_bn_conv_is_the_unfolded_weights():
+    """The learned step lives where the weight does (before BN folding): initialized to the min/max
+    step of the conv's own weight, it quantizes the folded weight W·γ/σ with step |s|·|γ/σ|, and its
+    gradient is the LSQ gradient of quantizing W with step s - independent of γ/σ, so a channel
+    with a tiny BN factor (a tiny folded step) gets no larger relative update than the others."""
+    layer = _bn_conv(fix_bn=True)
+    x = Q(torch.rand(2, 3, 6, 6), torch.tensor([0.01], dtype=torch.float64))
+    layer.train()
+    layer(x).value.sum().backward()
+    w = layer.conv.weight.detach()
+    torch.testing.assert_close(layer.weight_step.detach(), N.weight_scale(w, 8, True))
+    k = layer._fold_factor().abs()
+    # the same gradient through the surrogate on the folded weight with the folded step
+    s = layer.weight_step.detach().clone().requires_grad_(True)
+    wf = layer.folded_weight_bias()[0].detach()
+    g = L.lsq_grad_factor(w[0].numel(), 127)
+    ref = L.lsq_surrogate(wf, s * k, -128, 127, g, channel_dim=0)
+    b = layer.folded_weight_bias()[1].detach()
+    out = torch.nn.functional.conv2d(x.value, ref, b)
+    out.sum().backward()
+    torch.testing.assert_close(layer.weight_step.grad, s.grad, rtol=1e-3, atol=1e-4)   # summation order
+    layer.eval()
+    layer(Q(torch.randint(0, 100, (2, 3, 6, 6)), x.scale))
+    torch.testing.assert_close(layer.convbn_scaling_factor, (layer.weight_step.detach().abs() * k).float())
+
+
+def test_lsq_weight_step_learns_while_bn_trains():
+    """Without --fix-BN the unfolded weight is quantized with the learned step itself; after the fold
+    the same parameter continues as |s|·|γ/σ|."""
+    layer = _bn_conv(fix_bn=False)
+    layer.train()
+    layer(Q(torch.rand(2, 3, 6, 6), None)).value.sum().backward()
+    assert layer.weight_step.grad is not None and bool(layer.weight_step.grad.abs().sum() > 0)
+    torch.testing.assert_close(layer.weight_step.detach(), N.weight_scale(layer.conv.weight.detach(), 8, True))
+
+
+def test_a_negative_lsq_weight_step_is_used_by_its_magnitude():
+    """SGD can push a step through zero: the forward scale is |s| (as the gradient assumes), not the
+    floor MIN_RANGE, in training and at export."""
+    layer = _bn_conv(fix_bn=True)
+    x = Q(torch.rand(2, 3, 6, 6), torch.tensor([0.01], dtype=torch.float64))
+    layer.train()
+    layer(x)
+    with torch.no_grad():
+        layer.weight_step.neg_()
+    k = layer._fold_factor().abs()
+    want = (layer.weight_step.detach().abs() * k).float()
+    torch.testing.assert_close(layer._weight_scale(layer.float_weight()), want)
+    layer.eval()
+    layer(Q(torch.randint(0, 100, (2, 3, 6, 6)), x.scale))
+    torch.testing.assert_close(layer.convbn_scaling_factor, want)
 
 
 def test_training_forward_value_equals_the_integer_path():
@@ -264,15 +326,28 @@ def test_fused_lsq_gradient_equals_the_surrogates(channel_dim):
     torch.testing.assert_close(gs, gs_ref, rtol=1e-5, atol=1e-5)
 
 
-def test_fused_pact_gradient_equals_the_surrogates():
-    x = (torch.randn(2, 3, 4, 4) * 2).requires_grad_()
+@pytest.mark.parametrize("lower", [-0.5, None])
+def test_fused_pact_gradient_equals_the_surrogates(lower):
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(2, 3, 4, 4, generator=g) * 2).requires_grad_()
     a = torch.tensor([1.1], requires_grad=True)
-    up = torch.randn(2, 3, 4, 4)
-    ref = L.pact_surrogate(x, a, -0.5)
+    up = torch.randn(2, 3, 4, 4, generator=g)
+    ref = L.pact_surrogate(x, a, lower)
     gx_ref, ga_ref = torch.autograd.grad((ref * up).sum(), [x, a])
-    gx, ga = torch.autograd.grad((L.pact_ste(x, a, ref.detach(), -0.5) * up).sum(), [x, a])
+    gx, ga = torch.autograd.grad((L.pact_ste(x, a, ref.detach(), lower) * up).sum(), [x, a])
     torch.testing.assert_close(gx, gx_ref)
     torch.testing.assert_close(ga, ga_ref)
+
+
+def test_symmetric_pact_clip_gets_the_gradient_from_both_sides():
+    """On a symmetric grid y = clamp(x, −α, α): values below −α pull α with dy/dα = −1."""
+    x = torch.tensor([-3.0, -0.5, 0.5, 2.0])
+    a = torch.tensor([1.0], requires_grad=True)
+    L.pact_ste(x, a, L.pact_surrogate(x, a, None).detach(), None).sum().backward()
+    assert a.grad.item() == 0.0                      # +1 from 2.0, −1 from −3.0
+    a.grad = None
+    L.pact_ste(x, a, x, None).mul(torch.tensor([2.0, 1, 1, 1])).sum().backward()
+    assert a.grad.item() == -1.0
 
 
 def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys):

@@ -155,27 +155,36 @@ class _PACT(torch.autograd.Function):
     def backward(ctx, grad):
         x, clip = ctx.saved_tensors
         a = float(clip.detach().abs())
+        symmetric = ctx.lower is None
+        lower = -a if symmetric else float(ctx.lower)
         # grad where x > α (threshold_backward), and where lower < x < α (hardtanh_backward): fused
         # mask kernels, several times faster on CPU than bool compares + masked_fill.
-        grad_clip = torch.ops.aten.threshold_backward(grad, x, a).sum().reshape(1)
+        grad_clip = torch.ops.aten.threshold_backward(grad, x, a).sum()
+        if symmetric:                   # y = −α below −α: dy/dα = −1 there
+            grad_clip = grad_clip - torch.ops.aten.threshold_backward(grad, -x, a).sum()
         sign = torch.where(clip < 0, -1.0, 1.0).to(grad_clip.dtype)
-        grad_x = torch.ops.aten.hardtanh_backward(grad, x, float(ctx.lower), a)
-        return grad_x, (grad_clip * sign).reshape(clip.shape).to(clip.dtype), None, None
+        grad_x = torch.ops.aten.hardtanh_backward(grad, x, lower, a)
+        return grad_x, (grad_clip.reshape(1) * sign).reshape(clip.shape).to(clip.dtype), None, None
 
 
-def pact_ste(x: torch.Tensor, clip: torch.Tensor, value: torch.Tensor, lower: float | torch.Tensor) -> torch.Tensor:
+def pact_ste(x: torch.Tensor, clip: torch.Tensor, value: torch.Tensor,
+             lower: float | torch.Tensor | None) -> torch.Tensor:
     """Forward exactly ``value``; backward PACT's gradients (:func:`pact_surrogate`) in ``x`` and ``clip``.
-    ``lower``: the lower clip (a float, or a [1] tensor without gradient)."""
+    ``lower``: the lower clip (a float, or a [1] tensor without gradient), or None for −α on a
+    symmetric grid, where the clip also gets dy/dα = −1 from values below −α."""
     if torch.is_tensor(lower):
         lower = float(lower.detach().reshape(-1)[0])
     return _PACT.apply(x, clip, value.detach(), lower)
 
 
-def pact_surrogate(x: torch.Tensor, clip: torch.Tensor, lower: torch.Tensor | float) -> torch.Tensor:
+def pact_surrogate(x: torch.Tensor, clip: torch.Tensor, lower: torch.Tensor | float | None) -> torch.Tensor:
     """PACT's clip(x, lower, α) with its straight-through gradient: dy/dx = 1 inside [lower, α],
-    dy/dα = 1 where x > α (quantization itself passes the gradient straight through)."""
+    dy/dα = 1 where x > α (and −1 where x < −α when ``lower`` is None: the symmetric [−α, α]);
+    quantization itself passes the gradient straight through."""
     a = clip.abs().reshape(1)
     y = torch.minimum(x, a.to(x.dtype))
+    if lower is None:
+        return torch.maximum(y, -a.to(x.dtype))
     return torch.maximum(y, torch.as_tensor(lower, dtype=x.dtype, device=x.device))
 
 

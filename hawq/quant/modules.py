@@ -224,7 +224,7 @@ class QuantAct(nn.Module):
             g = L.lsq_grad_factor(total[0].numel() if total.dim() > 1 else total.numel(), hi - z)
             return L.lsq_ste(total, self.act_step, q, lo - z, hi - z, g)
         if self.quantizer == "pact":
-            lower = -float(self.act_clip.detach().abs()) if self.mode == "symmetric" else (
+            lower = None if self.mode == "symmetric" else (          # None: −α, with its gradient
                 0.0 if self.mode == "unsigned" else float(self.x_min.detach().reshape(-1)[0]))
             return L.pact_ste(total, self.act_clip, q, lower)
 
@@ -361,8 +361,13 @@ class _QuantWeightLayer(nn.Module):
         # ``weight_rounding`` (callable(w, s_w) -> dequantized weight) replaces round-to-nearest.
         self.fake_quant = True
         self.weight_rounding = None
-        # --quantizer lsq: the learned weight step, float32 [C_out] (per channel) or [1]; 0 = not yet
-        # initialized (set to the min/max scale at the first training step).
+        # --quantizer lsq: the learned weight step of the layer's own (unfolded) weight, float32 [C_out]
+        # (per channel) or [1]; 0 = not yet initialized (set to the min/max scale of that weight at
+        # the first training step). A BN-folded conv quantizes W·γ/σ with step |weight_step|·|γ/σ|,
+        # which gives the same integers as W with step |weight_step|: the step is learned where the
+        # optimizer's weight lives, so its updates are on the weights' scale. (Learned in the folded
+        # domain, steps of channels with a small |γ/σ| - down to ~1e-4 - took SGD updates 10²-10³
+        # times their size at lr 0.01 and training collapsed.)
         if self.quantizer in L.WEIGHT_PARAM:
             self.weight_step = nn.Parameter(torch.zeros(c if self.per_channel else 1))
 
@@ -378,34 +383,43 @@ class _QuantWeightLayer(nn.Module):
     def has_fixed_scale(self) -> bool:
         return bool((self.fixed_weight_scale > 0).all())
 
-    def _weight_scale(self, w: torch.Tensor, learned: bool = True) -> torch.Tensor:
-        """float32 [C_out] or [1]: the PTQ-fixed scale, else the learned LSQ step (of the BN-folded
-        weight; ``learned=False`` for the unfolded weight of a BN still training), else min/max."""
+    def _weight_scale(self, w: torch.Tensor, folded: bool = True) -> torch.Tensor:
+        """float32 [C_out] or [1]: the PTQ-fixed scale, else the learned LSQ step, else min/max of ``w``.
+
+        ``w``: :meth:`float_weight` (``folded``; BN-folded for a conv), or the unfolded weight of a
+        conv whose BN still trains (``folded=False``)."""
         if self.has_fixed_scale:
             return self.fixed_weight_scale.clone()
-        if self.quantizer != "lsq" or not learned or not self.step_initialized:
-            minmax = N.weight_scale(w, self.weight_bit, self.per_channel, self.weight_percentile, self.profile)
-            if self.quantizer != "lsq" or not learned or not self.training:
-                return minmax           # (an LSQ layer never trained folded: its step would start here)
+        if self.quantizer != "lsq" or (not self.step_initialized and not self.training):
+            return N.weight_scale(w, self.weight_bit, self.per_channel, self.weight_percentile, self.profile)
+        if not self.step_initialized:
             with torch.no_grad():
-                self.weight_step.copy_(minmax.to(self.weight_step))
-        return self.weight_step.detach().abs().float().clamp(min=N.MIN_RANGE)
+                raw = self._raw_weight().detach()
+                self.weight_step.copy_(N.weight_scale(raw, self.weight_bit, self.per_channel,
+                                                      self.weight_percentile, self.profile).to(self.weight_step))
+        return self._lsq_step(folded).detach().abs().float().clamp(min=N.MIN_RANGE)
 
     @property
     def step_initialized(self) -> bool:
-        """LSQ: whether a (folded) training step has set the learned weight step."""
+        """LSQ: whether a training step has set the learned weight step."""
         return bool((self.weight_step != 0).all())
 
-    def _fake_weight(self, w: torch.Tensor, s_w: torch.Tensor, learned: bool = True) -> torch.Tensor:
+    def _lsq_step(self, folded: bool) -> torch.Tensor:
+        """LSQ's step for the weight being quantized, differentiable in ``weight_step``: [C_out] or [1].
+        Folded: |weight_step|·|γ/σ| (γ/σ detached: it is BN's, not the quantizer's)."""
+        k = self._fold_factor() if folded else None
+        return self.weight_step if k is None else self.weight_step * k.abs().to(self.weight_step)
+
+    def _fake_weight(self, w: torch.Tensor, s_w: torch.Tensor, folded: bool = True) -> torch.Tensor:
         if not self.fake_quant:
             return w
         if self.weight_rounding is not None:
             return self.weight_rounding(w, s_w)
         deq = N.quantize_weight(w, s_w, self.weight_bit, self.profile) * N.channel_view(s_w, w.dim(), 0)
-        if self.quantizer == "lsq" and learned and not self.has_fixed_scale:
+        if self.quantizer == "lsq" and not self.has_fixed_scale:
             lo, hi = N.qrange(self.weight_bit, signed=True)
             g = L.lsq_grad_factor(w[0].numel(), hi)
-            return L.lsq_ste(w, self.weight_step, deq, lo, hi, g, channel_dim=0)
+            return L.lsq_ste(w, self._lsq_step(folded), deq, lo, hi, g, channel_dim=0)
         return N.straight_through(w, deq)
 
     def _fake_bias(self, b: torch.Tensor | None, scale_in: torch.Tensor | None, s_w: torch.Tensor):
@@ -537,8 +551,8 @@ class QuantBnConv2d(_QuantWeightLayer):
             scale = None if x.scale is None else self._acc_scale(x.scale, s_w, y.dtype)
             return Q(y, scale)
         w = self._transform(self.conv.weight)
-        s_w = self._weight_scale(w, learned=False)
-        y = self._conv(x.value, self._fake_weight(w, s_w, learned=False), self.conv.bias)
+        s_w = self._weight_scale(w, folded=False)
+        y = self._conv(x.value, self._fake_weight(w, s_w, folded=False), self.conv.bias)
         return Q(self.bn(y), None)
 
     @torch.no_grad()
