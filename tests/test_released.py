@@ -31,7 +31,13 @@ def test_manifest_lists_every_release():
         assert r["command"].startswith("python quant_train.py ") and f"--quant-scheme {r['scheme']}" in r["command"]
 
 
-@pytest.mark.parametrize("row", ROWS, ids=[r["file"] for r in ROWS])
+#: Full 10k-image evaluations of 25-40 s each: the fast suite reproduces the FP rows and resnet20
+#: uniform4 (every quantized file is also checked against the integer reference below); the rest are slow.
+FAST_TOP1 = {"resnet20_cifar10_fp32.pth.tar", "mobilenetv2_w1_fp32.pth.tar", "resnet20_cifar10_uniform4.pth.tar"}
+
+
+@pytest.mark.parametrize("row", [r if r["file"] in FAST_TOP1 else pytest.param(r, marks=pytest.mark.slow)
+                                 for r in ROWS], ids=[r["file"] for r in ROWS])
 def test_evaluate_reproduces_manifest_top1(row, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)          # evaluation writes its artifact under runs/; keep the tree clean
     top1 = evaluate_release(os.path.join(CKPT_DIR, row["file"]), row["scheme"], row["arch"])

@@ -31,11 +31,11 @@ import numpy as np
 import tvm
 from tvm import te, tirx
 from tvm.s_tir import Schedule
-from tvm.s_tir.tensor_intrin import cuda as C
 
 from hawq.errors import HawqError
 from tvm_benchmark.bundle_files.bundle_params import pack_gemm   # NumPy only: the GPU bundle packs the same way
-from tvm_benchmark.intrinsics.cuda_mma import FRAG, INT4_SMS, MmaStep, int4_step, int8_step, nibble_hi, nibble_lo
+from tvm_benchmark.intrinsics.cuda_mma import (FRAG, INT4_SMS, MmaStep, AB_LAYOUT, ACC_LAYOUT, int4_step, int8_step,
+                                                nibble_hi, nibble_lo)
 
 GEMM, GEMM_OUT, IM2COL = "hawq_gemm", "hawq_gemm_out", "hawq_im2col"
 BK = 64                       # reduction bytes staged per shared-memory step (2 steps of 32 bytes)
@@ -335,11 +335,11 @@ def schedule_gemm(func: tvm.tirx.PrimFunc, emulate: bool = False) -> tvm.tirx.Pr
 
     load_a = fragment_loop(frag_a, FRAG, step.k)
     load_b = fragment_loop(frag_b, FRAG, step.k)
-    ab_layout = C.shared_16x32_to_ldmatrix_32x16_layout
+    ab_layout = AB_LAYOUT
     sch.transform_layout(frag_a, ("write", 0), lambda r, c: (r // FRAG, c // step.k, *ab_layout(r % FRAG, c % step.k)))
     sch.transform_layout(frag_b, ("write", 0), lambda r, c: (r // FRAG, c // step.k, *ab_layout(r % FRAG, c % step.k)))
     sch.transform_layout(acc, ("read", 0), lambda r, c: (r // FRAG, c // FRAG,
-                                                         *C.shared_16x16_to_ldmatrix_32x8_layout(r % FRAG, c % FRAG)))
+                                                         *ACC_LAYOUT(r % FRAG, c % FRAG)))
     sch.set_scope(acc, 0, "shared")                  # the accumulator tile, read by the epilogue
     sch.reverse_compute_at(last, block_x)
     fused = sch.fuse(*sch.get_loops(last)[1:])
