@@ -335,9 +335,8 @@ def schedule_gemm(func: tvm.tirx.PrimFunc, emulate: bool = False) -> tvm.tirx.Pr
 
     load_a = fragment_loop(frag_a, FRAG, step.k)
     load_b = fragment_loop(frag_b, FRAG, step.k)
-    ab_layout = AB_LAYOUT
-    sch.transform_layout(frag_a, ("write", 0), lambda r, c: (r // FRAG, c // step.k, *ab_layout(r % FRAG, c % step.k)))
-    sch.transform_layout(frag_b, ("write", 0), lambda r, c: (r // FRAG, c // step.k, *ab_layout(r % FRAG, c % step.k)))
+    sch.transform_layout(frag_a, ("write", 0), lambda r, c: (r // FRAG, c // step.k, *AB_LAYOUT(r % FRAG, c % step.k)))
+    sch.transform_layout(frag_b, ("write", 0), lambda r, c: (r // FRAG, c // step.k, *AB_LAYOUT(r % FRAG, c % step.k)))
     sch.transform_layout(acc, ("read", 0), lambda r, c: (r // FRAG, c // FRAG,
                                                          *ACC_LAYOUT(r % FRAG, c % FRAG)))
     sch.set_scope(acc, 0, "shared")                  # the accumulator tile, read by the epilogue

@@ -391,13 +391,15 @@ class _QuantWeightLayer(nn.Module):
         if self.has_fixed_scale:
             return self.fixed_weight_scale.clone()
         if self.quantizer != "lsq" or (not self.step_initialized and not self.training):
-            return N.weight_scale(w, self.weight_bit, self.per_channel, self.weight_percentile, self.profile)
+            return self._minmax_scale(w)
         if not self.step_initialized:
             with torch.no_grad():
-                raw = self._raw_weight().detach()
-                self.weight_step.copy_(N.weight_scale(raw, self.weight_bit, self.per_channel,
-                                                      self.weight_percentile, self.profile).to(self.weight_step))
+                self.weight_step.copy_(self._minmax_scale(self._raw_weight().detach()).to(self.weight_step))
         return self._lsq_step(folded).detach().abs().float().clamp(min=N.MIN_RANGE)
+
+    def _minmax_scale(self, w: torch.Tensor) -> torch.Tensor:
+        """float32 [C_out] or [1]: the min/max (or ``weight_percentile``) scale of ``w`` on this grid."""
+        return N.weight_scale(w, self.weight_bit, self.per_channel, self.weight_percentile, self.profile)
 
     @property
     def step_initialized(self) -> bool:
