@@ -64,6 +64,43 @@ def freeze_bn_stats(model: nn.Module) -> None:
             m.eval()
 
 
+@torch.no_grad()
+def reestimate_bn(model: nn.Module, loader, batches: int, device, progress: bool = True) -> int:
+    """Recompute every BatchNorm's running mean and variance for the model's current weights: the
+    equal-weight average of the batch statistics of the first ``batches`` batches of ``loader`` (or
+    all of it), no gradient, no weight update. Under torchrun the model's BatchNorms should be
+    :class:`hawq.distributed.SyncBatchNorm2d` (global batch statistics, the same on every rank);
+    every rank must pass the same ``batches``. Returns the images used (all ranks).
+
+    Why: ``--fix-BN`` folds BN with its running statistics from the first QAT step. A floating-point
+    model's running statistics lag its batch statistics (an exponential average over weights that
+    kept moving), so the folded model starts below the model it was trained as (issue 33)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or batches <= 0:
+        return 0
+    was_training = model.training
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None              # cumulative average: every batch counts the same
+    model.train()
+    seen = 0
+    total = min(batches, len(loader))
+    bar = tqdm(total=total, desc="BN statistics", leave=False, disable=not progress, dynamic_ncols=True)
+    for i, (x, _) in enumerate(loader):
+        if i >= total:
+            break
+        model(x.to(device, non_blocking=True))
+        seen += x.shape[0]
+        bar.update(1)
+    bar.close()
+    for m, momentum in zip(bns, momenta):
+        m.momentum = momentum
+        m.num_batches_tracked.zero_()
+    model.train(was_training)
+    return int(distributed.all_sum([float(seen)])[0])
+
+
 def train_one_epoch(model, loader, optimizer, device, epoch: int, *, teacher=None, distill_alpha=0.95,
                     temperature=6.0, fix_bn_fp=False, step_hook=None, progress=True, lr_fn=None,
                     world: World = SINGLE) -> dict:

@@ -7,12 +7,15 @@ quantized models, the integer artifact ``quantized_checkpoint.pth.tar`` into ``-
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 import time
+from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 from hawq import checkpoint as C
 from hawq import engine
@@ -83,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--fix-BN", action="store_true", dest="fix_BN", help="fold BN with running statistics from the start")
     a("--fix-BN-threshold", default=None, type=int, dest="fix_BN_threshold",
       help="train BN unfolded for this many iterations, then fold and freeze it")
+    a("--bn-reestimate", default=4096, type=int, metavar="IMAGES",
+      help="with --fix-BN from a --pretrained model: first recompute BN running statistics for its "
+           "weights on about this many training images, in whole batches (0: keep the checkpoint's; "
+           "default 4096)")
     a("--checkpoint-iter", default=-1, type=int,
       help="save every quantizer's feature map at this training iteration (-1: never)")
     a("--evaluate-times", default=-1, type=int, help="accepted for HAWQ compatibility")
@@ -125,7 +132,9 @@ def resolve_recipe(args, resume: C.ModelFile | None) -> str:
     if args.lr_schedule is None:
         args.lr_schedule = "cosine" if embedded else "step"
     if args.warmup_epochs is None:
-        args.warmup_epochs = 0.0 if finetune else min(1.0, args.epochs / 2)
+        # 5 % of the run, at most one epoch (Goyal et al.: 5 of 90): long enough to tame the first
+        # steps, short enough not to eat a short run (the demo's 2 epochs lost a whole one to it)
+        args.warmup_epochs = 0.0 if finetune else min(1.0, round(0.05 * args.epochs, 3))
     if args.warmup_epochs < 0:
         raise HawqError(f"--warmup-epochs must be >= 0, got {args.warmup_epochs}")
     return (f"recipe: {args.epochs} epochs, lr {args.lr:.4g} ({args.lr_schedule}, warm-up {args.warmup_epochs:g} "
@@ -167,8 +176,11 @@ def quant_config(args, resume: C.ModelFile | None) -> QuantConfig:
                           quantizer=quantizer)
 
 
-def build_model(args, num_classes: int, resume: C.ModelFile | None, config: QuantConfig):
-    """The model for this run, with --pretrained / --resume weights applied (files already read)."""
+def build_model(args, num_classes: int, resume: C.ModelFile | None, config: QuantConfig,
+                prepare_fp: Callable[[nn.Module], None] | None = None):
+    """The model for this run, with --pretrained / --resume weights applied (files already read).
+    ``prepare_fp`` is applied to the floating-point model before it is quantized (not to a
+    quantized --resume checkpoint)."""
     if resume is not None and resume.quantized:
         if resume.num_classes is not None and resume.num_classes != num_classes:
             raise HawqError(f"{resume.describe()} has {resume.num_classes} classes, the dataset {num_classes}")
@@ -177,7 +189,9 @@ def build_model(args, num_classes: int, resume: C.ModelFile | None, config: Quan
     fp = (fp_model(args.arch, num_classes, weights=resume) if resume is not None
           else fp_model_pretrained(args.arch, num_classes, args.pretrained))
     if resume is None and not args.pretrained:
-        zero_init_residual(fp)          # from scratch: residual units start as the identity
+        zero_init_residual(fp)          # from scratch: bottleneck units start as the identity
+    if prepare_fp is not None:
+        prepare_fp(fp)
     if args.quant_scheme == FP_SCHEME:
         return fp, None
     bits = load_scheme(args.arch, args.quant_scheme)
@@ -221,6 +235,23 @@ def restore_training_state(args, optimizer, f: C.ModelFile, config: QuantConfig 
             raise HawqError(f"optimizer state in '{args.resume}' does not fit this model ({e})") from None
         args.start_epoch = int(ckpt.get("epoch", 0))
     return float(ckpt.get("best_acc1", 0.0)) if same_run else 0.0
+
+
+def _bn_reestimation(args, data, device, resume, say, world) -> Callable[[nn.Module], None] | None:
+    """--fix-BN fine-tuning from --pretrained folds BN with running statistics from the first step:
+    recompute them for the pretrained weights first (:func:`hawq.engine.reestimate_bn`)."""
+    if not (args.fix_BN and args.pretrained and resume is None and not args.evaluate and args.bn_reestimate > 0):
+        return None
+
+    def prepare(fp: nn.Module) -> None:
+        fp.to(device)
+        if world.distributed:
+            distributed.convert_batchnorm(fp)       # global batch statistics: every rank the same
+        n = engine.reestimate_bn(fp, data.train, math.ceil(args.bn_reestimate / args.batch_size), device,
+                                 progress=not args.no_progress and world.main)
+        say(f"BN running statistics re-estimated on {n} training images before folding "
+            f"(--fix-BN; --bn-reestimate 0 keeps the checkpoint's)")
+    return prepare
 
 
 def _teacher(args, num_classes: int, device):
@@ -304,7 +335,11 @@ def _run(args, device, resume, config, recipe: str, world: distributed.World) ->
     say = print if world.main else (lambda *a, **k: None)
     data = build_loaders(args.dataset, args.data, args.batch_size, args.workers, args.data_percentage,
                          args.seed, eval_limit=args.eval_limit, arch=args.arch, rank=world.rank, world=world.size)
-    model, bits = build_model(args, data.num_classes, resume, config)
+    if not args.evaluate:
+        say(recipe + (f", {world.size} processes ({world.backend})" if world.distributed else "")
+            + (f", quantizer {config.quantizer}" if args.quant_scheme != FP_SCHEME else ""))
+    model, bits = build_model(args, data.num_classes, resume, config,
+                              prepare_fp=_bn_reestimation(args, data, device, resume, say, world))
     if bits is None:
         config = None
     elif not args.evaluate and resume is None and not args.pretrained:
@@ -330,8 +365,6 @@ def _run(args, device, resume, config, recipe: str, world: distributed.World) ->
             f"top1 {res['top1']:.2f}  top5 {res['top5']:.2f}")
         return out
 
-    say(recipe + (f", {world.size} processes ({world.backend})" if world.distributed else "")
-        + (f", quantizer {config.quantizer}" if config is not None else ""))
     trainee = model
     if world.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP

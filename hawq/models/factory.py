@@ -76,20 +76,20 @@ def fp_model_pretrained(arch: str, num_classes: int, pretrained: bool | str | No
 
 
 def zero_init_residual(model: nn.Module) -> int:
-    """Set γ = 0 in the last BatchNorm of every residual branch (pytorchcv ``ResUnit``, ``RegNetUnit``,
-    MobileNetV2's residual ``LinearBottleneck``), so each residual unit starts as the identity
-    (Goyal et al. 2017, torchvision's ``zero_init_residual``). Training from random init needs it
-    for the deep ImageNet ResNets on small inputs: without it resnet50's first gradients are ~25×
-    larger and its loss diverges at any useful learning rate. Returns the number of units changed."""
+    """Set γ = 0 in the last BatchNorm of every *bottleneck* residual unit (pytorchcv ``ResUnit``
+    whose body is a 1×1-3×3-1×1 ``ResBottleneck``: resnet50/50b/101), so each unit starts as the
+    identity (Goyal et al. 2017, torchvision's ``zero_init_residual``). Those deep nets need it when
+    trained from random init on small inputs: without it resnet50's first gradients are ~25× larger
+    and its loss diverges at any useful learning rate. Shallow units are left alone: on a short run
+    zero-init delays their learning (resnet20_cifar10, the demo's 2 epochs: val top-1 55.8 with it,
+    76.7 without). Returns the number of units changed."""
     n = 0
     for unit in model.modules():
-        kind = type(unit).__name__
-        if kind in ("ResUnit", "RegNetUnit") or (kind == "LinearBottleneck" and getattr(unit, "residual", False)):
-            branch = unit.body if hasattr(unit, "body") else unit
-            bns = [b for b in branch.modules() if isinstance(b, nn.BatchNorm2d)]
-            if bns:
-                nn.init.zeros_(bns[-1].weight)
-                n += 1
+        body = getattr(unit, "body", None)
+        if type(unit).__name__ == "ResUnit" and type(body).__name__ == "ResBottleneck":
+            bns = [b for b in body.modules() if isinstance(b, nn.BatchNorm2d)]
+            nn.init.zeros_(bns[-1].weight)
+            n += 1
     return n
 
 
