@@ -94,9 +94,23 @@ class _Scheme(NamedTuple):
 @functools.lru_cache(maxsize=None)
 def _arch_schemes(arch: str) -> dict[str, dict[str, int]]:
     """The ``schemes`` of ``hawq/bit_configs/<arch>.json`` ({} when the arch has no file)."""
-    arch_info(arch)
+    if arch_info(arch).family == "captured":
+        return {f"uniform{b}": uniform_bits(arch, b) for b in (8, 6, 5, 4, 3, 2)}
     path = BIT_CONFIG_DIR / f"{arch}.json"
     return _read_json(path)["schemes"] if path.is_file() else {}
+
+
+def uniform_bits(arch: str, bits: int) -> dict[str, int]:
+    """HAWQ's ``uniformN`` for any arch: every conv, linear and activation quantizer at ``bits``,
+    residual accumulators at 16, and (as in HAWQ-V3's published uniform4) the model input, the
+    first conv, the last linear and the quantizer feeding it at 8."""
+    specs = quant_layers(arch)
+    out = {s.name: 16 if s.kind == "act_int32" else bits for s in specs}
+    weighted = [s for s in specs if s.kind in WEIGHT_KINDS]
+    acts = [s for s in specs if s.kind == "act"]
+    keep = {weighted[0].name, weighted[-1].name, acts[0].name, weighted[-1].input_act} - {None}
+    out.update({k: 8 for k in keep})
+    return out
 
 
 def list_schemes(arch: str) -> list[str]:

@@ -1,6 +1,7 @@
 """Model construction: floating-point pytorchcv models (optionally pretrained) and their quantized wraps."""
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
 from hawq import checkpoint as C
@@ -61,6 +62,10 @@ def fp_model(arch: str, num_classes: int, pretrained: bool = False, weights: C.M
         model = _pytorchcv_pretrained(arch, num_classes)
     else:
         model = build_fp_model(arch, num_classes=num_classes)
+    if arch_info(arch).family == "captured":
+        if weights is not None:
+            C.load_into(model, weights.state_dict, weights.path)
+        return model
     model.features.final_pool = GlobalAvgPool()
     if weights is not None:
         load_fp_weights(model, arch, weights)
@@ -158,7 +163,12 @@ def quant_model(arch: str, bits: dict[str, int], num_classes: int, fp: nn.Module
     """The quantized model of ``arch`` with per-layer ``bits`` and ``config``, wrapping ``fp`` (or a fresh FP model)."""
     if fp is None:
         fp = fp_model(arch, num_classes)
-    return WRAPPERS[arch_info(arch).family](fp, bits, arch=arch, config=config)
+    info = arch_info(arch)
+    if info.family == "captured":
+        from hawq.capture import capture
+        example = torch.zeros(2, 3, info.input_size, info.input_size)
+        return capture(fp, example, config, bits, name=arch, copy_model=False)
+    return WRAPPERS[info.family](fp, bits, arch=arch, config=config)
 
 
 def quant_model_from(f: C.ModelFile, arch: str | None = None, scheme: str | None = None,

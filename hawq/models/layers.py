@@ -88,16 +88,38 @@ class LayerSpec:
 
 
 def arch_info(arch: str) -> ArchInfo:
-    """The :class:`ArchInfo` of ``arch``; an unknown name raises :class:`HawqError`."""
+    """The :class:`ArchInfo` of ``arch`` (a name of :data:`ARCHS` or a model spec of
+    :mod:`hawq.models.zoo`, family ``captured``); an unknown name raises :class:`HawqError`."""
     try:
         return ARCHS[arch]
     except KeyError:
-        raise HawqError(f"unknown arch {arch!r}; supported: {', '.join(ARCHS)}") from None
+        pass
+    from hawq.models import zoo
+    if zoo.is_spec(arch):
+        return _spec_info(arch)
+    raise HawqError(f"unknown arch {arch!r}; supported: {', '.join(ARCHS)}, torchvision:NAME, timm:NAME, "
+                    "path/to/file.py:FUNCTION") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _spec_info(arch: str) -> ArchInfo:
+    from hawq.models import zoo
+    zoo.spec_builder(arch)                      # a bad spec fails here, in one line
+    size = zoo.spec_input_size(arch)
+    classes = 1000
+    if not arch.startswith(("torchvision:", "timm:")):
+        with torch.no_grad():                   # a user's model: its own class count
+            out = zoo.build(arch).eval()(torch.zeros(1, 3, size, size))
+        classes = int(out.shape[-1])
+    return ArchInfo(arch, size, classes, False, None, family="captured")
 
 
 def build_fp_model(arch: str, num_classes: int | None = None, pretrained: bool = False) -> nn.Module:
     """The floating-point pytorchcv model of ``arch`` (``num_classes`` defaults to the arch's)."""
     info = arch_info(arch)
+    if info.family == "captured":
+        from hawq.models import zoo
+        return zoo.build(arch, num_classes)
     from pytorchcv.model_provider import get_model  # slow import: only when a model is built
 
     if num_classes is None:

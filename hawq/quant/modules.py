@@ -508,20 +508,26 @@ class QuantBnConv2d(_QuantWeightLayer):
     weights followed by a regular BatchNorm on batch statistics. Eval always folds.
     """
 
-    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, config: QuantConfig, weight_bit: int = 8):
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, config: QuantConfig, weight_bit: int = 8):
         super().__init__(conv.weight.shape, "convbn_scaling_factor", config, weight_bit)
-        self.conv, self.bn = conv, bn
+        self.conv = conv
+        if bn is not None:          # bn None: a conv with no BatchNorm after it (its own bias, if any)
+            self.bn = bn
+        else:
+            self.bn = None
         self.fix_BN, self.fix_BN_threshold = config.fix_BN, config.fix_BN_threshold
         self.register_buffer("fold_step", torch.zeros((), dtype=torch.int64))
 
     @property
     def bn_folded(self) -> bool:
-        if self.fix_BN:
+        if self.fix_BN or self.bn is None:
             return True
         return self.fix_BN_threshold is not None and int(self.fold_step) >= self.fix_BN_threshold
 
-    def folded_weight_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def folded_weight_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         bn = self.bn
+        if bn is None:
+            return self._transform(self.conv.weight), self.conv.bias
         return N.fold_bn(self._transform(self.conv.weight), self.conv.bias, bn.running_mean, bn.running_var,
                          bn.weight, bn.bias, bn.eps)
 
@@ -532,8 +538,10 @@ class QuantBnConv2d(_QuantWeightLayer):
         return self.conv.weight
 
     def _fold_factor(self) -> torch.Tensor:
-        """γ/σ per output channel, exactly as :func:`hawq.numerics.fold_bn` forms it."""
+        """γ/σ per output channel, exactly as :func:`hawq.numerics.fold_bn` forms it (None: no BN)."""
         bn = self.bn
+        if bn is None:
+            return None
         var_eps = bn.running_var + bn.eps
         return (bn.weight / torch.sqrt(var_eps.double()).to(var_eps.dtype)).detach()
 
