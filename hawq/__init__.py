@@ -1,1 +1,14 @@
-"""hawq: integer-only quantization-aware training with bit-exact integer export."""
+"""hawq: integer-only quantization (QAT and PTQ) with bit-exact integer export.
+
+The Python API (:mod:`hawq.api`) is importable from the package: ``hawq.quantize``,
+``hawq.prepare_qat``, ``hawq.export_program``, ``hawq.run_reference``. It is loaded on first use, so
+``import hawq.numerics`` and the command-line tools do not pay for it.
+"""
+__all__ = ["quantize", "prepare_qat", "export_program", "run_reference"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from hawq import api
+        return getattr(api, name)
+    raise AttributeError(f"module 'hawq' has no attribute {name!r}")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import operator
+import re
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +51,8 @@ _FLATTEN_FN = (torch.flatten,)
 _FLATTEN_METHODS = ("flatten", "view", "reshape")
 _PASS_MODULES = (nn.Dropout, nn.Dropout2d, nn.Identity)
 _PASS_FN = (F.dropout,)
+_SUPPORTED_MODULES = (nn.Conv2d, nn.BatchNorm2d, nn.Linear, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.MaxPool2d,
+                      nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.Flatten, *_PASS_MODULES)
 
 
 @dataclass
@@ -64,8 +67,11 @@ class _Val:
 def trace(model: nn.Module, name: str = "model") -> fx.GraphModule:
     """``torch.fx.symbolic_trace`` of ``model`` in eval mode, with one-line errors."""
     model.eval()
+    tracer = fx.Tracer()
+    tracer.record_stack_traces = True            # error messages name the model's source line
     try:
-        return fx.symbolic_trace(model)
+        graph = tracer.trace(model)
+        return fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as e:  # noqa: BLE001 - tracing user code can raise anything
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise HawqError(f"{name}: torch.fx cannot trace it ({type(e).__name__}: {first}); "
@@ -73,10 +79,11 @@ def trace(model: nn.Module, name: str = "model") -> fx.GraphModule:
 
 
 def _source_line(node: fx.Node) -> str:
-    """The model's source line that created ``node`` (FX records the stack trace)."""
+    """`` (FILE:LINE)`` of the model's source line that created ``node`` (FX records the stack)."""
     st = node.meta.get("stack_trace") or ""
-    frames = [ln.strip() for ln in st.splitlines() if ln.strip().startswith("File ")]
-    return f" at {frames[-1].split(',')[0][5:].strip()}:{frames[-1].split(',')[1].strip()[5:]}" if frames else ""
+    frames = [f for f in re.findall(r'File "([^"]+)", line (\d+)', st)
+              if not re.search(r"/torch/(fx|nn/modules)/", f[0])]
+    return f" ({frames[-1][0]}:{frames[-1][1]})" if frames else ""
 
 
 def _scope(node: fx.Node) -> str:
@@ -158,6 +165,9 @@ class _Mapper:
         inputs = [n for n in nodes if n.op == "placeholder"]
         if len(inputs) != 1:
             raise HawqError(f"{self.name}: forward takes {len(inputs)} inputs; an image classifier takes one")
+        for n in nodes:                  # name the first layer with no integer form before anything else
+            if n.op == "call_module" and not isinstance(self.gm.get_submodule(n.target), _SUPPORTED_MODULES):
+                raise self.fail(n, type(self.gm.get_submodule(n.target)).__name__)
         for n in nodes:
             if n.op == "call_module" and isinstance(self.gm.get_submodule(n.target), nn.BatchNorm2d):
                 src = n.args[0]

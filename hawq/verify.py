@@ -86,8 +86,9 @@ def _verify_calibrated(args) -> int:
     model, size, val, what = calibrated_inputs(args)
     art = export_integer(model, (3, size, size))
     r = compare(model, art["graph"], val, progress=not args.no_progress)
-    print(f"{'arch':<18}{'scheme':<20}{'numerics':<10}{'inputs':<16}{'images':>8}")
-    print(f"{model.arch:<18}{args.quant_scheme:<20}{model.config.numerics:<10}{what:<16}{r['images']:>8}")
+    w = max(18, len(model.arch) + 2)      # torchvision:NAME / file.py:FUNCTION specs are long
+    print(f"{'arch':<{w}}{'scheme':<20}{'numerics':<10}{'inputs':<16}{'images':>8}")
+    print(f"{model.arch:<{w}}{args.quant_scheme:<20}{model.config.numerics:<10}{what:<16}{r['images']:>8}")
     print(f"mismatches: {r['mismatches']}/{r['logits']}")
     return 1 if r["mismatches"] else 0
 
@@ -126,8 +127,9 @@ def main(argv=None) -> int:
         art = export_integer(model, (3, data.input_size, data.input_size))
     r = compare(model, art["graph"], data.val, progress=not args.no_progress)
     scheme = f.quant_scheme or args.quant_scheme
-    print(f"{'arch':<18}{'scheme':<20}{'numerics':<10}{'images':>8}{'qat_top1':>10}{'ref_top1':>10}")
-    print(f"{model.arch:<18}{str(scheme):<20}{model.config.numerics:<10}{r['images']:>8}"
+    w = max(18, len(model.arch) + 2)      # torchvision:NAME / file.py:FUNCTION specs are long
+    print(f"{'arch':<{w}}{'scheme':<20}{'numerics':<10}{'images':>8}{'qat_top1':>10}{'ref_top1':>10}")
+    print(f"{model.arch:<{w}}{str(scheme):<20}{model.config.numerics:<10}{r['images']:>8}"
           f"{r['qat_top1']:>10.2f}{r['ref_top1']:>10.2f}")
     print(f"mismatches: {r['mismatches']}/{r['logits']}")
     return 1 if r["mismatches"] else 0

@@ -91,8 +91,9 @@ def main(argv=None) -> int:
         m, total = sum(r["mismatches"] for r in rows), sum(r["values"] for r in rows)
     else:
         r = compare_with_reference(runner, prog.graph, val, "tvm", progress=not args.no_progress)
-        print(f"{'arch':<18}{'scheme':<20}{'images':>8}{'tvm_top1':>10}{'ref_top1':>10}")
-        print(f"{prog.arch:<18}{prog.scheme:<20}{r['images']:>8}{r['tvm_top1']:>10.2f}{r['ref_top1']:>10.2f}")
+        w = max(18, len(prog.arch) + 2)      # torchvision:NAME / file.py:FUNCTION specs are long
+        print(f"{'arch':<{w}}{'scheme':<20}{'images':>8}{'tvm_top1':>10}{'ref_top1':>10}")
+        print(f"{prog.arch:<{w}}{prog.scheme:<20}{r['images']:>8}{r['tvm_top1']:>10.2f}{r['ref_top1']:>10.2f}")
         m, total = r["mismatches"], r["logits"]
     print(f"mismatches: {m}/{total}")
     return 1 if m else 0

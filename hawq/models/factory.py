@@ -58,6 +58,9 @@ def fp_model(arch: str, num_classes: int, pretrained: bool = False, weights: C.M
     ``pretrained=True``: pytorchcv's ImageNet weights; ``weights``: a floating-point checkpoint of
     ours already read by :func:`hawq.checkpoint.read` (this function never opens files).
     """
+    if pretrained is True and arch_info(arch).family == "captured":
+        from hawq.models import zoo
+        return zoo.build_pretrained(arch, num_classes)
     if pretrained is True:
         model = _pytorchcv_pretrained(arch, num_classes)
     else:

@@ -108,9 +108,7 @@ def _spec_info(arch: str) -> ArchInfo:
     size = zoo.spec_input_size(arch)
     classes = 1000
     if not arch.startswith(("torchvision:", "timm:")):
-        with torch.no_grad():                   # a user's model: its own class count
-            out = zoo.build(arch).eval()(torch.zeros(1, 3, size, size))
-        classes = int(out.shape[-1])
+        classes = zoo.output_classes(arch, size)     # a user's model: its own class count
     return ArchInfo(arch, size, classes, False, None, family="captured")
 
 

@@ -15,11 +15,12 @@ import os
 import sys
 from typing import Callable
 
+import torch
 import torch.nn as nn
 
 from hawq.errors import HawqError
 
-__all__ = ["is_spec", "spec_builder", "spec_input_size", "build"]
+__all__ = ["is_spec", "spec_builder", "spec_input_size", "build", "build_pretrained", "output_classes"]
 
 _PREFIXES = ("torchvision:", "timm:")
 
@@ -101,3 +102,50 @@ def _takes(fn, arg: str) -> bool:
     except (TypeError, ValueError):
         return False
     return arg in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def build_pretrained(arch: str, num_classes: int) -> nn.Module:
+    """``--pretrained`` without a path: the builder's published weights (torchvision's ``DEFAULT``,
+    timm's ``pretrained=True``; downloaded, so offline it is a one-line error), the last Linear
+    replaced by a fresh one when ``num_classes`` differs."""
+    kind, _, name = arch.partition(":")
+    if kind not in ("torchvision", "timm"):
+        raise HawqError(f"{arch}: --pretrained needs a PATH to a state dict for a model from a file")
+    spec_builder(arch)
+    try:
+        if kind == "torchvision":
+            import torchvision
+            model = torchvision.models.get_model(name, weights="DEFAULT")
+        else:
+            import timm
+            model = timm.create_model(name, pretrained=True)
+    except Exception as e:  # noqa: BLE001 - offline: URLError, HTTPError, ... from the downloader
+        raise HawqError(f"cannot download the pretrained weights of {arch} ({type(e).__name__}); this "
+                        "machine may be offline - pass --pretrained PATH to a state dict instead") from None
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if linears and linears[-1][1].out_features != num_classes:
+        path, old = linears[-1]
+        parent = model.get_submodule(path.rsplit(".", 1)[0]) if "." in path else model
+        setattr(parent, path.rsplit(".", 1)[-1], nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
+    return model
+
+
+def output_classes(arch: str, size: int) -> int:
+    """Outputs of ``arch``'s model on one ``size``×``size`` image (its class count)."""
+    model = build(arch).eval()
+    try:
+        params = [p for p in inspect.signature(model.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    except (TypeError, ValueError):
+        params = [None]
+    if len(params) != 1:
+        raise HawqError(f"{arch}: forward takes {len(params)} inputs; an image classifier takes one")
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, 3, size, size))
+    except Exception as e:  # noqa: BLE001 - user code
+        line = (str(e).strip().splitlines() or [""])[0]
+        raise HawqError(f"{arch}: does not run on a 1x3x{size}x{size} input ({type(e).__name__}: {line})") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise HawqError(f"{arch}: returns {getattr(out, 'shape', type(out).__name__)}, not [batch, classes] logits")
+    return int(out.shape[1])

@@ -29,6 +29,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from hawq import numerics as N
+from hawq.errors import HawqError
 from hawq.quant.graph import Q
 from hawq.quant.modules import QuantAct, QuantBnConv2d, QuantLinear
 
@@ -214,7 +215,12 @@ def reconstruct(model: nn.Module, images: torch.Tensor, s: ReconSettings, seed: 
                 progress: bool = True) -> list[tuple[str, float]]:
     """Reconstruct every unit in forward order (:func:`units`); returns (unit name, final loss)."""
     g = torch.Generator().manual_seed(seed)
-    todo = units(model, blockwise=s.method in ("brecq", "qdrop"))
+    blockwise = s.method in ("brecq", "qdrop")
+    if blockwise and not getattr(model, "stage_names", ()):
+        # a captured model's blocks are not modules its program calls: no block inputs to record
+        raise HawqError(f"--recon {s.method} reconstructs residual blocks; a captured model "
+                        f"({getattr(model, 'arch', '')}) supports --recon adaround (layer by layer) for now")
+    todo = units(model, blockwise=blockwise)
     ref = copy.deepcopy(model)           # the float model, before any unit is hardened
     ref_units = dict(ref.named_modules())
     report = []
