@@ -62,8 +62,8 @@ def _models(arch: str, scheme: str, num_classes: int, shape, fp_cache: dict):
         # A released FP checkpoint (trained on the embedded dataset) fixes the class count.
         fp_cache[arch] = fp_model(arch, f.num_classes if f else num_classes, weights=f).eval()
     fp = fp_cache[arch]
-    num_classes = fp.output.fc.out_features if isinstance(fp.output, torch.nn.Sequential) else fp.output.out_features \
-        if isinstance(fp.output, torch.nn.Linear) else fp.output.out_channels
+    with torch.no_grad():           # the head's width, whatever the model calls its head
+        num_classes = int(fp(torch.zeros(1, *shape[1:])).shape[1])
     qat = Path("checkpoints") / f"{arch}_{scheme}.pth.tar"
     if qat.is_file():
         return fp, load_quant_checkpoint(str(qat))[0]
