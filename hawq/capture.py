@@ -39,8 +39,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 from hawq.errors import HawqError
 from hawq.models.base import QuantModel
 from hawq.quant.config import QuantConfig
-from hawq.quant.modules import (QuantAct, QuantAveragePool2d, QuantBnConv2d, QuantConcat, QuantLinear,
-                                QuantMaxPool2d, QuantReLU, QuantReLU6, QuantWindowAvgPool2d)
+from hawq.quant.modules import (QuantAct, QuantAveragePool2d, QuantBnConv2d, QuantConcat, QuantFlatten,
+                                QuantLinear, QuantMaxPool2d, QuantReLU, QuantReLU6, QuantWindowAvgPool2d)
 
 __all__ = ["capture", "QuantGraphModel", "trace"]
 
@@ -238,6 +238,16 @@ class _Mapper:
             self.flatten(n, self.arg(n, n.args[0]))
         elif f in _PASS_FN:
             self.vals[n] = self.arg(n, n.args[0])
+        elif f in (F.avg_pool2d, F.max_pool2d, F.max_pool2d_with_indices) or getattr(f, "__name__", "") == "_max_pool2d":
+            # the functional pools as their modules (same arguments), named after the calling module
+            is_max = f is not F.avg_pool2d
+            pool = (nn.MaxPool2d if is_max else nn.AvgPool2d)(*n.args[1:], **n.kwargs)
+            scope = _scope(n)
+            name = f"{scope}.{'max' if is_max else 'avg'}pool" if scope else ("maxpool" if is_max else "avgpool")
+            if is_max:
+                self.maxpool(n, pool, name)
+            else:
+                self.avgpool(n, pool, name)
         elif f is F.adaptive_avg_pool2d:
             self.global_pool(n, self.arg(n, n.args[0]), _scope(n) or "pool")
         elif f is operator.getitem and n.args[0] not in self.vals:
@@ -291,8 +301,8 @@ class _Mapper:
         self.vals[n] = _Val(self.call(self.shared("relu6", self.relu6), v.node), v.kind, True, v.flat)
 
     def maxpool(self, n: fx.Node, m: nn.MaxPool2d, path: str) -> None:
-        if m.ceil_mode or m.dilation not in (1, (1, 1)) or m.return_indices:
-            raise self.fail(n, "MaxPool2d", "with ceil_mode, dilation or indices is not supported")
+        if m.dilation not in (1, (1, 1)) or m.return_indices:
+            raise self.fail(n, "MaxPool2d", "with dilation or indices is not supported")
         v = self.arg(n, n.args[0])
         name = self.add_module(path, QuantMaxPool2d(m))
         self.vals[n] = _Val(self.call(name, v.node), v.kind, v.nonneg, v.flat)
@@ -326,11 +336,20 @@ class _Mapper:
         return sorted(dims if isinstance(dims, (list, tuple)) else [dims]) in ([2, 3], [-2, -1]) and not keep
 
     def flatten(self, n: fx.Node, v: _Val) -> None:
-        shape = self.spatial(n)
-        if v.flat and len(shape) == 2:
+        shape, src = self.spatial(n), n.args[0]
+        if len(shape) != 2:
+            raise self.fail(n, "flatten/view", f"to {list(shape)} is not supported (only to [batch, features])")
+        if v.flat:
             self.vals[n] = v                           # [B, C] already: the pool produced it
             return
-        raise self.fail(n, "flatten/view", "of a spatial tensor is not supported (only after a global pool)")
+        if v.kind == "float":
+            raise self.fail(n, "flatten/view", "of the raw input is not supported")
+        # a classifier reading a whole feature map (VGG, AlexNet): quantize the map, then flatten it
+        users = [u for u in n.users if u.op == "call_module"]
+        x = self.quantized(src, str(users[0].target) if users else (_scope(n) or n.name))
+        name = (str(n.target) if n.op == "call_module" else f"{_scope(n)}.flatten" if _scope(n) else "flatten")
+        name = self.add_module(name, QuantFlatten())
+        self.vals[n] = _Val(self.call(name, x.node), "act", x.nonneg, flat=True)
 
     def add(self, n: fx.Node) -> None:
         a, b = (self.arg(n, x) for x in n.args[:2])

@@ -256,6 +256,18 @@ class Relu(Op):
 
 
 @dataclass(kw_only=True)
+class Flatten(Op):
+    """[B, C, H, W] -> [B, C·H·W] in C, H, W order (PyTorch's ``flatten(1)`` before a classifier
+    that reads a whole feature map: VGG, AlexNet); the integers are unchanged."""
+    OP: ClassVar[str] = "flatten"
+
+    def shape(self, x):
+        if len(x) != 4:
+            self.fail(f"expects a [B, C, H, W] input, got {x}")
+        return (x[0], x[1] * x[2] * x[3])
+
+
+@dataclass(kw_only=True)
 class Clamp(Op):
     """Per-channel clamp ``min(max(q, qmin), qmax[c])``: ReLU6 on an accumulator of scale S_c is
     ``clamp(acc, 0, floor(6 / S_c))`` (docs/numerics.md §8a). ``qmax``: int64 [C] (or [1])."""
@@ -305,15 +317,29 @@ class Concat(Op):
 
 @dataclass(kw_only=True)
 class MaxPool2d(Op):
-    """Max over k×k windows; padding never wins (it is −∞)."""
+    """Max over k×k windows; padding never wins (it is −∞). ``ceil_mode``: PyTorch's: the output
+    size rounds up, the extra windows reading −∞ past the bottom/right edge (:meth:`extra_padding`)."""
     OP: ClassVar[str] = "maxpool2d"
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("ceil_mode",)
     kernel: list[int]
     stride: list[int]
     padding: list[int]
+    ceil_mode: bool = False
+
+    def out_size(self, size: int, axis: int) -> int:
+        k, s, p = _pair(self.kernel)[axis], _pair(self.stride)[axis], _pair(self.padding)[axis]
+        if not self.ceil_mode:
+            return _window_out(size, k, s, p)
+        out = -(-(size + 2 * p - k) // s) + 1
+        return out - 1 if (out - 1) * s >= size + p else out       # the last window starts inside
+
+    def extra_padding(self, h: int, w: int) -> list[int]:
+        """[bottom, right] −∞ padding beyond ``padding`` that ceil_mode's last windows read."""
+        return [max(0, (self.out_size(n, a) - 1) * _pair(self.stride)[a] + _pair(self.kernel)[a]
+                    - (n + 2 * _pair(self.padding)[a])) for a, n in enumerate((h, w))]
 
     def shape(self, x):
-        (kh, kw), (sh, sw), (ph, pw) = _pair(self.kernel), _pair(self.stride), _pair(self.padding)
-        return (x[0], x[1], _window_out(x[2], kh, sh, ph), _window_out(x[3], kw, sw, pw))
+        return (x[0], x[1], self.out_size(x[2], 0), self.out_size(x[3], 1))
 
 
 @dataclass(kw_only=True)
@@ -377,7 +403,7 @@ class GlobalAvgPoolTrunc(GlobalAvgPoolSum):
 
 
 OPS: dict[str, type[Op]] = {c.OP: c for c in (Quantize, Conv2d, Dense, Requant, RequantAdd, Relu, Clamp, Concat,
-                                              MaxPool2d, AvgPool2d, GlobalAvgPoolSum, GlobalAvgPoolTrunc)}
+                                              MaxPool2d, AvgPool2d, GlobalAvgPoolSum, GlobalAvgPoolTrunc, Flatten)}
 
 
 def requant_bounds(qmin: int, qmax: int, in_lo: int, multiplier) -> Interval:

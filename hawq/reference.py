@@ -102,6 +102,11 @@ def _relu(node, x):
     return np.maximum(x, 0)
 
 
+@IMPL.register(ir.Flatten)
+def _flatten(node, x):
+    return x.reshape(x.shape[0], -1)
+
+
 @IMPL.register(ir.Clamp)
 def _clamp(node: ir.Clamp, x):
     return np.minimum(np.maximum(x, node.qmin), _per_channel(node.qmax, x.ndim))
@@ -114,6 +119,9 @@ def _concat(node: ir.Concat, *xs):
 
 @IMPL.register(ir.MaxPool2d)
 def _maxpool2d(node: ir.MaxPool2d, x):
+    eh, ew = node.extra_padding(x.shape[2], x.shape[3])
+    if eh or ew:
+        x = np.pad(x, ((0, 0), (0, 0), (0, eh), (0, ew)), constant_values=_INT_MIN)
     return _windows(x, node.kernel, node.stride, node.padding, _INT_MIN).max(axis=(4, 5))
 
 

@@ -25,11 +25,15 @@ SIDE = 32
 
 #: torchvision builders that need no new numerics (issue 27's list; vgg/alexnet need a spatial
 #: flatten, googlenet/inception_v3/squeezenet ceil-mode pools: not yet).
-FAST = [("resnet18", "uniform4"), ("mobilenet_v2", "uniform8"), ("mnasnet0_5", "uniform4")]
-SLOW = [(n, s) for n in ("resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "regnet_x_400mf",
-                         "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2", "regnet_x_800mf",
-                         "regnet_x_1_6gf", "mobilenet_v2", "mnasnet0_75", "mnasnet1_0", "mnasnet1_3")
+FAST = [("resnet18", "uniform4"), ("mobilenet_v2", "uniform8"), ("mnasnet0_5", "uniform4"), ("squeezenet1_1", "uniform8")]
+SLOW = [(n, s, SIDE) for n in ("resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "regnet_x_400mf",
+                               "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2", "regnet_x_800mf",
+                               "regnet_x_1_6gf", "mobilenet_v2", "mnasnet0_75", "mnasnet1_0", "mnasnet1_3",
+                               "googlenet", "squeezenet1_0", "squeezenet1_1")
         for s in ("uniform8", "uniform4")]
+# inception_v3 needs 75 px; vgg/alexnet's adaptive pool is the identity (7x7, 6x6) only at 224
+SLOW += [("inception_v3", s, 80) for s in ("uniform8", "uniform4")]
+SLOW += [(n, "uniform8", 224) for n in ("vgg11_bn", "alexnet")]
 
 
 def _randomize_bn(model: torch.nn.Module) -> None:
@@ -43,7 +47,7 @@ def _randomize_bn(model: torch.nn.Module) -> None:
             m.running_var = torch.rand(c, generator=g) + 0.5
 
 
-def _calibrated(arch: str, scheme: str):
+def _calibrated(arch: str, scheme: str, side: int = SIDE):
     torch.manual_seed(0)
     fp = fp_model(arch, 10)
     _randomize_bn(fp)
@@ -51,7 +55,7 @@ def _calibrated(arch: str, scheme: str):
     with torch.no_grad():
         model.train()
         for _ in range(2):
-            model(torch.randn(4, 3, SIDE, SIDE))
+            model(torch.randn(4, 3, side, side))
     return model.eval()
 
 
@@ -63,11 +67,11 @@ def _tvm(graph: dict, x: np.ndarray) -> np.ndarray:
     return Runner(built.executable, device_of("llvm"), x.shape[0], built.isa_name)(x)
 
 
-def _three_way(name: str, scheme: str, tvm: bool) -> None:
+def _three_way(name: str, scheme: str, tvm: bool, side: int = SIDE) -> None:
     arch = f"torchvision:{name}"
-    model = _calibrated(arch, scheme)
-    x = torch.randn(2, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(1)) * 1.5
-    graph = export_integer(model, (3, SIDE, SIDE))["graph"]
+    model = _calibrated(arch, scheme, side)
+    x = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(1)) * 1.5
+    graph = export_integer(model, (3, side, side))["graph"]
     qat = model.forward_int(x).numpy()
     ref = run_graph(graph, x.numpy())
     assert np.abs(ref).max() > 0
@@ -83,10 +87,38 @@ def test_torchvision_bit_exact(name, scheme):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, scheme", SLOW)
-def test_torchvision_bit_exact_full(name, scheme):
+@pytest.mark.parametrize("name, scheme, side", SLOW)
+def test_torchvision_bit_exact_full(name, scheme, side):
     pytest.importorskip("tvm")
-    _three_way(name, scheme, tvm=True)
+    _three_way(name, scheme, tvm=True, side=side)
+
+
+def test_flatten_of_a_feature_map_and_ceil_mode_pools_are_exact():
+    """A VGG-style classifier over a 4x4 map, a ceil-mode pool, a conv without BN, and a hidden
+    linear layer followed by another quantizer: QAT eval == reference == TVM (NHWC and NCHW)."""
+    pytest.importorskip("tvm")
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2, ceil_mode=True), torch.nn.AdaptiveAvgPool2d((4, 4)), torch.nn.Flatten(),
+        torch.nn.Linear(128, 32), torch.nn.ReLU(), torch.nn.Dropout(), torch.nn.Linear(32, 10))
+    x = torch.randn(2, 3, 15, 15)                      # 15 -> 7 -> ceil: 4
+    q = capture(m, x)
+    with torch.no_grad():
+        q(torch.randn(4, 3, 15, 15))
+    q.eval()
+    graph = export_integer(q, (3, 15, 15))["graph"]
+    assert [n["op"] for n in graph["nodes"]].count("flatten") == 1
+    assert any(n["op"] == "maxpool2d" and n.get("ceil_mode") for n in graph["nodes"])
+    ref = run_graph(graph, x.numpy())
+    assert (q.forward_int(x).numpy() == ref).all()
+    from tvm_benchmark.compile import compile_program
+    from tvm_benchmark.runtime import Runner
+    from tvm_benchmark.targets import device_of
+    for fast in (True, False):
+        built = compile_program(graph, x.shape, "llvm", 2, fast=fast)
+        assert (Runner(built.executable, device_of("llvm"), 2, built.isa_name)(x.numpy()) == ref).all()
 
 
 def test_layer_names_are_the_models_own_and_schemes_match_hawqs_figures():

@@ -360,6 +360,13 @@ class _Builder:
         x = self.centered(x)
         return self.emit(relax.op.maximum(x.expr, relax.const(0, x.dtype)))
 
+    def flatten(self, node: ir.Flatten, x: Value) -> relax.Expr:
+        """PyTorch's C, H, W order whatever the program's layout (NHWC goes back to NCHW first)."""
+        x = self.centered(x)
+        e = self.to_graph_layout(x.expr)
+        b = int(e.ty.shape[0])
+        return self.emit(relax.op.reshape(e, [b, -1]))
+
     def clamp(self, node: ir.Clamp, x: Value, out: Interval) -> relax.Expr:
         """Per-channel upper bound (ReLU6 on an accumulator), then the narrowest container."""
         x = self.centered(x)
@@ -378,8 +385,11 @@ class _Builder:
     def maxpool2d(self, node: ir.MaxPool2d, x: Value) -> relax.Expr:
         x = self.centered(x)
         p = [int(v) for v in node.padding]
+        shape = [int(d) for d in x.expr.ty.shape]
+        h, w = (shape[2], shape[3]) if self.layout == "NCHW" else (shape[1], shape[2])
+        eh, ew = node.extra_padding(h, w)        # ceil_mode as explicit bottom/right padding: PyTorch's sizes
         return self.emit(relax.op.nn.max_pool2d(x.expr, [int(k) for k in node.kernel],
-                                                [int(s) for s in node.stride], [p[0], p[1], p[0], p[1]],
+                                                [int(s) for s in node.stride], [p[0], p[1], p[0] + eh, p[1] + ew],
                                                 layout=self.layout))
 
     def avgpool2d(self, node: ir.AvgPool2d, x: Value, out: Interval) -> relax.Expr:
@@ -431,7 +441,7 @@ for _cls, _meth in ((ir.Quantize, _Builder.quantize), (ir.Conv2d, _Builder.conv2
                     (ir.Requant, _Builder.requant), (ir.RequantAdd, _Builder.requant_add), (ir.Relu, _Builder.relu),
                     (ir.Clamp, _Builder.clamp), (ir.Concat, _Builder.concat), (ir.MaxPool2d, _Builder.maxpool2d),
                     (ir.AvgPool2d, _Builder.avgpool2d), (ir.GlobalAvgPoolSum, _Builder.global_avgpool_sum),
-                    (ir.GlobalAvgPoolTrunc, _Builder.global_avgpool_trunc)):
+                    (ir.GlobalAvgPoolTrunc, _Builder.global_avgpool_trunc), (ir.Flatten, _Builder.flatten)):
     LOWER.register(_cls)(_meth)
 _TAKES_OUT = {_Builder.requant, _Builder.requant_add, _Builder.clamp, _Builder.avgpool2d}
 

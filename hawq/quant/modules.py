@@ -669,10 +669,11 @@ class QuantMaxPool2d(nn.Module):
     def __init__(self, pool: nn.MaxPool2d):
         super().__init__()
         self.kernel_size, self.stride, self.padding = pool.kernel_size, pool.stride, pool.padding
+        self.ceil_mode = bool(pool.ceil_mode)
         self.layer_name = ""
 
     def _pool(self, v):
-        return F.max_pool2d(v, self.kernel_size, self.stride, self.padding)
+        return F.max_pool2d(v, self.kernel_size, self.stride, self.padding, ceil_mode=self.ceil_mode)
 
     def forward(self, x: Q) -> Q:
         if self.training:
@@ -682,7 +683,26 @@ class QuantMaxPool2d(nn.Module):
         rec = active()
         if rec:
             k, s, p = (_pair(v) for v in (self.kernel_size, self.stride, self.padding))
-            rec.add(ir.MaxPool2d, self.layer_name, [x.value], y, kernel=k, stride=s, padding=p)
+            rec.add(ir.MaxPool2d, self.layer_name, [x.value], y, kernel=k, stride=s, padding=p, ceil_mode=self.ceil_mode)
+        return Q(y, x.scale)
+
+
+class QuantFlatten(nn.Module):
+    """``flatten(1)`` of a quantized feature map [B, C, H, W] -> [B, C·H·W] (per-tensor scale: the
+    activation quantizer comes before it, so every feature keeps its grid)."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer_name = ""
+
+    def forward(self, x: Q) -> Q:
+        if x.scale is not None and x.scale.numel() != 1:
+            raise HawqError(f"'{self.layer_name}': flatten needs one scale for the whole tensor")
+        y = x.value.flatten(1)
+        if not self.training:
+            rec = active()
+            if rec:
+                rec.add(ir.Flatten, self.layer_name, [x.value], y)
         return Q(y, x.scale)
 
 
