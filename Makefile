@@ -48,6 +48,7 @@ hawq-conformance: setup
 
 bench: setup
 	$(PY) -m hawq.bench --quantizer minmax lsq pact dorefa --ddp 2
+	$(PY) -m hawq.api_bench --models resnet50 mobilenet_v2 --input-size 224 --images 64
 	$(PY) -m tvm_benchmark.bench -a resnet18 resnet50 --quant-scheme uniform8 uniform4 bops_0.5 -b 1 8 --threads 2
 	$(PY) -m tvm_benchmark.bench -a mobilenetv2_w1 regnetx006 inceptionv3 --quant-scheme uniform8 uniform4 -b 1 8 --threads 2
 

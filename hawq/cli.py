@@ -77,7 +77,8 @@ def add_arch_arg(p: argparse.ArgumentParser, default: str | list[str] | None = "
         kw["required"] = True
     else:
         kw["default"] = default
-    p.add_argument("-a", "--arch", type=arch_name, help=help or f"one of: {', '.join(ARCHS)}", **kw)
+    p.add_argument("-a", "--arch", type=arch_name, help=help or f"one of: {', '.join(ARCHS)}; or any CNN as "
+                   "torchvision:NAME, timm:NAME or path/to/file.py:FUNCTION (captured with torch.fx)", **kw)
 
 
 def add_quant_scheme_arg(p: argparse.ArgumentParser, default: str | list[str] | None = None, *,

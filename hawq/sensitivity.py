@@ -162,6 +162,10 @@ def _bn_of_conv(model: nn.Module) -> dict[int, nn.BatchNorm2d]:
 
 def weight_layers(model: nn.Module, arch: str) -> list[WeightLayer]:
     """The conv/linear layers of the pytorchcv FP ``model`` of ``arch``, in ``quant_layers`` order."""
+    info = arch_info(arch)
+    if info.family != "resnet":
+        raise HawqError(f"Hessian sensitivities are implemented for the ResNet-family archs, not {arch} "
+                        f"({info.family}): pass a bit_config JSON to quant_train.py instead")
     bns = _bn_of_conv(model)
     out = []
     for name, kind, module, _feeding in _layer_plan(model, arch_info(arch)):

@@ -13,6 +13,7 @@ import torch
 import torchvision
 
 import hawq
+from conftest import randomize_bn
 from hawq.bit_config import load_scheme, table_rows
 from hawq.capture import capture
 from hawq.errors import HawqError
@@ -36,21 +37,10 @@ SLOW += [("inception_v3", s, 80) for s in ("uniform8", "uniform4")]
 SLOW += [(n, "uniform8", 224) for n in ("vgg11_bn", "alexnet")]
 
 
-def _randomize_bn(model: torch.nn.Module) -> None:
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            c = m.num_features
-            m.weight.data = torch.rand(c, generator=g) * 0.8 + 0.4
-            m.bias.data = torch.randn(c, generator=g) * 0.2
-            m.running_mean = torch.randn(c, generator=g) * 0.2
-            m.running_var = torch.rand(c, generator=g) + 0.5
-
-
 def _calibrated(arch: str, scheme: str, side: int = SIDE):
     torch.manual_seed(0)
     fp = fp_model(arch, 10)
-    _randomize_bn(fp)
+    randomize_bn(fp)
     model = quant_model(arch, load_scheme(arch, scheme), 10, fp=fp)
     with torch.no_grad():
         model.train()
@@ -290,3 +280,22 @@ def test_bad_specs_and_weights_are_one_line_errors(tmp_path):
         lines = r.stderr.strip().splitlines()
         assert r.returncode != 0 and len(lines) == 1 and message in lines[0], (args, r.stderr[-2000:])
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "squeezenet1_1"])
+def test_torchvision_tensorcore_program_emulated(name, monkeypatch):
+    """--target cuda (sm_90 tensor-core schedule, each PTX instruction emulated on llvm) on captured
+    graphs: a residual net, and a ceil-mode pool + concat one."""
+    tvm = pytest.importorskip("tvm")
+    from tvm_benchmark.compile import compile_program
+    from tvm_benchmark.runtime import Runner
+    from tvm_benchmark.targets import cuda_available
+    if cuda_available():
+        pytest.skip("a visible GPU overrides HAWQ_CUDA_ARCH")
+    monkeypatch.setenv("HAWQ_CUDA_ARCH", "sm_90")
+    model = _calibrated(f"torchvision:{name}", "uniform8")
+    x = (torch.randn(2, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(1)) * 1.5).numpy()
+    graph = export_integer(model, (3, SIDE, SIDE))["graph"]
+    built = compile_program(graph, x.shape, "cuda", emulate=True)
+    assert (Runner(built.executable, tvm.cpu(0), 2)(x) == run_graph(graph, x)).all()

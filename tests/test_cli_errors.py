@@ -104,7 +104,7 @@ def test_every_entry_point_rejects_an_unknown_arch_the_same_way(module, argv, ca
     assert exc.value.code == 2
     assert capsys.readouterr().err.splitlines() == [
         "error: unknown arch 'resnet7'; supported: resnet18, resnet50, resnet50b, resnet101, resnet20_cifar10, "
-        "regnetx006, mobilenetv2_w1, inceptionv3"]
+        "regnetx006, mobilenetv2_w1, inceptionv3, torchvision:NAME, timm:NAME, path/to/file.py:FUNCTION"]
     assert list(tmp_path.iterdir()) == []
 
 
