@@ -55,6 +55,15 @@ RELEASES += [
                                       "--act-range-momentum", "0.99", "--wd", "1e-4", "--pretrained", MB_FP_FILE,
                                       "--save-path", f"{RUNS}/{MB}_uniform8", *_MB_COMMON]),
 ]
+TV = "torchvision:resnet18"
+# A user's architecture (torchvision's, captured with torch.fx) trained by the default recipe; its
+# PTQ and QAT results are in the README ("Your own model"). Released without optimizer state.
+RELEASES += [
+    (f"{OUT}/torchvision_resnet18_fp32.pth.tar", ["-a", TV, "--quant-scheme", "fp32",
+                                                  "--save-path", f"{RUNS}/torchvision_resnet18_fp32", "--no-progress"]),
+]
+#: Released files stored without the optimizer state (the weights alone are 45 MB).
+WEIGHTS_ONLY = {f"{OUT}/torchvision_resnet18_fp32.pth.tar"}
 MANIFEST_FIELDS = ("file", "sha256", "arch", "scheme", "dataset", "top1", "command")
 
 
@@ -88,7 +97,20 @@ def train_all(only: list[str] | None = None) -> None:
             continue
         print(f"$ {command_of(argv)}", flush=True)
         run(argv)
-        shutil.copyfile(os.path.join(_arg(argv, "--save-path"), "model_best.pth.tar"), dest)
+        publish(os.path.join(_arg(argv, "--save-path"), "model_best.pth.tar"), dest)
+
+
+def publish(src: str, dest: str) -> None:
+    """Copy a run's best checkpoint to ``dest`` (atomically); for :data:`WEIGHTS_ONLY` files
+    without the optimizer state, which only ``--resume`` of that very run would use."""
+    if dest not in WEIGHTS_ONLY:
+        shutil.copyfile(src, dest)
+        return
+    import torch
+    from hawq.checkpoint import save_atomic
+    ckpt = torch.load(src, map_location="cpu", weights_only=True)
+    ckpt.pop("optimizer", None)
+    save_atomic(ckpt, dest)
 
 
 def manifest_row(dest: str, argv: list[str]) -> dict:

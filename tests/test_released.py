@@ -23,11 +23,12 @@ def test_manifest_lists_every_release():
     assert [r["file"] for r in ROWS] == [os.path.basename(d) for d, _ in RELEASES]
     assert {(r["arch"], r["scheme"]) for r in ROWS} == {
         ("resnet20_cifar10", s) for s in ("fp32", "uniform8", "uniform4", "mixed_stage1_8bit")} | {
-        ("mobilenetv2_w1", s) for s in ("fp32", "uniform8")}
+        ("mobilenetv2_w1", s) for s in ("fp32", "uniform8")} | {("torchvision:resnet18", "fp32")}
     for r in ROWS:
         path = os.path.join(CKPT_DIR, r["file"])
         assert sha256(path) == r["sha256"], r["file"]
-        assert os.path.getsize(path) < (4 if r["arch"] == "resnet20_cifar10" else 25) * 2 ** 20
+        limit = {"resnet20_cifar10": 4, "torchvision:resnet18": 45}.get(r["arch"], 25)   # MiB; 11.2M weights
+        assert os.path.getsize(path) < limit * 2 ** 20
         assert r["command"].startswith("python quant_train.py ") and f"--quant-scheme {r['scheme']}" in r["command"]
 
 
