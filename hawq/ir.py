@@ -363,7 +363,9 @@ class AvgPool2d(Op):
         if self.mode not in ("sum", "trunc_mean"):
             self.fail(f"unknown mode {self.mode!r}")
 
-    shape = MaxPool2d.shape
+    def shape(self, x):
+        (kh, kw), (sh, sw), (ph, pw) = _pair(self.kernel), _pair(self.stride), _pair(self.padding)
+        return (x[0], x[1], _window_out(x[2], kh, sh, ph), _window_out(x[3], kw, sw, pw))
 
     def bounds(self, ins, shapes):
         n = int(self.divisor)
