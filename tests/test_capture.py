@@ -299,3 +299,10 @@ def test_torchvision_tensorcore_program_emulated(name, monkeypatch):
     graph = export_integer(model, (3, SIDE, SIDE))["graph"]
     built = compile_program(graph, x.shape, "cuda", emulate=True)
     assert (Runner(built.executable, tvm.cpu(0), 2)(x) == run_graph(graph, x)).all()
+
+
+def test_capture_report_status_lines():
+    from hawq.capture_report import status
+    assert status("resnet18", 224) == "captured: 47 quantized layers"
+    assert status("vit_b_16", 224) == ("encoder.layers.encoder_layer_0.ln_1 (LayerNorm) has no integer-only "
+                                       "implementation")
