@@ -14,6 +14,7 @@ same graph with TVM.
 """
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Iterable, Mapping
 
@@ -22,9 +23,11 @@ import torch
 import torch.nn as nn
 
 from hawq import ir
+from hawq.bit_config import bits_of_layers
 from hawq.capture import QuantGraphModel, capture
 from hawq.errors import HawqError
 from hawq.export import export_integer, record_graph, save_artifact
+from hawq.models.layers import model_layers
 from hawq.quant.config import QuantConfig
 from hawq.reference import run_graph
 
@@ -38,10 +41,12 @@ def _as_batch(example_inputs) -> torch.Tensor:
     return x.float()
 
 
-def scheme_of(model: QuantGraphModel, scheme: str | Mapping[str, int] | None, w_bits: int, a_bits: int) -> dict[str, int]:
+def scheme_of(model: QuantGraphModel, scheme: str | Mapping[str, int] | None, w_bits: int, a_bits: int,
+              input_size: int) -> dict[str, int]:
     """{layer: bits}: ``scheme`` as given (a mapping, or ``uniformN``), else every conv/linear at
     ``w_bits`` and activation at ``a_bits`` with the model input, first conv, last linear and the
-    quantizer feeding it at 8 and residual accumulators at 16 (HAWQ's convention)."""
+    quantizer feeding it at 8 and residual accumulators at 16 (HAWQ's convention,
+    :func:`hawq.bit_config.bits_of_layers` of the model's inventory at ``input_size`` pixels)."""
     if isinstance(scheme, Mapping):
         return dict(scheme)
     if scheme is not None:
@@ -51,17 +56,9 @@ def scheme_of(model: QuantGraphModel, scheme: str | Mapping[str, int] | None, w_
     for what, b in (("w_bits", w_bits), ("a_bits", a_bits)):
         if b not in range(2, 9):
             raise HawqError(f"{what} must be between 2 and 8, got {b}")
-    names = model.quant_layer_names()
-    modules = dict(model.named_modules())
-    from hawq.quant.modules import QuantAct
-    bits = {}
-    for n in names:
-        m = modules[n]
-        bits[n] = (16 if m.role == "accumulator" else a_bits) if isinstance(m, QuantAct) else w_bits
-    weighted = [n for n in names if not isinstance(modules[n], QuantAct)]
-    keep = {"quant_input", weighted[0], weighted[-1], f"{weighted[-1]}_act"}
-    bits.update({k: 8 for k in keep if k in bits})
-    return bits
+    # the inventory's training-mode forward moves activation ranges: read it off a copy
+    specs = model_layers(copy.deepcopy(model), input_size)
+    return bits_of_layers(specs, w_bits, a_bits, first_last_8bit=True)
 
 
 def _calib_images(calib_data, limit: int | None) -> torch.Tensor:
@@ -90,8 +87,9 @@ def quantize(model: nn.Module, example_inputs, calib_data: Iterable, w_bits: int
     if recon not in ("none", "adaround"):
         raise HawqError(f"recon {recon!r}: a captured model supports none or adaround (layer-wise)")
     config = (config or QuantConfig()).replace(fix_BN=True)
-    q = capture(model, _as_batch(example_inputs), config)
-    q.apply_bit_config(scheme_of(q, scheme, w_bits, a_bits))
+    example = _as_batch(example_inputs)
+    q = capture(model, example, config)
+    q.apply_bit_config(scheme_of(q, scheme, w_bits, a_bits, example.shape[-1]))
     settings = PTQSettings(w_observer=w_observer, a_observer=observer,
                            recon=ReconSettings(method=recon, iters=recon_iters))
     ptq_quantize(q, _calib_images(calib_data, calib_batches), settings, progress=progress)
@@ -103,8 +101,9 @@ def prepare_qat(model: nn.Module, example_inputs, scheme: str | Mapping[str, int
                 copy_model: bool = True) -> QuantGraphModel:
     """A float ``model`` ready for quantization-aware training (train mode): train it as any module
     (its ``forward`` returns float logits), then ``eval()`` runs the integer path."""
-    q = capture(model, _as_batch(example_inputs), config or QuantConfig(), copy_model=copy_model)
-    q.apply_bit_config(scheme_of(q, scheme, w_bits, a_bits))
+    example = _as_batch(example_inputs)
+    q = capture(model, example, config or QuantConfig(), copy_model=copy_model)
+    q.apply_bit_config(scheme_of(q, scheme, w_bits, a_bits, example.shape[-1]))
     return q.train()
 
 

@@ -27,12 +27,12 @@ import functools
 import io
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 from hawq.errors import HawqError
-from hawq.models.layers import ARCHS, WEIGHT_KINDS, arch_info, quant_layers
+from hawq.models.layers import ARCHS, WEIGHT_KINDS, LayerSpec, arch_info, quant_layers
 
 BIT_CONFIG_DIR = Path(__file__).resolve().parent / "bit_configs"
 
@@ -101,15 +101,20 @@ def _arch_schemes(arch: str) -> dict[str, dict[str, int]]:
 
 
 def uniform_bits(arch: str, bits: int) -> dict[str, int]:
-    """HAWQ's ``uniformN`` for any arch: every conv, linear and activation quantizer at ``bits``,
-    residual accumulators at 16, and (as in HAWQ-V3's published uniform4) the model input, the
-    first conv, the last linear and the quantizer feeding it at 8."""
-    specs = quant_layers(arch)
-    out = {s.name: 16 if s.kind == "act_int32" else bits for s in specs}
-    weighted = [s for s in specs if s.kind in WEIGHT_KINDS]
-    acts = [s for s in specs if s.kind == "act"]
-    keep = {weighted[0].name, weighted[-1].name, acts[0].name, weighted[-1].input_act} - {None}
-    out.update({k: 8 for k in keep})
+    """HAWQ's ``uniformN`` for any arch (:func:`bits_of_layers` of its inventory, first/last at 8)."""
+    return bits_of_layers(quant_layers(arch), bits, bits, first_last_8bit=True)
+
+
+def bits_of_layers(specs: Sequence[LayerSpec], w_bits: int, a_bits: int, first_last_8bit: bool) -> dict[str, int]:
+    """{layer: bits} of an inventory: every conv/linear at ``w_bits``, every activation quantizer at
+    ``a_bits``, residual accumulators at 16; ``first_last_8bit`` (HAWQ-V3's published uniform4)
+    keeps the model input, the first conv, the last linear and the quantizer feeding it at 8."""
+    out = {s.name: 16 if s.kind == "act_int32" else (w_bits if s.kind in WEIGHT_KINDS else a_bits) for s in specs}
+    if first_last_8bit:
+        weighted = [s for s in specs if s.kind in WEIGHT_KINDS]
+        acts = [s for s in specs if s.kind == "act"]
+        keep = {weighted[0].name, weighted[-1].name, acts[0].name, weighted[-1].input_act} - {None}
+        out.update({k: 8 for k in keep})
     return out
 
 

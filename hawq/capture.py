@@ -1,9 +1,9 @@
 """Capture any traceable CNN: its torch.fx graph mapped onto the quant modules, as a :class:`QuantModel`.
 
-Why torch.fx and not ``torch.export``: ``symbolic_trace`` keeps the model's own modules and their
-paths (``layer1.0.conv1``), which become the layer names of the bit_config, the checkpoint keys and
-the integer graph's node names, and the quantized model keeps training the user's own parameters
-(QAT). ``torch.export`` lowers to aten ops, and those module boundaries survive only as metadata.
+Why torch.fx and not ``torch.export``: fx tracing keeps the model's own modules and their paths
+(``layer1.0.conv1``), which become the layer names of the bit_config, the checkpoint keys and the
+integer graph's node names, and the quantized model holds (and QAT trains) those very conv/BN/linear
+modules, of a copy unless ``copy_model=False``. ``torch.export`` lowers to aten ops, and those module boundaries survive only as metadata.
 
 The float graph is traced in eval mode (the inference topology: no auxiliary heads), then walked
 once in topological order. Every value carries what the integer program knows of it:
@@ -319,7 +319,7 @@ class _Mapper:
             if v.kind == "float":
                 raise self.fail(n, "AvgPool2d", "of the raw input is not supported")
             name = self.add_module(path, QuantWindowAvgPool2d(m, self.config))
-            self.vals[n] = _Val(self.call(name, v.node), "acc" if v.kind != "act" else "acc", v.nonneg)
+            self.vals[n] = _Val(self.call(name, v.node), "acc", v.nonneg)
             return
         raise self.fail(n, type(m).__name__, f"from {shape_in[2:]} to {shape_out[2:]} is not supported "
                         "(only to 1x1, or to the size it already has)")

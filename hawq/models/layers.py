@@ -177,15 +177,24 @@ def _macs_per_image(module: nn.Module, output: torch.Tensor) -> int:
 
 
 def _traced_layers(arch: str) -> tuple[LayerSpec, ...]:
-    """The inventory of a non-ResNet arch, read off its quantized wrapper running one training-mode
-    batch at the canonical input size: quantizers in execution order; a conv/linear's ``input_act``
-    is the quantizer whose grid (the scale object it emitted) reaches the layer's input."""
+    """The inventory of a non-ResNet arch, read off its quantized wrapper at the canonical input size
+    (:func:`model_layers`)."""
     from hawq.models.factory import fp_model, quant_model
-    from hawq.quant.modules import QuantAct, QuantBnConv2d, QuantLinear
 
     info = arch_info(arch)
     torch.manual_seed(0)
-    model = quant_model(arch, {}, info.num_classes, fp=fp_model(arch, info.num_classes)).train()
+    model = quant_model(arch, {}, info.num_classes, fp=fp_model(arch, info.num_classes))
+    return model_layers(model, info.input_size)
+
+
+def model_layers(model: nn.Module, input_size: int) -> tuple[LayerSpec, ...]:
+    """The inventory of a quantized model, read off it running one training-mode batch of two
+    ``input_size``-pixel images (it changes the model's activation ranges: pass a throwaway
+    model): quantizers in execution order; a conv/linear's ``input_act`` is the quantizer whose
+    grid (the scale object it emitted) reaches the layer's input."""
+    from hawq.quant.modules import QuantAct, QuantBnConv2d, QuantLinear
+
+    model.train()
     order: list[LayerSpec] = []
     emitted: dict[int, str] = {}
     seen: set[str] = set()
@@ -199,7 +208,7 @@ def _traced_layers(arch: str) -> tuple[LayerSpec, ...]:
         else:
             feeding = emitted.get(id(inputs[0].scale))
             if feeding is None:
-                raise RuntimeError(f"{arch}: cannot tell which quantizer feeds {name}")
+                raise RuntimeError(f"{getattr(model, 'arch', '')}: cannot tell which quantizer feeds {name}")
             w = module.weight_integer
             macs = output.value.shape[1:].numel() * w.shape[1:].numel()
             order.append(LayerSpec(name, "conv" if isinstance(module, QuantBnConv2d) else "linear",
@@ -208,7 +217,7 @@ def _traced_layers(arch: str) -> tuple[LayerSpec, ...]:
 
     hooks = [m.register_forward_hook(after) for m in model.modules() if isinstance(m, (QuantAct, QuantBnConv2d, QuantLinear))]
     with torch.no_grad():
-        model(torch.randn(2, 3, info.input_size, info.input_size))
+        model(torch.randn(2, 3, input_size, input_size))
     for h in hooks:
         h.remove()
     return tuple(order)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from hawq.bit_config import validate_scheme
+from hawq.bit_config import bits_of_layers, validate_scheme
 from hawq.errors import HawqError
 from hawq.models.layers import quant_layers
 from hawq.ptq.observers import ACT_OBSERVERS, Observer
@@ -51,16 +51,7 @@ def scheme_bits(arch: str, w_bits: int, a_bits: int, first_last_8bit: bool) -> d
     for name, b in (("--w-bits", w_bits), ("--a-bits", a_bits)):
         if b not in BITS:
             raise HawqError(f"{name} must be between 2 and 8, got {b}")
-    specs = quant_layers(arch)
-    bits = {s.name: 16 if s.kind == "act_int32" else (w_bits if s.kind in ("conv", "linear") else a_bits)
-            for s in specs}
-    if first_last_8bit:
-        weighted = [s for s in specs if s.kind in ("conv", "linear")]
-        acts = [s for s in specs if s.kind == "act"]
-        keep = {weighted[0].name, weighted[-1].name, acts[0].name}
-        if weighted[-1].input_act:
-            keep.add(weighted[-1].input_act)
-        bits.update({k: 8 for k in keep})
+    bits = bits_of_layers(quant_layers(arch), w_bits, a_bits, first_last_8bit)
     return validate_scheme(arch, bits)
 
 

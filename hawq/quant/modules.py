@@ -510,11 +510,7 @@ class QuantBnConv2d(_QuantWeightLayer):
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, config: QuantConfig, weight_bit: int = 8):
         super().__init__(conv.weight.shape, "convbn_scaling_factor", config, weight_bit)
-        self.conv = conv
-        if bn is not None:          # bn None: a conv with no BatchNorm after it (its own bias, if any)
-            self.bn = bn
-        else:
-            self.bn = None
+        self.conv, self.bn = conv, bn      # bn None: a conv with no BatchNorm after it (its own bias, if any)
         self.fix_BN, self.fix_BN_threshold = config.fix_BN, config.fix_BN_threshold
         self.register_buffer("fold_step", torch.zeros((), dtype=torch.int64))
 
