@@ -191,7 +191,7 @@ def _num_classes(sd: dict) -> int | None:
 def state_dict_of(ckpt: dict, path: str) -> dict:
     """The model state dict inside a checkpoint: ``ckpt['state_dict']``, ``ckpt['model']`` (timm's,
     torchvision's reference scripts) or a bare state dict."""
-    sd = ckpt.get("state_dict", ckpt.get("model", ckpt) if isinstance(ckpt.get("model"), dict) else ckpt)
+    sd = ckpt.get("state_dict", ckpt["model"] if isinstance(ckpt.get("model"), dict) else ckpt)
     if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise HawqError(f"checkpoint '{path}' has no model state_dict (keys: {sorted(ckpt)[:6]})")
     return strip_prefix(sd)

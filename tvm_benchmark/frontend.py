@@ -386,8 +386,7 @@ class _Builder:
         x = self.centered(x)
         p = [int(v) for v in node.padding]
         shape = [int(d) for d in x.expr.ty.shape]
-        h, w = (shape[2], shape[3]) if self.layout == "NCHW" else (shape[1], shape[2])
-        eh, ew = node.extra_padding(h, w)        # ceil_mode as explicit bottom/right padding: PyTorch's sizes
+        eh, ew = node.extra_padding(*(shape[a] for a in self.hw_axes()))        # ceil_mode as explicit bottom/right padding: PyTorch's sizes
         return self.emit(relax.op.nn.max_pool2d(x.expr, [int(k) for k in node.kernel],
                                                 [int(s) for s in node.stride], [p[0], p[1], p[0] + eh, p[1] + ew],
                                                 layout=self.layout))
