@@ -80,12 +80,13 @@ def quantize(model: nn.Module, example_inputs, calib_data: Iterable, w_bits: int
              config: QuantConfig | None = None, progress: bool = False) -> QuantGraphModel:
     """Post-training quantization of a float ``model`` (not modified): capture, weight grids,
     activation ranges from ``calib_data`` (``calib_batches`` items at most), then ``recon``
-    (``none`` or ``adaround``, layer by layer). Returns the quantized model in eval mode."""
+    (``none``; ``adaround`` layer by layer; ``brecq`` / ``qdrop`` by residual blocks found in the
+    graph, :meth:`hawq.capture.QuantGraphModel.graph_blocks`). Returns the quantized model in eval mode."""
     from hawq.ptq.pipeline import PTQSettings
     from hawq.ptq.pipeline import quantize as ptq_quantize
-    from hawq.ptq.recon import ReconSettings
-    if recon not in ("none", "adaround"):
-        raise HawqError(f"recon {recon!r}: a captured model supports none or adaround (layer-wise)")
+    from hawq.ptq.recon import RECON_METHODS, ReconSettings
+    if recon not in RECON_METHODS:
+        raise HawqError(f"recon {recon!r}: choose one of {', '.join(RECON_METHODS)}")
     config = (config or QuantConfig()).replace(fix_BN=True)
     example = _as_batch(example_inputs)
     q = capture(model, example, config)

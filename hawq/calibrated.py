@@ -23,20 +23,21 @@ from hawq.quant.config import QuantConfig
 
 def calibrated_model(arch: str, scheme: str, *, pretrained: str | None = None, random: bool = False,
                      batches: int = 4, batch_size: int = 16, numerics: str = "exact", seed: int = 0,
-                     data: str | None = None) -> tuple[QuantModel, int]:
+                     data: str | None = None, input_size: int | None = None) -> tuple[QuantModel, int]:
     """(model in eval mode, input side in px) of ``arch`` under ``scheme`` with Fashion-MNIST's 10
     classes, activation ranges calibrated on ``batches`` batches of the embedded training images
-    (``data``: their directory) or, with ``random``, of standard-normal images. BN stays as built
-    (``fix_BN``): calibration changes activation ranges only."""
+    (``data``: their directory) or, with ``random``, of standard-normal images, all ``input_size``
+    pixels square (default :func:`hawq.data.input_size_of`). BN stays as built (``fix_BN``):
+    calibration changes activation ranges only."""
     torch.manual_seed(seed)
+    size = input_size_of("fashion-mnist", arch, input_size)
     fp = fp_model_pretrained(arch, FMNIST_CLASSES, pretrained)
     model = quant_model(arch, load_scheme(arch, scheme), FMNIST_CLASSES, fp=fp,
-                        config=QuantConfig(numerics=numerics, fix_BN=True))
-    size = input_size_of("fashion-mnist", arch)
+                        config=QuantConfig(numerics=numerics, fix_BN=True), input_size=size)
     if random:
         calibrate_random(model, (batch_size, 3, size, size), batches=batches, seed=seed)
     else:
-        loaders = build_loaders("fashion-mnist", data, batch_size, 0, 1.0, seed, arch=arch)
+        loaders = build_loaders("fashion-mnist", data, batch_size, 0, 1.0, seed, arch=arch, input_size=size)
         loaders.train.set_epoch(0)
         calibrate(model, (x for x, _ in itertools.islice(iter(loaders.train), batches)))
     return model.eval(), size

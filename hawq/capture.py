@@ -42,7 +42,7 @@ from hawq.quant.config import QuantConfig
 from hawq.quant.modules import (QuantAct, QuantAveragePool2d, QuantBnConv2d, QuantConcat, QuantFlatten,
                                 QuantLinear, QuantMaxPool2d, QuantReLU, QuantReLU6, QuantWindowAvgPool2d)
 
-__all__ = ["capture", "QuantGraphModel", "trace"]
+__all__ = ["capture", "QuantGraphModel", "GraphUnit", "trace", "weighted_layers"]
 
 _RELU_FN = (F.relu, torch.relu, torch.relu_)
 _ADD_FN = (operator.add, operator.iadd, torch.add)
@@ -51,8 +51,10 @@ _FLATTEN_FN = (torch.flatten,)
 _FLATTEN_METHODS = ("flatten", "view", "reshape")
 _PASS_MODULES = (nn.Dropout, nn.Dropout2d, nn.Identity)
 _PASS_FN = (F.dropout,)
+_PAD_MODULES = (nn.ZeroPad2d, nn.ConstantPad2d)
 _SUPPORTED_MODULES = (nn.Conv2d, nn.BatchNorm2d, nn.Linear, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.MaxPool2d,
-                      nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.Flatten, *_PASS_MODULES)
+                      nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.Flatten, *_PAD_MODULES, *_PASS_MODULES)
+_PAD_FN = tuple({F.pad, getattr(torch._C._nn, "pad", F.pad)})
 
 
 @dataclass
@@ -64,10 +66,25 @@ class _Val:
     flat: bool = False        # [B, C]: after a global pool
 
 
+def _is_bn_act(m: nn.Module) -> bool:
+    """timm's ``BatchNormAct2d`` (and look-alikes): a BatchNorm2d subclass whose forward is batch norm,
+    then its ``drop`` and ``act`` submodules."""
+    return (isinstance(m, nn.BatchNorm2d) and type(m).forward is not nn.BatchNorm2d.forward
+            and type(m).__name__ == "BatchNormAct2d" and hasattr(m, "act") and hasattr(m, "drop"))
+
+
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, with BatchNorm + activation modules (timm's ``BatchNormAct2d``) kept whole:
+    traced through, their hand-copied batch norm would be loose arithmetic on buffers."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return _is_bn_act(m) or super().is_leaf_module(m, qualname)
+
+
 def trace(model: nn.Module, name: str = "model") -> fx.GraphModule:
     """``torch.fx.symbolic_trace`` of ``model`` in eval mode, with one-line errors."""
     model.eval()
-    tracer = fx.Tracer()
+    tracer = _Tracer()
     tracer.record_stack_traces = True            # error messages name the model's source line
     try:
         graph = tracer.trace(model)
@@ -76,6 +93,27 @@ def trace(model: nn.Module, name: str = "model") -> fx.GraphModule:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise HawqError(f"{name}: torch.fx cannot trace it ({type(e).__name__}: {first}); "
                         "data-dependent control flow is not supported") from None
+
+
+def _folded_bn(gm: fx.GraphModule, n: fx.Node) -> fx.Node | None:
+    """The BatchNorm2d node folded into conv node ``n``: its only user, when that is a BatchNorm2d."""
+    if len(n.users) != 1:
+        return None
+    bn = next(iter(n.users))
+    return bn if bn.op == "call_module" and isinstance(gm.get_submodule(bn.target), nn.BatchNorm2d) else None
+
+
+def weighted_layers(model: nn.Module, name: str = "model") -> list[tuple[str, nn.Module, nn.BatchNorm2d | None]]:
+    """(layer name, Conv2d / Linear module, the BatchNorm2d folded into it or None) of a float
+    ``model``, in graph order: the names :func:`capture` gives these layers (the module paths)."""
+    gm = trace(model, name)
+    out = []
+    for n in gm.graph.nodes:
+        if n.op == "call_module" and isinstance(gm.get_submodule(n.target), (nn.Conv2d, nn.Linear)):
+            m = gm.get_submodule(n.target)
+            bn = _folded_bn(gm, n) if isinstance(m, nn.Conv2d) else None
+            out.append((str(n.target), m, gm.get_submodule(bn.target) if bn is not None else None))
+    return out
 
 
 def _source_line(node: fx.Node) -> str:
@@ -105,6 +143,7 @@ class _Mapper:
         self.vals: dict[fx.Node, _Val] = {}
         self.act_of: dict[fx.Node, _Val] = {}          # the <=8-bit quantizer of a value, shared
         self.fused_bn: dict[fx.Node, fx.Node] = {}     # bn node -> its conv node
+        self.pad_of: dict[fx.Node, tuple[fx.Node, tuple[int, int, int, int]]] = {}  # pad -> (source, l r t b)
         self.used: set[str] = set()
         self.relu = QuantReLU()
         self.relu6 = QuantReLU6()
@@ -169,11 +208,10 @@ class _Mapper:
             if n.op == "call_module" and not isinstance(self.gm.get_submodule(n.target), _SUPPORTED_MODULES):
                 raise self.fail(n, type(self.gm.get_submodule(n.target)).__name__)
         for n in nodes:
-            if n.op == "call_module" and isinstance(self.gm.get_submodule(n.target), nn.BatchNorm2d):
-                src = n.args[0]
-                if (isinstance(src, fx.Node) and src.op == "call_module" and len(src.users) == 1
-                        and isinstance(self.gm.get_submodule(src.target), nn.Conv2d)):
-                    self.fused_bn[n] = src
+            if n.op == "call_module" and isinstance(self.gm.get_submodule(n.target), nn.Conv2d):
+                bn = _folded_bn(self.gm, n)
+                if bn is not None:
+                    self.fused_bn[bn] = n
         for n in nodes:
             self.visit(n)
         return self.graph
@@ -204,9 +242,11 @@ class _Mapper:
             self.conv(n, m, path)
         elif isinstance(m, nn.BatchNorm2d):
             if n not in self.fused_bn:
-                raise self.fail(n, "BatchNorm2d", "does not follow a convolution it can be folded into "
+                raise self.fail(n, type(m).__name__, "does not follow a convolution it can be folded into "
                                 "(a standalone BatchNorm has no integer implementation yet)")
             self.vals[n] = self.vals[self.fused_bn[n]]
+            if _is_bn_act(m):
+                self.bn_act(n, m, path)
         elif isinstance(m, nn.Linear):
             self.linear(n, m, path)
         elif isinstance(m, nn.ReLU):
@@ -219,6 +259,8 @@ class _Mapper:
             self.avgpool(n, m, path)
         elif isinstance(m, nn.Flatten):
             self.flatten(n, self.arg(n, n.args[0]))
+        elif isinstance(m, _PAD_MODULES):
+            self.pad(n, tuple(m.padding), getattr(m, "value", 0.0))
         elif isinstance(m, _PASS_MODULES):
             self.vals[n] = self.arg(n, n.args[0])
         else:
@@ -238,6 +280,11 @@ class _Mapper:
             self.flatten(n, self.arg(n, n.args[0]))
         elif f in _PASS_FN:
             self.vals[n] = self.arg(n, n.args[0])
+        elif f in _PAD_FN:
+            args = dict(zip(("input", "pad", "mode", "value"), n.args), **n.kwargs)
+            if args.get("mode", "constant") != "constant":
+                raise self.fail(n, "pad", f"mode {args['mode']!r} is not supported (zero padding is)")
+            self.pad(n, tuple(args["pad"]), args.get("value") or 0.0)
         elif f in (F.avg_pool2d, F.max_pool2d, F.max_pool2d_with_indices) or getattr(f, "__name__", "") == "_max_pool2d":
             # the functional pools as their modules (same arguments), named after the calling module
             is_max = f is not F.avg_pool2d
@@ -271,13 +318,50 @@ class _Mapper:
             raise self.fail(n, f"Tensor.{m}")
 
     # -- ops ------------------------------------------------------------------------------------
+    def pad(self, n: fx.Node, pad: tuple[int, ...], value) -> None:
+        """Explicit zero padding (``nn.ZeroPad2d``, ``F.pad``): folded into the convolution(s) that
+        read it, so it must feed convolutions only."""
+        if value != 0 or len(pad) not in (2, 4) or min(pad) < 0:
+            raise self.fail(n, "pad", f"{pad} with value {value} is not supported (zero padding of H, W is)")
+        if not n.users or any(u.op != "call_module" or not isinstance(self.gm.get_submodule(u.target), nn.Conv2d)
+                              for u in n.users):
+            raise self.fail(n, "pad", "is supported before a convolution only (folded into its padding)")
+        src, l, r, t, b = n.args[0], *pad, *((0, 0) if len(pad) == 2 else ())
+        if src in self.pad_of:                       # padding of padding: one padding
+            src, (l0, r0, t0, b0) = self.pad_of[src]
+            l, r, t, b = l + l0, r + r0, t + t0, b + b0
+        self.arg(n, src)
+        self.pad_of[n] = (src, (l, r, t, b))
+
+    def conv_padding(self, n: fx.Node, m: nn.Conv2d) -> tuple[fx.Node, tuple[int, int]]:
+        """(the node the conv reads, its symmetric (pad H, pad W)) with explicit padding before it
+        folded in and ``padding="same"`` resolved; asymmetric padding is a one-line error."""
+        if m.padding_mode != "zeros":
+            raise self.fail(n, "Conv2d", f"with padding_mode {m.padding_mode!r} is not supported (zeros is)")
+        if m.padding == "valid":
+            ph, pw = 0, 0
+        elif m.padding == "same":                     # stride 1: total dilation·(k-1) per axis
+            th, tw = (d * (k - 1) for d, k in zip(m.dilation, m.kernel_size))
+            if th % 2 or tw % 2:
+                raise self.fail(n, "Conv2d", f"with padding 'same' for kernel {m.kernel_size} pads asymmetrically; "
+                                "asymmetric padding is not supported yet")
+            ph, pw = th // 2, tw // 2
+        else:
+            ph, pw = m.padding
+        src, (l, r, t, b) = self.pad_of.get(n.args[0], (n.args[0], (0, 0, 0, 0)))
+        if l != r or t != b:
+            raise self.fail(n, "Conv2d", f"reads asymmetric padding (left {l}, right {r}, top {t}, bottom {b}); "
+                            "asymmetric padding is not supported yet")
+        return src, (ph + t, pw + l)
+
     def conv(self, n: fx.Node, m: nn.Conv2d, path: str) -> None:
-        if m.padding_mode != "zeros" or isinstance(m.padding, str):
-            raise self.fail(n, "Conv2d", f"with padding {m.padding!r} ({m.padding_mode}) is not supported; "
-                            "use explicit zero padding")
+        src, padding = self.conv_padding(n, m)
+        if padding != tuple(m.padding):
+            m = copy.copy(m)                          # the same parameters (QAT trains them), its own padding
+            m.padding = padding
         bn_node = next(iter(n.users), None)
         bn = self.gm.get_submodule(bn_node.target) if bn_node in self.fused_bn else None
-        x = self.quantized(n.args[0], path)
+        x = self.quantized(src, path)
         if x.flat:
             raise self.fail(n, "Conv2d", "reads a pooled [batch, channels] tensor")
         name = self.add_module(path, QuantBnConv2d(m, bn, self.config))
@@ -289,6 +373,20 @@ class _Mapper:
             raise self.fail(n, "Linear", "reads a tensor that is not [batch, features] after a global pool")
         name = self.add_module(path, QuantLinear(m, self.config))
         self.vals[n] = _Val(self.call(name, x.node), "acc", flat=True)
+
+    def bn_act(self, n: fx.Node, m: nn.Module, path: str) -> None:
+        """The ``drop`` and ``act`` of a BatchNormAct2d after its folded batch norm."""
+        if not isinstance(m.drop, _PASS_MODULES):
+            raise HawqError(f"{self.name}: {path}.drop ({type(m.drop).__name__}) has no integer-only "
+                            f"implementation{_source_line(n)}")
+        act = m.act
+        if isinstance(act, nn.ReLU):
+            self.relu_of(n, self.vals[n])
+        elif isinstance(act, nn.ReLU6) or (isinstance(act, nn.Hardtanh) and (act.min_val, act.max_val) == (0.0, 6.0)):
+            self.relu6_of(n, self.vals[n])
+        elif not isinstance(act, nn.Identity):
+            raise HawqError(f"{self.name}: {path}.act ({type(act).__name__}) has no integer-only "
+                            f"implementation{_source_line(n)}")
 
     def relu_of(self, n: fx.Node, v: _Val) -> None:
         if v.kind == "float":
@@ -318,6 +416,9 @@ class _Mapper:
         if isinstance(m, nn.AvgPool2d):
             if v.kind == "float":
                 raise self.fail(n, "AvgPool2d", "of the raw input is not supported")
+            if m.ceil_mode or not m.count_include_pad:
+                raise self.fail(n, "AvgPool2d", f"with ceil_mode={m.ceil_mode}, count_include_pad={m.count_include_pad} "
+                                "is not supported (only the window sum over zero padding)")
             name = self.add_module(path, QuantWindowAvgPool2d(m, self.config))
             self.vals[n] = _Val(self.call(name, v.node), "acc", v.nonneg)
             return
@@ -391,6 +492,47 @@ class QuantGraphModel(QuantModel):
     def forward_q(self, x: torch.Tensor):
         return self.program(x)
 
+    def graph_blocks(self) -> list["GraphUnit"]:
+        """The residual units of the program, found from its graph (BRECQ's / QDrop's blocks): for each
+        residual add ``<scope>.add``, the contiguous run of program nodes from the first module under
+        ``<scope>.`` to the add and the ReLU that follows it, when that run reads one value from
+        before it and only its last value is read after it (otherwise its layers stay units of their own)."""
+        nodes = list(self.program.graph.nodes)
+        index = {n: i for i, n in enumerate(nodes)}
+        out = []
+        for n in nodes:
+            if not (n.op == "call_module" and str(n.target).endswith(".add")):
+                continue
+            scope = str(n.target)[:-len(".add")]
+            first = next(i for i, m in enumerate(nodes) if m.op == "call_module" and str(m.target).startswith(scope + "."))
+            last = index[n]
+            while (last + 1 < len(nodes) and nodes[last + 1].op == "call_module"
+                   and nodes[last + 1].target in ("relu", "relu6") and nodes[last + 1].args[0] is nodes[last]):
+                last += 1
+            run = nodes[first:last + 1]
+            inside = set(run)
+            if any(u not in inside for m in run[:-1] for u in m.users):
+                continue
+            inputs = {a for m in run for a in m.all_input_nodes if a not in inside}
+            if len(inputs) == 1 and not (out and index[out[-1].nodes[-1]] >= first):
+                out.append(GraphUnit(self, scope, run, inputs.pop()))
+        return out
+
+    def recon_units(self, blockwise: bool) -> list[tuple[str, nn.Module]]:
+        """Reconstruction units in forward order: with ``blockwise`` each of :meth:`graph_blocks` and every
+        weighted layer outside them; else every weighted layer (what the program calls)."""
+        blocks = {b.nodes[0]: b for b in self.graph_blocks()} if blockwise else {}
+        units, skip = [], set()
+        for n in self.program.graph.nodes:
+            if n in blocks:
+                units.append((blocks[n].name, blocks[n]))
+                skip.update(blocks[n].nodes)
+            elif n not in skip and n.op == "call_module":
+                m = self.get_submodule(str(n.target))
+                if isinstance(m, (QuantBnConv2d, QuantLinear)):
+                    units.append((str(n.target), m))
+        return units
+
     def __deepcopy__(self, memo):
         new = self.__class__.__new__(self.__class__)
         memo[id(self)] = new
@@ -401,14 +543,73 @@ class QuantGraphModel(QuantModel):
         return new
 
 
+class _Found(Exception):
+    """Stops an interpreted run at a node; carries its value (fx.Interpreter rewrites ``args``)."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+
+class GraphUnit(nn.Module):
+    """A contiguous run of a captured program's nodes (a residual block), runnable on its own:
+    ``unit(q)`` evaluates the nodes on the :class:`~hawq.quant.graph.Q` value ``q`` entering it and
+    returns the value leaving it. Its modules are the model's own (shared, not copies); the unit is
+    not registered in the model, so the model's state dict is unchanged."""
+
+    def __init__(self, owner: QuantGraphModel, name: str, nodes: list[fx.Node], input_node: fx.Node):
+        super().__init__()
+        self.name, self.nodes, self.input_node = name, nodes, input_node
+        object.__setattr__(self, "owner", owner)       # not a child: the owner holds this unit's modules
+        targets = dict.fromkeys(str(n.target) for n in nodes if n.op == "call_module")
+        self.parts = nn.ModuleDict({t.replace(".", "__"): owner.get_submodule(t) for t in targets})
+
+    def forward(self, x):
+        env = {self.input_node: x}
+        for n in self.nodes:
+            args, kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a: env[a])
+            fn = self.owner.get_submodule(str(n.target)) if n.op == "call_module" else n.target
+            env[n] = fn(*args, **kwargs) if n.op in ("call_module", "call_function") else getattr(args[0], n.target)(
+                *args[1:], **kwargs)
+        return env[self.nodes[-1]]
+
+    @torch.no_grad()
+    def io_values(self, images: torch.Tensor, batch: int, output: bool):
+        """The value entering (or, with ``output``, leaving) this unit for every image, running the
+        owner's program in batches up to that node: (values float32 [N, ...], scale of the first batch)."""
+        target = self.nodes[-1] if output else self.input_node
+
+        class Upto(fx.Interpreter):
+            def run_node(self, n):
+                r = super().run_node(n)
+                if n is target:
+                    raise _Found(r)
+                return r
+
+        vals, scale = [], None
+        self.owner.train()
+        for xb in images.split(batch):
+            try:
+                Upto(self.owner.program).run(xb)
+            except _Found as f:
+                q = f.value
+                vals.append(q.value.detach().float().cpu())
+                scale = q.scale if scale is None else scale
+        return torch.cat(vals), scale
+
+
 def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
     parts = path.split(".")
     parent = root
-    for p in parts[:-1]:
-        if not hasattr(parent, p):
+    for i, p in enumerate(parts):
+        if p not in parent._modules and hasattr(parent, p):
+            raise HawqError(f"{root.arch}: module path {'.'.join(parts[:i + 1])!r} clashes with an attribute of "
+                            f"{type(parent).__name__}; rename that submodule")
+        if i == len(parts) - 1:
+            parent.add_module(p, module)
+        elif p not in parent._modules:
             parent.add_module(p, nn.Module())
-        parent = getattr(parent, p)
-    parent.add_module(parts[-1], module)
+        parent = parent._modules[p] if i < len(parts) - 1 else parent
 
 
 def capture(model: nn.Module, example: torch.Tensor, config: QuantConfig | None = None,

@@ -97,7 +97,8 @@ class ModelFile:
     FP/QAT/HAWQ checkpoints, for HAWQ_QUANTIZED the union of its five dicts, None for artifacts.
     ``config`` is the recorded :class:`QuantConfig` (HAWQ files: HAWQ-V3's README settings in
     profile hawq; legacy files of ours: rebuilt from their saved args), None for FP checkpoints.
-    ``arch``, ``quant_scheme``, ``bit_config``, ``num_classes``, ``dataset`` are None when unrecorded.
+    ``arch``, ``quant_scheme``, ``bit_config``, ``num_classes``, ``dataset`` are None when unrecorded;
+    so is ``input_size`` (the square input side in pixels the model was trained / exported at).
     """
 
     path: str
@@ -110,6 +111,7 @@ class ModelFile:
     num_classes: int | None
     dataset: str | None
     config: QuantConfig | None
+    input_size: int | None = None
 
     @property
     def quantized(self) -> bool:
@@ -135,7 +137,8 @@ def read(path: str) -> ModelFile:
                          raw.get("bit_config") if isinstance(raw.get("bit_config"), dict) else None, None,
                          _str(raw.get("dataset")),
                          QuantConfig.from_dict(cfg, path) if isinstance(cfg, dict)
-                         else QuantConfig(numerics=str(raw.get("numerics", "exact"))))
+                         else QuantConfig(numerics=str(raw.get("numerics", "exact"))),
+                         _size(raw.get("input_shape", [None])[-1]))
     if all(k in raw for k in HAWQ_KEYS) and "state_dict" not in raw:
         sd = {}
         for key in HAWQ_KEYS:
@@ -148,9 +151,9 @@ def read(path: str) -> ModelFile:
     arch, scheme = _str(raw.get("arch")), _str(raw.get("quant_scheme"))
     bits = raw.get("bit_config") if isinstance(raw.get("bit_config"), dict) else None
     num_classes = int(raw["num_classes"]) if "num_classes" in raw else _num_classes(sd)
-    dataset = _str(raw.get("dataset"))
+    dataset, size = _str(raw.get("dataset")), _size(raw.get("input_size"))
     if not is_quantized_state(sd):
-        return ModelFile(path, Kind.FP, raw, sd, arch, scheme, None, num_classes, dataset, None)
+        return ModelFile(path, Kind.FP, raw, sd, arch, scheme, None, num_classes, dataset, None, size)
     raw_sd = raw.get("state_dict", raw)
     hawq_layout = all(k.startswith(DP_PREFIX) for k in raw_sd) and "quant_config" not in raw and "args" not in raw
     if hawq_layout:
@@ -160,7 +163,7 @@ def read(path: str) -> ModelFile:
     cfg = raw.get("quant_config")
     config = (QuantConfig.from_dict(cfg, path) if isinstance(cfg, dict)
               else QuantConfig.from_legacy_args(raw.get("args")))
-    return ModelFile(path, Kind.QAT, raw, sd, arch, scheme, bits, num_classes, dataset, config)
+    return ModelFile(path, Kind.QAT, raw, sd, arch, scheme, bits, num_classes, dataset, config, size)
 
 
 def _hawq_weight_scales(sd: dict) -> tuple[dict, bool]:
@@ -178,6 +181,22 @@ def _hawq_weight_scales(sd: dict) -> tuple[dict, bool]:
 
 def _str(v) -> str | None:
     return v if isinstance(v, str) else None
+
+
+def _size(v) -> int | None:
+    return int(v) if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+
+
+def checkpoint_state(model: torch.nn.Module, *, arch: str, quant_scheme: str, num_classes: int, dataset: str,
+                     input_size: int, bit_config: dict | None, config: QuantConfig | None, epoch: int = 0,
+                     best_acc1: float = 0.0, **extra) -> dict:
+    """The dict every checkpoint of ours holds (QAT from quant_train.py, PTQ from hawq.ptq, FP runs:
+    ``bit_config``/``config`` None), written with :func:`save_atomic` and read back by :func:`read`.
+    ``extra``: plain values of the writer's own (``optimizer``, ``args``, ``ptq``)."""
+    return {"epoch": epoch, "arch": arch, "quant_scheme": quant_scheme, "state_dict": model.state_dict(),
+            "best_acc1": best_acc1, "num_classes": num_classes, "dataset": dataset, "input_size": int(input_size),
+            "bit_config": None if bit_config is None else dict(bit_config),
+            "quant_config": None if config is None else config.to_dict(), **extra}
 
 
 def _num_classes(sd: dict) -> int | None:

@@ -23,8 +23,9 @@ import functools
 import sys
 from typing import NoReturn
 
-from hawq.data import DATASETS
+from hawq.data import DATASETS, resolve_dataset
 from hawq.errors import HawqError
+from hawq.models.factory import resolve_input_size
 from hawq.models.layers import ARCHS, arch_info
 
 #: ``--dataset`` help of tools whose default comes from the checkpoint they read.
@@ -100,8 +101,13 @@ def add_data_args(p: argparse.ArgumentParser, *, data_help: str | None = None,
     p.add_argument("--dataset", default=None, choices=list(DATASETS), help=dataset_help or _DATASET_HELP)
 
 
-def resolve_dataset(dataset: str | None, data: str | None, recorded: str | None = None) -> str:
-    """The dataset to use: ``--dataset`` when given, else ``recorded`` (the dataset a checkpoint
-    says it was trained on, when the caller passes one), else imagenet when ``--data`` is given,
-    else fashion-mnist."""
-    return dataset or recorded or ("imagenet" if data else "fashion-mnist")
+def add_input_size_arg(p: argparse.ArgumentParser, default_help: str | None = None) -> None:
+    """``--input-size N`` (default None: resolve it with :func:`resolve_input_size`)."""
+    p.add_argument("--input-size", type=int, default=None, metavar="N",
+                   help="square input side in pixels that the model is traced, calibrated, trained and exported "
+                        "at (default: " + (default_help or "224 with --data, 32 on the embedded dataset, "
+                                           "96 for inceptionv3") + ")")
+
+
+__all__ = ["one_line_errors", "run_main", "arch_name", "add_arch_arg", "add_quant_scheme_arg", "add_data_args",
+           "add_input_size_arg", "resolve_dataset", "resolve_input_size", "RECORDED_DATASET_HELP"]

@@ -17,7 +17,8 @@ Two datasets are supported (``build_loaders(dataset=...)``):
 Model contract for Fashion-MNIST inputs (the exported integer model sees exactly this):
 a 28x28 uint8 image is zero-padded by 2 px to 32x32, scaled to [0, 1], replicated to 3 channels
 and normalized with :data:`FMNIST_MEAN` / :data:`FMNIST_STD`; batches are float32 NCHW
-``[B, 3, 32, 32]``.
+``[B, 3, 32, 32]``. At another input size S (``--input-size``, or an arch's larger minimum) the padded
+32×32 image is resized by nearest neighbour before normalizing (:func:`resize_nearest`).
 
 Every random choice (subset, shuffle order, augmentation) comes from a ``torch.Generator`` seeded
 from ``(seed, epoch)``, so a run is reproducible and an epoch can be replayed after a resume.
@@ -242,31 +243,37 @@ def random_flip_crop(images: torch.Tensor, generator: torch.Generator,
     return padded[torch.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-def upscale(images: torch.Tensor, factor: int) -> torch.Tensor:
-    """Nearest-neighbour upscale of uint8 ``[B, H, W]`` by an integer ``factor`` (pixel repetition:
-    no new values, no interpolation) -> ``[B, H·f, W·f]``."""
-    if factor == 1:
+def resize_nearest(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Nearest-neighbour resize of uint8 ``[B, H, W]`` to ``[B, size, size]``: output pixel ``i``
+    reads input pixel ``floor(i·H / size)`` (pure index selection: no new values, no interpolation;
+    for ``size = k·H`` it is pixel repetition by ``k``)."""
+    h, w = images.shape[-2:]
+    if h == size and w == size:
         return images
-    return images.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
+    rows = torch.arange(size) * h // size
+    cols = torch.arange(size) * w // size
+    return images[:, rows[:, None], cols[None, :]]
 
 
-def upscale_of(arch: str | None) -> int:
-    """Integer upscale of the 32×32 Fashion-MNIST input an arch needs to reach its smallest input
-    side (:attr:`hawq.models.layers.ArchInfo.min_input`): 3 for InceptionV3 (96 px), else 1."""
+def default_input_size(arch: str | None) -> int:
+    """The Fashion-MNIST input side for ``arch``: 32 (the padded image), times the smallest integer
+    that reaches the arch's :attr:`hawq.models.layers.ArchInfo.min_input` (96 for InceptionV3)."""
     if arch is None:
-        return 1
+        return FMNIST_INPUT
     from hawq.models.layers import arch_info
-    return -(-arch_info(arch).min_input // FMNIST_INPUT)
+    return FMNIST_INPUT * -(-arch_info(arch).min_input // FMNIST_INPUT)
 
 
-def preprocess(images, scale: int = 1) -> torch.Tensor:
-    """Eval transform: uint8 ``[B, 28, 28]`` (or ``[28, 28]``) -> float32 ``[B, 3, 32·s, 32·s]``."""
-    return normalize_images(upscale(pad_images(_as_uint8_batch(images)), scale))
+def preprocess(images, size: int = FMNIST_INPUT) -> torch.Tensor:
+    """Eval transform: uint8 ``[B, 28, 28]`` (or ``[28, 28]``) -> pad to 32, :func:`resize_nearest`
+    to ``size`` -> float32 ``[B, 3, size, size]``."""
+    return normalize_images(resize_nearest(pad_images(_as_uint8_batch(images)), size))
 
 
-def augment(images, generator: torch.Generator, scale: int = 1) -> torch.Tensor:
-    """Train transform: pad to 32, random crop(+-2 px) + flip, upscale, normalize -> float32 ``[B,3,32·s,32·s]``."""
-    return normalize_images(upscale(random_flip_crop(pad_images(_as_uint8_batch(images)), generator), scale))
+def augment(images, generator: torch.Generator, size: int = FMNIST_INPUT) -> torch.Tensor:
+    """Train transform: pad to 32, random crop(+-2 px) + flip, resize to ``size``, normalize ->
+    float32 ``[B, 3, size, size]``."""
+    return normalize_images(resize_nearest(random_flip_crop(pad_images(_as_uint8_batch(images)), generator), size))
 
 
 # ----------------------------------------------------------------------------- seeding / subsets
@@ -332,7 +339,7 @@ class ArrayLoader:
     ``images_uint8``: ``[N, 28, 28]`` uint8 (NumPy or tensor); ``labels``: ``[N]`` integers.
     ``indices`` (optional) restricts to those samples (e.g. a ``--data-percentage`` subset);
     ``limit`` then keeps the first ``limit`` of them (deterministic eval subsets).
-    Iterating yields ``(x float32 [B, 3, 32, 32], y int64 [B])``; the last batch may be short.
+    Iterating yields ``(x float32 [B, 3, size, size], y int64 [B])``; the last batch may be short.
     With ``train=True`` each epoch is shuffled and augmented from ``epoch_generator(seed,
     epoch)``: call :meth:`set_epoch` before iterating; iterating the same epoch twice repeats
     it exactly. With ``train=False`` order is fixed and only :func:`preprocess` is applied.
@@ -345,13 +352,15 @@ class ArrayLoader:
     """
 
     def __init__(self, images_uint8, labels, batch_size: int, train: bool, seed: int = 0,
-                 indices=None, limit: int | None = None, scale: int = 1, rank: int = 0, world: int = 1):
+                 indices=None, limit: int | None = None, size: int = FMNIST_INPUT, rank: int = 0,
+                 world: int = 1):
         _check_positive("batch_size", batch_size)
         if not 0 <= rank < world:
             raise HawqError(f"rank {rank} is not in [0, {world})")
         if train and batch_size < world:
             raise HawqError(f"--batch-size {batch_size} is smaller than the number of processes ({world})")
-        self.scale = int(scale)
+        _check_positive("input size", size)
+        self.size = int(size)
         _check_positive("limit", limit, allow_none=True)
         images = _as_uint8_batch(images_uint8)
         labels = (labels.to(torch.int64) if torch.is_tensor(labels)
@@ -389,13 +398,13 @@ class ArrayLoader:
         n, bs = self.dataset_size, self.batch_size
         if not self.train:
             for start in range(0, n, bs):
-                yield preprocess(self.images[start:start + bs], self.scale), self.labels[start:start + bs]
+                yield preprocess(self.images[start:start + bs], self.size), self.labels[start:start + bs]
             return
         g = epoch_generator(self.seed, self.epoch)
         order = torch.randperm(n, generator=g)
         for start in range(0, bs * len(self), bs):
             idx = order[start:start + bs]
-            x = augment(self.images[idx], g, self.scale)       # the whole global batch: same draws on every rank
+            x = augment(self.images[idx], g, self.size)       # the whole global batch: same draws on every rank
             if self.world > 1:
                 mine = torch.tensor_split(torch.arange(idx.shape[0]), self.world)[self.rank]
                 yield x[mine], self.labels[idx][mine]
@@ -491,15 +500,16 @@ class TorchLoader:
                   file=sys.stderr, flush=True)
 
 
-def imagenet_transforms(train: bool):
-    """HAWQ / pytorch-examples transforms -> float32 ``[3, 224, 224]`` normalized with ImageNet stats."""
+def imagenet_transforms(train: bool, size: int = IMAGENET_INPUT):
+    """HAWQ / pytorch-examples transforms -> float32 ``[3, size, size]`` normalized with ImageNet stats
+    (eval: resize the short side to ``size·256/224``, centre crop ``size``)."""
     from torchvision import transforms as T
 
     norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     if train:
-        return T.Compose([T.RandomResizedCrop(IMAGENET_INPUT), T.RandomHorizontalFlip(),
+        return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(),
                           T.ToTensor(), norm])
-    return T.Compose([T.Resize(IMAGENET_RESIZE), T.CenterCrop(IMAGENET_INPUT), T.ToTensor(), norm])
+    return T.Compose([T.Resize(round(size * IMAGENET_RESIZE / IMAGENET_INPUT)), T.CenterCrop(size), T.ToTensor(), norm])
 
 
 def _split_dir(data: str | os.PathLike | None, split: str) -> Path:
@@ -517,12 +527,12 @@ def _split_dir(data: str | os.PathLike | None, split: str) -> Path:
     return path
 
 
-def _image_folder(data, split: str, train: bool):
+def _image_folder(data, split: str, train: bool, size: int = IMAGENET_INPUT):
     from torchvision.datasets import ImageFolder
 
     path = _split_dir(data, split)
     try:
-        return ImageFolder(str(path), transform=imagenet_transforms(train))
+        return ImageFolder(str(path), transform=imagenet_transforms(train, size))
     except (FileNotFoundError, RuntimeError) as e:  # no class dirs / no images in them
         msg = " ".join(str(e).split())
         raise HawqError(f"empty ImageFolder split {path}: {msg}") from None
@@ -550,7 +560,8 @@ def _eval_subset_indices(n: int, limit: int) -> list[int]:
 
 
 def _imagenet_loaders(data, batch_size: int, workers: int, fraction: float, seed: int,
-                      eval_limit: int | None, rank: int = 0, world: int = 1) -> tuple[TorchLoader, TorchLoader, int]:
+                      eval_limit: int | None, rank: int = 0, world: int = 1,
+                      size: int = IMAGENET_INPUT) -> tuple[TorchLoader, TorchLoader, int]:
     """ImageFolder loaders. With ``world`` > 1 (torchrun) the training set goes through a
     ``DistributedSampler`` (seeded, shuffled, drop_last) with ``batch_size // world`` per rank, and
     each rank evaluates a contiguous share of the validation set (no padding duplicates)."""
@@ -560,8 +571,8 @@ def _imagenet_loaders(data, batch_size: int, workers: int, fraction: float, seed
         raise HawqError(f"--batch-size {batch_size} must be divisible by the number of processes ({world})")
 
     _split_dir(data, "train"), _split_dir(data, "val")  # report a missing split before scanning
-    train_set = _image_folder(data, "train", train=True)
-    val_set = _image_folder(data, "val", train=False)
+    train_set = _image_folder(data, "train", train=True, size=size)
+    val_set = _image_folder(data, "val", train=False, size=size)
     if train_set.classes != val_set.classes:
         raise HawqError(f"class directories differ between {Path(data) / 'train'} "
                         f"({len(train_set.classes)}) and {Path(data) / 'val'} "
@@ -613,12 +624,28 @@ def _check_dataset(dataset: str) -> str:
     return name
 
 
-def input_size_of(dataset: str, arch: str | None = None) -> int:
-    """Model input side S (images are [3, S, S]): 32 for Fashion-MNIST (padded; times
-    :func:`upscale_of` for archs that need more, e.g. 96 for InceptionV3), 224 for ImageNet."""
-    if _check_dataset(dataset) == "fashion-mnist":
-        return FMNIST_INPUT * upscale_of(arch)
-    return IMAGENET_INPUT
+def resolve_dataset(dataset: str | None, data: str | None, recorded: str | None = None) -> str:
+    """The dataset to use: ``--dataset`` when given, else ``recorded`` (the dataset a checkpoint
+    says it was trained on, when the caller passes one), else imagenet when ``--data`` is given,
+    else fashion-mnist."""
+    return dataset or recorded or ("imagenet" if data else "fashion-mnist")
+
+
+def input_size_of(dataset: str, arch: str | None = None, input_size: int | None = None) -> int:
+    """Model input side S (images are [3, S, S]): ``input_size`` when given (``--input-size``), else
+    32 for Fashion-MNIST (padded; :func:`default_input_size` for archs that need more, e.g. 96 for
+    InceptionV3) and 224 for ImageNet."""
+    name = _check_dataset(dataset)
+    if input_size is not None:
+        return check_input_size(input_size)
+    return default_input_size(arch) if name == "fashion-mnist" else IMAGENET_INPUT
+
+
+def check_input_size(size) -> int:
+    """``size`` as an int when it is a positive integer, else the one-line HawqError."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise HawqError(f"--input-size must be a positive integer, got {size!r}")
+    return int(size)
 
 
 def num_classes_of(dataset: str, data: str | os.PathLike | None = None) -> int:
@@ -630,56 +657,58 @@ def num_classes_of(dataset: str, data: str | os.PathLike | None = None) -> int:
 
 def build_loaders(dataset: str, data: str | os.PathLike | None, batch_size: int, workers: int,
                   data_percentage: float, seed: int, eval_limit: int | None = None,
-                  arch: str | None = None, rank: int = 0, world: int = 1) -> DataBundle:
+                  arch: str | None = None, rank: int = 0, world: int = 1,
+                  input_size: int | None = None) -> DataBundle:
     """Build the train / val loaders for ``dataset`` (``fashion-mnist`` or ``imagenet``).
 
     ``data``: for Fashion-MNIST an optional directory holding the four IDX files (default
     :data:`FMNIST_DIR`); for ``imagenet`` the required ImageFolder root. ``workers`` is used by
     the ImageFolder DataLoader only. ``data_percentage`` in (0, 1] keeps a seed-deterministic
     random subset of the training set; ``eval_limit`` caps the validation set (Fashion-MNIST:
-    first N test images; ImageFolder: N evenly spaced ones). ``arch``: Fashion-MNIST images are
-    upscaled to the arch's smallest input (:func:`upscale_of`). ``rank``/``world``: this process's
+    first N test images; ImageFolder: N evenly spaced ones). Images are ``input_size`` pixels
+    square (default :func:`input_size_of` for ``arch``). ``rank``/``world``: this process's
     share under torchrun (``batch_size`` is the global batch). Errors are :class:`HawqError`.
     """
     name = _check_dataset(dataset)
     _check_positive("batch_size", batch_size)
     _check_positive("eval_limit", eval_limit, allow_none=True)
     fraction = check_data_percentage(data_percentage)
+    size = input_size_of(name, arch, input_size)
     if name == "fashion-mnist":
         train_x, train_y, test_x, test_y = load_fashion_mnist(data)
         idx = subset_indices(len(train_y), fraction, seed)
-        s = upscale_of(arch)
-        train = ArrayLoader(train_x, train_y, batch_size, train=True, seed=seed, indices=idx, scale=s,
+        train = ArrayLoader(train_x, train_y, batch_size, train=True, seed=seed, indices=idx, size=size,
                             rank=rank, world=world)
-        val = ArrayLoader(test_x, test_y, batch_size, train=False, seed=seed, limit=eval_limit, scale=s,
+        val = ArrayLoader(test_x, test_y, batch_size, train=False, seed=seed, limit=eval_limit, size=size,
                           rank=rank, world=world)
-        return DataBundle(train, val, FMNIST_CLASSES, FMNIST_INPUT * s, name)
+        return DataBundle(train, val, FMNIST_CLASSES, size, name)
     if not isinstance(workers, (int, np.integer)) or workers < 0:
         raise HawqError(f"workers must be a non-negative integer, got {workers!r}")
     train, val, num_classes = _imagenet_loaders(data, batch_size, workers, fraction, seed,
-                                                eval_limit, rank, world)
-    return DataBundle(train, val, num_classes, IMAGENET_INPUT, name)
+                                                eval_limit, rank, world, size)
+    return DataBundle(train, val, num_classes, size, name)
 
 
 # ----------------------------------------------------------------------------- calibration sets
 def calibration_images(dataset: str, data: str | os.PathLike | None, n: int, seed: int,
-                       arch: str | None = None) -> torch.Tensor:
+                       arch: str | None = None, input_size: int | None = None) -> torch.Tensor:
     """``n`` training images chosen at random with ``seed``, preprocessed as for evaluation (no
     augmentation): float32 ``[n, 3, S, S]`` with S from :func:`input_size_of`. The images of
     post-training calibration and reconstruction; the same seed gives the same images.
     HawqError when the training set holds fewer than ``n`` images."""
     name = _check_dataset(dataset)
+    size = input_size_of(name, arch, input_size)
     _check_positive("calibration size", n)
     if name == "fashion-mnist":
         train_x, _, _, _ = load_fashion_mnist(data)
         total = len(train_x)
     else:
         _split_dir(data, "train")
-        folder = _image_folder(data, "train", train=False)
+        folder = _image_folder(data, "train", train=False, size=size)
         total = len(folder)
     if n > total:
         raise HawqError(f"calibration size {n} is larger than the training set ({total} images)")
     idx = torch.randperm(total, generator=torch.Generator().manual_seed(int(seed)))[:n].sort().values
     if name == "fashion-mnist":
-        return preprocess(_as_uint8_batch(train_x)[idx], upscale_of(arch))
+        return preprocess(_as_uint8_batch(train_x)[idx], size)
     return torch.stack([folder[int(i)][0] for i in idx])

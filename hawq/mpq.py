@@ -51,8 +51,6 @@ from hawq.models.layers import WEIGHT_KINDS, arch_info, quant_layers
 from hawq.fileio import rows_csv, write_text_atomic
 from hawq.sensitivity import BITS
 
-#: Activation quantizers whose groups stay 8-bit: the stem (input) and the head (classifier).
-FIXED_ACTS = ("quant_input", "quant_act_output")
 #: Width of the layers outside free groups (``quant_act_int32`` takes its only allowed width, 16).
 FIXED_BITS = 8
 #: Constraint kinds and the unit of their absolute budgets.
@@ -81,13 +79,24 @@ class Group:
     layers: tuple[str, ...]
 
 
+def fixed_acts(arch: str) -> frozenset[str]:
+    """Activation quantizers whose groups stay 8-bit: the model input's (the stem) and the one
+    feeding the last weighted layer (the classifier) - ``quant_input`` / ``quant_act_output`` in
+    HAWQ's names, the same rule as :func:`hawq.bit_config.bits_of_layers`'s ``first_last_8bit``."""
+    specs = quant_layers(arch)
+    acts = [s.name for s in specs if s.kind == "act"]
+    weighted = [s for s in specs if s.kind in WEIGHT_KINDS]
+    return frozenset({acts[0], weighted[-1].input_act} - {None})
+
+
 def free_groups(arch: str) -> list[Group]:
     """The groups of ``arch`` that take 4 or 8 bits, in graph order."""
     fed: dict[str, list[str]] = {}
     for spec in quant_layers(arch):
         if spec.kind in WEIGHT_KINDS:
             fed.setdefault(spec.input_act, []).append(spec.name)
-    return [Group(act, tuple(layers)) for act, layers in fed.items() if act not in FIXED_ACTS]
+    fixed = fixed_acts(arch)
+    return [Group(act, tuple(layers)) for act, layers in fed.items() if act not in fixed]
 
 
 def scheme_of(arch: str, choice: Mapping[str, int]) -> Scheme:

@@ -37,8 +37,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from hawq import capture
 from hawq import numerics as N
-from hawq.cli import add_arch_arg, add_data_args, one_line_errors, resolve_dataset, run_main
+from hawq.cli import (add_arch_arg, add_data_args, add_input_size_arg, one_line_errors, resolve_dataset,
+                      resolve_input_size, run_main)
 from hawq.data import build_loaders
 from hawq.errors import HawqError
 from hawq.fileio import rows_csv, write_text_atomic
@@ -163,15 +165,18 @@ def _bn_of_conv(model: nn.Module) -> dict[int, nn.BatchNorm2d]:
 def weight_layers(model: nn.Module, arch: str) -> list[WeightLayer]:
     """The conv/linear layers of the pytorchcv FP ``model`` of ``arch``, in ``quant_layers`` order."""
     info = arch_info(arch)
-    if info.family != "resnet":
-        raise HawqError(f"Hessian sensitivities are implemented for the ResNet-family archs, not {arch} "
-                        f"({info.family}): pass a bit_config JSON to quant_train.py instead")
-    bns = _bn_of_conv(model)
+    if info.family == "captured":      # any CNN: the layers capture quantizes, under its layer names
+        plan = capture.weighted_layers(model, arch)
+    elif info.family == "resnet":
+        bns = _bn_of_conv(model)
+        plan = [(name, module, bns.get(id(module))) for name, kind, module, _feeding in _layer_plan(model, info)
+                if kind in WEIGHT_KINDS]
+    else:
+        raise HawqError(f"Hessian sensitivities are implemented for the ResNet-family archs and captured models "
+                        f"(torchvision:, timm:, file.py:), not {arch} ({info.family}): pass a bit_config JSON "
+                        "to quant_train.py instead")
     out = []
-    for name, kind, module, _feeding in _layer_plan(model, arch_info(arch)):
-        if kind not in WEIGHT_KINDS:
-            continue
-        bn = bns.get(id(module))
+    for name, module, bn in plan:
         fold = None
         if bn is not None:
             ones = torch.ones_like(module.weight.detach())
@@ -243,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument
     add_arch_arg(p)
     add_data_args(p, data_help="as quant_train.py (default: the embedded Fashion-MNIST)")
+    add_input_size_arg(p)
     a("--pretrained", nargs="?", const=True, default=False, metavar="PATH",
       help="pytorchcv ImageNet weights, or our floating-point checkpoint at PATH (as quant_train.py)")
     a("-b", "--batch-size", type=int, default=64)
@@ -271,7 +277,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
         raise HawqError("--batches, --batch-size and --max-iter must be >= 1")
     if not args.tol > 0:
         raise HawqError(f"--tol must be > 0, got {args.tol}")
-    data = build_loaders(resolve_dataset(args.dataset, args.data), args.data, args.batch_size, args.workers, 1.0, args.seed)
+    dataset = resolve_dataset(args.dataset, args.data)
+    size = resolve_input_size(args.input_size, dataset, args.arch)
+    data = build_loaders(dataset, args.data, args.batch_size, args.workers, 1.0, args.seed, arch=args.arch,
+                         input_size=size)
     torch.manual_seed(args.seed)
     model = fp_model_pretrained(args.arch, data.num_classes, args.pretrained).to(_device())
     if not args.pretrained:

@@ -20,7 +20,8 @@ import torch.nn as nn
 from hawq import checkpoint as C
 from hawq import engine
 from hawq.bit_config import load_scheme
-from hawq.cli import add_arch_arg, add_data_args, add_quant_scheme_arg, arch_name, one_line_errors, resolve_dataset
+from hawq.cli import (add_arch_arg, add_data_args, add_input_size_arg, add_quant_scheme_arg, arch_name, one_line_errors,
+                      resolve_dataset, resolve_input_size)
 from hawq.data import build_loaders
 from hawq.errors import HawqError
 from hawq.export import export_integer, save_artifact
@@ -44,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(p, data_help="ImageFolder root with train/ and val/ (implies --dataset imagenet), or, with "
                                "--dataset fashion-mnist, a directory of the four IDX files; default: the embedded "
                                "Fashion-MNIST; unreadable images are skipped, with one warning line per pass")
-    add_arch_arg(p, help="model architecture (pytorchcv name)")
+    add_arch_arg(p, help="model architecture: a pytorchcv name, or any CNN as torchvision:NAME, timm:NAME or "
+                         "path/to/file.py:FUNCTION (captured with torch.fx)")
+    add_input_size_arg(p, "the --resume checkpoint's, else 224 with --data, 32 on the embedded dataset, "
+                          "96 for inceptionv3")
     a("--teacher-arch", default="resnet101", type=arch_name, help="teacher for --distill-method KD_naive")
     a("--teacher-pretrained", default=None, metavar="PATH",
       help="floating-point checkpoint for the teacher (default: pytorchcv ImageNet weights)")
@@ -184,10 +188,13 @@ def build_model(args, num_classes: int, resume: C.ModelFile | None, config: Quan
     if resume is not None and resume.quantized:
         if resume.num_classes is not None and resume.num_classes != num_classes:
             raise HawqError(f"{resume.describe()} has {resume.num_classes} classes, the dataset {num_classes}")
-        model, bits = quant_model_from(resume, arch=args.arch, scheme=args.quant_scheme, config=config)
+        model, bits = quant_model_from(resume, arch=args.arch, scheme=args.quant_scheme, config=config,
+                                       input_size=args.input_size)
         return model.train(), bits
-    fp = (fp_model(args.arch, num_classes, weights=resume) if resume is not None
-          else fp_model_pretrained(args.arch, num_classes, args.pretrained))
+    if resume is not None or args.pretrained_file is not None:
+        fp = fp_model(args.arch, num_classes, weights=resume or args.pretrained_file)
+    else:
+        fp = fp_model(args.arch, num_classes, pretrained=bool(args.pretrained))
     if resume is None and not args.pretrained:
         zero_init_residual(fp)          # from scratch: bottleneck units start as the identity
     if prepare_fp is not None:
@@ -195,7 +202,7 @@ def build_model(args, num_classes: int, resume: C.ModelFile | None, config: Quan
     if args.quant_scheme == FP_SCHEME:
         return fp, None
     bits = load_scheme(args.arch, args.quant_scheme)
-    return quant_model(args.arch, bits, num_classes, fp=fp, config=config), bits
+    return quant_model(args.arch, bits, num_classes, fp=fp, config=config, input_size=args.input_size), bits
 
 
 def load_resume(args) -> C.ModelFile | None:
@@ -286,10 +293,9 @@ def _featuremap_hook(args, model):
 
 def _checkpoint_state(args, model, optimizer, epoch: int, best: float, num_classes: int, bits,
                       config: QuantConfig | None) -> dict:
-    return {"epoch": epoch, "arch": args.arch, "quant_scheme": args.quant_scheme, "state_dict": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "best_acc1": best, "num_classes": num_classes,
-            "dataset": args.dataset, "bit_config": bits, "args": _plain(vars(args)),
-            "quant_config": None if config is None else config.to_dict()}
+    return C.checkpoint_state(model, arch=args.arch, quant_scheme=args.quant_scheme, num_classes=num_classes,
+                              dataset=args.dataset, input_size=args.input_size, bit_config=bits, config=config,
+                              epoch=epoch, best_acc1=best, optimizer=optimizer.state_dict(), args=_plain(vars(args)))
 
 
 def _plain(d: dict) -> dict:
@@ -322,6 +328,11 @@ def run(argv=None) -> dict:
     _seed_everything(args.seed)
     device = _device(args)
     resume = load_resume(args)
+    # --pretrained PATH is read once, here: its recorded input size is this run's default too
+    args.pretrained_file = C.read(args.pretrained) if isinstance(args.pretrained, str) else None
+    recorded = resume or args.pretrained_file
+    args.input_size = resolve_input_size(args.input_size, args.dataset, args.arch,
+                                         recorded.input_size if recorded is not None else None)
     config = quant_config(args, resume)
     recipe = resolve_recipe(args, resume)
     world = distributed.init(device)
@@ -334,7 +345,8 @@ def run(argv=None) -> dict:
 def _run(args, device, resume, config, recipe: str, world: distributed.World) -> dict:
     say = print if world.main else (lambda *a, **k: None)
     data = build_loaders(args.dataset, args.data, args.batch_size, args.workers, args.data_percentage,
-                         args.seed, eval_limit=args.eval_limit, arch=args.arch, rank=world.rank, world=world.size)
+                         args.seed, eval_limit=args.eval_limit, arch=args.arch, rank=world.rank, world=world.size,
+                         input_size=args.input_size)
     if not args.evaluate:
         say(recipe + (f", {world.size} processes ({world.backend})" if world.distributed else "")
             + (f", quantizer {config.quantizer}" if args.quant_scheme != FP_SCHEME else ""))

@@ -20,8 +20,8 @@ import torch
 from tqdm import tqdm
 
 from hawq import checkpoint as C
-from hawq.cli import (RECORDED_DATASET_HELP, add_arch_arg, add_data_args, add_quant_scheme_arg, one_line_errors,
-                      resolve_dataset, run_main)
+from hawq.cli import (RECORDED_DATASET_HELP, add_arch_arg, add_data_args, add_input_size_arg, add_quant_scheme_arg,
+                      one_line_errors, resolve_dataset, resolve_input_size, run_main)
 from hawq.data import build_loaders
 from hawq.errors import HawqError
 from hawq.export import artifact_of, export_integer, float_logits
@@ -72,13 +72,15 @@ def calibrated_inputs(args):
         raise HawqError("without --checkpoint, give -a ARCH and --quant-scheme SCHEME")
     if args.calib_batches < 1:
         raise HawqError(f"--calib-batches must be >= 1, got {args.calib_batches}")
+    size = resolve_input_size(args.input_size, "fashion-mnist", args.arch)
     model, size = calibrated_model(args.arch, args.quant_scheme, pretrained=args.pretrained, random=args.random,
-                                   batches=args.calib_batches, numerics=args.numerics, data=args.data)
+                                   batches=args.calib_batches, numerics=args.numerics, data=args.data, input_size=size)
     limit = args.limit or (16 if args.random else 200)
     if args.random:
         val = list(random_batches(size, limit, args.batch_size))
     else:
-        val = build_loaders("fashion-mnist", args.data, args.batch_size, 0, 1.0, 0, eval_limit=limit, arch=args.arch).val
+        val = build_loaders("fashion-mnist", args.data, args.batch_size, 0, 1.0, 0, eval_limit=limit, arch=args.arch,
+                            input_size=size).val
     return model, size, val, "random images" if args.random else "fashion-mnist"
 
 
@@ -106,6 +108,7 @@ def main(argv=None) -> int:
                    help="integer artifact to check (default: export one from the checkpoint in memory)")
     add_data_args(p, dataset_help=RECORDED_DATASET_HELP)
     add_calibration_args(p)
+    add_input_size_arg(p, "the checkpoint's, else 224 with --data, 32 on the embedded dataset, 96 for inceptionv3")
     p.add_argument("--limit", type=int, default=None, help="first N validation images (default: all)")
     p.add_argument("-b", "--batch-size", type=int, default=200)
     p.add_argument("--no-progress", action="store_true")
@@ -114,11 +117,13 @@ def main(argv=None) -> int:
     if args.checkpoint is None:
         return _verify_calibrated(args)
     f = C.read(args.checkpoint)
-    model, _ = quant_model_from(f, arch=args.arch, scheme=args.quant_scheme)
+    dataset = resolve_dataset(args.dataset, args.data, f.dataset or ("imagenet" if f.numerics_inferred else None))
+    size = resolve_input_size(args.input_size, dataset, args.arch or f.arch, f.input_size)
+    model, _ = quant_model_from(f, arch=args.arch, scheme=args.quant_scheme, input_size=size)
     if f.numerics_inferred:
         print(f"note: {f.describe()} records no numeric profile: evaluated under numerics {model.config.numerics}")
-    dataset = resolve_dataset(args.dataset, args.data, f.dataset or ("imagenet" if f.numerics_inferred else None))
-    data = build_loaders(dataset, args.data, args.batch_size, 0, 1.0, 0, eval_limit=args.limit, arch=model.arch)
+    data = build_loaders(dataset, args.data, args.batch_size, 0, 1.0, 0, eval_limit=args.limit, arch=model.arch,
+                         input_size=size)
     if args.artifact:
         art = artifact_of(C.read(args.artifact))
         if art.get("arch") not in (None, model.arch):

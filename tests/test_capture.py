@@ -2,6 +2,7 @@
 QAT eval == NumPy reference == TVM llvm, integer for integer; unsupported models stop in one line."""
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 import textwrap
@@ -10,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 import torchvision
 
 import hawq
+from hawq import checkpoint as C
 from conftest import randomize_bn
 from hawq.bit_config import load_scheme, table_rows
 from hawq.capture import capture
@@ -41,7 +44,7 @@ def _calibrated(arch: str, scheme: str, side: int = SIDE):
     torch.manual_seed(0)
     fp = fp_model(arch, 10)
     randomize_bn(fp)
-    model = quant_model(arch, load_scheme(arch, scheme), 10, fp=fp)
+    model = quant_model(arch, load_scheme(arch, scheme), 10, fp=fp, input_size=side)
     with torch.no_grad():
         model.train()
         for _ in range(2):
@@ -58,7 +61,7 @@ def _tvm(graph: dict, x: np.ndarray) -> np.ndarray:
 
 
 def _three_way(name: str, scheme: str, tvm: bool, side: int = SIDE) -> None:
-    arch = f"torchvision:{name}"
+    arch = name if ":" in name else f"torchvision:{name}"
     model = _calibrated(arch, scheme, side)
     x = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(1)) * 1.5
     graph = export_integer(model, (3, side, side))["graph"]
@@ -74,6 +77,14 @@ def _three_way(name: str, scheme: str, tvm: bool, side: int = SIDE) -> None:
 def test_torchvision_bit_exact(name, scheme):
     pytest.importorskip("tvm")
     _three_way(name, scheme, tvm=name == "resnet18")     # TVM on the rest: test-slow
+
+
+@pytest.mark.parametrize("name", [pytest.param("resnet18", marks=pytest.mark.slow), "mobilenetv2_100", "regnetx_002"])
+def test_timm_bit_exact(name):
+    """timm models (their BatchNormAct2d folded with its ReLU/ReLU6): QAT eval == reference (== TVM)."""
+    pytest.importorskip("timm")
+    pytest.importorskip("tvm")
+    _three_way(f"timm:{name}", "uniform4", tvm=name == "mobilenetv2_100")
 
 
 @pytest.mark.slow
@@ -170,8 +181,28 @@ def test_api_adaround_on_a_captured_model_is_exact(user_file):
     assert q.bit_config()["stem.0"] == 8 and q.bit_config()["body.0"] == 4      # the first conv stays at 8
     graph = hawq.export_program(q, input_shape=(3, 32, 32))
     assert (hawq.run_reference(graph, images[1]) == q.forward_int(images[1]).numpy()).all()
-    with pytest.raises(HawqError, match="adaround"):
-        hawq.quantize(model, images[0], images, recon="brecq")
+    with pytest.raises(HawqError, match="choose one of none, adaround, brecq, qdrop"):
+        hawq.quantize(model, images[0], images, recon="gptq")
+
+
+@pytest.mark.parametrize("method", ["brecq", "qdrop"])
+def test_block_reconstruction_finds_residual_units_in_the_graph(method):
+    """BRECQ/QDrop on a captured torchvision resnet18: one unit per BasicBlock (found from the graph,
+    named by the model's paths), the stem and the classifier alone; the result stays bit-exact."""
+    from hawq.ptq.recon import units
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    images = [torch.randn(8, 3, SIDE, SIDE) for _ in range(2)]
+    q = hawq.quantize(model, images[0], images, w_bits=4, recon=method, recon_iters=2)
+    names = [n for n, _ in units(q, blockwise=True)]
+    assert names == ["conv1"] + [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)] + ["fc"]
+    block = dict(units(q, blockwise=True))["layer2.0"]
+    assert {n for n, m in q.named_modules() if m in set(block.modules())} >= {
+        "layer2.0.conv1", "layer2.0.conv2", "layer2.0.downsample.0", "layer2.0.add"}
+    assert len(q.state_dict()) == len(copy.deepcopy(q).state_dict())     # units are not registered
+    graph = hawq.export_program(q, input_shape=(3, SIDE, SIDE))
+    x = torch.randn(2, 3, SIDE, SIDE)
+    assert (hawq.run_reference(graph, x) == q.forward_int(x).numpy()).all()
 
 
 # --------------------------------------------------------------------------- a user's file, CLIs
@@ -211,6 +242,18 @@ class Norm(Net):
 
 def layernorm():
     return Norm()
+
+class Fixed(nn.Module):          # a flatten of the feature map: one input size only
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.head = nn.Linear(8 * 16 * 16, num_classes)
+
+    def forward(self, x):
+        return self.head(nn.functional.relu(self.conv(x)).flatten(1))
+
+def fixed(num_classes=10):
+    return Fixed(num_classes)
 """
 
 
@@ -246,15 +289,44 @@ def test_user_file_trains_verifies_and_compiles(user_file, tmp_path):
     assert "stem.0" in load_scheme(arch, "uniform8") and "body.2" in load_scheme(arch, "uniform8")
 
 
+def test_input_size_is_recorded_and_reused(user_file, tmp_path):
+    """--input-size 48: FP training records it; PTQ, verification and TVM take it from the files."""
+    pytest.importorskip("tvm")
+    arch = f"{user_file}:build"
+    r = _cli("quant_train.py", "-a", arch, "--input-size", "48", "--quant-scheme", "fp32", "--epochs", "1",
+             "--data-percentage", "0.01", "--eval-limit", "64", "-b", "64", "--no-progress",
+             "--save-path", str(tmp_path / "fp"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    fp = tmp_path / "fp" / "model_best.pth.tar"
+    assert C.read(str(fp)).input_size == 48
+    r = _cli("-m", "hawq.ptq", "-a", arch, "--pretrained", str(fp), "--w-bits", "4", "--calib-size", "64",
+             "--eval-limit", "64", "--no-progress", "--save-path", str(tmp_path / "ptq"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    ckpt = str(tmp_path / "ptq" / "checkpoint.pth.tar")
+    assert C.read(ckpt).input_size == 48
+    assert C.read(str(tmp_path / "ptq" / "quantized_checkpoint.pth.tar")).raw["input_shape"] == [3, 48, 48]
+    r = _cli("-m", "tvm_benchmark.verify", "--checkpoint", ckpt, "--limit", "16", "-b", "16", "--no-progress")
+    assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "mismatches: 0/160", r.stdout + r.stderr
+    # a fully convolutional model evaluates at another size when asked; an artifact's size is fixed
+    r = _cli("-m", "hawq.verify", "--checkpoint", ckpt, "--input-size", "40", "--limit", "16", "--no-progress")
+    assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "mismatches: 0/160", r.stdout + r.stderr
+    r = _cli("-m", "tvm_benchmark.export", "--checkpoint", str(tmp_path / "ptq" / "quantized_checkpoint.pth.tar"),
+             "--input-size", "40", "--out", str(tmp_path / "so"))
+    assert r.returncode == 2 and "was exported for 48px inputs" in r.stderr and not (tmp_path / "so").exists(), r.stderr
+
+
 @pytest.mark.parametrize("arch_tail, message", [
     (":not_a_model", "returned int, not a torch.nn.Module"),
     (":missing_function", "has no function 'missing_function'"),
     (":two", "forward takes 2 inputs"),
     (":layernorm", "stem.1 (LayerNorm) has no integer-only implementation ("),
+    (":fixed --input-size 7", "does not run on a 1x3x7x7 input (RuntimeError: mat1 and mat2 shapes"),
+    (":build --input-size 0", "--input-size must be a positive integer, got 0"),
 ])
 def test_bad_user_models_are_one_line_errors(user_file, tmp_path, arch_tail, message):
-    r = _cli("-m", "hawq.verify", "-a", f"{user_file}{arch_tail}", "--quant-scheme", "uniform8", "--random",
-             "--limit", "4")
+    tail, *more = arch_tail.split()
+    r = _cli("-m", "hawq.verify", "-a", f"{user_file}{tail}", "--quant-scheme", "uniform8", "--random",
+             "--limit", "4", *more)
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
@@ -306,3 +378,41 @@ def test_capture_report_status_lines():
     assert status("resnet18", 224) == "captured: 47 quantized layers"
     assert status("vit_b_16", 224) == ("encoder.layers.encoder_layer_0.ln_1 (LayerNorm) has no integer-only "
                                        "implementation")
+
+
+# --------------------------------------------------------------------------- explicit padding
+class _Padded(nn.Module):
+    """ZeroPad2d before a conv, Conv2d(padding="same"), F.pad before a strided conv."""
+
+    def __init__(self, pad=(1, 1, 1, 1)):
+        super().__init__()
+        self.pad_last = pad
+        self.pad = nn.ZeroPad2d(1)
+        self.c1, self.bn = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)
+        self.c2 = nn.Conv2d(8, 8, 3, padding="same")
+        self.c3 = nn.Conv2d(8, 8, 3, stride=2)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = nn.functional.relu(self.bn(self.c1(self.pad(x))))
+        x = nn.functional.relu(self.c2(x))
+        x = nn.functional.relu(self.c3(nn.functional.pad(x, self.pad_last)))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_explicit_padding_folds_into_the_next_conv():
+    torch.manual_seed(0)
+    model = _Padded().eval()
+    randomize_bn(model)
+    images = [torch.randn(8, 3, SIDE, SIDE) for _ in range(2)]
+    q = hawq.quantize(model, images[0], images)
+    graph = hawq.export_program(q, input_shape=(3, SIDE, SIDE))
+    x = torch.randn(4, 3, SIDE, SIDE)
+    assert (hawq.run_reference(graph, x) == q.forward_int(x).numpy()).all()
+    with torch.no_grad():
+        err = (q(x) - model(x)).abs().max() / model(x).abs().max()
+    assert err < 0.02, err                      # W8A8 of the same function: padding not lost or doubled
+    assert (model.c1.padding, model.c2.padding, model.c3.padding) == ((0, 0), "same", (0, 0))   # FP model untouched
+    with pytest.raises(HawqError, match=r"^model: c3 \(Conv2d\) reads asymmetric padding \(left 0, right 1, top 0, "
+                                        r"bottom 1\); asymmetric padding is not supported yet \(.*test_capture.py:\d+\)$"):
+        hawq.quantize(_Padded((0, 1, 0, 1)).eval(), images[0], images)

@@ -2,6 +2,7 @@
 the integer model's own weights, the CSV, determinism and one-line errors."""
 from __future__ import annotations
 
+import copy
 import csv
 import os
 import subprocess
@@ -190,3 +191,34 @@ def test_bad_input_is_one_line_error(argv, message, capsys, tmp_path, monkeypatc
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and err.startswith("error:") and "\n" not in err and message in err
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_captured_model_sensitivity_names_folds_and_mpq(tmp_path):
+    """A captured model (torchvision resnet18): the layers are the capture's names with their BN
+    folds, the errors are those of the weights the quantized model uses, and hawq.mpq turns the CSV
+    into a scheme bit_config accepts."""
+    from hawq.mpq import main as mpq_main
+    from hawq.models.layers import WEIGHT_KINDS, quant_layers
+    from hawq.sensitivity import rows_csv
+    arch = "torchvision:resnet18"
+    torch.manual_seed(0)
+    fp = fp_model(arch, 10)
+    randomize_bn(fp)
+    layers = weight_layers(fp, arch)
+    assert [layer.name for layer in layers] == [s.name for s in quant_layers(arch) if s.kind in WEIGHT_KINDS]
+    assert layers[0].fold is not None and layers[-1].fold is None                     # conv1+bn1, fc
+    model = quant_model(arch, load_scheme(arch, "uniform4"), 10, fp=copy.deepcopy(fp),
+                        config=QuantConfig(fix_BN=True), input_size=32)
+    model(calibrate(model, (2, 3, 32, 32)))
+    m, layer = model.get_submodule("layer2.0.conv1"), layers[[x.name for x in layers].index("layer2.0.conv1")]
+    folded = m.folded_weight_bias()[0].detach().double()
+    wq = m.weight_integer.double() * m.convbn_scaling_factor.double()[:, None, None, None]
+    err = (wq - folded) * m.conv.weight.detach().double() / folded
+    assert quant_error(layer, 4) == pytest.approx(float(err.square().sum()), rel=1e-5)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    rows = layer_sensitivity(fp, arch, [(x, y)], max_iter=2, seed=0)
+    (tmp_path / "sens.csv").write_text(rows_csv(rows, CSV_FIELDS))
+    out = tmp_path / "s.json"
+    mpq_main(["-a", arch, "--sensitivity", str(tmp_path / "sens.csv"), "--constraint", "bops=0.5", "--out", str(out)])
+    bits = load_scheme(arch, str(out))
+    assert {bits[n] for n in bits if n.startswith("layer")} >= {4, 8, 16} and bits["conv1"] == bits["fc"] == 8

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from hawq.cli import RECORDED_DATASET_HELP, add_arch_arg, add_data_args as add_dataset_args, add_quant_scheme_arg
+from hawq.cli import (RECORDED_DATASET_HELP, add_arch_arg, add_data_args as add_dataset_args, add_input_size_arg,
+                      add_quant_scheme_arg)
 from tvm_benchmark.isa import CHOICES as ISA_CHOICES
 from tvm_benchmark.targets import TARGETS
 
@@ -14,6 +15,8 @@ def add_program_args(p: argparse.ArgumentParser, batch_default: int, checkpoint_
                         "or HAWQ-V3's checkpoint.pth.tar / quantized_checkpoint.pth.tar (with --quant-scheme)")
     add_arch_arg(p, None, help="for HAWQ-V3 files that do not record it")
     add_quant_scheme_arg(p, help="for HAWQ-V3 files, which do not record their bit_config")
+    add_input_size_arg(p, "the checkpoint's (an artifact's is fixed), else 224 with --data, 32 on the embedded "
+                          "dataset, 96 for inceptionv3")
     p.add_argument("--target", default="llvm",
                    help=f"{' or '.join(TARGETS)} (llvm = this host's CPU, vector extensions detected)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")

@@ -30,11 +30,11 @@ LIB, PARAMS = "model.so", "params.json"
 
 def export(checkpoint: str, target_key: str, out: str, batch: int = 1, threads: int | None = None,
            untuned: bool = False, arch: str | None = None, scheme: str | None = None,
-           isa: str | None = None) -> dict:
+           isa: str | None = None, input_size: int | None = None) -> dict:
     """Compile and write ``out/model.so`` + ``out/params.json``; returns the params dict."""
     if batch < 1:
         raise HawqError(f"--batch-size must be >= 1, got {batch}")
-    prog = load_program(checkpoint, arch, scheme)
+    prog = load_program(checkpoint, arch, scheme, input_size=input_size)
     built = compile_program(prog.graph, prog.input_shape(batch), target_key, threads,
                             fast=False if untuned else None, isa=isa)
     scale = prog.graph.get("output_scale")
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="output directory (created)")
     args = p.parse_args(argv)
     params = export(args.checkpoint, args.target, args.out, args.batch_size, args.threads, args.untuned,
-                    args.arch, args.quant_scheme, args.isa)
+                    args.arch, args.quant_scheme, args.isa, args.input_size)
     print(f"wrote {Path(args.out) / LIB} and {PARAMS}: {params['arch']} {params['quant_scheme']} "
           f"input {params['input_shape']} isa {params['isa']} target {params['target']}")
     return 0

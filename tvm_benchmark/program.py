@@ -15,10 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hawq import checkpoint as C
-from hawq.cli import resolve_dataset
-from hawq.data import input_size_of
+from hawq.data import resolve_dataset
+from hawq.errors import HawqError
 from hawq.export import export_integer
-from hawq.models.factory import quant_model_from
+from hawq.models.factory import quant_model_from, resolve_input_size
 
 
 @dataclass
@@ -38,19 +38,23 @@ class Program:
 
 
 def load_program(path: str, arch: str | None = None, scheme: str | None = None,
-                 dataset: str | None = None, data: str | None = None) -> Program:
-    """The integer program in ``path``; ``arch``/``scheme`` for HAWQ-V3 files, ``dataset`` (default:
+                 dataset: str | None = None, data: str | None = None, input_size: int | None = None) -> Program:
+    """The integer program in ``path``; ``arch``/``scheme`` for HAWQ-V3 files. A checkpoint is
+    exported at ``input_size`` pixels (default: the recorded size, else the default of ``dataset``:
     the recorded one; for HAWQ-V3 files imagenet; else as :func:`hawq.cli.resolve_dataset` with the
-    ``--data`` directory ``data``) fixes the input size a checkpoint is exported at."""
+    ``--data`` directory ``data``); an artifact's input shape is fixed."""
     f = C.read(path)
     if f.kind is C.Kind.ARTIFACT:
+        if input_size is not None and input_size != f.input_size:
+            raise HawqError(f"{f.describe()} was exported for {f.input_size}px inputs; --input-size {input_size} "
+                            "needs the checkpoint it was exported from")
         art = f.raw
         return Program(art["graph"], tuple(int(d) for d in art["input_shape"]), str(art.get("arch")),
                        str(art.get("quant_scheme")), f.dataset or "fashion-mnist", dict(f.bit_config or {}), path,
                        f.config.numerics)
-    model, bits = quant_model_from(f, arch=arch, scheme=scheme)
     dataset = resolve_dataset(dataset, data, f.dataset or ("imagenet" if f.numerics_inferred else None))
-    s = input_size_of(dataset, model.arch)
+    s = resolve_input_size(input_size, dataset, arch or f.arch, f.input_size)
+    model, bits = quant_model_from(f, arch=arch, scheme=scheme, input_size=s)
     art = export_integer(model, (3, s, s))
     return Program(art["graph"], (3, s, s), model.arch, str(f.quant_scheme or scheme), dataset, dict(bits), path,
                    model.config.numerics)

@@ -71,13 +71,10 @@ def main(argv=None) -> int:
         prog = Program(art["graph"], (3, size, size), model.arch, args.quant_scheme, what, model.bit_config(),
                        "calibrated", model.config.numerics)
     else:
-        prog = load_program(args.checkpoint, args.arch, args.quant_scheme, args.dataset, args.data)
+        prog = load_program(args.checkpoint, args.arch, args.quant_scheme, args.dataset, args.data, args.input_size)
         data = build_loaders(args.dataset or prog.dataset, args.data, args.batch_size, 0, 1.0, 0,
-                             eval_limit=args.limit, arch=prog.arch)
-        val, size = data.val, data.input_size
-    if size != prog.input_chw[1]:
-        raise HawqError(f"dataset images are {size}px but the program was exported for "
-                        f"{prog.input_chw[1]}px")
+                             eval_limit=args.limit, arch=prog.arch, input_size=prog.input_chw[1])
+        val = data.val
     built = compile_program(prog.graph, prog.input_shape(args.batch_size), args.target, args.threads,
                             all_outputs=args.per_layer, fast=False if args.untuned else None, isa=args.isa)
     runner = Runner(built.executable, device_of(args.target), args.batch_size, built.isa_name)

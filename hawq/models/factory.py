@@ -7,7 +7,8 @@ import torch.nn as nn
 from hawq import checkpoint as C
 from hawq.errors import HawqError
 from hawq.quant.config import QuantConfig
-from hawq.models.layers import arch_info, build_fp_model, conv_of
+from hawq.data import input_size_of
+from hawq.models.layers import arch_info, build_fp_model, check_input_size, conv_of
 from hawq.models.base import QuantModel
 from hawq.models.inception import QuantInceptionV3
 from hawq.models.mobilenet import QuantMobileNetV2
@@ -161,22 +162,36 @@ def check_arch(f: C.ModelFile, arch: str) -> None:
         raise HawqError(f"checkpoint '{f.path}' is for arch '{f.arch}', not '{arch}'")
 
 
+def resolve_input_size(input_size: int | None, dataset: str, arch: str | None, recorded: int | None = None) -> int:
+    """The input side to use: ``--input-size`` when given, else ``recorded`` (a checkpoint's), else
+    the dataset's default for ``arch`` (:func:`hawq.data.input_size_of`); checked against the model
+    (:func:`hawq.models.layers.check_input_size`) when it is not the default."""
+    size = input_size_of(dataset, arch, input_size if input_size is not None else recorded)
+    if arch is not None and size != input_size_of(dataset, arch):
+        check_input_size(arch, size)
+    return size
+
+
 def quant_model(arch: str, bits: dict[str, int], num_classes: int, fp: nn.Module | None = None,
-                config: QuantConfig | None = None) -> QuantModel:
-    """The quantized model of ``arch`` with per-layer ``bits`` and ``config``, wrapping ``fp`` (or a fresh FP model)."""
+                config: QuantConfig | None = None, input_size: int | None = None) -> QuantModel:
+    """The quantized model of ``arch`` with per-layer ``bits`` and ``config``, wrapping ``fp`` (or a
+    fresh FP model). ``input_size``: the square input side a captured model is traced at (default
+    the arch's canonical one); the wrappers of :data:`WRAPPERS` take any size."""
     if fp is None:
         fp = fp_model(arch, num_classes)
     info = arch_info(arch)
     if info.family == "captured":
         from hawq.capture import capture
-        example = torch.zeros(2, 3, info.input_size, info.input_size)
+        size = input_size or info.input_size
+        example = torch.zeros(2, 3, size, size)
         return capture(fp, example, config, bits, name=arch, copy_model=False)
     return WRAPPERS[info.family](fp, bits, arch=arch, config=config)
 
 
 def quant_model_from(f: C.ModelFile, arch: str | None = None, scheme: str | None = None,
-                     config: QuantConfig | None = None, device="cpu"):
+                     config: QuantConfig | None = None, device="cpu", input_size: int | None = None):
     """Rebuild the quantized model a quantized file holds, in eval mode: (model, bit_config).
+    ``input_size`` (default: the file's recorded one) is what a captured model is traced at.
 
     Ours record arch, bit_config and config; HAWQ-V3 files need ``scheme`` (and ``arch`` for its
     quantized_checkpoint), and are built in profile hawq unless ``config`` says otherwise. A HAWQ
@@ -201,7 +216,8 @@ def quant_model_from(f: C.ModelFile, arch: str | None = None, scheme: str | None
     if f.num_classes is None:
         raise HawqError(f"{f.describe()} lacks an output layer; cannot tell the number of classes")
     fp = _fp_model_for_state(arch, f.num_classes, f.state_dict) if f.numerics_inferred else None
-    model = quant_model(arch, bits, f.num_classes, fp=fp, config=config or f.config)
+    model = quant_model(arch, bits, f.num_classes, fp=fp, config=config or f.config,
+                        input_size=input_size or f.input_size)
     if f.kind is C.Kind.HAWQ_QUANTIZED:
         model.load_stored_integers(f.state_dict, f.path)
     else:

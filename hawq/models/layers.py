@@ -39,7 +39,7 @@ class ArchInfo:
     ``family`` selects the quantized wrapper (``resnet`` — RegNetX's units are ResNet bottlenecks —
     ``mobilenetv2`` or ``inception``) and ``min_input`` is the smallest input side the network
     takes (InceptionV3's stem and reductions need 75 px; on 32×32 Fashion-MNIST the images are
-    upscaled, :func:`hawq.data.upscale_of`).
+    upscaled, :func:`hawq.data.default_input_size`).
     """
 
     model_name: str
@@ -101,6 +101,18 @@ def arch_info(arch: str) -> ArchInfo:
                     "path/to/file.py:FUNCTION") from None
 
 
+def check_input_size(arch: str, size: int) -> None:
+    """One-line HawqError unless ``arch``'s model takes ``size``×``size`` inputs: an arch of
+    :data:`ARCHS` needs at least its ``min_input``; a captured model must run on such an image."""
+    info = arch_info(arch)
+    if info.family != "captured":
+        if size < info.min_input:
+            raise HawqError(f"--input-size {size}: {arch} takes inputs of at least {info.min_input} pixels")
+        return
+    from hawq.models import zoo
+    zoo.output_classes(arch, size)
+
+
 @functools.lru_cache(maxsize=None)
 def _spec_info(arch: str) -> ArchInfo:
     from hawq.models import zoo
@@ -108,7 +120,7 @@ def _spec_info(arch: str) -> ArchInfo:
     size = zoo.spec_input_size(arch)
     classes = 1000
     if not arch.startswith(("torchvision:", "timm:")):
-        classes = zoo.output_classes(arch, size)     # a user's model: its own class count
+        classes = zoo.output_classes(arch, size, 224)     # a user's model: its own class count
     return ArchInfo(arch, size, classes, False, None, family="captured")
 
 

@@ -130,9 +130,19 @@ def build_pretrained(arch: str, num_classes: int) -> nn.Module:
     return model
 
 
-def output_classes(arch: str, size: int) -> int:
-    """Outputs of ``arch``'s model on one ``size``×``size`` image (its class count)."""
+def output_classes(arch: str, size: int, *fallback_sizes: int) -> int:
+    """Outputs of ``arch``'s model on one ``size``×``size`` image (its class count); when it does not
+    run at ``size``, each of ``fallback_sizes`` is tried before the one-line HawqError."""
     model = build(arch).eval()
+    for alt in fallback_sizes:
+        try:
+            return _classes_at(arch, model, size)
+        except HawqError:
+            size = alt
+    return _classes_at(arch, model, size)
+
+
+def _classes_at(arch: str, model: nn.Module, size: int) -> int:
     try:
         params = [p for p in inspect.signature(model.forward).parameters.values()
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]

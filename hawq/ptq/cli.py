@@ -12,7 +12,8 @@ import torch
 from hawq import checkpoint as C
 from hawq import engine
 from hawq.bit_config import load_scheme
-from hawq.cli import add_arch_arg, add_data_args, add_quant_scheme_arg, one_line_errors, resolve_dataset, run_main
+from hawq.cli import (add_arch_arg, add_data_args, add_input_size_arg, add_quant_scheme_arg, one_line_errors,
+                      resolve_dataset, resolve_input_size, run_main)
 from hawq.data import build_loaders, calibration_images
 from hawq.errors import HawqError
 from hawq.export import export_integer, save_artifact
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument
     add_arch_arg(p)
     add_data_args(p)
+    add_input_size_arg(p, "the FP checkpoint's, else 224 with --data, 32 on the embedded dataset, 96 for inceptionv3")
     a("--pretrained", required=True, metavar="FP_CKPT", help="floating-point checkpoint to quantize")
     a("--w-bits", type=int, default=None, choices=list(BITS), help="weight bits (default 8)")
     a("--a-bits", type=int, default=None, choices=list(BITS), help="activation bits (default 8)")
@@ -99,14 +101,15 @@ def main(argv=None) -> dict:
         w, a = args.w_bits or 8, args.a_bits or 8
         bits, label = scheme_bits(args.arch, w, a, args.first_last_8bit), scheme_label(w, a, args.first_last_8bit)
     settings = settings_of(args)
+    size = resolve_input_size(args.input_size, args.dataset, args.arch, f.input_size)
     data = build_loaders(args.dataset, args.data, args.batch_size, 0, 1.0, args.seed,
-                         eval_limit=args.eval_limit, arch=args.arch)
+                         eval_limit=args.eval_limit, arch=args.arch, input_size=size)
     if f.num_classes is not None and f.num_classes != data.num_classes:
         raise HawqError(f"{f.describe()} has {f.num_classes} classes, the dataset {data.num_classes}")
-    images = calibration_images(args.dataset, args.data, args.calib_size, args.seed, arch=args.arch)
+    images = calibration_images(args.dataset, args.data, args.calib_size, args.seed, arch=args.arch, input_size=size)
     config = QuantConfig(numerics=args.numerics, per_channel=args.channel_wise, fix_BN=True)
     model = quant_model(args.arch, bits, data.num_classes, fp=fp_model(args.arch, data.num_classes, weights=f),
-                        config=config)
+                        config=config, input_size=size)
     report = quantize(model, images, settings, seed=args.seed, progress=not args.no_progress)
     print(f"calibration ({settings.a_observer} / {settings.w_observer}, {args.calib_size} images): "
           f"{report.calib_seconds:.1f}s; reconstruction ({settings.recon.method}): {report.recon_seconds:.1f}s")
@@ -117,9 +120,9 @@ def main(argv=None) -> dict:
            "drop_prob": settings.recon.drop_prob, "calib_size": args.calib_size, "seed": args.seed,
            "pretrained": args.pretrained, "calib_seconds": round(report.calib_seconds, 2),
            "recon_seconds": round(report.recon_seconds, 2)}
-    state = {"epoch": 0, "arch": args.arch, "quant_scheme": label, "state_dict": model.state_dict(),
-             "best_acc1": res["top1"], "num_classes": data.num_classes, "dataset": args.dataset,
-             "bit_config": dict(bits), "quant_config": config.to_dict(), "ptq": ptq}
+    state = C.checkpoint_state(model, arch=args.arch, quant_scheme=label, num_classes=data.num_classes,
+                               dataset=args.dataset, input_size=size, bit_config=bits, config=config,
+                               best_acc1=res["top1"], ptq=ptq)
     os.makedirs(args.save_path, exist_ok=True)
     ckpt = os.path.join(args.save_path, "checkpoint.pth.tar")
     C.save_atomic(state, ckpt)

@@ -29,7 +29,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from hawq import numerics as N
-from hawq.errors import HawqError
+from hawq.capture import GraphUnit, QuantGraphModel
 from hawq.quant.graph import Q
 from hawq.quant.modules import QuantAct, QuantBnConv2d, QuantLinear
 
@@ -104,6 +104,8 @@ class _Stop(Exception):
 def capture(model: nn.Module, unit: nn.Module, images: torch.Tensor, batch: int, output: bool):
     """Inputs (or outputs) of ``unit`` for every image, running the model in batches and stopping
     each forward at the unit: (values float32 [N, ...], scale of the first batch or None)."""
+    if isinstance(unit, GraphUnit):       # a block of a captured program: not a module the program calls
+        return unit.io_values(images, batch, output)
     vals, scale = [], None
 
     def hook(mod, inp, out):
@@ -129,7 +131,10 @@ def capture(model: nn.Module, unit: nn.Module, images: torch.Tensor, batch: int,
 
 def units(model: nn.Module, blockwise: bool) -> list[tuple[str, nn.Module]]:
     """Reconstruction units in forward order: with ``blockwise`` each unit of a stage (a residual
-    block) is one unit, and weighted layers outside stages are their own; else every weighted layer."""
+    block) is one unit, and weighted layers outside stages are their own; else every weighted layer.
+    A captured model finds its blocks in its graph (:meth:`hawq.capture.QuantGraphModel.recon_units`)."""
+    if isinstance(model, QuantGraphModel):
+        return model.recon_units(blockwise)
     stage_names = set(getattr(model, "stage_names", ()))
     stages = {n for n, m in model.named_modules() if isinstance(m, nn.Sequential) and n.split(".")[-1] in stage_names}
     out, covered = [], []
@@ -216,13 +221,9 @@ def reconstruct(model: nn.Module, images: torch.Tensor, s: ReconSettings, seed: 
     """Reconstruct every unit in forward order (:func:`units`); returns (unit name, final loss)."""
     g = torch.Generator().manual_seed(seed)
     blockwise = s.method in ("brecq", "qdrop")
-    if blockwise and not getattr(model, "stage_names", ()):
-        # a captured model's blocks are not modules its program calls: no block inputs to record
-        raise HawqError(f"--recon {s.method} reconstructs residual blocks; a captured model "
-                        f"({getattr(model, 'arch', '')}) supports --recon adaround (layer by layer) for now")
     todo = units(model, blockwise=blockwise)
     ref = copy.deepcopy(model)           # the float model, before any unit is hardened
-    ref_units = dict(ref.named_modules())
+    ref_units = dict(units(ref, blockwise=blockwise))
     report = []
     bar = tqdm(todo, desc=s.method, disable=not progress, dynamic_ncols=True, leave=False)
     for name, unit in bar:
