@@ -26,7 +26,7 @@ dataset:
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
 
 demo: setup
-	$(PY) -m hawq.demo
+	$(PY) -m hawq.apps.demo
 
 test: setup
 	$(PY) -m pytest -q
@@ -43,22 +43,22 @@ hawq-conformance: setup
 	@test -f $(HAWQ_REF) || { echo "error: $(HAWQ_REF) not found (HAWQ_REF=path/to/make_ref.py)"; exit 2; }
 	for a in resnet18 resnet50; do test -f $(HAWQ_REF_OUT)/$$a/summary.json || \
 	  $(PY) $(HAWQ_REF) $(HAWQ_REF_OUT)/$$a --arch $$a --schemes uniform8 uniform4 bops_0.5 || exit 1; done
-	$(PY) -m hawq.conformance $(HAWQ_REF_OUT)/resnet18/resnet18_*/ $(HAWQ_REF_OUT)/resnet50/resnet50_*/
+	$(PY) -m hawq.apps.conformance $(HAWQ_REF_OUT)/resnet18/resnet18_*/ $(HAWQ_REF_OUT)/resnet50/resnet50_*/
 	HAWQ_REF_FULL=$(HAWQ_REF_OUT)/resnet18:$(HAWQ_REF_OUT)/resnet50 $(PY) -m pytest -q -m slow tests/test_hawq_conformance.py
 
 bench: setup
-	$(PY) -m hawq.bench --quantizer minmax lsq pact dorefa --ddp 2
-	$(PY) -m hawq.api_bench --models resnet50 mobilenet_v2 --input-size 224 --images 64
-	$(PY) -m tvm_benchmark.bench -a resnet18 resnet50 --quant-scheme uniform8 uniform4 bops_0.5 -b 1 8 --threads 2
-	$(PY) -m tvm_benchmark.bench -a mobilenetv2_w1 regnetx006 inceptionv3 --quant-scheme uniform8 uniform4 -b 1 8 --threads 2
+	$(PY) -m hawq.benchmarks.qat_overhead --quantizer minmax lsq pact dorefa --ddp 2
+	$(PY) -m hawq.benchmarks.api --models resnet50 mobilenet_v2 --input-size 224 --images 64
+	$(PY) -m tvm_benchmark.apps.bench -a resnet18 resnet50 --quant-scheme uniform8 uniform4 bops_0.5 -b 1 8 --threads 2
+	$(PY) -m tvm_benchmark.apps.bench -a mobilenetv2_w1 regnetx006 inceptionv3 --quant-scheme uniform8 uniform4 -b 1 8 --threads 2
 
 # Post-training quantization table (MQBench's layout): results/ptq.{csv,md}, about 30 min on 2 cores (the NumPy reference is the slow part of verifying).
 ptq-bench: setup
-	$(PY) -m hawq.ptq_bench -a resnet20_cifar10 --iters 300 --verify-images 100 --no-progress
+	$(PY) -m hawq.benchmarks.ptq -a resnet20_cifar10 --iters 300 --verify-images 100 --no-progress
 
 # Per-layer TVM latency tables for the latency-constrained bit allocation (hawq.mpq --latency-table).
 layer-latency: setup
-	for a in resnet20_cifar10 resnet18 resnet50; do $(PY) -m tvm_benchmark.layer_latency -a $$a; done
+	for a in resnet20_cifar10 resnet18 resnet50; do $(PY) -m tvm_benchmark.apps.layer_latency -a $$a; done
 
 # The GPU bundle (build/gpu-bundle/, run there with `bash build/gpu-bundle/run.sh OUTDIR`): tensor-core
 # programs of the released checkpoints and resnet18/resnet50 (uniform8, uniform4, bops_0.5) at batch
@@ -66,12 +66,12 @@ layer-latency: setup
 # wheel for the GPU machine's Python (3.12) from PyPI once (build/wheels/).
 CUDA_ARCH ?= sm_90
 gpu-bundle: setup
-	$(PY) -m tvm_benchmark.gpu_bundle --out build/gpu-bundle --sm $(CUDA_ARCH) --no-progress
+	$(PY) -m tvm_benchmark.apps.gpu_bundle --out build/gpu-bundle --sm $(CUDA_ARCH) --no-progress
 
 # Re-train the released checkpoints (about an hour on 2 cores) and rewrite checkpoints/MANIFEST.csv.
 release: setup
-	$(PY) -m hawq.release train
-	$(PY) -m hawq.release manifest
+	$(PY) -m hawq.apps.release train
+	$(PY) -m hawq.apps.release manifest
 
 # Regenerate constraints.txt from a fresh resolve of pyproject's pins.
 lock:

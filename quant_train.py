@@ -7,8 +7,8 @@
 
 Without --data it trains on the embedded Fashion-MNIST. See README.md for every flag.
 """
-from hawq.cli import run_main
-from hawq.train import main
+from hawq.apps.cli import run_main
+from hawq.apps.train import main
 
 if __name__ == "__main__":
     run_main(main)

@@ -32,7 +32,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 from hawq.errors import HawqError
-from hawq.models.layers import ARCHS, WEIGHT_KINDS, LayerSpec, arch_info, quant_layers
+from hawq.models.archs import ARCHS, arch_info
+from hawq.models.layers import WEIGHT_KINDS, LayerSpec, quant_layers
+
+__all__ = ["BIT_CONFIG_DIR", "ALLOWED_BITS", "PAPER_FIGURES", "TABLE_COLUMNS", "uniform_bits",
+           "bits_of_layers", "list_schemes", "canonical_scheme_name", "validate_scheme", "load_scheme",
+           "scheme_stats", "table_rows", "table_csv"]
 
 BIT_CONFIG_DIR = Path(__file__).resolve().parent / "bit_configs"
 

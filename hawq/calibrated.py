@@ -14,12 +14,15 @@ import itertools
 import torch
 
 from hawq.bit_config import load_scheme
-from hawq.data import FMNIST_CLASSES, build_loaders, input_size_of
+from hawq.data import FMNIST_CLASSES, build_loaders
+from hawq.models.archs import input_size_of
 from hawq.engine import calibrate, calibrate_random
 from hawq.models.base import QuantModel
 from hawq.models.factory import fp_model_pretrained, quant_model
 from hawq.quant.config import QuantConfig
 
+
+__all__ = ["calibrated_model", "random_batches"]
 
 def calibrated_model(arch: str, scheme: str, *, pretrained: str | None = None, random: bool = False,
                      batches: int = 4, batch_size: int = 16, numerics: str = "exact", seed: int = 0,
@@ -27,7 +30,7 @@ def calibrated_model(arch: str, scheme: str, *, pretrained: str | None = None, r
     """(model in eval mode, input side in px) of ``arch`` under ``scheme`` with Fashion-MNIST's 10
     classes, activation ranges calibrated on ``batches`` batches of the embedded training images
     (``data``: their directory) or, with ``random``, of standard-normal images, all ``input_size``
-    pixels square (default :func:`hawq.data.input_size_of`). BN stays as built (``fix_BN``):
+    pixels square (default :func:`hawq.models.archs.input_size_of`). BN stays as built (``fix_BN``):
     calibration changes activation ranges only."""
     torch.manual_seed(seed)
     size = input_size_of("fashion-mnist", arch, input_size)
@@ -37,7 +40,7 @@ def calibrated_model(arch: str, scheme: str, *, pretrained: str | None = None, r
     if random:
         calibrate_random(model, (batch_size, 3, size, size), batches=batches, seed=seed)
     else:
-        loaders = build_loaders("fashion-mnist", data, batch_size, 0, 1.0, seed, arch=arch, input_size=size)
+        loaders = build_loaders("fashion-mnist", data, batch_size, 0, 1.0, seed, input_size=size)
         loaders.train.set_epoch(0)
         calibrate(model, (x for x, _ in itertools.islice(iter(loaders.train), batches)))
     return model.eval(), size

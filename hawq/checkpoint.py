@@ -28,6 +28,10 @@ from hawq.errors import HawqError
 from hawq.fileio import atomic_write
 from hawq.quant.config import HAWQ_README, QuantConfig
 
+__all__ = ["ARTIFACT_FORMAT", "HAWQ_KEYS", "OPTIONAL_KEYS", "DP_PREFIX", "save_atomic", "load_file",
+           "strip_prefix", "Kind", "ModelFile", "read", "checkpoint_state", "state_dict_of",
+           "is_quantized_state", "load_into"]
+
 #: The integer artifact format written by :mod:`hawq.export`.
 ARTIFACT_FORMAT = "hawq-integer-graph/1"
 #: HAWQ-V3's five dicts of ``quantized_checkpoint.pth.tar`` (our artifacts carry them too).

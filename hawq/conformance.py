@@ -19,7 +19,6 @@ differ by 1); every other layer is allowed differences of ±1, counted in the ta
 """
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass
 
@@ -27,11 +26,13 @@ import numpy as np
 import torch
 
 from hawq import checkpoint as C
-from hawq.cli import one_line_errors, run_main
 from hawq.errors import HawqError
 from hawq.export import export_integer, float_logits
-from hawq.models.factory import quant_model_from
+from hawq.models.restore import quant_model_from
 from hawq.reference import run_graph
+
+__all__ = ["ACC_EXACT", "F32_EXACT", "TIE_MARGIN", "QUANT_OPS", "LayerResult", "RunResult",
+           "compare_fixture", "format_result"]
 
 #: Accumulator magnitude below which HAWQ's float recovery and float64 product are exact (see module doc).
 ACC_EXACT = 1 << 21
@@ -200,27 +201,7 @@ def format_result(r: RunResult, per_layer: bool = False) -> str:
     return "\n".join(lines)
 
 
-@one_line_errors
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("dirs", nargs="+", help="make_ref.py output directories (<arch>_<scheme>/)")
-    p.add_argument("--per-layer", action="store_true", help="print every QuantAct's row")
-    p.add_argument("--numerics", default=None, help="evaluate under this profile (default: inferred, hawq)")
-    p.add_argument("--file", default="checkpoint.pth.tar",
-                   help="HAWQ file in each DIR to evaluate (checkpoint.pth.tar or quantized_checkpoint.pth.tar)")
-    args = p.parse_args(argv)
-    torch.set_grad_enabled(False)
-    bad = 0
-    for d in args.dirs:
-        r = compare_fixture(d, args.numerics, args.file)
-        print(format_result(r, args.per_layer))
-        failed = [L.name for L in r.layers if not L.conformant]
-        if failed or r.top1_equal != r.images:
-            what = (f"{len(failed)} layers, first {', '.join(failed[:3])}" if failed else "top-1 differs")
-            print(f"NOT CONFORMANT: {what}")
-            bad += 1
-    return 1 if bad else 0
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":          # python -m hawq.conformance: the program is hawq.apps.conformance
+    from hawq.apps.cli import run_main
+    from hawq.apps.conformance import main
     run_main(main)

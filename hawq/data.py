@@ -41,6 +41,14 @@ import torch.nn.functional as F
 
 from hawq.errors import HawqError
 
+__all__ = ["DATASETS", "FMNIST_DIR", "FMNIST_FILES", "FMNIST_CLASSES", "FMNIST_HW", "FMNIST_PAD",
+           "FMNIST_INPUT", "AUG_SHIFT", "FMNIST_MEAN", "FMNIST_STD", "IMAGENET_MEAN", "IMAGENET_STD",
+           "IMAGENET_INPUT", "IMAGENET_RESIZE", "read_idx", "load_fashion_mnist", "FMNIST_ZERO",
+           "pad_images", "normalize_images", "random_flip_crop", "resize_nearest", "preprocess", "augment",
+           "epoch_generator", "check_data_percentage", "subset_indices", "ArrayLoader", "SkipUnreadable",
+           "collate_readable", "TorchLoader", "imagenet_transforms", "DataBundle", "resolve_dataset",
+           "num_classes_of", "build_loaders", "calibration_images"]
+
 DATASETS = ("fashion-mnist", "imagenet")
 
 # ----------------------------------------------------------------------------- constants
@@ -253,15 +261,6 @@ def resize_nearest(images: torch.Tensor, size: int) -> torch.Tensor:
     rows = torch.arange(size) * h // size
     cols = torch.arange(size) * w // size
     return images[:, rows[:, None], cols[None, :]]
-
-
-def default_input_size(arch: str | None) -> int:
-    """The Fashion-MNIST input side for ``arch``: 32 (the padded image), times the smallest integer
-    that reaches the arch's :attr:`hawq.models.layers.ArchInfo.min_input` (96 for InceptionV3)."""
-    if arch is None:
-        return FMNIST_INPUT
-    from hawq.models.layers import arch_info
-    return FMNIST_INPUT * -(-arch_info(arch).min_input // FMNIST_INPUT)
 
 
 def preprocess(images, size: int = FMNIST_INPUT) -> torch.Tensor:
@@ -631,21 +630,10 @@ def resolve_dataset(dataset: str | None, data: str | None, recorded: str | None 
     return dataset or recorded or ("imagenet" if data else "fashion-mnist")
 
 
-def input_size_of(dataset: str, arch: str | None = None, input_size: int | None = None) -> int:
-    """Model input side S (images are [3, S, S]): ``input_size`` when given (``--input-size``), else
-    32 for Fashion-MNIST (padded; :func:`default_input_size` for archs that need more, e.g. 96 for
-    InceptionV3) and 224 for ImageNet."""
-    name = _check_dataset(dataset)
-    if input_size is not None:
-        return check_input_size(input_size)
-    return default_input_size(arch) if name == "fashion-mnist" else IMAGENET_INPUT
-
-
-def check_input_size(size) -> int:
-    """``size`` as an int when it is a positive integer, else the one-line HawqError."""
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-        raise HawqError(f"--input-size must be a positive integer, got {size!r}")
-    return int(size)
+def _size(dataset: str, input_size: int | None) -> int:
+    size = input_size or (FMNIST_INPUT if dataset == "fashion-mnist" else IMAGENET_INPUT)
+    _check_positive("input size", size)
+    return size
 
 
 def num_classes_of(dataset: str, data: str | os.PathLike | None = None) -> int:
@@ -657,8 +645,7 @@ def num_classes_of(dataset: str, data: str | os.PathLike | None = None) -> int:
 
 def build_loaders(dataset: str, data: str | os.PathLike | None, batch_size: int, workers: int,
                   data_percentage: float, seed: int, eval_limit: int | None = None,
-                  arch: str | None = None, rank: int = 0, world: int = 1,
-                  input_size: int | None = None) -> DataBundle:
+                  rank: int = 0, world: int = 1, input_size: int | None = None) -> DataBundle:
     """Build the train / val loaders for ``dataset`` (``fashion-mnist`` or ``imagenet``).
 
     ``data``: for Fashion-MNIST an optional directory holding the four IDX files (default
@@ -666,14 +653,15 @@ def build_loaders(dataset: str, data: str | os.PathLike | None, batch_size: int,
     the ImageFolder DataLoader only. ``data_percentage`` in (0, 1] keeps a seed-deterministic
     random subset of the training set; ``eval_limit`` caps the validation set (Fashion-MNIST:
     first N test images; ImageFolder: N evenly spaced ones). Images are ``input_size`` pixels
-    square (default :func:`input_size_of` for ``arch``). ``rank``/``world``: this process's
+    square (default 32 / 224; an arch's own default: :func:`hawq.models.archs.input_size_of`).
+    ``rank``/``world``: this process's
     share under torchrun (``batch_size`` is the global batch). Errors are :class:`HawqError`.
     """
     name = _check_dataset(dataset)
     _check_positive("batch_size", batch_size)
     _check_positive("eval_limit", eval_limit, allow_none=True)
     fraction = check_data_percentage(data_percentage)
-    size = input_size_of(name, arch, input_size)
+    size = _size(name, input_size)
     if name == "fashion-mnist":
         train_x, train_y, test_x, test_y = load_fashion_mnist(data)
         idx = subset_indices(len(train_y), fraction, seed)
@@ -691,13 +679,13 @@ def build_loaders(dataset: str, data: str | os.PathLike | None, batch_size: int,
 
 # ----------------------------------------------------------------------------- calibration sets
 def calibration_images(dataset: str, data: str | os.PathLike | None, n: int, seed: int,
-                       arch: str | None = None, input_size: int | None = None) -> torch.Tensor:
+                       input_size: int | None = None) -> torch.Tensor:
     """``n`` training images chosen at random with ``seed``, preprocessed as for evaluation (no
-    augmentation): float32 ``[n, 3, S, S]`` with S from :func:`input_size_of`. The images of
+    augmentation): float32 ``[n, 3, S, S]``, S = ``input_size`` (default 32 / 224). The images of
     post-training calibration and reconstruction; the same seed gives the same images.
     HawqError when the training set holds fewer than ``n`` images."""
     name = _check_dataset(dataset)
-    size = input_size_of(name, arch, input_size)
+    size = _size(name, input_size)
     _check_positive("calibration size", n)
     if name == "fashion-mnist":
         train_x, _, _, _ = load_fashion_mnist(data)

@@ -28,6 +28,9 @@ import torch.nn as nn
 
 from hawq.errors import HawqError
 
+__all__ = ["World", "SINGLE", "init", "shutdown", "active", "global_range", "all_sum", "loss_weight",
+           "barrier", "SyncBatchNorm2d", "convert_batchnorm"]
+
 #: Set by :func:`init` when world size > 1: QuantAct ranges are all-reduced in training mode.
 _SYNC_RANGES = False
 

@@ -15,6 +15,9 @@ from hawq.distributed import SINGLE, World
 from hawq.errors import HawqError
 
 
+__all__ = ["correct_topk", "kd_loss", "lr_at", "set_lr", "freeze_bn_stats", "reestimate_bn",
+           "train_one_epoch", "calibrate", "calibrate_random", "evaluate", "CsvLog"]
+
 def correct_topk(output: torch.Tensor, target: torch.Tensor, topk=(1, 5)) -> list[int]:
     """Number of samples whose target is among the top-k logits, for each k (k capped at #classes)."""
     maxk = min(max(topk), output.shape[1])

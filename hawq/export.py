@@ -20,6 +20,8 @@ from hawq.errors import HawqError
 from hawq.quant.graph import recording
 
 
+__all__ = ["record_graph", "float_logits", "export_integer", "save_artifact", "load_artifact", "artifact_of"]
+
 @torch.no_grad()
 def record_graph(model: torch.nn.Module, example: torch.Tensor) -> ir.Graph:
     """Run the model's integer path once on ``example`` [B,C,H,W] and return its (validated) graph."""

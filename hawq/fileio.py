@@ -9,6 +9,8 @@ import tempfile
 from collections.abc import Callable, Sequence
 
 
+__all__ = ["atomic_write", "write_text_atomic", "rows_csv"]
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

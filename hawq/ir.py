@@ -29,6 +29,10 @@ import torch
 
 from hawq.errors import HawqError
 
+__all__ = ["INT32", "ROUNDINGS", "pair", "Op", "Quantize", "Conv2d", "Dense", "Requant", "RequantAdd",
+           "Relu", "Flatten", "Clamp", "Concat", "MaxPool2d", "AvgPool2d", "GlobalAvgPoolSum",
+           "GlobalAvgPoolTrunc", "OPS", "requant_bounds", "Graph", "node_from_dict", "as_graph", "Registry"]
+
 Interval = tuple[int, int]
 Shape = tuple[int, ...]
 INT32 = (-(1 << 31), (1 << 31) - 1)
@@ -43,7 +47,7 @@ def _absmax(iv: Interval) -> int:
     return max(abs(int(iv[0])), abs(int(iv[1])))
 
 
-def _pair(v) -> list[int]:
+def pair(v) -> list[int]:
     return [int(x) for x in v] if isinstance(v, (list, tuple)) else [int(v), int(v)]
 
 
@@ -161,14 +165,14 @@ class Conv2d(_Weighted):
         o, cg = _np(self.weight).shape[:2]
         if self.groups < 1 or o % self.groups:
             self.fail(f"{o} output channels do not split into {self.groups} groups")
-        if _pair(self.dilation) != [1, 1]:
+        if pair(self.dilation) != [1, 1]:
             self.fail("dilated convolution is not supported")
 
     def shape(self, x):
         w = _np(self.weight).shape
         if x[1] != w[1] * self.groups:
             self.fail(f"input has {x[1]} channels, weight expects {w[1] * self.groups}")
-        (sh, sw), (ph, pw) = _pair(self.stride), _pair(self.padding)
+        (sh, sw), (ph, pw) = pair(self.stride), pair(self.padding)
         return (x[0], w[0], _window_out(x[2], w[2], sh, ph), _window_out(x[3], w[3], sw, pw))
 
 
@@ -327,7 +331,7 @@ class MaxPool2d(Op):
     ceil_mode: bool = False
 
     def out_size(self, size: int, axis: int) -> int:
-        k, s, p = _pair(self.kernel)[axis], _pair(self.stride)[axis], _pair(self.padding)[axis]
+        k, s, p = pair(self.kernel)[axis], pair(self.stride)[axis], pair(self.padding)[axis]
         if not self.ceil_mode:
             return _window_out(size, k, s, p)
         out = -(-(size + 2 * p - k) // s) + 1
@@ -335,8 +339,8 @@ class MaxPool2d(Op):
 
     def extra_padding(self, h: int, w: int) -> list[int]:
         """[bottom, right] −∞ padding beyond ``padding`` that ceil_mode's last windows read."""
-        return [max(0, (self.out_size(n, a) - 1) * _pair(self.stride)[a] + _pair(self.kernel)[a]
-                    - (n + 2 * _pair(self.padding)[a])) for a, n in enumerate((h, w))]
+        return [max(0, (self.out_size(n, a) - 1) * pair(self.stride)[a] + pair(self.kernel)[a]
+                    - (n + 2 * pair(self.padding)[a])) for a, n in enumerate((h, w))]
 
     def shape(self, x):
         return (x[0], x[1], self.out_size(x[2], 0), self.out_size(x[3], 1))
@@ -357,14 +361,14 @@ class AvgPool2d(Op):
     mode: str = "sum"
 
     def check(self):
-        kh, kw = _pair(self.kernel)
+        kh, kw = pair(self.kernel)
         if int(self.divisor) != kh * kw:
             self.fail(f"divisor {self.divisor} is not the window size {kh * kw}")
         if self.mode not in ("sum", "trunc_mean"):
             self.fail(f"unknown mode {self.mode!r}")
 
     def shape(self, x):
-        (kh, kw), (sh, sw), (ph, pw) = _pair(self.kernel), _pair(self.stride), _pair(self.padding)
+        (kh, kw), (sh, sw), (ph, pw) = pair(self.kernel), pair(self.stride), pair(self.padding)
         return (x[0], x[1], _window_out(x[2], kh, sh, ph), _window_out(x[3], kw, sw, pw))
 
     def bounds(self, ins, shapes):

@@ -24,32 +24,36 @@ with lo / hi the metric of the scheme with every free group at 4 / 8 bits (so ``
 HAWQ's ``bops_0.5``). An absolute budget carries its unit: ``size=6.5MB`` (MiB), ``bops=75GBOPS``,
 ``latency=3.2ms``.
 
-**Latency table** (``--latency-table``, e.g. ``tvm_benchmark/layer_latency/<target>/<arch>.csv``):
+**Latency table** (``--latency-table``, e.g. ``results/layer_latency/<target>/<arch>.csv``):
 CSV with header ``layer,bits,median_ms,p90_ms``, one row per (bit_config layer, width). A scheme's
 latency is the sum of ``median_ms`` of the rows of its (layer, width) pairs over the layers the
 table lists; it must list every conv/linear layer at every width the layer can take.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import functools
 import json
 import math
 import os
 import re
-import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from hawq.bit_config import ALLOWED_BITS, scheme_stats, validate_scheme
-from hawq.cli import add_arch_arg, one_line_errors, run_main
 from hawq.errors import HawqError
-from hawq.models.layers import WEIGHT_KINDS, arch_info, quant_layers
+from hawq.models.archs import arch_info
+from hawq.models.layers import WEIGHT_KINDS, quant_layers
 from hawq.fileio import rows_csv, write_text_atomic
 from hawq.sensitivity import BITS
+
+__all__ = ["FIXED_BITS", "UNITS", "METRIC_KEYS", "UNIT_SPELLINGS", "LATENCY_FIELDS", "SWEEP_FIELDS",
+           "REL_TOL", "Group", "fixed_acts", "free_groups", "scheme_of", "uniform_choice",
+           "read_sensitivity", "group_omega", "read_latency_table", "scheme_latency", "metrics_of",
+           "LinearCost", "linear_cost", "Constraint", "parse_value", "parse_constraint", "parse_sweep",
+           "solve_ilp", "Solution", "Problem", "scheme_json", "bits_string", "pareto_flags", "sweep_rows",
+           "plot_front"]
 
 #: Width of the layers outside free groups (``quant_act_int32`` takes its only allowed width, 16).
 FIXED_BITS = 8
@@ -196,26 +200,6 @@ def read_latency_table(path: str, arch: str) -> dict[tuple[str, int], float]:
         raise HawqError(f"{where}: no row for layer {layer} at {b} bits{more}; the table must list every "
                         f"conv/linear layer of {arch} at every width the search can give it")
     return table
-
-
-LATENCY_ROOT = Path(__file__).resolve().parent.parent / "tvm_benchmark" / "layer_latency"
-
-
-def host_latency_table(arch: str) -> str:
-    """The committed per-layer table of this host (``tvm_benchmark/layer_latency/<host key>/<arch>.csv``,
-    the key from :func:`tvm_benchmark.targets.target_tag`), or one line saying which exist."""
-    try:
-        from tvm_benchmark.targets import target_tag
-        key = target_tag("llvm")
-    except ImportError as e:
-        raise HawqError(f"a latency constraint needs --latency-table PATH (TVM is not importable: {e})") from None
-    path = LATENCY_ROOT / key / f"{arch}.csv"
-    if path.is_file():
-        return str(path)
-    have = sorted(d.name for d in LATENCY_ROOT.iterdir() if (d / f"{arch}.csv").is_file()) if LATENCY_ROOT.is_dir() else []
-    raise HawqError(f"no per-layer latency table for this host ({key}) and {arch}: measure one with "
-                    f"python -m tvm_benchmark.layer_latency -a {arch}, or pass --latency-table "
-                    + (f"{LATENCY_ROOT}/<key>/{arch}.csv with a key of: {', '.join(have)}" if have else "PATH"))
 
 
 def scheme_latency(table: Mapping[tuple[str, int], float], scheme: Mapping[str, int]) -> float:
@@ -422,7 +406,7 @@ class Problem:
     def cost(self, c: Constraint) -> LinearCost:
         if c.kind not in self.costs:
             raise HawqError(f"constraint {c.text}: a latency constraint needs --latency-table PATH "
-                            "(CSV layer,bits,median_ms,p90_ms, e.g. tvm_benchmark/layer_latency/<target>/<arch>.csv)")
+                            "(CSV layer,bits,median_ms,p90_ms, e.g. results/layer_latency/<target>/<arch>.csv)")
         return self.costs[c.kind]
 
     def evaluate(self, choice: Mapping[str, int]) -> Solution:
@@ -547,73 +531,7 @@ def plot_front(rows: Sequence[dict[str, object]], kind: str, arch: str, path: st
     plt.close(fig)
 
 
-# --------------------------------------------------------------------------- CLI
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m hawq.mpq",
-                                description="Hessian-aware mixed-precision bit allocation (ILP, HAWQ-V3).")
-    a = p.add_argument
-    add_arch_arg(p)
-    a("--sensitivity", required=True, metavar="CSV", help="output of python -m hawq.sensitivity")
-    a("--constraint", action="append", default=[], metavar="KIND=VALUE",
-      help="size|bops|latency = fraction in [0,1] (lo + r*(hi-lo), HAWQ-V3's bops_0.5 convention) or an "
-           "absolute budget with its unit (6.5MB, 75GBOPS, 3.2ms); repeatable")
-    a("--latency-table", metavar="CSV", help="per-layer latency: layer,bits,median_ms,p90_ms")
-    a("--sweep", metavar="KIND=START:STOP:STEP",
-      help="solve for every budget of the range; --out is then the Pareto CSV (plot beside it, .png)")
-    a("--name", help="scheme name inside the JSON (default: the --out file name without .json)")
-    a("--seed", type=int, default=0, help="accepted for symmetry; the ILP is deterministic")
-    a("--out", required=True, help="scheme JSON (or, with --sweep, the front CSV)")
-    return p
-
-
-def _inputs(args) -> tuple[Problem, list[Constraint], list[Constraint]]:
-    """Parse and check everything before any solve or write (the arch was checked while parsing)."""
-    constraints = [parse_constraint(t) for t in args.constraint]
-    sweep = parse_sweep(args.sweep) if args.sweep else []
-    if not constraints and not sweep:
-        raise HawqError("give at least one --constraint KIND=VALUE (or --sweep KIND=START:STOP:STEP)")
-    kinds = {c.kind for c in constraints + sweep}
-    if "latency" in kinds and not args.latency_table:
-        args.latency_table = host_latency_table(args.arch)
-        print(f"latency table: {args.latency_table} (this host)", file=sys.stderr)
-    omega = read_sensitivity(args.sensitivity, args.arch)
-    table = read_latency_table(args.latency_table, args.arch) if args.latency_table else None
-    return Problem.build(args.arch, omega, table), constraints, sweep
-
-
-def _summary(sol: Solution) -> str:
-    parts = [f"size {sol.metrics['size']:.4f} MB", f"{sol.metrics['bops']:.4f} GBOPS"]
-    if "latency" in sol.metrics:
-        parts.append(f"latency {sol.metrics['latency']:.4f} ms")
-    eight = sum(b == 8 for b in sol.choice.values())
-    return f"Σ Ω {sol.objective:.6g}; " + ", ".join(parts) + f"; {eight}/{len(sol.choice)} free groups at 8 bits"
-
-
-@one_line_errors
-def main(argv: list[str] | None = None) -> Solution | list[dict[str, object]]:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
-    problem, constraints, sweep = _inputs(args)
-    if sweep:
-        rows = sweep_rows(problem, sweep, constraints)
-        if not rows:
-            raise HawqError(f"--sweep {args.sweep}: no budget of the range is feasible")
-        png = str(Path(args.out).with_suffix(".png"))
-        write_text_atomic(args.out, rows_csv(rows, SWEEP_FIELDS))
-        plot_front(rows, sweep[0].kind, args.arch, png)
-        print(f"{len(rows)} budgets, {sum(bool(r['pareto']) for r in rows)} on the Pareto front -> {args.out}, {png}")
-        return rows
-    sol = problem.solve(constraints)
-    budgets = [(c, c.budget(problem.cost(c))) for c in constraints]
-    name = args.name or Path(args.out).name.removesuffix(".json")
-    command = "python -m hawq.mpq " + shlex.join(argv)
-    write_text_atomic(args.out, scheme_json(args.arch, name, sol, budgets, command))
-    for c, budget in budgets:
-        print(f"{c.text}: budget {budget:.4f} {UNITS[c.kind]}, achieved {sol.metrics[c.kind]:.4f}")
-    print(f"{name}: {_summary(sol)} -> {args.out}")
-    print(f"check: python bit_config.py --table -a {args.arch} --quant-scheme {args.out}")
-    return sol
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":          # python -m hawq.mpq: the program is hawq.apps.mpq
+    from hawq.apps.cli import run_main
+    from hawq.apps.mpq import main
     run_main(main)

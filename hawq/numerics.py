@@ -23,6 +23,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+__all__ = ["MANTISSA_BITS", "MAX_SHIFT", "MIN_RANGE", "ACT_MODES", "ROUNDINGS", "ACT_ROLES", "INT32",
+           "Profile", "EXACT", "HAWQ", "PROFILES", "profile", "qrange", "weight_scale", "activation_params",
+           "act_qrange", "ema_range", "batch_range", "fold_bn", "quantize", "straight_through",
+           "fake_quantize", "quantize_weight", "quantize_bias", "bias_scale", "requant_ratio", "dyadic",
+           "requantize", "saturate", "saturate_", "residual_add", "avgpool_trunc", "relu6_bound",
+           "channel_view"]
+
 #: Width of the dyadic multiplier: m in [2^30, 2^31), so m fits a signed int32, and
 #: |acc·m| + 2^(shift-1) < 2^63 for every |acc| <= 3·2^30 (the largest accumulator here is an
 #: int32-clamped bias plus a conv sum < 2^28, i.e. < 2^31 + 2^28).

@@ -14,6 +14,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 from hawq import ir
 from hawq import numerics as N
 
+__all__ = ["conv2d", "IMPL", "rounding_of", "run_graph"]
+
 _INT_MIN = np.iinfo(np.int64).min
 
 
@@ -127,7 +129,7 @@ def _maxpool2d(node: ir.MaxPool2d, x):
 
 @IMPL.register(ir.AvgPool2d)
 def _avgpool2d(node: ir.AvgPool2d, x):
-    total = _windows(x, ir._pair(node.kernel), ir._pair(node.stride), ir._pair(node.padding), 0).sum(axis=(4, 5))
+    total = _windows(x, ir.pair(node.kernel), ir.pair(node.stride), ir.pair(node.padding), 0).sum(axis=(4, 5))
     return total if node.mode == "sum" else N.avgpool_trunc(total, int(node.divisor))
 
 

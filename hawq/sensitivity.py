@@ -25,10 +25,7 @@ reads it.
 """
 from __future__ import annotations
 
-import argparse
 import math
-import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -39,13 +36,13 @@ from tqdm import tqdm
 
 from hawq import capture
 from hawq import numerics as N
-from hawq.cli import (add_arch_arg, add_data_args, add_input_size_arg, one_line_errors, resolve_dataset,
-                      resolve_input_size, run_main)
-from hawq.data import build_loaders
 from hawq.errors import HawqError
-from hawq.fileio import rows_csv, write_text_atomic
-from hawq.models.factory import fp_model_pretrained
-from hawq.models.layers import WEIGHT_KINDS, _layer_plan, arch_info
+from hawq.models.archs import arch_info
+from hawq.models.layers import WEIGHT_KINDS, resnet_layer_plan
+
+__all__ = ["BITS", "CSV_FIELDS", "MIN_ITER", "HVP", "TraceEstimate", "rademacher", "make_hvp", "hutchinson",
+           "WeightLayer", "weight_layers", "quant_error", "sensitivity_rows", "batches_of",
+           "layer_sensitivity"]
 
 #: Bit widths a weight layer can take in a mixed 4/8-bit scheme.
 BITS = (4, 8)
@@ -169,7 +166,7 @@ def weight_layers(model: nn.Module, arch: str) -> list[WeightLayer]:
         plan = capture.weighted_layers(model, arch)
     elif info.family == "resnet":
         bns = _bn_of_conv(model)
-        plan = [(name, module, bns.get(id(module))) for name, kind, module, _feeding in _layer_plan(model, info)
+        plan = [(name, module, bns.get(id(module))) for name, kind, module, _feeding in resnet_layer_plan(model, info)
                 if kind in WEIGHT_KINDS]
     else:
         raise HawqError(f"Hessian sensitivities are implemented for the ResNet-family archs and captured models "
@@ -241,60 +238,9 @@ def layer_sensitivity(model: nn.Module, arch: str, batches: Sequence[tuple[torch
 
 
 # --------------------------------------------------------------------------- CLI
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m hawq.sensitivity",
-                                description="Per-layer Hessian trace (Hutchinson) and quantization "
-                                            "perturbation for 4/8-bit weights; writes a CSV for hawq.mpq.")
-    a = p.add_argument
-    add_arch_arg(p)
-    add_data_args(p, data_help="as quant_train.py (default: the embedded Fashion-MNIST)")
-    add_input_size_arg(p)
-    a("--pretrained", nargs="?", const=True, default=False, metavar="PATH",
-      help="pytorchcv ImageNet weights, or our floating-point checkpoint at PATH (as quant_train.py)")
-    a("-b", "--batch-size", type=int, default=64)
-    a("--batches", type=int, default=1, help="training batches in the loss (default: 1)")
-    a("--tol", type=float, default=0.1,
-      help="stop when every layer's relative standard error is <= TOL (default: 0.1)")
-    a("--max-iter", type=int, default=100, help="most Hutchinson probes (default: 100)")
-    a("--seed", type=int, default=0, help="seeds the probes and the training-set order")
-    a("--channel-wise", action=argparse.BooleanOptionalAction, default=True,
-      help="per-output-channel weight scales, as quant_train.py (default on)")
-    a("--weight-percentile", type=float, default=0.0, help="as quant_train.py (0 = max)")
-    a("-j", "--workers", type=int, default=4, help="data loading workers (ImageFolder only)")
-    a("--out", required=True, help="output CSV")
-    a("--no-progress", action="store_true")
-    return p
 
 
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@one_line_errors
-def main(argv: list[str] | None = None) -> list[dict[str, object]]:
-    args = build_parser().parse_args(argv)
-    if args.batches < 1 or args.batch_size < 1 or args.max_iter < 1:
-        raise HawqError("--batches, --batch-size and --max-iter must be >= 1")
-    if not args.tol > 0:
-        raise HawqError(f"--tol must be > 0, got {args.tol}")
-    dataset = resolve_dataset(args.dataset, args.data)
-    size = resolve_input_size(args.input_size, dataset, args.arch)
-    data = build_loaders(dataset, args.data, args.batch_size, args.workers, 1.0, args.seed, arch=args.arch,
-                         input_size=size)
-    torch.manual_seed(args.seed)
-    model = fp_model_pretrained(args.arch, data.num_classes, args.pretrained).to(_device())
-    if not args.pretrained:
-        print("warning: no --pretrained: the sensitivity of a randomly initialized model", file=sys.stderr)
-    t0 = time.time()
-    rows = layer_sensitivity(model, args.arch, batches_of(data.train, args.batches), tol=args.tol,
-                             max_iter=args.max_iter, seed=args.seed, per_channel=args.channel_wise,
-                             percentile=args.weight_percentile, progress=not args.no_progress)
-    write_text_atomic(args.out, rows_csv(rows, CSV_FIELDS))
-    worst = max(float(r["rel_err"]) for r in rows)
-    print(f"{args.arch}: {len(rows)} layers, {rows[0]['iters']} probes, max rel_err {worst:.3g}, "
-          f"{time.time() - t0:.0f} s -> {args.out}")
-    return rows
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":          # python -m hawq.sensitivity: the program is hawq.apps.sensitivity
+    from hawq.apps.cli import run_main
+    from hawq.apps.sensitivity import main
     run_main(main)

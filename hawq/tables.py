@@ -5,6 +5,8 @@ import os
 import platform
 
 
+__all__ = ["markdown_table", "cpuinfo_field", "cpu_name", "cpu_summary", "busy_warning"]
+
 def markdown_table(rows: list[dict], fields: list[str] | tuple[str, ...], text_fields=("arch", "scheme", "engine")) -> list[str]:
     """GitHub markdown table lines for ``rows`` (dicts) with columns ``fields``; text columns left-aligned."""
     lines = ["| " + " | ".join(fields) + " |",

@@ -1,7 +1,10 @@
-"""Shared fixtures: small calibrated quantized models and the released checkpoints."""
+"""Shared fixtures and helpers: small calibrated quantized models, the released checkpoints, TVM
+compile-and-run, subprocess runners for the command-line entry points."""
 from __future__ import annotations
 
+import csv
 import os
+import subprocess
 import sys
 
 import pytest
@@ -12,6 +15,18 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 torch.set_num_threads(2)
+
+#: This interpreter's version, as the GPU bundle's runtime copy names it ("3.11").
+PYVER = f"{sys.version_info.major}.{sys.version_info.minor}"
+#: The released FP resnet20_cifar10 checkpoint (absolute path).
+RELEASED_FP = os.path.join(ROOT, "checkpoints", "resnet20_cifar10_fp32.pth.tar")
+#: Whether the Debian package dataset-fashion-mnist is installed (``make setup`` installs it).
+HAVE_FMNIST = os.path.exists("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz")
+needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="Debian package dataset-fashion-mnist not installed "
+                                                          "(make setup installs it)")
+#: A quant_train.py run on a tiny Fashion-MNIST subset (append to the arguments).
+TINY_TRAIN = ["--data-percentage", "0.01", "--eval-limit", "300", "-b", "64", "--no-progress",
+              "--lr-schedule", "cosine"]
 
 
 def randomize_bn(model: torch.nn.Module, seed: int = 0) -> None:
@@ -48,6 +63,58 @@ def build_calibrated(arch: str, scheme: str, num_classes: int, shape, **quant_ar
                         config=QuantConfig(**{"fix_BN": True, **quant_args}))
     probe = calibrate(model, shape)
     return model, probe
+
+
+# --------------------------------------------------------------------------- TVM
+def tvm_runner(graph: dict, shape, target: str = "llvm", *, threads: int | None = 2, all_outputs: bool = False,
+               fast: bool | None = None, isa: str | None = None, emulate: bool = False):
+    """``tvm_benchmark.compile.compile_program(graph, shape, target, threads, ...)`` loaded into a
+    ``tvm_benchmark.runtime.Runner`` with static batch ``shape[0]`` (bigger inputs run in chunks)
+    on the device the program runs on: the CPU for ``llvm`` and for an ``emulate``d ``cuda``
+    program, else the GPU. ``threads``: the llvm target's cores (the tests' 2; None: this machine's
+    count, what an emulated ``cuda`` compile gets by default; a real ``cuda`` target ignores it).
+    The ``Built`` is kept as ``runner.built`` (executable, target, ISA) for tests that inspect it.
+    TVM is imported here, so test modules that never call this need no TVM."""
+    import tvm
+    from tvm_benchmark.compile import compile_program
+    from tvm_benchmark.runtime import Runner
+    built = compile_program(graph, tuple(shape), target, threads, all_outputs=all_outputs, fast=fast, isa=isa,
+                            emulate=emulate)
+    device = tvm.cpu(0) if target == "llvm" or emulate else tvm.cuda(0)
+    runner = Runner(built.executable, device, shape[0], built.isa_name)
+    runner.built = built
+    return runner
+
+
+def tvm_outputs(graph: dict, x, target: str = "llvm", **kwargs):
+    """``graph`` compiled for ``x``'s shape (see :func:`tvm_runner`) run on ``x``: NumPy int64
+    (a list of them with ``all_outputs``)."""
+    return tvm_runner(graph, x.shape, target, **kwargs)(x)
+
+
+# --------------------------------------------------------------------------- subprocesses, files
+def cli(*args: str, cwd=ROOT, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python *args`` in a child process from ``cwd`` (text output captured). ``env``: the child's
+    whole environment (default: this one with the repository on PYTHONPATH)."""
+    if env is None:
+        env = {**os.environ, "PYTHONPATH": ROOT}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_bundle(bundle, out, *, timeout: float = 300, **env) -> subprocess.CompletedProcess:
+    """A GPU bundle's ``bash run.sh OUT`` from ``/``, as on the GPU machine: this environment without
+    PYTHONPATH and TVM_LIBRARY_PATH (the bundle brings its own TVM runtime), plus ``PYTHON`` (this
+    interpreter) and ``env`` (``HAWQ_BUNDLE_*`` settings)."""
+    e = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TVM_LIBRARY_PATH")}
+    e.update(PYTHON=sys.executable, **env)
+    return subprocess.run(["bash", os.path.join(bundle, "run.sh"), str(out)], env=e, cwd="/", capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def csv_rows(path) -> list[dict]:
+    """The rows of a CSV file with a header line, as dicts of strings."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="session")

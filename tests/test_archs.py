@@ -2,13 +2,11 @@
 size/BOPS rows, QAT eval == integer reference == TVM, checks without a checkpoint, QAT training."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
 
-from conftest import build_calibrated
+from conftest import build_calibrated, needs_fmnist, tvm_outputs
 from hawq import ir
 from hawq.bit_config import load_scheme, table_rows
 from hawq.export import export_integer
@@ -16,19 +14,10 @@ from hawq.models.layers import arch_info, quant_layers
 from hawq.reference import run_graph
 
 NEW_ARCHS = ("mobilenetv2_w1", "regnetx006", "inceptionv3")
-HAVE_FMNIST = os.path.exists("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz")
 
 
 def _side(arch: str) -> int:
     return 75 if arch == "inceptionv3" else 32
-
-
-def _tvm_outputs(graph: dict, x: np.ndarray) -> np.ndarray:
-    from tvm_benchmark.compile import compile_program
-    from tvm_benchmark.runtime import Runner
-    from tvm_benchmark.targets import device_of
-    built = compile_program(graph, x.shape, "llvm", 2)
-    return Runner(built.executable, device_of("llvm"), x.shape[0], built.isa_name)(x)
 
 
 def _three_way(arch: str, scheme: str, numerics: str = "exact") -> None:
@@ -41,7 +30,7 @@ def _three_way(arch: str, scheme: str, numerics: str = "exact") -> None:
     ref = run_graph(graph, x)
     assert int(np.abs(ref).max()) > 0
     assert (qat != ref).sum() == 0, f"QAT eval vs reference: {(qat != ref).sum()} mismatches"
-    tvm_out = _tvm_outputs(graph, x)
+    tvm_out = tvm_outputs(graph, x)
     assert (tvm_out != ref).sum() == 0, f"TVM vs reference: {(tvm_out != ref).sum()} mismatches"
 
 
@@ -126,9 +115,9 @@ def test_inventory_macs_match_published_counts():
     assert arch_info("inceptionv3").min_input == 75
 
 
-@pytest.mark.skipif(not HAVE_FMNIST, reason="Debian package dataset-fashion-mnist not installed")
+@needs_fmnist
 def test_check_without_checkpoint_cli(capsys):
-    from hawq import verify
+    from hawq.apps import verify
     assert verify.main(["-a", "mobilenetv2_w1", "--quant-scheme", "uniform4", "--limit", "16", "-b", "16",
                         "--no-progress"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "mismatches: 0/160"
@@ -137,7 +126,7 @@ def test_check_without_checkpoint_cli(capsys):
 
 
 def test_check_without_checkpoint_needs_arch_and_scheme(capsys):
-    from hawq import verify
+    from hawq.apps import verify
     with pytest.raises(SystemExit) as e:
         verify.main(["-a", "mobilenetv2_w1", "--random"])
     assert e.value.code == 2
@@ -146,17 +135,17 @@ def test_check_without_checkpoint_needs_arch_and_scheme(capsys):
 
 
 def test_tvm_check_without_checkpoint_cli(capsys):
-    from tvm_benchmark import verify
+    from tvm_benchmark.apps import verify
     assert verify.main(["-a", "mobilenetv2_w1", "--quant-scheme", "uniform8", "--random", "-b", "8",
                         "--no-progress"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "mismatches: 0/160"
 
 
-@pytest.mark.skipif(not HAVE_FMNIST, reason="Debian package dataset-fashion-mnist not installed")
+@needs_fmnist
 @pytest.mark.parametrize("arch", ["mobilenetv2_w1", pytest.param("regnetx006", marks=pytest.mark.slow),
                                   pytest.param("inceptionv3", marks=pytest.mark.slow)])
 def test_qat_training_runs_on_the_embedded_dataset(arch, tmp_path):
-    from hawq.train import run
+    from hawq.apps.train import run
     res = run(["-a", arch, "--quant-scheme", "uniform8", "--epochs", "1", "--data-percentage", "0.0005",
                "--eval-limit", "16", "-b", "16", "--lr", "0.01", "--fix-BN", "--no-progress", "--save-path", str(tmp_path)])
     ck = torch.load(tmp_path / "checkpoint.pth.tar", weights_only=True)

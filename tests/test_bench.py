@@ -6,7 +6,7 @@ import csv
 import pytest
 import torch
 
-from hawq import bench
+from hawq.benchmarks import qat_overhead as bench
 
 HEADER = ["arch", "scheme", "quantizer", "batch", "fp_step_ms", "qat_step_ms", "ratio"]
 

@@ -2,18 +2,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from conftest import cli
 from hawq import bit_config as bc
 from hawq.errors import HawqError
 from hawq.models.layers import ARCHS, build_fp_model, quant_layers
 
-REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = [(arch, name) for arch in ARCHS for name in bc.list_schemes(arch)]
 
 
@@ -27,13 +23,6 @@ def _is_stem_or_head(name: str) -> bool:
 
 def _first_layer(arch: str, kind: str) -> str:
     return next(spec.name for spec in quant_layers(arch) if spec.kind == kind and spec.name.startswith("stage"))
-
-
-def _run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "bit_config.py", *args],
-        cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120,
-    )
 
 
 # --------------------------------------------------------------------------- layer inventory
@@ -280,7 +269,7 @@ def test_json_file_errors(tmp_path):
 
 # --------------------------------------------------------------------------- CLI
 def test_cli_table_lists_every_scheme():
-    result = _run_cli("--table")
+    result = cli("bit_config.py", "--table", timeout=120)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "arch,scheme,size_mb,gbops,paper_size_mb,paper_gbops"
@@ -297,7 +286,7 @@ def test_cli_table_lists_every_scheme():
 def test_cli_errors_are_one_line(tmp_path, args):
     (tmp_path / "broken.json").write_text("{")
     args = tuple(str(tmp_path / a) if a.endswith(".json") else a for a in args)
-    result = _run_cli(*args)
+    result = cli("bit_config.py", *args, timeout=120)
     assert result.returncode == 2
     assert result.stdout == ""
     assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("error: ")

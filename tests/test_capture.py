@@ -3,8 +3,7 @@ QAT eval == NumPy reference == TVM llvm, integer for integer; unsupported models
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
+import functools
 import textwrap
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torchvision
 
 import hawq
 from hawq import checkpoint as C
-from conftest import randomize_bn
+from conftest import ROOT, cli, randomize_bn, tvm_outputs
 from hawq.bit_config import load_scheme, table_rows
 from hawq.capture import capture
 from hawq.errors import HawqError
@@ -24,7 +23,6 @@ from hawq.export import export_integer
 from hawq.models.factory import fp_model, quant_model
 from hawq.reference import run_graph
 
-ROOT = Path(__file__).resolve().parents[1]
 SIDE = 32
 
 #: torchvision builders that need no new numerics (issue 27's list; vgg/alexnet need a spatial
@@ -52,14 +50,6 @@ def _calibrated(arch: str, scheme: str, side: int = SIDE):
     return model.eval()
 
 
-def _tvm(graph: dict, x: np.ndarray) -> np.ndarray:
-    from tvm_benchmark.compile import compile_program
-    from tvm_benchmark.runtime import Runner
-    from tvm_benchmark.targets import device_of
-    built = compile_program(graph, x.shape, "llvm", 2)
-    return Runner(built.executable, device_of("llvm"), x.shape[0], built.isa_name)(x)
-
-
 def _three_way(name: str, scheme: str, tvm: bool, side: int = SIDE) -> None:
     arch = name if ":" in name else f"torchvision:{name}"
     model = _calibrated(arch, scheme, side)
@@ -70,7 +60,7 @@ def _three_way(name: str, scheme: str, tvm: bool, side: int = SIDE) -> None:
     assert np.abs(ref).max() > 0
     assert (qat != ref).sum() == 0, f"{arch} {scheme}: QAT eval vs reference"
     if tvm:
-        assert (_tvm(graph, x.numpy()) != ref).sum() == 0, f"{arch} {scheme}: TVM vs reference"
+        assert (tvm_outputs(graph, x.numpy()) != ref).sum() == 0, f"{arch} {scheme}: TVM vs reference"
 
 
 @pytest.mark.parametrize("name, scheme", FAST)
@@ -114,12 +104,8 @@ def test_flatten_of_a_feature_map_and_ceil_mode_pools_are_exact():
     assert any(n["op"] == "maxpool2d" and n.get("ceil_mode") for n in graph["nodes"])
     ref = run_graph(graph, x.numpy())
     assert (q.forward_int(x).numpy() == ref).all()
-    from tvm_benchmark.compile import compile_program
-    from tvm_benchmark.runtime import Runner
-    from tvm_benchmark.targets import device_of
     for fast in (True, False):
-        built = compile_program(graph, x.shape, "llvm", 2, fast=fast)
-        assert (Runner(built.executable, device_of("llvm"), 2, built.isa_name)(x.numpy()) == ref).all()
+        assert (tvm_outputs(graph, x.numpy(), fast=fast) == ref).all()
 
 
 def test_layer_names_are_the_models_own_and_schemes_match_hawqs_figures():
@@ -168,7 +154,7 @@ def test_python_api_example_runs():
 
 
 def test_readme_shows_the_api_example():
-    readme = (ROOT / "README.md").read_text()
+    readme = Path(ROOT, "README.md").read_text()
     assert API_EXAMPLE.strip() in readme
 
 
@@ -257,9 +243,9 @@ def fixed(num_classes=10):
 """
 
 
-def _cli(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=900,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
+#: A new user's command line: a bare environment, nothing but the repository on PYTHONPATH.
+_cli = functools.partial(cli, timeout=900,
+                         env={"PYTHONPATH": ROOT, "PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
 
 
 @pytest.fixture(scope="module")
@@ -359,9 +345,7 @@ def test_bad_specs_and_weights_are_one_line_errors(tmp_path):
 def test_torchvision_tensorcore_program_emulated(name, monkeypatch):
     """--target cuda (sm_90 tensor-core schedule, each PTX instruction emulated on llvm) on captured
     graphs: a residual net, and a ceil-mode pool + concat one."""
-    tvm = pytest.importorskip("tvm")
-    from tvm_benchmark.compile import compile_program
-    from tvm_benchmark.runtime import Runner
+    pytest.importorskip("tvm")
     from tvm_benchmark.targets import cuda_available
     if cuda_available():
         pytest.skip("a visible GPU overrides HAWQ_CUDA_ARCH")
@@ -369,12 +353,11 @@ def test_torchvision_tensorcore_program_emulated(name, monkeypatch):
     model = _calibrated(f"torchvision:{name}", "uniform8")
     x = (torch.randn(2, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(1)) * 1.5).numpy()
     graph = export_integer(model, (3, SIDE, SIDE))["graph"]
-    built = compile_program(graph, x.shape, "cuda", emulate=True)
-    assert (Runner(built.executable, tvm.cpu(0), 2)(x) == run_graph(graph, x)).all()
+    assert (tvm_outputs(graph, x, "cuda", threads=None, emulate=True) == run_graph(graph, x)).all()
 
 
 def test_capture_report_status_lines():
-    from hawq.capture_report import status
+    from hawq.apps.capture_report import status
     assert status("resnet18", 224) == "captured: 47 quantized layers"
     assert status("vit_b_16", 224) == ("encoder.layers.encoder_layer_0.ln_1 (LayerNorm) has no integer-only "
                                        "implementation")

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import importlib
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, cli
 from hawq import data as D
-from hawq.cli import add_arch_arg, resolve_dataset, run_main
+from hawq.apps.cli import add_arch_arg, resolve_dataset, run_main
 from hawq.errors import HawqError
-
-
-def cli(*args):
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
 def image_folder(root: Path, classes: int, bad: dict[str, list[str]] | None = None) -> Path:

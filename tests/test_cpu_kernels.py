@@ -10,17 +10,16 @@ import numpy as np
 import pytest
 import tvm
 
-from conftest import build_calibrated
+from conftest import build_calibrated, tvm_outputs
 from hawq.errors import HawqError
 from hawq.export import export_integer
 from hawq.reference import run_graph
 from tvm_benchmark import isa as I
 from tvm_benchmark import schedules as S
-from tvm_benchmark.compile import compile_program
 from tvm_benchmark.intrinsics.x86_amx import AmxKernel
 from tvm_benchmark.intrinsics.x86_madd import pmaddubsw, pmaddwd
 from tvm_benchmark.intrinsics.x86_vnni import vpdpbusd
-from tvm_benchmark.runtime import Runner, request_amx
+from tvm_benchmark.runtime import request_amx
 from tvm_benchmark.targets import host_cpu
 
 HOST = I.cpu_flags()
@@ -213,14 +212,13 @@ def test_whole_program_bit_exact_per_family(family, resnet18_64):
     called = {str(gv.name_hint).removeprefix("conv2d_").split("_")[0] for gv in mod.get_global_vars()} - {"main"}
     assert called == {"avx2": {"pmaddwd", "pmaddubsw"}, "avx512": {"pmaddwd", "pmaddubsw"}, "avxvnni": {"vpdpbusd"},
                       "vnni": {"vpdpbusd"}, "amx": {"vpdpbusd", "amx"}}[family]
-    built = compile_program(graph, x.shape, "llvm", threads=2, isa=family, emulate=not native)
-    got = Runner(built.executable, tvm.cpu(), x.shape[0], built.isa_name)(x)
+    got = tvm_outputs(graph, x, isa=family, emulate=not native)
     np.testing.assert_array_equal(got, run_graph(graph, x))
 
 
 def test_export_records_isa_and_run_refuses_a_foreign_one(tmp_path, capsys):
-    from tvm_benchmark import export as tvm_export
-    from tvm_benchmark import run as tvm_run
+    from tvm_benchmark.apps import export as tvm_export
+    from tvm_benchmark.apps import run as tvm_run
     ck = "checkpoints/resnet20_cifar10_uniform4.pth.tar"
     foreign = next((n for n in ("amx", "vnni", "avx512") if not I.ISAS[n].runs_on(HOST)), None)
     own = I.detect().name

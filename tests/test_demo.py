@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from hawq.demo import MAX_QAT_DROP, run_demo
+from hawq.apps.demo import MAX_QAT_DROP, run_demo
 
 
 def _check_story(r, fp_floor: float, ref_images: int) -> None:

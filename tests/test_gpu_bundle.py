@@ -4,22 +4,18 @@ a synthetic-weight model, executed by its own run.sh in runtime-only mode; and t
 generator the GPU machine relies on to rebuild weights bit-identically."""
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tvm_benchmark.gpu_bundle import REF_IMAGES, _load_params_module, build_bundle
-
-PYVER = f"{sys.version_info.major}.{sys.version_info.minor}"
-bp = _load_params_module()
+from conftest import PYVER, csv_rows, run_bundle
+from tvm_benchmark.bundle_files import bundle_params as bp
+from tvm_benchmark.apps.gpu_bundle import REF_IMAGES, build_bundle
 
 
 def test_synthetic_weight_is_fixed():
@@ -78,16 +74,12 @@ def test_bundle_layout(llvm_bundle):
 
 def test_bundle_runs_runtime_only(llvm_bundle, tmp_path):
     out, _ = llvm_bundle
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
-    env.update(PYTHON=sys.executable, HAWQ_BUNDLE_REPEAT="2", HAWQ_BUNDLE_WARMUP="1", HAWQ_TORCH_COMPILE="0",
-               HAWQ_BUNDLE_CACHE=str(tmp_path / "libcache"))
-    r = subprocess.run(["bash", str(out / "run.sh"), str(tmp_path / "res")], env=env, cwd="/",
-                       capture_output=True, text=True, timeout=300)
+    r = run_bundle(out, tmp_path / "res", HAWQ_BUNDLE_REPEAT="2", HAWQ_BUNDLE_WARMUP="1", HAWQ_TORCH_COMPILE="0",
+                   HAWQ_BUNDLE_CACHE=str(tmp_path / "libcache"))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     src = re.search(r"^tvm from (.+)$", r.stdout, re.M).group(1)
     assert Path(src).resolve().is_relative_to(out.resolve()), src
-    with open(tmp_path / "res" / "gpu_results.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = csv_rows(tmp_path / "res" / "gpu_results.csv")
     assert len(rows) == 2
     for row in rows:
         assert row["mismatches"] == "0" and int(row["elements"]) == 10 * int(row["batch"]), row
@@ -109,11 +101,8 @@ def test_bundle_detects_a_wrong_weight(llvm_bundle, tmp_path):
     manifest = json.loads((bad / "bundle.json").read_text())
     manifest["programs"] = [p for p in manifest["programs"] if p["name"] == "resnet20_cifar10_uniform4_b3"]
     (bad / "bundle.json").write_text(json.dumps(manifest))
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
-    env.update(PYTHON=sys.executable, HAWQ_BUNDLE_REPEAT="1", HAWQ_BUNDLE_WARMUP="1", HAWQ_BUNDLE_TORCH="0",
-               HAWQ_BUNDLE_CACHE=str(env_cache))
-    r = subprocess.run(["bash", str(bad / "run.sh"), str(tmp_path / "res")], env=env, cwd="/",
-                       capture_output=True, text=True, timeout=300)
+    r = run_bundle(bad, tmp_path / "res", HAWQ_BUNDLE_REPEAT="1", HAWQ_BUNDLE_WARMUP="1", HAWQ_BUNDLE_TORCH="0",
+                   HAWQ_BUNDLE_CACHE=str(env_cache))
     assert r.returncode == 1, r.stdout[-2000:]
     assert re.search(r"resnet20_cifar10_uniform4_b3: mismatches: [1-9]\d*/30", r.stdout), r.stdout[-2000:]
 
@@ -126,13 +115,13 @@ def test_cuda_kernels_ship_as_cubin(tmp_path, monkeypatch, small_model):
     import lzma
     from hawq.export import export_integer
     from tvm_benchmark.compile import compile_program
-    from tvm_benchmark.gpu_bundle import _ship_cubin, cuda_source
+    from tvm_benchmark.apps.gpu_bundle import cuda_source, ship_cubin
     monkeypatch.setenv("HAWQ_CUDA_ARCH", "sm_80")
     model, _ = small_model
     built = compile_program(export_integer(model, (3, 32, 32))["graph"], (2, 3, 32, 32), "cuda")
     src = cuda_source(built.executable)
     assert "mma.sync" in src and "__global__" in src
-    _ship_cubin(tmp_path, built.executable, "sm_80")
+    ship_cubin(tmp_path, built.executable, "sm_80")
     (f,) = (tmp_path / "cubins").iterdir()
     assert f.name == hashlib.sha256(src.encode()).hexdigest() + ".cubin.xz"
     cubin = lzma.decompress(f.read_bytes())

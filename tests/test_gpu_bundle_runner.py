@@ -4,13 +4,10 @@ reference, the bundle's bundle_params.py, the runtime-only TVM copy from tvm_run
 `bash run.sh OUT` in a clean environment (no PYTHONPATH, torchvision made unimportable)."""
 from __future__ import annotations
 
-import csv
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +16,11 @@ import tvm
 from tvm.script import ir as I
 from tvm.script import relax as R
 
+from conftest import PYVER, csv_rows, run_bundle
 from tvm_benchmark.tvm_runtime_copy import copy_tvm_runtime
 
 FILES = Path(__file__).resolve().parent.parent / "tvm_benchmark" / "bundle_files"
 B, S = 2, 32
-PYVER = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
 
@@ -73,18 +70,6 @@ def bundle(tmp_path_factory) -> Path:
     return d
 
 
-def _run(bundle: Path, out: Path, **env) -> subprocess.CompletedProcess:
-    e = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TVM_LIBRARY_PATH")}
-    e.update(PYTHON=sys.executable, HAWQ_BUNDLE_REPEAT="3", **env)
-    return subprocess.run(["bash", str(bundle / "run.sh"), str(out)], env=e, cwd="/", capture_output=True,
-                          text=True, timeout=120)
-
-
-def _rows(out: Path) -> list[dict]:
-    with open(out / "gpu_results.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def _inside(path: str, d: Path) -> bool:
     return Path(path).resolve().is_relative_to(d.resolve())
 
@@ -92,7 +77,7 @@ def _inside(path: str, d: Path) -> bool:
 def test_bundle_runs_runtime_only(bundle, tmp_path):
     out = tmp_path / "out"
     # a 1 s torch.compile limit: exercises the worker's kill path quickly (CPU inductor is slow)
-    r = _run(bundle, out, HAWQ_TORCH_COMPILE_TIMEOUT_S="1")
+    r = run_bundle(bundle, out, timeout=120, HAWQ_BUNDLE_REPEAT="3", HAWQ_TORCH_COMPILE_TIMEOUT_S="1")
     assert r.returncode == 0, r.stdout + r.stderr
     assert not list(bundle.rglob("libtvm_compiler*")), "the compiler library must not be shipped"
     m = re.search(r"^tvm from (.+)$", r.stdout, re.M)
@@ -100,7 +85,7 @@ def test_bundle_runs_runtime_only(bundle, tmp_path):
     libs = re.search(r"^tvm libraries: (.+)$", r.stdout, re.M).group(1).split(", ")
     assert any(p.endswith("libtvm_runtime.so") for p in libs) and all(_inside(p, bundle) for p in libs), libs
     assert "toy_int8_b2: mismatches: 0/8" in r.stdout
-    (row,) = _rows(out)
+    (row,) = csv_rows(out / "gpu_results.csv")
     assert (row["program"], row["arch"], row["scheme"], row["batch"], row["target"]) == ("toy_int8_b2", "toy", "int8", "2", "llvm")
     assert (row["mismatches"], row["elements"]) == ("0", "8")
     assert float(row["tvm_ms"]) > 0 and float(row["torch_fp32_ms"]) > 0 and float(row["torch_fp16_ms"]) > 0
@@ -117,10 +102,10 @@ def test_bundle_mismatch_fails(bundle, tmp_path):
     ref[1, 2] += 1
     np.save(bad / "data" / "toy_int8_b2_ref.npy", ref)
     out = tmp_path / "out"
-    r = _run(bad, out, HAWQ_BUNDLE_TORCH="0")
+    r = run_bundle(bad, out, timeout=120, HAWQ_BUNDLE_REPEAT="3", HAWQ_BUNDLE_TORCH="0")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "toy_int8_b2: mismatches: 1/8" in r.stdout
-    (row,) = _rows(out)
+    (row,) = csv_rows(out / "gpu_results.csv")
     assert int(row["mismatches"]) == 1 and "torch skipped" in row["notes"]
 
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import RELEASED_FP, ROOT, TINY_TRAIN, cli, needs_fmnist
 from hawq import checkpoint as C
 from hawq.conformance import compare_fixture
 from hawq.export import export_integer
-from hawq.models.factory import quant_model_from
+from hawq.models.restore import quant_model_from
 from hawq.reference import run_graph
 
 FIX = os.path.join(ROOT, "tests", "fixtures", "hawq_ref")
@@ -133,7 +133,6 @@ def test_quant_train_evaluates_a_hawq_checkpoint(imagenet_1000, tmp_path):
     """The issue's command: quant_train.py -a resnet18 --quant-scheme uniform8 --resume HAWQ --resume-quantize -e,
     on an ImageFolder of 1000 classes; it says once that HAWQ's arithmetic is used, and the artifact it
     writes computes the model's integers."""
-    from test_train_cli import cli
     ckpt = os.path.join(FIX, "resnet18_uniform8", "checkpoint.pth.tar")
     r = cli("quant_train.py", "-a", "resnet18", "--quant-scheme", "uniform8", "--resume", ckpt, "--resume-quantize",
             "-e", "--data", str(imagenet_1000), "--eval-limit", "6", "-b", "3", "-j", "0", "--no-progress",
@@ -159,7 +158,7 @@ def test_quant_train_evaluates_a_hawq_checkpoint(imagenet_1000, tmp_path):
 
 def test_hawq_checkpoint_resumes_training_under_hawq(imagenet_1000, tmp_path):
     """Resuming (not only evaluating) a HAWQ checkpoint trains under profile hawq and records it."""
-    from hawq.train import run
+    from hawq.apps.train import run
     ckpt = os.path.join(FIX, "resnet18_uniform8", "checkpoint.pth.tar")
     run(["-a", "resnet18", "--quant-scheme", "uniform8", "--resume", ckpt, "--resume-quantize", "--epochs", "1",
          "--data", str(imagenet_1000), "--data-percentage", "0.004", "--eval-limit", "4", "-b", "4", "-j", "0",
@@ -172,7 +171,7 @@ def test_hawq_checkpoint_resumes_training_under_hawq(imagenet_1000, tmp_path):
 def test_quant_train_evaluates_hawqs_quantized_checkpoint(imagenet_1000, tmp_path):
     """HAWQ's quantized_checkpoint.pth.tar alone (arch and scheme given) evaluates to the same logits
     as its checkpoint.pth.tar."""
-    from hawq.train import run
+    from hawq.apps.train import run
     d = os.path.join(FIX, "resnet18_uniform8")
     common = ["-a", "resnet18", "--quant-scheme", "uniform8", "-e", "--data", str(imagenet_1000), "--eval-limit", "4",
               "-b", "2", "-j", "0", "--no-progress"]
@@ -185,7 +184,6 @@ def test_quant_train_evaluates_hawqs_quantized_checkpoint(imagenet_1000, tmp_pat
 
 
 def test_quantized_checkpoint_is_refused_for_training(tmp_path):
-    from test_train_cli import cli
     q = os.path.join(FIX, "resnet18_uniform8", "quantized_checkpoint.pth.tar")
     r = cli("quant_train.py", "-a", "resnet18", "--quant-scheme", "uniform8", "--resume", q, "--epochs", "1",
             "--save-path", str(tmp_path / "s"))
@@ -194,24 +192,18 @@ def test_quantized_checkpoint_is_refused_for_training(tmp_path):
 
 
 # ----------------------------------------------------------------------------- QAT in profile hawq
-HAS_FMNIST = os.path.exists("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz")
-RELEASED_FP = os.path.join(ROOT, "checkpoints", "resnet20_cifar10_fp32.pth.tar")
-
-
 @pytest.fixture(scope="module")
 def hawq_qat(tmp_path_factory):
-    from hawq.train import run
-    from test_train_cli import TINY
+    from hawq.apps.train import run
     out = tmp_path_factory.mktemp("hawq_u4")
     summary = run(["--quant-scheme", "uniform4", "--numerics", "hawq", "--epochs", "1", "--lr", "0.005", "--fix-BN",
-                   "--pretrained", RELEASED_FP, "--save-path", str(out), *TINY])
+                   "--pretrained", RELEASED_FP, "--save-path", str(out), *TINY_TRAIN])
     return out, summary
 
 
-@pytest.mark.skipif(not HAS_FMNIST, reason="Debian package dataset-fashion-mnist not installed")
+@needs_fmnist
 def test_qat_in_profile_hawq_trains_exports_and_verifies(hawq_qat, tmp_path):
-    from hawq.train import run
-    from test_train_cli import TINY, cli
+    from hawq.apps.train import run
     out, summary = hawq_qat
     assert summary["best_top1"] > 50.0                  # starts from the released FP model
     ck = C.read(str(out / "model_best.pth.tar"))
@@ -226,7 +218,7 @@ def test_qat_in_profile_hawq_trains_exports_and_verifies(hawq_qat, tmp_path):
     assert "hawq" in r.stdout
     # evaluating the checkpoint again restores its profile from the file (no --numerics) and its top-1
     res = run(["-e", "--resume", str(out / "model_best.pth.tar"), "--quant-scheme", "uniform4",
-               "--save-path", str(tmp_path), *TINY])
+               "--save-path", str(tmp_path), *TINY_TRAIN])
     assert res["top1"] == pytest.approx(summary["best_top1"], abs=1e-9)
 
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, build_calibrated, tvm_outputs
 from hawq import ir
 from hawq.errors import HawqError
 from hawq.export import export_integer
-from hawq.models.factory import load_quant_checkpoint
+from hawq.models.restore import load_quant_checkpoint
 from hawq.reference import IMPL, run_graph
 
 RELEASED = [os.path.join(ROOT, "checkpoints", f"resnet20_cifar10_{s}.pth.tar")
@@ -42,7 +42,6 @@ def test_released_artifacts_round_trip_unchanged(path):
 
 
 def test_profile_hawq_fields_round_trip():
-    from conftest import build_calibrated
     model, _ = build_calibrated("resnet20_cifar10", "uniform4", 10, (2, 3, 32, 32), numerics="hawq")
     graph = export_integer(model, (3, 32, 32))["graph"]
     assert graph["nodes"][0]["reciprocal"] is True
@@ -99,19 +98,11 @@ def _quantize(lo: int, hi: int) -> dict:
             "zero_point": 0, "qmin": lo, "qmax": hi, "bits": 8}
 
 
-def _tvm(graph: dict, x: np.ndarray, fast: bool) -> np.ndarray:
-    from tvm_benchmark.compile import compile_program
-    from tvm_benchmark.runtime import Runner
-    from tvm_benchmark.targets import device_of
-    built = compile_program(graph, x.shape, "llvm", 2, fast=fast)
-    return Runner(built.executable, device_of("llvm"), x.shape[0], built.isa_name)(x)
-
-
 def _check(graph: dict, x: np.ndarray, want: np.ndarray) -> None:
     ref = run_graph(graph, x)
     assert np.array_equal(ref, want)
     for fast in (False, True):
-        got = _tvm(graph, x, fast)
+        got = tvm_outputs(graph, x, fast=fast)
         assert np.array_equal(got, want), f"fast={fast}: {(got != want).sum()} mismatches"
 
 

@@ -7,13 +7,12 @@ import itertools
 import json
 import os
 import random
-import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, cli, csv_rows
 from hawq import mpq
+from hawq.apps import mpq as mpq_app
 from hawq.bit_config import list_schemes, load_scheme, scheme_stats
 from hawq.errors import HawqError
 from hawq.models.layers import WEIGHT_KINDS, quant_layers
@@ -62,9 +61,9 @@ def latency(tmp_path):
 
 
 def _run(argv, capsys):
-    """mpq.main in-process: (exit code, stdout, stderr)."""
+    """hawq.apps.mpq.main in-process: (exit code, stdout, stderr)."""
     try:
-        mpq.main(argv)
+        mpq_app.main(argv)
         code = 0
     except SystemExit as exc:
         code = exc.code
@@ -175,9 +174,7 @@ def test_every_constraint_is_respected_and_the_scheme_loads(sens, latency, tmp_p
     # not all 4 and not all 8: the budgets bind
     assert 0 < len(doc["mpq"]["groups_8bit"]) < len(mpq.free_groups(ARCH))
     assert f"{gbops:.4f} GBOPS" in stdout
-    table = subprocess.run([sys.executable, "bit_config.py", "--table", "-a", ARCH, "--quant-scheme", str(out)],
-                           cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT},
-                           timeout=120)
+    table = cli("bit_config.py", "--table", "-a", ARCH, "--quant-scheme", str(out), timeout=120)
     assert table.returncode == 0, table.stderr
     row = list(csv.DictReader(table.stdout.splitlines()))[0]
     assert float(row["gbops"]) == round(gbops, 2) and float(row["size_mb"]) == round(size, 3)
@@ -206,7 +203,7 @@ def test_sweep_writes_a_monotone_front_and_a_plot(sens, tmp_path, capsys):
     code, _, err = _run(["-a", ARCH, "--sensitivity", sens, "--sweep", "bops=0.25:1.0:0.25", "--out", str(out)],
                         capsys)
     assert code == 0, err
-    rows = list(csv.DictReader(out.open()))
+    rows = csv_rows(out)
     assert [float(r["fraction"]) for r in rows] == [0.25, 0.5, 0.75, 1.0]
     objectives = [float(r["objective"]) for r in rows]
     assert objectives == sorted(objectives, reverse=True) and objectives[0] > objectives[-1]
@@ -232,7 +229,7 @@ def test_pareto_flags():
     ([], "at least one --constraint"),
 ])
 def test_bad_constraints_are_one_line_errors(args, message, sens, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(mpq, "LATENCY_ROOT", tmp_path / "no-tables")   # latency: no table for this host
+    monkeypatch.setattr(mpq_app, "LATENCY_ROOT", tmp_path / "no-tables")   # latency: no table for this host
     out = tmp_path / "x.json"
     code, stdout, err = _run(["-a", ARCH, "--sensitivity", sens, *args, "--out", str(out)], capsys)
     assert code == 2 and err.startswith("error:") and err.count("\n") == 1 and message in err, err
@@ -276,9 +273,8 @@ def test_sensitivity_missing_a_layer_is_an_error(tmp_path):
 
 
 def test_cli_entry_point_one_line_error():
-    proc = subprocess.run([sys.executable, "-m", "hawq.mpq", "--sensitivity", "/nonexistent.csv", "--constraint",
-                           "bops=0.5", "--out", "x.json"], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": ROOT}, timeout=120)
+    proc = cli("-m", "hawq.mpq", "--sensitivity", "/nonexistent.csv", "--constraint", "bops=0.5", "--out", "x.json",
+               timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip() == "error: sensitivity file /nonexistent.csv: no such file"
 
 
@@ -299,7 +295,7 @@ def test_latency_constraint_reads_this_hosts_table(sens, tmp_path, capsys, monke
     """Without --latency-table the table of this host's key is used (and named); when there is none
     one line names the key and the keys that exist."""
     from tvm_benchmark.targets import target_tag
-    monkeypatch.setattr(mpq, "LATENCY_ROOT", tmp_path / "tables")
+    monkeypatch.setattr(mpq_app, "LATENCY_ROOT", tmp_path / "tables")
     (tmp_path / "tables" / "llvm-other-vnni").mkdir(parents=True)
     _latency_csv(tmp_path / "tables" / "llvm-other-vnni" / f"{ARCH}.csv")
     argv = ["-a", ARCH, "--sensitivity", sens, "--constraint", "latency=0.7", "--out", str(tmp_path / "x.json")]

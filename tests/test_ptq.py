@@ -7,14 +7,13 @@ import pytest
 import torch
 import torch.nn as nn
 
+from conftest import RELEASED_FP, csv_rows
 from hawq import numerics as N
 from hawq.ptq import observers as O
 from hawq.ptq import weights as W
 from hawq.ptq.recon import AdaRoundWeight, ReconSettings, reconstruct_unit, units
 from hawq.quant.config import QuantConfig
 from hawq.quant.modules import QuantBnConv2d
-
-FP = "checkpoints/resnet20_cifar10_fp32.pth.tar"
 
 
 # --------------------------------------------------------------------------- activation observers
@@ -149,7 +148,7 @@ def test_bn_fold_after_keeps_the_raw_weights_integers():
     layer = _convbn(GAMMA[GAMMA != 0], 4)
     s = W.layer_scale(layer, "mse", True, "after")
     raw_s = W.choose_scale(layer.conv.weight, 4, "mse", True)
-    k = layer._fold_factor()
+    k = layer.fold_factor()
     assert torch.allclose(s, raw_s * k.abs())
     q_folded = N.quantize_weight(layer.float_weight(), s, 4, layer.profile)
     q_raw = N.quantize_weight(layer.conv.weight, raw_s, 4, layer.profile)
@@ -219,8 +218,8 @@ def test_reconstruction_lowers_the_unit_error_and_writes_integers():
 
 # --------------------------------------------------------------------------- end to end
 def _ptq(tmp_path, *extra):
-    from hawq.ptq import cli
-    return cli.main(["-a", "resnet20_cifar10", "--pretrained", FP, "--calib-size", "64", "--iters", "4",
+    from hawq.apps import ptq as cli
+    return cli.main(["-a", "resnet20_cifar10", "--pretrained", RELEASED_FP, "--calib-size", "64", "--iters", "4",
                      "--recon-batch", "8", "--eval-limit", "64", "-b", "64", "--no-progress",
                      "--save-path", str(tmp_path), *extra])
 
@@ -240,11 +239,11 @@ def test_tiny_ptq_run_verifies_bit_exact(tmp_path, capsys):
     assert state["bit_config"]["stage2.unit1.quant_convbn1"] == 3
     assert C.read(ckpt).quantized
 
-    from hawq import verify
+    from hawq.apps import verify
     assert verify.main(["--checkpoint", ckpt, "--limit", "32", "-b", "32", "--no-progress"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "mismatches: 0/320"
     pytest.importorskip("tvm")
-    from tvm_benchmark import verify as tvm_verify
+    from tvm_benchmark.apps import verify as tvm_verify
     assert tvm_verify.main(["--checkpoint", ckpt, "--limit", "16", "-b", "16", "--no-progress"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "mismatches: 0/160"
 
@@ -268,7 +267,7 @@ def test_ptq_scheme_by_name_and_qdrop(tmp_path):
 
 # --------------------------------------------------------------------------- bad input
 def _err(capsys, argv) -> str:
-    from hawq.ptq import cli
+    from hawq.apps import ptq as cli
     with pytest.raises(SystemExit) as e:
         cli.main(argv)
     assert e.value.code == 2
@@ -279,12 +278,12 @@ def _err(capsys, argv) -> str:
 
 @pytest.mark.parametrize("argv,message", [
     (["--pretrained", "nope.pth.tar"], "does not exist"),
-    (["--pretrained", FP, "--w-bits", "9"], "argument --w-bits: invalid choice: 9"),
-    (["--pretrained", FP, "--a-bits", "1"], "argument --a-bits: invalid choice: 1"),
-    (["--pretrained", FP, "--calib-size", "70000"], "70000"),
+    (["--pretrained", RELEASED_FP, "--w-bits", "9"], "argument --w-bits: invalid choice: 9"),
+    (["--pretrained", RELEASED_FP, "--a-bits", "1"], "argument --a-bits: invalid choice: 1"),
+    (["--pretrained", RELEASED_FP, "--calib-size", "70000"], "70000"),
     (["--pretrained", "checkpoints/resnet20_cifar10_uniform8.pth.tar"], "is already quantized"),
-    (["--pretrained", FP, "--quant-scheme", "uniform4", "--w-bits", "4"], "not both"),
-    (["--pretrained", FP, "--drop-prob", "1.5"], "--drop-prob must be in [0, 1)"),
+    (["--pretrained", RELEASED_FP, "--quant-scheme", "uniform4", "--w-bits", "4"], "not both"),
+    (["--pretrained", RELEASED_FP, "--drop-prob", "1.5"], "--drop-prob must be in [0, 1)"),
 ])
 def test_bad_input_one_error_line(argv, message, capsys, tmp_path):
     out = tmp_path / "out"
@@ -295,13 +294,13 @@ def test_bad_input_one_error_line(argv, message, capsys, tmp_path):
 
 # --------------------------------------------------------------------------- benchmark
 def test_ptq_bench_rows_verify_and_merge(tmp_path, capsys):
-    from hawq import ptq_bench as B
+    from hawq.benchmarks import ptq as B
     tags = [r.tag for r in B.default_rows()]
     assert len(tags) == len(set(tags)) and "w4a8_mse_emamse_adaround" in tags and "w3a3_mse_mse_qdrop" in tags
     argv = ["--only", "w2a4_mse_mse_brecq", "w4a32_minmax_-_none_layer_foldafter", "--iters", "2", "--eval-limit",
             "32", "--verify-images", "16", "--calib-size", "32", "--out", str(tmp_path), "--no-progress"]
     assert B.main(argv) == 0
-    rows = B._read(tmp_path / "ptq.csv")
+    rows = csv_rows(tmp_path / "ptq.csv")
     assert [(r["W_calibration"], r["wbit"], r["abit"], r["recon"]) for r in rows] == [
         ("FP", "32", "32", ""), ("mse", "2", "4", "brecq"), ("minmax", "4", "32", "none")]
     assert rows[1]["verified"] == "0/160 (16 img)" and rows[2]["verified"].startswith("weight-only")
@@ -309,7 +308,7 @@ def test_ptq_bench_rows_verify_and_merge(tmp_path, capsys):
     md = (tmp_path / "ptq.md").read_text()
     assert "## resnet20_cifar10 (FP " in md and "Command: `python -m hawq.ptq_bench" in md and "| mse | mse | 2 | 4 | channel | before | brecq | 2 |" in md
     assert B.main(argv[:2] + argv[3:]) == 0                  # re-run one row: replaced, not duplicated
-    assert len(B._read(tmp_path / "ptq.csv")) == 3
+    assert len(csv_rows(tmp_path / "ptq.csv")) == 3
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         B.main(["--only", "w9a9", "--out", str(tmp_path / "x")])

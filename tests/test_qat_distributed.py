@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import RELEASED_FP, ROOT
 from hawq import distributed
 from hawq.data import ArrayLoader
 
-ROOT = Path(__file__).resolve().parents[1]
-WORKER = ROOT / "tests" / "helpers" / "ddp_worker.py"
-FP = str(ROOT / "checkpoints" / "resnet20_cifar10_fp32.pth.tar")
+WORKER = os.path.join(ROOT, "tests", "helpers", "ddp_worker.py")
 EVAL = 1000
 
 
@@ -50,17 +49,17 @@ def test_single_process_helpers_are_identities():
 
 
 def _train_args(save: Path, *extra: str) -> list[str]:
-    return ["-a", "resnet20_cifar10", "--quant-scheme", "uniform8", "--pretrained", FP, "--fix-BN",
+    return ["-a", "resnet20_cifar10", "--quant-scheme", "uniform8", "--pretrained", RELEASED_FP, "--fix-BN",
             "--epochs", "1", "--lr", "0.005", "--data-percentage", "0.02", "-b", "64", "--eval-limit", str(EVAL),
             "--seed", "7", "--no-progress", "--save-path", str(save), *extra]
 
 
 def _launch(out: Path, nproc: int, *extra: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    cmd = [sys.executable, str(WORKER), str(out), *_train_args(out / "run", *extra)]
+    cmd = [sys.executable, WORKER, str(out), *_train_args(out / "run", *extra)]
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *cmd[1:]]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -88,7 +87,7 @@ def _initial_state() -> dict:
     from hawq.bit_config import load_scheme
     from hawq.models.factory import fp_model, quant_model
     from hawq.quant.config import QuantConfig
-    fp = fp_model("resnet20_cifar10", 10, weights=C.read(FP))
+    fp = fp_model("resnet20_cifar10", 10, weights=C.read(RELEASED_FP))
     return quant_model("resnet20_cifar10", load_scheme("resnet20_cifar10", "uniform8"), 10, fp=fp,
                        config=QuantConfig(fix_BN=True)).state_dict()
 
@@ -117,11 +116,11 @@ def test_ddp_matches_the_single_process_run(runs):
 def test_ddp_artifact_is_bit_exact_and_resumes_with_another_world_size(runs, capsys, tmp_path):
     _, _, base = runs
     ckpt = base / "two" / "run" / "checkpoint.pth.tar"
-    from hawq import verify
+    from hawq.apps import verify
     assert verify.main(["--checkpoint", str(ckpt), "--limit", "64", "-b", "64", "--no-progress"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "mismatches: 0/640"
     pytest.importorskip("tvm")
-    from tvm_benchmark import verify as tvm_verify
+    from tvm_benchmark.apps import verify as tvm_verify
     assert tvm_verify.main(["--checkpoint", str(ckpt), "--limit", "16", "-b", "16", "--no-progress"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "mismatches: 0/160"
     # written on 2 processes, resumed on 1: continues at epoch 1

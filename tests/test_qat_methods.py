@@ -3,11 +3,11 @@ that every quantizer exports the same kind of integer artifact, bit-exact in the
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import RELEASED_FP
 from hawq import engine
 from hawq import numerics as N
 from hawq.errors import HawqError
@@ -17,8 +17,6 @@ from hawq.quant.config import QuantConfig
 from hawq.quant.graph import Q
 from hawq.quant.modules import QuantAct, QuantBnConv2d, QuantLinear
 
-ROOT = Path(__file__).resolve().parents[1]
-FP = str(ROOT / "checkpoints" / "resnet20_cifar10_fp32.pth.tar")
 TINY = ["--data-percentage", "0.01", "--eval-limit", "64", "-b", "64", "--no-progress"]
 
 
@@ -128,7 +126,7 @@ def test_lsq_weight_step_of_a_bn_conv_is_the_unfolded_weights():
     layer(x).value.sum().backward()
     w = layer.conv.weight.detach()
     torch.testing.assert_close(layer.weight_step.detach(), N.weight_scale(w, 8, True))
-    k = layer._fold_factor().abs()
+    k = layer.fold_factor().abs()
     # the same gradient through the surrogate on the folded weight with the folded step
     s = layer.weight_step.detach().clone().requires_grad_(True)
     wf = layer.folded_weight_bias()[0].detach()
@@ -162,7 +160,7 @@ def test_a_negative_lsq_weight_step_is_used_by_its_magnitude():
     layer(x)
     with torch.no_grad():
         layer.weight_step.neg_()
-    k = layer._fold_factor().abs()
+    k = layer.fold_factor().abs()
     want = (layer.weight_step.detach().abs() * k).float()
     torch.testing.assert_close(layer._weight_scale(layer.float_weight()), want)
     layer.eval()
@@ -241,8 +239,8 @@ def test_default_recipe_is_stated(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "note: training --quant-scheme uniform8 from random initialization" in out
     assert "recipe: 1 epochs, lr 0.05 (cosine, warm-up 0.05 epochs), batch 64" in out
-    quant_train.main(["-a", "resnet20_cifar10", "--quant-scheme", "uniform8", "--pretrained", FP, "--epochs", "1",
-                      "--save-path", str(tmp_path / "ft"), *TINY])
+    quant_train.main(["-a", "resnet20_cifar10", "--quant-scheme", "uniform8", "--pretrained", RELEASED_FP,
+                      "--epochs", "1", "--save-path", str(tmp_path / "ft"), *TINY])
     out = capsys.readouterr().out
     assert "from random initialization" not in out and "lr 0.001 (cosine, warm-up 0 epochs)" in out
 
@@ -256,8 +254,9 @@ def trained(tmp_path_factory):
     out = {}
     for method in L.METHODS:
         d = tmp_path_factory.mktemp(method)
-        res = quant_train.main(["-a", "resnet20_cifar10", "--quant-scheme", "uniform4", "--pretrained", FP, "--fix-BN",
-                                "--quantizer", method, "--epochs", "1", "--lr", "0.01", "--save-path", str(d), *TINY])
+        res = quant_train.main(["-a", "resnet20_cifar10", "--quant-scheme", "uniform4", "--pretrained", RELEASED_FP,
+                                "--fix-BN", "--quantizer", method, "--epochs", "1", "--lr", "0.01",
+                                "--save-path", str(d), *TINY])
         out[method] = (d, res)
     return out
 
@@ -271,11 +270,11 @@ def test_every_quantizer_exports_bit_exact(trained, method, capsys):
     names = [k for k in state["state_dict"] if k.endswith(("act_step", "act_clip", "weight_step"))]
     assert bool(names) == (method in ("lsq", "pact"))
     assert all(float(state["state_dict"][k].abs().min()) > 0 for k in names)
-    from hawq import verify
+    from hawq.apps import verify
     assert verify.main(["--checkpoint", str(ckpt), "--limit", "32", "-b", "32", "--no-progress"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "mismatches: 0/320"
     pytest.importorskip("tvm")
-    from tvm_benchmark import verify as tvm_verify
+    from tvm_benchmark.apps import verify as tvm_verify
     assert tvm_verify.main(["--checkpoint", str(ckpt), "--limit", "16", "-b", "16",
                             "--no-progress"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "mismatches: 0/160"
@@ -290,7 +289,7 @@ def test_resume_continues_the_learned_parameters(trained, tmp_path, capsys):
                             "--save-path", str(tmp_path)])
     assert res["top1"] is not None
     import hawq.checkpoint as C
-    from hawq.models.factory import quant_model_from
+    from hawq.models.restore import quant_model_from
     model, _ = quant_model_from(C.read(str(d / "checkpoint.pth.tar")))
     assert model.config.quantizer == "lsq"
     for k, v in model.state_dict().items():
@@ -303,8 +302,8 @@ def test_resume_continues_the_learned_parameters(trained, tmp_path, capsys):
 
 
 def test_qat_methods_table(tmp_path, capsys):
-    from hawq import qat_methods
-    rows = qat_methods.main(["--pretrained", FP, "--quant-scheme", "uniform4", "--quantizer", "minmax", "lsq",
+    from hawq.benchmarks import qat_methods
+    rows = qat_methods.main(["--pretrained", RELEASED_FP, "--quant-scheme", "uniform4", "--quantizer", "minmax", "lsq",
                              "--data-percentage", "0.005", "--eval-limit", "64", "--runs", str(tmp_path / "runs"),
                              "--out-dir", str(tmp_path), "--no-progress"])
     assert [(r["scheme"], r["quantizer"], r["lr"]) for r in rows] == [("uniform4", "minmax", "0.005"),
@@ -375,7 +374,7 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_p
     """A non-finite loss ends the run at that step (exit 2, one line) instead of training on NaN
     weights and failing later in the integer eval path; nothing of the diverged epoch is written."""
     import quant_train
-    args = ["-a", "resnet20_cifar10", "--quant-scheme", "uniform8", "--pretrained", FP, "--fix-BN",
+    args = ["-a", "resnet20_cifar10", "--quant-scheme", "uniform8", "--pretrained", RELEASED_FP, "--fix-BN",
             "--save-path", str(tmp_path), *TINY]
     assert quant_train.main([*args, "--epochs", "1", "--lr", "0.001"])["top1"] > 50
     before = (tmp_path / "checkpoint.pth.tar").read_bytes()

@@ -10,8 +10,8 @@ import pytest
 from conftest import ROOT
 from hawq.data import build_loaders
 from hawq.export import export_integer
-from hawq.models.factory import load_quant_checkpoint
-from hawq.release import RELEASES, evaluate_release, sha256
+from hawq.models.restore import load_quant_checkpoint
+from hawq.apps.release import RELEASES, evaluate_release, sha256
 from hawq.verify import compare
 
 CKPT_DIR = os.path.join(ROOT, "checkpoints")

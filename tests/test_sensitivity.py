@@ -3,26 +3,21 @@ the integer model's own weights, the CSV, determinism and one-line errors."""
 from __future__ import annotations
 
 import copy
-import csv
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import ROOT, calibrate, randomize_bn
+from conftest import HAVE_FMNIST, RELEASED_FP, calibrate, cli, csv_rows, needs_fmnist, randomize_bn
 from hawq.bit_config import load_scheme
 from hawq.models.factory import fp_model, fp_model_pretrained, quant_model
 from hawq.quant.config import QuantConfig
-from hawq.sensitivity import (CSV_FIELDS, TraceEstimate, hutchinson, layer_sensitivity, main, make_hvp,
-                              quant_error, weight_layers)
+from hawq.apps.sensitivity import main
+from hawq.sensitivity import (CSV_FIELDS, TraceEstimate, hutchinson, layer_sensitivity, make_hvp, quant_error,
+                              weight_layers)
 
 ARCH = "resnet20_cifar10"
-RELEASED_FP = os.path.join(ROOT, "checkpoints", "resnet20_cifar10_fp32.pth.tar")
-HAS_FMNIST = os.path.exists("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz")
 
 
 # --------------------------------------------------------------------------- Hutchinson vs exact
@@ -145,7 +140,7 @@ def test_weight_layers_follow_the_bit_config_order():
 
 
 # --------------------------------------------------------------------------- rows, CLI
-@pytest.mark.skipif(not HAS_FMNIST, reason="dataset-fashion-mnist not installed")
+@needs_fmnist
 def test_layer_sensitivity_rows_are_deterministic_and_complete():
     from hawq.data import build_loaders
     from hawq.sensitivity import batches_of
@@ -163,15 +158,13 @@ def test_layer_sensitivity_rows_are_deterministic_and_complete():
         assert r["omega_4"] == pytest.approx(max(r["trace"], 0) / r["params"] * r["pert_4"])
 
 
-@pytest.mark.skipif(not HAS_FMNIST, reason="dataset-fashion-mnist not installed")
+@needs_fmnist
 def test_cli_writes_the_csv(tmp_path):
     out = tmp_path / "sens.csv"
-    proc = subprocess.run([sys.executable, "-m", "hawq.sensitivity", "--pretrained", RELEASED_FP, "-b", "2",
-                           "--max-iter", "1", "--out", str(out), "--no-progress"], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=300)
+    proc = cli("-m", "hawq.sensitivity", "--pretrained", RELEASED_FP, "-b", "2", "--max-iter", "1", "--out", str(out),
+               "--no-progress")
     assert proc.returncode == 0, proc.stderr
-    with open(out, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = csv_rows(out)
     assert list(rows[0]) == list(CSV_FIELDS) and len(rows) == 22
     assert rows[0]["layer"] == "quant_init_block_convbn" and rows[-1]["layer"] == "quant_output"
 
@@ -183,7 +176,7 @@ def test_cli_writes_the_csv(tmp_path):
     (["--tol", "0", "--pretrained", RELEASED_FP, "--out", "x.csv"], "tol"),
 ])
 def test_bad_input_is_one_line_error(argv, message, capsys, tmp_path, monkeypatch):
-    if not HAS_FMNIST and "resnet7" not in argv:
+    if not HAVE_FMNIST and "resnet7" not in argv:
         pytest.skip("dataset-fashion-mnist not installed")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:
@@ -197,9 +190,9 @@ def test_captured_model_sensitivity_names_folds_and_mpq(tmp_path):
     """A captured model (torchvision resnet18): the layers are the capture's names with their BN
     folds, the errors are those of the weights the quantized model uses, and hawq.mpq turns the CSV
     into a scheme bit_config accepts."""
-    from hawq.mpq import main as mpq_main
+    from hawq.apps.mpq import main as mpq_main
     from hawq.models.layers import WEIGHT_KINDS, quant_layers
-    from hawq.sensitivity import rows_csv
+    from hawq.fileio import rows_csv
     arch = "torchvision:resnet18"
     torch.manual_seed(0)
     fp = fp_model(arch, 10)

@@ -16,14 +16,13 @@ import tvm
 from tvm import relax
 from tvm.support import nvcc
 
-from conftest import build_calibrated
+from conftest import build_calibrated, tvm_runner
 from hawq.export import export_integer
 from hawq.reference import run_graph
 from tvm_benchmark.compile import compile_program, lower
 from tvm_benchmark.frontend import build_module
-from tvm_benchmark.gpu_bundle import cuda_source
+from tvm_benchmark.apps.gpu_bundle import cuda_source
 from tvm_benchmark.ir_check import float_violations, kernel_float_violations
-from tvm_benchmark.runtime import Runner
 from tvm_benchmark.targets import cuda_arch
 from tvm_benchmark.tensorcore import (GEMM, INT32_MAX, GemmShape, gemm_func, plan_tensorcore,
                                       schedule_tensorcore, sm_number)
@@ -296,12 +295,12 @@ def test_emulated_program_bit_exact(name, arch, int4, monkeypatch):
     _cross_arch(monkeypatch, arch)
     plans = _record_plans(monkeypatch)
     graph, x = _program(name)
-    built = compile_program(graph, (2, *x.shape[1:]), "cuda", emulate=True)
+    run = tvm_runner(graph, (2, *x.shape[1:]), "cuda", threads=None, emulate=True)     # batch 2: x runs in 2 chunks
     planned = [p for p in plans if p is not None]
     assert len(planned) == _gemm_layers(graph) and all(p.emulate and p.sm == sm_number(arch) for p in planned)
     assert any(p.bits == 4 for p in planned) == int4
-    assert len(_gemm_calls(built.executable)) == _gemm_layers(graph)
-    out = Runner(built.executable, tvm.cpu(0), 2)(x)
+    assert len(_gemm_calls(run.built.executable)) == _gemm_layers(graph)
+    out = run(x)
     ref = run_graph(graph, x)
     assert np.abs(ref).max() > 0 and len(np.unique(ref)) > 10
     np.testing.assert_array_equal(out, ref)

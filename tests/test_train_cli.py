@@ -5,26 +5,14 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import ROOT
-from hawq.train import run
+from conftest import RELEASED_FP, TINY_TRAIN, cli, needs_fmnist
+from hawq.apps.train import run
 
-TINY = ["--data-percentage", "0.01", "--eval-limit", "300", "-b", "64", "--no-progress", "--lr-schedule", "cosine"]
-pytestmark = pytest.mark.skipif(not os.path.exists("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz"),
-                                reason="Debian package dataset-fashion-mnist not installed (make setup installs it)")
-
-
-def cli(*args, cwd=ROOT):
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-
-
-RELEASED_FP = os.path.join(ROOT, "checkpoints", "resnet20_cifar10_fp32.pth.tar")
+pytestmark = needs_fmnist
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +23,7 @@ def fp_ckpt():
 
 
 def test_fp_training_run(tmp_path):
-    res = run(["--quant-scheme", "fp32", "--epochs", "1", "--lr", "0.05", "--save-path", str(tmp_path), *TINY])
+    res = run(["--quant-scheme", "fp32", "--epochs", "1", "--lr", "0.05", "--save-path", str(tmp_path), *TINY_TRAIN])
     ck = torch.load(tmp_path / "checkpoint.pth.tar", weights_only=True)
     assert ck["quant_scheme"] == "fp32" and "features.init_block.conv.weight" in ck["state_dict"]
     assert res["best_top1"] == ck["best_acc1"]
@@ -45,7 +33,7 @@ def test_fp_training_run(tmp_path):
 def qat_run(fp_ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("u8")
     summary = run(["--quant-scheme", "uniform8", "--epochs", "1", "--lr", "0.005", "--fix-BN", "--pretrained", fp_ckpt,
-                   "--save-path", str(out), *TINY])
+                   "--save-path", str(out), *TINY_TRAIN])
     return out, summary
 
 
@@ -67,7 +55,7 @@ def test_qat_run_writes_everything(qat_run):
 def test_evaluate_reproduces_recorded_top1(qat_run):
     out, summary = qat_run
     res = run(["-e", "--resume", str(out / "model_best.pth.tar"), "--resume-quantize", "--quant-scheme", "uniform8",
-               "--save-path", str(out / "eval"), *TINY])
+               "--save-path", str(out / "eval"), *TINY_TRAIN])
     assert res["top1"] == pytest.approx(summary["best_top1"], abs=1e-9)
 
 
@@ -82,7 +70,7 @@ def test_verify_cli_reports_zero_mismatches(qat_run):
 def test_resume_continues_the_uninterrupted_run(fp_ckpt, tmp_path):
     # The step schedule's rate does not depend on --epochs (a per-step cosine does), so a 1-epoch run
     # is the first epoch of the 2-epoch one.
-    common = ["--quant-scheme", "uniform4", "--lr", "0.01", "--fix-BN", "--pretrained", fp_ckpt, *TINY,
+    common = ["--quant-scheme", "uniform4", "--lr", "0.01", "--fix-BN", "--pretrained", fp_ckpt, *TINY_TRAIN,
               "--lr-schedule", "step"]
     run(["--epochs", "2", "--save-path", str(tmp_path / "straight"), *common])
     run(["--epochs", "1", "--save-path", str(tmp_path / "split"), *common])
@@ -112,12 +100,12 @@ def test_hawq_layout_checkpoint_loads(qat_run, tmp_path):
     torch.save(hawq, path)
     # No profile recorded: HAWQ's arithmetic is inferred (said in one line); --numerics exact gives ours back.
     r = cli("quant_train.py", "-e", "--resume", str(path), "--resume-quantize", "--quant-scheme", "uniform8",
-            "--save-path", str(tmp_path / "h"), *TINY)
+            "--save-path", str(tmp_path / "h"), *TINY_TRAIN)
     assert r.returncode == 0, r.stderr[-800:]
     assert sum("records no numeric profile" in line and "--numerics hawq" in line
                for line in r.stdout.splitlines()) == 1, r.stdout
     res = run(["-e", "--resume", str(path), "--resume-quantize", "--quant-scheme", "uniform8", "--numerics", "exact",
-               "--save-path", str(tmp_path / "e"), *TINY])
+               "--save-path", str(tmp_path / "e"), *TINY_TRAIN])
     assert res["top1"] == pytest.approx(summary["best_top1"], abs=1e-9)
 
 
@@ -149,7 +137,7 @@ def test_bad_input_one_line_error_and_nothing_overwritten(fp_ckpt, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     ck = _bad_checkpoints(tmp_path, fp_ckpt)
-    base = ["quant_train.py", "--epochs", "1", "--save-path", str(save), *TINY]
+    base = ["quant_train.py", "--epochs", "1", "--save-path", str(save), *TINY_TRAIN]
     cases = {
         "arch": (["-a", "resnet999"], "unknown arch"),
         "scheme": (["--quant-scheme", "bops_0.33"], "bops_0.33"),
@@ -194,7 +182,7 @@ def test_pretrained_download_failure_is_one_clear_error(monkeypatch):
 def test_distillation_and_featuremap_dump(fp_ckpt, tmp_path):
     res = run(["--quant-scheme", "uniform8", "--epochs", "1", "--lr", "0.002", "--fix-BN", "--pretrained", fp_ckpt,
                "--distill-method", "KD_naive", "--teacher-arch", "resnet20_cifar10", "--teacher-pretrained", fp_ckpt,
-               "--checkpoint-iter", "2", "--save-path", str(tmp_path), *TINY])
+               "--checkpoint-iter", "2", "--save-path", str(tmp_path), *TINY_TRAIN])
     assert res["best_top1"] > 50.0            # starts from a trained model and distills from it
     maps = torch.load(tmp_path / "featuremaps_iter2.pth.tar", weights_only=True)
     assert "quant_input" in maps and "stage3.unit3.quant_act_int32" in maps

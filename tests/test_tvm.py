@@ -3,7 +3,6 @@ export/run round trip, bad input."""
 from __future__ import annotations
 
 import copy
-import csv
 import shutil
 import json
 
@@ -13,28 +12,22 @@ import torch
 import tvm
 from tvm import relax
 
-from conftest import build_calibrated
+from conftest import build_calibrated, csv_rows, tvm_outputs
 from hawq.bit_config import list_schemes
 from hawq.export import export_integer, save_artifact
 from hawq.reference import run_graph
-from tvm_benchmark import export as tvm_export
+from tvm_benchmark.apps import export as tvm_export
 from tvm_benchmark import schedules as S
-from tvm_benchmark import run as tvm_run
-from tvm_benchmark import verify as tvm_verify
+from tvm_benchmark.apps import run as tvm_run
+from tvm_benchmark.apps import verify as tvm_verify
 from tvm_benchmark.compile import compile_program, lower
 from tvm_benchmark.ir_check import float_violations
 from tvm_benchmark.frontend import build_module
 from tvm_benchmark.isa import ISAS, detect
 from tvm_benchmark.program import load_program
-from tvm_benchmark.runtime import Runner
 
 CKPT = "checkpoints/resnet20_cifar10_{}.pth.tar"
 RELEASED = ["uniform8", "uniform4", "mixed_stage1_8bit"]
-
-
-def _runner(graph, shape, all_outputs=False, fast=None):
-    built = compile_program(graph, shape, "llvm", threads=2, all_outputs=all_outputs, fast=fast)
-    return Runner(built.executable, tvm.cpu(), shape[0], built.isa_name)
 
 
 def _last_line(capsys) -> str:
@@ -56,7 +49,7 @@ def test_random_inputs_bit_exact(arch, scheme, fast):
     model, probe = build_calibrated(arch, scheme, 10, (3, 3, 32, 32))
     graph = export_integer(model, (3, 32, 32))["graph"]
     x = probe.numpy()
-    out = _runner(graph, x.shape, fast=fast)(x)
+    out = tvm_outputs(graph, x, fast=fast)
     ref = run_graph(graph, x)
     np.testing.assert_array_equal(out, ref)
     np.testing.assert_array_equal(out, model.forward_int(probe).numpy())
@@ -70,7 +63,7 @@ def test_every_arch_scheme_bit_exact(arch, scheme):
     model, probe = build_calibrated(arch, scheme, 10, (2, 3, 32, 32))
     graph = export_integer(model, (3, 32, 32))["graph"]
     x = probe.numpy()
-    np.testing.assert_array_equal(_runner(graph, x.shape)(x), run_graph(graph, x))
+    np.testing.assert_array_equal(tvm_outputs(graph, x), run_graph(graph, x))
 
 
 def _kernels(graph, isa: str) -> set[str]:
@@ -115,7 +108,7 @@ def test_input_quantizer_rounds_half_to_even_like_reference(small_model):
     scale = np.float32(q["scale"].reshape(-1)[0])
     k = np.arange(-40, 40, dtype=np.float32) + np.float32(0.5)
     x = np.resize((k * scale).astype(np.float32), (2, 3, 32, 32)).astype(np.float32)
-    out = _runner(graph, x.shape, all_outputs=True)(x)
+    out = tvm_outputs(graph, x, all_outputs=True)
     _, env = run_graph(graph, x, keep=True)
     np.testing.assert_array_equal(out[0], env[q["output"]])
 
@@ -154,10 +147,10 @@ def test_per_layer_names_the_corrupted_layer(small_model, capsys):
     node["multiplier"] = node["multiplier"].clone()
     node["multiplier"][0] -= 1 << 26          # still a valid dyadic multiplier (>= 2^30)
     x = probe.numpy()
-    rows = tvm_verify.compare_layers(_runner(bad, x.shape, all_outputs=True)(x), graph, x)
-    assert tvm_verify._print_layers(rows) == victim["name"]
+    rows = tvm_verify.compare_layers(tvm_outputs(bad, x, all_outputs=True), graph, x)
+    assert tvm_verify.print_layers(rows) == victim["name"]
     assert "first divergence: " + victim["name"] in capsys.readouterr().out
-    clean = tvm_verify.compare_layers(_runner(graph, x.shape, all_outputs=True)(x), graph, x)
+    clean = tvm_verify.compare_layers(tvm_outputs(graph, x, all_outputs=True), graph, x)
     assert all(r["mismatches"] == 0 for r in clean) and len(clean) == len(graph["nodes"])
 
 
@@ -196,7 +189,7 @@ def test_artifact_input_is_accepted(tmp_path, small_model):
 
 def _cli_error(capsys, module, argv) -> str:
     with pytest.raises(SystemExit) as e:
-        from hawq.cli import one_line_errors
+        from hawq.apps.cli import one_line_errors
         raise SystemExit(one_line_errors(module.main)(argv))
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -225,13 +218,12 @@ def test_cuda_bit_exact(small_model):
     model, probe = small_model
     graph = export_integer(model, (3, 32, 32))["graph"]
     x = probe.numpy()
-    exe = compile_program(graph, x.shape, "cuda").executable
-    np.testing.assert_array_equal(Runner(exe, tvm.cuda(0), x.shape[0])(x), run_graph(graph, x))
+    np.testing.assert_array_equal(tvm_outputs(graph, x, "cuda"), run_graph(graph, x))
 
 
 @pytest.mark.slow
 def test_layer_latency_table(tmp_path):
-    from tvm_benchmark import layer_latency
+    from tvm_benchmark.apps import layer_latency
     assert layer_latency.main(["-a", "resnet20_cifar10", "--out", str(tmp_path / "t.csv"), "--no-progress"]) == 0
     import pandas as pd
     df = pd.read_csv(tmp_path / "t.csv")
@@ -248,15 +240,15 @@ def test_resnet18_224_compiles_and_matches():
     model, probe = build_calibrated("resnet18", "bops_0.5", 1000, (1, 3, 224, 224))
     graph = export_integer(model, (3, 224, 224))["graph"]
     x = probe.numpy()
-    np.testing.assert_array_equal(_runner(graph, x.shape)(x), run_graph(graph, x))
+    np.testing.assert_array_equal(tvm_outputs(graph, x), run_graph(graph, x))
 
 
 def test_latency_benchmark_writes_csv_table_and_plot(tmp_path, capsys):
-    from tvm_benchmark import bench
+    from tvm_benchmark.apps import bench
     argv = ["-a", "resnet20_cifar10", "--quant-scheme", "uniform4", "-b", "2", "--rounds", "1", "--iters", "2",
             "--warmup", "1", "--out-dir", str(tmp_path), "--no-progress"]
     assert bench.main(argv) == 0
-    rows = list(csv.DictReader(open(tmp_path / "latency.csv")))
+    rows = csv_rows(tmp_path / "latency.csv")
     assert list(rows[0]) == ["host", "isa", "arch", "scheme", "batch", "threads", "engine", "median_ms", "p90_ms"]
     assert {r["engine"] for r in rows} == set(bench.ENGINES)
     assert {r["host"] for r in rows} == {bench.host_key()} and "(" in bench.host_key()
@@ -267,13 +259,13 @@ def test_latency_benchmark_writes_csv_table_and_plot(tmp_path, capsys):
     assert bench.host_key() in md
     assert (tmp_path / "latency_accuracy.png").stat().st_size > 1000
     assert bench.main(argv) == 0                       # rows are appended, the table keeps the latest
-    assert len(list(csv.DictReader(open(tmp_path / "latency.csv")))) == 2 * len(rows)
+    assert len(csv_rows(tmp_path / "latency.csv")) == 2 * len(rows)
 
 
 def test_latency_table_never_mixes_hosts(tmp_path):
     """Rows of another host stay in the CSV but never reach this host's table; a CSV of the old
     layout (no host column) is set aside, not mixed in."""
-    from tvm_benchmark import bench
+    from tvm_benchmark.apps import bench
     path = tmp_path / "latency.csv"
     path.write_text("arch,scheme,batch,threads,engine,median_ms,p90_ms\nresnet18,uniform8,1,2,ort-int8,9.9,9.9\n")
     row = {"isa": "avx2", "arch": "resnet18", "scheme": "uniform8", "batch": 1, "threads": 2, "p90_ms": 2.0}

@@ -13,25 +13,19 @@ import pytest
 import torch
 import tvm
 
-from conftest import build_calibrated
+from conftest import build_calibrated, tvm_outputs, tvm_runner
 from hawq.export import export_integer
 from hawq.reference import run_graph
 from tvm_benchmark import schedules as S
 from tvm_benchmark.compile import compile_program
 from tvm_benchmark.ir_check import float_violations
-from tvm_benchmark.runtime import Runner
 from tvm_benchmark.frontend import build_module, value_ranges
-from tvm_benchmark.isa import ISAS, detect
+from tvm_benchmark.isa import ISAS
 
 INT32 = (-(1 << 31), (1 << 31) - 1)
 INT16 = (-(1 << 15), (1 << 15) - 1)
 # fast=None: the hand-scheduled NHWC program (tensorized convs) on AVX2 hosts; False: --untuned.
 SCHEDULED, UNTUNED = None, False
-
-
-def _runner(graph, shape, fast, all_outputs=False):
-    built = compile_program(graph, shape, "llvm", threads=2, all_outputs=all_outputs, fast=fast)
-    return Runner(built.executable, tvm.cpu(), shape[0], built.isa_name)
 
 
 def _conv_kernels(graph, shape, isa: str = "avx2") -> dict[str, str]:
@@ -100,7 +94,7 @@ def test_hawq_profile_export_bit_exact(hawq_models, scheme, fast):
     assert all((n["qmin"], n["qmax"]) == INT32 for n in nodes if n["op"] == "requant_add")
     assert [n["op"] for n in nodes].count("global_avgpool_trunc") == 1
     ref = run_graph(graph, x)
-    np.testing.assert_array_equal(_runner(graph, x.shape, fast)(x), ref)
+    np.testing.assert_array_equal(tvm_outputs(graph, x, fast=fast), ref)
     assert np.abs(ref).max() > 0
 
 
@@ -133,7 +127,7 @@ def test_hawq_style_exact_graph_bit_exact(small_model):
     model, probe = small_model
     graph = hawq_style(export_integer(model, (3, 32, 32))["graph"])
     x = probe.numpy()
-    out = _runner(graph, x.shape, SCHEDULED, all_outputs=True)(x)
+    out = tvm_outputs(graph, x, fast=SCHEDULED, all_outputs=True)
     _, env = run_graph(graph, x, keep=True)
     _assert_all_equal(out, graph, env)
     assert np.abs(env[graph["output"]]).max() > 0
@@ -185,7 +179,7 @@ def test_reciprocal_quantizer_matches_reference(z, qmin, qmax):
     assert z == 0 or (fused != ref).sum() > 0
     np.testing.assert_array_equal(run_graph(_quantize_graph(scale, z, qmin, qmax, None), x), divide)
     for fast in (SCHEDULED, UNTUNED):
-        np.testing.assert_array_equal(_runner(g, x.shape, fast)(x), ref)
+        np.testing.assert_array_equal(tvm_outputs(g, x, fast=fast), ref)
     mod = build_module(g, (1, 3, 8, 8))
     assert float_violations(mod) == []
     ops = {str(b.value.op.name) for block in mod["main"].body.blocks for b in block.bindings
@@ -308,7 +302,7 @@ def tie_programs():
     def get(rounding, fast, batch):
         key = (rounding, fast, batch)
         if key not in cache:
-            cache[key] = _runner(tie_graph(rounding), (batch, C, HW, HW), fast, all_outputs=True)
+            cache[key] = tvm_runner(tie_graph(rounding), (batch, C, HW, HW), fast=fast, all_outputs=True)
         return cache[key]
     return get
 
@@ -378,5 +372,4 @@ def test_profile_graphs_cuda_bit_exact(hawq_models):
     cases = [(_quantize_graph(scale, 37, 0, 255, True), x), (tie_graph("half_even"), _tie_input(3)),
              hawq_models["uniform8"]]
     for graph, inp in cases:
-        exe = compile_program(graph, inp.shape, "cuda").executable
-        np.testing.assert_array_equal(Runner(exe, tvm.cuda(0), inp.shape[0])(inp), run_graph(graph, inp))
+        np.testing.assert_array_equal(tvm_outputs(graph, inp, "cuda"), run_graph(graph, inp))

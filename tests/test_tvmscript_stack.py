@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import inspect
-import subprocess
-import sys
 
-from conftest import ROOT
+from conftest import cli
 from tvm_benchmark.intrinsics import tvmscript_stack as S
 
 
@@ -14,7 +12,7 @@ def _fields(stack):
 
 
 def _both(context):
-    return S._stack(context), inspect.stack(context)
+    return S.frame_stack(context), inspect.stack(context)
 
 
 def test_cheap_stack_is_inspect_stack():
@@ -25,7 +23,7 @@ def test_cheap_stack_is_inspect_stack():
         assert _fields(fast) == _fields(slow)
 
     def no_source():                                    # a frame whose file does not exist
-        return S._stack(1)[:2], inspect.stack(1)[:2]
+        return S.frame_stack(1)[:2], inspect.stack(1)[:2]
     ns = {}
     exec(compile("def f(g):\n    return g()\n", "<generated>", "exec"), ns)
     fast, slow = ns["f"](no_source)
@@ -35,7 +33,7 @@ def test_cheap_stack_is_inspect_stack():
 def test_cheap_stack_is_scoped():
     before = inspect.stack
     with S.cheap_stack():
-        assert inspect.stack is S._stack
+        assert inspect.stack is S.frame_stack
     assert inspect.stack is before
 
 
@@ -49,6 +47,6 @@ def test_cuda_intrinsics_import_registers_tvms_intrinsics():
             "got = TensorIntrin.get(C.LDMATRIX_i8_A_INTRIN)\n"
             "desc, impl = C.get_ldmatrix_intrin(32, 'int8', 'A', False)\n"   # parsed under the standard stack
             "tvm.ir.assert_structural_equal(got.desc, desc); tvm.ir.assert_structural_equal(got.impl, impl); print(True)\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    r = cli("-c", code, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "True"

@@ -20,6 +20,8 @@ from tvm_benchmark.targets import cuda_arch, cuda_available, make_target
 from tvm_benchmark.tensorcore import plan_tensorcore, schedule_tensorcore, sm_number
 
 
+__all__ = ["lower", "build", "schedule_gpu_default", "Built", "plan_kernel", "compile_program"]
+
 def lower(mod: tvm.IRModule) -> tvm.IRModule:
     """High-level Relax ops -> fused TIR kernels (conv + bias + requant + clip + cast in one)."""
     seq = tvm.transform.Sequential([

@@ -32,7 +32,10 @@ from tvm.s_tir import Schedule, TensorIntrin
 from tvm.script import tirx as T
 
 from tvm_benchmark.isa import Isa
-from tvm_benchmark.schedules import INT32_MAX, _finish
+from tvm_benchmark.schedules import INT32_MAX, finish_schedule
+
+__all__ = ["ACT_DTYPES", "MAX_COLS", "intrinsic", "column_tiles", "DepthwisePlan", "plan_depthwise",
+           "depthwise_nhwc"]
 
 ACT_DTYPES = ("uint8", "int8", "int16")
 _MADD = {8: "llvm.x86.avx2.pmadd.wd", 16: "llvm.x86.avx512.pmaddw.d.512"}
@@ -204,4 +207,4 @@ def depthwise_nhwc(act: str, lanes: int, batch: int, in_hw: tuple[int, int], cha
         init_x, init_c = sch.get_loops(init)[-2:]
         sch.unroll(init_x)
         sch.vectorize(init_c)
-    return _finish(sch)
+    return finish_schedule(sch)

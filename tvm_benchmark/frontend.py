@@ -41,6 +41,8 @@ from hawq.ir import Interval
 from tvm_benchmark.depthwise import DepthwisePlan
 from tvm_benchmark.tensorcore import GemmPlan, GemmShape
 
+__all__ = ["container", "Value", "LOWER", "build_module", "value_ranges", "node_outputs"]
+
 #: ``planner(act_dtype, act_lo, act_hi, weight_oihw, groups, out_w) -> ConvPlan | None``: the
 #: back end's choice of a hand-scheduled kernel for one convolution (:func:`tvm_benchmark.schedules.plan_conv`
 #: bound to an ISA). The front end knows no ISA: it only prepares the operands a plan asks for.
@@ -396,7 +398,7 @@ class _Builder:
         the bound needs int64 (no float ``avg_pool2d``: its division would round); ``trunc_mean`` then
         divides as HAWQ does."""
         x = self.centered(x)
-        (kh, kw), (sh, sw), (ph, pw) = (ir._pair(v) for v in (node.kernel, node.stride, node.padding))
+        (kh, kw), (sh, sw), (ph, pw) = (ir.pair(v) for v in (node.kernel, node.stride, node.padding))
         n = kh * kw
         lo, hi = min(x.lo, 0) * n, max(x.hi, 0) * n
         acc = "int32" if container(lo, hi) != "int64" else "int64"

@@ -19,6 +19,8 @@ import re
 import tvm
 from tvm import relax
 
+__all__ = ["relax_float_violations", "float_violations", "kernel_float_violations"]
+
 _FLOAT = re.compile(r"\b(b?float(8|16|32|64)|e4m3|e5m2|bfloat16)\b")
 
 

@@ -26,6 +26,9 @@ from hawq.errors import HawqError
 from hawq.tables import cpuinfo_field
 
 
+__all__ = ["Isa", "ISAS", "PREFERENCE", "CHOICES", "cpu_flags", "detect", "resolve", "require_runnable",
+           "llvm_attrs", "describe"]
+
 @dataclass(frozen=True)
 class Isa:
     """One ISA family. ``mcpu``: an LLVM CPU that has it (used when compiling for a machine that is

@@ -18,8 +18,11 @@ from hawq import checkpoint as C
 from hawq.data import resolve_dataset
 from hawq.errors import HawqError
 from hawq.export import export_integer
-from hawq.models.factory import quant_model_from, resolve_input_size
+from hawq.models.factory import resolve_input_size
+from hawq.models.restore import quant_model_from
 
+
+__all__ = ["Program", "load_program"]
 
 @dataclass
 class Program:

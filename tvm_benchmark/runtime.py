@@ -18,6 +18,8 @@ from tvm import relax
 from hawq.errors import HawqError
 from tvm_benchmark.isa import ISAS, require_runnable
 
+__all__ = ["SYS_ARCH_PRCTL", "ARCH_REQ_XCOMP_PERM", "XFEATURE_XTILEDATA", "request_amx", "Runner"]
+
 SYS_ARCH_PRCTL = 158            # x86_64
 ARCH_REQ_XCOMP_PERM = 0x1023
 XFEATURE_XTILEDATA = 18

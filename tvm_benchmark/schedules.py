@@ -28,6 +28,9 @@ from tvm_benchmark.intrinsics.x86_madd import pmaddubsw, pmaddwd
 from tvm_benchmark.intrinsics.x86_vnni import vpdpbusd
 from tvm_benchmark.isa import Isa
 
+__all__ = ["SCHEDULED", "INT32_MAX", "GROUPS", "ConvPlan", "plan_conv", "pack_weight", "conv2d_tensorized",
+           "conv2d_amx", "finish_schedule", "schedule_function", "schedule_generic"]
+
 SCHEDULED = "hawq.scheduled"
 INT32_MAX = 2 ** 31 - 1
 GROUPS = (4, 2, 1)   # vpmaddubsw steps summed in int16 before widening, most first (8 measured no faster)
@@ -205,7 +208,7 @@ def conv2d_tensorized(kernel: DotKernel, batch: int, in_hw: tuple[int, int], cha
     sch.unroll(xi)
     sch.unroll(obi)
     sch.vectorize(sch.get_loops(init)[-1])
-    return _finish(sch)
+    return finish_schedule(sch)
 
 
 def conv2d_amx(kernel: AmxKernel, batch: int, in_hw: tuple[int, int], channels: int, out_channels: int,
@@ -242,10 +245,10 @@ def conv2d_amx(kernel: AmxKernel, batch: int, in_hw: tuple[int, int], channels: 
     sch.tensorize(sch.get_loops(init)[-3], zero)
     sch.tensorize(xm, dot)
     sch.tensorize(sch.get_loops(local)[-3], store)
-    return _finish(sch)
+    return finish_schedule(sch)
 
 
-def _finish(sch: Schedule) -> tvm.tirx.PrimFunc:
+def finish_schedule(sch: Schedule) -> tvm.tirx.PrimFunc:
     func = sch.mod["main"].without_attr("global_symbol")
     return func.with_attr(SCHEDULED, True).with_attr("op_pattern", 8)   # opaque: never fused
 

@@ -16,6 +16,9 @@ import tvm_ffi
 from hawq.errors import HawqError
 from tvm_benchmark import isa as I
 
+__all__ = ["TARGETS", "host_cpu", "cuda_available", "check_key", "make_target", "cuda_arch", "target_tag",
+           "device_of"]
+
 TARGETS = ("llvm", "cuda")
 
 

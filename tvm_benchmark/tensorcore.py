@@ -37,6 +37,9 @@ from tvm_benchmark.bundle_files.bundle_params import pack_gemm   # NumPy only: t
 from tvm_benchmark.intrinsics.cuda_mma import (FRAG, INT4_SMS, MmaStep, AB_LAYOUT, ACC_LAYOUT, int4_step, int8_step,
                                                 nibble_hi, nibble_lo)
 
+__all__ = ["BK", "WARPS", "INT32_MAX", "OUT_EWISE_FUSABLE", "sm_number", "Tile", "choose_tile", "GemmPlan",
+           "GemmShape", "plan_tensorcore", "gemm_func", "schedule_tensorcore", "schedule_gemm"]
+
 GEMM, GEMM_OUT, IM2COL = "hawq_gemm", "hawq_gemm_out", "hawq_im2col"
 BK = 64                       # reduction bytes staged per shared-memory step (2 steps of 32 bytes)
 WARPS = (2, 2)                # warps per block along M and N

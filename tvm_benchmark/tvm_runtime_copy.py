@@ -60,6 +60,9 @@ from pathlib import Path
 
 from hawq.errors import HawqError
 
+__all__ = ["ROOT", "WHEEL_CACHE", "RUNTIME_ENV", "TVM_LIBS", "TVM_WHOLE", "FFI_SKIP_DIRS", "FFI_DIST",
+           "FALLBACK", "FALLBACK_MODULES", "copy_tvm_runtime", "main"]
+
 ROOT = Path(__file__).resolve().parent.parent
 WHEEL_CACHE = ROOT / "build" / "wheels"
 RUNTIME_ENV = {"TVM_USE_RUNTIME_LIB": "1", "TVM_FFI_DISABLE_TORCH_C_DLPACK": "1"}
@@ -257,5 +260,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from hawq.cli import run_main
+    from hawq.apps.cli import run_main
     run_main(main)

@@ -16,6 +16,8 @@ from hawq.quant.graph import Q
 from hawq.quant.modules import (QuantAct, QuantAveragePool2d, QuantBnConv2d, QuantLinear, QuantMaxPool2d,
                                 QuantReLU, QuantReLU6, QuantConcat, QuantWindowAvgPool2d)
 
+__all__ = ["QUANT_TYPES", "Builder", "QuantModel"]
+
 QUANT_TYPES = (QuantAct, QuantBnConv2d, QuantLinear)
 
 

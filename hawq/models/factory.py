@@ -1,4 +1,6 @@
-"""Model construction: floating-point pytorchcv models (optionally pretrained) and their quantized wraps."""
+"""Model construction: floating-point models (pytorchcv archs, captured specs; optionally pretrained)
+and their quantized models (the wrappers of :data:`WRAPPERS`, or :func:`hawq.capture.capture`).
+Rebuilding a quantized model from a file is :mod:`hawq.models.restore`."""
 from __future__ import annotations
 
 import torch
@@ -7,12 +9,14 @@ import torch.nn as nn
 from hawq import checkpoint as C
 from hawq.errors import HawqError
 from hawq.quant.config import QuantConfig
-from hawq.data import input_size_of
-from hawq.models.layers import arch_info, build_fp_model, check_input_size, conv_of
+from hawq.models.archs import arch_info, build_fp_model, check_input_size, conv_of, input_size_of
 from hawq.models.base import QuantModel
 from hawq.models.inception import QuantInceptionV3
 from hawq.models.mobilenet import QuantMobileNetV2
 from hawq.models.resnet import QuantResNet
+
+__all__ = ["WRAPPERS", "GlobalAvgPool", "replace_head", "fp_model", "fp_model_pretrained", "zero_init_residual",
+           "load_fp_weights", "fp_model_for_state", "check_arch", "resolve_input_size", "quant_model"]
 
 #: The quantized wrapper of each :attr:`hawq.models.layers.ArchInfo.family`.
 WRAPPERS: dict[str, type[QuantModel]] = {"resnet": QuantResNet, "mobilenetv2": QuantMobileNetV2,
@@ -143,7 +147,7 @@ def _model_widths(model: nn.Module, arch: str) -> tuple[int, list[list[int]]]:
     return conv_of(feats.init_block).out_channels, stages
 
 
-def _fp_model_for_state(arch: str, num_classes: int, sd: dict) -> nn.Module:
+def fp_model_for_state(arch: str, num_classes: int, sd: dict) -> nn.Module:
     """The FP model whose shapes fit ``sd``: the arch's own, or (HAWQ-V3 files of a thinner ResNet,
     e.g. make_ref.py --width-scale fixtures) a pytorchcv ResNet with the widths the state holds."""
     model = fp_model(arch, num_classes)
@@ -164,8 +168,8 @@ def check_arch(f: C.ModelFile, arch: str) -> None:
 
 def resolve_input_size(input_size: int | None, dataset: str, arch: str | None, recorded: int | None = None) -> int:
     """The input side to use: ``--input-size`` when given, else ``recorded`` (a checkpoint's), else
-    the dataset's default for ``arch`` (:func:`hawq.data.input_size_of`); checked against the model
-    (:func:`hawq.models.layers.check_input_size`) when it is not the default."""
+    the dataset's default for ``arch`` (:func:`hawq.models.archs.input_size_of`); checked against the model
+    (:func:`hawq.models.archs.check_input_size`) when it is not the default."""
     size = input_size_of(dataset, arch, input_size if input_size is not None else recorded)
     if arch is not None and size != input_size_of(dataset, arch):
         check_input_size(arch, size)
@@ -186,50 +190,3 @@ def quant_model(arch: str, bits: dict[str, int], num_classes: int, fp: nn.Module
         example = torch.zeros(2, 3, size, size)
         return capture(fp, example, config, bits, name=arch, copy_model=False)
     return WRAPPERS[info.family](fp, bits, arch=arch, config=config)
-
-
-def quant_model_from(f: C.ModelFile, arch: str | None = None, scheme: str | None = None,
-                     config: QuantConfig | None = None, device="cpu", input_size: int | None = None):
-    """Rebuild the quantized model a quantized file holds, in eval mode: (model, bit_config).
-    ``input_size`` (default: the file's recorded one) is what a captured model is traced at.
-
-    Ours record arch, bit_config and config; HAWQ-V3 files need ``scheme`` (and ``arch`` for its
-    quantized_checkpoint), and are built in profile hawq unless ``config`` says otherwise. A HAWQ
-    quantized_checkpoint carries only integers and scales: the model evaluates those as stored.
-    """
-    from hawq.bit_config import load_scheme
-    if f.kind is C.Kind.FP:
-        raise HawqError(f"{f.describe()} holds no integer data; give a QAT checkpoint from quant_train.py "
-                        "or its quantized_checkpoint.pth.tar")
-    if f.kind is C.Kind.ARTIFACT:
-        raise HawqError(f"{f.describe()} holds an integer graph, not a model; give the checkpoint it was exported from")
-    arch = arch or f.arch
-    if f.arch is not None and arch != f.arch:
-        raise HawqError(f"checkpoint '{f.path}' is for arch '{f.arch}', not '{arch}'")
-    if arch is None:
-        raise HawqError(f"{f.describe()} does not record its arch; pass -a/--arch")
-    bits = f.bit_config
-    if bits is None:
-        if scheme is None:
-            raise HawqError(f"{f.describe()} does not record its bit_config; pass --quant-scheme")
-        bits = load_scheme(arch, scheme)
-    if f.num_classes is None:
-        raise HawqError(f"{f.describe()} lacks an output layer; cannot tell the number of classes")
-    fp = _fp_model_for_state(arch, f.num_classes, f.state_dict) if f.numerics_inferred else None
-    model = quant_model(arch, bits, f.num_classes, fp=fp, config=config or f.config,
-                        input_size=input_size or f.input_size)
-    if f.kind is C.Kind.HAWQ_QUANTIZED:
-        model.load_stored_integers(f.state_dict, f.path)
-    else:
-        C.load_into(model, f.state_dict, f.path, optional_suffixes=C.OPTIONAL_KEYS)
-    return model.to(device).eval(), bits
-
-
-def load_quant_checkpoint(path: str, device="cpu"):
-    """Read a quantized checkpoint that records its arch and scheme (ours) and rebuild its model.
-
-    Returns (model in eval mode, :class:`hawq.checkpoint.ModelFile`).
-    """
-    f = C.read(path)
-    model, _ = quant_model_from(f, device=device)
-    return model, f

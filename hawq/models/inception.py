@@ -23,6 +23,8 @@ from hawq.quant.config import QuantConfig
 from hawq.quant.graph import Q
 
 
+__all__ = ["QuantInceptConv", "QuantBranch", "QuantInceptionUnit", "QuantInceptInitBlock", "QuantInceptionV3"]
+
 class QuantInceptConv(nn.Module):
     """conv+BN -> ReLU -> activation quantizer (HAWQ's ``Q_InceptConv``)."""
 

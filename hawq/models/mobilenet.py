@@ -22,6 +22,8 @@ from hawq.quant.config import QuantConfig
 from hawq.quant.graph import Q
 
 
+__all__ = ["QuantLinearBottleneck", "QuantMobileNetV2"]
+
 class QuantLinearBottleneck(nn.Module):
     """One MobileNetV2 unit (HAWQ's ``Q_LinearBottleneck``)."""
 

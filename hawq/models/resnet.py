@@ -22,6 +22,8 @@ from hawq.quant.config import QuantConfig
 from hawq.quant.graph import Q
 
 
+__all__ = ["QuantResUnit", "QuantResNet"]
+
 class QuantResUnit(nn.Module):
     """One residual unit (basic or bottleneck) of a quantized ResNet."""
 

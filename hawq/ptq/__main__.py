@@ -1,4 +1,4 @@
-from hawq.cli import run_main
-from hawq.ptq.cli import main
+from hawq.apps.cli import run_main
+from hawq.apps.ptq import main
 
 run_main(main)

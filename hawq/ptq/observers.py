@@ -22,6 +22,9 @@ import torch
 from hawq import numerics as N
 from hawq.errors import HawqError
 
+__all__ = ["EMA_RATIO", "QUANTILE", "MSE_STEPS", "MAX_SAMPLE", "ACT_OBSERVERS", "grid_error", "mse_range",
+           "Observer"]
+
 EMA_RATIO = 0.9
 QUANTILE = 0.99999
 #: MQBench's MSE search: ranges shrunk by (1 - 0.01·i) for i < MSE_STEPS.

@@ -16,6 +16,9 @@ from hawq.ptq.recon import RECON_METHODS, WEIGHTED, ReconSettings, quant_mode, r
 from hawq.ptq.weights import BN_FOLD, WEIGHT_QUANTIZERS, layer_scale
 from hawq.quant.modules import QuantAct
 
+__all__ = ["BITS", "WIDE_BITS", "PTQSettings", "scheme_bits", "scheme_label", "set_weight_grids",
+           "calibrate_acts", "PTQReport", "quantize"]
+
 BITS = range(2, 9)
 #: Quantizers this wide (the residual accumulators) are calibrated with min/max whatever the
 #: observer: their grid is fine enough that clipping only loses.

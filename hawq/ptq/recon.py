@@ -33,6 +33,9 @@ from hawq.capture import GraphUnit, QuantGraphModel
 from hawq.quant.graph import Q
 from hawq.quant.modules import QuantAct, QuantBnConv2d, QuantLinear
 
+__all__ = ["RECON_METHODS", "WEIGHTED", "ReconSettings", "AdaRoundWeight", "quant_mode", "capture", "units",
+           "reconstruct_unit", "reconstruct"]
+
 RECON_METHODS = ("none", "adaround", "brecq", "qdrop")
 ZETA, GAMMA = 1.1, -0.1
 WEIGHTED = (QuantBnConv2d, QuantLinear)

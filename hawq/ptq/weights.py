@@ -25,6 +25,9 @@ import torch
 from hawq import numerics as N
 from hawq.errors import HawqError
 
+__all__ = ["WEIGHT_QUANTIZERS", "BN_FOLD", "MSE_RATIOS", "LP_RATIOS", "lp_error", "search_scale",
+           "choose_scale", "layer_scale"]
+
 WEIGHT_QUANTIZERS = ("minmax", "absmax", "mse", "lp2.0", "lp2.4")
 BN_FOLD = ("before", "after")
 MSE_RATIOS = 1.0 - 0.01 * torch.arange(80, dtype=torch.float64)
@@ -69,8 +72,8 @@ def layer_scale(layer, method: str, per_channel: bool, bn_fold: str) -> torch.Te
     if bn_fold not in BN_FOLD:
         raise HawqError(f"unknown --bn-fold {bn_fold!r}; expected before or after")
     c = layer.weight_integer.shape[0]
-    k = layer._fold_factor()
+    k = layer.fold_factor()
     if bn_fold == "before" or k is None:
         return choose_scale(layer.float_weight(), layer.weight_bit, method, per_channel).expand(c).clone()
-    s = choose_scale(layer._raw_weight(), layer.weight_bit, method, per_channel).expand(c)
+    s = choose_scale(layer.raw_weight(), layer.weight_bit, method, per_channel).expand(c)
     return (s * k.abs().float()).clamp(min=N.MIN_RANGE).float()

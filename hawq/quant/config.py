@@ -14,6 +14,8 @@ from hawq.errors import HawqError
 from hawq.quant.learned import check_method
 
 
+__all__ = ["QuantConfig", "HAWQ_README"]
+
 @dataclass(frozen=True)
 class QuantConfig:
     """Quantization settings of one model.

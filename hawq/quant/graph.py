@@ -15,6 +15,8 @@ import torch
 from hawq import ir
 
 
+__all__ = ["Q", "GraphRecorder", "recording", "active"]
+
 class Q(NamedTuple):
     """A quantized activation flowing between modules.
 

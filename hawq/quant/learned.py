@@ -29,6 +29,10 @@ import math
 
 import torch
 
+__all__ = ["METHODS", "ACT_PARAM", "WEIGHT_PARAM", "MAX_LEARNED_ACT_BITS", "check_method", "grad_scale",
+           "round_ste", "lsq_grad_factor", "lsq_surrogate", "lsq_ste", "pact_ste", "pact_surrogate",
+           "pact_range", "dorefa_weight"]
+
 METHODS = ("minmax", "lsq", "pact", "dorefa")
 #: Methods whose activation quantizer owns a learned parameter, and its name in the state dict.
 ACT_PARAM = {"lsq": "act_step", "pact": "act_clip"}

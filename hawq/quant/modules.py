@@ -24,6 +24,9 @@ from hawq.quant.config import QuantConfig
 from hawq.quant import learned as L
 from hawq.quant.graph import Q, active
 
+__all__ = ["exact_conv2d", "exact_linear", "QuantAct", "QuantBnConv2d", "QuantLinear", "QuantAveragePool2d",
+           "QuantMaxPool2d", "QuantFlatten", "QuantReLU", "QuantReLU6", "QuantConcat", "QuantWindowAvgPool2d"]
+
 #: float32 accumulates integers exactly while every partial sum stays below 2^24.
 _F32_EXACT = 1 << 24
 
@@ -394,7 +397,7 @@ class _QuantWeightLayer(nn.Module):
             return self._minmax_scale(w)
         if not self.step_initialized:
             with torch.no_grad():
-                self.weight_step.copy_(self._minmax_scale(self._raw_weight().detach()).to(self.weight_step))
+                self.weight_step.copy_(self._minmax_scale(self.raw_weight().detach()).to(self.weight_step))
         return self._lsq_step(folded).detach().abs().float().clamp(min=N.MIN_RANGE)
 
     def _minmax_scale(self, w: torch.Tensor) -> torch.Tensor:
@@ -409,7 +412,7 @@ class _QuantWeightLayer(nn.Module):
     def _lsq_step(self, folded: bool) -> torch.Tensor:
         """LSQ's step for the weight being quantized, differentiable in ``weight_step``: [C_out] or [1].
         Folded: |weight_step|·|γ/σ| (γ/σ detached: it is BN's, not the quantizer's)."""
-        k = self._fold_factor() if folded else None
+        k = self.fold_factor() if folded else None
         return self.weight_step if k is None else self.weight_step * k.abs().to(self.weight_step)
 
     def _fake_weight(self, w: torch.Tensor, s_w: torch.Tensor, folded: bool = True) -> torch.Tensor:
@@ -438,10 +441,11 @@ class _QuantWeightLayer(nn.Module):
         """The float weight the weight grid applies to ([C_out, ...]; BN-folded for a conv)."""
         raise NotImplementedError
 
-    def _raw_weight(self) -> torch.Tensor:
+    def raw_weight(self) -> torch.Tensor:
+        """The layer's own trainable weight parameter (the conv's, before any BN fold)."""
         raise NotImplementedError
 
-    def _fold_factor(self) -> torch.Tensor | None:
+    def fold_factor(self) -> torch.Tensor | None:
         """Per-channel factor the raw weight is multiplied by to give :meth:`float_weight` (None: 1)."""
         return None
 
@@ -455,8 +459,8 @@ class _QuantWeightLayer(nn.Module):
         q = q.detach().float().clamp(qmin, qmax).round()
         s = scale.detach().float().reshape(-1).expand(q.shape[0]).clone()
         target = q * N.channel_view(s, q.dim(), 0)
-        k = self._fold_factor()
-        raw = self._raw_weight()
+        k = self.fold_factor()
+        raw = self.raw_weight()
         if k is not None:
             kv = N.channel_view(k.float(), q.dim(), 0)
             dead = N.channel_view(k == 0, q.dim(), 0).expand_as(q)
@@ -530,10 +534,10 @@ class QuantBnConv2d(_QuantWeightLayer):
     def float_weight(self) -> torch.Tensor:
         return self.folded_weight_bias()[0]
 
-    def _raw_weight(self) -> torch.Tensor:
+    def raw_weight(self) -> torch.Tensor:
         return self.conv.weight
 
-    def _fold_factor(self) -> torch.Tensor:
+    def fold_factor(self) -> torch.Tensor:
         """γ/σ per output channel, exactly as :func:`hawq.numerics.fold_bn` forms it (None: no BN)."""
         bn = self.bn
         if bn is None:
@@ -591,7 +595,7 @@ class QuantLinear(_QuantWeightLayer):
     def float_weight(self) -> torch.Tensor:
         return self._transform(self.weight)
 
-    def _raw_weight(self) -> torch.Tensor:
+    def raw_weight(self) -> torch.Tensor:
         return self.weight
 
     def forward(self, x: Q) -> Q:
@@ -678,7 +682,7 @@ class QuantMaxPool2d(nn.Module):
         y = self._pool(x.value.double()).to(torch.int64)
         rec = active()
         if rec:
-            k, s, p = (_pair(v) for v in (self.kernel_size, self.stride, self.padding))
+            k, s, p = (ir.pair(v) for v in (self.kernel_size, self.stride, self.padding))
             rec.add(ir.MaxPool2d, self.layer_name, [x.value], y, kernel=k, stride=s, padding=p, ceil_mode=self.ceil_mode)
         return Q(y, x.scale)
 
@@ -717,10 +721,6 @@ class QuantReLU(nn.Module):
         if rec:
             rec.add(ir.Relu, self.layer_name, [x.value], y)
         return Q(y, x.scale)
-
-
-def _pair(v) -> list[int]:
-    return list(v) if isinstance(v, (tuple, list)) else [v, v]
 
 
 class QuantReLU6(nn.Module):
@@ -781,7 +781,7 @@ class QuantWindowAvgPool2d(nn.Module):
         super().__init__()
         if not pool.count_include_pad or pool.ceil_mode or pool.divisor_override:
             raise HawqError("only AvgPool2d(count_include_pad=True, ceil_mode=False) is supported")
-        self.kernel, self.stride, self.padding = _pair(pool.kernel_size), _pair(pool.stride), _pair(pool.padding)
+        self.kernel, self.stride, self.padding = ir.pair(pool.kernel_size), ir.pair(pool.stride), ir.pair(pool.padding)
         self.profile = config.profile
         self.layer_name = ""
 

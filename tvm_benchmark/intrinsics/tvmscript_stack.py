@@ -17,10 +17,12 @@ import linecache
 import sys
 import threading
 
+__all__ = ["frame_stack", "cheap_stack", "cuda_intrinsics"]
+
 _LOCK = threading.Lock()
 
 
-def _stack(context: int = 1) -> list[inspect.FrameInfo]:
+def frame_stack(context: int = 1) -> list[inspect.FrameInfo]:
     """``inspect.stack(context)`` from the caller's frame outwards, without ``inspect.getmodule``."""
     out = []
     frame = sys._getframe(1)
@@ -38,10 +40,10 @@ def _stack(context: int = 1) -> list[inspect.FrameInfo]:
 
 @contextlib.contextmanager
 def cheap_stack():
-    """Within the block, ``inspect.stack`` is :func:`_stack` (process-wide; one block at a time)."""
+    """Within the block, ``inspect.stack`` is :func:`frame_stack` (process-wide; one block at a time)."""
     with _LOCK:
         saved = inspect.stack
-        inspect.stack = _stack
+        inspect.stack = frame_stack
         try:
             yield
         finally:

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
+__all__ = ["K_BYTES", "N_LANES", "AmxKernel", "intrinsics"]
+
 K_BYTES = 64            # input channels per A row / per B tile (16 groups of 4)
 N_LANES = 16            # output channels per accumulator tile
 A_TILE, B_TILE0 = 4, 5

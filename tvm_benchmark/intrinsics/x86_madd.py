@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from tvm.script import tirx as T
 
-from tvm_benchmark.intrinsics import DotKernel, register_impl, vector
+from tvm_benchmark.intrinsics.dot import DotKernel, register_impl, vector
+
+__all__ = ["pmaddwd", "pmaddubsw"]
 
 _LLVM = {
     ("pmaddwd", 256): "llvm.x86.avx2.pmadd.wd", ("pmaddwd", 512): "llvm.x86.avx512.pmaddw.d.512",

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from tvm.script import tirx as T
 
-from tvm_benchmark.intrinsics import DotKernel, register_impl, vector
+from tvm_benchmark.intrinsics.dot import DotKernel, register_impl, vector
+
+__all__ = ["vpdpbusd"]
 
 _LLVM = {256: "llvm.x86.avx512.vpdpbusd.256", 512: "llvm.x86.avx512.vpdpbusd.512"}
 _FAMILY = {256: "avxvnni", 512: "vnni"}

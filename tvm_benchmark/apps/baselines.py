@@ -23,6 +23,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+__all__ = ["torch_fp32", "torch_int8", "export_onnx", "ort_run", "quantize_onnx_int8"]
+
 Run = Callable[[], object]
 
 

@@ -12,8 +12,8 @@ import torch
 from hawq import checkpoint as C
 from hawq import engine
 from hawq.bit_config import load_scheme
-from hawq.cli import (add_arch_arg, add_data_args, add_input_size_arg, add_quant_scheme_arg, one_line_errors,
-                      resolve_dataset, resolve_input_size, run_main)
+from hawq.apps.cli import (add_arch_arg, add_data_args, add_input_size_arg, add_quant_scheme_arg, one_line_errors,
+                           resolve_dataset, resolve_input_size, run_main)
 from hawq.data import build_loaders, calibration_images
 from hawq.errors import HawqError
 from hawq.export import export_integer, save_artifact
@@ -24,6 +24,8 @@ from hawq.ptq.pipeline import BITS, PTQSettings, quantize, scheme_bits, scheme_l
 from hawq.ptq.recon import RECON_METHODS, ReconSettings
 from hawq.ptq.weights import BN_FOLD, WEIGHT_QUANTIZERS
 from hawq.quant.config import QuantConfig
+
+__all__ = ["cli", "build_parser", "settings_of", "main"]
 
 _R = ReconSettings()
 
@@ -103,10 +105,10 @@ def main(argv=None) -> dict:
     settings = settings_of(args)
     size = resolve_input_size(args.input_size, args.dataset, args.arch, f.input_size)
     data = build_loaders(args.dataset, args.data, args.batch_size, 0, 1.0, args.seed,
-                         eval_limit=args.eval_limit, arch=args.arch, input_size=size)
+                         eval_limit=args.eval_limit, input_size=size)
     if f.num_classes is not None and f.num_classes != data.num_classes:
         raise HawqError(f"{f.describe()} has {f.num_classes} classes, the dataset {data.num_classes}")
-    images = calibration_images(args.dataset, args.data, args.calib_size, args.seed, arch=args.arch, input_size=size)
+    images = calibration_images(args.dataset, args.data, args.calib_size, args.seed, input_size=size)
     config = QuantConfig(numerics=args.numerics, per_channel=args.channel_wise, fix_BN=True)
     model = quant_model(args.arch, bits, data.num_classes, fp=fp_model(args.arch, data.num_classes, weights=f),
                         config=config, input_size=size)
@@ -138,4 +140,9 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    run_main(main)
+
+
+def cli() -> None:
+    """Console script ``hawq-ptq``: :func:`main` with one-line errors and its exit status."""
     run_main(main)

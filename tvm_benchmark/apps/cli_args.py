@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 
-from hawq.cli import (RECORDED_DATASET_HELP, add_arch_arg, add_data_args as add_dataset_args, add_input_size_arg,
-                      add_quant_scheme_arg)
+from hawq.apps.cli import (RECORDED_DATASET_HELP, add_arch_arg, add_data_args as add_dataset_args, add_input_size_arg,
+                           add_quant_scheme_arg)
 from tvm_benchmark.isa import CHOICES as ISA_CHOICES
 from tvm_benchmark.targets import TARGETS
 
+
+__all__ = ["add_program_args", "add_isa_arg", "add_data_args"]
 
 def add_program_args(p: argparse.ArgumentParser, batch_default: int, checkpoint_required: bool = True) -> None:
     p.add_argument("--checkpoint", required=checkpoint_required,

@@ -20,17 +20,20 @@ import torch.nn as nn
 from hawq import checkpoint as C
 from hawq import engine
 from hawq.bit_config import load_scheme
-from hawq.cli import (add_arch_arg, add_data_args, add_input_size_arg, add_quant_scheme_arg, arch_name, one_line_errors,
-                      resolve_dataset, resolve_input_size)
+from hawq.apps.cli import (add_arch_arg, add_data_args, add_input_size_arg, add_quant_scheme_arg, arch_name, one_line_errors,
+                           resolve_dataset, resolve_input_size, run_main)
 from hawq.data import build_loaders
 from hawq.errors import HawqError
 from hawq.export import export_integer, save_artifact
-from hawq.models.factory import (check_arch, fp_model, fp_model_pretrained, quant_model, quant_model_from,
-                                 zero_init_residual)
+from hawq.models.factory import check_arch, fp_model, fp_model_pretrained, quant_model, zero_init_residual
+from hawq.models.restore import quant_model_from
 from hawq.numerics import PROFILES
 from hawq.quant.config import QuantConfig
 from hawq.quant.learned import METHODS
 from hawq import distributed
+
+__all__ = ["cli", "FP_SCHEME", "build_parser", "resolve_recipe", "quant_config", "build_model", "load_resume",
+           "restore_training_state", "main", "run"]
 
 FP_SCHEME = "fp32"
 #: Default learning rates at batch 128 (scaled linearly with -b): training from scratch, fine-tuning.
@@ -345,7 +348,7 @@ def run(argv=None) -> dict:
 def _run(args, device, resume, config, recipe: str, world: distributed.World) -> dict:
     say = print if world.main else (lambda *a, **k: None)
     data = build_loaders(args.dataset, args.data, args.batch_size, args.workers, args.data_percentage,
-                         args.seed, eval_limit=args.eval_limit, arch=args.arch, rank=world.rank, world=world.size,
+                         args.seed, eval_limit=args.eval_limit, rank=world.rank, world=world.size,
                          input_size=args.input_size)
     if not args.evaluate:
         say(recipe + (f", {world.size} processes ({world.backend})" if world.distributed else "")
@@ -418,3 +421,8 @@ def _run(args, device, resume, config, recipe: str, world: distributed.World) ->
             f"val top1 {ev['top1']:.2f} top5 {ev['top5']:.2f}  best {best:.2f}  ({time.time() - t0:.0f}s)")
         last = ev
     return {"top1": last.get("top1"), "best_top1": best, "save_path": args.save_path, "model": model}
+
+
+def cli() -> None:
+    """Console script ``hawq-train``: :func:`main` with one-line errors and its exit status."""
+    run_main(main)

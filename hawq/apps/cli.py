@@ -26,7 +26,7 @@ from typing import NoReturn
 from hawq.data import DATASETS, resolve_dataset
 from hawq.errors import HawqError
 from hawq.models.factory import resolve_input_size
-from hawq.models.layers import ARCHS, arch_info
+from hawq.models.archs import ARCHS, arch_info
 
 #: ``--dataset`` help of tools whose default comes from the checkpoint they read.
 RECORDED_DATASET_HELP = "default: the dataset the checkpoint was trained on"

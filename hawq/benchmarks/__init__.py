@@ -1,0 +1,1 @@
+"""Benchmarks: each module measures and writes CSV + markdown under ``results/`` only."""

@@ -1,0 +1,308 @@
+"""Latency benchmark: our TVM integer program vs PyTorch FP32/int8 and ONNX Runtime FP32/int8.
+
+    python -m tvm_benchmark.bench -a resnet18 --quant-scheme uniform8 --batch-size 1 8 --threads 2
+    python -m tvm_benchmark.bench -a resnet18 resnet50 --quant-scheme all      # every bit_config scheme
+    python -m tvm_benchmark.bench -a resnet18 --isa avx2 vnni                  # one TVM engine per ISA family
+
+All engines run in one process, on the same input batch, with the same thread count. Each engine
+first warms up, then ``--rounds`` rounds each time ``--iters`` single calls of every engine, in an
+order rotated per round, so drift on a noisy machine hits all engines alike; an engine's figures
+are the median and 90th percentile of all its timed calls.
+
+Weights: ``resnet20_cifar10`` uses the released checkpoints (FP and, where released, the scheme's
+QAT checkpoint), and its points in the accuracy plot carry their MANIFEST top-1. ImageNet archs use
+a randomly initialised FP model whose quantized copy is calibrated on random batches (pretrained
+weights cannot be downloaded here); latency does not depend on weight values.
+
+Rows are appended to ``results/latency.csv`` (``host,isa,arch,scheme,batch,threads,engine,median_ms,
+p90_ms``; ``host`` names the CPU model, LLVM's CPU name and the CPU's vector flags, ``isa`` the kernel
+family of a TVM row, for a baseline the host's best family); ``results/latency.md`` (median, p90,
+speed-up over FP32 eager, ratio to the faster of torch-int8 and ORT int8) and
+``results/latency_accuracy.png`` are rebuilt from *this host's* rows only (latest row per key): rows
+of other hosts stay in the CSV and never enter its tables.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import os
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hawq.apps.cli import add_arch_arg, add_quant_scheme_arg, one_line_errors, run_main
+from hawq.tables import busy_warning, cpu_summary, markdown_table
+from hawq.quant.config import QuantConfig
+from tvm_benchmark.isa import CHOICES as ISA_CHOICES
+
+__all__ = ["cli", "ENGINES", "FIELDS", "KEY", "MD_FIELDS", "RESULTS", "RELEASED_ARCH", "time_engines",
+           "bench_arch_batch", "host_key", "append_rows", "latest", "markdown", "manifest_top1",
+           "plot_accuracy", "main"]
+
+ENGINES = ("tvm-int", "torch-fp32", "torch-int8", "ort-fp32", "ort-int8")
+FIELDS = ("host", "isa", "arch", "scheme", "batch", "threads", "engine", "median_ms", "p90_ms")
+KEY = ("host", "isa", "arch", "scheme", "batch", "threads", "engine")
+MD_FIELDS = ("engine", "isa", "scheme", "median_ms", "p90_ms", "speedup_vs_torch_fp32", "ratio_to_best_int8")
+RESULTS = Path("results")
+RELEASED_ARCH = "resnet20_cifar10"
+
+
+def _models(arch: str, scheme: str, num_classes: int, shape, fp_cache: dict):
+    """(FP model, calibrated/loaded quantized model) for ``arch`` and ``scheme``."""
+    import torch
+    from hawq.bit_config import load_scheme
+    from hawq.engine import calibrate_random
+    from hawq import checkpoint as C
+    from hawq.models.factory import fp_model, quant_model
+    from hawq.models.restore import load_quant_checkpoint
+    if arch not in fp_cache:
+        torch.manual_seed(0)
+        released = Path("checkpoints") / f"{arch}_fp32.pth.tar"
+        f = C.read(str(released)) if released.is_file() else None
+        # A released FP checkpoint (trained on the embedded dataset) fixes the class count.
+        fp_cache[arch] = fp_model(arch, f.num_classes if f else num_classes, weights=f).eval()
+    fp = fp_cache[arch]
+    with torch.no_grad():           # the head's width, whatever the model calls its head
+        num_classes = int(fp(torch.zeros(1, *shape[1:])).shape[1])
+    qat = Path("checkpoints") / f"{arch}_{scheme}.pth.tar"
+    if qat.is_file():
+        return fp, load_quant_checkpoint(str(qat))[0]
+    q = quant_model(arch, load_scheme(arch, scheme), num_classes, fp=copy.deepcopy(fp),
+                    config=QuantConfig(fix_BN=True))
+    return fp, calibrate_random(q, shape, seed=1)
+
+
+def _tvm_engine(qmodel, x: np.ndarray, threads: int, isa: str | None):
+    """(one-batch call, the kernel family it was built for) of the integer program of ``qmodel``."""
+    import tvm
+    from hawq.export import export_integer
+    from tvm_benchmark.compile import compile_program
+    from tvm_benchmark.runtime import Runner
+    graph = export_integer(qmodel, tuple(x.shape[1:]))["graph"]
+    built = compile_program(graph, x.shape, "llvm", threads, isa=isa)
+    runner = Runner(built.executable, tvm.cpu(0), x.shape[0], built.isa_name)
+    xt = tvm.runtime.tensor(x, tvm.cpu(0))
+    fn = runner.vm["main"]
+    return (lambda: fn(xt)), built.isa_name
+
+
+def time_engines(engines: dict, warmup: int, rounds: int, iters: int, progress: bool = True) -> dict:
+    """Interleaved timing; returns {engine: (median_ms, p90_ms)}."""
+    from tqdm import tqdm
+    names = list(engines)
+    for n in names:
+        for _ in range(warmup):
+            engines[n]()
+    samples = {n: [] for n in names}
+    for r in tqdm(range(rounds), desc="rounds", disable=not progress, leave=False, dynamic_ncols=True):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            f = engines[n]
+            for _ in range(iters):
+                t = time.perf_counter()
+                f()
+                samples[n].append((time.perf_counter() - t) * 1e3)
+    return {n: (float(np.median(s)), float(np.percentile(s, 90))) for n, s in samples.items()}
+
+
+def bench_arch_batch(arch: str, schemes: list[str], batch: int, threads: int, engines: list[str],
+                     warmup: int, rounds: int, iters: int, progress: bool,
+                     isas: list[str | None] = (None,)) -> list[dict]:
+    """One interleaved timing run of every engine (one TVM engine per scheme × ISA family)."""
+    from tvm_benchmark import isa as I
+    from hawq.models.archs import arch_info
+    from tvm_benchmark.apps import baselines as B
+    info = arch_info(arch)
+    shape = (batch, 3, info.input_size, info.input_size)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    calib = [rng.standard_normal(shape, dtype=np.float32) for _ in range(4)]
+    fp_cache: dict = {}
+    fp, _ = _models(arch, schemes[0], info.num_classes, shape, fp_cache)
+    runs, labels = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if "torch-fp32" in engines:
+            runs["torch-fp32"], labels["torch-fp32"] = B.torch_fp32(fp, x), "fp32"
+        if "torch-int8" in engines:
+            runs["torch-int8"], labels["torch-int8"] = B.torch_int8(fp, x, calib), "uniform8"
+        if {"ort-fp32", "ort-int8"} & set(engines):
+            onnx = B.export_onnx(fp, x, tmp / "model.onnx")
+            if "ort-fp32" in engines:
+                runs["ort-fp32"], labels["ort-fp32"] = B.ort_run(onnx, x, threads), "fp32"
+            if "ort-int8" in engines:
+                runs["ort-int8"], labels["ort-int8"] = B.ort_run(B.quantize_onnx_int8(onnx, calib, tmp), x, threads), "uniform8"
+        host_isa = I.detect()
+        families = {k: (host_isa.name if host_isa else "generic") for k in runs}
+        if "tvm-int" in engines:
+            for s in schemes:
+                _, q = _models(arch, s, info.num_classes, shape, fp_cache)
+                for name in isas:
+                    run, family = _tvm_engine(q, x, threads, name)
+                    key = f"tvm-int:{s}:{family}"
+                    runs[key], labels[key], families[key] = run, s, family
+        stats = time_engines(runs, warmup, rounds, iters, progress)
+    host = host_key()
+    return [{"host": host, "isa": families[k], "arch": arch, "scheme": labels[k], "batch": batch,
+             "threads": threads, "engine": k.split(":")[0], "median_ms": round(m, 4), "p90_ms": round(p, 4)}
+            for k, (m, p) in stats.items()]
+
+
+def host_key() -> str:
+    """``CPU model (LLVM cpu; flags)``: what a latency row was measured on."""
+    from hawq.tables import cpu_name
+    from tvm_benchmark.isa import describe
+    from tvm_benchmark.targets import host_cpu
+    return f"{cpu_name()} ({host_cpu()}; {describe().replace(', ', '+')})"
+
+
+def append_rows(rows: list[dict], path: Path) -> None:
+    """Append to the CSV; a CSV of an older layout (no host column) is kept aside as ``*.old.csv``:
+    its rows cannot be attributed to a host, so they never mix with these."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_file():
+        with open(path) as f:
+            head = f.readline().strip().split(",")
+        if head != list(FIELDS):
+            path.replace(path.with_suffix(".old.csv"))
+    new = not path.is_file()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        if new:
+            w.writeheader()
+        w.writerows(rows)
+
+
+def latest(path: Path, host: str | None = None):
+    """Latest row per key, of ``host``'s rows only (None: every host)."""
+    import pandas as pd
+    df = pd.read_csv(path)
+    if host is not None:
+        df = df[df.host == host]
+    return df.drop_duplicates(subset=list(KEY), keep="last")
+
+
+def markdown(df, header: str) -> str:
+    """Per (arch, batch, threads) of one host: every engine's median/p90, speed-up over FP32 eager,
+    ratio to the faster of torch-int8 and ORT int8 (the goal is <= 0.75 for TVM uniform8)."""
+    if df.host.nunique() > 1:
+        raise ValueError("a latency table must hold one host's rows")
+    out = [header, ""]
+    for (arch, batch, threads), g in df.groupby(["arch", "batch", "threads"], sort=True):
+        base = g[g.engine == "torch-fp32"].median_ms
+        int8 = g[g.engine.isin(["torch-int8", "ort-int8"])].median_ms
+        g = g.sort_values("median_ms").copy()
+        g["speedup_vs_torch_fp32"] = (float(base.iloc[0]) / g.median_ms).round(2) if len(base) else np.nan
+        g["ratio_to_best_int8"] = (g.median_ms / float(int8.min())).round(2) if len(int8) else np.nan
+        out += [f"### {arch}, batch {batch}, {threads} threads", ""]
+        out += markdown_table(g.to_dict("records"), MD_FIELDS, ("engine", "isa", "scheme")) + [""]
+    return "\n".join(out)
+
+
+def manifest_top1() -> dict[tuple[str, str], float]:
+    path = Path("checkpoints/MANIFEST.csv")
+    if not path.is_file():
+        return {}
+    with open(path) as f:
+        return {(r["arch"], r["scheme"]): float(r["top1"]) for r in csv.DictReader(f)}
+
+
+def plot_accuracy(df, path: Path) -> bool:
+    """Top-1 vs median latency for every row whose (arch, scheme) has a released accuracy."""
+    top1 = manifest_top1()
+    known = np.array([(a, s) in top1 for a, s in zip(df.arch, df.scheme)], dtype=bool)
+    pts = df[known & df.engine.isin(["tvm-int", "torch-fp32"]).to_numpy()]
+    if pts.empty:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for (arch, batch, threads, engine), g in pts.groupby(["arch", "batch", "threads", "engine"]):
+        ys = [top1[(arch, s)] for s in g.scheme]
+        ax.scatter(g.median_ms, ys, label=f"{arch} {engine} b{batch} t{threads}")
+        for xm, y, s in zip(g.median_ms, ys, g.scheme):
+            ax.annotate(s, (xm, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("median latency per batch (ms)")
+    ax.set_ylabel("top-1 (%) on Fashion-MNIST test")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _host() -> str:
+    from tvm_benchmark.isa import describe, detect
+    from tvm_benchmark.targets import host_cpu
+    fam = detect()
+    return (f"{cpu_summary()} (LLVM: {host_cpu()}); CPU flags: {describe()}; "
+            f"kernel family detected: {fam.name if fam else 'none (no AVX2)'}")
+
+
+@one_line_errors
+def main(argv=None) -> int:
+    from hawq.bit_config import list_schemes
+    from hawq.errors import HawqError
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arch_arg(p, ["resnet18"], nargs="+")
+    add_quant_scheme_arg(p, ["uniform8"], nargs="+", help="scheme names, or 'all'")
+    p.add_argument("-b", "--batch-size", nargs="+", type=int, default=[1, 8])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
+    p.add_argument("--isa", nargs="+", default=None, choices=ISA_CHOICES,
+                   help="TVM kernel families to time, one tvm-int engine each (default: the detected one)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--iters", type=int, default=10, help="timed calls per engine per round")
+    p.add_argument("--out-dir", default=str(RESULTS))
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.threads < 1 or any(b < 1 for b in args.batch_size):
+        raise HawqError("--threads and --batch-size must be >= 1")
+    from tvm_benchmark import isa as I
+    for name in args.isa or []:   # up front: the baselines take minutes before a TVM Runner would refuse
+        I.require_runnable(I.resolve(name))
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)   # read when TVM's pool first starts
+    import torch
+    torch.set_num_threads(args.threads)
+    out = Path(args.out_dir)
+    warn = busy_warning(args.threads)
+    if warn:
+        print(warn, file=sys.stderr)
+    for arch in args.arch:
+        schemes = list_schemes(arch) if args.quant_scheme == ["all"] else args.quant_scheme
+        for s in schemes:
+            if s not in list_schemes(arch):
+                raise HawqError(f"unknown scheme '{s}' for {arch}; choose from {', '.join(list_schemes(arch))}")
+        for batch in args.batch_size:
+            rows = bench_arch_batch(arch, schemes, batch, args.threads, args.engines, args.warmup,
+                                    args.rounds, args.iters, not args.no_progress, args.isa or [None])
+            append_rows(rows, out / "latency.csv")
+            for r in rows:
+                print(",".join(str(r[k]) for k in FIELDS), flush=True)
+    df = latest(out / "latency.csv", host_key())
+    cmd = "python -m tvm_benchmark.bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    header = (f"# Latency (ms per batch)\n\nHost: {_host()}. Host key in `latency.csv`: `{host_key()}`; "
+              f"only that host's rows are tabulated here.\n\nLatest command: `{cmd}`. Rows are the latest "
+              "measurement per (isa, arch, scheme, batch, threads, engine) in `results/latency.csv`."
+              + (f"\n\n**{warn}**" if warn else ""))
+    (out / "latency.md").write_text(markdown(df, header) + "\n")
+    if plot_accuracy(df, out / "latency_accuracy.png"):
+        print(f"plot -> {out / 'latency_accuracy.png'}")
+    print(f"table -> {out / 'latency.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
+
+
+def cli() -> None:
+    """Console script ``hawq-bench``: :func:`main` with one-line errors and its exit status."""
+    run_main(main)

@@ -1,0 +1,161 @@
+"""Per-layer latency of every quantized conv/dense layer at 4 and 8 bits on a TVM target.
+
+    python -m tvm_benchmark.layer_latency -a resnet18 [--target llvm] [--isa vnni] [-b 1] [--threads 2]
+
+writes ``results/layer_latency/<host key>/<arch>.csv`` (``layer,bits,median_ms,p90_ms``;
+the key names the host's LLVM CPU and the kernel family, e.g. ``llvm-znver3-avx2``), which
+``hawq.mpq --constraint latency=...`` reads for the current host (or ``--latency-table PATH``).
+
+Each layer is compiled alone, exactly as it is compiled inside the whole program (same kernel
+choice — at 4 bits the saturation-free ``vpmaddubsw`` kernel applies — same epilogue), from the
+integer graph of a model calibrated on random data with every free layer at ``bits`` (the
+``uniform4``/``uniform8`` schemes; layers the schemes keep at 8 bits get an 8-bit row only). Its
+input is produced by a stand-in quantizer over the layer's real input range; that quantizer is timed
+alone, alternately with the layer, and subtracted round by round, in 3 passes over all layers; the
+CSV holds the median and 90th percentile of those differences. Latencies are per batch of ``-b``
+images.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from hawq import ir
+from hawq.bit_config import load_scheme
+from hawq.apps.cli import add_arch_arg, one_line_errors, run_main
+from hawq.engine import calibrate_random
+from hawq.fileio import rows_csv, write_text_atomic
+from hawq.export import export_integer
+from hawq.models.factory import fp_model, quant_model
+from hawq.models.archs import arch_info
+from hawq.quant.config import QuantConfig
+from tvm_benchmark.apps.cli_args import add_isa_arg
+from tvm_benchmark.compile import compile_program
+from tvm_benchmark.frontend import value_ranges
+from tvm_benchmark.isa import resolve
+from tvm_benchmark.runtime import Runner
+from tvm_benchmark.targets import device_of, target_tag
+
+__all__ = ["cli", "FIELDS", "ROOT", "calibrated_graph", "paired_ms", "layer_rows", "write_rows", "main"]
+
+FIELDS = ("layer", "bits", "median_ms", "p90_ms")
+ROOT = Path(__file__).resolve().parents[2] / "results" / "layer_latency"   # data, not code
+
+
+def calibrated_graph(arch: str, scheme: str, batch: int, seed: int = 0) -> tuple[ir.Graph, dict]:
+    """(integer graph, value shapes) of ``arch`` under ``scheme``, calibrated on random batches."""
+    info = arch_info(arch)
+    torch.manual_seed(seed)
+    shape = (batch, 3, info.input_size, info.input_size)
+    q = quant_model(arch, load_scheme(arch, scheme), info.num_classes, fp=fp_model(arch, info.num_classes),
+                    config=QuantConfig(fix_BN=True))
+    graph = ir.Graph.from_dict(export_integer(calibrate_random(q, shape, seed=seed), shape[1:])["graph"])
+    info = graph.infer((1, *shape[1:]))
+    return graph, {k: shp[1:] for k, (shp, _) in info.items()}
+
+
+def _stub(lo: int, hi: int) -> ir.Quantize:
+    """A quantize node that turns float inputs in [lo, hi] into those integers (scale 1, z 0)."""
+    return ir.Quantize(name="stub", inputs=["input"], output="stub:out", scale=torch.ones(1), zero_point=0,
+                       qmin=lo, qmax=hi, bits=8)
+
+
+def _runner(graph: ir.Graph, shape, threads: int, target: str, rng, isa: str | None) -> tuple[Runner, np.ndarray]:
+    """The compiled ``graph`` and an input batch inside its input quantizer's range."""
+    built = compile_program(graph, shape, target, threads, isa=isa)
+    node = graph.nodes[0]
+    x = rng.integers(int(node.qmin), int(node.qmax) + 1, size=shape).astype(np.float32)
+    return Runner(built.executable, device_of(target), shape[0], built.isa_name), x
+
+
+def paired_ms(layer: tuple[Runner, np.ndarray], stub: tuple[Runner, np.ndarray], rounds: int = 15) -> np.ndarray:
+    """Per-round (layer − stub) ms: the two are timed alternately, so drift hits both alike."""
+    diffs = []
+    for _ in range(rounds):
+        a = float(np.median(layer[0].time(layer[1], number=5, repeat=3)))
+        b = float(np.median(stub[0].time(stub[1], number=5, repeat=3)))
+        diffs.append(a - b)
+    return np.asarray(diffs)
+
+
+def _jobs(arch: str, batch: int, threads: int, target: str, rng, isa: str | None) -> list[tuple[str, int, tuple, tuple]]:
+    """(layer, bits, compiled layer, compiled stub) for every conv/dense layer at 8 and at 4 bits."""
+    jobs, stubs = [], {}
+    for bits, scheme in ((8, "uniform8"), (4, "uniform4")):
+        graph, shapes = calibrated_graph(arch, scheme, batch)
+        # The static ranges the whole program uses (not just the nodes' qmin/qmax: e.g. a post-ReLU
+        # requant is [0, qmax]), so the stub feeds each layer the container and kernel it gets there.
+        ranges = value_ranges(graph, (batch, *shapes[graph.input]))
+        for node in (n for n in graph.nodes if isinstance(n, (ir.Conv2d, ir.Dense))):
+            if int(node.weight_bits) != bits:
+                continue   # a layer the schemes keep at 8 bits: 8-bit row only
+            src = node.inputs[0]
+            shape = (batch, *shapes[src])
+            base = _stub(*ranges[src])
+            if graph.nodes[0].output == src:   # the stem reads the real input quantizer
+                sub = ir.Graph("input", node.output, [graph.nodes[0], node])
+            else:
+                sub = ir.Graph("input", node.output, [base, dataclasses.replace(node, inputs=["stub:out"])])
+            key = (shape, base.qmin, base.qmax)
+            if key not in stubs:
+                stubs[key] = _runner(ir.Graph("input", "stub:out", [base]), shape, threads, target, rng, isa)
+            jobs.append((node.name, bits, _runner(sub, shape, threads, target, rng, isa), stubs[key]))
+    return jobs
+
+
+def layer_rows(arch: str, batch: int, threads: int, target: str, passes: int = 3,
+               progress: bool = True, isa: str | None = None) -> list[dict]:
+    """Every layer is measured in ``passes`` passes spread over the whole run (5 paired rounds
+    each), so a slow spell of a shared machine cannot own one layer's figure."""
+    rng = np.random.default_rng(0)
+    jobs = _jobs(arch, batch, threads, target, rng, isa)
+    diffs = {(name, bits): [] for name, bits, _, _ in jobs}
+    with tqdm(total=passes * len(jobs), desc=f"{arch} layers", disable=not progress, leave=False,
+              dynamic_ncols=True) as bar:
+        for _ in range(passes):
+            for name, bits, layer, stub in jobs:
+                diffs[(name, bits)].extend(paired_ms(layer, stub, rounds=5))
+                bar.update()
+    return [{"layer": name, "bits": bits, "median_ms": round(max(float(np.median(d)), 0.0), 5),
+             "p90_ms": round(max(float(np.percentile(d, 90)), 0.0), 5)} for (name, bits), d in diffs.items()]
+
+
+def write_rows(rows: list[dict], path: Path) -> None:
+    write_text_atomic(path, rows_csv(sorted(rows, key=lambda r: (r["layer"], r["bits"])), FIELDS))
+
+
+@one_line_errors
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arch_arg(p, required=True)
+    p.add_argument("--target", default="llvm")
+    p.add_argument("-b", "--batch-size", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    add_isa_arg(p)
+    p.add_argument("--out", default=None, help="default: results/layer_latency/<host key>/<arch>.csv")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    family = resolve(args.isa) if args.target == "llvm" else None
+    rows = layer_rows(args.arch, args.batch_size, args.threads, args.target, progress=not args.no_progress,
+                      isa=args.isa)
+    out = Path(args.out) if args.out else ROOT / target_tag(args.target, family) / f"{args.arch}.csv"
+    write_rows(rows, out)
+    total = {b: sum(r["median_ms"] for r in rows if r["bits"] == b) for b in (4, 8)}
+    print(f"{len(rows)} rows -> {out}  (sum of medians: 8-bit {total[8]:.3f} ms, 4-bit rows {total[4]:.3f} ms)")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
+
+
+def cli() -> None:
+    """Console script ``hawq-layer-latency``: :func:`main` with one-line errors and its exit status."""
+    run_main(main)
