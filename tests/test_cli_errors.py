@@ -1,4 +1,4 @@
-"""The shared CLI convention (hawq.cli) and bad input a new user runs into: every entry point answers
+"""The shared CLI convention (hawq.apps.cli) and bad input a new user runs into: every entry point answers
 with one ``error: ...`` line (exit 2), unreadable ImageFolder images are skipped and counted."""
 from __future__ import annotations
 
@@ -77,12 +77,13 @@ def test_arch_arg_is_checked_while_parsing():
 
 
 ENTRY_POINTS = [
-    ("hawq.train", []), ("hawq.sensitivity", ["--out", "x.csv"]),
-    ("hawq.mpq", ["--sensitivity", "s.csv", "--out", "x.json"]), ("hawq.bench", []), ("hawq.demo", []),
-    ("hawq.verify", ["--checkpoint", "missing.pth.tar"]), ("bit_config", ["--table"]),
-    ("tvm_benchmark.export", ["--checkpoint", "missing.pth.tar", "--out", "o"]),
-    ("tvm_benchmark.verify", ["--checkpoint", "missing.pth.tar"]), ("tvm_benchmark.layer_latency", []),
-    ("tvm_benchmark.bench", []), ("hawq.ptq.cli", ["--pretrained", "fp.pth.tar"]),
+    ("hawq.apps.train", []), ("hawq.apps.sensitivity", ["--out", "x.csv"]),
+    ("hawq.apps.mpq", ["--sensitivity", "s.csv", "--out", "x.json"]), ("hawq.benchmarks.qat_overhead", []),
+    ("hawq.apps.demo", []), ("hawq.apps.verify", ["--checkpoint", "missing.pth.tar"]),
+    ("hawq.apps.bit_config", ["--table"]),
+    ("tvm_benchmark.apps.export", ["--checkpoint", "missing.pth.tar", "--out", "o"]),
+    ("tvm_benchmark.apps.verify", ["--checkpoint", "missing.pth.tar"]), ("tvm_benchmark.apps.layer_latency", []),
+    ("tvm_benchmark.apps.bench", []), ("hawq.apps.ptq", ["--pretrained", "fp.pth.tar"]),
 ]
 
 

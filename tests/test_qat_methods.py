@@ -162,7 +162,7 @@ def test_a_negative_lsq_weight_step_is_used_by_its_magnitude():
         layer.weight_step.neg_()
     k = layer.fold_factor().abs()
     want = (layer.weight_step.detach().abs() * k).float()
-    torch.testing.assert_close(layer._weight_scale(layer.float_weight()), want)
+    torch.testing.assert_close(layer.weight_scale(layer.float_weight()), want)
     layer.eval()
     layer(Q(torch.randint(0, 100, (2, 3, 6, 6)), x.scale))
     torch.testing.assert_close(layer.convbn_scaling_factor, want)

@@ -386,7 +386,7 @@ class _QuantWeightLayer(nn.Module):
     def has_fixed_scale(self) -> bool:
         return bool((self.fixed_weight_scale > 0).all())
 
-    def _weight_scale(self, w: torch.Tensor, folded: bool = True) -> torch.Tensor:
+    def weight_scale(self, w: torch.Tensor, folded: bool = True) -> torch.Tensor:
         """float32 [C_out] or [1]: the PTQ-fixed scale, else the learned LSQ step, else min/max of ``w``.
 
         ``w``: :meth:`float_weight` (``folded``; BN-folded for a conv), or the unfolded weight of a
@@ -493,7 +493,7 @@ class _QuantWeightLayer(nn.Module):
             s_w = getattr(self, self.scale_name).clone()
             acc_scale = N.bias_scale(scale_in, s_w, self.profile).to(w.device)
             return self.weight_integer.to(torch.int64), self.bias_integer.to(torch.int64), s_w, acc_scale
-        s_w = self._weight_scale(w)
+        s_w = self.weight_scale(w)
         w_int = N.quantize_weight(w.detach(), s_w, self.weight_bit, self.profile).to(torch.int64)
         if b is None:
             b = torch.zeros(w.shape[0], device=w.device)
@@ -556,12 +556,12 @@ class QuantBnConv2d(_QuantWeightLayer):
         self.fold_step += 1
         if folded:
             w, b = self.folded_weight_bias()
-            s_w = self._weight_scale(w)
+            s_w = self.weight_scale(w)
             y = self._conv(x.value, self._fake_weight(w, s_w), self._fake_bias(b, x.scale, s_w))
             scale = None if x.scale is None else self._acc_scale(x.scale, s_w, y.dtype)
             return Q(y, scale)
         w = self._transform(self.conv.weight)
-        s_w = self._weight_scale(w, folded=False)
+        s_w = self.weight_scale(w, folded=False)
         y = self._conv(x.value, self._fake_weight(w, s_w, folded=False), self.conv.bias)
         return Q(self.bn(y), None)
 
@@ -602,7 +602,7 @@ class QuantLinear(_QuantWeightLayer):
         if not self.training:
             return self._forward_int(x)
         w = self.float_weight()
-        s_w = self._weight_scale(w)
+        s_w = self.weight_scale(w)
         y = F.linear(x.value, self._fake_weight(w, s_w), self._fake_bias(self.bias, x.scale, s_w))
         return Q(y, None if x.scale is None else self._acc_scale(x.scale, s_w, y.dtype))
 

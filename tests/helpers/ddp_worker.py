@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from hawq.train import run
+from hawq.apps.train import run
 
 if __name__ == "__main__":
     out = sys.argv[1]
