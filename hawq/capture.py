@@ -66,6 +66,11 @@ class _Val:
     flat: bool = False        # [B, C]: after a global pool
 
 
+def _is_relu6(m: nn.Module) -> bool:
+    """ReLU6, or the Hardtanh(0, 6) some models spell it as."""
+    return isinstance(m, nn.ReLU6) or (isinstance(m, nn.Hardtanh) and (m.min_val, m.max_val) == (0.0, 6.0))
+
+
 def _is_bn_act(m: nn.Module) -> bool:
     """timm's ``BatchNormAct2d`` (and look-alikes): a BatchNorm2d subclass whose forward is batch norm,
     then its ``drop`` and ``act`` submodules."""
@@ -251,7 +256,7 @@ class _Mapper:
             self.linear(n, m, path)
         elif isinstance(m, nn.ReLU):
             self.relu_of(n, self.arg(n, n.args[0]))
-        elif isinstance(m, nn.ReLU6) or (isinstance(m, nn.Hardtanh) and (m.min_val, m.max_val) == (0.0, 6.0)):
+        elif _is_relu6(m):
             self.relu6_of(n, self.arg(n, n.args[0]))
         elif isinstance(m, nn.MaxPool2d):
             self.maxpool(n, m, path)
@@ -382,7 +387,7 @@ class _Mapper:
         act = m.act
         if isinstance(act, nn.ReLU):
             self.relu_of(n, self.vals[n])
-        elif isinstance(act, nn.ReLU6) or (isinstance(act, nn.Hardtanh) and (act.min_val, act.max_val) == (0.0, 6.0)):
+        elif _is_relu6(act):
             self.relu6_of(n, self.vals[n])
         elif not isinstance(act, nn.Identity):
             raise HawqError(f"{self.name}: {path}.act ({type(act).__name__}) has no integer-only "
@@ -573,10 +578,9 @@ class GraphUnit(nn.Module):
                 *args[1:], **kwargs)
         return env[self.nodes[-1]]
 
-    @torch.no_grad()
-    def io_values(self, images: torch.Tensor, batch: int, output: bool):
-        """The value entering (or, with ``output``, leaving) this unit for every image, running the
-        owner's program in batches up to that node: (values float32 [N, ...], scale of the first batch)."""
+    def value_at(self, x: torch.Tensor, output: bool):
+        """The :class:`~hawq.quant.graph.Q` entering (or, with ``output``, leaving) this unit when the
+        owner's program runs on ``x``; the program is interpreted up to that node only."""
         target = self.nodes[-1] if output else self.input_node
 
         class Upto(fx.Interpreter):
@@ -586,30 +590,25 @@ class GraphUnit(nn.Module):
                     raise _Found(r)
                 return r
 
-        vals, scale = [], None
-        self.owner.train()
-        for xb in images.split(batch):
-            try:
-                Upto(self.owner.program).run(xb)
-            except _Found as f:
-                q = f.value
-                vals.append(q.value.detach().float().cpu())
-                scale = q.scale if scale is None else scale
-        return torch.cat(vals), scale
+        try:
+            Upto(self.owner.program).run(x)
+        except _Found as f:
+            return f.value
+        raise HawqError(f"{self.name}: the program never reached {target.name}")
 
 
 def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
-    parts = path.split(".")
+    *parents, name = path.split(".")
     parent = root
-    for i, p in enumerate(parts):
-        if p not in parent._modules and hasattr(parent, p):
-            raise HawqError(f"{root.arch}: module path {'.'.join(parts[:i + 1])!r} clashes with an attribute of "
-                            f"{type(parent).__name__}; rename that submodule")
-        if i == len(parts) - 1:
-            parent.add_module(p, module)
-        elif p not in parent._modules:
-            parent.add_module(p, nn.Module())
-        parent = parent._modules[p] if i < len(parts) - 1 else parent
+    for depth, p in enumerate([*parents, name], start=1):
+        if p not in parent._modules and hasattr(parent, p):   # a method or attribute of that name
+            raise HawqError(f"{root.arch}: module path {'.'.join((parents + [name])[:depth])!r} clashes with an "
+                            f"attribute of {type(parent).__name__}; rename that submodule")
+        if depth <= len(parents):
+            if p not in parent._modules:
+                parent.add_module(p, nn.Module())
+            parent = parent._modules[p]
+    parent.add_module(name, module)
 
 
 def capture(model: nn.Module, example: torch.Tensor, config: QuantConfig | None = None,

@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from hawq.bit_config import list_schemes, table_csv, table_rows
-from hawq.apps.cli import add_arch_arg, add_quant_scheme_arg, one_line_errors, run_main
+from hawq.apps.cli import add_arch_arg, add_quant_scheme_arg, console_script, one_line_errors, run_main
 from hawq.errors import HawqError
 from hawq.models.archs import ARCHS
 
@@ -46,6 +46,5 @@ if __name__ == "__main__":
     run_main(main)
 
 
-def cli() -> None:
-    """Console script ``hawq-bit-config``: :func:`main` with one-line errors and its exit status."""
-    run_main(main)
+#: Console script (``[project.scripts]`` in pyproject.toml).
+cli = console_script(main)

@@ -62,6 +62,12 @@ def run_main(main, argv: list[str] | None = None) -> NoReturn:
     sys.exit(rc if isinstance(rc, int) and not isinstance(rc, bool) else 0)
 
 
+def console_script(main) -> functools.partial:
+    """A program's ``[project.scripts]`` entry (``cli = console_script(main)``): :func:`run_main` of
+    ``main`` on ``sys.argv``."""
+    return functools.partial(run_main, main)
+
+
 # --------------------------------------------------------------------------- shared arguments
 def arch_name(text: str) -> str:
     """argparse ``type`` of -a/--arch: ``text`` when it is a supported arch, else the one-line
@@ -109,5 +115,5 @@ def add_input_size_arg(p: argparse.ArgumentParser, default_help: str | None = No
                                            "96 for inceptionv3") + ")")
 
 
-__all__ = ["one_line_errors", "run_main", "arch_name", "add_arch_arg", "add_quant_scheme_arg", "add_data_args",
+__all__ = ["one_line_errors", "run_main", "console_script", "arch_name", "add_arch_arg", "add_quant_scheme_arg", "add_data_args",
            "add_input_size_arg", "resolve_dataset", "resolve_input_size", "RECORDED_DATASET_HELP"]

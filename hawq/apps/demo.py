@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hawq.apps.cli import add_arch_arg, one_line_errors, run_main
+from hawq.apps.cli import add_arch_arg, console_script, one_line_errors, run_main
 from hawq.data import build_loaders
 from hawq.export import load_artifact
 from hawq.models.archs import input_size_of
@@ -117,6 +117,5 @@ if __name__ == "__main__":
     run_main(main)
 
 
-def cli() -> None:
-    """Console script ``hawq-demo``: :func:`main` with one-line errors and its exit status."""
-    run_main(main)
+#: Console script (``[project.scripts]`` in pyproject.toml).
+cli = console_script(main)

@@ -15,7 +15,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from hawq.apps.cli import add_arch_arg, one_line_errors, run_main
+from hawq.apps.cli import add_arch_arg, console_script, one_line_errors, run_main
 from hawq.errors import HawqError
 from hawq.fileio import rows_csv, write_text_atomic
 from hawq.mpq import (SWEEP_FIELDS, UNITS, Constraint, Problem, Solution, parse_constraint, parse_sweep, plot_front,
@@ -118,6 +118,5 @@ if __name__ == "__main__":
     run_main(main)
 
 
-def cli() -> None:
-    """Console script ``hawq-mpq``: :func:`main` with one-line errors and its exit status."""
-    run_main(main)
+#: Console script (``[project.scripts]`` in pyproject.toml).
+cli = console_script(main)

@@ -12,8 +12,8 @@ import torch
 from hawq import checkpoint as C
 from hawq import engine
 from hawq.bit_config import load_scheme
-from hawq.apps.cli import (add_arch_arg, add_data_args, add_input_size_arg, add_quant_scheme_arg, one_line_errors,
-                           resolve_dataset, resolve_input_size, run_main)
+from hawq.apps.cli import (add_arch_arg, add_data_args, add_input_size_arg, add_quant_scheme_arg, console_script,
+                           one_line_errors, resolve_dataset, resolve_input_size, run_main)
 from hawq.data import build_loaders, calibration_images
 from hawq.errors import HawqError
 from hawq.export import export_integer, save_artifact
@@ -143,6 +143,5 @@ if __name__ == "__main__":
     run_main(main)
 
 
-def cli() -> None:
-    """Console script ``hawq-ptq``: :func:`main` with one-line errors and its exit status."""
-    run_main(main)
+#: Console script (``[project.scripts]`` in pyproject.toml).
+cli = console_script(main)

@@ -12,8 +12,8 @@ import time
 
 import torch
 
-from hawq.apps.cli import (add_arch_arg, add_data_args, add_input_size_arg, one_line_errors, resolve_dataset,
-                           resolve_input_size, run_main)
+from hawq.apps.cli import (add_arch_arg, add_data_args, add_input_size_arg, console_script, one_line_errors,
+                           resolve_dataset, resolve_input_size, run_main)
 from hawq.data import build_loaders
 from hawq.errors import HawqError
 from hawq.fileio import rows_csv, write_text_atomic
@@ -81,6 +81,5 @@ if __name__ == "__main__":
     run_main(main)
 
 
-def cli() -> None:
-    """Console script ``hawq-sensitivity``: :func:`main` with one-line errors and its exit status."""
-    run_main(main)
+#: Console script (``[project.scripts]`` in pyproject.toml).
+cli = console_script(main)

@@ -20,8 +20,8 @@ import torch.nn as nn
 from hawq import checkpoint as C
 from hawq import engine
 from hawq.bit_config import load_scheme
-from hawq.apps.cli import (add_arch_arg, add_data_args, add_input_size_arg, add_quant_scheme_arg, arch_name, one_line_errors,
-                           resolve_dataset, resolve_input_size, run_main)
+from hawq.apps.cli import (add_arch_arg, add_data_args, add_input_size_arg, add_quant_scheme_arg, arch_name,
+                           console_script, one_line_errors, resolve_dataset, resolve_input_size, run_main)
 from hawq.data import build_loaders
 from hawq.errors import HawqError
 from hawq.export import export_integer, save_artifact
@@ -423,6 +423,5 @@ def _run(args, device, resume, config, recipe: str, world: distributed.World) ->
     return {"top1": last.get("top1"), "best_top1": best, "save_path": args.save_path, "model": model}
 
 
-def cli() -> None:
-    """Console script ``hawq-train``: :func:`main` with one-line errors and its exit status."""
-    run_main(main)
+#: Console script (``[project.scripts]`` in pyproject.toml).
+cli = console_script(main)

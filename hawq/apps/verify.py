@@ -19,8 +19,9 @@ import argparse
 import torch
 
 from hawq import checkpoint as C
-from hawq.apps.cli import (RECORDED_DATASET_HELP, add_arch_arg, add_data_args, add_input_size_arg, add_quant_scheme_arg,
-                           one_line_errors, resolve_dataset, resolve_input_size, run_main)
+from hawq.apps.cli import (RECORDED_DATASET_HELP, add_arch_arg, add_data_args, add_input_size_arg,
+                           add_quant_scheme_arg, console_script, one_line_errors, resolve_dataset,
+                           resolve_input_size, run_main)
 from hawq.data import build_loaders
 from hawq.errors import HawqError
 from hawq.export import artifact_of, export_integer
@@ -119,6 +120,5 @@ if __name__ == "__main__":
     run_main(main)
 
 
-def cli() -> None:
-    """Console script ``hawq-verify``: :func:`main` with one-line errors and its exit status."""
-    run_main(main)
+#: Console script (``[project.scripts]`` in pyproject.toml).
+cli = console_script(main)

@@ -107,29 +107,29 @@ class _Stop(Exception):
 def capture(model: nn.Module, unit: nn.Module, images: torch.Tensor, batch: int, output: bool):
     """Inputs (or outputs) of ``unit`` for every image, running the model in batches and stopping
     each forward at the unit: (values float32 [N, ...], scale of the first batch or None)."""
+    model.train()
+    qs = [_value_at(model, unit, xb, output) for xb in images.split(batch)]
+    return torch.cat([q.value.detach().float().cpu() for q in qs]), qs[0].scale
+
+
+def _value_at(model: nn.Module, unit: nn.Module, x: torch.Tensor, output: bool) -> Q:
+    """The :class:`Q` entering (or leaving) ``unit`` when ``model`` runs on ``x``, the forward stopped there."""
     if isinstance(unit, GraphUnit):       # a block of a captured program: not a module the program calls
-        return unit.io_values(images, batch, output)
-    vals, scale = [], None
+        return unit.value_at(x, output)
+    found = []
 
     def hook(mod, inp, out):
-        q = out if output else inp[0]
-        vals.append(q.value.detach().float().cpu())
-        nonlocal scale
-        if scale is None:
-            scale = q.scale
+        found.append(out if output else inp[0])
         raise _Stop
 
     h = unit.register_forward_hook(hook)
     try:
-        model.train()
-        for xb in images.split(batch):
-            try:
-                model(xb)
-            except _Stop:
-                pass
+        model(x)
+    except _Stop:
+        pass
     finally:
         h.remove()
-    return torch.cat(vals), scale
+    return found[0]
 
 
 def units(model: nn.Module, blockwise: bool) -> list[tuple[str, nn.Module]]:

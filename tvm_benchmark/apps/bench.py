@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hawq.apps.cli import add_arch_arg, add_quant_scheme_arg, one_line_errors, run_main
+from hawq.apps.cli import add_arch_arg, add_quant_scheme_arg, console_script, one_line_errors, run_main
 from hawq.tables import busy_warning, cpu_summary, markdown_table
 from hawq.quant.config import QuantConfig
 from tvm_benchmark.isa import CHOICES as ISA_CHOICES
@@ -303,6 +303,5 @@ if __name__ == "__main__":
     run_main(main)
 
 
-def cli() -> None:
-    """Console script ``hawq-bench``: :func:`main` with one-line errors and its exit status."""
-    run_main(main)
+#: Console script (``[project.scripts]`` in pyproject.toml).
+cli = console_script(main)

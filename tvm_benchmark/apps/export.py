@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hawq.apps.cli import one_line_errors, run_main
+from hawq.apps.cli import console_script, one_line_errors, run_main
 from hawq.errors import HawqError
 from hawq.fileio import atomic_write, write_text_atomic
 from tvm_benchmark.apps.cli_args import add_program_args
@@ -73,6 +73,5 @@ if __name__ == "__main__":
     run_main(main)
 
 
-def cli() -> None:
-    """Console script ``hawq-export``: :func:`main` with one-line errors and its exit status."""
-    run_main(main)
+#: Console script (``[project.scripts]`` in pyproject.toml).
+cli = console_script(main)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from hawq import ir
 from hawq.bit_config import load_scheme
-from hawq.apps.cli import add_arch_arg, one_line_errors, run_main
+from hawq.apps.cli import add_arch_arg, console_script, one_line_errors, run_main
 from hawq.engine import calibrate_random
 from hawq.fileio import rows_csv, write_text_atomic
 from hawq.export import export_integer
@@ -156,6 +156,5 @@ if __name__ == "__main__":
     run_main(main)
 
 
-def cli() -> None:
-    """Console script ``hawq-layer-latency``: :func:`main` with one-line errors and its exit status."""
-    run_main(main)
+#: Console script (``[project.scripts]`` in pyproject.toml).
+cli = console_script(main)

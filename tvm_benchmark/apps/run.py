@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import tvm
 
-from hawq.apps.cli import one_line_errors, run_main
+from hawq.apps.cli import console_script, one_line_errors, run_main
 from hawq.data import build_loaders
 from hawq.errors import HawqError
 from tvm_benchmark.apps.export import LIB, PARAMS
@@ -85,6 +85,5 @@ if __name__ == "__main__":
     run_main(main)
 
 
-def cli() -> None:
-    """Console script ``hawq-run``: :func:`main` with one-line errors and its exit status."""
-    run_main(main)
+#: Console script (``[project.scripts]`` in pyproject.toml).
+cli = console_script(main)

@@ -14,7 +14,7 @@ import argparse
 
 import numpy as np
 
-from hawq.apps.cli import one_line_errors, run_main
+from hawq.apps.cli import console_script, one_line_errors, run_main
 from hawq.data import build_loaders
 from hawq.errors import HawqError
 from hawq.reference import run_graph
@@ -103,6 +103,5 @@ if __name__ == "__main__":
     run_main(main)
 
 
-def cli() -> None:
-    """Console script ``hawq-tvm-verify``: :func:`main` with one-line errors and its exit status."""
-    run_main(main)
+#: Console script (``[project.scripts]`` in pyproject.toml).
+cli = console_script(main)
