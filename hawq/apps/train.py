@@ -194,10 +194,8 @@ def build_model(args, num_classes: int, resume: C.ModelFile | None, config: Quan
         model, bits = quant_model_from(resume, arch=args.arch, scheme=args.quant_scheme, config=config,
                                        input_size=args.input_size)
         return model.train(), bits
-    if resume is not None or args.pretrained_file is not None:
-        fp = fp_model(args.arch, num_classes, weights=resume or args.pretrained_file)
-    else:
-        fp = fp_model(args.arch, num_classes, pretrained=bool(args.pretrained))
+    fp = (fp_model(args.arch, num_classes, weights=resume) if resume is not None
+          else fp_model_pretrained(args.arch, num_classes, args.pretrained_file or args.pretrained))
     if resume is None and not args.pretrained:
         zero_init_residual(fp)          # from scratch: bottleneck units start as the identity
     if prepare_fp is not None:

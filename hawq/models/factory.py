@@ -80,11 +80,14 @@ def fp_model(arch: str, num_classes: int, pretrained: bool = False, weights: C.M
     return model
 
 
-def fp_model_pretrained(arch: str, num_classes: int, pretrained: bool | str | None) -> nn.Module:
+def fp_model_pretrained(arch: str, num_classes: int, pretrained: bool | str | C.ModelFile | None) -> nn.Module:
     """The FP model for a ``--pretrained`` value: False/None random init, True pytorchcv's ImageNet
-    weights, a path one of our FP checkpoints (read once by :func:`hawq.checkpoint.read`)."""
+    weights, a path one of our FP checkpoints (read once by :func:`hawq.checkpoint.read`), or that
+    file already read."""
     if isinstance(pretrained, str) and pretrained:
-        return fp_model(arch, num_classes, weights=C.read(pretrained))
+        pretrained = C.read(pretrained)
+    if isinstance(pretrained, C.ModelFile):
+        return fp_model(arch, num_classes, weights=pretrained)
     return fp_model(arch, num_classes, pretrained=pretrained is True)
 
 
