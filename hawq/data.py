@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from hawq.errors import HawqError
 
-__all__ = ["DATASETS", "FMNIST_DIR", "FMNIST_FILES", "FMNIST_CLASSES", "FMNIST_HW", "FMNIST_PAD",
+__all__ = ["dataset_input_size", "DATASETS", "FMNIST_DIR", "FMNIST_FILES", "FMNIST_CLASSES", "FMNIST_HW", "FMNIST_PAD",
            "FMNIST_INPUT", "AUG_SHIFT", "FMNIST_MEAN", "FMNIST_STD", "IMAGENET_MEAN", "IMAGENET_STD",
            "IMAGENET_INPUT", "IMAGENET_RESIZE", "read_idx", "load_fashion_mnist", "FMNIST_ZERO",
            "pad_images", "normalize_images", "random_flip_crop", "resize_nearest", "preprocess", "augment",
@@ -630,8 +630,13 @@ def resolve_dataset(dataset: str | None, data: str | None, recorded: str | None 
     return dataset or recorded or ("imagenet" if data else "fashion-mnist")
 
 
+def dataset_input_size(dataset: str) -> int:
+    """The input side a dataset's images come at by default: 32 (Fashion-MNIST, padded), 224 (ImageNet)."""
+    return FMNIST_INPUT if _check_dataset(dataset) == "fashion-mnist" else IMAGENET_INPUT
+
+
 def _size(dataset: str, input_size: int | None) -> int:
-    size = input_size or (FMNIST_INPUT if dataset == "fashion-mnist" else IMAGENET_INPUT)
+    size = input_size or dataset_input_size(dataset)
     _check_positive("input size", size)
     return size
 

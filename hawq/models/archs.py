@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
-from hawq.data import DATASETS, FMNIST_INPUT, IMAGENET_INPUT
+from hawq.data import dataset_input_size
 from hawq.errors import HawqError
 
 __all__ = ["ArchInfo", "ARCHS", "arch_info", "check_input_size", "build_fp_model", "conv_of",
@@ -126,13 +126,10 @@ def default_input_size(dataset: str, arch: str | None = None) -> int:
     """The input side for ``arch`` on ``dataset``: 224 on ImageNet; on Fashion-MNIST 32 (the padded
     image), times the smallest integer that reaches the arch's :attr:`ArchInfo.min_input` (96 for
     InceptionV3)."""
-    if dataset not in DATASETS:
-        raise HawqError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    if dataset != "fashion-mnist":
-        return IMAGENET_INPUT
-    if arch is None:
-        return FMNIST_INPUT
-    return FMNIST_INPUT * -(-arch_info(arch).min_input // FMNIST_INPUT)
+    base = dataset_input_size(dataset)
+    if dataset != "fashion-mnist" or arch is None:
+        return base
+    return base * -(-arch_info(arch).min_input // base)
 
 
 def input_size_of(dataset: str, arch: str | None = None, input_size: int | None = None) -> int:
