@@ -4,6 +4,7 @@ The program ``python -m hawq.verify`` is :mod:`hawq.apps.verify`.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -11,7 +12,7 @@ from hawq.export import float_logits
 from hawq.reference import run_graph
 
 
-__all__ = ["compare_with_reference", "compare"]
+__all__ = ["compare_with_reference", "compare", "compare_layers"]
 
 def compare_with_reference(run, graph: dict, loader, name: str, progress: bool = True) -> dict:
     """Run an executor and the integer reference over ``loader``; count logit mismatches, top-1 of each.
@@ -37,6 +38,26 @@ def compare(model, graph: dict, loader, progress: bool = True) -> dict:
     """The QAT model's integer eval path vs the reference (:func:`compare_with_reference`, ``qat_top1``)."""
     return compare_with_reference(lambda x: model.forward_int(torch.from_numpy(x)).cpu().numpy(),
                                   graph, loader, "qat", progress)
+
+
+def compare_layers(values: dict[str, np.ndarray], graph: dict, x: np.ndarray) -> list[dict]:
+    """Every node's integer output from an executor (``values``: IR value name -> array, e.g. ONNX
+    Runtime's exposed outputs or TVM's tuple of node outputs) against the reference's on batch ``x``.
+    One row per node in execution order: ``node``, ``op``, ``output``, ``values``, ``mismatches``,
+    ``max_abs_diff``; a value the executor did not return counts as all mismatched."""
+    _, env = run_graph(graph, x, keep=True)
+    rows = []
+    for node in graph["nodes"]:
+        ref = env[node["output"]]
+        got = values.get(node["output"])
+        if got is None or np.shape(got) != ref.shape:
+            mism, diff = int(ref.size), -1
+        else:
+            d = np.abs(np.asarray(got, dtype=np.int64) - ref)
+            mism, diff = int((d != 0).sum()), int(d.max(initial=0))
+        rows.append({"node": node["name"], "op": node["op"], "output": node["output"], "values": int(ref.size),
+                     "mismatches": mism, "max_abs_diff": diff})
+    return rows
 
 
 if __name__ == "__main__":          # python -m hawq.verify: the program is hawq.apps.verify

@@ -105,7 +105,7 @@ def test_every_entry_point_rejects_an_unknown_arch_the_same_way(module, argv, ca
 def test_tvm_program_dataset_follows_the_checkpoint_before_data():
     """tvm_benchmark.verify --data DIR on a Fashion-MNIST checkpoint: the recorded dataset, as hawq.verify."""
     pytest.importorskip("tvm")
-    from tvm_benchmark.program import load_program
+    from hawq.program import load_program
     prog = load_program(os.path.join(ROOT, "checkpoints", "resnet20_cifar10_uniform8.pth.tar"),
                         data="/some/fmnist/dir")
     assert (prog.dataset, prog.input_chw) == ("fashion-mnist", (3, 32, 32))

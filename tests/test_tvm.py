@@ -22,9 +22,11 @@ from tvm_benchmark.apps import run as tvm_run
 from tvm_benchmark.apps import verify as tvm_verify
 from tvm_benchmark.compile import compile_program, lower
 from tvm_benchmark.ir_check import float_violations
-from tvm_benchmark.frontend import build_module
+from tvm_benchmark.frontend import build_module, node_outputs
+from hawq.verify import compare_layers
+from hawq.apps.checks import print_layers
 from tvm_benchmark.isa import ISAS, detect
-from tvm_benchmark.program import load_program
+from hawq.program import load_program
 
 CKPT = "checkpoints/resnet20_cifar10_{}.pth.tar"
 RELEASED = ["uniform8", "uniform4", "mixed_stage1_8bit"]
@@ -138,6 +140,10 @@ def test_ir_check_detects_a_float_op():
     assert len(bad) == 2 and all("float32" in b for b in bad)   # the float cast and the sqrt
 
 
+def _by_value(graph, outputs) -> dict:
+    return {value: out for (_, value), out in zip(node_outputs(graph), outputs)}
+
+
 def test_per_layer_names_the_corrupted_layer(small_model, capsys):
     model, probe = small_model
     graph = export_integer(model, (3, 32, 32))["graph"]
@@ -147,10 +153,10 @@ def test_per_layer_names_the_corrupted_layer(small_model, capsys):
     node["multiplier"] = node["multiplier"].clone()
     node["multiplier"][0] -= 1 << 26          # still a valid dyadic multiplier (>= 2^30)
     x = probe.numpy()
-    rows = tvm_verify.compare_layers(tvm_outputs(bad, x, all_outputs=True), graph, x)
-    assert tvm_verify.print_layers(rows) == victim["name"]
+    rows = compare_layers(_by_value(bad, tvm_outputs(bad, x, all_outputs=True)), graph, x)
+    assert print_layers(rows) == victim["name"]
     assert "first divergence: " + victim["name"] in capsys.readouterr().out
-    clean = tvm_verify.compare_layers(tvm_outputs(graph, x, all_outputs=True), graph, x)
+    clean = compare_layers(_by_value(graph, tvm_outputs(graph, x, all_outputs=True)), graph, x)
     assert all(r["mismatches"] == 0 for r in clean) and len(clean) == len(graph["nodes"])
 
 

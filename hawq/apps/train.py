@@ -7,10 +7,12 @@ quantized models, the integer artifact ``quantized_checkpoint.pth.tar`` into ``-
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import random
 import time
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -21,7 +23,7 @@ from hawq import checkpoint as C
 from hawq import engine
 from hawq.bit_config import load_scheme
 from hawq.apps.cli import (add_arch_arg, add_data_args, add_input_size_arg, add_quant_scheme_arg, arch_name,
-                           console_script, one_line_errors, resolve_dataset, resolve_input_size, run_main)
+                           console_script, one_line_errors, resolve_dataset, resolve_input_size)
 from hawq.data import build_loaders
 from hawq.errors import HawqError
 from hawq.export import export_integer, save_artifact
@@ -32,8 +34,9 @@ from hawq.quant.config import QuantConfig
 from hawq.quant.learned import METHODS
 from hawq import distributed
 
-__all__ = ["cli", "FP_SCHEME", "build_parser", "resolve_recipe", "quant_config", "build_model", "load_resume",
-           "restore_training_state", "main", "run"]
+__all__ = ["cli", "FP_SCHEME", "Recipe", "Distillation", "TrainSettings", "build_parser", "settings_of",
+           "resolve_recipe", "quant_config", "build_model", "load_resume", "restore_training_state", "main", "run",
+           "train"]
 
 FP_SCHEME = "fp32"
 #: Default learning rates at batch 128 (scaled linearly with -b): training from scratch, fine-tuning.
@@ -119,34 +122,130 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _device(args) -> torch.device:
+@dataclass(frozen=True)
+class Recipe:
+    """The optimization recipe, every flag the user left out filled in (:func:`resolve_recipe`).
+    ``lr`` is the peak learning rate; ``warmup_epochs`` is a linear per-step ramp; ``finetune`` is
+    True when the run starts from --pretrained or --resume weights."""
+    epochs: int
+    lr: float
+    lr_schedule: str
+    warmup_epochs: float
+    batch_size: int
+    momentum: float
+    weight_decay: float
+    finetune: bool
+
+    def describe(self) -> str:
+        """The one line that states the recipe (printed before training)."""
+        return (f"recipe: {self.epochs} epochs, lr {self.lr:.4g} ({self.lr_schedule}, warm-up "
+                f"{self.warmup_epochs:g} epochs), batch {self.batch_size}, wd {self.weight_decay:g}, "
+                f"{'fine-tuning' if self.finetune else 'from scratch'}")
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """--distill-method KD_naive: the teacher and the loss mix (HAWQ-V3's ``kd_loss``)."""
+    teacher_arch: str
+    teacher_pretrained: str | None       # our FP checkpoint; None = pytorchcv's ImageNet weights
+    alpha: float
+    temperature: float
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """One quant_train.py run, typed: what :func:`settings_of` makes of the flags, every default
+    resolved and every input file already read and checked (nothing is written before this exists).
+
+    ``config`` is None for an fp32 run; ``pretrained`` is False (random init), True (pytorchcv's
+    ImageNet weights) or our FP checkpoint, read; ``resume`` the --resume checkpoint, read;
+    ``input_size`` the square side in pixels; ``flags`` the plain command-line values recorded in
+    checkpoints as ``args`` (HAWQ-V3 checkpoints carry the same key)."""
+    arch: str
+    quant_scheme: str
+    dataset: str
+    data: str | None
+    input_size: int
+    workers: int
+    data_percentage: float
+    eval_limit: int | None
+    recipe: Recipe
+    config: QuantConfig | None
+    fix_bn: bool
+    pretrained: bool | C.ModelFile
+    resume: C.ModelFile | None
+    start_epoch: int
+    evaluate: bool
+    seed: int
+    gpu: int | None
+    save_path: str
+    distill: Distillation | None
+    bn_reestimate: int
+    checkpoint_iter: int
+    progress: bool
+    flags: dict = field(default_factory=dict)
+
+    @property
+    def quantized(self) -> bool:
+        return self.quant_scheme != FP_SCHEME
+
+
+def settings_of(args: argparse.Namespace) -> TrainSettings:
+    """The boundary: parsed flags → :class:`TrainSettings`. Validates every input (numbers, save
+    path, dataset, --resume and --pretrained files, input size, quantizer settings) before anything
+    runs or is written."""
+    if (args.epochs is not None and args.epochs < 0) or args.batch_size < 1:
+        raise HawqError("--epochs must be >= 0 and --batch-size >= 1")
+    if os.path.exists(args.save_path) and not os.path.isdir(args.save_path):
+        raise HawqError(f"--save-path '{args.save_path}' exists and is not a directory")
+    dataset = resolve_dataset(args.dataset, args.data)
+    resume = load_resume(args)
+    # --pretrained PATH is read once, here: its recorded input size is this run's default too
+    pretrained = C.read(args.pretrained) if isinstance(args.pretrained, str) else bool(args.pretrained)
+    recorded = resume or (pretrained if isinstance(pretrained, C.ModelFile) else None)
+    input_size = resolve_input_size(args.input_size, dataset, args.arch,
+                                    recorded.input_size if recorded is not None else None)
+    quantized = args.quant_scheme != FP_SCHEME
+    config = quant_config(args, resume) if quantized else None
+    recipe = resolve_recipe(args, dataset, finetune=bool(pretrained) or resume is not None)
+    distill = (None if args.distill_method == "None" else
+               Distillation(args.teacher_arch, args.teacher_pretrained, args.distill_alpha, args.temperature))
+    s = TrainSettings(arch=args.arch, quant_scheme=args.quant_scheme, dataset=dataset, data=args.data,
+                      input_size=input_size, workers=args.workers, data_percentage=args.data_percentage,
+                      eval_limit=args.eval_limit, recipe=recipe, config=config, fix_bn=args.fix_BN,
+                      pretrained=pretrained, resume=resume, start_epoch=args.start_epoch, evaluate=args.evaluate,
+                      seed=args.seed, gpu=args.gpu, save_path=args.save_path, distill=distill,
+                      bn_reestimate=args.bn_reestimate, checkpoint_iter=args.checkpoint_iter,
+                      progress=not args.no_progress)
+    flags = {**vars(args), **dataclasses.asdict(recipe), "dataset": dataset, "input_size": input_size}
+    return dataclasses.replace(s, flags={k: v for k, v in flags.items()
+                                         if isinstance(v, (str, int, float, bool)) or v is None})
+
+
+def _device(s: TrainSettings) -> torch.device:
     """cuda:--gpu (under torchrun cuda:LOCAL_RANK) when CUDA is available, else the CPU."""
     if torch.cuda.is_available():
         local = os.environ.get("LOCAL_RANK")
-        return torch.device(f"cuda:{int(local) if local is not None else (args.gpu or 0)}")
+        return torch.device(f"cuda:{int(local) if local is not None else (s.gpu or 0)}")
     return torch.device("cpu")
 
 
-def resolve_recipe(args, resume: C.ModelFile | None) -> str:
-    """Fill the recipe flags the user left out (epochs, lr, schedule, warm-up) and return the one
-    line that states them. Fine-tuning = --pretrained or --resume; else training from scratch."""
-    finetune = bool(args.pretrained) or resume is not None
-    embedded = args.dataset == "fashion-mnist"
-    if args.epochs is None:
-        args.epochs = (2 if finetune else 6) if embedded else 90
-    if args.lr is None:
-        args.lr = (FINETUNE_LR if finetune else SCRATCH_LR) * args.batch_size / 128
-    if args.lr_schedule is None:
-        args.lr_schedule = "cosine" if embedded else "step"
-    if args.warmup_epochs is None:
+def resolve_recipe(args: argparse.Namespace, dataset: str, *, finetune: bool) -> Recipe:
+    """The recipe flags the user left out (epochs, lr, schedule, warm-up), filled in from the
+    dataset and whether the run fine-tunes (README, "Default recipes")."""
+    embedded = dataset == "fashion-mnist"
+    epochs = args.epochs if args.epochs is not None else ((2 if finetune else 6) if embedded else 90)
+    lr = args.lr if args.lr is not None else (FINETUNE_LR if finetune else SCRATCH_LR) * args.batch_size / 128
+    warmup = args.warmup_epochs
+    if warmup is None:
         # 5 % of the run, at most one epoch (Goyal et al.: 5 of 90): long enough to tame the first
         # steps, short enough not to eat a short run (the demo's 2 epochs lost a whole one to it)
-        args.warmup_epochs = 0.0 if finetune else min(1.0, round(0.05 * args.epochs, 3))
-    if args.warmup_epochs < 0:
-        raise HawqError(f"--warmup-epochs must be >= 0, got {args.warmup_epochs}")
-    return (f"recipe: {args.epochs} epochs, lr {args.lr:.4g} ({args.lr_schedule}, warm-up {args.warmup_epochs:g} "
-            f"epochs), batch {args.batch_size}, wd {args.weight_decay:g}, "
-            f"{'fine-tuning' if finetune else 'from scratch'}")
+        warmup = 0.0 if finetune else min(1.0, round(0.05 * epochs, 3))
+    if warmup < 0:
+        raise HawqError(f"--warmup-epochs must be >= 0, got {warmup}")
+    return Recipe(epochs=epochs, lr=lr, lr_schedule=args.lr_schedule or ("cosine" if embedded else "step"),
+                  warmup_epochs=warmup, batch_size=args.batch_size, momentum=args.momentum,
+                  weight_decay=args.weight_decay, finetune=finetune)
 
 
 def _seed_everything(seed: int) -> None:
@@ -155,15 +254,7 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _check_args(args) -> None:
-    if (args.epochs is not None and args.epochs < 0) or args.batch_size < 1:
-        raise HawqError("--epochs must be >= 0 and --batch-size >= 1")
-    if os.path.exists(args.save_path) and not os.path.isdir(args.save_path):
-        raise HawqError(f"--save-path '{args.save_path}' exists and is not a directory")
-    args.dataset = resolve_dataset(args.dataset, args.data)
-
-
-def quant_config(args, resume: C.ModelFile | None) -> QuantConfig:
+def quant_config(args: argparse.Namespace, resume: C.ModelFile | None) -> QuantConfig:
     """The run's one :class:`QuantConfig`: from the flags; when resuming a quantized checkpoint, the
     settings that define its integers (profile, per-channel, bias width, weight percentile) are the
     checkpoint's, and a HAWQ-V3 checkpoint without a recorded profile runs under ``hawq`` (said in one line)."""
@@ -183,30 +274,30 @@ def quant_config(args, resume: C.ModelFile | None) -> QuantConfig:
                           quantizer=quantizer)
 
 
-def build_model(args, num_classes: int, resume: C.ModelFile | None, config: QuantConfig,
-                prepare_fp: Callable[[nn.Module], None] | None = None):
-    """The model for this run, with --pretrained / --resume weights applied (files already read).
-    ``prepare_fp`` is applied to the floating-point model before it is quantized (not to a
-    quantized --resume checkpoint)."""
+def build_model(s: TrainSettings, num_classes: int, prepare_fp: Callable[[nn.Module], None] | None = None):
+    """The model for this run and its bit widths (None for fp32), with --pretrained / --resume
+    weights applied. ``prepare_fp`` is applied to the floating-point model before it is quantized
+    (not to a quantized --resume checkpoint)."""
+    resume = s.resume
     if resume is not None and resume.quantized:
         if resume.num_classes is not None and resume.num_classes != num_classes:
             raise HawqError(f"{resume.describe()} has {resume.num_classes} classes, the dataset {num_classes}")
-        model, bits = quant_model_from(resume, arch=args.arch, scheme=args.quant_scheme, config=config,
-                                       input_size=args.input_size)
+        model, bits = quant_model_from(resume, arch=s.arch, scheme=s.quant_scheme, config=s.config,
+                                       input_size=s.input_size)
         return model.train(), bits
-    fp = (fp_model(args.arch, num_classes, weights=resume) if resume is not None
-          else fp_model_pretrained(args.arch, num_classes, args.pretrained_file or args.pretrained))
-    if resume is None and not args.pretrained:
+    fp = (fp_model(s.arch, num_classes, weights=resume) if resume is not None
+          else fp_model_pretrained(s.arch, num_classes, s.pretrained))
+    if resume is None and not s.pretrained:
         zero_init_residual(fp)          # from scratch: bottleneck units start as the identity
     if prepare_fp is not None:
         prepare_fp(fp)
-    if args.quant_scheme == FP_SCHEME:
+    if not s.quantized:
         return fp, None
-    bits = load_scheme(args.arch, args.quant_scheme)
-    return quant_model(args.arch, bits, num_classes, fp=fp, config=config, input_size=args.input_size), bits
+    bits = load_scheme(s.arch, s.quant_scheme)
+    return quant_model(s.arch, bits, num_classes, fp=fp, config=s.config, input_size=s.input_size), bits
 
 
-def load_resume(args) -> C.ModelFile | None:
+def load_resume(args: argparse.Namespace) -> C.ModelFile | None:
     """Read and check the --resume checkpoint (arch, quantized vs FP) before anything runs."""
     if not args.resume:
         return None
@@ -226,57 +317,61 @@ def load_resume(args) -> C.ModelFile | None:
     return f
 
 
-def restore_training_state(args, optimizer, f: C.ModelFile, config: QuantConfig | None) -> float:
+def restore_training_state(s: TrainSettings, optimizer, config: QuantConfig | None) -> tuple[int, float]:
     """When the --resume checkpoint is ours, of the same scheme and quantizer, restore the optimizer
     and epoch counter (the model state was loaded when the model was built). A minmax checkpoint
     continued with a learned quantizer is a new run from its weights (new parameters, new optimizer).
-    Returns best_acc1 so far."""
+    Returns (the epoch to start at, best_acc1 so far)."""
+    f = s.resume
+    if f is None:
+        return s.start_epoch, 0.0
     ckpt = f.raw
     recorded = (ckpt.get("quant_config") or {}).get("quantizer", "minmax")
     same_quantizer = config is None or recorded == config.quantizer
-    same_run = (f.kind in (C.Kind.QAT, C.Kind.FP) and ckpt.get("quant_scheme") == args.quant_scheme
+    same_run = (f.kind in (C.Kind.QAT, C.Kind.FP) and ckpt.get("quant_scheme") == s.quant_scheme
                 and "optimizer" in ckpt and same_quantizer)
-    if same_run and not args.evaluate:
+    start = s.start_epoch
+    if same_run and not s.evaluate:
         try:
             optimizer.load_state_dict(ckpt["optimizer"])
         except (ValueError, KeyError) as e:
-            raise HawqError(f"optimizer state in '{args.resume}' does not fit this model ({e})") from None
-        args.start_epoch = int(ckpt.get("epoch", 0))
-    return float(ckpt.get("best_acc1", 0.0)) if same_run else 0.0
+            raise HawqError(f"optimizer state in '{f.path}' does not fit this model ({e})") from None
+        start = int(ckpt.get("epoch", 0))
+    return start, (float(ckpt.get("best_acc1", 0.0)) if same_run else 0.0)
 
 
-def _bn_reestimation(args, data, device, resume, say, world) -> Callable[[nn.Module], None] | None:
+def _bn_reestimation(s: TrainSettings, data, device, say, world) -> Callable[[nn.Module], None] | None:
     """--fix-BN fine-tuning from --pretrained folds BN with running statistics from the first step:
     recompute them for the pretrained weights first (:func:`hawq.engine.reestimate_bn`)."""
-    if not (args.fix_BN and args.pretrained and resume is None and not args.evaluate and args.bn_reestimate > 0):
+    if not (s.fix_bn and s.pretrained and s.resume is None and not s.evaluate and s.bn_reestimate > 0):
         return None
 
     def prepare(fp: nn.Module) -> None:
         fp.to(device)
         if world.distributed:
             distributed.convert_batchnorm(fp)       # global batch statistics: every rank the same
-        n = engine.reestimate_bn(fp, data.train, math.ceil(args.bn_reestimate / args.batch_size), device,
-                                 progress=not args.no_progress and world.main)
+        n = engine.reestimate_bn(fp, data.train, math.ceil(s.bn_reestimate / s.recipe.batch_size), device,
+                                 progress=s.progress and world.main)
         say(f"BN running statistics re-estimated on {n} training images before folding "
             f"(--fix-BN; --bn-reestimate 0 keeps the checkpoint's)")
     return prepare
 
 
-def _teacher(args, num_classes: int, device):
-    if args.distill_method == "None":
+def _teacher(s: TrainSettings, num_classes: int, device):
+    if s.distill is None:
         return None
-    teacher = fp_model_pretrained(args.teacher_arch, num_classes, args.teacher_pretrained or True)
+    teacher = fp_model_pretrained(s.distill.teacher_arch, num_classes, s.distill.teacher_pretrained or True)
     return teacher.to(device).eval()
 
 
-def _featuremap_hook(args, model):
+def _featuremap_hook(s: TrainSettings, model):
     """--checkpoint-iter: at that global iteration, save every quantizer's output of the batch."""
-    if args.checkpoint_iter < 0:
+    if s.checkpoint_iter < 0:
         return None
     state = {"step": 0}
 
     def hook(i, images):
-        if state["step"] == args.checkpoint_iter:
+        if state["step"] == s.checkpoint_iter:
             maps = {}
             handles = [m.register_forward_hook(lambda mod, inp, out, n=n: maps.__setitem__(n, out.value.detach().cpu()))
                        for n, m in model.named_modules() if hasattr(m, "activation_bit")]
@@ -287,28 +382,22 @@ def _featuremap_hook(args, model):
                 model.train(was)
             for h in handles:
                 h.remove()
-            C.save_atomic(maps, os.path.join(args.save_path, f"featuremaps_iter{args.checkpoint_iter}.pth.tar"))
+            C.save_atomic(maps, os.path.join(s.save_path, f"featuremaps_iter{s.checkpoint_iter}.pth.tar"))
         state["step"] += 1
     return hook
 
 
-def _checkpoint_state(args, model, optimizer, epoch: int, best: float, num_classes: int, bits,
+def _checkpoint_state(s: TrainSettings, model, optimizer, epoch: int, best: float, num_classes: int, bits,
                       config: QuantConfig | None) -> dict:
-    return C.checkpoint_state(model, arch=args.arch, quant_scheme=args.quant_scheme, num_classes=num_classes,
-                              dataset=args.dataset, input_size=args.input_size, bit_config=bits, config=config,
-                              epoch=epoch, best_acc1=best, optimizer=optimizer.state_dict(), args=_plain(vars(args)))
+    return C.checkpoint_state(model, arch=s.arch, quant_scheme=s.quant_scheme, num_classes=num_classes,
+                              dataset=s.dataset, input_size=s.input_size, bit_config=bits, config=config,
+                              epoch=epoch, best_acc1=best, optimizer=optimizer.state_dict(), args=dict(s.flags))
 
 
-def _plain(d: dict) -> dict:
-    """Only weights_only-loadable values (str/int/float/bool/None)."""
-    return {k: v for k, v in d.items() if isinstance(v, (str, int, float, bool)) or v is None}
-
-
-def _export(args, model, input_size: int, bits, top1: float) -> str:
-    path = os.path.join(args.save_path, "quantized_checkpoint.pth.tar")
-    art = export_integer(model, (3, input_size, input_size),
-                         meta={"arch": args.arch, "quant_scheme": args.quant_scheme, "top1": top1,
-                               "dataset": args.dataset})
+def _export(s: TrainSettings, model, bits, top1: float) -> str:
+    path = os.path.join(s.save_path, "quantized_checkpoint.pth.tar")
+    art = export_integer(model, (3, s.input_size, s.input_size),
+                         meta={"arch": s.arch, "quant_scheme": s.quant_scheme, "top1": top1, "dataset": s.dataset})
     save_artifact(art, path)
     return path
 
@@ -324,57 +413,49 @@ def run(argv=None) -> dict:
     trained ``model``, unwrapped).
 
     Under ``torchrun --nproc_per_node N`` every rank runs this; rank 0 prints and writes files."""
-    args = build_parser().parse_args(argv)
-    _check_args(args)
-    _seed_everything(args.seed)
-    device = _device(args)
-    resume = load_resume(args)
-    # --pretrained PATH is read once, here: its recorded input size is this run's default too
-    args.pretrained_file = C.read(args.pretrained) if isinstance(args.pretrained, str) else None
-    recorded = resume or args.pretrained_file
-    args.input_size = resolve_input_size(args.input_size, args.dataset, args.arch,
-                                         recorded.input_size if recorded is not None else None)
-    config = quant_config(args, resume)
-    recipe = resolve_recipe(args, resume)
+    return train(settings_of(build_parser().parse_args(argv)))
+
+
+def train(s: TrainSettings) -> dict:
+    """Run one job (train, or evaluate with ``s.evaluate``) from its settings; see :func:`run`."""
+    _seed_everything(s.seed)
+    device = _device(s)
     world = distributed.init(device)
     try:
-        return _run(args, device, resume, config, recipe, world)
+        return _run(s, device, world)
     finally:
         distributed.shutdown()
 
 
-def _run(args, device, resume, config, recipe: str, world: distributed.World) -> dict:
+def _run(s: TrainSettings, device, world: distributed.World) -> dict:
     say = print if world.main else (lambda *a, **k: None)
-    data = build_loaders(args.dataset, args.data, args.batch_size, args.workers, args.data_percentage,
-                         args.seed, eval_limit=args.eval_limit, rank=world.rank, world=world.size,
-                         input_size=args.input_size)
-    if not args.evaluate:
-        say(recipe + (f", {world.size} processes ({world.backend})" if world.distributed else "")
-            + (f", quantizer {config.quantizer}" if args.quant_scheme != FP_SCHEME else ""))
-    model, bits = build_model(args, data.num_classes, resume, config,
-                              prepare_fp=_bn_reestimation(args, data, device, resume, say, world))
-    if bits is None:
-        config = None
-    elif not args.evaluate and resume is None and not args.pretrained:
-        say(f"note: training --quant-scheme {args.quant_scheme} from random initialization; QAT usually "
+    r = s.recipe
+    data = build_loaders(s.dataset, s.data, r.batch_size, s.workers, s.data_percentage, s.seed,
+                         eval_limit=s.eval_limit, rank=world.rank, world=world.size, input_size=s.input_size)
+    config = s.config
+    if not s.evaluate:
+        say(r.describe() + (f", {world.size} processes ({world.backend})" if world.distributed else "")
+            + (f", quantizer {config.quantizer}" if config is not None else ""))
+    model, bits = build_model(s, data.num_classes, prepare_fp=_bn_reestimation(s, data, device, say, world))
+    if bits is not None and not s.evaluate and s.resume is None and not s.pretrained:
+        say(f"note: training --quant-scheme {s.quant_scheme} from random initialization; QAT usually "
             "starts from a trained floating-point model (--pretrained [PATH])")
     if world.distributed:
         distributed.convert_batchnorm(model)
     model.to(device)
-    teacher = _teacher(args, data.num_classes, device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
-                                weight_decay=args.weight_decay)
-    best = restore_training_state(args, optimizer, resume, config) if resume is not None else 0.0
-    progress = not args.no_progress and world.main
+    teacher = _teacher(s, data.num_classes, device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
+    start_epoch, best = restore_training_state(s, optimizer, config)
+    progress = s.progress and world.main
 
-    if args.evaluate:
+    if s.evaluate:
         res = engine.evaluate(model, data.val, device, progress=progress)
         out = {"top1": res["top1"], "top5": res["top5"], "n": res["n"], "artifact": None}
         if bits is not None and world.main:
-            os.makedirs(args.save_path, exist_ok=True)
-            out["artifact"] = _export(args, model, data.input_size, bits, res["top1"])
+            os.makedirs(s.save_path, exist_ok=True)
+            out["artifact"] = _export(s, model, bits, res["top1"])
         profile = f" (numerics {config.numerics})" if config is not None else ""
-        say(f"{args.arch} {args.quant_scheme}{profile} eval on {res['n']} images: "
+        say(f"{s.arch} {s.quant_scheme}{profile} eval on {res['n']} images: "
             f"top1 {res['top1']:.2f}  top5 {res['top5']:.2f}")
         return out
 
@@ -384,32 +465,33 @@ def _run(args, device, resume, config, recipe: str, world: distributed.World) ->
         # Buffers need no broadcast: ranges and BN statistics are already synchronized every step.
         trainee = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
     if world.main:
-        os.makedirs(args.save_path, exist_ok=True)
-    log = engine.CsvLog(os.path.join(args.save_path, "log.csv"))
-    hook = _featuremap_hook(args, model) if world.main else None
+        os.makedirs(s.save_path, exist_ok=True)
+    log = engine.CsvLog(os.path.join(s.save_path, "log.csv"))
+    hook = _featuremap_hook(s, model) if world.main else None
     last = {}
+    kd = s.distill or Distillation("", None, 0.95, 6.0)     # unused without a teacher
 
     def lr_fn(t: float) -> float:
-        return engine.lr_at(t, args.lr, args.epochs, args.lr_schedule, args.warmup_epochs)
+        return engine.lr_at(t, r.lr, r.epochs, r.lr_schedule, r.warmup_epochs)
 
-    for epoch in range(args.start_epoch, args.epochs):
+    for epoch in range(start_epoch, r.epochs):
         t0 = time.time()
         data.train.set_epoch(epoch)
         tr = engine.train_one_epoch(trainee, data.train, optimizer, device, epoch, teacher=teacher,
-                                    distill_alpha=args.distill_alpha, temperature=args.temperature,
-                                    fix_bn_fp=(bits is None and args.fix_BN), step_hook=hook, progress=progress,
+                                    distill_alpha=kd.alpha, temperature=kd.temperature,
+                                    fix_bn_fp=(bits is None and s.fix_bn), step_hook=hook, progress=progress,
                                     lr_fn=lr_fn, world=world)
         lr = tr["lr_first"] if tr["lr_first"] is not None else lr_fn(epoch)
         ev = engine.evaluate(model, data.val, device, progress=progress)
         is_best = ev["top1"] > best
         best = max(best, ev["top1"])
         if world.main:
-            state = _checkpoint_state(args, model, optimizer, epoch + 1, best, data.num_classes, bits, config)
-            C.save_atomic(state, os.path.join(args.save_path, "checkpoint.pth.tar"))
+            state = _checkpoint_state(s, model, optimizer, epoch + 1, best, data.num_classes, bits, config)
+            C.save_atomic(state, os.path.join(s.save_path, "checkpoint.pth.tar"))
             if is_best:
-                C.save_atomic(state, os.path.join(args.save_path, "model_best.pth.tar"))
+                C.save_atomic(state, os.path.join(s.save_path, "model_best.pth.tar"))
                 if bits is not None:
-                    _export(args, model, data.input_size, bits, ev["top1"])
+                    _export(s, model, bits, ev["top1"])
             log.write({"epoch": epoch, "lr": lr, "train_loss": tr["loss"], "train_top1": tr["top1"],
                        "val_loss": ev["loss"], "val_top1": ev["top1"], "val_top5": ev["top5"], "best_top1": best,
                        "seconds": round(time.time() - t0, 1)})
@@ -418,7 +500,7 @@ def _run(args, device, resume, config, recipe: str, world: distributed.World) ->
         say(f"epoch {epoch}: lr {lrs}  train loss {tr['loss']:.4f} top1 {tr['top1']:.2f}  "
             f"val top1 {ev['top1']:.2f} top5 {ev['top5']:.2f}  best {best:.2f}  ({time.time() - t0:.0f}s)")
         last = ev
-    return {"top1": last.get("top1"), "best_top1": best, "save_path": args.save_path, "model": model}
+    return {"top1": last.get("top1"), "best_top1": best, "save_path": s.save_path, "model": model}
 
 
 #: Console script (``[project.scripts]`` in pyproject.toml).

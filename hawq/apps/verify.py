@@ -1,8 +1,16 @@
-"""Bit-exactness check: the QAT model's eval (integer) path vs the integer reference executor.
+"""Bit-exactness check: the QAT model's eval (integer) path, ONNX Runtime or TVM vs the integer reference.
 
     python -m hawq.verify --checkpoint runs/x/model_best.pth.tar [--artifact quantized_checkpoint.pth.tar]
     python -m hawq.verify --checkpoint hawq_run/checkpoint.pth.tar --quant-scheme uniform8 --data IMAGENET_DIR
     python -m hawq.verify -a mobilenetv2_w1 --quant-scheme uniform4 [--random]    # no checkpoint: calibrated
+    python -m hawq.verify --checkpoint CKPT --runtime onnxruntime [--per-layer]   # the exported ONNX in ORT
+    python -m hawq.verify --checkpoint CKPT --runtime tvm                         # = python -m tvm_benchmark.verify
+
+``--runtime qat`` (default) compares the QAT model with the reference; ``onnxruntime`` exports the
+integer program to ONNX in memory (:func:`hawq.export_onnx.to_onnx`, the format exact for the
+model's numeric profile) and runs it in ONNX Runtime; ``tvm`` hands over to
+:mod:`tvm_benchmark.apps.verify`. ``--per-layer`` (onnxruntime, tvm) compares every node's output
+on the first batch and names the first node that diverges.
 
 Without ``--checkpoint`` the model is built from ``-a``/``--quant-scheme`` (random weights, or
 ``--pretrained``) and calibrated on a few batches of the embedded data (``--random``: of random images,
@@ -15,10 +23,12 @@ Exit status 1 when M > 0.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
 from hawq import checkpoint as C
+from hawq.apps.checks import add_calibration_args, calibrated_inputs, print_layers
 from hawq.apps.cli import (RECORDED_DATASET_HELP, add_arch_arg, add_data_args, add_input_size_arg,
                            add_quant_scheme_arg, console_script, one_line_errors, resolve_dataset,
                            resolve_input_size, run_main)
@@ -26,38 +36,13 @@ from hawq.data import build_loaders
 from hawq.errors import HawqError
 from hawq.export import artifact_of, export_integer
 from hawq.models.restore import quant_model_from
-from hawq.verify import compare
+from hawq.program import Program, load_program
+from hawq.verify import compare, compare_layers, compare_with_reference
 
-__all__ = ["cli", "add_calibration_args", "calibrated_inputs", "main"]
+__all__ = ["cli", "RUNTIMES", "main"]
 
-
-def add_calibration_args(p: argparse.ArgumentParser) -> None:
-    """Flags of a check without a checkpoint (:mod:`hawq.calibrated`)."""
-    g = p.add_argument_group("without --checkpoint (needs -a and --quant-scheme)")
-    g.add_argument("--random", action="store_true",
-                   help="calibrate on, and compare on, random images (no dataset needed)")
-    g.add_argument("--pretrained", default=None, metavar="PATH", help="FP checkpoint to start from")
-    g.add_argument("--numerics", default="exact", help="numeric profile: exact or hawq")
-    g.add_argument("--calib-batches", type=int, default=4, help="calibration batches of 16 images")
-
-
-def calibrated_inputs(args):
-    """(model, input side, val loader, label) for a check without a checkpoint."""
-    from hawq.calibrated import calibrated_model, random_batches
-    if args.arch is None or args.quant_scheme is None:
-        raise HawqError("without --checkpoint, give -a ARCH and --quant-scheme SCHEME")
-    if args.calib_batches < 1:
-        raise HawqError(f"--calib-batches must be >= 1, got {args.calib_batches}")
-    size = resolve_input_size(args.input_size, "fashion-mnist", args.arch)
-    model, size = calibrated_model(args.arch, args.quant_scheme, pretrained=args.pretrained, random=args.random,
-                                   batches=args.calib_batches, numerics=args.numerics, data=args.data, input_size=size)
-    limit = args.limit or (16 if args.random else 200)
-    if args.random:
-        val = list(random_batches(size, limit, args.batch_size))
-    else:
-        val = build_loaders("fashion-mnist", args.data, args.batch_size, 0, 1.0, 0, eval_limit=limit,
-                            input_size=size).val
-    return model, size, val, "random images" if args.random else "fashion-mnist"
+#: What ``--runtime`` compares with the integer reference.
+RUNTIMES = ("qat", "onnxruntime", "tvm")
 
 
 def _verify_calibrated(args) -> int:
@@ -71,17 +56,79 @@ def _verify_calibrated(args) -> int:
     return 1 if r["mismatches"] else 0
 
 
+def _tvm(argv: list[str], args) -> int:
+    """--runtime tvm: the same check by :mod:`tvm_benchmark.apps.verify` (imported only then)."""
+    from tvm_benchmark.apps.verify import main as tvm_main
+    if args.artifact:
+        raise HawqError("--runtime tvm compiles --checkpoint (which may be the artifact itself); drop --artifact")
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--runtime":
+            skip = True
+        elif not a.startswith("--runtime="):
+            rest.append(a)
+    return tvm_main(rest)
+
+
+def _program(args) -> tuple[Program, object]:
+    """(program, validation batches) for --runtime onnxruntime."""
+    if args.checkpoint is None:
+        model, size, val, what = calibrated_inputs(args)
+        art = export_integer(model, (3, size, size))
+        return Program(art["graph"], (3, size, size), model.arch, args.quant_scheme, what, model.bit_config(),
+                       "calibrated", model.config.numerics), val
+    prog = load_program(args.checkpoint, args.arch, args.quant_scheme, args.dataset, args.data, args.input_size)
+    if args.artifact:
+        art = artifact_of(C.read(args.artifact))
+        if art.get("arch") not in (None, prog.arch):
+            raise HawqError(f"artifact '{args.artifact}' is for {art.get('arch')}, checkpoint for {prog.arch}")
+        prog.graph = art["graph"]
+    data = build_loaders(args.dataset or prog.dataset, args.data, args.batch_size, 0, 1.0, 0, eval_limit=args.limit,
+                         input_size=prog.input_chw[1])
+    return prog, data.val
+
+
+def _verify_onnxruntime(args) -> int:
+    from hawq.export_onnx import OnnxProgram, exact_format, to_onnx
+    prog, val = _program(args)
+    fmt = exact_format(prog.numerics)
+    runner = OnnxProgram(to_onnx(prog.graph, prog.input_chw, fmt=fmt, numerics=prog.numerics,
+                                 expose=args.per_layer), threads=args.threads)
+    print(f"runtime: onnxruntime  format: {fmt}  numerics: {prog.numerics}")
+    if args.per_layer:
+        x = next(iter(val))[0].numpy()
+        rows = compare_layers(runner.values(x), prog.graph, x)
+        print_layers(rows)
+        m, total = sum(r["mismatches"] for r in rows), sum(r["values"] for r in rows)
+    else:
+        r = compare_with_reference(runner, prog.graph, val, "ort", progress=not args.no_progress)
+        w = max(18, len(prog.arch) + 2)
+        print(f"{'arch':<{w}}{'scheme':<20}{'images':>8}{'ort_top1':>10}{'ref_top1':>10}")
+        print(f"{prog.arch:<{w}}{str(prog.scheme):<20}{r['images']:>8}{r['ort_top1']:>10.2f}{r['ref_top1']:>10.2f}")
+        m, total = r["mismatches"], r["logits"]
+    print(f"mismatches: {m}/{total}")
+    return 1 if m else 0
+
+
 @one_line_errors
 @torch.no_grad()          # not set_grad_enabled(False): callers in the same process keep autograd
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=None,
                    help="QAT checkpoint (checkpoint.pth.tar / model_best.pth.tar), or HAWQ-V3's checkpoint.pth.tar "
-                        "or quantized_checkpoint.pth.tar (these need --quant-scheme)")
+                        "or quantized_checkpoint.pth.tar (these need --quant-scheme); with --runtime onnxruntime "
+                        "or tvm also our integer artifact")
     add_arch_arg(p, None, help="for HAWQ-V3 files that do not record it")
     add_quant_scheme_arg(p, help="for HAWQ-V3 files, which do not record their bit_config")
     p.add_argument("--artifact", default=None,
                    help="integer artifact to check (default: export one from the checkpoint in memory)")
+    p.add_argument("--runtime", default="qat", choices=RUNTIMES,
+                   help="what to compare with the integer reference (default: the QAT model's eval path)")
+    p.add_argument("--per-layer", action="store_true",
+                   help="onnxruntime/tvm: compare every node's output on the first batch, name the first divergence")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime: intra-op threads (default: all cores)")
     add_data_args(p, dataset_help=RECORDED_DATASET_HELP)
     add_calibration_args(p)
     add_input_size_arg(p, "the checkpoint's, else 224 with --data, 32 on the embedded dataset, 96 for inceptionv3")
@@ -89,7 +136,14 @@ def main(argv=None) -> int:
     p.add_argument("-b", "--batch-size", type=int, default=200)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-
+    if args.batch_size < 1:
+        raise HawqError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.runtime == "tvm":
+        return _tvm(list(sys.argv[1:] if argv is None else argv), args)
+    if args.runtime == "onnxruntime":
+        return _verify_onnxruntime(args)
+    if args.per_layer:
+        raise HawqError("--per-layer needs --runtime onnxruntime or tvm (the QAT check compares logits)")
     if args.checkpoint is None:
         return _verify_calibrated(args)
     f = C.read(args.checkpoint)

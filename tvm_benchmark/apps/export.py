@@ -23,7 +23,7 @@ from hawq.errors import HawqError
 from hawq.fileio import atomic_write, write_text_atomic
 from tvm_benchmark.apps.cli_args import add_program_args
 from tvm_benchmark.compile import compile_program
-from tvm_benchmark.program import load_program
+from hawq.program import load_program
 
 __all__ = ["cli", "export", "main"]
 

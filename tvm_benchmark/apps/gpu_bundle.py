@@ -85,7 +85,7 @@ def _load_params_module():
 
 def released_model(stem: str, root: Path) -> Model:
     from hawq.data import build_loaders
-    from tvm_benchmark.program import load_program
+    from hawq.program import load_program
     path = root / "checkpoints" / f"{stem}.pth.tar"
     if not path.is_file():
         raise HawqError(f"released checkpoint {path} not found")

@@ -12,50 +12,20 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
 from hawq.apps.cli import console_script, one_line_errors, run_main
 from hawq.data import build_loaders
 from hawq.errors import HawqError
-from hawq.reference import run_graph
 from hawq.export import export_integer
-from hawq.apps.verify import add_calibration_args, calibrated_inputs
-from hawq.verify import compare_with_reference
+from hawq.apps.checks import add_calibration_args, calibrated_inputs, print_layers
+from hawq.verify import compare_layers, compare_with_reference
 from tvm_benchmark.apps.cli_args import add_data_args, add_program_args
 from tvm_benchmark.compile import compile_program
 from tvm_benchmark.frontend import node_outputs
-from tvm_benchmark.program import Program, load_program
+from hawq.program import Program, load_program
 from tvm_benchmark.runtime import Runner
 from tvm_benchmark.targets import device_of
 
-
-__all__ = ["cli", "compare_layers", "print_layers", "main"]
-
-def compare_layers(outputs: list[np.ndarray], graph: dict, x: np.ndarray) -> list[dict]:
-    """Per-node comparison of TVM's tuple of node outputs with the reference's intermediates."""
-    _, env = run_graph(graph, x, keep=True)
-    rows = []
-    for (name, value), node, got in zip(node_outputs(graph), graph["nodes"], outputs):
-        ref = env[value]
-        diff = got != ref
-        rows.append({"node": name, "op": node["op"], "output": value, "values": int(ref.size),
-                     "mismatches": int(diff.sum()),
-                     "max_abs_diff": int(np.abs(got - ref).max()) if diff.any() else 0})
-    return rows
-
-
-def print_layers(rows: list[dict]) -> str | None:
-    print(f"{'node':<40}{'op':<20}{'values':>10}{'mismatches':>12}{'max|diff|':>11}")
-    for r in rows:
-        print(f"{r['node']:<40}{r['op']:<20}{r['values']:>10}{r['mismatches']:>12}{r['max_abs_diff']:>11}")
-    first = next((r for r in rows if r["mismatches"]), None)
-    if first:
-        print(f"first divergence: {first['node']} ({first['op']}, output {first['output']}): "
-              f"{first['mismatches']}/{first['values']} values differ")
-    else:
-        print("first divergence: none")
-    return first and first["node"]
-
+__all__ = ["cli", "main"]
 
 @one_line_errors
 def main(argv=None) -> int:
@@ -86,7 +56,8 @@ def main(argv=None) -> int:
     if args.per_layer:
         x, _ = next(iter(val))
         x = x.numpy()
-        rows = compare_layers(runner(x), prog.graph, x)
+        values = {value: out for (_, value), out in zip(node_outputs(prog.graph), runner(x))}
+        rows = compare_layers(values, prog.graph, x)
         print_layers(rows)
         m, total = sum(r["mismatches"] for r in rows), sum(r["values"] for r in rows)
     else:
@@ -98,10 +69,8 @@ def main(argv=None) -> int:
     print(f"mismatches: {m}/{total}")
     return 1 if m else 0
 
-
 if __name__ == "__main__":
     run_main(main)
-
 
 #: Console script (``[project.scripts]`` in pyproject.toml).
 cli = console_script(main)

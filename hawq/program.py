@@ -44,7 +44,7 @@ def load_program(path: str, arch: str | None = None, scheme: str | None = None,
                  dataset: str | None = None, data: str | None = None, input_size: int | None = None) -> Program:
     """The integer program in ``path``; ``arch``/``scheme`` for HAWQ-V3 files. A checkpoint is
     exported at ``input_size`` pixels (default: the recorded size, else the default of ``dataset``:
-    the recorded one; for HAWQ-V3 files imagenet; else as :func:`hawq.cli.resolve_dataset` with the
+    the recorded one; for HAWQ-V3 files imagenet; else as :func:`hawq.data.resolve_dataset` with the
     ``--data`` directory ``data``); an artifact's input shape is fixed."""
     f = C.read(path)
     if f.kind is C.Kind.ARTIFACT:

@@ -1,0 +1,424 @@
+"""Integer graph → ONNX that ONNX Runtime (and any runtime with ONNX's integer ops) runs bit-exactly.
+
+Format ``integer`` (every numeric profile): each :mod:`hawq.ir` op becomes a small subgraph of ONNX
+integer operators computing the reference's integers (:mod:`hawq.reference`), one handler per op in
+:data:`LOWER`, like the reference's ``IMPL`` and TVM's front end. The rules (docs/numerics.md §13):
+
+* **Values** are the IR's centered integers in an ``int32`` tensor (``int64`` where the static
+  bound of :meth:`hawq.ir.Graph.infer` needs it); every IR value keeps its name, so any of them can
+  be made a graph output (:func:`to_onnx` ``expose``) and compared with the reference.
+* **Quantize** (the only float step): ``Div`` (or ``Mul`` by the stored float32 reciprocal, profile
+  hawq), ``Round`` (half to even), ``Add`` z, ``Clip``, all float32 in the reference's order, then ``Cast``.
+* **conv2d / dense**: ``ConvInteger`` / ``MatMulInteger`` on 8-bit containers, int32 sums (split over
+  input channels and added in int64 where the proven bound exceeds int32), then
+  ``Add`` of the int32 bias. The activation is moved to ``uint8`` with a zero point (``x − lo``; the
+  runtime pads with the zero point, i.e. with a centered 0). Weights are ``int8`` when every
+  |w| ≤ 64; otherwise ``uint8`` with zero point 128: ONNX Runtime's u8·s8 kernels on AVX2 (and
+  AVX-512 without VNNI) add pairs of products in saturating int16 (``vpmaddubsw``), which
+  255·64·2 = 32640 cannot overflow, while u8·u8 products are widened exactly on every path.
+* **Requantization** in ``int64``: ``t = x·m``; rounding half up is ``floor((t + 2^(s−1)) / 2^s)``,
+  half to even adds the parity of ``floor(t / 2^s)`` the same way as :func:`hawq.numerics.requantize`;
+  ``floor(a / d)`` is ``Div(a − Mod(a, d), d)`` (ONNX's integer ``Div`` truncates toward zero,
+  ``Mod`` with ``fmod=0`` takes the divisor's sign), then ``Clip`` to [qmin, qmax].
+* **Pools**: max pool on the 8-bit container (``MaxPool`` never picks padding; ceil_mode's extra
+  windows become explicit end padding), average pool windows as a depthwise ``ConvInteger`` with a
+  ones kernel, global pools as ``ReduceSum``; HAWQ's ``trunc(sum/N + 0.01)`` is ``Div`` of
+  ``100·sum + N`` by ``100·N`` (truncation is what it asks for).
+
+The file passes ``onnx.checker.check_model(full_check=True)``; the model's metadata records the
+per-class logit scale (``output_scale``, JSON), so float logits = int logits · scale.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from hawq import ir
+from hawq.errors import HawqError
+from hawq.fileio import atomic_write
+
+__all__ = ["FORMATS", "OPSET", "LOWER", "exact_format", "to_onnx", "save_onnx", "output_scale_of", "OnnxProgram"]
+
+#: Export formats and the numeric profiles each one reproduces exactly.
+FORMATS = {"integer": ("exact", "hawq"), "qdq": ("ort",)}
+OPSET = 17
+_IR_VERSION = 9                 # ONNX Runtime 1.32 reads up to 11; 9 keeps older runtimes able to load it
+_DTYPE = {np.dtype(np.int32): TensorProto.INT32, np.dtype(np.int64): TensorProto.INT64,
+          np.dtype(np.uint8): TensorProto.UINT8, np.dtype(np.int8): TensorProto.INT8,
+          np.dtype(np.float32): TensorProto.FLOAT}
+#: |w| up to this keeps int8 weights: a u8·s8 pair sum 2·255·64 fits ONNX Runtime's saturating int16 (AVX2).
+_S8_WEIGHT_MAX = 64
+#: Integers up to 2^24 are exact in float32 (max pool of a wide accumulator).
+_F32_EXACT = 1 << 24
+
+#: The ONNX lowering of each IR op: ``fn(builder, node, *input_names) -> None``; the handler writes
+#: ``node.output`` (and its container dtype) through the builder.
+LOWER = ir.Registry("ONNX integer export")
+
+
+def exact_format(numerics: str) -> str:
+    """The export format that reproduces profile ``numerics`` exactly (:data:`FORMATS`)."""
+    for fmt, profiles in FORMATS.items():
+        if numerics in profiles:
+            return fmt
+    raise HawqError(f"no ONNX format reproduces numeric profile {numerics!r} exactly")
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
+
+
+class _Builder:
+    """Collects nodes and initializers; knows every value's dtype and static [lo, hi]."""
+
+    def __init__(self, info: dict):
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.dtype: dict[str, np.dtype] = {}
+        self.info = info
+        self._n = 0
+
+    def fresh(self, hint: str) -> str:
+        self._n += 1
+        return f"{hint}/{self._n}"
+
+    def const(self, value, dtype, hint: str = "c") -> str:
+        name = self.fresh(hint)
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(np.asarray(value, dtype=dtype)), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], dtype, out: str | None = None, **attrs) -> str:
+        """Append one node; ``dtype`` is its output's NumPy dtype. Returns the output name."""
+        out = out or self.fresh(op_type)
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        self.dtype[out] = np.dtype(dtype)
+        return out
+
+    def cast(self, x: str, dtype, out: str | None = None) -> str:
+        if self.dtype[x] == np.dtype(dtype) and out is None:
+            return x
+        return self.op("Cast", [x], dtype, out, to=_DTYPE[np.dtype(dtype)])
+
+    def bounds(self, value: str) -> tuple[int, int]:
+        return self.info[value][1]
+
+    def shape(self, value: str) -> tuple[int, ...]:
+        return self.info[value][0]
+
+
+def _container(lo: int, hi: int):
+    """Smallest of int32/int64 holding [lo, hi]."""
+    return np.int32 if ir.INT32[0] <= lo and hi <= ir.INT32[1] else np.int64
+
+
+def _finish(b: _Builder, node: ir.Op, x: str) -> None:
+    """Write ``x`` as ``node.output`` in the container its bounds need."""
+    lo, hi = b.bounds(node.output)
+    b.cast(x, _container(lo, hi), out=node.output)
+
+
+def _as_u8(b: _Builder, x: str, what: ir.Op) -> tuple[str, int]:
+    """A value whose static range spans at most 256 integers, as uint8 ``x − lo`` with zero point ``−lo``."""
+    lo, hi = b.bounds(x)
+    if hi - lo > 255 or lo < -255:
+        what.fail(f"input range [{lo}, {hi}] does not fit an 8-bit container (ONNX integer export)")
+    shifted = x if lo == 0 else b.op("Add", [x, b.const(-lo, b.dtype[x], "zp")], b.dtype[x])
+    return b.cast(shifted, np.uint8), -lo
+
+
+def _weights(b: _Builder, w: np.ndarray, hint: str) -> tuple[str, str]:
+    """(weight, zero point) initializers: int8 when |w| <= 64, else uint8 = w + 128 (see module doc)."""
+    w = w.astype(np.int64)
+    if np.abs(w).max(initial=0) <= _S8_WEIGHT_MAX:
+        return b.const(w, np.int8, hint), b.const(0, np.int8, hint + "_zp")
+    return b.const(w + 128, np.uint8, hint), b.const(128, np.uint8, hint + "_zp")
+
+
+def _channel(v, ndim: int, dtype=np.int64) -> np.ndarray:
+    shape = [1] * ndim
+    shape[1] = -1
+    return np.asarray(_np(v), dtype=dtype).reshape(-1).reshape(shape) if ndim > 1 else np.asarray(_np(v), dtype)
+
+
+def _floor_div(b: _Builder, a: str, d: str) -> str:
+    """floor(a / d) for int64 a and d > 0: (a − mod(a, d)) / d, an exact division."""
+    r = b.op("Mod", [a, d], np.int64, fmod=0)
+    return b.op("Div", [b.op("Sub", [a, r], np.int64), d], np.int64)
+
+
+def _requantize(b: _Builder, x: str, m, s, rounding: str, ndim: int) -> str:
+    """Unclamped int64 round(x·m / 2^s) (:func:`hawq.numerics.requantize`), per channel."""
+    m, s = _channel(m, ndim), _channel(s, ndim)
+    t = b.op("Mul", [b.cast(x, np.int64), b.const(m, np.int64, "m")], np.int64)
+    d = b.const(np.left_shift(np.int64(1), s), np.int64, "pow2")
+    if rounding == "half_up":
+        return _floor_div(b, b.op("Add", [t, b.const(np.left_shift(np.int64(1), s - 1), np.int64, "half")],
+                                  np.int64), d)
+    if rounding == "half_even":
+        odd = b.op("Mod", [_floor_div(b, t, d), b.const(2, np.int64, "two")], np.int64, fmod=0)
+        t = b.op("Add", [t, b.const(np.left_shift(np.int64(1), s - 1) - 1, np.int64, "half")], np.int64)
+        return _floor_div(b, b.op("Add", [t, odd], np.int64), d)
+    raise HawqError(f"unknown rounding {rounding!r}")
+
+
+def _clip(b: _Builder, x: str, lo: int, hi: int) -> str:
+    dt = b.dtype[x]
+    return b.op("Clip", [x, b.const(lo, dt, "lo"), b.const(hi, dt, "hi")], dt)
+
+
+@LOWER.register(ir.Quantize)
+def _quantize(b: _Builder, node: ir.Quantize, x: str):
+    scale = np.float32(_np(node.scale).reshape(-1)[0])
+    z = np.float32(node.zero_point)
+    if node.reciprocal:             # profile hawq: round(f32(1/S)·x + z), two float32 roundings as the reference
+        y = b.op("Mul", [x, b.const(np.float32(1.0) / scale, np.float32, "inv_scale")], np.float32)
+        y = b.op("Round", [b.op("Add", [y, b.const(z, np.float32, "z")], np.float32)], np.float32)
+    else:                           # round(x / S) + z
+        y = b.op("Div", [x, b.const(scale, np.float32, "scale")], np.float32)
+        y = b.op("Add", [b.op("Round", [y], np.float32), b.const(z, np.float32, "z")], np.float32)
+    y = b.cast(_clip(b, y, node.qmin, node.qmax), np.int32)
+    _finish(b, node, b.op("Sub", [y, b.const(node.zero_point, np.int32, "z")], np.int32))
+
+
+def _chunks(b: _Builder, node: "ir.Conv2d | ir.Dense", w: np.ndarray, x: str) -> list[tuple[int, int]]:
+    """Input-channel ranges whose partial products are proven to fit int32 (ONNX's integer products
+    are int32): one range when the whole sum does, else equal splits (dense, ungrouped conv) added
+    in int64, as in the reference's int64 accumulator."""
+    xmax = max(abs(v) for v in b.bounds(x))
+    per_in = np.abs(w.astype(np.int64)).reshape(w.shape[0], w.shape[1], -1).sum(2) * xmax     # [O, I]
+    fits = lambda lo, hi: int(per_in[:, lo:hi].sum(1).max(initial=0)) <= ir.INT32[1]
+    n_in = w.shape[1]
+    for n in range(1, n_in + 1):
+        edges = [round(i * n_in / n) for i in range(n + 1)]
+        ranges = list(zip(edges[:-1], edges[1:]))
+        if all(fits(lo, hi) for lo, hi in ranges):
+            if n > 1 and getattr(node, "groups", 1) != 1:
+                node.fail("accumulator may exceed int32 in a grouped convolution (ONNX integer export)")
+            return ranges
+    node.fail("a single input channel's products may exceed int32 (ONNX integer export)")
+
+
+def _sum_chunks(b: _Builder, node: ir.Op, parts: list[str], bias: np.ndarray) -> None:
+    """Add the int32 partial products and the bias, in int64 when there are several parts or the
+    output's bound exceeds int32 (a 32-bit bias near its limit, profile hawq)."""
+    dt = np.int32 if len(parts) == 1 and _container(*b.bounds(node.output)) is np.int32 else np.int64
+    acc = b.cast(parts[0], dt)
+    for p in parts[1:]:
+        acc = b.op("Add", [acc, b.cast(p, dt)], dt)
+    _finish(b, node, b.op("Add", [acc, b.const(bias, dt, node.name + ".bias")], dt))
+
+
+def _slice(b: _Builder, x: str, lo: int, hi: int, n: int, axis: int = 1) -> str:
+    if (lo, hi) == (0, n):
+        return x
+    return b.op("Slice", [x, b.const([lo], np.int64, "start"), b.const([hi], np.int64, "end"),
+                          b.const([axis], np.int64, "axis")], b.dtype[x])
+
+
+@LOWER.register(ir.Conv2d)
+def _conv2d(b: _Builder, node: ir.Conv2d, x: str):
+    w_all = _np(node.weight)
+    ranges = _chunks(b, node, w_all, x)
+    xq, zp = _as_u8(b, x, node)
+    ph, pw = ir.pair(node.padding)
+    parts = []
+    for lo, hi in ranges:
+        w, wz = _weights(b, w_all[:, lo:hi], node.name + ".weight")
+        parts.append(b.op("ConvInteger", [_slice(b, xq, lo, hi, w_all.shape[1]), w, b.const(zp, np.uint8, "x_zp"), wz],
+                          np.int32, group=int(node.groups), strides=ir.pair(node.stride), pads=[ph, pw, ph, pw],
+                          dilations=ir.pair(node.dilation), kernel_shape=list(w_all.shape[2:])))
+    _sum_chunks(b, node, parts, _channel(node.bias, 4))
+
+
+@LOWER.register(ir.Dense)
+def _dense(b: _Builder, node: ir.Dense, x: str):
+    w_all = _np(node.weight)
+    ranges = _chunks(b, node, w_all, x)
+    xq, zp = _as_u8(b, x, node)
+    parts = []
+    for lo, hi in ranges:
+        w, wz = _weights(b, w_all[:, lo:hi].T, node.name + ".weight")
+        parts.append(b.op("MatMulInteger", [_slice(b, xq, lo, hi, w_all.shape[1]), w, b.const(zp, np.uint8, "x_zp"),
+                                            wz], np.int32))
+    _sum_chunks(b, node, parts, np.asarray(_np(node.bias)).reshape(1, -1))
+
+
+@LOWER.register(ir.Requant)
+def _requant(b: _Builder, node: ir.Requant, x: str):
+    y = _requantize(b, x, node.multiplier, node.shift, node.rounding, len(b.shape(x)))
+    _finish(b, node, _clip(b, y, int(node.qmin), int(node.qmax)))
+
+
+@LOWER.register(ir.RequantAdd)
+def _requant_add(b: _Builder, node: ir.RequantAdd, x: str, identity: str):
+    nd = len(b.shape(x))
+    y = b.op("Add", [_requantize(b, x, node.multiplier, node.shift, node.rounding, nd),
+                     _requantize(b, identity, node.identity_multiplier, node.identity_shift, node.rounding, nd)],
+             np.int64)
+    _finish(b, node, _clip(b, y, int(node.qmin), int(node.qmax)))
+
+
+@LOWER.register(ir.Relu)
+def _relu(b: _Builder, node: ir.Relu, x: str):
+    _finish(b, node, b.op("Max", [x, b.const(0, b.dtype[x], "zero")], b.dtype[x]))
+
+
+@LOWER.register(ir.Flatten)
+def _flatten(b: _Builder, node: ir.Flatten, x: str):
+    _finish(b, node, b.op("Flatten", [x], b.dtype[x], axis=1))
+
+
+@LOWER.register(ir.Clamp)
+def _clamp(b: _Builder, node: ir.Clamp, x: str):
+    dt = np.int64 if b.dtype[x] == np.dtype(np.int64) else np.int32
+    hi = np.minimum(_channel(node.qmax, len(b.shape(x))), np.iinfo(dt).max)
+    y = b.op("Max", [x, b.const(node.qmin, dt, "lo")], dt)
+    _finish(b, node, b.op("Min", [y, b.const(hi, dt, "hi")], dt))
+
+
+@LOWER.register(ir.Concat)
+def _concat(b: _Builder, node: ir.Concat, *xs: str):
+    dt = np.int64 if any(b.dtype[x] == np.dtype(np.int64) for x in xs) else np.int32
+    _finish(b, node, b.op("Concat", [b.cast(x, dt) for x in xs], dt, axis=int(node.axis)))
+
+
+@LOWER.register(ir.MaxPool2d)
+def _maxpool2d(b: _Builder, node: ir.MaxPool2d, x: str):
+    """On the 8-bit container when the value has 8 bits; else in float32, exact below 2^24 (profile
+    hawq pools the conv accumulator)."""
+    (ph, pw), (eh, ew) = ir.pair(node.padding), node.extra_padding(*b.shape(x)[2:])
+    attrs = dict(kernel_shape=ir.pair(node.kernel), strides=ir.pair(node.stride), pads=[ph, pw, ph + eh, pw + ew])
+    lo, hi = b.bounds(x)
+    if hi - lo <= 255 and lo >= -255:
+        xq, zp = _as_u8(b, x, node)
+        y = b.cast(b.op("MaxPool", [xq], np.uint8, **attrs), np.int32)
+        _finish(b, node, y if zp == 0 else b.op("Sub", [y, b.const(zp, np.int32, "zp")], np.int32))
+    elif max(-lo, hi) <= _F32_EXACT:
+        _finish(b, node, b.op("MaxPool", [b.cast(x, np.float32)], np.float32, **attrs))
+    else:
+        node.fail(f"input range [{lo}, {hi}] exceeds both 8 bits and float32's exact integers (ONNX integer export)")
+
+
+def _trunc_mean(b: _Builder, total: str, n: int) -> str:
+    """HAWQ's trunc(total/n + 0.01) = truncdiv(100·total + n, 100·n) (:func:`hawq.numerics.avgpool_trunc`)."""
+    num = b.op("Add", [b.op("Mul", [b.cast(total, np.int64), b.const(100, np.int64, "hundred")], np.int64),
+                       b.const(n, np.int64, "n")], np.int64)
+    return b.op("Div", [num, b.const(100 * n, np.int64, "d")], np.int64)
+
+
+@LOWER.register(ir.AvgPool2d)
+def _avgpool2d(b: _Builder, node: ir.AvgPool2d, x: str):
+    lo, hi = b.bounds(node.output) if node.mode == "sum" else b.bounds(x)
+    if node.mode != "sum":
+        lo, hi = lo * int(node.divisor), hi * int(node.divisor)
+    if lo < ir.INT32[0] or hi > ir.INT32[1]:
+        node.fail(f"window sum bound [{lo}, {hi}] exceeds int32 (ONNX integer export)")
+    xq, zp = _as_u8(b, x, node)
+    c, (kh, kw), (ph, pw) = b.shape(x)[1], ir.pair(node.kernel), ir.pair(node.padding)
+    ones = b.const(np.ones((c, 1, kh, kw)), np.uint8, node.name + ".window")
+    y = b.op("ConvInteger", [xq, ones, b.const(zp, np.uint8, "x_zp"), b.const(0, np.uint8, "w_zp")], np.int32,
+             group=int(c), strides=ir.pair(node.stride), pads=[ph, pw, ph, pw], kernel_shape=[kh, kw])
+    _finish(b, node, y if node.mode == "sum" else _trunc_mean(b, y, int(node.divisor)))
+
+
+@LOWER.register(ir.GlobalAvgPoolSum)
+def _global_avgpool_sum(b: _Builder, node: ir.GlobalAvgPoolSum, x: str):
+    lo, hi = b.bounds(node.output)
+    dt = _container(lo, hi)
+    _finish(b, node, b.op("ReduceSum", [b.cast(x, dt), b.const([2, 3], np.int64, "axes")], dt, keepdims=0))
+
+
+@LOWER.register(ir.GlobalAvgPoolTrunc)
+def _global_avgpool_trunc(b: _Builder, node: ir.GlobalAvgPoolTrunc, x: str):
+    total = b.op("ReduceSum", [b.cast(x, np.int64), b.const([2, 3], np.int64, "axes")], np.int64, keepdims=0)
+    _finish(b, node, _trunc_mean(b, total, int(node.divisor)))
+
+
+def _value_info(name: str, dtype, shape) -> onnx.ValueInfoProto:
+    dims = ["batch", *shape[1:]]
+    return helper.make_tensor_value_info(name, _DTYPE[np.dtype(dtype)], dims)
+
+
+def to_onnx(graph: "ir.Graph | dict", input_shape, *, fmt: str = "integer", numerics: str = "exact",
+            expose: bool = False, meta: dict | None = None) -> onnx.ModelProto:
+    """The ONNX model of an integer graph for float32 inputs [batch, C, H, W] (``input_shape`` is
+    (C, H, W); the batch is symbolic). ``fmt`` must reproduce ``numerics`` exactly (:data:`FORMATS`),
+    else a HawqError saying which formats do. ``expose``: every IR value is also a graph output
+    (``--per-layer``). ``meta``: extra metadata (str values). Checked with ``full_check``."""
+    if fmt not in FORMATS:
+        raise HawqError(f"unknown ONNX format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if numerics not in FORMATS[fmt]:
+        exact = [f for f, profiles in FORMATS.items() if numerics in profiles]
+        raise HawqError(f"--format {fmt} is exact only for numeric profile {', '.join(FORMATS[fmt])}; a model of "
+                        f"profile {numerics} is exported exactly as --format {' or '.join(exact) or '(none)'}")
+    g = ir.as_graph(graph)
+    chw = tuple(int(d) for d in input_shape)
+    info = g.infer((1, *chw))
+    b = _Builder(info)
+    b.dtype[g.input] = np.dtype(np.float32)
+    for node in g.nodes:
+        LOWER.lookup(node)(b, node, *node.inputs)
+    outputs = [_value_info(g.output, b.dtype[g.output], info[g.output][0])]
+    if expose:
+        outputs += [_value_info(n.output, b.dtype[n.output], info[n.output][0]) for n in g.nodes
+                    if n.output != g.output]
+    onnx_graph = helper.make_graph(b.nodes, "hawq_integer", [_value_info(g.input, np.float32, (1, *chw))],
+                                   outputs, b.inits)
+    model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="hawq",
+                              doc_string=f"hawq integer program ({fmt}, numerics {numerics})")
+    model.ir_version = _IR_VERSION
+    props = {"hawq.format": fmt, "hawq.numerics": numerics, **{k: str(v) for k, v in (meta or {}).items()}}
+    if g.output_scale is not None:
+        props["output_scale"] = json.dumps(np.asarray(_np(g.output_scale), dtype=np.float64).tolist())
+    helper.set_model_props(model, props)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def output_scale_of(model: onnx.ModelProto) -> np.ndarray | None:
+    """The per-class logit scale recorded by :func:`to_onnx` (float64 [classes]), or None."""
+    for p in model.metadata_props:
+        if p.key == "output_scale":
+            return np.asarray(json.loads(p.value), dtype=np.float64)
+    return None
+
+
+def save_onnx(model: onnx.ModelProto, path: str) -> None:
+    """Write ``model`` to ``path`` atomically (temp file, then rename); the directory must exist."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise HawqError(f"--out directory '{parent}' does not exist")
+    atomic_write(path, lambda tmp: onnx.save_model(model, tmp), suffix=".onnx")
+
+
+class OnnxProgram:
+    """An ONNX model in an ONNX Runtime session: :meth:`__call__` maps a float32 batch [B, C, H, W] to
+    int64 logits [B, classes]; :meth:`values` returns every exposed output by name."""
+
+    def __init__(self, model: onnx.ModelProto, threads: int | None = None, optimize: bool = True):
+        import onnxruntime as ort
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = threads
+        so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                       else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+        self.session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+        self.names = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(self.names[:1], {self.input: np.asarray(x, dtype=np.float32)})[0].astype(np.int64)
+
+    def values(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        outs = self.session.run(self.names, {self.input: np.asarray(x, dtype=np.float32)})
+        return dict(zip(self.names, outs))
+
+
+if __name__ == "__main__":          # python -m hawq.export_onnx: the program is hawq.apps.export_onnx
+    from hawq.apps.cli import run_main
+    from hawq.apps.export_onnx import main
+    run_main(main)
