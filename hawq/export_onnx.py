@@ -12,14 +12,15 @@ integer operators computing the reference's integers (:mod:`hawq.reference`), on
 * **conv2d / dense**: ``ConvInteger`` / ``MatMulInteger`` on 8-bit containers, int32 sums (split over
   input channels and added in int64 where the proven bound exceeds int32), then
   ``Add`` of the int32 bias. The activation is moved to ``uint8`` with a zero point (``x − lo``; the
-  runtime pads with the zero point, i.e. with a centered 0). Weights are ``int8`` when every
-  |w| ≤ 64; otherwise ``uint8`` with zero point 128: ONNX Runtime's u8·s8 kernels on AVX2 (and
-  AVX-512 without VNNI) add pairs of products in saturating int16 (``vpmaddubsw``), which
-  255·64·2 = 32640 cannot overflow, while u8·u8 products are widened exactly on every path.
+  runtime pads with the zero point, i.e. with a centered 0); weights are ``uint8`` ``w + 128`` with
+  zero point 128. Unsigned·unsigned products are widened exactly on every ONNX Runtime path, while
+  its u8·s8 and s8·u8 kernels on AVX2 (and AVX-512 without VNNI) add pairs of products in
+  saturating int16 (``vpmaddubsw``); u8·u8 is also the fastest ``ConvInteger`` there.
 * **Requantization** in ``int64``: ``t = x·m``; rounding half up is ``floor((t + 2^(s−1)) / 2^s)``,
-  half to even adds the parity of ``floor(t / 2^s)`` the same way as :func:`hawq.numerics.requantize`;
-  ``floor(a / d)`` is ``Div(a − Mod(a, d), d)`` (ONNX's integer ``Div`` truncates toward zero,
-  ``Mod`` with ``fmod=0`` takes the divisor's sign), then ``Clip`` to [qmin, qmax].
+  half to even adds the parity of ``floor(t / 2^s)`` the same way as :func:`hawq.numerics.requantize`.
+  ``floor(a / 2^s)`` is an unsigned ``BitShift`` of ``a + K·2^s`` (K makes it non-negative over a's
+  proven bound) minus K, or where that could leave int64 ``Div(a − Mod(a, d), d)`` (ONNX's integer
+  ``Div`` truncates toward zero, ``Mod`` with ``fmod=0`` takes the divisor's sign); then ``Clip``.
 * **Pools**: max pool on the 8-bit container (``MaxPool`` never picks padding; ceil_mode's extra
   windows become explicit end padding), average pool windows as a depthwise ``ConvInteger`` with a
   ones kernel, global pools as ``ReduceSum``; HAWQ's ``trunc(sum/N + 0.01)`` is ``Div`` of
@@ -45,13 +46,11 @@ __all__ = ["FORMATS", "OPSET", "LOWER", "exact_format", "to_onnx", "save_onnx", 
 
 #: Export formats and the numeric profiles each one reproduces exactly.
 FORMATS = {"integer": ("exact", "hawq"), "qdq": ("ort",)}
-OPSET = 17
+OPSET = 18                     # BitwiseAnd
 _IR_VERSION = 9                 # ONNX Runtime 1.32 reads up to 11; 9 keeps older runtimes able to load it
 _DTYPE = {np.dtype(np.int32): TensorProto.INT32, np.dtype(np.int64): TensorProto.INT64,
           np.dtype(np.uint8): TensorProto.UINT8, np.dtype(np.int8): TensorProto.INT8,
-          np.dtype(np.float32): TensorProto.FLOAT}
-#: |w| up to this keeps int8 weights: a u8·s8 pair sum 2·255·64 fits ONNX Runtime's saturating int16 (AVX2).
-_S8_WEIGHT_MAX = 64
+          np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.uint64): TensorProto.UINT64}
 #: Integers up to 2^24 are exact in float32 (max pool of a wide accumulator).
 _F32_EXACT = 1 << 24
 
@@ -131,11 +130,8 @@ def _as_u8(b: _Builder, x: str, what: ir.Op) -> tuple[str, int]:
 
 
 def _weights(b: _Builder, w: np.ndarray, hint: str) -> tuple[str, str]:
-    """(weight, zero point) initializers: int8 when |w| <= 64, else uint8 = w + 128 (see module doc)."""
-    w = w.astype(np.int64)
-    if np.abs(w).max(initial=0) <= _S8_WEIGHT_MAX:
-        return b.const(w, np.int8, hint), b.const(0, np.int8, hint + "_zp")
-    return b.const(w + 128, np.uint8, hint), b.const(128, np.uint8, hint + "_zp")
+    """(weight, zero point) initializers: uint8 w + 128 with zero point 128 (see the module doc)."""
+    return b.const(w.astype(np.int64) + 128, np.uint8, hint), b.const(128, np.uint8, hint + "_zp")
 
 
 def _channel(v, ndim: int, dtype=np.int64) -> np.ndarray:
@@ -150,18 +146,32 @@ def _floor_div(b: _Builder, a: str, d: str) -> str:
     return b.op("Div", [b.op("Sub", [a, r], np.int64), d], np.int64)
 
 
+def _floor_shift(b: _Builder, a: str, s: np.ndarray, bound: np.ndarray) -> str:
+    """floor(a / 2^s) of int64 ``a`` with |a| <= ``bound`` (per channel, like ``s``). ONNX shifts
+    only unsigned integers, so a is first made non-negative: floor(a/2^s) = ((a + K·2^s) >> s) − K
+    with K = ceil(bound / 2^s); where a + K·2^s could leave int64, an exact Mod/Div floor division."""
+    d = np.left_shift(np.int64(1), s)
+    k = -(-bound // d)
+    if (bound.astype(object) + k.astype(object) * d.astype(object) >= (1 << 63)).any():
+        return _floor_div(b, a, b.const(d, np.int64, "pow2"))
+    u = b.cast(b.op("Add", [a, b.const(k * d, np.int64, "offset")], np.int64), np.uint64)
+    u = b.op("BitShift", [u, b.const(s, np.uint64, "shift")], np.uint64, direction="RIGHT")
+    return b.op("Sub", [b.cast(u, np.int64), b.const(k, np.int64, "offset")], np.int64)
+
+
 def _requantize(b: _Builder, x: str, m, s, rounding: str, ndim: int) -> str:
-    """Unclamped int64 round(x·m / 2^s) (:func:`hawq.numerics.requantize`), per channel."""
+    """Unclamped int64 round(x·m / 2^s) (:func:`hawq.numerics.requantize`), per channel: half up is
+    floor((t + 2^(s−1)) / 2^s) with t = x·m; half to even adds 2^(s−1) − 1 + (floor(t / 2^s) & 1)."""
     m, s = _channel(m, ndim), _channel(s, ndim)
     t = b.op("Mul", [b.cast(x, np.int64), b.const(m, np.int64, "m")], np.int64)
-    d = b.const(np.left_shift(np.int64(1), s), np.int64, "pow2")
+    half = np.left_shift(np.int64(1), s - 1)
+    bound = np.abs(m) * max(abs(v) for v in b.bounds(x)) + 2 * half
     if rounding == "half_up":
-        return _floor_div(b, b.op("Add", [t, b.const(np.left_shift(np.int64(1), s - 1), np.int64, "half")],
-                                  np.int64), d)
+        return _floor_shift(b, b.op("Add", [t, b.const(half, np.int64, "half")], np.int64), s, bound)
     if rounding == "half_even":
-        odd = b.op("Mod", [_floor_div(b, t, d), b.const(2, np.int64, "two")], np.int64, fmod=0)
-        t = b.op("Add", [t, b.const(np.left_shift(np.int64(1), s - 1) - 1, np.int64, "half")], np.int64)
-        return _floor_div(b, b.op("Add", [t, odd], np.int64), d)
+        odd = b.op("BitwiseAnd", [_floor_shift(b, t, s, bound), b.const(1, np.int64, "one")], np.int64)
+        t = b.op("Add", [t, b.const(half - 1, np.int64, "half")], np.int64)
+        return _floor_shift(b, b.op("Add", [t, odd], np.int64), s, bound)
     raise HawqError(f"unknown rounding {rounding!r}")
 
 

@@ -121,32 +121,39 @@ def test_every_op_matches_the_reference(rounding):
 
 def test_wide_dense_is_split_and_summed_in_int64():
     """A dense whose proven bound exceeds int32 (70 000 inputs of 255 × 127) runs as int32 partial
-    products added in int64, and its actual sum (above 2^31) is exact."""
+    products added in int64, and its actual sum (above 2^31) is exact; requantizing it with a shift
+    of 62 takes the Mod/Div floor division (the BitShift offset would leave int64)."""
     k = 70_000
     nodes = [_quantize(zp=0, qmin=0, qmax=255, scale=1.0),
              ir.Flatten(name="flat", inputs=["q"], output="flat"),
              ir.Dense(name="fc", inputs=["flat"], output="fc", weight=T(np.full((2, k), 127), dtype=torch.int8),
-                      bias=T([5, -5], dtype=torch.int32), weight_bits=8, weight_scale=T(np.ones(2)))]
-    g = ir.Graph("x", "fc", nodes)
+                      bias=T([5, -5], dtype=torch.int32), weight_bits=8, weight_scale=T(np.ones(2))),
+             ir.Requant(name="rq", inputs=["fc"], output="rq", multiplier=T([(1 << 31) - 1] * 2), shift=T([62, 61]),
+                        qmin=-8, qmax=7, zero_point=0, bits=4, rounding="half_up")]
+    g = ir.Graph("x", "rq", nodes)
     g.validate()
-    model = to_onnx(g, (k, 1, 1))
-    assert sum(n.op_type == "MatMulInteger" for n in model.graph.node) == 2
+    model = to_onnx(g, (k, 1, 1), expose=True)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("MatMulInteger") == 2 and "Mod" in ops
     x = np.full((1, k, 1, 1), 300.0, dtype=np.float32)
-    out = OnnxProgram(model)(x)
-    assert out.tolist() == [[255 * 127 * k + 5, 255 * 127 * k - 5]] and out.max() > (1 << 31)
+    values = OnnxProgram(model).values(x)
+    assert values["fc"].tolist() == [[255 * 127 * k + 5, 255 * 127 * k - 5]] and values["fc"].max() > (1 << 31)
+    assert np.array_equal(values["rq"], run_graph(g, x))
+    x = -x       # the input quantizer saturates at 0: the sums are the biases, small and of both signs
+    assert np.array_equal(OnnxProgram(model)(x), run_graph(g, x))
 
 
-def test_small_weights_stay_int8_and_large_ones_move_to_uint8():
+def test_weights_are_uint8_with_zero_point_128():
+    """u8·u8 products: exact on every ONNX Runtime kernel (u8·s8 saturates in int16 on AVX2)."""
     rng = np.random.default_rng(0)
-    for wmax, dtype in ((64, onnx.TensorProto.INT8), (65, onnx.TensorProto.UINT8)):
-        w = rng.integers(-wmax, wmax + 1, (4, 3, 3, 3))
-        w[0, 0, 0, 0] = -wmax
-        g = ir.Graph("x", "conv", [_quantize(), _conv("conv", "q", w, np.zeros(4))])
-        m = to_onnx(g, (3, 5, 5))
-        conv = next(n for n in m.graph.node if n.op_type == "ConvInteger")
-        init = {t.name: t for t in m.graph.initializer}
-        assert init[conv.input[1]].data_type == dtype
-        _ort_matches_reference(g, rng.normal(0, 3, (2, 3, 5, 5)).astype(np.float32))
+    w = rng.integers(-128, 128, (4, 3, 3, 3))
+    g = ir.Graph("x", "conv", [_quantize(), _conv("conv", "q", w, np.zeros(4))])
+    m = to_onnx(g, (3, 5, 5))
+    conv = next(n for n in m.graph.node if n.op_type == "ConvInteger")
+    init = {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}
+    assert init[conv.input[1]].dtype == np.uint8 and init[conv.input[3]].reshape(-1).tolist() == [128]
+    assert np.array_equal(init[conv.input[1]].astype(np.int64) - 128, w)
+    _ort_matches_reference(g, rng.normal(0, 3, (2, 3, 5, 5)).astype(np.float32))
 
 
 def test_calibrated_models_match_in_both_profiles():
@@ -219,3 +226,15 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and message.format(tmp=tmp_path) in r.stderr, r.stderr
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("run, scheme", [("resnet18_uniform8", "uniform8"), ("resnet50_bops_0.5", "bops_0.5")])
+def test_hawq_v3_checkpoints_run_exactly_in_onnxruntime(run, scheme):
+    """HAWQ-V3's own checkpoints (tests/fixtures/hawq_ref: written by its original code), profile
+    hawq, on their eval batch: ONNX Runtime == the reference, logits and every value."""
+    from hawq.program import load_program
+    fix = os.path.join(ROOT, "tests", "fixtures", "hawq_ref", run)
+    x = torch.load(os.path.join(fix, "io.pt"), weights_only=True)["input"].numpy()
+    prog = load_program(os.path.join(fix, "checkpoint.pth.tar"), scheme=scheme, input_size=x.shape[-1])
+    assert prog.numerics == "hawq"
+    _ort_matches_reference(ir.as_graph(prog.graph), x)

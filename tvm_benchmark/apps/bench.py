@@ -1,4 +1,4 @@
-"""Latency benchmark: our TVM integer program vs PyTorch FP32/int8 and ONNX Runtime FP32/int8.
+"""Latency benchmark: our integer program (TVM, and its ONNX export in ONNX Runtime) vs PyTorch FP32/int8 and ONNX Runtime FP32/int8.
 
     python -m tvm_benchmark.bench -a resnet18 --quant-scheme uniform8 --batch-size 1 8 --threads 2
     python -m tvm_benchmark.bench -a resnet18 resnet50 --quant-scheme all      # every bit_config scheme
@@ -8,6 +8,10 @@ All engines run in one process, on the same input batch, with the same thread co
 first warms up, then ``--rounds`` rounds each time ``--iters`` single calls of every engine, in an
 order rotated per round, so drift on a noisy machine hits all engines alike; an engine's figures
 are the median and 90th percentile of all its timed calls.
+
+Engines: ``tvm-int`` (our program compiled by TVM), ``ort-int`` (the same program exported by
+:mod:`hawq.export_onnx`, format ``integer``, in ONNX Runtime: bit-exact, built from integer ops),
+and the baselines of :mod:`tvm_benchmark.apps.baselines`.
 
 Weights: ``resnet20_cifar10`` uses the released checkpoints (FP and, where released, the scheme's
 QAT checkpoint), and its points in the accuracy plot carry their MANIFEST top-1. ImageNet archs use
@@ -44,7 +48,7 @@ __all__ = ["cli", "ENGINES", "FIELDS", "KEY", "MD_FIELDS", "RESULTS", "RELEASED_
            "bench_arch_batch", "host_key", "append_rows", "latest", "markdown", "manifest_top1",
            "plot_accuracy", "main"]
 
-ENGINES = ("tvm-int", "torch-fp32", "torch-int8", "ort-fp32", "ort-int8")
+ENGINES = ("tvm-int", "ort-int", "torch-fp32", "torch-int8", "ort-fp32", "ort-int8")
 FIELDS = ("host", "isa", "arch", "scheme", "batch", "threads", "engine", "median_ms", "p90_ms")
 KEY = ("host", "isa", "arch", "scheme", "batch", "threads", "engine")
 MD_FIELDS = ("engine", "isa", "scheme", "median_ms", "p90_ms", "speedup_vs_torch_fp32", "ratio_to_best_int8")
@@ -77,13 +81,19 @@ def _models(arch: str, scheme: str, num_classes: int, shape, fp_cache: dict):
     return fp, calibrate_random(q, shape, seed=1)
 
 
-def _tvm_engine(qmodel, x: np.ndarray, threads: int, isa: str | None):
-    """(one-batch call, the kernel family it was built for) of the integer program of ``qmodel``."""
+def _ort_int_engine(graph: dict, x: np.ndarray, threads: int):
+    """One-batch call of the integer program exported to ONNX (format integer) in ONNX Runtime."""
+    from hawq.export_onnx import OnnxProgram, to_onnx
+    prog = OnnxProgram(to_onnx(graph, tuple(x.shape[1:])), threads=threads)
+    feed = {prog.input: x}
+    return lambda: prog.session.run(prog.names[:1], feed)
+
+
+def _tvm_engine(graph: dict, x: np.ndarray, threads: int, isa: str | None):
+    """(one-batch call, the kernel family it was built for) of an integer program."""
     import tvm
-    from hawq.export import export_integer
     from tvm_benchmark.compile import compile_program
     from tvm_benchmark.runtime import Runner
-    graph = export_integer(qmodel, tuple(x.shape[1:]))["graph"]
     built = compile_program(graph, x.shape, "llvm", threads, isa=isa)
     runner = Runner(built.executable, tvm.cpu(0), x.shape[0], built.isa_name)
     xt = tvm.runtime.tensor(x, tvm.cpu(0))
@@ -114,6 +124,7 @@ def bench_arch_batch(arch: str, schemes: list[str], batch: int, threads: int, en
                      isas: list[str | None] = (None,)) -> list[dict]:
     """One interleaved timing run of every engine (one TVM engine per scheme × ISA family)."""
     from tvm_benchmark import isa as I
+    from hawq.export import export_integer
     from hawq.models.archs import arch_info
     from tvm_benchmark.apps import baselines as B
     info = arch_info(arch)
@@ -138,13 +149,17 @@ def bench_arch_batch(arch: str, schemes: list[str], batch: int, threads: int, en
                 runs["ort-int8"], labels["ort-int8"] = B.ort_run(B.quantize_onnx_int8(onnx, calib, tmp), x, threads), "uniform8"
         host_isa = I.detect()
         families = {k: (host_isa.name if host_isa else "generic") for k in runs}
-        if "tvm-int" in engines:
-            for s in schemes:
-                _, q = _models(arch, s, info.num_classes, shape, fp_cache)
-                for name in isas:
-                    run, family = _tvm_engine(q, x, threads, name)
-                    key = f"tvm-int:{s}:{family}"
-                    runs[key], labels[key], families[key] = run, s, family
+        for s in schemes if {"tvm-int", "ort-int"} & set(engines) else ():
+            _, q = _models(arch, s, info.num_classes, shape, fp_cache)
+            graph = export_integer(q, tuple(x.shape[1:]))["graph"]
+            if "ort-int" in engines:
+                key = f"ort-int:{s}"
+                runs[key], labels[key] = _ort_int_engine(graph, x, threads), s
+                families[key] = host_isa.name if host_isa else "generic"
+            for name in isas if "tvm-int" in engines else ():
+                run, family = _tvm_engine(graph, x, threads, name)
+                key = f"tvm-int:{s}:{family}"
+                runs[key], labels[key], families[key] = run, s, family
         stats = time_engines(runs, warmup, rounds, iters, progress)
     host = host_key()
     return [{"host": host, "isa": families[k], "arch": arch, "scheme": labels[k], "batch": batch,
