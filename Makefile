@@ -44,7 +44,7 @@ hawq-conformance: setup
 	for a in resnet18 resnet50; do test -f $(HAWQ_REF_OUT)/$$a/summary.json || \
 	  $(PY) $(HAWQ_REF) $(HAWQ_REF_OUT)/$$a --arch $$a --schemes uniform8 uniform4 bops_0.5 || exit 1; done
 	$(PY) -m hawq.apps.conformance $(HAWQ_REF_OUT)/resnet18/resnet18_*/ $(HAWQ_REF_OUT)/resnet50/resnet50_*/
-	HAWQ_REF_FULL=$(HAWQ_REF_OUT)/resnet18:$(HAWQ_REF_OUT)/resnet50 $(PY) -m pytest -q -m slow tests/test_hawq_conformance.py
+	HAWQ_REF_FULL=$(HAWQ_REF_OUT)/resnet18:$(HAWQ_REF_OUT)/resnet50 $(PY) -m pytest -q -m slow tests/hawq/test_hawq_conformance.py
 
 bench: setup
 	$(PY) -m hawq.benchmarks.qat_overhead --quantizer minmax lsq pact dorefa --ddp 2

@@ -69,7 +69,7 @@ AUG_SHIFT = 2  #: random-crop padding: translations of up to +-2 px
 #: pixels scaled to [0, 1], computed once in float64 over the un-padded images:
 #:   x = train_images.astype(np.float64) / 255;  x.mean(), x.std()
 #:   -> 0.2860405969887955, 0.35302424451492254
-#: (tests/test_data.py recomputes them). Rounded to 4 digits: they are part of the model
+#: (tests/hawq/test_data.py recomputes them). Rounded to 4 digits: they are part of the model
 #: contract, the rounding only has to be stable, not exact.
 FMNIST_MEAN = 0.2860
 FMNIST_STD = 0.3530

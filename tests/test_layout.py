@@ -122,7 +122,7 @@ def test_every_library_module_declares_all_and_no_private_name_crosses_modules()
                    isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_")
                    for n in ast.parse(p.read_text()).body)]
     assert not missing, missing
-    private = [u for p in [*MODULES.values(), *sorted((Path(ROOT) / "tests").glob("*.py"))] for u in _private_uses(p)]
+    private = [u for p in [*MODULES.values(), *sorted((Path(ROOT) / "tests").rglob("*.py"))] for u in _private_uses(p)]
     assert not private, private
 
 
@@ -131,3 +131,14 @@ def test_old_entry_points_are_thin_shims(shim):
     path = MODULES[shim]
     imports = {t for mod, name, _ in _imports(path) if (t := _target(mod, name))}
     assert len(path.read_text().splitlines()) <= 8 and all(_is_program(t) for t in imports), shim
+
+
+def test_tests_mirror_the_layout():
+    """tests/<package path>/test_*.py for a package's tests; only project-wide checks at the top."""
+    tests = Path(ROOT) / "tests"
+    for p in sorted(tests.rglob("test_*.py")):
+        rel = p.parent.relative_to(tests)
+        if rel == Path("."):
+            assert p.name in ("test_layout.py", "test_readme.py"), f"{p.name}: move it under tests/<package>/"
+        else:
+            assert (Path(ROOT) / rel / "__init__.py").is_file(), f"tests/{rel} mirrors no package"

@@ -1,7 +1,7 @@
 """``python -m hawq.capture_report``: which torchvision classification builders capture today, as a
 table (``results/capture.md``): per builder, the quantized layer count or the one-line reason it
 stops. Capture only (meta tensors: shapes without weights or arithmetic); the bit-exactness of
-the captured ones is what ``tests/test_capture.py`` checks.
+the captured ones is what ``tests/hawq/test_capture.py`` checks.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     ok = sum(r.startswith("captured") for _, r in rows)
     lines = [f"# torchvision {torchvision.__version__} classification builders through `hawq.capture`", "",
              f"`python -m hawq.capture_report --input-size {args.input_size}` ({datetime.date.today().isoformat()}): "
-             f"{ok} of {len(rows)} capture. Capture only; bit-exactness: `tests/test_capture.py`.", "",
+             f"{ok} of {len(rows)} capture. Capture only; bit-exactness: `tests/hawq/test_capture.py`.", "",
              "| builder | status |", "|---|---|"] + [f"| {n} | {r} |" for n, r in rows]
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:

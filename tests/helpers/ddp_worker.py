@@ -1,5 +1,5 @@
 """Run quant_train.py's job in this process (one rank under torchrun, or alone) and save this
-rank's final model state to OUT/rank<RANK>.pt. Used by tests/test_qat_distributed.py:
+rank's final model state to OUT/rank<RANK>.pt. Used by tests/hawq/test_qat_distributed.py:
 
     python tests/helpers/ddp_worker.py OUT quant_train args...
     torchrun --standalone --nproc_per_node 2 tests/helpers/ddp_worker.py OUT quant_train args...

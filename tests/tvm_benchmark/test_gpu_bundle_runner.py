@@ -16,10 +16,10 @@ import tvm
 from tvm.script import ir as I
 from tvm.script import relax as R
 
-from conftest import PYVER, csv_rows, run_bundle
+from conftest import PYVER, ROOT, csv_rows, run_bundle
 from tvm_benchmark.tvm_runtime_copy import copy_tvm_runtime
 
-FILES = Path(__file__).resolve().parent.parent / "tvm_benchmark" / "bundle_files"
+FILES = Path(ROOT) / "tvm_benchmark" / "bundle_files"
 B, S = 2, 32
 
 
