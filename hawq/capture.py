@@ -42,7 +42,7 @@ from hawq.quant.config import QuantConfig
 from hawq.quant.modules import (QuantAct, QuantAveragePool2d, QuantBnConv2d, QuantConcat, QuantFlatten,
                                 QuantLinear, QuantMaxPool2d, QuantReLU, QuantReLU6, QuantWindowAvgPool2d)
 
-__all__ = ["capture", "QuantGraphModel", "GraphUnit", "trace", "weighted_layers"]
+__all__ = ["capture", "QuantGraphModel", "GraphUnit", "trace", "weighted_layers", "same_padding"]
 
 _RELU_FN = (F.relu, torch.relu, torch.relu_)
 _ADD_FN = (operator.add, operator.iadd, torch.add)
@@ -78,12 +78,26 @@ def _is_bn_act(m: nn.Module) -> bool:
             and type(m).__name__ == "BatchNormAct2d" and hasattr(m, "act") and hasattr(m, "drop"))
 
 
+def _is_conv_same(m: nn.Module) -> bool:
+    """timm's ``Conv2dSame``: a Conv2d that pads its input in ``forward`` as TensorFlow's "SAME"
+    (from the input's size, the extra pixel at the bottom/right), then convolves with padding 0."""
+    return isinstance(m, nn.Conv2d) and type(m).__name__ == "Conv2dSame" and type(m).forward is not nn.Conv2d.forward
+
+
+def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """TensorFlow's "SAME" padding of one axis of ``size`` pixels: (before, after), the odd pixel after."""
+    total = max((-(-size // stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
 class _Tracer(fx.Tracer):
-    """torch.fx's tracer, with BatchNorm + activation modules (timm's ``BatchNormAct2d``) kept whole:
-    traced through, their hand-copied batch norm would be loose arithmetic on buffers."""
+    """torch.fx's tracer, with BatchNorm + activation modules (timm's ``BatchNormAct2d``) kept whole
+    (traced through, their hand-copied batch norm would be loose arithmetic on buffers), and timm's
+    ``Conv2dSame`` too (its padding depends on the input size: the capture computes it from the
+    propagated shape)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return _is_bn_act(m) or super().is_leaf_module(m, qualname)
+        return _is_bn_act(m) or _is_conv_same(m) or super().is_leaf_module(m, qualname)
 
 
 def trace(model: nn.Module, name: str = "model") -> fx.GraphModule:
@@ -338,38 +352,43 @@ class _Mapper:
         self.arg(n, src)
         self.pad_of[n] = (src, (l, r, t, b))
 
-    def conv_padding(self, n: fx.Node, m: nn.Conv2d) -> tuple[fx.Node, tuple[int, int]]:
-        """(the node the conv reads, its symmetric (pad H, pad W)) with explicit padding before it
-        folded in and ``padding="same"`` resolved; asymmetric padding is a one-line error."""
+    def conv_padding(self, n: fx.Node, m: nn.Conv2d) -> tuple[fx.Node, tuple[int, int, int, int]]:
+        """(the node the conv reads, its zero padding (top, left, bottom, right)) with explicit padding
+        before it folded in, ``padding="same"`` resolved as PyTorch does (the odd pixel at the
+        bottom/right) and timm's ``Conv2dSame`` padding computed from the input's propagated size."""
         if m.padding_mode != "zeros":
             raise self.fail(n, "Conv2d", f"with padding_mode {m.padding_mode!r} is not supported (zeros is)")
-        if m.padding == "valid":
-            ph, pw = 0, 0
+        if _is_conv_same(m):
+            meta = n.args[0].meta.get("tensor_meta")
+            (t, b), (l, r) = (same_padding(int(size), k, st, d) for size, k, st, d in
+                              zip(meta.shape[2:], m.kernel_size, m.stride, m.dilation))
+            own = (t, l, b, r)
+        elif m.padding == "valid":
+            own = (0, 0, 0, 0)
         elif m.padding == "same":                     # stride 1: total dilation·(k-1) per axis
             th, tw = (d * (k - 1) for d, k in zip(m.dilation, m.kernel_size))
-            if th % 2 or tw % 2:
-                raise self.fail(n, "Conv2d", f"with padding 'same' for kernel {m.kernel_size} pads asymmetrically; "
-                                "asymmetric padding is not supported yet")
-            ph, pw = th // 2, tw // 2
+            own = (th // 2, tw // 2, th - th // 2, tw - tw // 2)
         else:
-            ph, pw = m.padding
+            own = (*m.padding, *m.padding)
         src, (l, r, t, b) = self.pad_of.get(n.args[0], (n.args[0], (0, 0, 0, 0)))
-        if l != r or t != b:
-            raise self.fail(n, "Conv2d", f"reads asymmetric padding (left {l}, right {r}, top {t}, bottom {b}); "
-                            "asymmetric padding is not supported yet")
-        return src, (ph + t, pw + l)
+        return src, (own[0] + t, own[1] + l, own[2] + b, own[3] + r)
 
     def conv(self, n: fx.Node, m: nn.Conv2d, path: str) -> None:
-        src, padding = self.conv_padding(n, m)
-        if padding != tuple(m.padding):
-            m = copy.copy(m)                          # the same parameters (QAT trains them), its own padding
-            m.padding = padding
+        src, (t, l, b, r) = self.conv_padding(n, m)
+        symmetric = (t, l) == (b, r)
+        if (t, l) != tuple(m.padding) or not symmetric or _is_conv_same(m):
+            # the same parameters (QAT trains them) in a plain Conv2d: its own padding, or 0 and an explicit pad
+            conv = nn.Conv2d.__new__(nn.Conv2d)
+            conv.__dict__.update(m.__dict__)
+            conv.padding = (t, l) if symmetric else (0, 0)
+            conv._reversed_padding_repeated_twice = [l, l, t, t] if symmetric else [0, 0, 0, 0]
+            m = conv
         bn_node = next(iter(n.users), None)
         bn = self.gm.get_submodule(bn_node.target) if bn_node in self.fused_bn else None
         x = self.quantized(src, path)
         if x.flat:
             raise self.fail(n, "Conv2d", "reads a pooled [batch, channels] tensor")
-        name = self.add_module(path, QuantBnConv2d(m, bn, self.config))
+        name = self.add_module(path, QuantBnConv2d(m, bn, self.config, pad=None if symmetric else (l, r, t, b)))
         self.vals[n] = _Val(self.call(name, x.node), "acc")
 
     def linear(self, n: fx.Node, m: nn.Linear, path: str) -> None:

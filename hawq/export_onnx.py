@@ -234,12 +234,12 @@ def _conv2d(b: _Builder, node: ir.Conv2d, x: str):
     w_all = _np(node.weight)
     ranges = _chunks(b, node, w_all, x)
     xq, zp = _as_u8(b, x, node)
-    ph, pw = ir.pair(node.padding)
+    pads = list(node.pads())                    # ONNX's order: top, left, bottom, right
     parts = []
     for lo, hi in ranges:
         w, wz = _weights(b, w_all[:, lo:hi], node.name + ".weight")
         parts.append(b.op("ConvInteger", [_slice(b, xq, lo, hi, w_all.shape[1]), w, b.const(zp, np.uint8, "x_zp"), wz],
-                          np.int32, group=int(node.groups), strides=ir.pair(node.stride), pads=[ph, pw, ph, pw],
+                          np.int32, group=int(node.groups), strides=ir.pair(node.stride), pads=pads,
                           dilations=ir.pair(node.dilation), kernel_shape=list(w_all.shape[2:])))
     _sum_chunks(b, node, parts, _channel(node.bias, 4))
 

@@ -153,12 +153,18 @@ class _Weighted(Op):
 @dataclass(kw_only=True)
 class Conv2d(_Weighted):
     """Integer convolution (NCHW, weight OIHW, groups incl. depthwise), zero padding (centered 0),
-    accumulated exactly, bias added: int [B,C,H,W] -> int [B,O,OH,OW]."""
+    accumulated exactly, bias added: int [B,C,H,W] -> int [B,O,OH,OW]. ``padding``: [pad H, pad W]
+    on both sides, or [top, left, bottom, right] (ONNX's order) for asymmetric "same" padding."""
     OP: ClassVar[str] = "conv2d"
     stride: list[int]
     padding: list[int]
     dilation: list[int]
     groups: int
+
+    def pads(self) -> tuple[int, int, int, int]:
+        """(top, left, bottom, right) zero padding."""
+        p = [int(v) for v in (self.padding if isinstance(self.padding, (list, tuple)) else [self.padding])]
+        return tuple(p) if len(p) == 4 else (*pair(p if len(p) == 2 else p[0]),) * 2
 
     def check(self):
         super().check()
@@ -167,13 +173,16 @@ class Conv2d(_Weighted):
             self.fail(f"{o} output channels do not split into {self.groups} groups")
         if pair(self.dilation) != [1, 1]:
             self.fail("dilated convolution is not supported")
+        n = len(self.padding) if isinstance(self.padding, (list, tuple)) else 1
+        if n not in (1, 2, 4) or min(self.pads()) < 0:
+            self.fail(f"padding {self.padding} is not [pad H, pad W] or [top, left, bottom, right] >= 0")
 
     def shape(self, x):
         w = _np(self.weight).shape
         if x[1] != w[1] * self.groups:
             self.fail(f"input has {x[1]} channels, weight expects {w[1] * self.groups}")
-        (sh, sw), (ph, pw) = pair(self.stride), pair(self.padding)
-        return (x[0], w[0], _window_out(x[2], w[2], sh, ph), _window_out(x[3], w[3], sw, pw))
+        (sh, sw), (t, l, b, r) = pair(self.stride), self.pads()
+        return (x[0], w[0], (x[2] + t + b - w[2]) // sh + 1, (x[3] + l + r - w[3]) // sw + 1)
 
 
 @dataclass(kw_only=True)

@@ -24,15 +24,18 @@ def _np(t) -> np.ndarray:
 
 
 def _windows(x: np.ndarray, kernel, stride, padding, pad_value) -> np.ndarray:
-    """[B, C, H, W] -> [B, C, OH, OW, kh, kw] strided view over a padded copy."""
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    if ph or pw:
-        x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
+    """[B, C, H, W] -> [B, C, OH, OW, kh, kw] strided view over a padded copy; ``padding`` is
+    (pad H, pad W) on both sides or (top, left, bottom, right)."""
+    (kh, kw), (sh, sw) = kernel, stride
+    t, l, b, r = tuple(padding) if len(padding) == 4 else (*padding, *padding)
+    if t or l or b or r:
+        x = np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)), constant_values=pad_value)
     return sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
 
 
 def conv2d(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride, padding, dilation=(1, 1), groups=1) -> np.ndarray:
-    """Integer conv: int64 [B,C,H,W] ⊛ int [O,C/g,kh,kw] + bias [O] -> int64 [B,O,OH,OW]."""
+    """Integer conv: int64 [B,C,H,W] ⊛ int [O,C/g,kh,kw] + bias [O] -> int64 [B,O,OH,OW]; ``padding``
+    (pad H, pad W) or (top, left, bottom, right)."""
     if tuple(dilation) != (1, 1):
         raise NotImplementedError("dilated convolution is not used by the supported models")
     w = w.astype(np.int64)
@@ -72,7 +75,7 @@ def _quantize(node: ir.Quantize, x):
 
 @IMPL.register(ir.Conv2d)
 def _conv2d(node: ir.Conv2d, x):
-    return conv2d(x, _np(node.weight), _np(node.bias), node.stride, node.padding, node.dilation, node.groups)
+    return conv2d(x, _np(node.weight), _np(node.bias), node.stride, node.pads(), node.dilation, node.groups)
 
 
 @IMPL.register(ir.Dense)

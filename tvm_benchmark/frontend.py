@@ -177,13 +177,14 @@ class _Builder:
 
     def _pad_hw(self, data: relax.Expr, pad: list[int], value: int, extra_channels: int = 0,
                 extra_width: int = 0) -> relax.Expr:
-        """Pad H and W by ``pad`` on both sides, and append ``extra_channels`` / ``extra_width``
-        (right side of W) — all with ``value`` — in one op."""
+        """Pad H and W by ``pad`` ([pad H, pad W] on both sides, or [top, left, bottom, right]), and
+        append ``extra_channels`` / ``extra_width`` (right side of W) — all with ``value`` — in one op."""
         if not any(pad) and not extra_channels and not extra_width:
             return data
+        before, after = (pad[:2], pad[2:]) if len(pad) == 4 else (pad, pad)
         widths = [0, 0] * 4
-        for axis, p in zip(self.hw_axes(), pad):
-            widths[2 * axis] = widths[2 * axis + 1] = p
+        for axis, p0, p1 in zip(self.hw_axes(), before, after):
+            widths[2 * axis], widths[2 * axis + 1] = p0, p1
         widths[2 * self.caxis(4) + 1] = extra_channels
         widths[2 * self.hw_axes()[1] + 1] += extra_width
         return self.emit(relax.op.nn.pad(data, widths, pad_value=float(value)))
@@ -191,9 +192,12 @@ class _Builder:
     def conv2d(self, node: ir.Conv2d, x: Value) -> relax.Expr:
         w, bias = _np(node.weight), _np(node.bias).astype(np.int64)
         acc = self._accumulator(x, w, bias, node.name)
-        pad = [int(p) for p in node.padding]
+        t, l, b, r = node.pads()
         stride = [int(s) for s in node.stride]
         data = self._operand(x, acc)
+        pad = [t, l]
+        if (t, l) != (b, r):      # asymmetric ("same" of TF-ported models): an explicit pad, then none
+            data, pad = self._pad_hw(data, [t, l, b, r], x.offset), [0, 0]
         groups = int(node.groups)
         plan = None
         if self.planner is not None and acc == "int32":

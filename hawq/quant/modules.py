@@ -512,9 +512,13 @@ class QuantBnConv2d(_QuantWeightLayer):
     weights followed by a regular BatchNorm on batch statistics. Eval always folds.
     """
 
-    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, config: QuantConfig, weight_bit: int = 8):
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, config: QuantConfig, weight_bit: int = 8,
+                 pad: tuple[int, int, int, int] | None = None):
         super().__init__(conv.weight.shape, "convbn_scaling_factor", config, weight_bit)
         self.conv, self.bn = conv, bn      # bn None: a conv with no BatchNorm after it (its own bias, if any)
+        # Asymmetric zero padding (left, right, top, bottom), F.pad's order, applied before the conv
+        # (whose own padding is then 0): TF-style "same" padding of captured models. None: the conv's.
+        self.pad = tuple(int(p) for p in pad) if pad is not None and any(pad) else None
         self.fix_BN, self.fix_BN_threshold = config.fix_BN, config.fix_BN_threshold
         self.register_buffer("fold_step", torch.zeros((), dtype=torch.int64))
 
@@ -547,7 +551,16 @@ class QuantBnConv2d(_QuantWeightLayer):
 
     def _conv(self, x, w, b):
         c = self.conv
+        if self.pad is not None:
+            x = F.pad(x, self.pad)
         return F.conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups)
+
+    def _ir_padding(self) -> list[int]:
+        """The IR's padding: [pad H, pad W], or [top, left, bottom, right] with an asymmetric pad."""
+        if self.pad is None:
+            return list(self.conv.padding)
+        (ph, pw), (l, r, t, b) = self.conv.padding, self.pad
+        return [t + ph, l + pw, b + ph, r + pw]
 
     def forward(self, x: Q) -> Q:
         if not self.training:
@@ -573,12 +586,13 @@ class QuantBnConv2d(_QuantWeightLayer):
         self.weight_integer.copy_(w_int)
         self.bias_integer.copy_(b_int)
         c = self.conv
-        acc = exact_conv2d(x.value, w_int, c.stride, c.padding, c.dilation, c.groups)
+        q = x.value if self.pad is None else F.pad(x.value, self.pad)      # the centered zero
+        acc = exact_conv2d(q, w_int, c.stride, c.padding, c.dilation, c.groups)
         acc += N.channel_view(b_int, 4)
         rec = active()
         if rec:
             rec.add(ir.Conv2d, self.layer_name, [x.value], acc, weight=w_int.to(torch.int8).cpu(),
-                    bias=b_int.to(torch.int32).cpu(), stride=list(c.stride), padding=list(c.padding),
+                    bias=b_int.to(torch.int32).cpu(), stride=list(c.stride), padding=self._ir_padding(),
                     dilation=list(c.dilation), groups=c.groups, weight_bits=self.weight_bit,
                     weight_scale=s_w.cpu().clone())
         return Q(acc, acc_scale)

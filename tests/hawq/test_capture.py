@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -69,9 +70,11 @@ def test_torchvision_bit_exact(name, scheme):
     _three_way(name, scheme, tvm=name == "resnet18")     # TVM on the rest: test-slow
 
 
-@pytest.mark.parametrize("name", [pytest.param("resnet18", marks=pytest.mark.slow), "mobilenetv2_100", "regnetx_002"])
+@pytest.mark.parametrize("name", [pytest.param("resnet18", marks=pytest.mark.slow), "mobilenetv2_100", "regnetx_002",
+                                  "tf_efficientnet_lite0"])
 def test_timm_bit_exact(name):
-    """timm models (their BatchNormAct2d folded with its ReLU/ReLU6): QAT eval == reference (== TVM)."""
+    """timm models (their BatchNormAct2d folded with its ReLU/ReLU6; tf_efficientnet_lite0's
+    ``Conv2dSame``, asymmetric TF "SAME" padding at stride 2): QAT eval == reference (== TVM)."""
     pytest.importorskip("timm")
     pytest.importorskip("tvm")
     _three_way(f"timm:{name}", "uniform4", tvm=name == "mobilenetv2_100")
@@ -396,6 +399,55 @@ def test_explicit_padding_folds_into_the_next_conv():
         err = (q(x) - model(x)).abs().max() / model(x).abs().max()
     assert err < 0.02, err                      # W8A8 of the same function: padding not lost or doubled
     assert (model.c1.padding, model.c2.padding, model.c3.padding) == ((0, 0), "same", (0, 0))   # FP model untouched
-    with pytest.raises(HawqError, match=r"^model: c3 \(Conv2d\) reads asymmetric padding \(left 0, right 1, top 0, "
-                                        r"bottom 1\); asymmetric padding is not supported yet \(.*test_capture.py:\d+\)$"):
-        hawq.quantize(_Padded((0, 1, 0, 1)).eval(), images[0], images)
+
+
+class _SamePadded(nn.Module):
+    """Asymmetric zero padding three ways: F.pad (0, 1, 0, 1) before a strided conv, an even kernel
+    with padding="same" (PyTorch puts the odd pixel after), timm-style TF "SAME" (``Conv2dSame``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, stride=2)
+        self.c2, self.bn = nn.Conv2d(8, 8, 2, padding="same"), nn.BatchNorm2d(8)
+        self.c3 = _Conv2dSame(8, 8, 3, stride=2)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = nn.functional.relu(self.c1(nn.functional.pad(x, (0, 1, 0, 1))))
+        x = nn.functional.relu(self.bn(self.c2(x)))
+        return self.fc(nn.functional.relu(self.c3(x)).mean((2, 3)))
+
+
+class _Conv2dSame(nn.Conv2d):
+    """timm's ``Conv2dSame`` (same name, same forward): TF "SAME" padding computed from the input size."""
+
+    def forward(self, x):
+        from hawq.capture import same_padding
+        (t, b), (l, r) = (same_padding(int(n), k, s) for n, k, s in zip(x.shape[2:], self.kernel_size, self.stride))
+        return nn.functional.conv2d(nn.functional.pad(x, (l, r, t, b)), self.weight, self.bias, self.stride, 0)
+
+
+_Conv2dSame.__name__ = "Conv2dSame"
+
+
+def test_asymmetric_padding_is_exact_in_every_backend():
+    """Asymmetric "same" padding (TF-ported models): QAT eval == reference == TVM == ONNX Runtime, and
+    the quantized model computes the float model's function (the padding is neither lost nor shifted)."""
+    from hawq.export_onnx import OnnxProgram, to_onnx
+    torch.manual_seed(0)
+    model = _SamePadded().eval()
+    randomize_bn(model)
+    images = [torch.randn(8, 3, 17, 17) for _ in range(2)]
+    q = hawq.quantize(model, images[0], images)
+    graph = hawq.export_program(q, input_shape=(3, 17, 17))
+    pads = [n.padding for n in graph.nodes if n.OP == "conv2d"]
+    assert pads == [[0, 0, 1, 1]] * 3, pads        # (top, left, bottom, right): the odd pixel after, every time
+    x = torch.randn(4, 3, 17, 17)
+    ref = hawq.run_reference(graph, x)
+    assert (ref == q.forward_int(x).numpy()).all()
+    assert (tvm_outputs(graph.to_dict(), x.numpy()) == ref).all()
+    assert (OnnxProgram(to_onnx(graph, (3, 17, 17)))(x.numpy()) == ref).all()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)        # PyTorch's note on even-kernel "same"
+        err = (q(x) - model(x)).abs().max() / model(x).abs().max()
+    assert err < 0.03, err
