@@ -14,6 +14,7 @@ from tvm import relax
 
 from conftest import build_calibrated, csv_rows, tvm_outputs
 from hawq.bit_config import list_schemes
+from hawq.errors import HawqError
 from hawq.export import export_integer, save_artifact
 from hawq.reference import run_graph
 from tvm_benchmark.apps import export as tvm_export
@@ -240,6 +241,14 @@ def test_layer_latency_table(tmp_path):
     assert (df.median_ms >= 0).all() and len(df[df.bits == 8]) == df.layer.nunique()
 
 
+def test_layer_latency_measures_the_program_of_the_input_size():
+    from tvm_benchmark.apps import layer_latency
+    graph, shapes = layer_latency.calibrated_graph("resnet20_cifar10", "uniform8", 1, input_size=40)
+    assert shapes[graph.input] == (3, 40, 40) and min(s[-1] for s in shapes.values() if len(s) == 3) == 10
+    with pytest.raises(HawqError, match="--input-size 40: inceptionv3 takes inputs of at least 75 pixels"):
+        layer_latency.calibrated_graph("inceptionv3", "uniform8", 1, input_size=40)
+
+
 @pytest.mark.slow
 def test_resnet18_224_compiles_and_matches():
     torch.manual_seed(0)
@@ -266,6 +275,19 @@ def test_latency_benchmark_writes_csv_table_and_plot(tmp_path, capsys):
     assert (tmp_path / "latency_accuracy.png").stat().st_size > 1000
     assert bench.main(argv) == 0                       # rows are appended, the table keeps the latest
     assert len(csv_rows(tmp_path / "latency.csv")) == 2 * len(rows)
+
+
+def test_latency_benchmark_at_another_input_size(tmp_path):
+    """--input-size times the program at that size; its rows are ARCH@SIZE, apart from the canonical ones."""
+    from tvm_benchmark.apps import bench
+    argv = ["-a", "resnet20_cifar10", "--quant-scheme", "uniform8", "-b", "1", "--rounds", "1", "--iters", "1",
+            "--warmup", "1", "--engines", "tvm-int", "ort-int", "--input-size", "40", "--out-dir", str(tmp_path),
+            "--no-progress"]
+    assert bench.main(argv) == 0
+    rows = csv_rows(tmp_path / "latency.csv")
+    assert {(r["arch"], r["engine"]) for r in rows} == {("resnet20_cifar10@40", "tvm-int"),
+                                                       ("resnet20_cifar10@40", "ort-int")}
+    assert "### resnet20_cifar10@40, batch 1" in (tmp_path / "latency.md").read_text()
 
 
 def test_latency_table_never_mixes_hosts(tmp_path):

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hawq.apps.cli import add_arch_arg, add_quant_scheme_arg, console_script, one_line_errors, run_main
+from hawq.apps.cli import add_arch_arg, add_input_size_arg, add_quant_scheme_arg, console_script, one_line_errors, run_main
 from hawq.tables import busy_warning, cpu_summary, markdown_table
 from hawq.quant.config import QuantConfig
 from tvm_benchmark.isa import CHOICES as ISA_CHOICES
@@ -77,7 +77,7 @@ def _models(arch: str, scheme: str, num_classes: int, shape, fp_cache: dict):
     if qat.is_file():
         return fp, load_quant_checkpoint(str(qat))[0]
     q = quant_model(arch, load_scheme(arch, scheme), num_classes, fp=copy.deepcopy(fp),
-                    config=QuantConfig(fix_BN=True))
+                    config=QuantConfig(fix_BN=True), input_size=shape[-1])
     return fp, calibrate_random(q, shape, seed=1)
 
 
@@ -121,14 +121,18 @@ def time_engines(engines: dict, warmup: int, rounds: int, iters: int, progress: 
 
 def bench_arch_batch(arch: str, schemes: list[str], batch: int, threads: int, engines: list[str],
                      warmup: int, rounds: int, iters: int, progress: bool,
-                     isas: list[str | None] = (None,)) -> list[dict]:
-    """One interleaved timing run of every engine (one TVM engine per scheme × ISA family)."""
+                     isas: list[str | None] = (None,), input_size: int | None = None) -> list[dict]:
+    """One interleaved timing run of every engine (one TVM engine per scheme × ISA family) on
+    ``input_size``-pixel images (default: the arch's canonical size; another size is recorded in
+    the rows' ``arch`` as ``ARCH@SIZE``)."""
     from tvm_benchmark import isa as I
     from hawq.export import export_integer
-    from hawq.models.archs import arch_info
+    from hawq.models.archs import arch_info, check_input_size
     from tvm_benchmark.apps import baselines as B
     info = arch_info(arch)
-    shape = (batch, 3, info.input_size, info.input_size)
+    size = input_size or info.input_size
+    check_input_size(arch, size)
+    shape = (batch, 3, size, size)
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape, dtype=np.float32)
     calib = [rng.standard_normal(shape, dtype=np.float32) for _ in range(4)]
@@ -162,7 +166,8 @@ def bench_arch_batch(arch: str, schemes: list[str], batch: int, threads: int, en
                 runs[key], labels[key], families[key] = run, s, family
         stats = time_engines(runs, warmup, rounds, iters, progress)
     host = host_key()
-    return [{"host": host, "isa": families[k], "arch": arch, "scheme": labels[k], "batch": batch,
+    label = arch if size == info.input_size else f"{arch}@{size}"
+    return [{"host": host, "isa": families[k], "arch": label, "scheme": labels[k], "batch": batch,
              "threads": threads, "engine": k.split(":")[0], "median_ms": round(m, 4), "p90_ms": round(p, 4)}
             for k, (m, p) in stats.items()]
 
@@ -269,6 +274,8 @@ def main(argv=None) -> int:
     add_quant_scheme_arg(p, ["uniform8"], nargs="+", help="scheme names, or 'all'")
     p.add_argument("-b", "--batch-size", nargs="+", type=int, default=[1, 8])
     p.add_argument("--threads", type=int, default=2)
+    add_input_size_arg(p, "each arch's canonical size: 224 for ImageNet archs, torchvision and timm, 32 for "
+                          "resnet20_cifar10 and files; rows at another size are labelled ARCH@SIZE")
     p.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
     p.add_argument("--isa", nargs="+", default=None, choices=ISA_CHOICES,
                    help="TVM kernel families to time, one tvm-int engine each (default: the detected one)")
@@ -297,7 +304,8 @@ def main(argv=None) -> int:
                 raise HawqError(f"unknown scheme '{s}' for {arch}; choose from {', '.join(list_schemes(arch))}")
         for batch in args.batch_size:
             rows = bench_arch_batch(arch, schemes, batch, args.threads, args.engines, args.warmup,
-                                    args.rounds, args.iters, not args.no_progress, args.isa or [None])
+                                    args.rounds, args.iters, not args.no_progress, args.isa or [None],
+                                    args.input_size)
             append_rows(rows, out / "latency.csv")
             for r in rows:
                 print(",".join(str(r[k]) for k in FIELDS), flush=True)

@@ -28,12 +28,12 @@ from tqdm import tqdm
 
 from hawq import ir
 from hawq.bit_config import load_scheme
-from hawq.apps.cli import add_arch_arg, console_script, one_line_errors, run_main
+from hawq.apps.cli import add_arch_arg, add_input_size_arg, console_script, one_line_errors, run_main
 from hawq.engine import calibrate_random
 from hawq.fileio import rows_csv, write_text_atomic
 from hawq.export import export_integer
 from hawq.models.factory import fp_model, quant_model
-from hawq.models.archs import arch_info
+from hawq.models.archs import arch_info, check_input_size
 from hawq.quant.config import QuantConfig
 from tvm_benchmark.apps.cli_args import add_isa_arg
 from tvm_benchmark.compile import compile_program
@@ -48,13 +48,17 @@ FIELDS = ("layer", "bits", "median_ms", "p90_ms")
 ROOT = Path(__file__).resolve().parents[2] / "results" / "layer_latency"   # data, not code
 
 
-def calibrated_graph(arch: str, scheme: str, batch: int, seed: int = 0) -> tuple[ir.Graph, dict]:
-    """(integer graph, value shapes) of ``arch`` under ``scheme``, calibrated on random batches."""
+def calibrated_graph(arch: str, scheme: str, batch: int, seed: int = 0,
+                     input_size: int | None = None) -> tuple[ir.Graph, dict]:
+    """(integer graph, value shapes) of ``arch`` under ``scheme`` for ``input_size``-pixel images
+    (default: the arch's canonical size), calibrated on random batches."""
     info = arch_info(arch)
+    size = input_size or info.input_size
+    check_input_size(arch, size)
     torch.manual_seed(seed)
-    shape = (batch, 3, info.input_size, info.input_size)
+    shape = (batch, 3, size, size)
     q = quant_model(arch, load_scheme(arch, scheme), info.num_classes, fp=fp_model(arch, info.num_classes),
-                    config=QuantConfig(fix_BN=True))
+                    config=QuantConfig(fix_BN=True), input_size=size)
     graph = ir.Graph.from_dict(export_integer(calibrate_random(q, shape, seed=seed), shape[1:])["graph"])
     info = graph.infer((1, *shape[1:]))
     return graph, {k: shp[1:] for k, (shp, _) in info.items()}
@@ -84,11 +88,12 @@ def paired_ms(layer: tuple[Runner, np.ndarray], stub: tuple[Runner, np.ndarray],
     return np.asarray(diffs)
 
 
-def _jobs(arch: str, batch: int, threads: int, target: str, rng, isa: str | None) -> list[tuple[str, int, tuple, tuple]]:
+def _jobs(arch: str, batch: int, threads: int, target: str, rng, isa: str | None,
+          input_size: int | None = None) -> list[tuple[str, int, tuple, tuple]]:
     """(layer, bits, compiled layer, compiled stub) for every conv/dense layer at 8 and at 4 bits."""
     jobs, stubs = [], {}
     for bits, scheme in ((8, "uniform8"), (4, "uniform4")):
-        graph, shapes = calibrated_graph(arch, scheme, batch)
+        graph, shapes = calibrated_graph(arch, scheme, batch, input_size=input_size)
         # The static ranges the whole program uses (not just the nodes' qmin/qmax: e.g. a post-ReLU
         # requant is [0, qmax]), so the stub feeds each layer the container and kernel it gets there.
         ranges = value_ranges(graph, (batch, *shapes[graph.input]))
@@ -110,11 +115,11 @@ def _jobs(arch: str, batch: int, threads: int, target: str, rng, isa: str | None
 
 
 def layer_rows(arch: str, batch: int, threads: int, target: str, passes: int = 3,
-               progress: bool = True, isa: str | None = None) -> list[dict]:
+               progress: bool = True, isa: str | None = None, input_size: int | None = None) -> list[dict]:
     """Every layer is measured in ``passes`` passes spread over the whole run (5 paired rounds
     each), so a slow spell of a shared machine cannot own one layer's figure."""
     rng = np.random.default_rng(0)
-    jobs = _jobs(arch, batch, threads, target, rng, isa)
+    jobs = _jobs(arch, batch, threads, target, rng, isa, input_size)
     diffs = {(name, bits): [] for name, bits, _, _ in jobs}
     with tqdm(total=passes * len(jobs), desc=f"{arch} layers", disable=not progress, leave=False,
               dynamic_ncols=True) as bar:
@@ -137,15 +142,20 @@ def main(argv=None) -> int:
     p.add_argument("--target", default="llvm")
     p.add_argument("-b", "--batch-size", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
+    add_input_size_arg(p, "the arch's canonical size (224 for ImageNet archs, torchvision and timm, 32 for "
+                          "resnet20_cifar10 and files)")
     add_isa_arg(p)
-    p.add_argument("--out", default=None, help="default: results/layer_latency/<host key>/<arch>.csv")
+    p.add_argument("--out", default=None, help="default: results/layer_latency/<host key>/<arch>.csv "
+                                               "(<arch>@<N>.csv at another --input-size)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     family = resolve(args.isa) if args.target == "llvm" else None
     rows = layer_rows(args.arch, args.batch_size, args.threads, args.target, progress=not args.no_progress,
-                      isa=args.isa)
-    out = Path(args.out) if args.out else ROOT / target_tag(args.target, family) / f"{args.arch}.csv"
+                      isa=args.isa, input_size=args.input_size)
+    canonical = args.input_size in (None, arch_info(args.arch).input_size)
+    name = args.arch if canonical else f"{args.arch}@{args.input_size}"
+    out = Path(args.out) if args.out else ROOT / target_tag(args.target, family) / f"{name}.csv"
     write_rows(rows, out)
     total = {b: sum(r["median_ms"] for r in rows if r["bits"] == b) for b in (4, 8)}
     print(f"{len(rows)} rows -> {out}  (sum of medians: 8-bit {total[8]:.3f} ms, 4-bit rows {total[4]:.3f} ms)")
