@@ -39,7 +39,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 from hawq.errors import HawqError
 from hawq.models.base import QuantModel
 from hawq.quant.config import QuantConfig
-from hawq.quant.modules import (QuantAct, QuantAveragePool2d, QuantBnConv2d, QuantConcat, QuantFlatten,
+from hawq.quant.modules import (QuantAct, QuantAveragePool2d, QuantBnConv2d, QuantChannelShuffle, QuantConcat,
+                                QuantFlatten, QuantSliceChannels,
                                 QuantLinear, QuantMaxPool2d, QuantReLU, QuantReLU6, QuantWindowAvgPool2d)
 
 __all__ = ["capture", "QuantGraphModel", "GraphUnit", "trace", "weighted_layers", "same_padding"]
@@ -51,6 +52,10 @@ _FLATTEN_FN = (torch.flatten,)
 _FLATTEN_METHODS = ("flatten", "view", "reshape")
 _PASS_MODULES = (nn.Dropout, nn.Dropout2d, nn.Identity)
 _PASS_FN = (F.dropout,)
+#: Python arithmetic that, on shapes (``x.size(1) // groups``), is not part of the integer program.
+_SHAPE_ARITHMETIC = (operator.floordiv, operator.mul, operator.add, operator.sub, operator.truediv)
+_CHUNK_FN = (torch.chunk, torch.split)
+_TRANSPOSE_FN = (torch.transpose,)
 _PAD_MODULES = (nn.ZeroPad2d, nn.ConstantPad2d)
 _SUPPORTED_MODULES = (nn.Conv2d, nn.BatchNorm2d, nn.Linear, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.MaxPool2d,
                       nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.Flatten, *_PAD_MODULES, *_PASS_MODULES)
@@ -163,6 +168,9 @@ class _Mapper:
         self.act_of: dict[fx.Node, _Val] = {}          # the <=8-bit quantizer of a value, shared
         self.fused_bn: dict[fx.Node, fx.Node] = {}     # bn node -> its conv node
         self.pad_of: dict[fx.Node, tuple[fx.Node, tuple[int, int, int, int]]] = {}  # pad -> (source, l r t b)
+        # a channel shuffle on its way (view to groups, transpose): node -> (stage, 4-D source, groups)
+        self.shuffling: dict[fx.Node, tuple[str, fx.Node, int]] = {}
+        self.pieces: dict[fx.Node, tuple[fx.Node, list[tuple[int, int]]]] = {}   # chunk/split -> (source, ranges)
         self.used: set[str] = set()
         self.relu = QuantReLU()
         self.relu6 = QuantReLU6()
@@ -285,8 +293,20 @@ class _Mapper:
         else:
             raise self.fail(n, type(m).__name__)
 
+    def _holds_tensor(self, n: fx.Node) -> bool:
+        """Whether ``n`` reads a value of the integer program (else it is shape arithmetic)."""
+        return any(a in self.vals or a in self.shuffling or a in self.pieces for a in n.all_input_nodes)
+
     def visit_function(self, n: fx.Node) -> None:
         f = n.target
+        if f in _SHAPE_ARITHMETIC and not self._holds_tensor(n):
+            return                                   # shape arithmetic (C // groups): no tensor
+        if f in _TRANSPOSE_FN:
+            return self.transpose(n, *n.args[1:3])
+        if f in _CHUNK_FN:
+            return self.chunk(n, f.__name__, n.args[1], n.args[2] if len(n.args) > 2 else n.kwargs.get("dim", 0))
+        if f is operator.getitem and n.args[0] in self.pieces:
+            return self.piece(n)
         if f in _RELU_FN:
             self.relu_of(n, self.arg(n, n.args[0]))
         elif f is F.relu6 or (f is F.hardtanh and tuple(n.args[1:3]) == (0.0, 6.0)):
@@ -325,6 +345,15 @@ class _Mapper:
         m = n.target
         if m in ("size", "dim"):
             return                                   # shape queries feed view(): no tensor
+        if m in ("view", "reshape") and (n.args[0] in self.shuffling or len(self.spatial(n)) == 5):
+            return self.shuffle_view(n)
+        if m == "transpose":
+            return self.transpose(n, *n.args[1:3])
+        if m in ("chunk", "split"):
+            return self.chunk(n, m, n.args[1], n.args[2] if len(n.args) > 2 else n.kwargs.get("dim", 0))
+        if m == "contiguous" and n.args[0] in self.shuffling:
+            self.shuffling[n] = self.shuffling[n.args[0]]
+            return
         if m in _FLATTEN_METHODS:
             self.flatten(n, self.arg(n, n.args[0]))
         elif m == "mean" and self._is_global_mean(n):
@@ -485,6 +514,62 @@ class _Mapper:
         scope = _scope(n)
         name = self.add_module(f"{scope}.add" if scope else "add", QuantAct("accumulator", self.config))
         self.vals[n] = _Val(self.graph.call_module(name, (main.node,), {"identity": identity.node}), "wide")
+
+    # -- layout ops (ShuffleNet): index moves on channels ------------------------------------------
+    def shuffle_view(self, n: fx.Node) -> None:
+        """``view``/``reshape`` [B, C, H, W] -> [B, g, C/g, H, W] starts a channel shuffle; the view
+        back to [B, C, H, W] after ``transpose(1, 2)`` ends it as one ``channel_shuffle``."""
+        src, out = n.args[0], self.spatial(n)
+        if src in self.shuffling:
+            stage, origin, groups = self.shuffling[src]
+            if stage != "transposed" or out != self.spatial(origin):
+                raise self.fail(n, "view", f"to {list(out)} is not supported (a channel shuffle views back to "
+                                "[B, C, H, W] after transpose(1, 2))")
+            v = self.arg(n, origin)
+            if v.kind == "float" or v.flat:
+                raise self.fail(n, "channel shuffle", "of this tensor is not supported")
+            scope = _scope(n)
+            name = self.add_module(f"{scope}.shuffle" if scope else "shuffle", QuantChannelShuffle(groups))
+            self.vals[n] = _Val(self.call(name, v.node), v.kind, v.nonneg)
+            return
+        shape = self.spatial(src)
+        if not (len(shape) == 4 and len(out) == 5 and out[0] == shape[0] and out[1] * out[2] == shape[1]
+                and tuple(out[3:]) == tuple(shape[2:])):
+            raise self.fail(n, "view", f"from {list(shape)} to {list(out)} is not supported (only [batch, features] "
+                            "or a channel shuffle)")
+        self.arg(n, src)
+        self.shuffling[n] = ("grouped", src, int(out[1]))
+
+    def transpose(self, n: fx.Node, d0, d1) -> None:
+        src = n.args[0]
+        if src not in self.shuffling or self.shuffling[src][0] != "grouped" or sorted((d0, d1)) != [1, 2]:
+            raise self.fail(n, "transpose", "is supported only as the middle of a channel shuffle "
+                            "(view to [B, g, C/g, H, W], transpose(1, 2), view back)")
+        self.shuffling[n] = ("transposed", *self.shuffling[src][1:])
+
+    def chunk(self, n: fx.Node, how: str, arg, dim) -> None:
+        """``chunk``/``split`` along channels: the pieces are channel slices (see :meth:`piece`)."""
+        src, shape = n.args[0], self.spatial(n.args[0])
+        v = self.arg(n, src)
+        if dim not in (1, -3) or len(shape) != 4 or v.kind == "float" or v.flat:
+            raise self.fail(n, how, f"along dim {dim} of this tensor is not supported (channels of a feature map are)")
+        c = shape[1]
+        if how == "chunk":
+            size = -(-c // int(arg))
+            sizes = [min(size, c - i) for i in range(0, c, size)]
+        else:
+            sizes = [int(arg)] * (c // int(arg)) + ([c % int(arg)] if c % int(arg) else []) \
+                if isinstance(arg, int) else [int(s) for s in arg]
+        edges = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+        self.pieces[n] = (src, list(zip(edges[:-1], edges[1:])))
+
+    def piece(self, n: fx.Node) -> None:
+        src, ranges = self.pieces[n.args[0]]
+        start, stop = ranges[n.args[1]]
+        v = self.vals[src]
+        scope = _scope(n)
+        name = self.add_module(f"{scope}.slice" if scope else "slice", QuantSliceChannels(start, stop))
+        self.vals[n] = _Val(self.call(name, v.node), v.kind, v.nonneg)
 
     def cat(self, n: fx.Node) -> None:
         parts = n.args[0]

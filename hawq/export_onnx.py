@@ -296,6 +296,17 @@ def _concat(b: _Builder, node: ir.Concat, *xs: str):
     _finish(b, node, b.op("Concat", [b.cast(x, dt) for x in xs], dt, axis=int(node.axis)))
 
 
+@LOWER.register(ir.ChannelShuffle)
+def _channel_shuffle(b: _Builder, node: ir.ChannelShuffle, x: str):
+    perm = node.perm(b.shape(x)[1])
+    _finish(b, node, b.op("Gather", [x, b.const(perm, np.int64, "perm")], b.dtype[x], axis=1))
+
+
+@LOWER.register(ir.SliceChannels)
+def _slice_channels(b: _Builder, node: ir.SliceChannels, x: str):
+    _finish(b, node, _slice(b, x, int(node.start), int(node.stop), -1))
+
+
 @LOWER.register(ir.MaxPool2d)
 def _maxpool2d(b: _Builder, node: ir.MaxPool2d, x: str):
     """On the 8-bit container when the value has 8 bits; else in float32, exact below 2^24 (profile

@@ -31,7 +31,7 @@ from hawq.errors import HawqError
 
 __all__ = ["INT32", "ROUNDINGS", "pair", "Op", "Quantize", "Conv2d", "Dense", "Requant", "RequantAdd",
            "Relu", "Flatten", "Clamp", "Concat", "MaxPool2d", "AvgPool2d", "GlobalAvgPoolSum",
-           "GlobalAvgPoolTrunc", "OPS", "requant_bounds", "Graph", "node_from_dict", "as_graph", "Registry"]
+           "GlobalAvgPoolTrunc", "shuffle_perm", "ChannelShuffle", "SliceChannels", "OPS", "requant_bounds", "Graph", "node_from_dict", "as_graph", "Registry"]
 
 Interval = tuple[int, int]
 Shape = tuple[int, ...]
@@ -417,8 +417,54 @@ class GlobalAvgPoolTrunc(GlobalAvgPoolSum):
         return _truncdiv(100 * lo + n, 100 * n), _truncdiv(100 * hi + n, 100 * n)
 
 
+def shuffle_perm(channels: int, groups: int) -> np.ndarray:
+    """Channel shuffle of ``channels`` in ``groups``: the input channel each output channel reads
+    (int64 [C]), ``(j mod g)·C/g + j div g``."""
+    return np.arange(channels, dtype=np.int64).reshape(groups, channels // groups).T.reshape(-1)
+
+
+@dataclass(kw_only=True)
+class ChannelShuffle(Op):
+    """ShuffleNet's channel shuffle of a [B, C, H, W] value: view [B, g, C/g, H, W], swap axes 1 and
+    2, view back; output channel j reads input channel ``(j mod g)·C/g + j div g`` (:meth:`perm`).
+    An index move: the integers and their per-channel grids move with their channels."""
+    OP: ClassVar[str] = "channel_shuffle"
+    groups: int
+
+    def perm(self, channels: int) -> np.ndarray:
+        """Input channel of each output channel (int64 [C])."""
+        return shuffle_perm(channels, int(self.groups))
+
+    def check(self):
+        if int(self.groups) < 1:
+            self.fail(f"groups must be >= 1, got {self.groups}")
+
+    def shape(self, x):
+        if len(x) != 4 or x[1] % int(self.groups):
+            self.fail(f"cannot shuffle {x} in {self.groups} groups")
+        return x
+
+
+@dataclass(kw_only=True)
+class SliceChannels(Op):
+    """Channels ``start`` … ``stop − 1`` of a [B, C, H, W] value (``chunk``/``split`` along channels)."""
+    OP: ClassVar[str] = "slice_channels"
+    start: int
+    stop: int
+
+    def check(self):
+        if not 0 <= int(self.start) < int(self.stop):
+            self.fail(f"empty or negative channel range [{self.start}, {self.stop})")
+
+    def shape(self, x):
+        if len(x) != 4 or int(self.stop) > x[1]:
+            self.fail(f"channels [{self.start}, {self.stop}) of {x}")
+        return (x[0], int(self.stop) - int(self.start), x[2], x[3])
+
+
 OPS: dict[str, type[Op]] = {c.OP: c for c in (Quantize, Conv2d, Dense, Requant, RequantAdd, Relu, Clamp, Concat,
-                                              MaxPool2d, AvgPool2d, GlobalAvgPoolSum, GlobalAvgPoolTrunc, Flatten)}
+                                              MaxPool2d, AvgPool2d, GlobalAvgPoolSum, GlobalAvgPoolTrunc, Flatten,
+                                              ChannelShuffle, SliceChannels)}
 
 
 def requant_bounds(qmin: int, qmax: int, in_lo: int, multiplier) -> Interval:

@@ -146,6 +146,16 @@ def _global_avgpool_trunc(node, x):
     return N.avgpool_trunc(x.sum(axis=(2, 3)), int(node.divisor))
 
 
+@IMPL.register(ir.ChannelShuffle)
+def _channel_shuffle(node: ir.ChannelShuffle, x):
+    return x[:, node.perm(x.shape[1])]
+
+
+@IMPL.register(ir.SliceChannels)
+def _slice_channels(node: ir.SliceChannels, x):
+    return x[:, int(node.start):int(node.stop)]
+
+
 def _last_uses(graph: ir.Graph) -> dict[str, int]:
     """Index of the last node reading each value, so intermediates can be freed early."""
     last = {}

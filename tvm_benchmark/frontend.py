@@ -388,6 +388,16 @@ class _Builder:
         dt = container(min(x.lo for x in xs), max(x.hi for x in xs))
         return self.emit(relax.op.concat([self.cast(x, dt) for x in xs], axis=self.caxis(len(xs[0].expr.ty.shape))))
 
+    def channel_shuffle(self, node: ir.ChannelShuffle, x: Value):
+        """A gather along the channel axis; the container and its offset move with the values."""
+        perm = node.perm(int(x.expr.ty.shape[self.caxis(4)]))
+        # "clip": every index is in range anyway, and TOPI warns about its unchecked "fast" mode
+        return self.emit(relax.op.take(x.expr, _const(perm, "int64"), axis=self.caxis(4), mode="clip")), x.offset
+
+    def slice_channels(self, node: ir.SliceChannels, x: Value):
+        e = relax.op.strided_slice(x.expr, axes=[self.caxis(4)], begin=[int(node.start)], end=[int(node.stop)])
+        return self.emit(e), x.offset
+
     def maxpool2d(self, node: ir.MaxPool2d, x: Value) -> relax.Expr:
         x = self.centered(x)
         p = [int(v) for v in node.padding]
@@ -446,7 +456,8 @@ for _cls, _meth in ((ir.Quantize, _Builder.quantize), (ir.Conv2d, _Builder.conv2
                     (ir.Requant, _Builder.requant), (ir.RequantAdd, _Builder.requant_add), (ir.Relu, _Builder.relu),
                     (ir.Clamp, _Builder.clamp), (ir.Concat, _Builder.concat), (ir.MaxPool2d, _Builder.maxpool2d),
                     (ir.AvgPool2d, _Builder.avgpool2d), (ir.GlobalAvgPoolSum, _Builder.global_avgpool_sum),
-                    (ir.GlobalAvgPoolTrunc, _Builder.global_avgpool_trunc), (ir.Flatten, _Builder.flatten)):
+                    (ir.GlobalAvgPoolTrunc, _Builder.global_avgpool_trunc), (ir.Flatten, _Builder.flatten),
+                    (ir.ChannelShuffle, _Builder.channel_shuffle), (ir.SliceChannels, _Builder.slice_channels)):
     LOWER.register(_cls)(_meth)
 _TAKES_OUT = {_Builder.requant, _Builder.requant_add, _Builder.clamp, _Builder.avgpool2d}
 

@@ -25,7 +25,8 @@ from hawq.quant import learned as L
 from hawq.quant.graph import Q, active
 
 __all__ = ["exact_conv2d", "exact_linear", "QuantAct", "QuantBnConv2d", "QuantLinear", "QuantAveragePool2d",
-           "QuantMaxPool2d", "QuantFlatten", "QuantReLU", "QuantReLU6", "QuantConcat", "QuantWindowAvgPool2d"]
+           "QuantMaxPool2d", "QuantFlatten", "QuantReLU", "QuantReLU6", "QuantConcat", "QuantWindowAvgPool2d",
+           "QuantChannelShuffle", "QuantSliceChannels"]
 
 #: float32 accumulates integers exactly while every partial sum stays below 2^24.
 _F32_EXACT = 1 << 24
@@ -782,6 +783,55 @@ class QuantConcat(nn.Module):
             if rec:
                 rec.add(ir.Concat, self.layer_name, [p.value for p in parts], y, axis=1)
         return Q(y, scale)
+
+
+def _channel_scale(scale: torch.Tensor | None, index) -> torch.Tensor | None:
+    """A per-channel scale moved with its channels (``index``: a slice or an index tensor); a
+    per-tensor scale is unchanged."""
+    return scale if scale is None or scale.numel() == 1 else scale.reshape(-1)[index]
+
+
+class QuantChannelShuffle(nn.Module):
+    """ShuffleNet's channel shuffle (view, transpose, view) of a quantized value: channels and their
+    grids move together (IR op ``channel_shuffle``)."""
+
+    def __init__(self, groups: int):
+        super().__init__()
+        self.groups = int(groups)
+        self.layer_name = ""
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}"
+
+    def forward(self, x: Q) -> Q:
+        perm = torch.from_numpy(ir.shuffle_perm(x.value.shape[1], self.groups)).to(x.value.device)
+        y = x.value.index_select(1, perm)
+        if not self.training:
+            rec = active()
+            if rec:
+                rec.add(ir.ChannelShuffle, self.layer_name, [x.value], y, groups=self.groups)
+        return Q(y, _channel_scale(x.scale, perm.to(x.scale.device) if x.scale is not None else None))
+
+
+class QuantSliceChannels(nn.Module):
+    """Channels ``start`` … ``stop − 1`` of a quantized value (``chunk``/``split``; IR op ``slice_channels``)."""
+
+    def __init__(self, start: int, stop: int):
+        super().__init__()
+        self.start, self.stop = int(start), int(stop)
+        self.layer_name = ""
+
+    def extra_repr(self) -> str:
+        return f"channels={self.start}:{self.stop}"
+
+    def forward(self, x: Q) -> Q:
+        y = x.value[:, self.start:self.stop]
+        if not self.training:
+            y = y.contiguous()
+            rec = active()
+            if rec:
+                rec.add(ir.SliceChannels, self.layer_name, [x.value], y, start=self.start, stop=self.stop)
+        return Q(y, _channel_scale(x.scale, slice(self.start, self.stop)))
 
 
 class QuantWindowAvgPool2d(nn.Module):

@@ -32,7 +32,8 @@ FAST = [("resnet18", "uniform4"), ("mobilenet_v2", "uniform8"), ("mnasnet0_5", "
 SLOW = [(n, s, SIDE) for n in ("resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "regnet_x_400mf",
                                "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2", "regnet_x_800mf",
                                "regnet_x_1_6gf", "mobilenet_v2", "mnasnet0_75", "mnasnet1_0", "mnasnet1_3",
-                               "googlenet", "squeezenet1_0", "squeezenet1_1")
+                               "googlenet", "squeezenet1_0", "squeezenet1_1", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5",
+                               "shufflenet_v2_x2_0")
         for s in ("uniform8", "uniform4")]
 # inception_v3 needs 75 px; vgg/alexnet's adaptive pool is the identity (7x7, 6x6) only at 224
 SLOW += [("inception_v3", s, 80) for s in ("uniform8", "uniform4")]
@@ -68,6 +69,22 @@ def _three_way(name: str, scheme: str, tvm: bool, side: int = SIDE) -> None:
 def test_torchvision_bit_exact(name, scheme):
     pytest.importorskip("tvm")
     _three_way(name, scheme, tvm=name == "resnet18")     # TVM on the rest: test-slow
+
+
+@pytest.mark.parametrize("scheme", ["uniform8", "uniform4"])
+def test_shufflenet_channel_shuffle_and_chunk_are_exact_everywhere(scheme):
+    """ShuffleNetV2: ``chunk`` -> ``slice_channels``, view/transpose/view -> ``channel_shuffle`` (index
+    moves; per-channel grids move with their channels): QAT eval == reference == TVM == ONNX Runtime."""
+    from hawq.export_onnx import OnnxProgram, to_onnx
+    model = _calibrated("torchvision:shufflenet_v2_x0_5", scheme)
+    x = torch.randn(2, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(1)) * 1.5
+    graph = export_integer(model, (3, SIDE, SIDE))["graph"]
+    ops = [n["op"] for n in graph["nodes"]]
+    assert ops.count("channel_shuffle") == 16 and ops.count("slice_channels") == 2 * 13   # 16 units, 13 of stride 1
+    ref = run_graph(graph, x.numpy())
+    assert (model.forward_int(x).numpy() == ref).all()
+    assert (tvm_outputs(graph, x.numpy()) == ref).all()
+    assert (OnnxProgram(to_onnx(graph, (3, SIDE, SIDE)))(x.numpy()) == ref).all()
 
 
 @pytest.mark.parametrize("name", [pytest.param("resnet18", marks=pytest.mark.slow), "mobilenetv2_100", "regnetx_002",

@@ -91,6 +91,8 @@ def test_every_op_matches_the_reference(rounding):
                      divisor=9, mode=avg_mode),
         _requant("rq3", "avg", c, rng, rounding, shift_lo=31, shift_hi=33),
         ir.Concat(name="cat", inputs=["rq3", "relu"], output="cat"),
+        ir.ChannelShuffle(name="shuffle", inputs=["cat"], output="shuffle", groups=3),
+        ir.SliceChannels(name="slice", inputs=["shuffle"], output="slice", start=2, stop=7),
         ir.RequantAdd(name="add", inputs=["rq2", "rq3"], output="add", multiplier=T(rng.integers(1 << 30, 1 << 31, c)),
                       shift=T(rng.integers(30, 32, c)), identity_multiplier=T(rng.integers(1 << 30, 1 << 31, c)),
                       identity_shift=T(rng.integers(30, 32, c)), qmin=-(1 << 15), qmax=(1 << 15) - 1,
@@ -188,6 +190,11 @@ def test_per_layer_names_the_corrupted_node(small_model, capsys):
     rows = compare_layers(OnnxProgram(to_onnx(bad, (3, 32, 32), expose=True)).values(x), graph, x)
     assert print_layers(rows) == victim["name"]
     assert "first divergence: " + victim["name"] in capsys.readouterr().out
+
+
+def test_every_ir_op_has_an_onnx_lowering():
+    from hawq.export_onnx import LOWER
+    assert LOWER.missing() == []
 
 
 def test_inexact_format_and_unknown_format_are_refused():

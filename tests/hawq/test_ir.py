@@ -138,3 +138,16 @@ def test_concat_of_differently_bounded_values():
     xi = x.astype(np.int64)
     want = np.concatenate([np.maximum(xi, 0), np.clip(xi, -5, 3), xi], axis=1)
     _check(g, x, want)
+
+
+@pytest.mark.parametrize("channels, groups", [(12, 2), (12, 3), (48, 4), (5, 1)])
+def test_shuffle_perm_is_torchvisions_channel_shuffle(channels, groups):
+    from torchvision.models.shufflenetv2 import channel_shuffle
+    x = torch.arange(channels, dtype=torch.float32).reshape(1, channels, 1, 1)
+    assert channel_shuffle(x, groups).reshape(-1).long().tolist() == ir.shuffle_perm(channels, groups).tolist()
+    node = ir.ChannelShuffle(name="s", inputs=["x"], output="y", groups=groups)
+    assert node.shape((2, channels, 3, 3)) == (2, channels, 3, 3)
+    with pytest.raises(HawqError, match="cannot shuffle"):
+        ir.ChannelShuffle(name="s", inputs=["x"], output="y", groups=7).shape((2, channels, 3, 3))
+    with pytest.raises(HawqError, match="empty or negative channel range"):
+        ir.SliceChannels(name="c", inputs=["x"], output="y", start=3, stop=3).check()
