@@ -39,9 +39,9 @@ from torch.fx.passes.shape_prop import ShapeProp
 from hawq.errors import HawqError
 from hawq.models.base import QuantModel
 from hawq.quant.config import QuantConfig
-from hawq.quant.modules import (QuantAct, QuantAveragePool2d, QuantBnConv2d, QuantChannelShuffle, QuantConcat,
-                                QuantFlatten, QuantSliceChannels,
-                                QuantLinear, QuantMaxPool2d, QuantReLU, QuantReLU6, QuantWindowAvgPool2d)
+from hawq.quant.modules import (QuantAct, QuantAveragePool2d, QuantBatchNorm2d, QuantBnConv2d, QuantChannelShuffle,
+                                QuantConcat, QuantFlatten, QuantLinear, QuantMaxPool2d, QuantReLU, QuantReLU6,
+                                QuantSliceChannels, QuantWindowAvgPool2d)
 
 __all__ = ["capture", "QuantGraphModel", "GraphUnit", "trace", "weighted_layers", "same_padding"]
 
@@ -95,14 +95,19 @@ def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tupl
     return total // 2, total - total // 2
 
 
+def _is_plain_linear(m: nn.Module) -> bool:
+    """timm's ``Linear``: an nn.Linear whose forward only adds TorchScript/AMP casts, kept whole."""
+    return isinstance(m, nn.Linear) and type(m).__name__ == "Linear" and type(m).__module__.startswith("timm.")
+
+
 class _Tracer(fx.Tracer):
     """torch.fx's tracer, with BatchNorm + activation modules (timm's ``BatchNormAct2d``) kept whole
     (traced through, their hand-copied batch norm would be loose arithmetic on buffers), and timm's
     ``Conv2dSame`` too (its padding depends on the input size: the capture computes it from the
-    propagated shape)."""
+    propagated shape), and timm's ``Linear``."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return _is_bn_act(m) or _is_conv_same(m) or super().is_leaf_module(m, qualname)
+        return _is_bn_act(m) or _is_conv_same(m) or _is_plain_linear(m) or super().is_leaf_module(m, qualname)
 
 
 def trace(model: nn.Module, name: str = "model") -> fx.GraphModule:
@@ -268,10 +273,10 @@ class _Mapper:
         if isinstance(m, nn.Conv2d):
             self.conv(n, m, path)
         elif isinstance(m, nn.BatchNorm2d):
-            if n not in self.fused_bn:
-                raise self.fail(n, type(m).__name__, "does not follow a convolution it can be folded into "
-                                "(a standalone BatchNorm has no integer implementation yet)")
-            self.vals[n] = self.vals[self.fused_bn[n]]
+            if n in self.fused_bn:
+                self.vals[n] = self.vals[self.fused_bn[n]]
+            else:
+                self.standalone_bn(n, m, path)
             if _is_bn_act(m):
                 self.bn_act(n, m, path)
         elif isinstance(m, nn.Linear):
@@ -358,6 +363,8 @@ class _Mapper:
             self.flatten(n, self.arg(n, n.args[0]))
         elif m == "mean" and self._is_global_mean(n):
             self.global_pool(n, self.arg(n, n.args[0]), _scope(n) or "pool")
+        elif m == "mean" and self._is_global_mean(n, keepdim=True):
+            self.avgpool(n, nn.AdaptiveAvgPool2d(1), f"{_scope(n)}.pool" if _scope(n) else "pool")
         elif m in ("relu", "relu_"):
             self.relu_of(n, self.arg(n, n.args[0]))
         elif m == "contiguous":
@@ -441,6 +448,14 @@ class _Mapper:
             raise HawqError(f"{self.name}: {path}.act ({type(act).__name__}) has no integer-only "
                             f"implementation{_source_line(n)}")
 
+    def standalone_bn(self, n: fx.Node, m: nn.BatchNorm2d, path: str) -> None:
+        """A BatchNorm that follows no convolution (DenseNet's, on a concat): its own integer affine."""
+        v = self.arg(n, n.args[0])
+        if v.kind == "float" or v.flat:
+            raise self.fail(n, type(m).__name__, "of the raw input or of pooled features is not supported")
+        name = self.add_module(path, QuantBatchNorm2d(m, self.config))
+        self.vals[n] = _Val(self.call(name, v.node), "acc")
+
     def relu_of(self, n: fx.Node, v: _Val) -> None:
         if v.kind == "float":
             raise self.fail(n, "ReLU", "of the raw input is not supported")
@@ -458,11 +473,28 @@ class _Mapper:
         name = self.add_module(path, QuantMaxPool2d(m))
         self.vals[n] = _Val(self.call(name, v.node), v.kind, v.nonneg, v.flat)
 
+    def _flattened(self, n: fx.Node) -> bool:
+        """Whether every user of ``n`` flattens it to [batch, features] (or is the linear layer /
+        output that reads it so): then a pool to 1×1 is the global pool of a classifier head."""
+        def flat(u: fx.Node) -> bool:
+            if u.op == "call_method":
+                return u.target in _FLATTEN_METHODS and len(self.spatial(u)) == 2
+            if u.op == "call_function":
+                return u.target in _FLATTEN_FN
+            if u.op == "call_module":
+                return isinstance(self.gm.get_submodule(u.target), (nn.Flatten, nn.Linear))
+            return u.op == "output"
+        return all(flat(u) for u in n.users)
+
     def avgpool(self, n: fx.Node, m: nn.Module, path: str) -> None:
         v = self.arg(n, n.args[0])
         shape_in, shape_out = self.spatial(n.args[0]), self.spatial(n)
         if len(shape_out) == 4 and shape_out[2:] == (1, 1):
-            return self.global_pool(n, v, path)
+            if self._flattened(n):
+                return self.global_pool(n, v, path)
+            # pooled features that stay [B, C, 1, 1] for a conv (squeeze-excitation, MobileNetV3's head):
+            # the window pool over the whole map
+            m = nn.AvgPool2d(tuple(shape_in[2:]), tuple(shape_in[2:]))
         if len(shape_in) == 4 and shape_in[2:] == shape_out[2:]:
             self.vals[n] = v                          # adaptive pool to the size it already has
             return
@@ -484,10 +516,11 @@ class _Mapper:
         name = self.add_module(path, QuantAveragePool2d(self.config))
         self.vals[n] = _Val(self.call(name, v.node), "acc", v.nonneg, flat=True)
 
-    def _is_global_mean(self, n: fx.Node) -> bool:
+    def _is_global_mean(self, n: fx.Node, keepdim: bool = False) -> bool:
+        """``x.mean((2, 3))`` (``keepdim``: ``x.mean((2, 3), keepdim=True)``)."""
         dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
         keep = n.kwargs.get("keepdim", n.args[2] if len(n.args) > 2 else False)
-        return sorted(dims if isinstance(dims, (list, tuple)) else [dims]) in ([2, 3], [-2, -1]) and not keep
+        return sorted(dims if isinstance(dims, (list, tuple)) else [dims]) in ([2, 3], [-2, -1]) and bool(keep) == keepdim
 
     def flatten(self, n: fx.Node, v: _Val) -> None:
         shape, src = self.spatial(n), n.args[0]
@@ -579,6 +612,9 @@ class _Mapper:
         vals = [self.arg(n, p) for p in parts]
         if any(v.kind == "float" or v.flat for v in vals):
             raise self.fail(n, "cat", "of these tensors is not supported")
+        if len(vals) == 1:                            # DenseNet's first layer: cat([x]) is x
+            self.vals[n] = vals[0]
+            return
         scope = _scope(n)
         name = self.add_module(f"{scope}.cat" if scope else "cat", QuantConcat())
         self.vals[n] = _Val(self.call(name, [v.node for v in vals]), "acc", all(v.nonneg for v in vals))

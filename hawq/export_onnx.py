@@ -296,6 +296,15 @@ def _concat(b: _Builder, node: ir.Concat, *xs: str):
     _finish(b, node, b.op("Concat", [b.cast(x, dt) for x in xs], dt, axis=int(node.axis)))
 
 
+@LOWER.register(ir.ChannelAffine)
+def _channel_affine(b: _Builder, node: ir.ChannelAffine, x: str):
+    lo, hi = b.bounds(node.output)
+    dt = np.int64 if np.int64 in (_container(lo, hi), b.dtype[x].type) else np.int32
+    nd = len(b.shape(x))
+    y = b.op("Mul", [b.cast(x, dt), b.const(_channel(node.sign, nd), dt, "sign")], dt)
+    _finish(b, node, b.op("Add", [y, b.const(_channel(node.bias, nd), dt, node.name + ".bias")], dt))
+
+
 @LOWER.register(ir.ChannelShuffle)
 def _channel_shuffle(b: _Builder, node: ir.ChannelShuffle, x: str):
     perm = node.perm(b.shape(x)[1])
@@ -333,17 +342,36 @@ def _trunc_mean(b: _Builder, total: str, n: int) -> str:
 
 @LOWER.register(ir.AvgPool2d)
 def _avgpool2d(b: _Builder, node: ir.AvgPool2d, x: str):
-    lo, hi = b.bounds(node.output) if node.mode == "sum" else b.bounds(x)
-    if node.mode != "sum":
-        lo, hi = lo * int(node.divisor), hi * int(node.divisor)
-    if lo < ir.INT32[0] or hi > ir.INT32[1]:
-        node.fail(f"window sum bound [{lo}, {hi}] exceeds int32 (ONNX integer export)")
-    xq, zp = _as_u8(b, x, node)
-    c, (kh, kw), (ph, pw) = b.shape(x)[1], ir.pair(node.kernel), ir.pair(node.padding)
-    ones = b.const(np.ones((c, 1, kh, kw)), np.uint8, node.name + ".window")
-    y = b.op("ConvInteger", [xq, ones, b.const(zp, np.uint8, "x_zp"), b.const(0, np.uint8, "w_zp")], np.int32,
-             group=int(c), strides=ir.pair(node.stride), pads=[ph, pw, ph, pw], kernel_shape=[kh, kw])
-    _finish(b, node, y if node.mode == "sum" else _trunc_mean(b, y, int(node.divisor)))
+    """k×k window sums: a depthwise ``ConvInteger`` with a ones kernel on an 8-bit value; a wider
+    value (a conv accumulator: DenseNet's transitions) as k² strided ``Slice``s of the zero-padded
+    value added in int32/int64 (one ``ReduceSum`` when the window is the whole map)."""
+    xlo, xhi = b.bounds(x)
+    n = int(node.divisor)
+    lo, hi = min(xlo, 0) * n, max(xhi, 0) * n
+    c, (kh, kw), (sh, sw), (ph, pw) = b.shape(x)[1], ir.pair(node.kernel), ir.pair(node.stride), ir.pair(node.padding)
+    if xhi - xlo <= 255 and xlo >= -255:
+        xq, zp = _as_u8(b, x, node)
+        ones = b.const(np.ones((c, 1, kh, kw)), np.uint8, node.name + ".window")
+        y = b.op("ConvInteger", [xq, ones, b.const(zp, np.uint8, "x_zp"), b.const(0, np.uint8, "w_zp")], np.int32,
+                 group=int(c), strides=[sh, sw], pads=[ph, pw, ph, pw], kernel_shape=[kh, kw])
+    else:
+        dt = _container(lo, hi)
+        h, w = b.shape(x)[2:]
+        xw = b.cast(x, dt)
+        if (ph, pw) == (0, 0) and (kh, kw) == (h, w):
+            y = b.op("ReduceSum", [xw, b.const([2, 3], np.int64, "axes")], dt, keepdims=1)
+        else:
+            if ph or pw:
+                xw = b.op("Pad", [xw, b.const([0, 0, ph, pw, 0, 0, ph, pw], np.int64, "pads")], dt)
+            oh, ow = node.shape((1, c, h, w))[2:]
+            y = None
+            for i in range(kh):
+                for j in range(kw):
+                    part = b.op("Slice", [xw, b.const([i, j], np.int64, "start"),
+                                          b.const([i + sh * (oh - 1) + 1, j + sw * (ow - 1) + 1], np.int64, "end"),
+                                          b.const([2, 3], np.int64, "axes"), b.const([sh, sw], np.int64, "steps")], dt)
+                    y = part if y is None else b.op("Add", [y, part], dt)
+    _finish(b, node, y if node.mode == "sum" else _trunc_mean(b, y, n))
 
 
 @LOWER.register(ir.GlobalAvgPoolSum)

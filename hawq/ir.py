@@ -31,7 +31,7 @@ from hawq.errors import HawqError
 
 __all__ = ["INT32", "ROUNDINGS", "pair", "Op", "Quantize", "Conv2d", "Dense", "Requant", "RequantAdd",
            "Relu", "Flatten", "Clamp", "Concat", "MaxPool2d", "AvgPool2d", "GlobalAvgPoolSum",
-           "GlobalAvgPoolTrunc", "shuffle_perm", "ChannelShuffle", "SliceChannels", "OPS", "requant_bounds", "Graph", "node_from_dict", "as_graph", "Registry"]
+           "GlobalAvgPoolTrunc", "ChannelAffine", "shuffle_perm", "ChannelShuffle", "SliceChannels", "OPS", "requant_bounds", "Graph", "node_from_dict", "as_graph", "Registry"]
 
 Interval = tuple[int, int]
 Shape = tuple[int, ...]
@@ -417,6 +417,34 @@ class GlobalAvgPoolTrunc(GlobalAvgPoolSum):
         return _truncdiv(100 * lo + n, 100 * n), _truncdiv(100 * hi + n, 100 * n)
 
 
+@dataclass(kw_only=True)
+class ChannelAffine(Op):
+    """A standalone BatchNorm on an integer tensor (DenseNet's BN after a concat):
+    ``sign[c]·x + bias[c]``, the sign of γ/σ and the integer bias at the input's grid times |γ/σ|;
+    the next requantization multiplies by |γ/σ|·S / S_out (§8b). ``sign``, ``bias``: int64 [C]."""
+    OP: ClassVar[str] = "channel_affine"
+    sign: torch.Tensor
+    bias: torch.Tensor
+
+    def check(self):
+        sign, bias = _np(self.sign), _np(self.bias)
+        if sign.shape != bias.shape or sign.ndim != 1:
+            self.fail(f"sign {sign.shape} and bias {bias.shape} must be one vector [C]")
+        if not np.isin(sign, (-1, 1)).all():
+            self.fail("sign must be -1 or +1")
+
+    def shape(self, x):
+        _check_channels(self, self.bias, x)
+        return x
+
+    def bounds(self, ins, shapes):
+        lo, hi = ins[0]
+        sign, bias = _np(self.sign).astype(np.int64), _np(self.bias).astype(np.int64)
+        los = np.where(sign > 0, lo, -hi) + bias
+        his = np.where(sign > 0, hi, -lo) + bias
+        return int(los.min()), int(his.max())
+
+
 def shuffle_perm(channels: int, groups: int) -> np.ndarray:
     """Channel shuffle of ``channels`` in ``groups``: the input channel each output channel reads
     (int64 [C]), ``(j mod g)·C/g + j div g``."""
@@ -464,7 +492,7 @@ class SliceChannels(Op):
 
 OPS: dict[str, type[Op]] = {c.OP: c for c in (Quantize, Conv2d, Dense, Requant, RequantAdd, Relu, Clamp, Concat,
                                               MaxPool2d, AvgPool2d, GlobalAvgPoolSum, GlobalAvgPoolTrunc, Flatten,
-                                              ChannelShuffle, SliceChannels)}
+                                              ChannelShuffle, SliceChannels, ChannelAffine)}
 
 
 def requant_bounds(qmin: int, qmax: int, in_lo: int, multiplier) -> Interval:

@@ -146,6 +146,11 @@ def _global_avgpool_trunc(node, x):
     return N.avgpool_trunc(x.sum(axis=(2, 3)), int(node.divisor))
 
 
+@IMPL.register(ir.ChannelAffine)
+def _channel_affine(node: ir.ChannelAffine, x):
+    return x * _per_channel(node.sign, x.ndim) + _per_channel(node.bias, x.ndim)
+
+
 @IMPL.register(ir.ChannelShuffle)
 def _channel_shuffle(node: ir.ChannelShuffle, x):
     return x[:, node.perm(x.shape[1])]

@@ -388,6 +388,16 @@ class _Builder:
         dt = container(min(x.lo for x in xs), max(x.hi for x in xs))
         return self.emit(relax.op.concat([self.cast(x, dt) for x in xs], axis=self.caxis(len(xs[0].expr.ty.shape))))
 
+    def channel_affine(self, node: ir.ChannelAffine, x: Value, out: Interval) -> relax.Expr:
+        """sign·x + bias per channel, in a container holding both the input and the output."""
+        x = self.centered(x)
+        nd = len(x.expr.ty.shape)
+        wide = container(min(x.lo, out[0]), max(x.hi, out[1]))
+        wide = "int32" if wide in ("uint8", "int8", "int16") else wide
+        e = self.emit(relax.op.multiply(self.cast(x, wide), _const(self.per_channel(_np(node.sign), nd), wide)))
+        e = self.emit(relax.op.add(e, _const(self.per_channel(_np(node.bias), nd), wide)))
+        return e if container(*out) == wide else self.emit(relax.op.astype(e, container(*out)))
+
     def channel_shuffle(self, node: ir.ChannelShuffle, x: Value):
         """A gather along the channel axis; the container and its offset move with the values."""
         perm = node.perm(int(x.expr.ty.shape[self.caxis(4)]))
@@ -457,9 +467,10 @@ for _cls, _meth in ((ir.Quantize, _Builder.quantize), (ir.Conv2d, _Builder.conv2
                     (ir.Clamp, _Builder.clamp), (ir.Concat, _Builder.concat), (ir.MaxPool2d, _Builder.maxpool2d),
                     (ir.AvgPool2d, _Builder.avgpool2d), (ir.GlobalAvgPoolSum, _Builder.global_avgpool_sum),
                     (ir.GlobalAvgPoolTrunc, _Builder.global_avgpool_trunc), (ir.Flatten, _Builder.flatten),
-                    (ir.ChannelShuffle, _Builder.channel_shuffle), (ir.SliceChannels, _Builder.slice_channels)):
+                    (ir.ChannelShuffle, _Builder.channel_shuffle), (ir.SliceChannels, _Builder.slice_channels),
+                    (ir.ChannelAffine, _Builder.channel_affine)):
     LOWER.register(_cls)(_meth)
-_TAKES_OUT = {_Builder.requant, _Builder.requant_add, _Builder.clamp, _Builder.avgpool2d}
+_TAKES_OUT = {_Builder.requant, _Builder.requant_add, _Builder.clamp, _Builder.avgpool2d, _Builder.channel_affine}
 
 
 def _emit_nodes(b: _Builder, graph: ir.Graph, x: relax.Var) -> tuple[dict, list[str]]:

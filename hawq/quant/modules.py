@@ -26,7 +26,7 @@ from hawq.quant.graph import Q, active
 
 __all__ = ["exact_conv2d", "exact_linear", "QuantAct", "QuantBnConv2d", "QuantLinear", "QuantAveragePool2d",
            "QuantMaxPool2d", "QuantFlatten", "QuantReLU", "QuantReLU6", "QuantConcat", "QuantWindowAvgPool2d",
-           "QuantChannelShuffle", "QuantSliceChannels"]
+           "QuantChannelShuffle", "QuantSliceChannels", "QuantBatchNorm2d"]
 
 #: float32 accumulates integers exactly while every partial sum stays below 2^24.
 _F32_EXACT = 1 << 24
@@ -644,6 +644,8 @@ def _train_mean(mean: torch.Tensor, scale: torch.Tensor | None, n: int, trunc: b
     if not trunc:
         return Q(mean, scale / n)
     s = scale.to(mean.dtype)
+    if s.numel() > 1:                    # a per-channel accumulator scale: along the channel axis
+        s = N.channel_view(s, mean.dim())
     with torch.no_grad():
         value = torch.trunc(torch.round(mean.detach() * n / s) / n + 0.01) * s
     return Q(N.straight_through(mean, value), scale)
@@ -783,6 +785,65 @@ class QuantConcat(nn.Module):
             if rec:
                 rec.add(ir.Concat, self.layer_name, [p.value for p in parts], y, axis=1)
         return Q(y, scale)
+
+
+class QuantBatchNorm2d(nn.Module):
+    """A BatchNorm that follows no convolution (DenseNet's BN on a concat), on a quantized input of
+    per-channel (or per-tensor) scale S: with k = γ/σ and t = β − μ·k folded exactly as for a conv
+    (:func:`hawq.numerics.fold_bn`), the output is the integer ``sign(k)·x + b`` at the per-channel
+    accumulator scale |k|·S, ``b`` = t / (|k|·S) rounded like a conv bias (``bias_bit``); the next
+    :class:`QuantAct` requantizes it (IR op ``channel_affine``).
+
+    Training runs the BatchNorm on batch statistics until it is folded (``fix_BN``, or after
+    ``fix_BN_threshold`` steps, as :class:`QuantBnConv2d`), then emulates the integer affine."""
+
+    def __init__(self, bn: nn.BatchNorm2d, config: QuantConfig):
+        super().__init__()
+        self.bn = bn
+        self.profile, self.bias_bit = config.profile, config.bias_bit
+        self.fix_BN, self.fix_BN_threshold = config.fix_BN, config.fix_BN_threshold
+        self.register_buffer("fold_step", torch.zeros((), dtype=torch.int64))
+        self.layer_name = ""
+
+    @property
+    def bn_folded(self) -> bool:
+        return self.fix_BN or (self.fix_BN_threshold is not None and int(self.fold_step) >= self.fix_BN_threshold)
+
+    def _fold(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(k, t) per channel, float32 [C], as a conv's BN folding forms them."""
+        bn = self.bn
+        k, t = N.fold_bn(torch.ones(bn.num_features, 1, device=bn.running_var.device), None, bn.running_mean,
+                         bn.running_var, bn.weight, bn.bias, bn.eps)
+        return k.reshape(-1), t
+
+    def _grid(self, scale_in: torch.Tensor, k: torch.Tensor, t: torch.Tensor):
+        """(integer bias int64 [C] at the accumulator grid, accumulator scale |k|·S float64 [C]),
+        |k| floored at MIN_RANGE (a channel with γ = 0 is its bias alone)."""
+        mag = k.detach().abs().clamp(min=N.MIN_RANGE)
+        b_int = N.quantize_bias(t, scale_in, mag, self.bias_bit, self.profile)
+        return b_int, N.bias_scale(scale_in, mag, self.profile)
+
+    def forward(self, x: Q) -> Q:
+        if self.training:
+            self.fold_step += 1
+            if not self.bn_folded:
+                return Q(self.bn(x.value), None)
+        k, t = self._fold()
+        nd = x.value.dim()
+        if x.scale is None:
+            return Q(x.value * N.channel_view(k, nd) + N.channel_view(t, nd), None)
+        b_int, acc_scale = self._grid(x.scale, k, t)
+        if self.training:       # k·x + |k|·S·b: the integer affine's value, b's rounding straight through
+            b = N.straight_through(t, (b_int.double() * acc_scale).to(t.dtype))
+            y = x.value * N.channel_view(k, nd) + N.channel_view(b, nd)
+            return Q(y, acc_scale.to(y.dtype))
+        sign = torch.where(k < 0, -1, 1).to(torch.int64)
+        with torch.no_grad():
+            z = x.value * N.channel_view(sign, nd) + N.channel_view(b_int, nd)
+        rec = active()
+        if rec:
+            rec.add(ir.ChannelAffine, self.layer_name, [x.value], z, sign=sign.cpu(), bias=b_int.cpu())
+        return Q(z, acc_scale.to(z.device))
 
 
 def _channel_scale(scale: torch.Tensor | None, index) -> torch.Tensor | None:

@@ -38,6 +38,8 @@ SLOW = [(n, s, SIDE) for n in ("resnet34", "resnet50", "resnet101", "resnet152",
 # inception_v3 needs 75 px; vgg/alexnet's adaptive pool is the identity (7x7, 6x6) only at 224
 SLOW += [("inception_v3", s, 80) for s in ("uniform8", "uniform4")]
 SLOW += [(n, "uniform8", 224) for n in ("vgg11_bn", "alexnet")]
+SLOW += [("densenet121", s, 32) for s in ("uniform8", "uniform4")]
+SLOW += [("timm:tf_mobilenetv3_small_minimal_100", "uniform8", 64), ("timm:tf_efficientnet_lite0", "uniform8", 64)]
 
 
 def _calibrated(arch: str, scheme: str, side: int = SIDE):
@@ -468,3 +470,67 @@ def test_asymmetric_padding_is_exact_in_every_backend():
         warnings.simplefilter("ignore", UserWarning)        # PyTorch's note on even-kernel "same"
         err = (q(x) - model(x)).abs().max() / model(x).abs().max()
     assert err < 0.03, err
+
+
+# --------------------------------------------------------------------------- DenseNet-style BN, pooled convs
+class _DenseLike(nn.Module):
+    """A BatchNorm on a concat (some γ < 0) before a ReLU and a conv, a 2×2 pool of a conv's
+    accumulator, and a 1×1 conv on a kept-dim global mean (MobileNetV3's head)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.norm = nn.BatchNorm2d(16)
+        self.c3 = nn.Conv2d(16, 8, 1, bias=False)
+        self.pool = nn.AvgPool2d(2, 2)
+        self.head = nn.Conv2d(8, 12, 1)
+        self.fc = nn.Linear(12, 10)
+
+    def forward(self, x):
+        x1 = torch.relu(self.b1(self.c1(x)))
+        x = torch.relu(self.norm(torch.cat([x1, self.c2(x1)], 1)))
+        x = self.pool(self.c3(x))
+        x = torch.relu(self.head(torch.relu(x).mean((2, 3), keepdim=True)))
+        return self.fc(torch.flatten(x, 1))
+
+
+@pytest.mark.parametrize("numerics", ["exact", "hawq"])
+def test_standalone_batchnorm_and_pooled_convs_are_exact_everywhere(numerics):
+    from hawq.export_onnx import OnnxProgram, to_onnx
+    from hawq.quant.config import QuantConfig
+    torch.manual_seed(0)
+    model = _DenseLike().eval()
+    randomize_bn(model)
+    with torch.no_grad():
+        model.norm.weight[::3] *= -1                 # negative γ: sign -1 channels
+    images = [torch.randn(8, 3, 16, 16) for _ in range(2)]
+    q = hawq.quantize(model, images[0], images, config=QuantConfig(numerics=numerics))
+    graph = hawq.export_program(q, input_shape=(3, 16, 16))
+    ops = [n.OP for n in graph.nodes]
+    assert ops.count("channel_affine") == 1 and ops.count("avgpool2d") == 2 and "global_avgpool_sum" not in ops
+    affine = next(n for n in graph.nodes if n.OP == "channel_affine")
+    assert sorted(set(affine.sign.tolist())) == [-1, 1]
+    x = torch.randn(4, 3, 16, 16)
+    ref = hawq.run_reference(graph, x)
+    assert (ref == q.forward_int(x).numpy()).all()
+    assert (tvm_outputs(graph.to_dict(), x.numpy()) == ref).all()
+    assert (OnnxProgram(to_onnx(graph, (3, 16, 16), numerics=numerics))(x.numpy()) == ref).all()
+    with torch.no_grad():
+        err = (q(x) - model(x)).abs().max() / model(x).abs().max()
+    assert err < 0.05, err                          # W8A8 of the same function
+
+
+@pytest.mark.parametrize("name, side", [("torchvision:densenet121", 32), ("timm:tf_mobilenetv3_small_minimal_100", 64)])
+def test_densenet_and_mobilenetv3_minimal_are_exact(name, side):
+    """DenseNet (standalone BN on concats, pooled accumulators) and MobileNetV3-minimal (a conv on the
+    pooled map): QAT eval == reference == ONNX Runtime (TVM: test-slow)."""
+    from hawq.export_onnx import OnnxProgram, to_onnx
+    if name.startswith("timm:"):
+        pytest.importorskip("timm")
+    model = _calibrated(name, "uniform4", side)
+    x = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(1)) * 1.5
+    graph = export_integer(model, (3, side, side))["graph"]
+    ref = run_graph(graph, x.numpy())
+    assert (model.forward_int(x).numpy() == ref).all()
+    assert (OnnxProgram(to_onnx(graph, (3, side, side)))(x.numpy()) == ref).all()
