@@ -36,12 +36,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
+from torchvision.ops import stochastic_depth as _stochastic_depth
+
 from hawq.errors import HawqError
 from hawq.models.base import QuantModel
 from hawq.quant.config import QuantConfig
 from hawq.quant.modules import (QuantAct, QuantAveragePool2d, QuantBatchNorm2d, QuantBnConv2d, QuantChannelShuffle,
-                                QuantConcat, QuantFlatten, QuantLinear, QuantMaxPool2d, QuantReLU, QuantReLU6,
-                                QuantSliceChannels, QuantWindowAvgPool2d)
+                                QuantConcat, QuantFlatten, QuantLinear, QuantLut, QuantMaxPool2d, QuantMul, QuantReLU,
+                                QuantReLU6, QuantSliceChannels, QuantWindowAvgPool2d)
 
 __all__ = ["capture", "QuantGraphModel", "GraphUnit", "trace", "weighted_layers", "same_padding"]
 
@@ -51,13 +53,20 @@ _CAT_FN = (torch.cat, torch.concat)
 _FLATTEN_FN = (torch.flatten,)
 _FLATTEN_METHODS = ("flatten", "view", "reshape")
 _PASS_MODULES = (nn.Dropout, nn.Dropout2d, nn.Identity)
-_PASS_FN = (F.dropout,)
+_PASS_FN = (F.dropout, _stochastic_depth)
+#: Pointwise nonlinearities computed as tables (QuantLut): modules, functions and tensor methods.
+_TABLE_MODULES = {nn.Sigmoid: "sigmoid", nn.Hardsigmoid: "hardsigmoid", nn.SiLU: "silu", nn.Hardswish: "hardswish",
+                  nn.Tanh: "tanh", nn.GELU: "gelu"}
+_TABLE_FN = {torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", F.hardsigmoid: "hardsigmoid", F.silu: "silu",
+             F.hardswish: "hardswish", torch.tanh: "tanh", F.tanh: "tanh", F.gelu: "gelu"}
+_TABLE_METHODS = {"sigmoid": "sigmoid", "tanh": "tanh"}
+_MUL_FN = (operator.mul, torch.mul)
 #: Python arithmetic that, on shapes (``x.size(1) // groups``), is not part of the integer program.
 _SHAPE_ARITHMETIC = (operator.floordiv, operator.mul, operator.add, operator.sub, operator.truediv)
 _CHUNK_FN = (torch.chunk, torch.split)
 _TRANSPOSE_FN = (torch.transpose,)
 _PAD_MODULES = (nn.ZeroPad2d, nn.ConstantPad2d)
-_SUPPORTED_MODULES = (nn.Conv2d, nn.BatchNorm2d, nn.Linear, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.MaxPool2d,
+_SUPPORTED_MODULES = (*_TABLE_MODULES, nn.Conv2d, nn.BatchNorm2d, nn.Linear, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.MaxPool2d,
                       nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.Flatten, *_PAD_MODULES, *_PASS_MODULES)
 _PAD_FN = tuple({F.pad, getattr(torch._C._nn, "pad", F.pad)})
 
@@ -281,6 +290,10 @@ class _Mapper:
                 self.bn_act(n, m, path)
         elif isinstance(m, nn.Linear):
             self.linear(n, m, path)
+        elif type(m) in _TABLE_MODULES:
+            if isinstance(m, nn.GELU) and m.approximate != "none":
+                raise self.fail(n, "GELU", f"with approximate={m.approximate!r} is not supported (the exact erf form is)")
+            self.table(n, _TABLE_MODULES[type(m)], path)
         elif isinstance(m, nn.ReLU):
             self.relu_of(n, self.arg(n, n.args[0]))
         elif _is_relu6(m):
@@ -306,6 +319,13 @@ class _Mapper:
         f = n.target
         if f in _SHAPE_ARITHMETIC and not self._holds_tensor(n):
             return                                   # shape arithmetic (C // groups): no tensor
+        if f in _TABLE_FN:
+            if f is F.gelu and n.kwargs.get("approximate", "none") != "none":
+                raise self.fail(n, "gelu", "with approximate='tanh' is not supported (the exact erf form is)")
+            scope = _scope(n)
+            return self.table(n, _TABLE_FN[f], f"{scope}.{_TABLE_FN[f]}" if scope else _TABLE_FN[f])
+        if f in _MUL_FN:
+            return self.mul(n)
         if f in _TRANSPOSE_FN:
             return self.transpose(n, *n.args[1:3])
         if f in _CHUNK_FN:
@@ -356,6 +376,11 @@ class _Mapper:
             return self.transpose(n, *n.args[1:3])
         if m in ("chunk", "split"):
             return self.chunk(n, m, n.args[1], n.args[2] if len(n.args) > 2 else n.kwargs.get("dim", 0))
+        if m in _TABLE_METHODS:
+            scope = _scope(n)
+            return self.table(n, _TABLE_METHODS[m], f"{scope}.{m}" if scope else m)
+        if m == "mul":
+            return self.mul(n)
         if m == "contiguous" and n.args[0] in self.shuffling:
             self.shuffling[n] = self.shuffling[n.args[0]]
             return
@@ -448,6 +473,29 @@ class _Mapper:
             raise HawqError(f"{self.name}: {path}.act ({type(act).__name__}) has no integer-only "
                             f"implementation{_source_line(n)}")
 
+    def table(self, n: fx.Node, function: str, path: str) -> None:
+        """A pointwise nonlinearity: a table over its input's <= 8-bit grid (QuantLut)."""
+        v = self.arg(n, n.args[0])
+        if v.kind == "float":
+            raise self.fail(n, function, "of the raw input is not supported")
+        x = self.quantized(n.args[0], path)
+        name = self.add_module(path, QuantLut(function, self.config))
+        self.vals[n] = _Val(self.call(name, x.node), "act", function in ("sigmoid", "hardsigmoid"), x.flat)
+
+    def mul(self, n: fx.Node) -> None:
+        """``a * b`` of two feature values (squeeze-excitation): both on <= 8-bit grids, an exact product."""
+        a, b = n.args[:2]
+        if not all(isinstance(t, fx.Node) and t in self.vals for t in (a, b)):
+            raise self.fail(n, "mul", "by a constant is not supported (a product of two feature values is)")
+        va, vb = self.vals[a], self.vals[b]
+        if "float" in (va.kind, vb.kind) or va.flat != vb.flat:
+            raise self.fail(n, "mul", "of these tensors is not supported")
+        scope = _scope(n)
+        path = f"{scope}.mul" if scope else "mul"
+        xa, xb = self.quantized(a, path), self.quantized(b, path)
+        name = self.add_module(path, QuantMul())
+        self.vals[n] = _Val(self.call(name, xa.node, xb.node), "acc", va.nonneg and vb.nonneg, va.flat)
+
     def standalone_bn(self, n: fx.Node, m: nn.BatchNorm2d, path: str) -> None:
         """A BatchNorm that follows no convolution (DenseNet's, on a concat): its own integer affine."""
         v = self.arg(n, n.args[0])
@@ -493,9 +541,10 @@ class _Mapper:
             if self._flattened(n):
                 return self.global_pool(n, v, path)
             # pooled features that stay [B, C, 1, 1] for a conv (squeeze-excitation, MobileNetV3's head):
-            # the window pool over the whole map
+            # the window pool over the whole map (also of a 1x1 map: the program, and so the layer
+            # names of a bit_config, do not depend on the input size)
             m = nn.AvgPool2d(tuple(shape_in[2:]), tuple(shape_in[2:]))
-        if len(shape_in) == 4 and shape_in[2:] == shape_out[2:]:
+        elif len(shape_in) == 4 and shape_in[2:] == shape_out[2:]:
             self.vals[n] = v                          # adaptive pool to the size it already has
             return
         if isinstance(m, nn.AvgPool2d):

@@ -305,6 +305,21 @@ def _channel_affine(b: _Builder, node: ir.ChannelAffine, x: str):
     _finish(b, node, b.op("Add", [y, b.const(_channel(node.bias, nd), dt, node.name + ".bias")], dt))
 
 
+@LOWER.register(ir.Lut)
+def _lut(b: _Builder, node: ir.Lut, x: str):
+    table = np.asarray(_np(node.table), dtype=np.int64)
+    lo, hi = b.bounds(node.output)
+    dt = _container(lo, hi)
+    idx = b.op("Sub", [x, b.const(int(node.in_lo), b.dtype[x], "in_lo")], b.dtype[x])
+    _finish(b, node, b.op("Gather", [b.const(table, dt, node.name + ".table"), idx], dt, axis=0))
+
+
+@LOWER.register(ir.Mul)
+def _mul(b: _Builder, node: ir.Mul, x: str, y: str):
+    dt = _container(*b.bounds(node.output))
+    _finish(b, node, b.op("Mul", [b.cast(x, dt), b.cast(y, dt)], dt))
+
+
 @LOWER.register(ir.ChannelShuffle)
 def _channel_shuffle(b: _Builder, node: ir.ChannelShuffle, x: str):
     perm = node.perm(b.shape(x)[1])

@@ -31,7 +31,7 @@ from hawq.errors import HawqError
 
 __all__ = ["INT32", "ROUNDINGS", "pair", "Op", "Quantize", "Conv2d", "Dense", "Requant", "RequantAdd",
            "Relu", "Flatten", "Clamp", "Concat", "MaxPool2d", "AvgPool2d", "GlobalAvgPoolSum",
-           "GlobalAvgPoolTrunc", "ChannelAffine", "shuffle_perm", "ChannelShuffle", "SliceChannels", "OPS", "requant_bounds", "Graph", "node_from_dict", "as_graph", "Registry"]
+           "GlobalAvgPoolTrunc", "ChannelAffine", "Lut", "Mul", "shuffle_perm", "ChannelShuffle", "SliceChannels", "OPS", "requant_bounds", "Graph", "node_from_dict", "as_graph", "Registry"]
 
 Interval = tuple[int, int]
 Shape = tuple[int, ...]
@@ -445,6 +445,55 @@ class ChannelAffine(Op):
         return int(los.min()), int(his.max())
 
 
+@dataclass(kw_only=True)
+class Lut(Op):
+    """A pointwise function (sigmoid, SiLU, hardswish, ...) of a <= 8-bit activation as a table:
+    output = ``table[x − in_lo]`` (int64 [n], the output grid's centered integers, computed at
+    export by :func:`hawq.numerics.function_table`); ``function`` and the output grid are info."""
+    OP: ClassVar[str] = "lut"
+    function: str
+    table: torch.Tensor
+    in_lo: int
+    qmin: int
+    qmax: int
+    zero_point: int
+    bits: int
+
+    def check(self):
+        t = _np(self.table)
+        if t.ndim != 1 or t.size == 0:
+            self.fail("table must be a non-empty vector")
+        if int(t.min()) < int(self.qmin) or int(t.max()) > int(self.qmax):
+            self.fail(f"table leaves [{self.qmin}, {self.qmax}]")
+
+    def bounds(self, ins, shapes):
+        lo, hi = ins[0]
+        start = int(self.in_lo)
+        if lo < start or hi > start + _np(self.table).size - 1:
+            self.fail(f"input range [{lo}, {hi}] is outside the table's [{start}, {start + _np(self.table).size - 1}] "
+                      "(a table needs a <= 8-bit input)")
+        part = _np(self.table)[lo - start:hi - start + 1]
+        return int(part.min()), int(part.max())
+
+
+@dataclass(kw_only=True)
+class Mul(Op):
+    """Elementwise product of two integer values (squeeze-excitation's ``x · s``, ``s`` [B, C, 1, 1]
+    broadcast over H, W): exact, at the product of the two scales (the next requantization rescales)."""
+    OP: ClassVar[str] = "mul"
+    ARITY: ClassVar[int] = 2
+
+    def shape(self, a, b):
+        if len(a) != len(b) or any(x != y and 1 not in (x, y) for x, y in zip(a, b)):
+            self.fail(f"cannot broadcast {a} and {b}")
+        return tuple(max(x, y) for x, y in zip(a, b))
+
+    def bounds(self, ins, shapes):
+        (a0, a1), (b0, b1) = ins
+        corners = [a0 * b0, a0 * b1, a1 * b0, a1 * b1]
+        return min(corners), max(corners)
+
+
 def shuffle_perm(channels: int, groups: int) -> np.ndarray:
     """Channel shuffle of ``channels`` in ``groups``: the input channel each output channel reads
     (int64 [C]), ``(j mod g)·C/g + j div g``."""
@@ -492,7 +541,7 @@ class SliceChannels(Op):
 
 OPS: dict[str, type[Op]] = {c.OP: c for c in (Quantize, Conv2d, Dense, Requant, RequantAdd, Relu, Clamp, Concat,
                                               MaxPool2d, AvgPool2d, GlobalAvgPoolSum, GlobalAvgPoolTrunc, Flatten,
-                                              ChannelShuffle, SliceChannels, ChannelAffine)}
+                                              ChannelShuffle, SliceChannels, ChannelAffine, Lut, Mul)}
 
 
 def requant_bounds(qmin: int, qmax: int, in_lo: int, multiplier) -> Interval:

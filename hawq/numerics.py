@@ -27,7 +27,8 @@ __all__ = ["MANTISSA_BITS", "MAX_SHIFT", "MIN_RANGE", "ACT_MODES", "ROUNDINGS", 
            "Profile", "EXACT", "HAWQ", "PROFILES", "profile", "qrange", "weight_scale", "activation_params",
            "act_qrange", "ema_range", "batch_range", "fold_bn", "quantize", "straight_through",
            "fake_quantize", "quantize_weight", "quantize_bias", "bias_scale", "requant_ratio", "dyadic",
-           "requantize", "saturate", "saturate_", "residual_add", "avgpool_trunc", "relu6_bound",
+           "requantize", "saturate", "saturate_", "residual_add", "avgpool_trunc", "TABLE_FUNCTIONS", "TABLE_RANGE",
+           "function_table", "relu6_bound",
            "channel_view"]
 
 #: Width of the dyadic multiplier: m in [2^30, 2^31), so m fits a signed int32, and
@@ -409,6 +410,38 @@ def avgpool_trunc(total, n: int):
     if isinstance(num, torch.Tensor):
         return torch.div(num, d, rounding_mode="trunc")
     return np.sign(num) * (np.abs(num) // d)
+
+
+# --------------------------------------------------------------------------- activation tables
+def _gelu(x: np.ndarray) -> np.ndarray:
+    erf = np.frompyfunc(math.erf, 1, 1)
+    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)).astype(np.float64))
+
+
+#: Pointwise functions an activation table holds (float64 NumPy, the spec of docs/numerics.md §8c).
+TABLE_FUNCTIONS = {
+    "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
+    "hardsigmoid": lambda x: np.clip(x + 3.0, 0.0, 6.0) / 6.0,
+    "silu": lambda x: x / (1.0 + np.exp(-x)),
+    "hardswish": lambda x: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0,
+    "tanh": np.tanh,
+    "gelu": _gelu,
+}
+#: Centered inputs a table covers: every integer of any <= 8-bit grid with its zero point (q - z).
+TABLE_RANGE = (-255, 255)
+
+
+def function_table(fn: str, in_scale, out_scale, out_zero: int, qmin: int, qmax: int) -> np.ndarray:
+    """The output integers of pointwise ``fn`` (:data:`TABLE_FUNCTIONS`) for every centered input
+    q in :data:`TABLE_RANGE`: ``clip(round_half_even(f(q·S_in) / S_out) + z, qmin, qmax) − z``, in
+    float64 from the stored float32 scales. Returns int64 [511] (entry i is input ``TABLE_RANGE[0] + i``).
+    Computed once at export and stored in the graph, so every backend gathers the same integers."""
+    q = np.arange(TABLE_RANGE[0], TABLE_RANGE[1] + 1, dtype=np.float64)
+    s_in = float(np.asarray(_to_numpy(in_scale), dtype=np.float64).reshape(-1)[0])
+    s_out = float(np.asarray(_to_numpy(out_scale), dtype=np.float64).reshape(-1)[0])
+    with np.errstate(over="ignore"):            # exp(-x) overflows to inf for very negative x: f -> 0
+        y = TABLE_FUNCTIONS[fn](q * s_in)
+    return (np.clip(np.round(y / s_out) + out_zero, qmin, qmax) - out_zero).astype(np.int64)
 
 
 def relu6_bound(acc_scale) -> np.ndarray:

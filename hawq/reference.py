@@ -151,6 +151,16 @@ def _channel_affine(node: ir.ChannelAffine, x):
     return x * _per_channel(node.sign, x.ndim) + _per_channel(node.bias, x.ndim)
 
 
+@IMPL.register(ir.Lut)
+def _lut(node: ir.Lut, x):
+    return np.asarray(_np(node.table), dtype=np.int64)[x - int(node.in_lo)]
+
+
+@IMPL.register(ir.Mul)
+def _mul(node: ir.Mul, a, b):
+    return a * b
+
+
 @IMPL.register(ir.ChannelShuffle)
 def _channel_shuffle(node: ir.ChannelShuffle, x):
     return x[:, node.perm(x.shape[1])]

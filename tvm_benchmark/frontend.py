@@ -398,6 +398,20 @@ class _Builder:
         e = self.emit(relax.op.add(e, _const(self.per_channel(_np(node.bias), nd), wide)))
         return e if container(*out) == wide else self.emit(relax.op.astype(e, container(*out)))
 
+    def lut(self, node: ir.Lut, x: Value, out: Interval) -> relax.Expr:
+        """A gather from the stored table; the index is the stored integer minus (offset + in_lo)."""
+        table = _np(node.table).astype(np.int64)
+        dt = container(*out)
+        start = int(node.in_lo) + x.offset            # stored value v is the centered x + offset
+        idx = self.emit(relax.op.subtract(self.cast(x, "int32"), relax.const(start, "int32")))
+        return self.emit(relax.op.take(_const(table, dt), idx, axis=0, mode="clip"))
+
+    def mul(self, node: ir.Mul, a: Value, b: Value, out: Interval) -> relax.Expr:
+        a, b = self.centered(a), self.centered(b)
+        dt = container(*out)
+        dt = "int32" if dt in ("uint8", "int8", "int16") else dt
+        return self.emit(relax.op.multiply(self.cast(a, dt), self.cast(b, dt)))
+
     def channel_shuffle(self, node: ir.ChannelShuffle, x: Value):
         """A gather along the channel axis; the container and its offset move with the values."""
         perm = node.perm(int(x.expr.ty.shape[self.caxis(4)]))
@@ -468,9 +482,10 @@ for _cls, _meth in ((ir.Quantize, _Builder.quantize), (ir.Conv2d, _Builder.conv2
                     (ir.AvgPool2d, _Builder.avgpool2d), (ir.GlobalAvgPoolSum, _Builder.global_avgpool_sum),
                     (ir.GlobalAvgPoolTrunc, _Builder.global_avgpool_trunc), (ir.Flatten, _Builder.flatten),
                     (ir.ChannelShuffle, _Builder.channel_shuffle), (ir.SliceChannels, _Builder.slice_channels),
-                    (ir.ChannelAffine, _Builder.channel_affine)):
+                    (ir.ChannelAffine, _Builder.channel_affine), (ir.Lut, _Builder.lut), (ir.Mul, _Builder.mul)):
     LOWER.register(_cls)(_meth)
-_TAKES_OUT = {_Builder.requant, _Builder.requant_add, _Builder.clamp, _Builder.avgpool2d, _Builder.channel_affine}
+_TAKES_OUT = {_Builder.requant, _Builder.requant_add, _Builder.clamp, _Builder.avgpool2d, _Builder.channel_affine,
+              _Builder.lut, _Builder.mul}
 
 
 def _emit_nodes(b: _Builder, graph: ir.Graph, x: relax.Var) -> tuple[dict, list[str]]:

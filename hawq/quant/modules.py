@@ -26,7 +26,7 @@ from hawq.quant.graph import Q, active
 
 __all__ = ["exact_conv2d", "exact_linear", "QuantAct", "QuantBnConv2d", "QuantLinear", "QuantAveragePool2d",
            "QuantMaxPool2d", "QuantFlatten", "QuantReLU", "QuantReLU6", "QuantConcat", "QuantWindowAvgPool2d",
-           "QuantChannelShuffle", "QuantSliceChannels", "QuantBatchNorm2d"]
+           "QuantChannelShuffle", "QuantSliceChannels", "QuantBatchNorm2d", "QuantLut", "QuantMul"]
 
 #: float32 accumulates integers exactly while every partial sum stays below 2^24.
 _F32_EXACT = 1 << 24
@@ -242,6 +242,13 @@ class QuantAct(nn.Module):
         first = bool((self.x_max == self.x_min).all())
         new_min, new_max = N.ema_range(self.x_min, self.x_max, lo.to(self.x_min), hi.to(self.x_max),
                                        self.act_range_momentum, first)
+        if bool((new_min == new_max).all()):
+            # A constant input (a gate every image saturates, a channel of zeros): widen the range to
+            # contain 0 (a grid needs a non-empty range; [0, 1] when the constant is 0), so the
+            # quantizer counts as calibrated and the constant is exactly representable.
+            new_min, new_max = torch.minimum(new_min, torch.zeros_like(new_min)), torch.maximum(new_max, torch.zeros_like(new_max))
+            if bool((new_min == new_max).all()):
+                new_max = torch.ones_like(new_max)
         self.x_min.copy_(new_min)
         self.x_max.copy_(new_max)
 
@@ -300,6 +307,16 @@ class QuantAct(nn.Module):
             raise HawqError(f"activation quantizer '{self.layer_name}' has no calibrated range; "
                             "train or calibrate first, or evaluate a quantized checkpoint (--resume PATH)")
 
+    def _dyadic(self, scale_in, scale):
+        """(m, shift) of S_in / S_out; a ratio no dyadic multiplier holds is a one-line error naming
+        this quantizer (its calibrated range is degenerate next to its input's grid)."""
+        try:
+            return N.dyadic(N.requant_ratio(scale_in, scale))
+        except ValueError as e:
+            raise HawqError(f"activation quantizer '{self.layer_name}': {e} (its range, "
+                            f"[{float(self.x_min.reshape(-1)[0]):.3g}, {float(self.x_max.reshape(-1)[0]):.3g}], "
+                            "is degenerate next to its input's grid; calibrate on more representative data)") from None
+
     def _forward_int(self, x, identity: Q | None) -> Q:
         self._check_calibrated()
         scale, zero = self.quant_params()
@@ -315,7 +332,7 @@ class QuantAct(nn.Module):
                 rec.add(ir.Quantize, self.layer_name, [x], q, scale=scale.clone(), zero_point=z,
                         qmin=lo, qmax=hi, bits=self.activation_bit, reciprocal=prof.reciprocal_quantize)
         elif identity is None:
-            m, sh = N.dyadic(N.requant_ratio(x.scale, scale))
+            m, sh = self._dyadic(x.scale, scale)
             m_t, s_t = _int_params(m, sh, x.value, x.value.dim())
             q = N.saturate_(N.requantize(x.value, m_t, s_t, prof.rounding), lo - z, hi - z)
             if rec:
@@ -323,8 +340,8 @@ class QuantAct(nn.Module):
                         shift=torch.from_numpy(sh), qmin=lo - z, qmax=hi - z, zero_point=z,
                         bits=self.activation_bit, rounding=prof.rounding)
         else:
-            m1, s1 = N.dyadic(N.requant_ratio(x.scale, scale))
-            m2, s2 = N.dyadic(N.requant_ratio(identity.scale, scale))
+            m1, s1 = self._dyadic(x.scale, scale)
+            m2, s2 = self._dyadic(identity.scale, scale)
             nd = x.value.dim()
             r_lo, r_hi = self.residual_range(lo - z, hi - z)
             q = N.residual_add(x.value, *_int_params(m1, s1, x.value, nd),
@@ -758,6 +775,76 @@ class QuantReLU6(nn.Module):
         if rec:
             rec.add(ir.Clamp, self.layer_name, [x.value], y, qmin=0, qmax=hi)
         return Q(y, x.scale)
+
+
+#: The torch function of each table function (training's forward and gradient).
+_TORCH_FUNCTIONS = {"sigmoid": torch.sigmoid, "hardsigmoid": F.hardsigmoid, "silu": F.silu,
+                    "hardswish": F.hardswish, "tanh": torch.tanh, "gelu": F.gelu}
+#: Functions whose outputs are >= 0 (unsigned output grid).
+_NONNEG_FUNCTIONS = ("sigmoid", "hardsigmoid")
+#: Bounded functions: their output range starts as the function's own (then moves as observed), so a
+#: squeeze-excitation gate that saturates on every calibration image still has a grid.
+_NATURAL_RANGE = {"sigmoid": (0.0, 1.0), "hardsigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0)}
+
+
+class QuantLut(nn.Module):
+    """A pointwise nonlinearity (:data:`hawq.numerics.TABLE_FUNCTIONS`) of a <= 8-bit activation,
+    as a table of output integers (IR op ``lut``, docs/numerics.md §8c). The output grid is the
+    activation quantizer ``act`` (its range observed like any activation's; unsigned for sigmoid and
+    hardsigmoid). Training: f of the fake-quantized input, fake-quantized by ``act`` (f's gradient,
+    straight through the rounding); eval: the table the export records."""
+
+    def __init__(self, function: str, config: QuantConfig):
+        super().__init__()
+        if function not in _TORCH_FUNCTIONS:
+            raise HawqError(f"no table function {function!r}; expected one of {', '.join(_TORCH_FUNCTIONS)}")
+        self.function = function
+        self.act = QuantAct("relu" if function in _NONNEG_FUNCTIONS else "input", config)
+        if function in _NATURAL_RANGE:
+            self.act.x_min.fill_(_NATURAL_RANGE[function][0])
+            self.act.x_max.fill_(_NATURAL_RANGE[function][1])
+        self.layer_name = ""
+
+    def extra_repr(self) -> str:
+        return f"function={self.function}"
+
+    def forward(self, x: Q) -> Q:
+        if self.training:
+            return self.act(_TORCH_FUNCTIONS[self.function](x.value))
+        if x.scale is None or x.scale.numel() != 1:
+            raise HawqError(f"'{self.layer_name}': a table needs an input on one activation grid")
+        self.act._check_calibrated()
+        scale, zero = self.act.quant_params()
+        lo, hi = self.act.storage_range()
+        z = int(zero.item())
+        table = torch.from_numpy(N.function_table(self.function, x.scale, scale, z, lo, hi))
+        start = N.TABLE_RANGE[0]
+        if x.value.numel() and (int(x.value.min()) < start or int(x.value.max()) > N.TABLE_RANGE[1]):
+            raise HawqError(f"'{self.layer_name}': a table needs a <= 8-bit input")
+        y = table.to(x.value.device)[x.value - start]
+        rec = active()
+        if rec:
+            rec.add(ir.Lut, self.layer_name, [x.value], y, function=self.function, table=table, in_lo=start,
+                    qmin=lo - z, qmax=hi - z, zero_point=z, bits=self.act.activation_bit)
+        return Q(y, scale.double().to(y.device))
+
+
+class QuantMul(nn.Module):
+    """Product of two quantized activations (squeeze-excitation's ``x · s``): exact integers at the
+    product of their (per-tensor) scales; the next :class:`QuantAct` requantizes it (IR op ``mul``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer_name = ""
+
+    def forward(self, a: Q, b: Q) -> Q:
+        y = a.value * b.value
+        scale = None if a.scale is None or b.scale is None else a.scale * b.scale
+        if not self.training:
+            rec = active()
+            if rec:
+                rec.add(ir.Mul, self.layer_name, [a.value, b.value], y)
+        return Q(y, scale)
 
 
 def _channel_scales(parts: list[Q]) -> torch.Tensor | None:

@@ -39,6 +39,8 @@ SLOW = [(n, s, SIDE) for n in ("resnet34", "resnet50", "resnet101", "resnet152",
 SLOW += [("inception_v3", s, 80) for s in ("uniform8", "uniform4")]
 SLOW += [(n, "uniform8", 224) for n in ("vgg11_bn", "alexnet")]
 SLOW += [("densenet121", s, 32) for s in ("uniform8", "uniform4")]
+SLOW += [(n, s, SIDE) for n in ("mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "efficientnet_b1",
+                                "regnet_y_400mf", "regnet_y_800mf") for s in ("uniform8", "uniform4")]
 SLOW += [("timm:tf_mobilenetv3_small_minimal_100", "uniform8", 64), ("timm:tf_efficientnet_lite0", "uniform8", 64)]
 
 
@@ -54,7 +56,8 @@ def _calibrated(arch: str, scheme: str, side: int = SIDE):
     return model.eval()
 
 
-def _three_way(name: str, scheme: str, tvm: bool, side: int = SIDE) -> None:
+def _three_way(name: str, scheme: str, tvm: bool, side: int = SIDE, ort: bool = False) -> None:
+    """QAT eval == reference (== TVM llvm, == ONNX Runtime) on a calibrated random-weight model."""
     arch = name if ":" in name else f"torchvision:{name}"
     model = _calibrated(arch, scheme, side)
     x = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(1)) * 1.5
@@ -65,12 +68,23 @@ def _three_way(name: str, scheme: str, tvm: bool, side: int = SIDE) -> None:
     assert (qat != ref).sum() == 0, f"{arch} {scheme}: QAT eval vs reference"
     if tvm:
         assert (tvm_outputs(graph, x.numpy()) != ref).sum() == 0, f"{arch} {scheme}: TVM vs reference"
+    if ort:
+        from hawq.export_onnx import OnnxProgram, to_onnx
+        assert (OnnxProgram(to_onnx(graph, (3, side, side)))(x.numpy()) != ref).sum() == 0, f"{arch}: ORT vs reference"
 
 
 @pytest.mark.parametrize("name, scheme", FAST)
 def test_torchvision_bit_exact(name, scheme):
     pytest.importorskip("tvm")
     _three_way(name, scheme, tvm=name == "resnet18")     # TVM on the rest: test-slow
+
+
+@pytest.mark.parametrize("name, scheme", [("mobilenet_v3_small", "uniform4"), ("efficientnet_b0", "uniform8"),
+                                          ("regnet_y_400mf", "uniform4")])
+def test_tables_and_squeeze_excitation_are_exact_everywhere(name, scheme):
+    """Hardswish / hardsigmoid / SiLU / sigmoid as tables, squeeze-excitation's product, a conv on the
+    pooled map, stochastic depth (identity in eval): QAT eval == reference == TVM == ONNX Runtime."""
+    _three_way(name, scheme, tvm=True, ort=True)
 
 
 @pytest.mark.parametrize("scheme", ["uniform8", "uniform4"])

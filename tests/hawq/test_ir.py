@@ -151,3 +151,35 @@ def test_shuffle_perm_is_torchvisions_channel_shuffle(channels, groups):
         ir.ChannelShuffle(name="s", inputs=["x"], output="y", groups=7).shape((2, channels, 3, 3))
     with pytest.raises(HawqError, match="empty or negative channel range"):
         ir.SliceChannels(name="c", inputs=["x"], output="y", start=3, stop=3).check()
+
+
+@pytest.mark.parametrize("fn", ["sigmoid", "hardsigmoid", "silu", "hardswish", "tanh", "gelu"])
+def test_function_table_every_input_integer(fn):
+    """Every entry of every table against PyTorch's float64 function, rounded half to even onto the
+    output grid; the Lut node gathers exactly these integers and refuses inputs wider than the table."""
+    from hawq import numerics as N
+    s_in, s_out, z, lo, hi = np.float32(0.05), np.float32(0.02), 37, 0, 255
+    table = N.function_table(fn, torch.tensor([s_in]), torch.tensor([s_out]), z, lo, hi)
+    q = torch.arange(N.TABLE_RANGE[0], N.TABLE_RANGE[1] + 1, dtype=torch.float64)
+    torch_fn = {"sigmoid": torch.sigmoid, "hardsigmoid": torch.nn.functional.hardsigmoid, "silu": torch.nn.functional.silu,
+                "hardswish": torch.nn.functional.hardswish, "tanh": torch.tanh, "gelu": torch.nn.functional.gelu}[fn]
+    want = torch.clamp(torch.round(torch_fn(q * float(s_in)) / float(s_out)) + z, lo, hi) - z
+    assert table.tolist() == want.long().tolist()
+    node = ir.Lut(name="f", inputs=["x"], output="y", function=fn, table=torch.from_numpy(table), in_lo=-255,
+                  qmin=lo - z, qmax=hi - z, zero_point=z, bits=8)
+    node.check()
+    assert node.bounds([(-10, 20)], [(1, 4)]) == (int(table[245:276].min()), int(table[245:276].max()))
+    x = np.arange(-255, 256).reshape(1, -1)
+    assert (run_graph(ir.Graph("input", "y", [ir.Quantize(name="q", inputs=["input"], output="x", scale=torch.ones(1),
+                                                           zero_point=0, qmin=-255, qmax=255, bits=9), node]),
+                      x.astype(np.float32)) == table.reshape(1, -1)).all()
+    with pytest.raises(HawqError, match="outside the table"):
+        node.bounds([(-300, 20)], [(1, 4)])
+
+
+def test_mul_bounds_and_broadcast():
+    node = ir.Mul(name="m", inputs=["a", "b"], output="y")
+    assert node.shape((2, 8, 5, 5), (2, 8, 1, 1)) == (2, 8, 5, 5)
+    assert node.bounds([(-3, 7), (0, 255)], [(2, 8, 5, 5), (2, 8, 1, 1)]) == (-765, 1785)
+    with pytest.raises(HawqError, match="cannot broadcast"):
+        node.shape((2, 8, 5, 5), (2, 4, 1, 1))
