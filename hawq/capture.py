@@ -41,7 +41,7 @@ from torchvision.ops import stochastic_depth as _stochastic_depth
 from hawq.errors import HawqError
 from hawq.models.base import QuantModel
 from hawq.quant.config import QuantConfig
-from hawq.quant.modules import (QuantAct, QuantAveragePool2d, QuantBatchNorm2d, QuantBnConv2d, QuantChannelShuffle,
+from hawq.quant.modules import (QuantAct, QuantAdaptiveAvgPool2d, QuantAveragePool2d, QuantBatchNorm2d, QuantBnConv2d, QuantChannelShuffle,
                                 QuantConcat, QuantFlatten, QuantLinear, QuantLut, QuantMaxPool2d, QuantMul, QuantReLU,
                                 QuantReLU6, QuantSliceChannels, QuantWindowAvgPool2d)
 
@@ -360,7 +360,8 @@ class _Mapper:
             else:
                 self.avgpool(n, pool, name)
         elif f is F.adaptive_avg_pool2d:
-            self.global_pool(n, self.arg(n, n.args[0]), _scope(n) or "pool")
+            self.avgpool(n, nn.AdaptiveAvgPool2d(n.args[1] if len(n.args) > 1 else n.kwargs["output_size"]),
+                         f"{_scope(n)}.pool" if _scope(n) else "pool")
         elif f is operator.getitem and n.args[0] not in self.vals:
             return                                   # shape arithmetic (x.size(0)): not a tensor
         else:
@@ -556,8 +557,10 @@ class _Mapper:
             name = self.add_module(path, QuantWindowAvgPool2d(m, self.config))
             self.vals[n] = _Val(self.call(name, v.node), "acc", v.nonneg)
             return
-        raise self.fail(n, type(m).__name__, f"from {shape_in[2:]} to {shape_out[2:]} is not supported "
-                        "(only to 1x1, or to the size it already has)")
+        if v.kind == "float" or v.flat:
+            raise self.fail(n, type(m).__name__, "of the raw input or of pooled features is not supported")
+        name = self.add_module(path, QuantAdaptiveAvgPool2d(tuple(shape_out[2:])))
+        self.vals[n] = _Val(self.call(name, v.node), "acc", v.nonneg)
 
     def global_pool(self, n: fx.Node, v: _Val, path: str) -> None:
         if v.kind == "float" or v.flat:

@@ -320,6 +320,26 @@ def _mul(b: _Builder, node: ir.Mul, x: str, y: str):
     _finish(b, node, b.op("Mul", [b.cast(x, dt), b.cast(y, dt)], dt))
 
 
+@LOWER.register(ir.AdaptiveAvgPool2d)
+def _adaptive_avgpool2d(b: _Builder, node: ir.AdaptiveAvgPool2d, x: str):
+    """Each window: a ``Slice``, ``ReduceSum`` (kept dims), ``Mul`` by
+    L/N; rows and columns ``Concat``ed."""
+    dt = _container(*b.bounds(node.output))
+    xw = b.cast(x, dt)
+    h, w = b.shape(x)[2:]
+    (oh, ow), f = ir.pair(node.output_size), node.factors(h, w)
+    rows = []
+    for i, (h0, h1) in enumerate(ir.adaptive_windows(h, oh)):
+        cols = []
+        for j, (w0, w1) in enumerate(ir.adaptive_windows(w, ow)):
+            part = b.op("Slice", [xw, b.const([h0, w0], np.int64, "start"), b.const([h1, w1], np.int64, "end"),
+                                  b.const([2, 3], np.int64, "axes")], dt)
+            total = b.op("ReduceSum", [part, b.const([2, 3], np.int64, "axes")], dt, keepdims=1)
+            cols.append(b.op("Mul", [total, b.const(int(f[i, j]), dt, "factor")], dt))
+        rows.append(cols[0] if len(cols) == 1 else b.op("Concat", cols, dt, axis=3))
+    _finish(b, node, rows[0] if len(rows) == 1 else b.op("Concat", rows, dt, axis=2))
+
+
 @LOWER.register(ir.ChannelShuffle)
 def _channel_shuffle(b: _Builder, node: ir.ChannelShuffle, x: str):
     perm = node.perm(b.shape(x)[1])

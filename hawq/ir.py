@@ -31,7 +31,7 @@ from hawq.errors import HawqError
 
 __all__ = ["INT32", "ROUNDINGS", "pair", "Op", "Quantize", "Conv2d", "Dense", "Requant", "RequantAdd",
            "Relu", "Flatten", "Clamp", "Concat", "MaxPool2d", "AvgPool2d", "GlobalAvgPoolSum",
-           "GlobalAvgPoolTrunc", "ChannelAffine", "Lut", "Mul", "shuffle_perm", "ChannelShuffle", "SliceChannels", "OPS", "requant_bounds", "Graph", "node_from_dict", "as_graph", "Registry"]
+           "GlobalAvgPoolTrunc", "ChannelAffine", "Lut", "Mul", "adaptive_windows", "AdaptiveAvgPool2d", "shuffle_perm", "ChannelShuffle", "SliceChannels", "OPS", "requant_bounds", "Graph", "node_from_dict", "as_graph", "Registry"]
 
 Interval = tuple[int, int]
 Shape = tuple[int, ...]
@@ -494,6 +494,42 @@ class Mul(Op):
         return min(corners), max(corners)
 
 
+def adaptive_windows(size: int, out: int) -> list[tuple[int, int]]:
+    """PyTorch's adaptive pooling windows of one axis: [floor(i·I/O), ceil((i+1)·I/O)) for each output i."""
+    return [((i * size) // out, -(-((i + 1) * size) // out)) for i in range(out)]
+
+
+@dataclass(kw_only=True)
+class AdaptiveAvgPool2d(Op):
+    """Adaptive average pool to ``output_size`` [OH, OW] (AlexNet/VGG off 224): windows of
+    :func:`adaptive_windows`, of N_ij = height·width values each; output = window sum · (L / N_ij)
+    with L = ``scale_up`` (the lcm of every N_ij, so each factor is an integer): exact, at scale S/L,
+    the 1/L folded into the next requantization (§8)."""
+    OP: ClassVar[str] = "adaptive_avgpool2d"
+    output_size: list[int]
+    scale_up: int
+
+    def factors(self, h: int, w: int) -> np.ndarray:
+        """int64 [OH, OW]: L / N_ij."""
+        (oh, ow), L = pair(self.output_size), int(self.scale_up)
+        nh = [e - s for s, e in adaptive_windows(h, oh)]
+        nw = [e - s for s, e in adaptive_windows(w, ow)]
+        n = np.outer(nh, nw).astype(np.int64)
+        if (L % n).any():
+            self.fail(f"scale_up {L} is not a multiple of every window size")
+        return L // n
+
+    def shape(self, x):
+        if len(x) != 4:
+            self.fail(f"expects a [B, C, H, W] input, got {x}")
+        self.factors(x[2], x[3])
+        return (x[0], x[1], *pair(self.output_size))
+
+    def bounds(self, ins, shapes):
+        lo, hi = ins[0]
+        return min(lo, 0) * int(self.scale_up), max(hi, 0) * int(self.scale_up)
+
+
 def shuffle_perm(channels: int, groups: int) -> np.ndarray:
     """Channel shuffle of ``channels`` in ``groups``: the input channel each output channel reads
     (int64 [C]), ``(j mod g)·C/g + j div g``."""
@@ -541,7 +577,8 @@ class SliceChannels(Op):
 
 OPS: dict[str, type[Op]] = {c.OP: c for c in (Quantize, Conv2d, Dense, Requant, RequantAdd, Relu, Clamp, Concat,
                                               MaxPool2d, AvgPool2d, GlobalAvgPoolSum, GlobalAvgPoolTrunc, Flatten,
-                                              ChannelShuffle, SliceChannels, ChannelAffine, Lut, Mul)}
+                                              ChannelShuffle, SliceChannels, ChannelAffine, Lut, Mul,
+                                              AdaptiveAvgPool2d)}
 
 
 def requant_bounds(qmin: int, qmax: int, in_lo: int, multiplier) -> Interval:

@@ -161,6 +161,17 @@ def _mul(node: ir.Mul, a, b):
     return a * b
 
 
+@IMPL.register(ir.AdaptiveAvgPool2d)
+def _adaptive_avgpool2d(node: ir.AdaptiveAvgPool2d, x):
+    h, w = x.shape[2:]
+    (oh, ow), f = ir.pair(node.output_size), node.factors(h, w)
+    out = np.empty((*x.shape[:2], oh, ow), dtype=np.int64)
+    for i, (h0, h1) in enumerate(ir.adaptive_windows(h, oh)):
+        for j, (w0, w1) in enumerate(ir.adaptive_windows(w, ow)):
+            out[:, :, i, j] = x[:, :, h0:h1, w0:w1].sum(axis=(2, 3)) * f[i, j]
+    return out
+
+
 @IMPL.register(ir.ChannelShuffle)
 def _channel_shuffle(node: ir.ChannelShuffle, x):
     return x[:, node.perm(x.shape[1])]

@@ -412,6 +412,26 @@ class _Builder:
         dt = "int32" if dt in ("uint8", "int8", "int16") else dt
         return self.emit(relax.op.multiply(self.cast(a, dt), self.cast(b, dt)))
 
+    def adaptive_avgpool2d(self, node: ir.AdaptiveAvgPool2d, x: Value, out: Interval) -> relax.Expr:
+        """Per window: a slice, its sum (kept dims), times L/N; windows concatenated along W, then H."""
+        x = self.centered(x)
+        dt = container(*out)
+        dt = "int32" if dt in ("uint8", "int8", "int16") else dt
+        e = self.cast(x, dt)
+        ha, wa = self.hw_axes()
+        shape = [int(d) for d in e.ty.shape]
+        h, w = shape[ha], shape[wa]
+        (oh, ow), f = ir.pair(node.output_size), node.factors(h, w)
+        rows = []
+        for i, (h0, h1) in enumerate(ir.adaptive_windows(h, oh)):
+            cols = []
+            for j, (w0, w1) in enumerate(ir.adaptive_windows(w, ow)):
+                part = self.emit(relax.op.strided_slice(e, axes=[ha, wa], begin=[h0, w0], end=[h1, w1]))
+                total = self.emit(relax.op.sum(part, axis=[ha, wa], keepdims=True))
+                cols.append(self.emit(relax.op.multiply(total, relax.const(int(f[i, j]), dt))))
+            rows.append(cols[0] if len(cols) == 1 else self.emit(relax.op.concat(cols, axis=wa)))
+        return rows[0] if len(rows) == 1 else self.emit(relax.op.concat(rows, axis=ha))
+
     def channel_shuffle(self, node: ir.ChannelShuffle, x: Value):
         """A gather along the channel axis; the container and its offset move with the values."""
         perm = node.perm(int(x.expr.ty.shape[self.caxis(4)]))
@@ -482,10 +502,11 @@ for _cls, _meth in ((ir.Quantize, _Builder.quantize), (ir.Conv2d, _Builder.conv2
                     (ir.AvgPool2d, _Builder.avgpool2d), (ir.GlobalAvgPoolSum, _Builder.global_avgpool_sum),
                     (ir.GlobalAvgPoolTrunc, _Builder.global_avgpool_trunc), (ir.Flatten, _Builder.flatten),
                     (ir.ChannelShuffle, _Builder.channel_shuffle), (ir.SliceChannels, _Builder.slice_channels),
-                    (ir.ChannelAffine, _Builder.channel_affine), (ir.Lut, _Builder.lut), (ir.Mul, _Builder.mul)):
+                    (ir.ChannelAffine, _Builder.channel_affine), (ir.Lut, _Builder.lut), (ir.Mul, _Builder.mul),
+                    (ir.AdaptiveAvgPool2d, _Builder.adaptive_avgpool2d)):
     LOWER.register(_cls)(_meth)
 _TAKES_OUT = {_Builder.requant, _Builder.requant_add, _Builder.clamp, _Builder.avgpool2d, _Builder.channel_affine,
-              _Builder.lut, _Builder.mul}
+              _Builder.lut, _Builder.mul, _Builder.adaptive_avgpool2d}
 
 
 def _emit_nodes(b: _Builder, graph: ir.Graph, x: relax.Var) -> tuple[dict, list[str]]:

@@ -35,9 +35,10 @@ SLOW = [(n, s, SIDE) for n in ("resnet34", "resnet50", "resnet101", "resnet152",
                                "googlenet", "squeezenet1_0", "squeezenet1_1", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5",
                                "shufflenet_v2_x2_0")
         for s in ("uniform8", "uniform4")]
-# inception_v3 needs 75 px; vgg/alexnet's adaptive pool is the identity (7x7, 6x6) only at 224
+# inception_v3 needs 75 px; vgg/alexnet at 224 (adaptive pool = identity) and off it (a real adaptive pool)
 SLOW += [("inception_v3", s, 80) for s in ("uniform8", "uniform4")]
 SLOW += [(n, "uniform8", 224) for n in ("vgg11_bn", "alexnet")]
+SLOW += [(n, "uniform8", 64) for n in ("vgg11_bn", "alexnet")]
 SLOW += [("densenet121", s, 32) for s in ("uniform8", "uniform4")]
 SLOW += [(n, s, SIDE) for n in ("mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "efficientnet_b1",
                                 "regnet_y_400mf", "regnet_y_800mf") for s in ("uniform8", "uniform4")]
@@ -548,3 +549,40 @@ def test_densenet_and_mobilenetv3_minimal_are_exact(name, side):
     ref = run_graph(graph, x.numpy())
     assert (model.forward_int(x).numpy() == ref).all()
     assert (OnnxProgram(to_onnx(graph, (3, side, side)))(x.numpy()) == ref).all()
+
+
+class _Adaptive(nn.Module):
+    """Adaptive average pools to sizes that are not divisors: 7x11 -> 3x4 (windows of 3 rows, of 3 or
+    4 columns: L = 36), and 3x4 -> 4x4 (overlapping windows of 1 or 2 rows: L = 2), then a classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 6, 3)
+        self.pool = nn.AdaptiveAvgPool2d((3, 4))
+        self.c2 = nn.Conv2d(6, 6, 1)
+        self.fc = nn.Linear(6 * 16, 10)
+
+    def forward(self, x):
+        x = self.c2(torch.relu(self.pool(torch.relu(self.c1(x)))))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 4), 1))
+
+
+@pytest.mark.parametrize("numerics", ["exact", "hawq"])
+def test_adaptive_average_pool_to_any_size_is_exact_everywhere(numerics):
+    from hawq.export_onnx import OnnxProgram, to_onnx
+    from hawq.quant.config import QuantConfig
+    torch.manual_seed(0)
+    model = _Adaptive().eval()
+    images = [torch.randn(8, 3, 9, 13) for _ in range(2)]
+    q = hawq.quantize(model, images[0], images, config=QuantConfig(numerics=numerics))
+    graph = hawq.export_program(q, input_shape=(3, 9, 13))
+    pools = [n for n in graph.nodes if n.OP == "adaptive_avgpool2d"]
+    assert [(p.output_size, p.scale_up) for p in pools] == [([3, 4], 36), ([4, 4], 2)]
+    x = torch.randn(4, 3, 9, 13)
+    ref = hawq.run_reference(graph, x)
+    assert (ref == q.forward_int(x).numpy()).all()
+    assert (tvm_outputs(graph.to_dict(), x.numpy()) == ref).all()
+    assert (OnnxProgram(to_onnx(graph, (3, 9, 13), numerics=numerics))(x.numpy()) == ref).all()
+    with torch.no_grad():
+        err = (q(x) - model(x)).abs().max() / model(x).abs().max()
+    assert err < 0.05, err
