@@ -586,3 +586,15 @@ def test_adaptive_average_pool_to_any_size_is_exact_everywhere(numerics):
     with torch.no_grad():
         err = (q(x) - model(x)).abs().max() / model(x).abs().max()
     assert err < 0.05, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, side", [("mobilenet_v3_small", 32), ("efficientnet_b0", 32), ("densenet121", 32),
+                                        ("alexnet", 64), ("regnet_y_400mf", 32), ("shufflenet_v2_x0_5", 32)])
+def test_new_families_compile_for_cuda_emulated(name, side):
+    """The CUDA build (tensor-core schedules, run emulated on the CPU) of the families that need the new
+    ops is bit-exact too."""
+    model = _calibrated(f"torchvision:{name}", "uniform8", side)
+    x = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(1))
+    graph = export_integer(model, (3, side, side))["graph"]
+    assert (tvm_outputs(graph, x.numpy(), "cuda", emulate=True) == run_graph(graph, x.numpy())).all()
