@@ -11,7 +11,7 @@ This module owns the integer program's vocabulary. Each op class states
 
 Back ends register one implementation per op class (:class:`Registry`): the NumPy reference
 (:mod:`hawq.reference`) and the Relax front end (:mod:`tvm_benchmark.frontend`). A new op is one
-class here plus one function per back end.
+class here plus one function per back end (the reference, TVM, and ONNX in :mod:`hawq.export_onnx`).
 
 On disk a graph stays the artifact's plain dict (tensors, ints, strings, lists: ``weights_only``
 loads it): :meth:`Graph.from_dict` reads it — artifacts written before a field existed get that
