@@ -92,6 +92,18 @@ def tvm_outputs(graph: dict, x, target: str = "llvm", **kwargs):
     return tvm_runner(graph, x.shape, target, **kwargs)(x)
 
 
+def corrupt_requant(graph: dict, index: int) -> tuple[dict, str]:
+    """A copy of ``graph`` whose ``index``-th requant has a wrong (still valid dyadic, >= 2^30)
+    multiplier on channel 0, and that node's name: what ``--per-layer`` must name."""
+    import copy
+    victim = [n for n in graph["nodes"] if n["op"] == "requant"][index]
+    bad = copy.deepcopy(graph)
+    node = next(n for n in bad["nodes"] if n["name"] == victim["name"] and n["op"] == "requant")
+    node["multiplier"] = node["multiplier"].clone()
+    node["multiplier"][0] -= 1 << 26
+    return bad, victim["name"]
+
+
 # --------------------------------------------------------------------------- subprocesses, files
 def cli(*args: str, cwd=ROOT, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """``python *args`` in a child process from ``cwd`` (text output captured). ``env``: the child's

@@ -1,6 +1,7 @@
 """Released checkpoints: the commands that train them and the manifest that describes them.
 
-    python -m hawq.release train      # runs every command below (resnet20: ~20 min, mobilenetv2_w1: ~45 min on 2 cores)
+    python -m hawq.release train      # runs every command below (resnet20: ~20 min, mobilenetv2_w1: ~45 min,
+                                      # mobilenet_v3_small: ~20 min on 2 cores)
     python -m hawq.release manifest   # copies the best checkpoints into checkpoints/, evaluates
                                       # each one with quant_train.py -e and writes MANIFEST.csv
 
@@ -21,7 +22,7 @@ from hawq.apps.cli import one_line_errors, run_main
 from hawq.fileio import write_text_atomic
 from hawq.apps.train import run
 
-__all__ = ["ARCH", "RUNS", "OUT", "FP_FILE", "RELEASES", "MB", "MB_FP_FILE", "TV", "WEIGHTS_ONLY",
+__all__ = ["ARCH", "RUNS", "OUT", "FP_FILE", "RELEASES", "MB", "MB_FP_FILE", "TV", "MV3", "MV3_FP_FILE", "WEIGHTS_ONLY",
            "MANIFEST_FIELDS", "command_of", "sha256", "evaluate_release", "train_all", "publish",
            "manifest_row", "write_manifest", "main"]
 
@@ -66,8 +67,20 @@ RELEASES += [
     (f"{OUT}/torchvision_resnet18_fp32.pth.tar", ["-a", TV, "--quant-scheme", "fp32",
                                                   "--save-path", f"{RUNS}/torchvision_resnet18_fp32", "--no-progress"]),
 ]
-#: Released files stored without the optimizer state (the weights alone are 45 MB).
-WEIGHTS_ONLY = {f"{OUT}/torchvision_resnet18_fp32.pth.tar"}
+MV3 = "torchvision:mobilenet_v3_small"
+MV3_FP_FILE = f"{OUT}/torchvision_mobilenet_v3_small_fp32.pth.tar"
+# A family that needs the table activations (hardswish, hardsigmoid) and squeeze-excitation: the default
+# recipes (FP from scratch: 6 epochs; QAT uniform8 from it: 2 epochs, --fix-BN with BN re-estimation).
+RELEASES += [
+    (MV3_FP_FILE, ["-a", MV3, "--quant-scheme", "fp32", "--save-path", f"{RUNS}/mobilenet_v3_small_fp32",
+                   "-b", "128", "--no-progress"]),
+    (f"{OUT}/torchvision_mobilenet_v3_small_uniform8.pth.tar",
+     ["-a", MV3, "--quant-scheme", "uniform8", "--fix-BN", "--pretrained", MV3_FP_FILE,
+      "--save-path", f"{RUNS}/mobilenet_v3_small_uniform8", "-b", "128", "--no-progress"]),
+]
+#: Released files stored without the optimizer state (the weights alone are 45 MB for resnet18).
+WEIGHTS_ONLY = {f"{OUT}/torchvision_resnet18_fp32.pth.tar", MV3_FP_FILE,
+                f"{OUT}/torchvision_mobilenet_v3_small_uniform8.pth.tar"}
 MANIFEST_FIELDS = ("file", "sha256", "arch", "scheme", "dataset", "top1", "command")
 
 

@@ -21,6 +21,7 @@ from hawq.bit_config import load_scheme, table_rows
 from hawq.capture import capture
 from hawq.errors import HawqError
 from hawq.export import export_integer
+from hawq.export_onnx import OnnxProgram, to_onnx
 from hawq.models.factory import fp_model, quant_model
 from hawq.reference import run_graph
 
@@ -70,8 +71,7 @@ def _three_way(name: str, scheme: str, tvm: bool, side: int = SIDE, ort: bool = 
     if tvm:
         assert (tvm_outputs(graph, x.numpy()) != ref).sum() == 0, f"{arch} {scheme}: TVM vs reference"
     if ort:
-        from hawq.export_onnx import OnnxProgram, to_onnx
-        assert (OnnxProgram(to_onnx(graph, (3, side, side)))(x.numpy()) != ref).sum() == 0, f"{arch}: ORT vs reference"
+            assert (OnnxProgram(to_onnx(graph, (3, side, side)))(x.numpy()) != ref).sum() == 0, f"{arch}: ORT vs reference"
 
 
 @pytest.mark.parametrize("name, scheme", FAST)
@@ -92,7 +92,6 @@ def test_tables_and_squeeze_excitation_are_exact_everywhere(name, scheme):
 def test_shufflenet_channel_shuffle_and_chunk_are_exact_everywhere(scheme):
     """ShuffleNetV2: ``chunk`` -> ``slice_channels``, view/transpose/view -> ``channel_shuffle`` (index
     moves; per-channel grids move with their channels): QAT eval == reference == TVM == ONNX Runtime."""
-    from hawq.export_onnx import OnnxProgram, to_onnx
     model = _calibrated("torchvision:shufflenet_v2_x0_5", scheme)
     x = torch.randn(2, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(1)) * 1.5
     graph = export_integer(model, (3, SIDE, SIDE))["graph"]
@@ -467,7 +466,6 @@ _Conv2dSame.__name__ = "Conv2dSame"
 def test_asymmetric_padding_is_exact_in_every_backend():
     """Asymmetric "same" padding (TF-ported models): QAT eval == reference == TVM == ONNX Runtime, and
     the quantized model computes the float model's function (the padding is neither lost nor shifted)."""
-    from hawq.export_onnx import OnnxProgram, to_onnx
     torch.manual_seed(0)
     model = _SamePadded().eval()
     randomize_bn(model)
@@ -476,15 +474,20 @@ def test_asymmetric_padding_is_exact_in_every_backend():
     graph = hawq.export_program(q, input_shape=(3, 17, 17))
     pads = [n.padding for n in graph.nodes if n.OP == "conv2d"]
     assert pads == [[0, 0, 1, 1]] * 3, pads        # (top, left, bottom, right): the odd pixel after, every time
-    x = torch.randn(4, 3, 17, 17)
+    _exact_in_every_backend(q, model, graph, torch.randn(4, 3, 17, 17), tol=0.03)
+
+
+def _exact_in_every_backend(q, model, graph, x: torch.Tensor, numerics: str = "exact", tol: float = 0.05) -> None:
+    """QAT eval == reference == TVM == ONNX Runtime on ``x``, and the quantized model computes the
+    float model's function within ``tol`` (relative to the largest logit)."""
     ref = hawq.run_reference(graph, x)
     assert (ref == q.forward_int(x).numpy()).all()
     assert (tvm_outputs(graph.to_dict(), x.numpy()) == ref).all()
-    assert (OnnxProgram(to_onnx(graph, (3, 17, 17)))(x.numpy()) == ref).all()
+    assert (OnnxProgram(to_onnx(graph, tuple(x.shape[1:]), numerics=numerics))(x.numpy()) == ref).all()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)        # PyTorch's note on even-kernel "same"
         err = (q(x) - model(x)).abs().max() / model(x).abs().max()
-    assert err < 0.03, err
+    assert err < tol, err
 
 
 # --------------------------------------------------------------------------- DenseNet-style BN, pooled convs
@@ -512,7 +515,6 @@ class _DenseLike(nn.Module):
 
 @pytest.mark.parametrize("numerics", ["exact", "hawq"])
 def test_standalone_batchnorm_and_pooled_convs_are_exact_everywhere(numerics):
-    from hawq.export_onnx import OnnxProgram, to_onnx
     from hawq.quant.config import QuantConfig
     torch.manual_seed(0)
     model = _DenseLike().eval()
@@ -526,21 +528,13 @@ def test_standalone_batchnorm_and_pooled_convs_are_exact_everywhere(numerics):
     assert ops.count("channel_affine") == 1 and ops.count("avgpool2d") == 2 and "global_avgpool_sum" not in ops
     affine = next(n for n in graph.nodes if n.OP == "channel_affine")
     assert sorted(set(affine.sign.tolist())) == [-1, 1]
-    x = torch.randn(4, 3, 16, 16)
-    ref = hawq.run_reference(graph, x)
-    assert (ref == q.forward_int(x).numpy()).all()
-    assert (tvm_outputs(graph.to_dict(), x.numpy()) == ref).all()
-    assert (OnnxProgram(to_onnx(graph, (3, 16, 16), numerics=numerics))(x.numpy()) == ref).all()
-    with torch.no_grad():
-        err = (q(x) - model(x)).abs().max() / model(x).abs().max()
-    assert err < 0.05, err                          # W8A8 of the same function
+    _exact_in_every_backend(q, model, graph, torch.randn(4, 3, 16, 16), numerics)
 
 
 @pytest.mark.parametrize("name, side", [("torchvision:densenet121", 32), ("timm:tf_mobilenetv3_small_minimal_100", 64)])
 def test_densenet_and_mobilenetv3_minimal_are_exact(name, side):
     """DenseNet (standalone BN on concats, pooled accumulators) and MobileNetV3-minimal (a conv on the
     pooled map): QAT eval == reference == ONNX Runtime (TVM: test-slow)."""
-    from hawq.export_onnx import OnnxProgram, to_onnx
     if name.startswith("timm:"):
         pytest.importorskip("timm")
     model = _calibrated(name, "uniform4", side)
@@ -569,7 +563,6 @@ class _Adaptive(nn.Module):
 
 @pytest.mark.parametrize("numerics", ["exact", "hawq"])
 def test_adaptive_average_pool_to_any_size_is_exact_everywhere(numerics):
-    from hawq.export_onnx import OnnxProgram, to_onnx
     from hawq.quant.config import QuantConfig
     torch.manual_seed(0)
     model = _Adaptive().eval()
@@ -578,14 +571,7 @@ def test_adaptive_average_pool_to_any_size_is_exact_everywhere(numerics):
     graph = hawq.export_program(q, input_shape=(3, 9, 13))
     pools = [n for n in graph.nodes if n.OP == "adaptive_avgpool2d"]
     assert [(p.output_size, p.scale_up) for p in pools] == [([3, 4], 36), ([4, 4], 2)]
-    x = torch.randn(4, 3, 9, 13)
-    ref = hawq.run_reference(graph, x)
-    assert (ref == q.forward_int(x).numpy()).all()
-    assert (tvm_outputs(graph.to_dict(), x.numpy()) == ref).all()
-    assert (OnnxProgram(to_onnx(graph, (3, 9, 13), numerics=numerics))(x.numpy()) == ref).all()
-    with torch.no_grad():
-        err = (q(x) - model(x)).abs().max() / model(x).abs().max()
-    assert err < 0.05, err
+    _exact_in_every_backend(q, model, graph, torch.randn(4, 3, 9, 13), numerics)
 
 
 @pytest.mark.slow

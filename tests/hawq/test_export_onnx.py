@@ -3,7 +3,6 @@ for whole models (released checkpoints, profile hawq, a captured torchvision mod
 program's bad inputs are one-line errors that write nothing."""
 from __future__ import annotations
 
-import copy
 import os
 
 import numpy as np
@@ -11,7 +10,7 @@ import onnx
 import pytest
 import torch
 
-from conftest import ROOT, build_calibrated, cli, needs_fmnist
+from conftest import ROOT, build_calibrated, cli, corrupt_requant, needs_fmnist
 from hawq import ir
 from hawq.apps.checks import print_layers
 from hawq.errors import HawqError
@@ -181,15 +180,11 @@ def test_captured_torchvision_model_matches():
 def test_per_layer_names_the_corrupted_node(small_model, capsys):
     model, probe = small_model
     graph = export_integer(model, (3, 32, 32))["graph"]
-    victim = [n for n in graph["nodes"] if n["op"] == "requant"][4]
-    bad = copy.deepcopy(graph)
-    node = next(n for n in bad["nodes"] if n["name"] == victim["name"] and n["op"] == "requant")
-    node["multiplier"] = node["multiplier"].clone()
-    node["multiplier"][0] -= 1 << 26
+    bad, victim = corrupt_requant(graph, 4)
     x = probe.numpy()
     rows = compare_layers(OnnxProgram(to_onnx(bad, (3, 32, 32), expose=True)).values(x), graph, x)
-    assert print_layers(rows) == victim["name"]
-    assert "first divergence: " + victim["name"] in capsys.readouterr().out
+    assert print_layers(rows) == victim
+    assert "first divergence: " + victim in capsys.readouterr().out
 
 
 def test_every_ir_op_has_an_onnx_lowering():

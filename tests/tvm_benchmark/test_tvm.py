@@ -2,7 +2,6 @@
 export/run round trip, bad input."""
 from __future__ import annotations
 
-import copy
 import shutil
 import json
 
@@ -12,7 +11,7 @@ import torch
 import tvm
 from tvm import relax
 
-from conftest import build_calibrated, csv_rows, tvm_outputs
+from conftest import build_calibrated, corrupt_requant, csv_rows, tvm_outputs
 from hawq.bit_config import list_schemes
 from hawq.errors import HawqError
 from hawq.export import export_integer, save_artifact
@@ -148,15 +147,11 @@ def _by_value(graph, outputs) -> dict:
 def test_per_layer_names_the_corrupted_layer(small_model, capsys):
     model, probe = small_model
     graph = export_integer(model, (3, 32, 32))["graph"]
-    victim = [n for n in graph["nodes"] if n["op"] == "requant"][5]
-    bad = copy.deepcopy(graph)
-    node = next(n for n in bad["nodes"] if n["name"] == victim["name"] and n["op"] == "requant")
-    node["multiplier"] = node["multiplier"].clone()
-    node["multiplier"][0] -= 1 << 26          # still a valid dyadic multiplier (>= 2^30)
+    bad, victim = corrupt_requant(graph, 5)
     x = probe.numpy()
     rows = compare_layers(_by_value(bad, tvm_outputs(bad, x, all_outputs=True)), graph, x)
-    assert print_layers(rows) == victim["name"]
-    assert "first divergence: " + victim["name"] in capsys.readouterr().out
+    assert print_layers(rows) == victim
+    assert "first divergence: " + victim in capsys.readouterr().out
     clean = compare_layers(_by_value(graph, tvm_outputs(graph, x, all_outputs=True)), graph, x)
     assert all(r["mismatches"] == 0 for r in clean) and len(clean) == len(graph["nodes"])
 
