@@ -42,7 +42,8 @@ SLOW += [(n, "uniform8", 224) for n in ("vgg11_bn", "alexnet")]
 SLOW += [(n, "uniform8", 64) for n in ("vgg11_bn", "alexnet")]
 SLOW += [("densenet121", s, 32) for s in ("uniform8", "uniform4")]
 SLOW += [(n, s, SIDE) for n in ("mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "efficientnet_b1",
-                                "regnet_y_400mf", "regnet_y_800mf") for s in ("uniform8", "uniform4")]
+                                "efficientnet_b2", "efficientnet_b3", "efficientnet_v2_s", "regnet_y_400mf",
+                                "regnet_y_800mf") for s in ("uniform8", "uniform4")]
 SLOW += [("timm:tf_mobilenetv3_small_minimal_100", "uniform8", 64), ("timm:tf_efficientnet_lite0", "uniform8", 64)]
 
 
