@@ -23,7 +23,8 @@ def test_manifest_lists_every_release():
     assert [r["file"] for r in ROWS] == [os.path.basename(d) for d, _ in RELEASES]
     assert {(r["arch"], r["scheme"]) for r in ROWS} == {
         ("resnet20_cifar10", s) for s in ("fp32", "uniform8", "uniform4", "mixed_stage1_8bit")} | {
-        ("mobilenetv2_w1", s) for s in ("fp32", "uniform8")} | {("torchvision:resnet18", "fp32")}
+        ("mobilenetv2_w1", s) for s in ("fp32", "uniform8")} | {("torchvision:resnet18", "fp32")} | {
+        ("torchvision:mobilenet_v3_small", s) for s in ("fp32", "uniform8")}
     for r in ROWS:
         path = os.path.join(CKPT_DIR, r["file"])
         assert sha256(path) == r["sha256"], r["file"]
