@@ -81,15 +81,53 @@ def test_torchvision_bit_exact(name, scheme):
     _three_way(name, scheme, tvm=name == "resnet18")     # TVM on the rest: test-slow
 
 
+class _Gated(nn.Module):
+    """Every table function and a squeeze-excitation gate: hardswish, SE (keepdim mean -> conv -> ReLU
+    -> conv -> hardsigmoid, times the map), SiLU, sigmoid, tanh, and GELU on the pooled features."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.fc1, self.fc2 = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.c3 = nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = nn.functional.hardswish(self.b1(self.c1(x)))
+        s = nn.functional.hardsigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+        x = nn.functional.silu(self.c2(x * s))
+        x = torch.tanh(self.c3(x)) + torch.sigmoid(x)
+        return self.fc(nn.functional.gelu(x.mean((2, 3))))
+
+
+@pytest.mark.parametrize("numerics", ["exact", "hawq"])
+def test_tables_and_squeeze_excitation_are_exact_everywhere(numerics):
+    """Tables (all six functions), squeeze-excitation's product and a conv on the pooled map: QAT eval
+    == reference == TVM == ONNX Runtime, and the quantized model computes the float one's function."""
+    from hawq.quant.config import QuantConfig
+    torch.manual_seed(0)
+    model = _Gated().eval()
+    randomize_bn(model)
+    images = [torch.randn(8, 3, 12, 12) for _ in range(2)]
+    q = hawq.quantize(model, images[0], images, config=QuantConfig(numerics=numerics))
+    graph = hawq.export_program(q, input_shape=(3, 12, 12))
+    assert sorted(n.function for n in graph.nodes if n.OP == "lut") == sorted(
+        ["hardswish", "hardsigmoid", "silu", "tanh", "sigmoid", "gelu"])
+    assert [n.OP for n in graph.nodes].count("mul") == 1
+    _exact_in_every_backend(q, model, graph, torch.randn(4, 3, 12, 12), numerics, tol=0.08)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name, scheme", [("mobilenet_v3_small", "uniform4"), ("efficientnet_b0", "uniform8"),
                                           ("regnet_y_400mf", "uniform4")])
-def test_tables_and_squeeze_excitation_are_exact_everywhere(name, scheme):
-    """Hardswish / hardsigmoid / SiLU / sigmoid as tables, squeeze-excitation's product, a conv on the
-    pooled map, stochastic depth (identity in eval): QAT eval == reference == TVM == ONNX Runtime."""
+def test_torchvision_tables_and_squeeze_excitation(name, scheme):
+    """MobileNetV3, EfficientNet (stochastic depth: identity in eval), RegNetY: QAT eval == reference
+    == TVM == ONNX Runtime."""
     _three_way(name, scheme, tvm=True, ort=True)
 
 
-@pytest.mark.parametrize("scheme", ["uniform8", "uniform4"])
+@pytest.mark.parametrize("scheme", [pytest.param("uniform8", marks=pytest.mark.slow), "uniform4"])
 def test_shufflenet_channel_shuffle_and_chunk_are_exact_everywhere(scheme):
     """ShuffleNetV2: ``chunk`` -> ``slice_channels``, view/transpose/view -> ``channel_shuffle`` (index
     moves; per-channel grids move with their channels): QAT eval == reference == TVM == ONNX Runtime."""
