@@ -31,7 +31,7 @@ from hawq.errors import HawqError
 
 __all__ = ["INT32", "ROUNDINGS", "pair", "Op", "Quantize", "Conv2d", "Dense", "Requant", "RequantAdd",
            "Relu", "Flatten", "Clamp", "Concat", "MaxPool2d", "AvgPool2d", "GlobalAvgPoolSum",
-           "GlobalAvgPoolTrunc", "ChannelAffine", "Lut", "Mul", "adaptive_windows", "AdaptiveAvgPool2d", "shuffle_perm", "ChannelShuffle", "SliceChannels", "OPS", "requant_bounds", "Graph", "node_from_dict", "as_graph", "Registry"]
+           "GlobalAvgPoolTrunc", "ChannelAffine", "Lut", "Mul", "adaptive_windows", "adaptive_window_sizes", "AdaptiveAvgPool2d", "shuffle_perm", "ChannelShuffle", "SliceChannels", "OPS", "requant_bounds", "Graph", "node_from_dict", "as_graph", "Registry"]
 
 Interval = tuple[int, int]
 Shape = tuple[int, ...]
@@ -499,6 +499,14 @@ def adaptive_windows(size: int, out: int) -> list[tuple[int, int]]:
     return [((i * size) // out, -(-((i + 1) * size) // out)) for i in range(out)]
 
 
+def adaptive_window_sizes(h: int, w: int, output_size) -> np.ndarray:
+    """N_ij, the number of values in each adaptive pooling window of an h×w map (int64 [OH, OW])."""
+    (oh, ow) = pair(output_size)
+    nh = [e - s for s, e in adaptive_windows(h, oh)]
+    nw = [e - s for s, e in adaptive_windows(w, ow)]
+    return np.outer(nh, nw).astype(np.int64)
+
+
 @dataclass(kw_only=True)
 class AdaptiveAvgPool2d(Op):
     """Adaptive average pool to ``output_size`` [OH, OW] (AlexNet/VGG off 224): windows of
@@ -511,10 +519,7 @@ class AdaptiveAvgPool2d(Op):
 
     def factors(self, h: int, w: int) -> np.ndarray:
         """int64 [OH, OW]: L / N_ij."""
-        (oh, ow), L = pair(self.output_size), int(self.scale_up)
-        nh = [e - s for s, e in adaptive_windows(h, oh)]
-        nw = [e - s for s, e in adaptive_windows(w, ow)]
-        n = np.outer(nh, nw).astype(np.int64)
+        n, L = adaptive_window_sizes(h, w, self.output_size), int(self.scale_up)
         if (L % n).any():
             self.fail(f"scale_up {L} is not a multiple of every window size")
         return L // n

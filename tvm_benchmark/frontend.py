@@ -61,6 +61,11 @@ def container(lo: int, hi: int) -> str:
     raise HawqError(f"integer range [{lo}, {hi}] does not fit in int64")
 
 
+def _arith(dtype: str) -> str:
+    """The container arithmetic runs in: int32 for the narrow ones, else the container itself."""
+    return "int32" if dtype in ("uint8", "int8", "int16") else dtype
+
+
 @dataclass
 class Value:
     """A Relax tensor standing for the graph value ``expr - offset`` with bounds [lo, hi]."""
@@ -131,7 +136,7 @@ class _Builder:
         if not v.offset:
             return v
         dt = container(v.lo, v.hi)
-        wide = "int32" if dt in ("uint8", "int8", "int16") else dt
+        wide = _arith(dt)
         e = self.emit(relax.op.subtract(self.cast(v, wide), relax.const(v.offset, wide)))
         return Value(self.emit(relax.op.astype(e, dt)) if dt != wide else e, v.lo, v.hi)
 
@@ -393,7 +398,7 @@ class _Builder:
         x = self.centered(x)
         nd = len(x.expr.ty.shape)
         wide = container(min(x.lo, out[0]), max(x.hi, out[1]))
-        wide = "int32" if wide in ("uint8", "int8", "int16") else wide
+        wide = _arith(wide)
         e = self.emit(relax.op.multiply(self.cast(x, wide), _const(self.per_channel(_np(node.sign), nd), wide)))
         e = self.emit(relax.op.add(e, _const(self.per_channel(_np(node.bias), nd), wide)))
         return e if container(*out) == wide else self.emit(relax.op.astype(e, container(*out)))
@@ -409,14 +414,14 @@ class _Builder:
     def mul(self, node: ir.Mul, a: Value, b: Value, out: Interval) -> relax.Expr:
         a, b = self.centered(a), self.centered(b)
         dt = container(*out)
-        dt = "int32" if dt in ("uint8", "int8", "int16") else dt
+        dt = _arith(dt)
         return self.emit(relax.op.multiply(self.cast(a, dt), self.cast(b, dt)))
 
     def adaptive_avgpool2d(self, node: ir.AdaptiveAvgPool2d, x: Value, out: Interval) -> relax.Expr:
         """Per window: a slice, its sum (kept dims), times L/N; windows concatenated along W, then H."""
         x = self.centered(x)
         dt = container(*out)
-        dt = "int32" if dt in ("uint8", "int8", "int16") else dt
+        dt = _arith(dt)
         e = self.cast(x, dt)
         ha, wa = self.hw_axes()
         shape = [int(d) for d in e.ty.shape]

@@ -29,7 +29,7 @@ from hawq.quant.graph import Q, active
 __all__ = ["exact_conv2d", "exact_linear", "QuantAct", "QuantBnConv2d", "QuantLinear", "QuantAveragePool2d",
            "QuantMaxPool2d", "QuantFlatten", "QuantReLU", "QuantReLU6", "QuantConcat", "QuantWindowAvgPool2d",
            "QuantChannelShuffle", "QuantSliceChannels", "QuantBatchNorm2d", "QuantLut", "QuantMul",
-           "adaptive_scale_up", "QuantAdaptiveAvgPool2d"]
+           "QuantAdaptiveAvgPool2d"]
 
 #: float32 accumulates integers exactly while every partial sum stays below 2^24.
 _F32_EXACT = 1 << 24
@@ -671,13 +671,6 @@ def _train_mean(mean: torch.Tensor, scale: torch.Tensor | None, n: int, trunc: b
     return Q(N.straight_through(mean, value), scale)
 
 
-def adaptive_scale_up(h: int, w: int, output_size) -> int:
-    """L of :class:`hawq.ir.AdaptiveAvgPool2d`: the lcm of every window's size."""
-    (oh, ow) = ir.pair(output_size)
-    sizes = {(e0 - s0) * (e1 - s1) for s0, e0 in ir.adaptive_windows(h, oh) for s1, e1 in ir.adaptive_windows(w, ow)}
-    return math.lcm(*sizes)
-
-
 class QuantAdaptiveAvgPool2d(nn.Module):
     """Adaptive average pool to any size (AlexNet/VGG off 224, PyTorch's windows): the window sums,
     each times L/N (L the lcm of the window sizes N), exact at scale S/L; the next requantization
@@ -693,13 +686,12 @@ class QuantAdaptiveAvgPool2d(nn.Module):
 
     def forward(self, x: Q) -> Q:
         h, w = x.value.shape[2:]
-        L = adaptive_scale_up(h, w, self.output_size)
+        sizes = ir.adaptive_window_sizes(h, w, self.output_size)
+        L = math.lcm(*sizes.reshape(-1).tolist())          # every L / N_ij an integer
         scale = None if x.scale is None else x.scale / L
         if self.training:
             return Q(F.adaptive_avg_pool2d(x.value, self.output_size), scale)
-        node = ir.AdaptiveAvgPool2d(name=self.layer_name, inputs=[], output="", output_size=list(self.output_size),
-                                    scale_up=L)
-        f = torch.from_numpy(node.factors(h, w)).to(x.value.device)
+        f = torch.from_numpy(L // sizes).to(x.value.device)
         rows = [torch.stack([x.value[:, :, h0:h1, w0:w1].sum((2, 3)) for w0, w1 in ir.adaptive_windows(w, self.output_size[1])],
                             dim=-1) for h0, h1 in ir.adaptive_windows(h, self.output_size[0])]
         y = torch.stack(rows, dim=-2) * f
