@@ -187,7 +187,7 @@ class _Mapper:
         self.pieces: dict[fx.Node, tuple[fx.Node, list[tuple[int, int]]]] = {}   # chunk/split -> (source, ranges)
         self.used: set[str] = set()
         self.relu = QuantReLU()
-        self.relu6 = QuantReLU6()
+        self.relu6 = QuantReLU6(self.config)
 
     # -- helpers --------------------------------------------------------------------------------
     def fail(self, node: fx.Node, what: str, why: str = "has no integer-only implementation") -> HawqError:

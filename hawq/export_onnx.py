@@ -42,10 +42,13 @@ from hawq import ir
 from hawq.errors import HawqError
 from hawq.fileio import atomic_write
 
-__all__ = ["FORMATS", "OPSET", "LOWER", "exact_format", "to_onnx", "save_onnx", "output_scale_of", "OnnxProgram"]
+__all__ = ["FORMATS", "OPSET", "LOWER", "OnnxBuilder", "exact_format", "to_onnx", "save_onnx", "output_scale_of",
+           "OnnxProgram"]
 
-#: Export formats and the numeric profiles each one reproduces exactly.
-FORMATS = {"integer": ("exact", "hawq"), "qdq": ("ort",)}
+#: Export formats and the numeric profiles each one reproduces exactly (the first format listed for
+#: a profile is its default: ``qdq`` for ``ort``, the one ONNX Runtime runs with its int8 kernels).
+FORMATS = {"integer": ("exact", "hawq", "ort"), "qdq": ("ort",)}
+_DEFAULT_FORMAT = {"exact": "integer", "hawq": "integer", "ort": "qdq"}
 OPSET = 18                     # BitwiseAnd
 _IR_VERSION = 9                 # ONNX Runtime 1.32 reads up to 11; 9 keeps older runtimes able to load it
 _DTYPE = {np.dtype(np.int32): TensorProto.INT32, np.dtype(np.int64): TensorProto.INT64,
@@ -60,10 +63,9 @@ LOWER = ir.Registry("ONNX integer export")
 
 
 def exact_format(numerics: str) -> str:
-    """The export format that reproduces profile ``numerics`` exactly (:data:`FORMATS`)."""
-    for fmt, profiles in FORMATS.items():
-        if numerics in profiles:
-            return fmt
+    """The default export format that reproduces profile ``numerics`` exactly (:data:`FORMATS`)."""
+    if numerics in _DEFAULT_FORMAT:
+        return _DEFAULT_FORMAT[numerics]
     raise HawqError(f"no ONNX format reproduces numeric profile {numerics!r} exactly")
 
 
@@ -71,7 +73,7 @@ def _np(t) -> np.ndarray:
     return t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
 
 
-class _Builder:
+class OnnxBuilder:
     """Collects nodes and initializers; knows every value's dtype and static [lo, hi]."""
 
     def __init__(self, info: dict):
@@ -87,7 +89,9 @@ class _Builder:
 
     def const(self, value, dtype, hint: str = "c") -> str:
         name = self.fresh(hint)
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(np.asarray(value, dtype=dtype)), name))
+        # np.array keeps a 0-d value 0-d (ascontiguousarray would make it [1]): ONNX Runtime fuses a
+        # QDQ Add only when its scales and zero points are scalars
+        self.inits.append(numpy_helper.from_array(np.array(value, dtype=dtype, order="C"), name))
         return name
 
     def op(self, op_type: str, inputs: list[str], dtype, out: str | None = None, **attrs) -> str:
@@ -114,13 +118,13 @@ def _container(lo: int, hi: int):
     return np.int32 if ir.INT32[0] <= lo and hi <= ir.INT32[1] else np.int64
 
 
-def _finish(b: _Builder, node: ir.Op, x: str) -> None:
+def _finish(b: OnnxBuilder, node: ir.Op, x: str) -> None:
     """Write ``x`` as ``node.output`` in the container its bounds need."""
     lo, hi = b.bounds(node.output)
     b.cast(x, _container(lo, hi), out=node.output)
 
 
-def _as_u8(b: _Builder, x: str, what: ir.Op) -> tuple[str, int]:
+def _as_u8(b: OnnxBuilder, x: str, what: ir.Op) -> tuple[str, int]:
     """A value whose static range spans at most 256 integers, as uint8 ``x − lo`` with zero point ``−lo``."""
     lo, hi = b.bounds(x)
     if hi - lo > 255 or lo < -255:
@@ -129,7 +133,7 @@ def _as_u8(b: _Builder, x: str, what: ir.Op) -> tuple[str, int]:
     return b.cast(shifted, np.uint8), -lo
 
 
-def _weights(b: _Builder, w: np.ndarray, hint: str) -> tuple[str, str]:
+def _weights(b: OnnxBuilder, w: np.ndarray, hint: str) -> tuple[str, str]:
     """(weight, zero point) initializers: uint8 w + 128 with zero point 128 (see the module doc)."""
     return b.const(w.astype(np.int64) + 128, np.uint8, hint), b.const(128, np.uint8, hint + "_zp")
 
@@ -140,13 +144,13 @@ def _channel(v, ndim: int, dtype=np.int64) -> np.ndarray:
     return np.asarray(_np(v), dtype=dtype).reshape(-1).reshape(shape) if ndim > 1 else np.asarray(_np(v), dtype)
 
 
-def _floor_div(b: _Builder, a: str, d: str) -> str:
+def _floor_div(b: OnnxBuilder, a: str, d: str) -> str:
     """floor(a / d) for int64 a and d > 0: (a − mod(a, d)) / d, an exact division."""
     r = b.op("Mod", [a, d], np.int64, fmod=0)
     return b.op("Div", [b.op("Sub", [a, r], np.int64), d], np.int64)
 
 
-def _floor_shift(b: _Builder, a: str, s: np.ndarray, bound: np.ndarray) -> str:
+def _floor_shift(b: OnnxBuilder, a: str, s: np.ndarray, bound: np.ndarray) -> str:
     """floor(a / 2^s) of int64 ``a`` with |a| <= ``bound`` (per channel, like ``s``). ONNX shifts
     only unsigned integers, so a is first made non-negative: floor(a/2^s) = ((a + K·2^s) >> s) − K
     with K = ceil(bound / 2^s); where a + K·2^s could leave int64, an exact Mod/Div floor division."""
@@ -159,7 +163,7 @@ def _floor_shift(b: _Builder, a: str, s: np.ndarray, bound: np.ndarray) -> str:
     return b.op("Sub", [b.cast(u, np.int64), b.const(k, np.int64, "offset")], np.int64)
 
 
-def _requantize(b: _Builder, x: str, m, s, rounding: str, ndim: int) -> str:
+def _requantize(b: OnnxBuilder, x: str, m, s, rounding: str, ndim: int) -> str:
     """Unclamped int64 round(x·m / 2^s) (:func:`hawq.numerics.requantize`), per channel: half up is
     floor((t + 2^(s−1)) / 2^s) with t = x·m; half to even adds 2^(s−1) − 1 + (floor(t / 2^s) & 1)."""
     m, s = _channel(m, ndim), _channel(s, ndim)
@@ -175,13 +179,13 @@ def _requantize(b: _Builder, x: str, m, s, rounding: str, ndim: int) -> str:
     raise HawqError(f"unknown rounding {rounding!r}")
 
 
-def _clip(b: _Builder, x: str, lo: int, hi: int) -> str:
+def _clip(b: OnnxBuilder, x: str, lo: int, hi: int) -> str:
     dt = b.dtype[x]
     return b.op("Clip", [x, b.const(lo, dt, "lo"), b.const(hi, dt, "hi")], dt)
 
 
 @LOWER.register(ir.Quantize)
-def _quantize(b: _Builder, node: ir.Quantize, x: str):
+def _quantize(b: OnnxBuilder, node: ir.Quantize, x: str):
     scale = np.float32(_np(node.scale).reshape(-1)[0])
     z = np.float32(node.zero_point)
     if node.reciprocal:             # profile hawq: round(f32(1/S)·x + z), two float32 roundings as the reference
@@ -194,7 +198,7 @@ def _quantize(b: _Builder, node: ir.Quantize, x: str):
     _finish(b, node, b.op("Sub", [y, b.const(node.zero_point, np.int32, "z")], np.int32))
 
 
-def _chunks(b: _Builder, node: "ir.Conv2d | ir.Dense", w: np.ndarray, x: str) -> list[tuple[int, int]]:
+def _chunks(b: OnnxBuilder, node: "ir.Conv2d | ir.Dense", w: np.ndarray, x: str) -> list[tuple[int, int]]:
     """Input-channel ranges whose partial products are proven to fit int32 (ONNX's integer products
     are int32): one range when the whole sum does, else equal splits (dense, ungrouped conv) added
     in int64, as in the reference's int64 accumulator."""
@@ -212,7 +216,7 @@ def _chunks(b: _Builder, node: "ir.Conv2d | ir.Dense", w: np.ndarray, x: str) ->
     node.fail("a single input channel's products may exceed int32 (ONNX integer export)")
 
 
-def _sum_chunks(b: _Builder, node: ir.Op, parts: list[str], bias: np.ndarray) -> None:
+def _sum_chunks(b: OnnxBuilder, node: ir.Op, parts: list[str], bias: np.ndarray) -> None:
     """Add the int32 partial products and the bias, in int64 when there are several parts or the
     output's bound exceeds int32 (a 32-bit bias near its limit, profile hawq)."""
     dt = np.int32 if len(parts) == 1 and _container(*b.bounds(node.output)) is np.int32 else np.int64
@@ -222,7 +226,7 @@ def _sum_chunks(b: _Builder, node: ir.Op, parts: list[str], bias: np.ndarray) ->
     _finish(b, node, b.op("Add", [acc, b.const(bias, dt, node.name + ".bias")], dt))
 
 
-def _slice(b: _Builder, x: str, lo: int, hi: int, n: int, axis: int = 1) -> str:
+def _slice(b: OnnxBuilder, x: str, lo: int, hi: int, n: int, axis: int = 1) -> str:
     if (lo, hi) == (0, n):
         return x
     return b.op("Slice", [x, b.const([lo], np.int64, "start"), b.const([hi], np.int64, "end"),
@@ -230,7 +234,7 @@ def _slice(b: _Builder, x: str, lo: int, hi: int, n: int, axis: int = 1) -> str:
 
 
 @LOWER.register(ir.Conv2d)
-def _conv2d(b: _Builder, node: ir.Conv2d, x: str):
+def _conv2d(b: OnnxBuilder, node: ir.Conv2d, x: str):
     w_all = _np(node.weight)
     ranges = _chunks(b, node, w_all, x)
     xq, zp = _as_u8(b, x, node)
@@ -245,7 +249,7 @@ def _conv2d(b: _Builder, node: ir.Conv2d, x: str):
 
 
 @LOWER.register(ir.Dense)
-def _dense(b: _Builder, node: ir.Dense, x: str):
+def _dense(b: OnnxBuilder, node: ir.Dense, x: str):
     w_all = _np(node.weight)
     ranges = _chunks(b, node, w_all, x)
     xq, zp = _as_u8(b, x, node)
@@ -258,13 +262,13 @@ def _dense(b: _Builder, node: ir.Dense, x: str):
 
 
 @LOWER.register(ir.Requant)
-def _requant(b: _Builder, node: ir.Requant, x: str):
+def _requant(b: OnnxBuilder, node: ir.Requant, x: str):
     y = _requantize(b, x, node.multiplier, node.shift, node.rounding, len(b.shape(x)))
     _finish(b, node, _clip(b, y, int(node.qmin), int(node.qmax)))
 
 
 @LOWER.register(ir.RequantAdd)
-def _requant_add(b: _Builder, node: ir.RequantAdd, x: str, identity: str):
+def _requant_add(b: OnnxBuilder, node: ir.RequantAdd, x: str, identity: str):
     nd = len(b.shape(x))
     y = b.op("Add", [_requantize(b, x, node.multiplier, node.shift, node.rounding, nd),
                      _requantize(b, identity, node.identity_multiplier, node.identity_shift, node.rounding, nd)],
@@ -272,18 +276,39 @@ def _requant_add(b: _Builder, node: ir.RequantAdd, x: str, identity: str):
     _finish(b, node, _clip(b, y, int(node.qmin), int(node.qmax)))
 
 
+@LOWER.register(ir.RequantFloat)
+def _requant_float(b: OnnxBuilder, node: ir.RequantFloat, x: str):
+    """ONNX Runtime's float32 step as plain float ops: ``Cast`` to float32 (exact below 2^24, rounds
+    to nearest even above, like ``cvtdq2ps``), one ``Mul``, ``Round`` (half to even), ``Clip``."""
+    nd = len(b.shape(x))
+    y = b.op("Mul", [b.cast(x, np.float32), b.const(_channel(node.multiplier, nd, np.float32), np.float32, "m")],
+             np.float32)
+    y = _clip(b, b.op("Round", [y], np.float32), int(node.qmin), int(node.qmax))
+    _finish(b, node, b.cast(y, np.int32))
+
+
+@LOWER.register(ir.QLinearAdd)
+def _qlinear_add(b: OnnxBuilder, node: ir.QLinearAdd, a: str, c: str):
+    """A ``Gather`` from the stored QLinearAdd table at (a + a_zero)·256 + (b + b_zero)."""
+    ia = b.op("Add", [b.cast(a, np.int32), b.const(int(node.a_zero), np.int32, "za")], np.int32)
+    ib = b.op("Add", [b.cast(c, np.int32), b.const(int(node.b_zero), np.int32, "zb")], np.int32)
+    idx = b.op("Add", [b.op("Mul", [ia, b.const(256, np.int32, "row")], np.int32), ib], np.int32)
+    table = np.asarray(_np(node.table), dtype=np.int32).reshape(-1)
+    _finish(b, node, b.op("Gather", [b.const(table, np.int32, node.name + ".table"), idx], np.int32, axis=0))
+
+
 @LOWER.register(ir.Relu)
-def _relu(b: _Builder, node: ir.Relu, x: str):
+def _relu(b: OnnxBuilder, node: ir.Relu, x: str):
     _finish(b, node, b.op("Max", [x, b.const(0, b.dtype[x], "zero")], b.dtype[x]))
 
 
 @LOWER.register(ir.Flatten)
-def _flatten(b: _Builder, node: ir.Flatten, x: str):
+def _flatten(b: OnnxBuilder, node: ir.Flatten, x: str):
     _finish(b, node, b.op("Flatten", [x], b.dtype[x], axis=1))
 
 
 @LOWER.register(ir.Clamp)
-def _clamp(b: _Builder, node: ir.Clamp, x: str):
+def _clamp(b: OnnxBuilder, node: ir.Clamp, x: str):
     dt = np.int64 if b.dtype[x] == np.dtype(np.int64) else np.int32
     hi = np.minimum(_channel(node.qmax, len(b.shape(x))), np.iinfo(dt).max)
     y = b.op("Max", [x, b.const(node.qmin, dt, "lo")], dt)
@@ -291,13 +316,13 @@ def _clamp(b: _Builder, node: ir.Clamp, x: str):
 
 
 @LOWER.register(ir.Concat)
-def _concat(b: _Builder, node: ir.Concat, *xs: str):
+def _concat(b: OnnxBuilder, node: ir.Concat, *xs: str):
     dt = np.int64 if any(b.dtype[x] == np.dtype(np.int64) for x in xs) else np.int32
     _finish(b, node, b.op("Concat", [b.cast(x, dt) for x in xs], dt, axis=int(node.axis)))
 
 
 @LOWER.register(ir.ChannelAffine)
-def _channel_affine(b: _Builder, node: ir.ChannelAffine, x: str):
+def _channel_affine(b: OnnxBuilder, node: ir.ChannelAffine, x: str):
     lo, hi = b.bounds(node.output)
     dt = np.int64 if np.int64 in (_container(lo, hi), b.dtype[x].type) else np.int32
     nd = len(b.shape(x))
@@ -306,7 +331,7 @@ def _channel_affine(b: _Builder, node: ir.ChannelAffine, x: str):
 
 
 @LOWER.register(ir.Lut)
-def _lut(b: _Builder, node: ir.Lut, x: str):
+def _lut(b: OnnxBuilder, node: ir.Lut, x: str):
     table = np.asarray(_np(node.table), dtype=np.int64)
     lo, hi = b.bounds(node.output)
     dt = _container(lo, hi)
@@ -315,13 +340,13 @@ def _lut(b: _Builder, node: ir.Lut, x: str):
 
 
 @LOWER.register(ir.Mul)
-def _mul(b: _Builder, node: ir.Mul, x: str, y: str):
+def _mul(b: OnnxBuilder, node: ir.Mul, x: str, y: str):
     dt = _container(*b.bounds(node.output))
     _finish(b, node, b.op("Mul", [b.cast(x, dt), b.cast(y, dt)], dt))
 
 
 @LOWER.register(ir.AdaptiveAvgPool2d)
-def _adaptive_avgpool2d(b: _Builder, node: ir.AdaptiveAvgPool2d, x: str):
+def _adaptive_avgpool2d(b: OnnxBuilder, node: ir.AdaptiveAvgPool2d, x: str):
     """Each window: a ``Slice``, ``ReduceSum`` (kept dims), ``Mul`` by
     L/N; rows and columns ``Concat``ed."""
     dt = _container(*b.bounds(node.output))
@@ -341,18 +366,18 @@ def _adaptive_avgpool2d(b: _Builder, node: ir.AdaptiveAvgPool2d, x: str):
 
 
 @LOWER.register(ir.ChannelShuffle)
-def _channel_shuffle(b: _Builder, node: ir.ChannelShuffle, x: str):
+def _channel_shuffle(b: OnnxBuilder, node: ir.ChannelShuffle, x: str):
     perm = node.perm(b.shape(x)[1])
     _finish(b, node, b.op("Gather", [x, b.const(perm, np.int64, "perm")], b.dtype[x], axis=1))
 
 
 @LOWER.register(ir.SliceChannels)
-def _slice_channels(b: _Builder, node: ir.SliceChannels, x: str):
+def _slice_channels(b: OnnxBuilder, node: ir.SliceChannels, x: str):
     _finish(b, node, _slice(b, x, int(node.start), int(node.stop), -1))
 
 
 @LOWER.register(ir.MaxPool2d)
-def _maxpool2d(b: _Builder, node: ir.MaxPool2d, x: str):
+def _maxpool2d(b: OnnxBuilder, node: ir.MaxPool2d, x: str):
     """On the 8-bit container when the value has 8 bits; else in float32, exact below 2^24 (profile
     hawq pools the conv accumulator)."""
     (ph, pw), (eh, ew) = ir.pair(node.padding), node.extra_padding(*b.shape(x)[2:])
@@ -368,7 +393,7 @@ def _maxpool2d(b: _Builder, node: ir.MaxPool2d, x: str):
         node.fail(f"input range [{lo}, {hi}] exceeds both 8 bits and float32's exact integers (ONNX integer export)")
 
 
-def _trunc_mean(b: _Builder, total: str, n: int) -> str:
+def _trunc_mean(b: OnnxBuilder, total: str, n: int) -> str:
     """HAWQ's trunc(total/n + 0.01) = truncdiv(100·total + n, 100·n) (:func:`hawq.numerics.avgpool_trunc`)."""
     num = b.op("Add", [b.op("Mul", [b.cast(total, np.int64), b.const(100, np.int64, "hundred")], np.int64),
                        b.const(n, np.int64, "n")], np.int64)
@@ -376,7 +401,7 @@ def _trunc_mean(b: _Builder, total: str, n: int) -> str:
 
 
 @LOWER.register(ir.AvgPool2d)
-def _avgpool2d(b: _Builder, node: ir.AvgPool2d, x: str):
+def _avgpool2d(b: OnnxBuilder, node: ir.AvgPool2d, x: str):
     """k×k window sums: a depthwise ``ConvInteger`` with a ones kernel on an 8-bit value; a wider
     value (a conv accumulator: DenseNet's transitions) as k² strided ``Slice``s of the zero-padded
     value added in int32/int64 (one ``ReduceSum`` when the window is the whole map)."""
@@ -410,14 +435,14 @@ def _avgpool2d(b: _Builder, node: ir.AvgPool2d, x: str):
 
 
 @LOWER.register(ir.GlobalAvgPoolSum)
-def _global_avgpool_sum(b: _Builder, node: ir.GlobalAvgPoolSum, x: str):
+def _global_avgpool_sum(b: OnnxBuilder, node: ir.GlobalAvgPoolSum, x: str):
     lo, hi = b.bounds(node.output)
     dt = _container(lo, hi)
     _finish(b, node, b.op("ReduceSum", [b.cast(x, dt), b.const([2, 3], np.int64, "axes")], dt, keepdims=0))
 
 
 @LOWER.register(ir.GlobalAvgPoolTrunc)
-def _global_avgpool_trunc(b: _Builder, node: ir.GlobalAvgPoolTrunc, x: str):
+def _global_avgpool_trunc(b: OnnxBuilder, node: ir.GlobalAvgPoolTrunc, x: str):
     total = b.op("ReduceSum", [b.cast(x, np.int64), b.const([2, 3], np.int64, "axes")], np.int64, keepdims=0)
     _finish(b, node, _trunc_mean(b, total, int(node.divisor)))
 
@@ -442,14 +467,17 @@ def to_onnx(graph: "ir.Graph | dict", input_shape, *, fmt: str = "integer", nume
     g = ir.as_graph(graph)
     chw = tuple(int(d) for d in input_shape)
     info = g.infer((1, *chw))
-    b = _Builder(info)
+    b = OnnxBuilder(info)
     b.dtype[g.input] = np.dtype(np.float32)
-    for node in g.nodes:
-        LOWER.lookup(node)(b, node, *node.inputs)
+    if fmt == "qdq":
+        from hawq.export_qdq import lower_qdq
+        shown = lower_qdq(b, g, expose)
+    else:
+        for node in g.nodes:
+            LOWER.lookup(node)(b, node, *node.inputs)
+        shown = [n.output for n in g.nodes] if expose else [g.output]
     outputs = [_value_info(g.output, b.dtype[g.output], info[g.output][0])]
-    if expose:
-        outputs += [_value_info(n.output, b.dtype[n.output], info[n.output][0]) for n in g.nodes
-                    if n.output != g.output]
+    outputs += [_value_info(v, b.dtype[v], info[v][0]) for v in shown if v != g.output]
     onnx_graph = helper.make_graph(b.nodes, "hawq_integer", [_value_info(g.input, np.float32, (1, *chw))],
                                    outputs, b.inits)
     model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="hawq",

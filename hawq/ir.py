@@ -30,7 +30,7 @@ import torch
 from hawq.errors import HawqError
 
 __all__ = ["INT32", "ROUNDINGS", "pair", "Op", "Quantize", "Conv2d", "Dense", "Requant", "RequantAdd",
-           "Relu", "Flatten", "Clamp", "Concat", "MaxPool2d", "AvgPool2d", "GlobalAvgPoolSum",
+           "RequantFloat", "QLinearAdd", "Relu", "Flatten", "Clamp", "Concat", "MaxPool2d", "AvgPool2d", "GlobalAvgPoolSum",
            "GlobalAvgPoolTrunc", "ChannelAffine", "Lut", "Mul", "adaptive_windows", "adaptive_window_sizes", "AdaptiveAvgPool2d", "shuffle_perm", "ChannelShuffle", "SliceChannels", "OPS", "requant_bounds", "Graph", "node_from_dict", "as_graph", "Registry"]
 
 Interval = tuple[int, int]
@@ -257,6 +257,90 @@ class RequantAdd(Op):
 
     def bounds(self, ins, shapes):
         return int(self.qmin), int(self.qmax)
+
+
+@dataclass(kw_only=True)
+class RequantFloat(Op):
+    """ONNX Runtime's requantization (profile ``ort``, docs/numerics.md §17), on centered integers:
+    ``clip(round_half_even(f32(x) · multiplier), qmin, qmax)``, one float32 multiply per channel.
+    ``multiplier`` (float32 [C] or [1]) is :func:`hawq.numerics.ort_multiplier` of ``in_scale``
+    (float32: the accumulator's S_x·S_w, or a pool's input scale), ``scale`` (the output grid's,
+    float32 [1]) and ``count`` (1, or the N of a global average pool); the three are kept so an
+    exporter can state the same scales to the runtime, and :meth:`check` recomputes the multiplier.
+    The input is an int32 accumulator or pool sum (ONNX Runtime's)."""
+    OP: ClassVar[str] = "requant_float"
+    multiplier: torch.Tensor
+    in_scale: torch.Tensor
+    scale: torch.Tensor
+    count: int
+    qmin: int
+    qmax: int
+    zero_point: int
+    bits: int
+
+    def check(self):
+        from hawq.numerics import ort_multiplier
+        m = _np(self.multiplier).astype(np.float32).reshape(-1)
+        want = ort_multiplier(_np(self.in_scale), _np(self.scale), int(self.count))
+        if m.shape != want.shape or not np.array_equal(m, want):
+            self.fail("multiplier is not ONNX Runtime's f32(in_scale / (scale·count)) of the stored scales")
+        if self.qmin > self.qmax:
+            self.fail(f"empty range [{self.qmin}, {self.qmax}]")
+
+    def shape(self, x):
+        _check_channels(self, self.multiplier, x)
+        return x
+
+    def bounds(self, ins, shapes):
+        lo, hi = ins[0]
+        if lo < INT32[0] or hi > INT32[1]:
+            self.fail(f"input range [{lo}, {hi}] exceeds ONNX Runtime's int32 accumulator")
+        qmin, qmax = int(self.qmin), int(self.qmax)
+        return (max(qmin, 0), qmax) if lo >= 0 and qmin <= 0 else (qmin, qmax)
+
+
+@dataclass(kw_only=True)
+class QLinearAdd(Op):
+    """ONNX Runtime's QLinearAdd of two 8-bit activations (profile ``ort``, docs/numerics.md §17):
+    ``table[a + a_zero, b + b_zero]`` with ``table`` (int16 [256, 256], centered outputs) computed by
+    :func:`hawq.numerics.qlinear_add_table` from the stored scales and zero points, which are kept
+    for exporters; :meth:`check` recomputes the table."""
+    OP: ClassVar[str] = "qlinear_add"
+    ARITY: ClassVar[int] = 2
+    table: torch.Tensor
+    a_scale: torch.Tensor
+    a_zero: int
+    b_scale: torch.Tensor
+    b_zero: int
+    scale: torch.Tensor
+    qmin: int
+    qmax: int
+    zero_point: int
+    bits: int
+
+    def expected_table(self) -> np.ndarray:
+        from hawq.numerics import qlinear_add_table
+        return qlinear_add_table(_np(self.a_scale), int(self.a_zero), _np(self.b_scale), int(self.b_zero),
+                                 _np(self.scale), int(self.zero_point), int(self.qmin) + int(self.zero_point),
+                                 int(self.qmax) + int(self.zero_point))
+
+    def check(self):
+        t = _np(self.table)
+        if t.shape != (256, 256) or not np.array_equal(t.astype(np.int64), self.expected_table().astype(np.int64)):
+            self.fail("table is not ONNX Runtime's QLinearAdd of the stored scales and zero points")
+
+    def shape(self, a, b):
+        if tuple(a) != tuple(b):
+            self.fail(f"input shapes {a} and {b} differ")
+        return a
+
+    def bounds(self, ins, shapes):
+        for (lo, hi), z in zip(ins, (int(self.a_zero), int(self.b_zero))):
+            if lo + z < 0 or hi + z > 255:
+                self.fail(f"input range [{lo}, {hi}] with zero point {z} is not a uint8 tensor")
+        (a0, a1), (b0, b1) = ins
+        part = _np(self.table)[a0 + int(self.a_zero):a1 + int(self.a_zero) + 1, b0 + int(self.b_zero):b1 + int(self.b_zero) + 1]
+        return int(part.min()), int(part.max())
 
 
 @dataclass(kw_only=True)
@@ -580,7 +664,7 @@ class SliceChannels(Op):
         return (x[0], int(self.stop) - int(self.start), x[2], x[3])
 
 
-OPS: dict[str, type[Op]] = {c.OP: c for c in (Quantize, Conv2d, Dense, Requant, RequantAdd, Relu, Clamp, Concat,
+OPS: dict[str, type[Op]] = {c.OP: c for c in (Quantize, Conv2d, Dense, Requant, RequantAdd, RequantFloat, QLinearAdd, Relu, Clamp, Concat,
                                               MaxPool2d, AvgPool2d, GlobalAvgPoolSum, GlobalAvgPoolTrunc, Flatten,
                                               ChannelShuffle, SliceChannels, ChannelAffine, Lut, Mul,
                                               AdaptiveAvgPool2d)}

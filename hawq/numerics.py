@@ -28,7 +28,7 @@ __all__ = ["MANTISSA_BITS", "MAX_SHIFT", "MIN_RANGE", "ACT_MODES", "ROUNDINGS", 
            "act_qrange", "ema_range", "batch_range", "fold_bn", "quantize", "straight_through",
            "fake_quantize", "quantize_weight", "quantize_bias", "bias_scale", "requant_ratio", "dyadic",
            "requantize", "saturate", "saturate_", "residual_add", "avgpool_trunc", "TABLE_FUNCTIONS", "TABLE_RANGE",
-           "function_table", "relu6_bound",
+           "function_table", "relu6_bound", "ORT", "fma32", "ort_multiplier", "requant_float", "qlinear_add_table",
            "channel_view"]
 
 #: Width of the dyadic multiplier: m in [2^30, 2^31), so m fits a signed int32, and
@@ -72,6 +72,9 @@ class Profile:
             to its declared width.
         avgpool: ``sum`` (integer sum, 1/N folded into the next requantization) or ``trunc_mean``
             (HAWQ: trunc(sum/N + 0.01), scale unchanged).
+        float_requant: requantization is ONNX Runtime's float32 step (profile ``ort``, §17):
+            ``clip(round_half_even(f32(acc) · M))`` with ``M = f32(f32(S_acc) / S_out)`` instead of the
+            dyadic integer multiply; every activation is an 8-bit grid, residual adds are QLinearAdd.
     """
 
     name: str
@@ -80,17 +83,23 @@ class Profile:
     float32_scale_product: bool
     residual_int32: bool
     avgpool: str
+    float_requant: bool = False
 
-    def act_mode(self, role: str, bits: int) -> str:
+    def act_mode(self, role: str, bits: int, relu_after: bool = False) -> str:
         """The activation grid of a quantizer in ``role`` (:data:`ACT_ROLES`) at ``bits`` bits.
 
         exact: input asymmetric (applied zero point), post-ReLU unsigned, accumulators symmetric.
         hawq: every 4-bit quantizer ``unsigned_range`` (quant_train.py switches exactly the 4-bit
         ones to 'asymmetric'), 8 bits and wider symmetric signed - the input and post-ReLU too. HAWQ
         has no 2/3/5-7-bit activations; those follow its low-bit rule (``unsigned_range``).
+        ort: ONNX Runtime's uint8 tensors, post-ReLU ones (and an accumulator a ReLU follows,
+        ``relu_after``: the ReLU is then the grid's clamp at zero point 0) unsigned, the rest
+        asymmetric with a zero point.
         """
         if role not in ACT_ROLES:
             raise ValueError(f"unknown activation role {role!r}; expected one of {ACT_ROLES}")
+        if self.name == "ort":
+            return "unsigned" if role == "relu" or relu_after else "asymmetric"
         if self.name == "hawq":
             return "unsigned_range" if bits < 8 else "symmetric"
         return {"input": "asymmetric", "relu": "unsigned", "accumulator": "symmetric", "signed": "symmetric"}[role]
@@ -100,11 +109,15 @@ EXACT = Profile("exact", reciprocal_quantize=False, rounding="half_up", float32_
                 residual_int32=False, avgpool="sum")
 HAWQ = Profile("hawq", reciprocal_quantize=True, rounding="half_even", float32_scale_product=True,
                residual_int32=True, avgpool="trunc_mean")
-PROFILES: dict[str, Profile] = {"exact": EXACT, "hawq": HAWQ}
+#: ONNX Runtime's int8 numerics (docs/numerics.md §17): its QLinearConv/QGemm/QLinearAdd/
+#: QLinearGlobalAveragePool arithmetic, which a QDQ file runs in at full speed.
+ORT = Profile("ort", reciprocal_quantize=False, rounding="half_even", float32_scale_product=True,
+              residual_int32=False, avgpool="sum", float_requant=True)
+PROFILES: dict[str, Profile] = {"exact": EXACT, "hawq": HAWQ, "ort": ORT}
 
 
 def profile(name: str) -> Profile:
-    """The :class:`Profile` called ``name`` (``exact`` or ``hawq``)."""
+    """The :class:`Profile` called ``name`` (``exact``, ``hawq`` or ``ort``)."""
     try:
         return PROFILES[name]
     except KeyError:
@@ -410,6 +423,70 @@ def avgpool_trunc(total, n: int):
     if isinstance(num, torch.Tensor):
         return torch.div(num, d, rounding_mode="trunc")
     return np.sign(num) * (np.abs(num) // d)
+
+
+# --------------------------------------------------------------------------- profile ort: float32 steps
+def fma32(x, y, z) -> np.ndarray:
+    """float32 fused multiply-add ``RN32(x·y + z)`` of float32 arrays, with one rounding, as x86's
+    ``vfmadd`` computes it (NumPy has no fma). x·y is exact in float64 (24+24 bits); the float64 sum
+    s and its error e (TwoSum) hold x·y + z exactly, and RN32(s + e) = RN32(s) except where s sits
+    exactly halfway between two float32 values and e != 0: then e decides the direction."""
+    x, y, z = (np.asarray(v, dtype=np.float32) for v in (x, y, z))
+    p = x.astype(np.float64) * y.astype(np.float64)
+    z64 = z.astype(np.float64)
+    s = p + z64
+    bb = s - p
+    e = (p - (s - bb)) + (z64 - bb)
+    r = s.astype(np.float32)
+    rd = r.astype(np.float64)
+    toward = np.where(s > rd, np.float32(np.inf), np.float32(-np.inf))
+    n = np.nextafter(r, toward)
+    mid = (rd + n.astype(np.float64)) * 0.5
+    fix = (s == mid) & (e != 0) & (np.sign(e) == np.sign(n.astype(np.float64) - rd))
+    return np.where(fix, n, r).astype(np.float32)
+
+
+def ort_multiplier(acc_scale, out_scale, count: int = 1) -> np.ndarray:
+    """ONNX Runtime's float32 requantization scale (float32 [C] or [1]).
+
+    ``count == 1`` (QLinearConv, QGemm: ``acc_scale`` is the float32 product S_x·S_w):
+    ``M = f32(S_acc / S_out)``. ``count = N`` (QLinearGlobalAveragePool over N values of scale S_in =
+    ``acc_scale``): ``M = f32(S_in / f32(S_out · f32(N)))``. Every step float32, as ORT computes it."""
+    acc = np.asarray(_to_numpy(acc_scale), dtype=np.float64).reshape(-1).astype(np.float32)
+    out = np.float32(np.asarray(_to_numpy(out_scale), dtype=np.float64).reshape(-1)[0])
+    if count == 1:
+        return (acc / out).astype(np.float32)
+    return (acc / np.float32(out * np.float32(count))).astype(np.float32)
+
+
+def requant_float(acc, multiplier, lo: int, hi: int):
+    """ONNX Runtime's requantization (``MlasRequantizeOutput``), on centered integers:
+    ``clip(round_half_even(f32(acc) · M), lo, hi)`` with one float32 multiply (no FMA); the clamp
+    bounds are integers, so clamping before or after rounding is the same. ``acc``: int64 tensor or
+    array (an int32 accumulator, or a pool's sum); ``multiplier`` float32, broadcastable (per channel
+    along dim 1). Returns int64 of acc's kind."""
+    if isinstance(acc, torch.Tensor):
+        m = torch.as_tensor(multiplier, dtype=torch.float32, device=acc.device)
+        return torch.round(acc.to(torch.float32) * m).clamp_(lo, hi).to(torch.int64)
+    y = np.round(np.asarray(acc).astype(np.float32) * np.asarray(multiplier, dtype=np.float32))
+    return np.clip(y, lo, hi).astype(np.int64)
+
+
+def qlinear_add_table(a_scale, a_zero: int, b_scale, b_zero: int, out_scale, out_zero: int,
+                      qmin: int, qmax: int) -> np.ndarray:
+    """ONNX Runtime's QLinearAdd of two uint8 tensors (x86), every output for every input pair:
+    ``rA = f32(sA/sC)``, ``rB = f32(sB/sC)``, ``F = f32(zC) − fma(rA, zA, f32(rB·zB))``,
+    ``y = clip(round_half_even(fma(a, rA, fma(b, rB, F))), qmin, qmax)``. Returns the centered
+    ``y − zC`` as int16 [256, 256], indexed by the stored (uncentered) a and b."""
+    f32 = np.float32
+    sa, sb, sc = (f32(np.asarray(_to_numpy(v), dtype=np.float64).reshape(-1)[0]) for v in (a_scale, b_scale, out_scale))
+    ra, rb = f32(sa / sc), f32(sb / sc)
+    fb = f32(rb * f32(b_zero))
+    fz = f32(f32(out_zero) - fma32(ra, f32(a_zero), fb))
+    a = np.arange(256, dtype=np.float32).reshape(-1, 1)
+    b = np.arange(256, dtype=np.float32).reshape(1, -1)
+    y = np.round(fma32(a, ra, fma32(b, rb, fz)))
+    return (np.clip(y, qmin, qmax) - out_zero).astype(np.int16)
 
 
 # --------------------------------------------------------------------------- activation tables

@@ -102,6 +102,18 @@ def _requant_add(node: ir.RequantAdd, x, identity):
                           _per_channel(node.identity_shift, nd), node.qmin, node.qmax, node.rounding)
 
 
+@IMPL.register(ir.RequantFloat)
+def _requant_float(node: ir.RequantFloat, x):
+    m = N.channel_view(np.asarray(_np(node.multiplier), dtype=np.float32), x.ndim)
+    return N.requant_float(x, m, int(node.qmin), int(node.qmax))
+
+
+@IMPL.register(ir.QLinearAdd)
+def _qlinear_add(node: ir.QLinearAdd, a, b):
+    table = np.asarray(_np(node.table), dtype=np.int64)
+    return table[a + int(node.a_zero), b + int(node.b_zero)]
+
+
 @IMPL.register(ir.Relu)
 def _relu(node, x):
     return np.maximum(x, 0)

@@ -17,7 +17,7 @@ def add_calibration_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--random", action="store_true",
                    help="calibrate on, and compare on, random images (no dataset needed)")
     g.add_argument("--pretrained", default=None, metavar="PATH", help="FP checkpoint to start from")
-    g.add_argument("--numerics", default="exact", help="numeric profile: exact or hawq")
+    g.add_argument("--numerics", default="exact", help="numeric profile: exact, hawq or ort")
     g.add_argument("--calib-batches", type=int, default=4, help="calibration batches of 16 images")
 
 

@@ -27,8 +27,8 @@ class Builder:
     def __init__(self, config: QuantConfig):
         self.config = config
 
-    def act(self, role: str) -> QuantAct:
-        return QuantAct(role, self.config)
+    def act(self, role: str, relu_after: bool = False) -> QuantAct:
+        return QuantAct(role, self.config, relu_after=relu_after)
 
     def convbn(self, block: nn.Module) -> QuantBnConv2d:
         """A pytorchcv ConvBlock (``.conv``, ``.bn``) as one conv with BN folded."""
@@ -63,9 +63,8 @@ class Builder:
     def relu() -> QuantReLU:
         return QuantReLU()
 
-    @staticmethod
-    def relu6() -> QuantReLU6:
-        return QuantReLU6()
+    def relu6(self) -> QuantReLU6:
+        return QuantReLU6(self.config)
 
     @staticmethod
     def concat() -> QuantConcat:
@@ -92,15 +91,20 @@ class QuantModel(nn.Module):
                 m.layer_name = name
         if not bit_config:
             bit_config = {n: 16 if getattr(m, "role", "") == "accumulator" else 8
-                          for n, m in self.named_modules() if isinstance(m, QUANT_TYPES)}
+                          for n, m in self._quant_modules()}
         self.apply_bit_config(bit_config)
 
     def forward_q(self, x: torch.Tensor) -> Q:
         raise NotImplementedError
 
+    def _quant_modules(self):
+        """(name, module) of every module that carries a bit width from bit_config, in definition
+        order (profile ort's residual operand grids are fixed at 8 bits and not among them)."""
+        return [(n, m) for n, m in self.named_modules() if isinstance(m, QUANT_TYPES) and not getattr(m, "is_branch", False)]
+
     def quant_layer_names(self) -> list[str]:
         """Names of every module that carries a bit width, in definition order."""
-        return [n for n, m in self.named_modules() if isinstance(m, QUANT_TYPES)]
+        return [n for n, _ in self._quant_modules()]
 
     def apply_bit_config(self, bit_config: dict[str, int]) -> None:
         """Set every quant module's bit width; every quantized layer must be in ``bit_config``."""
@@ -117,11 +121,13 @@ class QuantModel(nn.Module):
             if isinstance(m, QuantAct):
                 m.set_activation_bit(bit_config[n])
             else:
+                if self.config.profile.float_requant and int(bit_config[n]) != 8:
+                    raise HawqError(f"numeric profile ort runs ONNX Runtime's 8-bit kernels: layer '{n}' has "
+                                    f"{bit_config[n]}-bit weights (use an 8-bit scheme such as uniform8)")
                 m.weight_bit = int(bit_config[n])
 
     def bit_config(self) -> dict[str, int]:
-        return {n: (m.activation_bit if isinstance(m, QuantAct) else m.weight_bit)
-                for n, m in self.named_modules() if isinstance(m, QUANT_TYPES)}
+        return {n: (m.activation_bit if isinstance(m, QuantAct) else m.weight_bit) for n, m in self._quant_modules()}
 
     def load_stored_integers(self, sd: dict, path: str) -> None:
         """Evaluate HAWQ-V3's quantized_checkpoint: per conv/linear its ``weight_integer``,

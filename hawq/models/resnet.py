@@ -41,7 +41,7 @@ class QuantResUnit(nn.Module):
         self.resize_identity = hasattr(unit, "identity_conv")
         if self.resize_identity:
             self.quant_identity_convbn = b.convbn(unit.identity_conv)
-        self.quant_act_int32 = b.act("accumulator")
+        self.quant_act_int32 = b.act("accumulator", relu_after=True)
         self.relu = b.relu()
 
     def forward(self, x: Q) -> Q:
@@ -70,7 +70,7 @@ class QuantResNet(QuantModel):
         self.quant_input = b.act("input")
         setattr(self, self.init_name, b.convbn(conv_block))
         self.pool = b.maxpool(init.pool) if hasattr(init, "pool") else None
-        self.quant_act_int32 = b.act("accumulator")
+        self.quant_act_int32 = b.act("accumulator", relu_after=True)
         self.relu = b.relu()
         stage_names = [n for n, _ in feats.named_children() if n.startswith("stage")]
         for s in stage_names:

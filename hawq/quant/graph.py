@@ -24,9 +24,15 @@ class Q(NamedTuple):
     In eval mode ``value`` is an int64 tensor of *centered* integers (q - zero_point) and ``scale``
     the float64 scale of one integer step (per-tensor [1] or per-channel [C]).
     ``scale`` may be None in training when no static grid exists (BN still unfolded).
+    ``zero_point``: set (an int) when the value is an activation on an activation quantizer's storage
+    grid (what profile ``ort`` keeps as a uint8 tensor), None for an accumulator (conv, linear, pool sum).
+    ``count``: in eval mode, a global pool's sum over ``count`` values (``scale`` is then S_in/count);
+    profile ``ort`` requantizes such a sum by QLinearGlobalAveragePool's rule.
     """
     value: torch.Tensor
     scale: torch.Tensor | None
+    zero_point: int | None = None
+    count: int = 1
 
 
 class GraphRecorder:

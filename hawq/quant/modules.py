@@ -89,6 +89,10 @@ def _emulate_requant(v: torch.Tensor, scale_in: torch.Tensor, scale_out: torch.T
     return acc.round_() if rounding == "half_even" else acc.add_(0.5).floor_()
 
 
+def _zero_int(zero: torch.Tensor) -> int:
+    return int(zero.reshape(-1)[0])
+
+
 class QuantAct(nn.Module):
     """Static per-tensor activation quantizer (HAWQ's ``QuantAct``).
 
@@ -97,13 +101,22 @@ class QuantAct(nn.Module):
     (:attr:`mode`) follows from the role, the bit width and the config's numeric profile.
     Called as ``act(x)`` (requantize / quantize a float input) or ``act(x, identity)`` for the
     residual add, which requantizes both terms to this layer's scale and adds them.
+
+    Profile ``ort`` (ONNX Runtime's int8 arithmetic, docs/numerics.md §17) changes three things:
+    requantization is the float32 step :func:`hawq.numerics.requant_float`; a quantizer reading an
+    activation that is already on a quantizer's grid passes it through (ONNX Runtime keeps one uint8
+    grid per tensor); a residual add puts each accumulator operand on an 8-bit grid of its own first
+    (``quant_branch``, ``quant_identity_branch``: QLinearConv's output) and then adds two uint8 tensors
+    as QLinearAdd does. ``relu_after``: a ReLU follows this quantizer (ResNet's adds), so in profile
+    ``ort`` its grid is unsigned and the ReLU is its clamp, as ONNX Runtime fuses it.
     """
 
-    def __init__(self, role: str, config: QuantConfig, activation_bit: int = 8):
+    def __init__(self, role: str, config: QuantConfig, activation_bit: int = 8, relu_after: bool = False):
         super().__init__()
         if role not in N.ACT_ROLES:
             raise ValueError(f"unknown activation role {role!r}")
         self.role = role
+        self.relu_after = relu_after
         self.profile = config.profile
         self.activation_bit = activation_bit
         self.act_range_momentum = config.act_range_momentum
@@ -128,10 +141,26 @@ class QuantAct(nn.Module):
         # from the observed range at the first training step). Named by L.ACT_PARAM.
         self.learned_name = L.ACT_PARAM.get(self.quantizer)
         self._sync_learned()
+        #: True for the operand grids of a residual add (profile ort): fixed at 8 bits, not in bit_config.
+        self.is_branch = False
+        self._add_table = (None, None)       # (key, table) cache of the QLinearAdd table in eval
+        if self.profile.float_requant and role == "accumulator":
+            self.quant_branch = QuantAct("signed", config)
+            self.quant_identity_branch = QuantAct("signed", config)
+            self.quant_branch.is_branch = self.quant_identity_branch.is_branch = True
 
     def set_activation_bit(self, bits: int) -> None:
-        """Set the width (bit_config); adds or drops the learned parameter to match."""
-        self.activation_bit = int(bits)
+        """Set the width (bit_config); adds or drops the learned parameter to match. Profile ort runs
+        ONNX Runtime's uint8 tensors: an accumulator quantizer (16 bits in HAWQ's schemes) becomes
+        8 bits there, any other width than 8 is a HawqError."""
+        bits = int(bits)
+        if self.profile.float_requant:
+            if self.role == "accumulator":
+                bits = 8
+            elif bits != 8:
+                raise HawqError(f"numeric profile ort runs ONNX Runtime's 8-bit kernels: activation "
+                                f"'{self.layer_name}' is {bits}-bit (use an 8-bit scheme such as uniform8)")
+        self.activation_bit = bits
         self._sync_learned()
 
     def _sync_learned(self) -> None:
@@ -159,7 +188,7 @@ class QuantAct(nn.Module):
     @property
     def mode(self) -> str:
         """The activation grid (:data:`hawq.numerics.ACT_MODES`) for this role, width and profile."""
-        return self.profile.act_mode(self.role, self.activation_bit)
+        return self.profile.act_mode(self.role, self.activation_bit, self.relu_after)
 
     def residual_range(self, lo: int, hi: int) -> tuple[int, int]:
         """Saturation range of a residual add: the declared one, or int32 in profile hawq (unclamped there)."""
@@ -265,6 +294,12 @@ class QuantAct(nn.Module):
         if self.stored_scale:
             raise HawqError("a model loaded from integers and scales only (HAWQ quantized_checkpoint) "
                             "cannot be trained; resume from HAWQ's checkpoint.pth.tar instead")
+        if self.profile.float_requant and isinstance(x, Q):
+            if identity is None and x.zero_point is not None:
+                return self._pass_through(x, observe=True)
+            if identity is not None:      # QLinearAdd: two uint8 operands, one rounding of their sum
+                a, b = self._on_grid(x, "quant_branch"), self._on_grid(identity, "quant_identity_branch")
+                x, identity = Q(a.value + b.value, None), None
         xv, s_x = (x.value, x.scale) if isinstance(x, Q) else (x, None)
         total = xv if identity is None else xv + identity.value
         if self.observer is not None:
@@ -285,7 +320,7 @@ class QuantAct(nn.Module):
         if self.fixed_point_quantization or no_grid:
             with torch.no_grad():
                 q = (N.quantize(total, scale, zero, lo, hi, prof.reciprocal_quantize) - zero) * scale
-            return Q(self._drop(total, self._with_gradient(total, q, zero)), scale)
+            return Q(self._drop(total, self._with_gradient(total, q, zero)), scale, _zero_int(zero))
         with torch.no_grad():
             q = _emulate_requant(xv.detach(), s_x, scale, prof.rounding)
             if identity is not None:
@@ -296,7 +331,23 @@ class QuantAct(nn.Module):
             else:                                   # zero point is 0
                 q.clamp_(lo, hi)
             q.mul_(scale)
-        return Q(self._drop(total, self._with_gradient(total, q, zero)), scale)
+        return Q(self._drop(total, self._with_gradient(total, q, zero)), scale, _zero_int(zero))
+
+    def _on_grid(self, x: Q, branch: str) -> Q:
+        """Profile ort: an add operand as a uint8 activation; an accumulator goes through ``branch``."""
+        if x.zero_point is not None:
+            return x
+        return getattr(self, branch)(x)
+
+    def _pass_through(self, x: Q, observe: bool) -> Q:
+        """Profile ort: an activation already on a grid keeps it (ONNX Runtime has one per tensor);
+        the range is still tracked in training, so the quantizer counts as calibrated."""
+        if observe and self.running_stat:
+            self._observe(x.value)
+        with torch.no_grad():
+            self.act_scaling_factor.copy_(x.scale.reshape(-1)[:1].float())
+            self.act_zero_point.fill_(int(x.zero_point))
+        return x
 
     def _drop(self, total: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
         """QDrop: keep each element's float value with probability ``drop_prob``."""
@@ -329,6 +380,8 @@ class QuantAct(nn.Module):
         lo, hi = self.storage_range()
         rec = active()
         prof = self.profile
+        if prof.float_requant and isinstance(x, Q):
+            return self._forward_ort(x, identity, scale, z, lo, hi, rec)
         if not isinstance(x, Q):      # the float->int boundary (quant_input)
             q = (N.quantize(x.float(), scale.to(x.device), z, lo, hi, prof.reciprocal_quantize) - z).to(torch.int64)
             if rec:
@@ -354,7 +407,37 @@ class QuantAct(nn.Module):
                         multiplier=torch.from_numpy(m1), shift=torch.from_numpy(s1),
                         identity_multiplier=torch.from_numpy(m2), identity_shift=torch.from_numpy(s2),
                         qmin=r_lo, qmax=r_hi, zero_point=z, bits=self.activation_bit, rounding=prof.rounding)
-        return Q(q, scale.double().to(q.device))
+        return Q(q, scale.double().to(q.device), z)
+
+    def _forward_ort(self, x: Q, identity: Q | None, scale: torch.Tensor, z: int, lo: int, hi: int, rec) -> Q:
+        """Eval in profile ort: pass-through, QLinearAdd (a gather from its exact table), or the
+        float32 requantization of an accumulator (QLinearConv / QGemm / QLinearGlobalAveragePool)."""
+        if identity is None and x.zero_point is not None:
+            return self._pass_through(x, observe=False)
+        if identity is not None:
+            a, b = self._on_grid(x, "quant_branch"), self._on_grid(identity, "quant_identity_branch")
+            key = (float(a.scale.reshape(-1)[0]), a.zero_point, float(b.scale.reshape(-1)[0]), b.zero_point,
+                   float(scale.reshape(-1)[0]), z, lo, hi)
+            if self._add_table[0] != key:
+                table = N.qlinear_add_table(a.scale, a.zero_point, b.scale, b.zero_point, scale, z, lo, hi)
+                self._add_table = (key, torch.from_numpy(table))
+            table = self._add_table[1]
+            idx = (a.value + a.zero_point) * 256 + (b.value + b.zero_point)
+            q = table.to(idx.device).reshape(-1)[idx].to(torch.int64)
+            if rec:
+                rec.add(ir.QLinearAdd, self.layer_name, [a.value, b.value], q, table=table.clone(),
+                        a_scale=a.scale.float().cpu().reshape(-1)[:1].clone(), a_zero=a.zero_point,
+                        b_scale=b.scale.float().cpu().reshape(-1)[:1].clone(), b_zero=b.zero_point,
+                        scale=scale.clone(), qmin=lo - z, qmax=hi - z, zero_point=z, bits=self.activation_bit)
+            return Q(q, scale.double().to(q.device), z)
+        in_scale = (x.scale.double() * x.count).float().cpu()
+        m = N.ort_multiplier(in_scale, scale, x.count)
+        q = N.requant_float(x.value, N.channel_view(torch.from_numpy(m), x.value.dim()), lo - z, hi - z)
+        if rec:
+            rec.add(ir.RequantFloat, self.layer_name, [x.value], q, multiplier=torch.from_numpy(m), in_scale=in_scale,
+                    scale=scale.clone(), count=int(x.count), qmin=lo - z, qmax=hi - z, zero_point=z,
+                    bits=self.activation_bit)
+        return Q(q, scale.double().to(q.device), z)
 
 
 class _QuantWeightLayer(nn.Module):
@@ -727,7 +810,7 @@ class QuantAveragePool2d(nn.Module):
         if rec:
             rec.add(ir.GlobalAvgPoolTrunc if trunc else ir.GlobalAvgPoolSum, self.layer_name, [x.value], y,
                     divisor=n)
-        return Q(y, x.scale if trunc else scale)
+        return Q(y, x.scale if trunc else scale, count=1 if trunc else n)
 
 
 class QuantMaxPool2d(nn.Module):
@@ -744,14 +827,14 @@ class QuantMaxPool2d(nn.Module):
 
     def forward(self, x: Q) -> Q:
         if self.training:
-            return Q(self._pool(x.value), x.scale)
+            return x._replace(value=self._pool(x.value))
         # float64 holds every int32 exactly; max_pool2d pads with -inf, i.e. ignores padding.
         y = self._pool(x.value.double()).to(torch.int64)
         rec = active()
         if rec:
             k, s, p = (ir.pair(v) for v in (self.kernel_size, self.stride, self.padding))
             rec.add(ir.MaxPool2d, self.layer_name, [x.value], y, kernel=k, stride=s, padding=p, ceil_mode=self.ceil_mode)
-        return Q(y, x.scale)
+        return x._replace(value=y)
 
 
 class QuantFlatten(nn.Module):
@@ -770,7 +853,7 @@ class QuantFlatten(nn.Module):
             rec = active()
             if rec:
                 rec.add(ir.Flatten, self.layer_name, [x.value], y)
-        return Q(y, x.scale)
+        return x._replace(value=y)
 
 
 class QuantReLU(nn.Module):
@@ -782,26 +865,35 @@ class QuantReLU(nn.Module):
 
     def forward(self, x: Q) -> Q:
         if self.training:
-            return Q(F.relu(x.value), x.scale)
+            return x._replace(value=F.relu(x.value))
         y = x.value.clamp(min=0)
         rec = active()
         if rec:
             rec.add(ir.Relu, self.layer_name, [x.value], y)
-        return Q(y, x.scale)
+        return x._replace(value=y)
 
 
 class QuantReLU6(nn.Module):
     """ReLU6 on a conv accumulator (MobileNetV2). Training: ``relu6`` of the float value. Eval: the
     integer clamp ``clamp(acc, 0, floor(6 / S_c))`` per channel (:func:`hawq.numerics.relu6_bound`),
-    recorded as an :class:`hawq.ir.Clamp`."""
+    recorded as an :class:`hawq.ir.Clamp`. Profile ort: max(acc, 0) only, recorded as a ReLU; the
+    next quantizer's uint8 clamp is the upper bound (its range, observed after ReLU6, ends at or
+    below 6), which is the ``Conv → Clip(0, 6) → QuantizeLinear`` ONNX Runtime fuses."""
 
-    def __init__(self):
+    def __init__(self, config: QuantConfig | None = None):
         super().__init__()
+        self.float_requant = config is not None and config.profile.float_requant
         self.layer_name = ""
 
     def forward(self, x: Q) -> Q:
         if self.training or x.scale is None:
             return Q(F.relu6(x.value), x.scale)
+        if self.float_requant:
+            y = x.value.clamp(min=0)
+            rec = active()
+            if rec:
+                rec.add(ir.Relu, self.layer_name, [x.value], y)
+            return x._replace(value=y)
         hi = torch.from_numpy(N.relu6_bound(x.scale))
         y = torch.minimum(x.value.clamp(min=0), N.channel_view(hi.to(x.value.device), x.value.dim()))
         rec = active()
