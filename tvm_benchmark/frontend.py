@@ -33,7 +33,7 @@ from typing import Callable
 
 import numpy as np
 import tvm
-from tvm import relax
+from tvm import relax, te, tirx
 
 from hawq.errors import HawqError
 from hawq import ir
@@ -41,7 +41,11 @@ from hawq.ir import Interval
 from tvm_benchmark.depthwise import DepthwisePlan
 from tvm_benchmark.tensorcore import GemmPlan, GemmShape
 
-__all__ = ["container", "Value", "LOWER", "build_module", "value_ranges", "node_outputs"]
+__all__ = ["container", "Value", "LOWER", "FLOAT_REQUANT_KERNEL", "build_module", "value_ranges", "node_outputs"]
+
+#: Name of the one kernel after the input quantizer allowed to use floating point: profile ort's
+#: requantization (:meth:`_Builder.requant_float`), checked op by op by :mod:`tvm_benchmark.ir_check`.
+FLOAT_REQUANT_KERNEL = "hawq_float_requant"
 
 #: ``planner(act_dtype, act_lo, act_hi, weight_oihw, groups, out_w) -> ConvPlan | None``: the
 #: back end's choice of a hand-scheduled kernel for one convolution (:func:`tvm_benchmark.schedules.plan_conv`
@@ -367,6 +371,35 @@ class _Builder:
         b = self._rescale(identity, _np(node.identity_multiplier), _np(node.identity_shift), node.rounding, node.name)
         return self._saturate(self.emit(relax.op.add(a, b)), int(node.qmin), int(node.qmax))
 
+    def requant_float(self, node: ir.RequantFloat, x: Value, out: Interval) -> relax.Expr:
+        """ONNX Runtime's float32 requantization (profile ort, :func:`hawq.numerics.requant_float`) as
+        one kernel, :data:`FLOAT_REQUANT_KERNEL`: int → float32 (round to nearest even above 2^24),
+        one float32 multiply by the channel's multiplier, round half to even (``nearbyint``), clamp to
+        [qmin, qmax], back to the integer container. A multiply alone leaves LLVM nothing to contract
+        into an FMA, and TVM compiles without fast-math."""
+        x = self.centered(x)
+        nd = len(x.expr.ty.shape)
+        m = np.asarray(_np(node.multiplier), dtype=np.float32).reshape(-1)
+        ax, per_channel = self.caxis(nd), m.size > 1
+        lo, hi, dt = float(node.qmin), float(node.qmax), container(*out)
+
+        def kernel(data, mult):
+            def value(*i):
+                v = data(*i).astype("float32") * mult[i[ax] if per_channel else 0]
+                v = tirx.max(tirx.min(tirx.nearbyint(v), tirx.const(hi, "float32")), tirx.const(lo, "float32"))
+                return v.astype(dt)
+            return te.compute(data.shape, value, name="requant_float")
+        return self.bb.emit_te(kernel, x.expr, relax.const(m, "float32"), primfunc_name_hint=FLOAT_REQUANT_KERNEL)
+
+    def qlinear_add(self, node: ir.QLinearAdd, a: Value, b: Value, out: Interval) -> relax.Expr:
+        """ONNX Runtime's QLinearAdd (profile ort) as a gather from its stored table at
+        (a + a_zero)·256 + (b + b_zero), with a and b the stored (uncentered) uint8 values."""
+        table = _np(node.table).astype(np.int64).reshape(-1)
+        ia = self.emit(relax.op.add(self.cast(a, "int32"), relax.const(int(node.a_zero) - a.offset, "int32")))
+        ib = self.emit(relax.op.add(self.cast(b, "int32"), relax.const(int(node.b_zero) - b.offset, "int32")))
+        idx = self.emit(relax.op.add(self.emit(relax.op.multiply(ia, relax.const(256, "int32"))), ib))
+        return self.emit(relax.op.take(_const(table, container(*out)), idx, axis=0, mode="clip"))
+
     def relu(self, node: ir.Relu, x: Value) -> relax.Expr:
         x = self.centered(x)
         return self.emit(relax.op.maximum(x.expr, relax.const(0, x.dtype)))
@@ -503,6 +536,7 @@ class _Builder:
 LOWER = ir.Registry("TVM backend")
 for _cls, _meth in ((ir.Quantize, _Builder.quantize), (ir.Conv2d, _Builder.conv2d), (ir.Dense, _Builder.dense),
                     (ir.Requant, _Builder.requant), (ir.RequantAdd, _Builder.requant_add), (ir.Relu, _Builder.relu),
+                    (ir.RequantFloat, _Builder.requant_float), (ir.QLinearAdd, _Builder.qlinear_add),
                     (ir.Clamp, _Builder.clamp), (ir.Concat, _Builder.concat), (ir.MaxPool2d, _Builder.maxpool2d),
                     (ir.AvgPool2d, _Builder.avgpool2d), (ir.GlobalAvgPoolSum, _Builder.global_avgpool_sum),
                     (ir.GlobalAvgPoolTrunc, _Builder.global_avgpool_trunc), (ir.Flatten, _Builder.flatten),
@@ -510,7 +544,7 @@ for _cls, _meth in ((ir.Quantize, _Builder.quantize), (ir.Conv2d, _Builder.conv2
                     (ir.ChannelAffine, _Builder.channel_affine), (ir.Lut, _Builder.lut), (ir.Mul, _Builder.mul),
                     (ir.AdaptiveAvgPool2d, _Builder.adaptive_avgpool2d)):
     LOWER.register(_cls)(_meth)
-_TAKES_OUT = {_Builder.requant, _Builder.requant_add, _Builder.clamp, _Builder.avgpool2d, _Builder.channel_affine,
+_TAKES_OUT = {_Builder.requant, _Builder.requant_add, _Builder.requant_float, _Builder.qlinear_add, _Builder.clamp, _Builder.avgpool2d, _Builder.channel_affine,
               _Builder.lut, _Builder.mul, _Builder.adaptive_avgpool2d}
 
 

@@ -6,7 +6,10 @@ Walks the Relax ``main`` of a lowered module (after FuseOps/FuseTIR) and every T
   (the fused input quantizer: divide, or multiply by the reciprocal, round, clip, cast) and they must
   return an integer tensor;
 - every other kernel must have no floating-point dtype anywhere in its TIR (buffers, casts,
-  constants, intrinsics);
+  constants, intrinsics), except profile ort's requantization (a kernel built from
+  :data:`tvm_benchmark.frontend.FLOAT_REQUANT_KERNEL`), whose float use must be exactly that step:
+  ``T.Cast(int, T.max(T.min(T.nearbyint(T.Cast("float32", x) * m[c]), hi), lo))`` with float32
+  multiplier buffers, nothing else (no FMA, division, other rounding or float64);
 - every Relax binding after the first one must have an integer dtype.
 
 TVM 0.27's Python has no TIR visitor, so kernels are checked on their TVMScript text, where every
@@ -19,9 +22,17 @@ import re
 import tvm
 from tvm import relax
 
+from tvm_benchmark.frontend import FLOAT_REQUANT_KERNEL
+
 __all__ = ["relax_float_violations", "float_violations", "kernel_float_violations"]
 
 _FLOAT = re.compile(r"\b(b?float(8|16|32|64)|e4m3|e5m2|bfloat16)\b")
+_NUM = r"-?[0-9.]+(?:e[-+]?[0-9]+)?"
+#: Profile ort's float32 requantization as TVMScript prints it (see the module docstring).
+_FLOAT_REQUANT = re.compile(r'T\.Cast\("u?int(?:8|16|32|64)", T\.max\(T\.min\(T\.nearbyint\(T\.Cast\("float32", '
+                            r'\w+\[[^\]]*\]\) \* \w+\[[^\]]*\]\), T\.float32\(' + _NUM + r'\)\), T\.float32\(' + _NUM + r'\)\)\)')
+#: A float32 buffer parameter (the per-channel multipliers) in a kernel's signature.
+_FLOAT32_PARAM = re.compile(r'\w+: T\.Buffer\(\([^()]*(?:\([^()]*\)[^()]*)*\), "float32"\)')
 
 
 def _calls(main: relax.Function):
@@ -83,7 +94,10 @@ def kernel_float_violations(lowered: tvm.IRModule) -> list[str]:
             continue
         func = lowered[callee]
         if isinstance(func, tvm.tirx.PrimFunc):
-            m = _FLOAT.search(func.script())
+            text = func.script()
+            if FLOAT_REQUANT_KERNEL in callee:
+                text = _FLOAT32_PARAM.sub("", _FLOAT_REQUANT.sub("", text))
+            m = _FLOAT.search(text)
             if m:
                 bad.append(f"kernel {callee} uses {m.group(0)}")
     return bad

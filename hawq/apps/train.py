@@ -88,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--quant-mode", default="symmetric", choices=["symmetric", "asymmetric"],
       help="accepted for HAWQ compatibility; grids follow the numeric profile (--numerics)")
     a("--numerics", default=None, choices=list(PROFILES),
-      help="numeric profile: exact (this project's spec) or hawq (HAWQ-V3's grids and rounding, "
-           "docs/numerics.md). Default: the --resume checkpoint's (hawq for HAWQ-V3 checkpoints), else exact")
+      help="numeric profile: exact (this project's spec), hawq (HAWQ-V3's grids and rounding) or ort (ONNX Runtime's int8 arithmetic, "
+           "exported as QDQ ONNX); docs/numerics.md. Default: the --resume checkpoint's (hawq for HAWQ-V3 checkpoints), else exact")
     a("--save-path", default="runs/test/", help="where checkpoints, logs and the integer artifact go")
     a("--data-percentage", default=1.0, type=float, help="fraction of the training set used (seeded subset)")
     a("--eval-limit", default=None, type=int, help="evaluate on the first N validation images only")
