@@ -42,13 +42,15 @@ from hawq import ir
 from hawq.errors import HawqError
 from hawq.fileio import atomic_write
 
-__all__ = ["FORMATS", "OPSET", "LOWER", "OnnxBuilder", "exact_format", "to_onnx", "save_onnx", "output_scale_of",
+__all__ = ["FORMATS", "QDQ_WEIGHTS", "OPSET", "LOWER", "OnnxBuilder", "exact_format", "to_onnx", "save_onnx", "output_scale_of",
            "OnnxProgram"]
 
 #: Export formats and the numeric profiles each one reproduces exactly (the first format listed for
 #: a profile is its default: ``qdq`` for ``ort``, the one ONNX Runtime runs with its int8 kernels).
 FORMATS = {"integer": ("exact", "hawq", "ort"), "qdq": ("ort",)}
 _DEFAULT_FORMAT = {"exact": "integer", "hawq": "integer", "ort": "qdq"}
+#: Weight container of the QDQ format: int8 (zero point 0, the standard) or uint8 (w + 128, zero point 128).
+QDQ_WEIGHTS = ("s8", "u8")
 OPSET = 18                     # BitwiseAnd
 _IR_VERSION = 9                 # ONNX Runtime 1.32 reads up to 11; 9 keeps older runtimes able to load it
 _DTYPE = {np.dtype(np.int32): TensorProto.INT32, np.dtype(np.int64): TensorProto.INT64,
@@ -453,11 +455,12 @@ def _value_info(name: str, dtype, shape) -> onnx.ValueInfoProto:
 
 
 def to_onnx(graph: "ir.Graph | dict", input_shape, *, fmt: str = "integer", numerics: str = "exact",
-            expose: bool = False, meta: dict | None = None) -> onnx.ModelProto:
+            expose: bool = False, meta: dict | None = None, qdq_weights: str = "s8") -> onnx.ModelProto:
     """The ONNX model of an integer graph for float32 inputs [batch, C, H, W] (``input_shape`` is
     (C, H, W); the batch is symbolic). ``fmt`` must reproduce ``numerics`` exactly (:data:`FORMATS`),
     else a HawqError saying which formats do. ``expose``: every IR value is also a graph output
-    (``--per-layer``). ``meta``: extra metadata (str values). Checked with ``full_check``."""
+    (``--per-layer``). ``meta``: extra metadata (str values). ``qdq_weights``: :data:`QDQ_WEIGHTS`.
+    Checked with ``full_check``."""
     if fmt not in FORMATS:
         raise HawqError(f"unknown ONNX format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if numerics not in FORMATS[fmt]:
@@ -471,7 +474,7 @@ def to_onnx(graph: "ir.Graph | dict", input_shape, *, fmt: str = "integer", nume
     b.dtype[g.input] = np.dtype(np.float32)
     if fmt == "qdq":
         from hawq.export_qdq import lower_qdq
-        shown = lower_qdq(b, g, expose)
+        shown = lower_qdq(b, g, expose, qdq_weights)
     else:
         for node in g.nodes:
             LOWER.lookup(node)(b, node, *node.inputs)

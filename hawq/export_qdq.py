@@ -60,8 +60,10 @@ def _f32(v) -> np.float32:
 
 
 class _Lowering:
-    def __init__(self, b: OnnxBuilder, g: ir.Graph):
-        self.b, self.g = b, g
+    def __init__(self, b: OnnxBuilder, g: ir.Graph, weights: str):
+        if weights not in ("s8", "u8"):
+            raise HawqError(f"unknown QDQ weight container {weights!r}; expected s8 or u8")
+        self.b, self.g, self.weights = b, g, weights
         self.vals: dict[str, object] = {}
         self.centered: set[str] = set()
 
@@ -186,9 +188,12 @@ class _Lowering:
         want = np.broadcast_to(np.asarray(_np(rq.in_scale), dtype=np.float32).reshape(-1), (o,))
         if not np.array_equal(s_acc, want):
             rq.fail("the accumulator scale is not f32(S_x·S_w) of the conv's input and weight scales")
-        wd = b.op("DequantizeLinear", [b.const(w, np.int8, conv.name + ".weight"),
-                                       b.const(s_w, np.float32, conv.name + ".weight_scale"),
-                                       b.const(np.zeros(o), np.int8, conv.name + ".weight_zp")], np.float32, axis=0)
+        if self.weights == "u8":          # the same integers as uint8 w + 128, zero point 128
+            wq, wz = b.const(w.astype(np.int64) + 128, np.uint8, conv.name + ".weight"), np.full(o, 128)
+            wz = b.const(wz, np.uint8, conv.name + ".weight_zp")
+        else:
+            wq, wz = b.const(w, np.int8, conv.name + ".weight"), b.const(np.zeros(o), np.int8, conv.name + ".weight_zp")
+        wd = b.op("DequantizeLinear", [wq, b.const(s_w, np.float32, conv.name + ".weight_scale"), wz], np.float32, axis=0)
         bias = np.asarray(_np(conv.bias), dtype=np.int64)
         bd = b.op("DequantizeLinear", [b.const(bias, np.int32, conv.name + ".bias"),
                                        b.const(s_acc, np.float32, conv.name + ".bias_scale"),
@@ -218,11 +223,12 @@ _QDQ = {ir.Quantize: _Lowering.quantize, ir.Conv2d: _Lowering.conv2d, ir.GlobalA
         ir.RequantFloat: _Lowering.requant_float, ir.QLinearAdd: _Lowering.qlinear_add}
 
 
-def lower_qdq(b: OnnxBuilder, g: ir.Graph, expose: bool) -> list[str]:
+def lower_qdq(b: OnnxBuilder, g: ir.Graph, expose: bool, weights: str = "s8") -> list[str]:
     """Write graph ``g`` (profile ort) into ``b`` as QDQ groups; the graph output as centered
     integers under its name. Returns the IR values written as outputs: the graph output, and with
-    ``expose`` every value that exists as a tensor (accumulators fused into a kernel do not)."""
-    low = _Lowering(b, g)
+    ``expose`` every value that exists as a tensor (accumulators fused into a kernel do not).
+    ``weights``: ``s8`` (int8, zero point 0) or ``u8`` (uint8 w + 128, zero point 128)."""
+    low = _Lowering(b, g, weights)
     low.vals[g.input] = "float"
     for node in g.nodes:
         fn = _QDQ.get(type(node))

@@ -5,7 +5,7 @@ import os
 import platform
 
 
-__all__ = ["markdown_table", "cpuinfo_field", "cpu_name", "cpu_summary", "busy_warning"]
+__all__ = ["markdown_table", "cpuinfo_field", "cpu_name", "cpu_summary", "busy_warning", "exact_int8_host"]
 
 def markdown_table(rows: list[dict], fields: list[str] | tuple[str, ...], text_fields=("arch", "scheme", "engine")) -> list[str]:
     """GitHub markdown table lines for ``rows`` (dicts) with columns ``fields``; text columns left-aligned."""
@@ -31,6 +31,16 @@ def cpuinfo_field(name: str) -> str | None:
 def cpu_name() -> str:
     """The CPU model from /proc/cpuinfo (or platform's guess)."""
     return cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def exact_int8_host() -> bool:
+    """True unless this is an x86 CPU without VNNI/AMX, where ONNX Runtime's uint8 × int8 kernels add
+    pairs of products in saturating 16-bit arithmetic (``vpmaddubsw``); ARM and VNNI/AMX hosts
+    accumulate exactly (docs/numerics.md §17)."""
+    flags = set((cpuinfo_field("flags") or "").split())
+    if not flags:                        # not an x86 /proc/cpuinfo (ARM: "Features")
+        return True
+    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"}) or "avx2" not in flags
 
 
 def cpu_summary() -> str:

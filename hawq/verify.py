@@ -40,23 +40,29 @@ def compare(model, graph: dict, loader, progress: bool = True) -> dict:
                                   graph, loader, "qat", progress)
 
 
-def compare_layers(values: dict[str, np.ndarray], graph: dict, x: np.ndarray) -> list[dict]:
+def compare_layers(values: dict[str, np.ndarray], graph: dict, x: np.ndarray, fused_ok: bool = False) -> list[dict]:
     """Every node's integer output from an executor (``values``: IR value name -> array, e.g. ONNX
     Runtime's exposed outputs or TVM's tuple of node outputs) against the reference's on batch ``x``.
     One row per node in execution order: ``node``, ``op``, ``output``, ``values``, ``mismatches``,
-    ``max_abs_diff``; a value the executor did not return counts as all mismatched."""
+    ``max_abs_diff``, ``fused``; a value the executor did not return counts as all mismatched, or
+    with ``fused_ok`` (a QDQ file: ONNX Runtime never materializes a conv's accumulator) as a
+    ``fused`` row with nothing compared (``values`` 0)."""
     _, env = run_graph(graph, x, keep=True)
     rows = []
     for node in graph["nodes"]:
         ref = env[node["output"]]
         got = values.get(node["output"])
+        if got is None and fused_ok:
+            rows.append({"node": node["name"], "op": node["op"], "output": node["output"], "values": 0,
+                         "mismatches": 0, "max_abs_diff": -1, "fused": True})
+            continue
         if got is None or np.shape(got) != ref.shape:
             mism, diff = int(ref.size), -1
         else:
             d = np.abs(np.asarray(got, dtype=np.int64) - ref)
             mism, diff = int((d != 0).sum()), int(d.max(initial=0))
         rows.append({"node": node["name"], "op": node["op"], "output": node["output"], "values": int(ref.size),
-                     "mismatches": mism, "max_abs_diff": diff})
+                     "mismatches": mism, "max_abs_diff": diff, "fused": False})
     return rows
 
 

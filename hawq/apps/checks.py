@@ -43,9 +43,11 @@ def calibrated_inputs(args):
 def print_layers(rows: list[dict]) -> str | None:
     """Print :func:`hawq.verify.compare_layers`'s rows as a table and the first divergence; return
     the first diverging node's name (None when every node matches)."""
-    print(f"{'node':<40}{'op':<20}{'values':>10}{'mismatches':>12}{'max|diff|':>11}")
+    w = max([40, *(len(r["node"]) + 2 for r in rows)])
+    print(f"{'node':<{w}}{'op':<20}{'values':>10}{'mismatches':>12}{'max|diff|':>11}")
     for r in rows:
-        print(f"{r['node']:<40}{r['op']:<20}{r['values']:>10}{r['mismatches']:>12}{r['max_abs_diff']:>11}")
+        diff = "fused" if r.get("fused") else r["max_abs_diff"]
+        print(f"{r['node']:<{w}}{r['op']:<20}{r['values']:>10}{r['mismatches']:>12}{diff:>11}")
     first = next((r for r in rows if r["mismatches"]), None)
     if first:
         print(f"first divergence: {first['node']} ({first['op']}, output {first['output']}): "

@@ -16,8 +16,9 @@ import os
 
 from hawq.apps.cli import add_arch_arg, add_input_size_arg, add_quant_scheme_arg, console_script, one_line_errors, run_main
 from hawq.errors import HawqError
-from hawq.export_onnx import FORMATS, exact_format, save_onnx, to_onnx
+from hawq.export_onnx import FORMATS, QDQ_WEIGHTS, exact_format, save_onnx, to_onnx
 from hawq.program import load_program
+from hawq.tables import exact_int8_host
 
 __all__ = ["cli", "build_parser", "main"]
 
@@ -29,8 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(with --quant-scheme)")
     p.add_argument("--out", required=True, metavar="FILE.onnx", help="output file (its directory must exist)")
     p.add_argument("--format", default=None, choices=list(FORMATS),
-                   help="integer: ONNX integer ops (profiles exact, hawq); qdq: QuantizeLinear/DequantizeLinear "
-                        "(profile ort). Default: the one exact for the checkpoint's profile")
+                   help="integer: ONNX integer ops (every profile); qdq: QuantizeLinear/DequantizeLinear, run by "
+                        "ONNX Runtime's int8 kernels (profile ort). Default: qdq for profile ort, else integer")
+    p.add_argument("--weights", default="s8", choices=QDQ_WEIGHTS,
+                   help="qdq: weights as int8 (zero point 0: the standard, fused exactly on VNNI/AMX/ARM hosts) or "
+                        "uint8 with zero point 128 (the same integers, exact on AVX2-only hosts too)")
     add_arch_arg(p, None, help="for HAWQ-V3 files that do not record it")
     add_quant_scheme_arg(p, help="for HAWQ-V3 files, which do not record their bit_config")
     add_input_size_arg(p, "the checkpoint's (an artifact's is fixed)")
@@ -45,7 +49,9 @@ def main(argv=None) -> int:
         raise HawqError(f"--out directory '{parent}' does not exist")
     prog = load_program(args.checkpoint, args.arch, args.quant_scheme, input_size=args.input_size)
     fmt = args.format or exact_format(prog.numerics)
-    model = to_onnx(prog.graph, prog.input_chw, fmt=fmt, numerics=prog.numerics,
+    if args.weights != "s8" and fmt != "qdq":
+        raise HawqError("--weights applies to --format qdq (the integer format's weights are always uint8)")
+    model = to_onnx(prog.graph, prog.input_chw, fmt=fmt, numerics=prog.numerics, qdq_weights=args.weights,
                     meta={"arch": prog.arch, "quant_scheme": prog.scheme, "dataset": prog.dataset})
     save_onnx(model, args.out)
     ops = collections.Counter(n.op_type for n in model.graph.node)
@@ -53,6 +59,9 @@ def main(argv=None) -> int:
     print(f"wrote {args.out}: {prog.arch} {prog.scheme} (numerics {prog.numerics}, format {fmt}), input float32"
           f"[batch,{','.join(map(str, prog.input_chw))}], {len(model.graph.node)} nodes ({common}, ...), "
           f"{os.path.getsize(args.out) / 1e6:.2f} MB")
+    if fmt == "qdq" and args.weights == "s8" and not exact_int8_host():
+        print("note: this CPU has no VNNI/AMX: ONNX Runtime's uint8 x int8 kernels saturate pairs of products here "
+              "(docs/numerics.md §17); --weights u8 writes a file exact on this host too")
     return 0
 
 

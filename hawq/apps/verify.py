@@ -99,7 +99,7 @@ def _verify_onnxruntime(args) -> int:
     print(f"runtime: onnxruntime  format: {fmt}  numerics: {prog.numerics}")
     if args.per_layer:
         x = next(iter(val))[0].numpy()
-        rows = compare_layers(runner.values(x), prog.graph, x)
+        rows = compare_layers(runner.values(x), prog.graph, x, fused_ok=fmt == "qdq")
         print_layers(rows)
         m, total = sum(r["mismatches"] for r in rows), sum(r["values"] for r in rows)
     else:

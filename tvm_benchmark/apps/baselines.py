@@ -81,7 +81,7 @@ def _session(path: Path, threads: int):
 
 def ort_run(path: Path, x: np.ndarray, threads: int) -> Run:
     sess = _session(path, threads)
-    feed = {"x": x}
+    feed = {sess.get_inputs()[0].name: x}
 
     def run():
         return sess.run(None, feed)

@@ -11,7 +11,10 @@ are the median and 90th percentile of all its timed calls.
 
 Engines: ``tvm-int`` (our program compiled by TVM), ``ort-int`` (the same program exported by
 :mod:`hawq.export_onnx`, format ``integer``, in ONNX Runtime: bit-exact, built from integer ops),
-and the baselines of :mod:`tvm_benchmark.apps.baselines`.
+``ort-qdq`` (the scheme's model under numeric profile ``ort``, exported as QDQ: bit-exact, run by
+ONNX Runtime's own int8 kernels; 8-bit schemes only), and the baselines of
+:mod:`tvm_benchmark.apps.baselines` (``ort-int8`` is ONNX Runtime's ``quantize_static`` of the FP
+model, the same kernels: the ratio of the two is the price of exactness).
 
 Weights: ``resnet20_cifar10`` uses the released checkpoints (FP and, where released, the scheme's
 QAT checkpoint), and its points in the accuracy plot carry their MANIFEST top-1. ImageNet archs use
@@ -39,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hawq.errors import HawqError
 from hawq.apps.cli import add_arch_arg, add_input_size_arg, add_quant_scheme_arg, console_script, one_line_errors, run_main
 from hawq.tables import busy_warning, cpu_summary, markdown_table
 from hawq.quant.config import QuantConfig
@@ -48,7 +52,7 @@ __all__ = ["cli", "ENGINES", "FIELDS", "KEY", "MD_FIELDS", "RESULTS", "RELEASED_
            "bench_arch_batch", "host_key", "append_rows", "latest", "markdown", "manifest_top1",
            "plot_accuracy", "main"]
 
-ENGINES = ("tvm-int", "ort-int", "torch-fp32", "torch-int8", "ort-fp32", "ort-int8")
+ENGINES = ("tvm-int", "ort-int", "ort-qdq", "torch-fp32", "torch-int8", "ort-fp32", "ort-int8")
 FIELDS = ("host", "isa", "arch", "scheme", "batch", "threads", "engine", "median_ms", "p90_ms")
 KEY = ("host", "isa", "arch", "scheme", "batch", "threads", "engine")
 MD_FIELDS = ("engine", "isa", "scheme", "median_ms", "p90_ms", "speedup_vs_torch_fp32", "ratio_to_best_int8")
@@ -56,8 +60,9 @@ RESULTS = Path("results")
 RELEASED_ARCH = "resnet20_cifar10"
 
 
-def _models(arch: str, scheme: str, num_classes: int, shape, fp_cache: dict):
-    """(FP model, calibrated/loaded quantized model) for ``arch`` and ``scheme``."""
+def _models(arch: str, scheme: str, num_classes: int, shape, fp_cache: dict, numerics: str = "exact"):
+    """(FP model, calibrated/loaded quantized model) for ``arch`` and ``scheme`` under ``numerics``
+    (a released checkpoint ``<arch>_<scheme>[_<numerics>].pth.tar`` where there is one)."""
     import torch
     from hawq.bit_config import load_scheme
     from hawq.engine import calibrate_random
@@ -73,11 +78,11 @@ def _models(arch: str, scheme: str, num_classes: int, shape, fp_cache: dict):
     fp = fp_cache[arch]
     with torch.no_grad():           # the head's width, whatever the model calls its head
         num_classes = int(fp(torch.zeros(1, *shape[1:])).shape[1])
-    qat = Path("checkpoints") / f"{arch}_{scheme}.pth.tar"
+    qat = Path("checkpoints") / f"{arch}_{scheme}{'' if numerics == 'exact' else '_' + numerics}.pth.tar"
     if qat.is_file():
         return fp, load_quant_checkpoint(str(qat))[0]
     q = quant_model(arch, load_scheme(arch, scheme), num_classes, fp=copy.deepcopy(fp),
-                    config=QuantConfig(fix_BN=True), input_size=shape[-1])
+                    config=QuantConfig(numerics=numerics, fix_BN=True), input_size=shape[-1])
     return fp, calibrate_random(q, shape, seed=1)
 
 
@@ -87,6 +92,20 @@ def _ort_int_engine(graph: dict, x: np.ndarray, threads: int):
     prog = OnnxProgram(to_onnx(graph, tuple(x.shape[1:])), threads=threads)
     feed = {prog.input: x}
     return lambda: prog.session.run(prog.names[:1], feed)
+
+
+def _ort_qdq_engine(arch: str, scheme: str, num_classes: int, shape, fp_cache: dict, x: np.ndarray,
+                    threads: int, tmp: Path):
+    """One-batch call of the scheme's profile-ort model exported as QDQ, in an ONNX Runtime session
+    set up exactly like the ``ort-int8`` baseline's."""
+    from hawq.export import export_integer
+    from hawq.export_onnx import save_onnx, to_onnx
+    from tvm_benchmark.apps import baselines as B
+    _, q = _models(arch, scheme, num_classes, shape, fp_cache, numerics="ort")
+    graph = export_integer(q, tuple(x.shape[1:]))["graph"]
+    path = tmp / f"{scheme}.qdq.onnx"
+    save_onnx(to_onnx(graph, tuple(x.shape[1:]), fmt="qdq", numerics="ort"), str(path))
+    return B.ort_run(path, x, threads)
 
 
 def _tvm_engine(graph: dict, x: np.ndarray, threads: int, isa: str | None):
@@ -153,7 +172,17 @@ def bench_arch_batch(arch: str, schemes: list[str], batch: int, threads: int, en
                 runs["ort-int8"], labels["ort-int8"] = B.ort_run(B.quantize_onnx_int8(onnx, calib, tmp), x, threads), "uniform8"
         host_isa = I.detect()
         families = {k: (host_isa.name if host_isa else "generic") for k in runs}
-        for s in schemes if {"tvm-int", "ort-int"} & set(engines) else ():
+        for s in schemes if {"tvm-int", "ort-int", "ort-qdq"} & set(engines) else ():
+            if "ort-qdq" in engines:
+                try:
+                    run = _ort_qdq_engine(arch, s, info.num_classes, shape, fp_cache, x, threads, tmp)
+                except HawqError as e:          # profile ort is 8-bit only: say so, time the rest
+                    print(f"note: ort-qdq skipped for {arch} {s}: {e}")
+                else:
+                    key = f"ort-qdq:{s}"
+                    runs[key], labels[key], families[key] = run, s, host_isa.name if host_isa else "generic"
+            if not {"tvm-int", "ort-int"} & set(engines):
+                continue
             _, q = _models(arch, s, info.num_classes, shape, fp_cache)
             graph = export_integer(q, tuple(x.shape[1:]))["graph"]
             if "ort-int" in engines:
