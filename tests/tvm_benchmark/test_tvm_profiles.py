@@ -373,3 +373,31 @@ def test_profile_graphs_cuda_bit_exact(hawq_models):
              hawq_models["uniform8"]]
     for graph, inp in cases:
         np.testing.assert_array_equal(tvm_outputs(graph, inp, "cuda"), run_graph(graph, inp))
+
+
+# --------------------------------------------------------------------------- profile ort
+def test_ort_profile_bit_exact_and_only_its_float_step():
+    """Profile ort (docs/numerics.md §17): the float32 requantization kernels and the QLinearAdd
+    tables give the reference's integers in the scheduled and the untuned program, every node; the
+    IR check accepts exactly that float step and refuses the same kernel with a division in it."""
+    model, probe = build_calibrated("resnet20_cifar10", "uniform8", 10, (4, 3, 32, 32), numerics="ort")
+    graph = export_integer(model, (3, 32, 32))["graph"]
+    x = probe.numpy()
+    _, env = run_graph(graph, x, keep=True)
+    for fast in (SCHEDULED, UNTUNED):
+        _assert_all_equal(tvm_outputs(graph, x, fast=fast, all_outputs=True), graph, env)
+    mod = build_module(graph, (1, 3, 32, 32))
+    assert float_violations(mod) == []
+
+    from tvm import te, tirx
+    from tvm_benchmark.frontend import FLOAT_REQUANT_KERNEL
+    bb = tvm.relax.BlockBuilder()
+    v = tvm.relax.Var("x", tvm.relax.TensorType((1, 4), "int32"))
+    with bb.function("main", [v]):
+        with bb.dataflow():
+            div = lambda a, m: te.compute(a.shape, lambda i, j: tirx.nearbyint(a[i, j].astype("float32") / m[0]).astype("int32"))
+            y = bb.emit_te(div, v, tvm.relax.const(np.ones(1, np.float32)), primfunc_name_hint=FLOAT_REQUANT_KERNEL)
+            gv = bb.emit_output(y)
+        bb.emit_func_output(gv)
+    bad = float_violations(bb.get())
+    assert len(bad) == 1 and FLOAT_REQUANT_KERNEL in bad[0]
