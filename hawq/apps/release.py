@@ -1,7 +1,7 @@
 """Released checkpoints: the commands that train them and the manifest that describes them.
 
     python -m hawq.release train      # runs every command below (resnet20: ~20 min, mobilenetv2_w1: ~45 min,
-                                      # mobilenet_v3_small: ~20 min on 2 cores)
+                                      # mobilenet_v3_small: ~20 min, the two profile-ort runs: ~27 min on 2 cores)
     python -m hawq.release manifest   # copies the best checkpoints into checkpoints/, evaluates
                                       # each one with quant_train.py -e and writes MANIFEST.csv
 
@@ -78,9 +78,20 @@ RELEASES += [
      ["-a", MV3, "--quant-scheme", "uniform8", "--fix-BN", "--pretrained", MV3_FP_FILE,
       "--save-path", f"{RUNS}/mobilenet_v3_small_uniform8", "-b", "128", "--no-progress"]),
 ]
+# Numeric profile ort (ONNX Runtime's int8 arithmetic, exported as QDQ): the uniform8 recipes above,
+# unchanged but for --numerics ort, so each pair compares the two profiles (results/onnx.md).
+RELEASES += [
+    (f"{OUT}/{ARCH}_uniform8_ort.pth.tar", ["--quant-scheme", "uniform8", "--quantizer", "minmax", "--epochs", "2",
+                                           "--lr", "0.01", "--save-path", f"{RUNS}/uniform8_ort", "--numerics", "ort",
+                                           *_QAT, *_COMMON]),
+    (f"{OUT}/{MB}_uniform8_ort.pth.tar", ["--quant-scheme", "uniform8", "--epochs", "1", "--lr", "0.002",
+                                         "--data-percentage", "0.5", "--fix-BN", "--act-range-momentum", "0.99",
+                                         "--wd", "1e-4", "--pretrained", MB_FP_FILE, "--save-path",
+                                         f"{RUNS}/{MB}_uniform8_ort", "--numerics", "ort", *_MB_COMMON]),
+]
 #: Released files stored without the optimizer state (the weights alone are 45 MB for resnet18).
 WEIGHTS_ONLY = {f"{OUT}/torchvision_resnet18_fp32.pth.tar", MV3_FP_FILE,
-                f"{OUT}/torchvision_mobilenet_v3_small_uniform8.pth.tar"}
+                f"{OUT}/torchvision_mobilenet_v3_small_uniform8.pth.tar", f"{OUT}/{MB}_uniform8_ort.pth.tar"}
 MANIFEST_FIELDS = ("file", "sha256", "arch", "scheme", "dataset", "top1", "command")
 
 

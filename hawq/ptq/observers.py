@@ -102,6 +102,11 @@ class Observer:
     __call__ = update
 
     @property
+    def seen(self) -> bool:
+        """Whether any data reached this observer."""
+        return self.lo is not None
+
+    @property
     def range(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.lo is None:
             raise HawqError("observer saw no data")

@@ -25,6 +25,8 @@ def test_manifest_lists_every_release():
         ("resnet20_cifar10", s) for s in ("fp32", "uniform8", "uniform4", "mixed_stage1_8bit")} | {
         ("mobilenetv2_w1", s) for s in ("fp32", "uniform8")} | {("torchvision:resnet18", "fp32")} | {
         ("torchvision:mobilenet_v3_small", s) for s in ("fp32", "uniform8")}
+    ort = [r["file"] for r in ROWS if "--numerics ort" in r["command"]]
+    assert ort == ["resnet20_cifar10_uniform8_ort.pth.tar", "mobilenetv2_w1_uniform8_ort.pth.tar"]
     for r in ROWS:
         path = os.path.join(CKPT_DIR, r["file"])
         assert sha256(path) == r["sha256"], r["file"]
