@@ -52,6 +52,7 @@ bench: setup
 	$(PY) -m tvm_benchmark.apps.bench -a resnet18 resnet50 --quant-scheme uniform8 uniform4 bops_0.5 -b 1 8 --threads 2
 	$(PY) -m tvm_benchmark.apps.bench -a mobilenetv2_w1 regnetx006 inceptionv3 --quant-scheme uniform8 uniform4 -b 1 8 --threads 2
 	$(PY) -m tvm_benchmark.apps.bench -a torchvision:mobilenet_v3_small torchvision:efficientnet_b0 --quant-scheme uniform8 -b 1 --threads 2
+	$(PY) -m tvm_benchmark.apps.qdq_vs_ort -a resnet20_cifar10 mobilenetv2_w1 resnet18 -b 1 8 --threads 2
 
 # Post-training quantization table (MQBench's layout): results/ptq.{csv,md}, about 30 min on 2 cores (the NumPy reference is the slow part of verifying).
 ptq-bench: setup

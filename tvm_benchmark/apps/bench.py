@@ -86,26 +86,23 @@ def _models(arch: str, scheme: str, num_classes: int, shape, fp_cache: dict, num
     return fp, calibrate_random(q, shape, seed=1)
 
 
-def _ort_int_engine(graph: dict, x: np.ndarray, threads: int):
-    """One-batch call of the integer program exported to ONNX (format integer) in ONNX Runtime."""
-    from hawq.export_onnx import OnnxProgram, to_onnx
-    prog = OnnxProgram(to_onnx(graph, tuple(x.shape[1:])), threads=threads)
-    feed = {prog.input: x}
-    return lambda: prog.session.run(prog.names[:1], feed)
+def _ort_export_engine(graph: dict, x: np.ndarray, threads: int, tmp: Path, name: str, fmt: str, numerics: str):
+    """One-batch call of an integer program exported to ONNX (``fmt``), in an ONNX Runtime session
+    set up exactly like the baselines' (:func:`tvm_benchmark.apps.baselines.ort_run`)."""
+    from hawq.export_onnx import save_onnx, to_onnx
+    from tvm_benchmark.apps import baselines as B
+    path = tmp / f"{name}.{fmt}.onnx"
+    save_onnx(to_onnx(graph, tuple(x.shape[1:]), fmt=fmt, numerics=numerics), str(path))
+    return B.ort_run(path, x, threads)
 
 
 def _ort_qdq_engine(arch: str, scheme: str, num_classes: int, shape, fp_cache: dict, x: np.ndarray,
                     threads: int, tmp: Path):
-    """One-batch call of the scheme's profile-ort model exported as QDQ, in an ONNX Runtime session
-    set up exactly like the ``ort-int8`` baseline's."""
+    """One-batch call of the scheme's profile-ort model exported as QDQ."""
     from hawq.export import export_integer
-    from hawq.export_onnx import save_onnx, to_onnx
-    from tvm_benchmark.apps import baselines as B
     _, q = _models(arch, scheme, num_classes, shape, fp_cache, numerics="ort")
     graph = export_integer(q, tuple(x.shape[1:]))["graph"]
-    path = tmp / f"{scheme}.qdq.onnx"
-    save_onnx(to_onnx(graph, tuple(x.shape[1:]), fmt="qdq", numerics="ort"), str(path))
-    return B.ort_run(path, x, threads)
+    return _ort_export_engine(graph, x, threads, tmp, scheme, "qdq", "ort")
 
 
 def _tvm_engine(graph: dict, x: np.ndarray, threads: int, isa: str | None):
@@ -187,7 +184,7 @@ def bench_arch_batch(arch: str, schemes: list[str], batch: int, threads: int, en
             graph = export_integer(q, tuple(x.shape[1:]))["graph"]
             if "ort-int" in engines:
                 key = f"ort-int:{s}"
-                runs[key], labels[key] = _ort_int_engine(graph, x, threads), s
+                runs[key], labels[key] = _ort_export_engine(graph, x, threads, tmp, s, "integer", "exact"), s
                 families[key] = host_isa.name if host_isa else "generic"
             for name in isas if "tvm-int" in engines else ():
                 run, family = _tvm_engine(graph, x, threads, name)
