@@ -44,11 +44,14 @@ class _U8:
 @dataclass
 class _Pending:
     """An accumulator ONNX Runtime never materializes: a conv (or global pool) of a uint8 tensor,
-    with the ReLU and max pools that wait for the requantization that closes the fused group."""
+    with the ReLU and max pools that wait for the requantization that closes the fused group.
+    ``chain``: the IR nodes from the conv to this value, replayed in integer ops if another consumer
+    needs the accumulator itself."""
     node: ir.Op
     x: _U8
     relu: bool = False
     pools: list = field(default_factory=list)
+    chain: list = field(default_factory=list)
 
 
 def _np(t) -> np.ndarray:
@@ -88,10 +91,15 @@ class _Lowering:
         return v
 
     def materialize(self, value: str) -> str:
-        """The IR value as centered integers under its own name (int32), for integer ops and outputs."""
+        """The IR value as centered integers under its own name (int32/int64), for integer ops and
+        outputs; an accumulator of a fused group is recomputed by the integer format's ops."""
         v = self.vals[value]
         if isinstance(v, _Pending):
-            raise HawqError(f"QDQ export: value '{value}' is fused into an ONNX Runtime kernel and has no tensor")
+            for node in v.chain:
+                if node.output not in self.centered:
+                    LOWER.lookup(node)(self.b, node, *[self.materialize(i) for i in node.inputs])
+                    self.centered.add(node.output)
+            return value
         if isinstance(v, _U8) and value not in self.centered:
             wide = self.b.cast(v.name, np.int32)
             if v.zero:
@@ -116,21 +124,21 @@ class _Lowering:
     def conv2d(self, node: ir.Conv2d) -> None:
         x = self.vals[node.inputs[0]]
         if isinstance(x, _U8):
-            self.vals[node.output] = _Pending(node, x)
+            self.vals[node.output] = _Pending(node, x, chain=[node])
         else:
             self.integer(node)
 
     def pool_sum(self, node: ir.GlobalAvgPoolSum) -> None:
         x = self.vals[node.inputs[0]]
         if isinstance(x, _U8):
-            self.vals[node.output] = _Pending(node, x)
+            self.vals[node.output] = _Pending(node, x, chain=[node])
         else:
             self.integer(node)
 
     def relu(self, node: ir.Relu) -> None:
         x = self.vals[node.inputs[0]]
         if isinstance(x, _Pending) and not x.pools:
-            self.vals[node.output] = _Pending(x.node, x.x, True, [])
+            self.vals[node.output] = _Pending(x.node, x.x, True, [], [*x.chain, node])
         elif isinstance(x, _U8) and self.b.bounds(node.inputs[0])[0] >= 0:
             self.vals[node.output] = x            # already >= 0: the ReLU is the identity
         elif isinstance(x, _U8):                  # DQ → Relu → Q on the same grid: exact (|error| << 1/2)
@@ -142,7 +150,7 @@ class _Lowering:
     def maxpool(self, node: ir.MaxPool2d) -> None:
         x = self.vals[node.inputs[0]]
         if isinstance(x, _Pending) and isinstance(x.node, ir.Conv2d):
-            self.vals[node.output] = _Pending(x.node, x.x, x.relu, [*x.pools, node])
+            self.vals[node.output] = _Pending(x.node, x.x, x.relu, [*x.pools, node], [*x.chain, node])
         elif isinstance(x, _U8):
             self.vals[node.output] = _U8(self._maxpool_u8(node, x.name, node.inputs[0]), x.scale, x.zero)
         else:

@@ -215,3 +215,19 @@ def test_cli_bad_input(tmp_path, args, message):
             "--out", str(tmp_path / "m.onnx"), *args)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("arch", ["torchvision:resnet18", "torchvision:mobilenet_v2"])
+def test_captured_models_in_profile_ort(arch):
+    """A user's model (captured) in profile ort: QAT eval == reference == QDQ in ORT. torchvision's
+    MobileNetV2 reads a ReLU6 accumulator outside its fused group: recomputed in integer ops."""
+    from hawq.calibrated import calibrated_model, random_batches
+    model, size = calibrated_model(arch, "uniform8", random=True, batches=1, input_size=32, numerics="ort")
+    graph = export_integer(model, (3, size, size))["graph"]
+    x = next(iter(random_batches(size, 2, 2)))[0]
+    ref = run_graph(graph, x.numpy())
+    assert np.array_equal(model.forward_int(x).numpy(), ref)
+    qdq = to_onnx(graph, (3, size, size), fmt="qdq", numerics="ort")
+    assert np.array_equal(OnnxProgram(qdq)(x.numpy()), ref)
+    recomputed = sum(n.op_type == "ConvInteger" for n in qdq.graph.node)
+    assert recomputed == (1 if arch.endswith("mobilenet_v2") else 0)
