@@ -121,14 +121,8 @@ class _Lowering:
             node.fail("QDQ export needs a uint8 input quantizer that divides by its scale (profile ort)")
         self.vals[node.output] = self.q(node.inputs[0], _f32(node.scale), int(node.zero_point), node.name)
 
-    def conv2d(self, node: ir.Conv2d) -> None:
-        x = self.vals[node.inputs[0]]
-        if isinstance(x, _U8):
-            self.vals[node.output] = _Pending(node, x, chain=[node])
-        else:
-            self.integer(node)
-
-    def pool_sum(self, node: ir.GlobalAvgPoolSum) -> None:
+    def accumulate(self, node: "ir.Conv2d | ir.GlobalAvgPoolSum") -> None:
+        """A conv or global pool of a uint8 tensor opens a fused group (closed by its requant_float)."""
         x = self.vals[node.inputs[0]]
         if isinstance(x, _U8):
             self.vals[node.output] = _Pending(node, x, chain=[node])
@@ -249,7 +243,7 @@ class _Lowering:
         self.vals[node.output] = self.q(y, _f32(node.scale), int(node.zero_point), node.name)
 
 
-_QDQ = {ir.Quantize: _Lowering.quantize, ir.Conv2d: _Lowering.conv2d, ir.GlobalAvgPoolSum: _Lowering.pool_sum,
+_QDQ = {ir.Quantize: _Lowering.quantize, ir.Conv2d: _Lowering.accumulate, ir.GlobalAvgPoolSum: _Lowering.accumulate,
         ir.Relu: _Lowering.relu, ir.MaxPool2d: _Lowering.maxpool, ir.Flatten: _Lowering.flatten,
         ir.RequantFloat: _Lowering.requant_float, ir.QLinearAdd: _Lowering.qlinear_add, ir.Dense: _Lowering.dense}
 

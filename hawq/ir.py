@@ -215,8 +215,7 @@ class Requant(Op):
         _check_dyadic(self, self.multiplier, self.shift)
         if self.rounding not in ROUNDINGS:
             self.fail(f"unknown rounding {self.rounding!r}")
-        if self.qmin > self.qmax:
-            self.fail(f"empty range [{self.qmin}, {self.qmax}]")
+        _check_qrange(self)
 
     def shape(self, x):
         _check_channels(self, self.multiplier, x)
@@ -284,12 +283,9 @@ class RequantFloat(Op):
         want = ort_multiplier(_np(self.in_scale), _np(self.scale), int(self.count))
         if m.shape != want.shape or not np.array_equal(m, want):
             self.fail("multiplier is not ONNX Runtime's f32(in_scale / (scale·count)) of the stored scales")
-        if self.qmin > self.qmax:
-            self.fail(f"empty range [{self.qmin}, {self.qmax}]")
+        _check_qrange(self)
 
-    def shape(self, x):
-        _check_channels(self, self.multiplier, x)
-        return x
+    shape = Requant.shape
 
     def bounds(self, ins, shapes):
         lo, hi = ins[0]
@@ -686,6 +682,11 @@ def _check_dyadic(op: Op, m, s) -> None:
         op.fail(f"multiplier shape {m.shape} differs from shift shape {s.shape}")
     if m.size and (int(s.min()) < 1 or int(s.max()) > 62 or int(np.abs(m).max()) >= 1 << 31):
         op.fail("dyadic multiplier must be < 2^31 with a shift in [1, 62]")
+
+
+def _check_qrange(op: Op) -> None:
+    if op.qmin > op.qmax:
+        op.fail(f"empty range [{op.qmin}, {op.qmax}]")
 
 
 def _check_channels(op: Op, per_channel, x: Shape) -> None:

@@ -206,18 +206,18 @@ def host_key() -> str:
     return f"{cpu_name()} ({host_cpu()}; {describe().replace(', ', '+')})"
 
 
-def append_rows(rows: list[dict], path: Path) -> None:
+def append_rows(rows: list[dict], path: Path, fields: tuple[str, ...] = FIELDS) -> None:
     """Append to the CSV; a CSV of an older layout (no host column) is kept aside as ``*.old.csv``:
     its rows cannot be attributed to a host, so they never mix with these."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_file():
         with open(path) as f:
             head = f.readline().strip().split(",")
-        if head != list(FIELDS):
+        if head != list(fields):
             path.replace(path.with_suffix(".old.csv"))
     new = not path.is_file()
     with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w = csv.DictWriter(f, fieldnames=fields)
         if new:
             w.writeheader()
         w.writerows(rows)

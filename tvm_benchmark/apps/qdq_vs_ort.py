@@ -91,14 +91,9 @@ def compare(arch: str, batch: int, threads: int, rounds: int, iters: int, size: 
 
 
 def _write(rows: list[dict], command: str) -> None:
+    from tvm_benchmark.apps.bench import append_rows
     path = RESULTS / "qdq_vs_ort.csv"
-    RESULTS.mkdir(exist_ok=True)
-    new = not path.is_file()
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        if new:
-            w.writeheader()
-        w.writerows(rows)
+    append_rows(rows, path, FIELDS)
     with open(path, newline="") as f:
         mine = [r for r in csv.DictReader(f) if r["host"] == rows[0]["host"]]
     latest = {(r["arch"], r["batch"], r["threads"]): r for r in mine}
