@@ -15,7 +15,7 @@ weights with zero point 0, int32 biases at scale f32(S_x·S_w), uint8 activation
 * ``relu`` of a value already ≥ 0 is the value; ``max_pool2d``/``flatten`` of a uint8 tensor stay uint8;
 * ``dense`` (the classifier) → ``MatMulInteger`` on the uint8 tensor and its zero point, int32 logits.
 
-Every other op (any op of the integer format) is lowered by :data:`hawq.export_onnx.LOWER` on the
+Every other op (any op of the integer format) is lowered by :data:`hawq.onnx_integer.LOWER` on the
 centered integers, exactly as in the integer format. Each fused group checks that the scales it
 states reproduce the graph's stored multiplier (and QLinearAdd table) bit for bit, so the file
 cannot silently disagree with the reference.
@@ -28,7 +28,7 @@ import numpy as np
 
 from hawq import ir
 from hawq.errors import HawqError
-from hawq.export_onnx import LOWER, OnnxBuilder
+from hawq.onnx_integer import LOWER, OnnxBuilder
 
 __all__ = ["lower_qdq"]
 

@@ -188,7 +188,7 @@ def test_per_layer_names_the_corrupted_node(small_model, capsys):
 
 
 def test_every_ir_op_has_an_onnx_lowering():
-    from hawq.export_onnx import LOWER
+    from hawq.onnx_integer import LOWER
     assert LOWER.missing() == []
 
 

@@ -48,7 +48,7 @@ from hawq.tables import busy_warning, cpu_summary, markdown_table
 from hawq.quant.config import QuantConfig
 from tvm_benchmark.isa import CHOICES as ISA_CHOICES
 
-__all__ = ["cli", "ENGINES", "FIELDS", "KEY", "MD_FIELDS", "RESULTS", "RELEASED_ARCH", "time_engines",
+__all__ = ["cli", "ENGINES", "FIELDS", "KEY", "MD_FIELDS", "RESULTS", "RELEASED_ARCH", "bench_models", "time_engines",
            "bench_arch_batch", "host_key", "append_rows", "latest", "markdown", "manifest_top1",
            "plot_accuracy", "main"]
 
@@ -60,7 +60,7 @@ RESULTS = Path("results")
 RELEASED_ARCH = "resnet20_cifar10"
 
 
-def _models(arch: str, scheme: str, num_classes: int, shape, fp_cache: dict, numerics: str = "exact"):
+def bench_models(arch: str, scheme: str, num_classes: int, shape, fp_cache: dict, numerics: str = "exact"):
     """(FP model, calibrated/loaded quantized model) for ``arch`` and ``scheme`` under ``numerics``
     (a released checkpoint ``<arch>_<scheme>[_<numerics>].pth.tar`` where there is one)."""
     import torch
@@ -100,7 +100,7 @@ def _ort_qdq_engine(arch: str, scheme: str, num_classes: int, shape, fp_cache: d
                     threads: int, tmp: Path):
     """One-batch call of the scheme's profile-ort model exported as QDQ."""
     from hawq.export import export_integer
-    _, q = _models(arch, scheme, num_classes, shape, fp_cache, numerics="ort")
+    _, q = bench_models(arch, scheme, num_classes, shape, fp_cache, numerics="ort")
     graph = export_integer(q, tuple(x.shape[1:]))["graph"]
     return _ort_export_engine(graph, x, threads, tmp, scheme, "qdq", "ort")
 
@@ -153,7 +153,7 @@ def bench_arch_batch(arch: str, schemes: list[str], batch: int, threads: int, en
     x = rng.standard_normal(shape, dtype=np.float32)
     calib = [rng.standard_normal(shape, dtype=np.float32) for _ in range(4)]
     fp_cache: dict = {}
-    fp, _ = _models(arch, schemes[0], info.num_classes, shape, fp_cache)
+    fp, _ = bench_models(arch, schemes[0], info.num_classes, shape, fp_cache)
     runs, labels = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -180,7 +180,7 @@ def bench_arch_batch(arch: str, schemes: list[str], batch: int, threads: int, en
                     runs[key], labels[key], families[key] = run, s, host_isa.name if host_isa else "generic"
             if not {"tvm-int", "ort-int"} & set(engines):
                 continue
-            _, q = _models(arch, s, info.num_classes, shape, fp_cache)
+            _, q = bench_models(arch, s, info.num_classes, shape, fp_cache)
             graph = export_integer(q, tuple(x.shape[1:]))["graph"]
             if "ort-int" in engines:
                 key = f"ort-int:{s}"

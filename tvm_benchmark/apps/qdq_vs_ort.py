@@ -60,14 +60,14 @@ def _files(arch: str, batch: int, size: int | None, d: Path) -> tuple[Path, Path
     from hawq.export_onnx import save_onnx, to_onnx
     from hawq.models.archs import arch_info
     from tvm_benchmark.apps import baselines as B
-    from tvm_benchmark.apps.bench import _models
+    from tvm_benchmark.apps.bench import bench_models
     info = arch_info(arch)
     size = size or info.input_size
     shape = (batch, 3, size, size)
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape, dtype=np.float32)
     calib = [rng.standard_normal(shape, dtype=np.float32) for _ in range(4)]
-    fp, q = _models(arch, "uniform8", info.num_classes, shape, {}, numerics="ort")
+    fp, q = bench_models(arch, "uniform8", info.num_classes, shape, {}, numerics="ort")
     int8 = B.quantize_onnx_int8(B.export_onnx(fp, x, d / "fp32.onnx"), calib, d)
     qdq = d / "qdq.onnx"
     save_onnx(to_onnx(export_integer(q, shape[1:])["graph"], shape[1:], fmt="qdq", numerics="ort"), str(qdq))
