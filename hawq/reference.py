@@ -35,20 +35,22 @@ def _windows(x: np.ndarray, kernel, stride, padding, pad_value) -> np.ndarray:
     return sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
 
 
-#: float64 holds every integer of magnitude up to 2^53 exactly.
-_F64_EXACT = 1 << 53
+#: float32 / float64 hold every integer of magnitude up to 2^24 / 2^53 exactly.
+_F32_EXACT, _F64_EXACT = 1 << 24, 1 << 53
 
 
 def product_dtype(x: np.ndarray, w: np.ndarray):
-    """float64 when every partial sum of x·w is provably an exact float64 integer, whatever the
-    summation order (BLAS's blocking included): ``max|x| · max_o Σ|w_o| <= 2^53`` with ``w`` [O, ...];
-    else int64. float64 products go through BLAS, roughly an order of magnitude faster than NumPy's
-    int64 loops, and give the same integers; the bound fails only for accumulators far wider than
-    any 8/16-bit network has (a test compares both paths at the bound)."""
+    """The narrowest of float32, float64 in which every partial sum of x·w is provably an exact
+    integer, whatever the summation order (BLAS's blocking and FMAs included): ``B = max|x| ·
+    max_o Σ|w_o|`` (``w`` [O, ...]) at most 2^24, resp. 2^53; else int64. Float products go through
+    BLAS, several times faster than NumPy's int64 loops, and give the same integers; only
+    accumulators far wider than any 8/16-bit network's miss the float64 bound (a test compares the
+    paths at the bound)."""
     if x.size == 0 or w.size == 0:
         return np.int64
     wsum = int(np.abs(w.astype(np.int64)).reshape(w.shape[0], -1).sum(1).max())
-    return np.float64 if int(np.abs(x).max()) * wsum <= _F64_EXACT else np.int64
+    bound = int(np.abs(x).max()) * wsum
+    return np.float32 if bound <= _F32_EXACT else np.float64 if bound <= _F64_EXACT else np.int64
 
 
 def _to_int64(y: np.ndarray) -> np.ndarray:
@@ -59,22 +61,34 @@ def conv2d(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride, padding, dila
            dtype=None) -> np.ndarray:
     """Integer conv: int64 [B,C,H,W] ⊛ int [O,C/g,kh,kw] + bias [O] -> int64 [B,O,OH,OW]; ``padding``
     (pad H, pad W) or (top, left, bottom, right). The products are summed in :func:`product_dtype`
-    (or ``dtype``), the bias added in int64."""
+    (or ``dtype``), the bias added in int64. Computed on the zero-padded NHWC image as one im2col
+    GEMM [B·OH·OW, kh·kw·C/g] x [kh·kw·C/g, O/g] per group (depthwise: one elementwise
+    multiply-add per kernel offset)."""
     if tuple(dilation) != (1, 1):
         raise NotImplementedError("dilated convolution is not used by the supported models")
     dt = dtype or product_dtype(x, w)
-    x, w = x.astype(dt, copy=False), w.astype(dt)
-    b = bias.astype(np.int64).reshape(1, -1, 1, 1)
-    if groups > 1 and w.shape[1] == 1 and w.shape[0] == x.shape[1]:      # depthwise: one window sum per channel
-        win = _windows(x, w.shape[2:], stride, padding, 0)
-        return _to_int64(np.einsum("bchwij,cij->bchw", win, w[:, 0], optimize=True)) + b
-    outs = []
-    cg, og = x.shape[1] // groups, w.shape[0] // groups
-    for g in range(groups):
-        win = _windows(x[:, g * cg:(g + 1) * cg], w.shape[2:], stride, padding, 0)
-        outs.append(np.tensordot(win, w[g * og:(g + 1) * og], axes=([1, 4, 5], [1, 2, 3])))
-    y = np.concatenate(outs, axis=3).transpose(0, 3, 1, 2)
-    return _to_int64(np.ascontiguousarray(y)) + b
+    (sh, sw) = stride
+    t, l, b, r = tuple(padding) if len(padding) == 4 else (*padding, *padding)
+    xn = np.ascontiguousarray(np.pad(x.astype(dt), ((0, 0), (0, 0), (t, b), (l, r))).transpose(0, 2, 3, 1))
+    n, h, wd, c = xn.shape
+    o, cg, kh, kw = w.shape
+    oh, ow = (h - kh) // sh + 1, (wd - kw) // sw + 1
+    wt = w.astype(dt).transpose(2, 3, 1, 0)                 # [kh, kw, C/g, O]
+    patches = [xn[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :] for i in range(kh) for j in range(kw)]
+    if groups > 1 and cg == 1 and o == c:                   # depthwise
+        y = np.zeros((n, oh, ow, o), dt)
+        for k, patch in enumerate(patches):
+            y += patch * wt.reshape(kh * kw, o)[k]
+    else:                                                   # im2col [B·OH·OW, kh·kw, C] x [kh·kw·C/g, O/g]
+        cols = np.empty((n, oh, ow, kh * kw, c), dt)
+        for k, patch in enumerate(patches):
+            cols[:, :, :, k] = patch
+        cols = cols.reshape(n * oh * ow, kh * kw, c)
+        og = o // groups
+        y = np.concatenate([cols[:, :, g * cg:(g + 1) * cg].reshape(n * oh * ow, -1)
+                            @ wt[:, :, :, g * og:(g + 1) * og].reshape(kh * kw * cg, og) for g in range(groups)], axis=1)
+    y = y.reshape(n, oh, ow, o).transpose(0, 3, 1, 2)
+    return _to_int64(np.ascontiguousarray(y)) + bias.astype(np.int64).reshape(1, -1, 1, 1)
 
 
 def _per_channel(v, ndim: int) -> np.ndarray:
