@@ -257,7 +257,9 @@ PROGRAMS = {
 #: Hopper is slow-marked: its s8 GEMMs with shifted uint8 data are resnet20_uniform8's path).
 PROGRAM_CASES = [("resnet20_uniform8", "sm_90", False),
                  pytest.param("resnet20_uniform4", "sm_90", False, marks=pytest.mark.slow),
-                 ("resnet20_uniform4", "sm_80", True), ("resnet20_uniform8_hawq_profile", "sm_90", False),
+                 ("resnet20_uniform4", "sm_80", True),
+                 # profile hawq's fields on the same structure as resnet20_uniform8 (suite time: slow)
+                 pytest.param("resnet20_uniform8_hawq_profile", "sm_90", False, marks=pytest.mark.slow),
                  ("mobilenetv2_uniform8", "sm_90", False)]
 
 
@@ -422,7 +424,8 @@ def test_ptx_per_sm(arch):
     ("resnet20_uniform8", "sm_90", {MMA}),
     ("resnet20_uniform4", "sm_80", {MMA, MMA_S4}),          # 8-bit stem and classifier, s4 in between
     ("resnet20_uniform8", "sm_75", {MMA_SM75}),
-    ("resnet20_uniform4", "sm_75", {MMA_SM75, MMA_S4_SM75}),
+    # sm_75's s4 MMA: the same program as the sm_80 case with older instructions (suite time: slow)
+    pytest.param("resnet20_uniform4", "sm_75", {MMA_SM75, MMA_S4_SM75}, marks=pytest.mark.slow),
 ])
 def test_whole_program_ptx_per_sm(name, arch, instructions):
     """Every kernel of a cross-compiled program (GEMMs with fused epilogues, the quantizer, the
