@@ -590,6 +590,14 @@ class _Mapper:
         name = self.add_module(name, QuantFlatten())
         self.vals[n] = _Val(self.call(name, x.node), "act", x.nonneg, flat=True)
 
+    def _is_relu(self, n: fx.Node) -> bool:
+        """Whether node ``n`` is a plain ReLU (module, function or method)."""
+        if n.op == "call_module":
+            return isinstance(self.gm.get_submodule(n.target), nn.ReLU)
+        if n.op == "call_function":
+            return n.target in _RELU_FN
+        return n.op == "call_method" and n.target in ("relu", "relu_")
+
     def add(self, n: fx.Node) -> None:
         a, b = (self.arg(n, x) for x in n.args[:2])
         if n.kwargs.get("alpha", 1) != 1 or a.kind == "float" or b.kind == "float" or a.flat or b.flat:
@@ -597,7 +605,11 @@ class _Mapper:
         # the branch that is an accumulator goes first: its requantization is the unit's main one
         main, identity = (a, b) if a.kind == "acc" or b.kind != "acc" else (b, a)
         scope = _scope(n)
-        name = self.add_module(f"{scope}.add" if scope else "add", QuantAct("accumulator", self.config))
+        # every reader a ReLU (torchvision's ResNet): profile ort gives the add an unsigned grid, whose
+        # clamp at 0 is that ReLU, as ONNX Runtime fuses Add -> Relu -> QuantizeLinear
+        relu_after = bool(n.users) and all(self._is_relu(u) for u in n.users)
+        name = self.add_module(f"{scope}.add" if scope else "add",
+                               QuantAct("accumulator", self.config, relu_after=relu_after))
         self.vals[n] = _Val(self.graph.call_module(name, (main.node,), {"identity": identity.node}), "wide")
 
     # -- layout ops (ShuffleNet): index moves on channels ------------------------------------------

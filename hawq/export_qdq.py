@@ -69,6 +69,7 @@ class _Lowering:
         self.b, self.g, self.weights = b, g, weights
         self.vals: dict[str, object] = {}
         self.centered: set[str] = set()
+        self.closed: dict[tuple, _U8] = {}       # fused groups already written, by accumulator and grid
 
     # -- helpers ---------------------------------------------------------------------------------
     def grid(self, t: _U8, hint: str) -> tuple[str, str]:
@@ -171,6 +172,11 @@ class _Lowering:
             self.vals[node.output] = _U8(self.b.cast(stored, np.uint8, out=self.b.fresh(node.name + "/u8")),
                                          _f32(node.scale), int(node.zero_point))
             return
+        key = (node.inputs[0], _f32(node.scale), int(node.zero_point), int(node.qmin), int(node.qmax),
+               np.asarray(_np(node.multiplier), dtype=np.float32).tobytes())
+        if key in self.closed:          # two quantizers with one grid on one accumulator: one kernel
+            self.vals[node.output] = self.closed[key]
+            return
         if x.relu and int(node.qmin) < 0:
             node.fail("a ReLU before a grid with negative values cannot fold into ONNX Runtime's kernel")
         if isinstance(x.node, ir.Conv2d):
@@ -179,7 +185,7 @@ class _Lowering:
             y = self._global_pool(x.node, x.x, node)
         for pool in x.pools:
             y = _U8(self._maxpool_u8(pool, y.name, pool.inputs[0]), y.scale, y.zero)
-        self.vals[node.output] = y
+        self.vals[node.output] = self.closed[key] = y
 
     def _conv(self, conv: ir.Conv2d, x: _U8, rq: ir.RequantFloat) -> _U8:
         b = self.b
