@@ -218,7 +218,7 @@ def test_cli_bad_input(tmp_path, args, message):
 
 
 @pytest.mark.parametrize("arch", ["torchvision:resnet18", "torchvision:mobilenet_v2"])
-def test_captured_models_in_profile_ort(arch):
+def test_captured_models_in_profile_ort(arch, tmp_path):
     """A user's model (captured) in profile ort: QAT eval == reference == QDQ in ORT. torchvision's
     MobileNetV2 reads a ReLU6 accumulator outside its fused group: recomputed in integer ops."""
     from hawq.calibrated import calibrated_model, random_batches
@@ -231,3 +231,13 @@ def test_captured_models_in_profile_ort(arch):
     assert np.array_equal(OnnxProgram(qdq)(x.numpy()), ref)
     recomputed = sum(n.op_type == "ConvInteger" for n in qdq.graph.node)
     assert recomputed == (1 if arch.endswith("mobilenet_v2") else 0)
+    if arch.endswith("resnet18"):     # add -> ReLU fused, the pooled stem read twice written once
+        fused = Counter(n.op_type for n in onnx.load(_optimized(qdq, tmp_path)).graph.node)
+        assert fused["QLinearConv"] == sum(n["op"] == "conv2d" for n in graph["nodes"]) and fused["QLinearAdd"] == 8
+        assert not {"DequantizeLinear", "Relu", "Conv"} & set(fused)
+
+
+def _optimized(model: onnx.ModelProto, tmp_path) -> str:
+    path = str(tmp_path / "optimized.onnx")
+    _session(model, path)
+    return path
