@@ -22,7 +22,7 @@ cannot silently disagree with the reference.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -43,15 +43,24 @@ class _U8:
 
 @dataclass
 class _Pending:
-    """An accumulator ONNX Runtime never materializes: a conv (or global pool) of a uint8 tensor,
-    with the ReLU and max pools that wait for the requantization that closes the fused group.
-    ``chain``: the IR nodes from the conv to this value, replayed in integer ops if another consumer
-    needs the accumulator itself."""
-    node: ir.Op
+    """An accumulator ONNX Runtime never materializes: a conv (or global pool) of a uint8 tensor
+    ``x``, then the ReLU and max pools that wait for the requantization that closes the fused group.
+    ``chain``: those IR nodes from the conv to this value (replayed in integer ops if another
+    consumer needs the accumulator itself)."""
     x: _U8
-    relu: bool = False
-    pools: list = field(default_factory=list)
-    chain: list = field(default_factory=list)
+    chain: list
+
+    @property
+    def node(self) -> ir.Op:
+        return self.chain[0]
+
+    @property
+    def relu(self) -> bool:
+        return any(isinstance(n, ir.Relu) for n in self.chain)
+
+    @property
+    def pools(self) -> list:
+        return [n for n in self.chain if isinstance(n, ir.MaxPool2d)]
 
 
 def _np(t) -> np.ndarray:
@@ -63,10 +72,10 @@ def _f32(v) -> np.float32:
 
 
 class _Lowering:
-    def __init__(self, b: OnnxBuilder, g: ir.Graph, weights: str):
+    def __init__(self, b: OnnxBuilder, weights: str):
         if weights not in ("s8", "u8"):
             raise HawqError(f"unknown QDQ weight container {weights!r}; expected s8 or u8")
-        self.b, self.g, self.weights = b, g, weights
+        self.b, self.weights = b, weights
         self.vals: dict[str, object] = {}
         self.centered: set[str] = set()
         self.closed: dict[tuple, _U8] = {}       # fused groups already written, by accumulator and grid
@@ -126,14 +135,14 @@ class _Lowering:
         """A conv or global pool of a uint8 tensor opens a fused group (closed by its requant_float)."""
         x = self.vals[node.inputs[0]]
         if isinstance(x, _U8):
-            self.vals[node.output] = _Pending(node, x, chain=[node])
+            self.vals[node.output] = _Pending(x, [node])
         else:
             self.integer(node)
 
     def relu(self, node: ir.Relu) -> None:
         x = self.vals[node.inputs[0]]
         if isinstance(x, _Pending) and not x.pools:
-            self.vals[node.output] = _Pending(x.node, x.x, True, [], [*x.chain, node])
+            self.vals[node.output] = _Pending(x.x, [*x.chain, node])
         elif isinstance(x, _U8) and self.b.bounds(node.inputs[0])[0] >= 0:
             self.vals[node.output] = x            # already >= 0: the ReLU is the identity
         elif isinstance(x, _U8):                  # DQ → Relu → Q on the same grid: exact (|error| << 1/2)
@@ -145,7 +154,7 @@ class _Lowering:
     def maxpool(self, node: ir.MaxPool2d) -> None:
         x = self.vals[node.inputs[0]]
         if isinstance(x, _Pending) and isinstance(x.node, ir.Conv2d):
-            self.vals[node.output] = _Pending(x.node, x.x, x.relu, [*x.pools, node], [*x.chain, node])
+            self.vals[node.output] = _Pending(x.x, [*x.chain, node])
         elif isinstance(x, _U8):
             self.vals[node.output] = _U8(self._maxpool_u8(node, x.name, node.inputs[0]), x.scale, x.zero)
         else:
@@ -259,7 +268,7 @@ def lower_qdq(b: OnnxBuilder, g: ir.Graph, expose: bool, weights: str = "s8") ->
     integers under its name. Returns the IR values written as outputs: the graph output, and with
     ``expose`` every value that exists as a tensor (accumulators fused into a kernel do not).
     ``weights``: ``s8`` (int8, zero point 0) or ``u8`` (uint8 w + 128, zero point 128)."""
-    low = _Lowering(b, g, weights)
+    low = _Lowering(b, weights)
     low.vals[g.input] = "float"
     for node in g.nodes:
         fn = _QDQ.get(type(node))
