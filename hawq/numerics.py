@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from hawq.errors import HawqError
+
 __all__ = ["MANTISSA_BITS", "MAX_SHIFT", "MIN_RANGE", "ACT_MODES", "ROUNDINGS", "ACT_ROLES", "INT32",
            "Profile", "EXACT", "HAWQ", "PROFILES", "profile", "qrange", "weight_scale", "activation_params",
            "act_qrange", "ema_range", "batch_range", "fold_bn", "quantize", "straight_through",
@@ -84,6 +86,13 @@ class Profile:
     residual_int32: bool
     avgpool: str
     float_requant: bool = False
+
+    def check_bits(self, what: str, bits: int) -> None:
+        """Profile ort runs ONNX Runtime's 8-bit kernels: any other width of ``what`` (e.g.
+        "activation 'stage1.unit1.quant_act'") is a one-line HawqError."""
+        if self.float_requant and int(bits) != 8:
+            raise HawqError(f"numeric profile ort runs ONNX Runtime's 8-bit kernels: {what} is {bits}-bit "
+                            "(use an 8-bit scheme such as uniform8)")
 
     def act_mode(self, role: str, bits: int, relu_after: bool = False) -> str:
         """The activation grid of a quantizer in ``role`` (:data:`ACT_ROLES`) at ``bits`` bits.

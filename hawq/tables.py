@@ -5,7 +5,13 @@ import os
 import platform
 
 
-__all__ = ["markdown_table", "cpuinfo_field", "cpu_name", "cpu_summary", "busy_warning", "exact_int8_host"]
+__all__ = ["markdown_table", "cpuinfo_field", "cpu_name", "cpu_summary", "busy_warning", "exact_int8_host",
+           "INT8_HOST_NOTE"]
+
+#: What the ONNX programs say where a QDQ file with int8 weights meets a host without VNNI/AMX.
+INT8_HOST_NOTE = ("note: this CPU has no VNNI/AMX: ONNX Runtime's uint8 x int8 kernels saturate pairs of products "
+                  "here, so a QDQ file with int8 weights can differ from the reference (docs/numerics.md §17); "
+                  "python -m hawq.export_onnx --weights u8 writes one that is exact on this host too")
 
 def markdown_table(rows: list[dict], fields: list[str] | tuple[str, ...], text_fields=("arch", "scheme", "engine")) -> list[str]:
     """GitHub markdown table lines for ``rows`` (dicts) with columns ``fields``; text columns left-aligned."""

@@ -8,19 +8,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from hawq import ir
 from hawq.export import float_logits
 from hawq.reference import run_graph
 
 
 __all__ = ["compare_with_reference", "compare", "compare_layers"]
 
-def compare_with_reference(run, graph: dict, loader, name: str, progress: bool = True) -> dict:
+def compare_with_reference(run, graph: "ir.Graph | dict", loader, name: str, progress: bool = True) -> dict:
     """Run an executor and the integer reference over ``loader``; count logit mismatches, top-1 of each.
 
     ``run``: float32 NumPy batch [B,C,H,W] -> int64 NumPy logits [B, classes]. Returns
     ``mismatches``, ``logits`` (compared), ``images``, ``<name>_top1`` and ``ref_top1`` (percent,
     classes ranked by the scaled logits).
     """
+    graph = ir.as_graph(graph)        # parsed and checked once, not per batch
     mismatches = total = n = hit = hit_ref = 0
     for x, y in tqdm(loader, desc="verify", disable=not progress, dynamic_ncols=True, leave=False):
         x, y = x.numpy(), y.numpy()

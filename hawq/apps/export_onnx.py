@@ -18,7 +18,7 @@ from hawq.apps.cli import add_arch_arg, add_input_size_arg, add_quant_scheme_arg
 from hawq.errors import HawqError
 from hawq.export_onnx import FORMATS, QDQ_WEIGHTS, exact_format, save_onnx, to_onnx
 from hawq.program import load_program
-from hawq.tables import exact_int8_host
+from hawq.tables import INT8_HOST_NOTE, exact_int8_host
 
 __all__ = ["cli", "build_parser", "main"]
 
@@ -60,8 +60,7 @@ def main(argv=None) -> int:
           f"[batch,{','.join(map(str, prog.input_chw))}], {len(model.graph.node)} nodes ({common}, ...), "
           f"{os.path.getsize(args.out) / 1e6:.2f} MB")
     if fmt == "qdq" and args.weights == "s8" and not exact_int8_host():
-        print("note: this CPU has no VNNI/AMX: ONNX Runtime's uint8 x int8 kernels saturate pairs of products here "
-              "(docs/numerics.md §17); --weights u8 writes a file exact on this host too")
+        print(INT8_HOST_NOTE)
     return 0
 
 

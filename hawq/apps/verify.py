@@ -37,7 +37,7 @@ from hawq.errors import HawqError
 from hawq.export import artifact_of, export_integer
 from hawq.models.restore import quant_model_from
 from hawq.program import Program, load_program
-from hawq.tables import exact_int8_host
+from hawq.tables import INT8_HOST_NOTE, exact_int8_host
 from hawq.verify import compare, compare_layers, compare_with_reference
 
 __all__ = ["cli", "RUNTIMES", "main"]
@@ -99,8 +99,7 @@ def _verify_onnxruntime(args) -> int:
                                  expose=args.per_layer), threads=args.threads)
     print(f"runtime: onnxruntime  format: {fmt}  numerics: {prog.numerics}")
     if fmt == "qdq" and not exact_int8_host():
-        print("note: this CPU has no VNNI/AMX: ONNX Runtime's uint8 x int8 kernels saturate pairs of products here, "
-              "so mismatches can appear (docs/numerics.md §17; export with --weights u8 for this host)")
+        print(INT8_HOST_NOTE)
     if args.per_layer:
         x = next(iter(val))[0].numpy()
         rows = compare_layers(runner.values(x), prog.graph, x, fused_ok=fmt == "qdq")

@@ -121,9 +121,7 @@ class QuantModel(nn.Module):
             if isinstance(m, QuantAct):
                 m.set_activation_bit(bit_config[n])
             else:
-                if self.config.profile.float_requant and int(bit_config[n]) != 8:
-                    raise HawqError(f"numeric profile ort runs ONNX Runtime's 8-bit kernels: layer '{n}' has "
-                                    f"{bit_config[n]}-bit weights (use an 8-bit scheme such as uniform8)")
+                self.config.profile.check_bits(f"the weights of '{n}'", bit_config[n])
                 m.weight_bit = int(bit_config[n])
 
     def bit_config(self) -> dict[str, int]:

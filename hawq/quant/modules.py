@@ -154,12 +154,9 @@ class QuantAct(nn.Module):
         ONNX Runtime's uint8 tensors: an accumulator quantizer (16 bits in HAWQ's schemes) becomes
         8 bits there, any other width than 8 is a HawqError."""
         bits = int(bits)
-        if self.profile.float_requant:
-            if self.role == "accumulator":
-                bits = 8
-            elif bits != 8:
-                raise HawqError(f"numeric profile ort runs ONNX Runtime's 8-bit kernels: activation "
-                                f"'{self.layer_name}' is {bits}-bit (use an 8-bit scheme such as uniform8)")
+        if self.profile.float_requant and self.role == "accumulator":
+            bits = 8
+        self.profile.check_bits(f"activation '{self.layer_name}'", bits)
         self.activation_bit = bits
         self._sync_learned()
 
