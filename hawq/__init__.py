@@ -1,10 +1,11 @@
 """hawq: integer-only quantization (QAT and PTQ) with bit-exact integer export.
 
 The Python API (:mod:`hawq.api`) is importable from the package: ``hawq.quantize``,
-``hawq.prepare_qat``, ``hawq.export_program``, ``hawq.run_reference``. It is loaded on first use, so
+``hawq.prepare_qat``, ``hawq.export_program``, ``hawq.run_reference``, and ``hawq.QuantPoint`` (an
+explicit quantizer in a float model, :class:`hawq.capture.QuantPoint`). It is loaded on first use, so
 ``import hawq.numerics`` and the command-line tools do not pay for it.
 """
-__all__ = ["quantize", "prepare_qat", "export_program", "run_reference"]
+__all__ = ["quantize", "prepare_qat", "export_program", "run_reference", "QuantPoint"]
 
 
 def __getattr__(name: str):

@@ -24,14 +24,14 @@ import torch.nn as nn
 
 from hawq import ir
 from hawq.bit_config import bits_of_layers
-from hawq.capture import QuantGraphModel, capture
+from hawq.capture import QuantGraphModel, QuantPoint, capture
 from hawq.errors import HawqError
 from hawq.export import export_integer, record_graph, save_artifact
 from hawq.models.layers import model_layers
 from hawq.quant.config import QuantConfig
 from hawq.reference import run_graph
 
-__all__ = ["quantize", "prepare_qat", "export_program", "run_reference", "scheme_of"]
+__all__ = ["quantize", "prepare_qat", "export_program", "run_reference", "scheme_of", "QuantPoint"]
 
 
 def _as_batch(example_inputs) -> torch.Tensor:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import operator
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from torchvision.ops import stochastic_depth as _stochastic_depth
 
+from hawq import numerics as N
+from hawq.distributed import SyncBatchNorm2d
 from hawq.errors import HawqError
 from hawq.models.base import QuantModel
 from hawq.quant.config import QuantConfig
@@ -45,7 +48,7 @@ from hawq.quant.modules import (QuantAct, QuantAdaptiveAvgPool2d, QuantAveragePo
                                 QuantConcat, QuantFlatten, QuantLinear, QuantLut, QuantMaxPool2d, QuantMul, QuantReLU,
                                 QuantReLU6, QuantSliceChannels, QuantWindowAvgPool2d)
 
-__all__ = ["capture", "QuantGraphModel", "GraphUnit", "trace", "weighted_layers", "same_padding"]
+__all__ = ["capture", "QuantPoint", "QuantGraphModel", "GraphUnit", "trace", "weighted_layers", "same_padding"]
 
 _RELU_FN = (F.relu, torch.relu, torch.relu_)
 _ADD_FN = (operator.add, operator.iadd, torch.add)
@@ -66,7 +69,31 @@ _SHAPE_ARITHMETIC = (operator.floordiv, operator.mul, operator.add, operator.sub
 _CHUNK_FN = (torch.chunk, torch.split)
 _TRANSPOSE_FN = (torch.transpose,)
 _PAD_MODULES = (nn.ZeroPad2d, nn.ConstantPad2d)
-_SUPPORTED_MODULES = (*_TABLE_MODULES, nn.Conv2d, nn.BatchNorm2d, nn.Linear, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.MaxPool2d,
+
+
+class QuantPoint(nn.Module):
+    """An explicit activation quantizer in a float model: the identity in float; :func:`capture`
+    puts a :class:`~hawq.quant.modules.QuantAct` of this ``role`` (:data:`hawq.numerics.ACT_ROLES`)
+    exactly here, named by this module's path (as torch.ao's ``QuantStub`` or Brevitas's
+    ``QuantIdentity``). Readers of its output take that grid as it is; ``role="accumulator"`` is a
+    16-bit requantization (HAWQ's ``quant_act_int32`` without an identity), ``relu_after`` says a
+    ReLU follows it. HAWQ-V3's layouts of the named archs are float models with these points
+    (:mod:`hawq.models.hawq_layout`)."""
+
+    def __init__(self, role: str, relu_after: bool = False):
+        super().__init__()
+        if role not in N.ACT_ROLES:
+            raise HawqError(f"QuantPoint: unknown role {role!r}; one of {', '.join(N.ACT_ROLES)}")
+        self.role, self.relu_after = role, relu_after
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def extra_repr(self) -> str:
+        return f"role={self.role!r}" + (", relu_after=True" if self.relu_after else "")
+
+
+_SUPPORTED_MODULES = (QuantPoint, *_TABLE_MODULES, nn.Conv2d, nn.BatchNorm2d, nn.Linear, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.MaxPool2d,
                       nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.Flatten, *_PAD_MODULES, *_PASS_MODULES)
 _PAD_FN = tuple({F.pad, getattr(torch._C._nn, "pad", F.pad)})
 
@@ -78,6 +105,10 @@ class _Val:
     kind: str                 # float | acc | act | wide
     nonneg: bool = False
     flat: bool = False        # [B, C]: after a global pool
+
+
+def _pair(v) -> tuple[int, int]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
 def _is_relu6(m: nn.Module) -> bool:
@@ -110,13 +141,16 @@ def _is_plain_linear(m: nn.Module) -> bool:
 
 
 class _Tracer(fx.Tracer):
-    """torch.fx's tracer, with BatchNorm + activation modules (timm's ``BatchNormAct2d``) kept whole
-    (traced through, their hand-copied batch norm would be loose arithmetic on buffers), and timm's
+    """torch.fx's tracer, with our own points (:class:`QuantPoint`) and the cross-rank batch norm of
+    distributed QAT (:class:`hawq.distributed.SyncBatchNorm2d`, batch norm in eval) kept whole, and
+    BatchNorm + activation modules (timm's ``BatchNormAct2d``) too (traced through, their
+    hand-copied batch norm would be loose arithmetic on buffers), and timm's
     ``Conv2dSame`` too (its padding depends on the input size: the capture computes it from the
     propagated shape), and timm's ``Linear``."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return _is_bn_act(m) or _is_conv_same(m) or _is_plain_linear(m) or super().is_leaf_module(m, qualname)
+        return (isinstance(m, (QuantPoint, SyncBatchNorm2d)) or _is_bn_act(m) or _is_conv_same(m)
+                or _is_plain_linear(m) or super().is_leaf_module(m, qualname))
 
 
 def trace(model: nn.Module, name: str = "model") -> fx.GraphModule:
@@ -279,7 +313,9 @@ class _Mapper:
 
     def visit_module(self, n: fx.Node, m: nn.Module) -> None:
         path = str(n.target)
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, QuantPoint):
+            self.quant_point(n, m, path)
+        elif isinstance(m, nn.Conv2d):
             self.conv(n, m, path)
         elif isinstance(m, nn.BatchNorm2d):
             if n in self.fused_bn:
@@ -474,6 +510,18 @@ class _Mapper:
             raise HawqError(f"{self.name}: {path}.act ({type(act).__name__}) has no integer-only "
                             f"implementation{_source_line(n)}")
 
+    def quant_point(self, n: fx.Node, m: QuantPoint, path: str) -> None:
+        """An explicit quantizer: a QuantAct of the point's role on whatever arrives (an accumulator
+        role gives a ``wide`` value; the others an ``act`` that readers take as it is)."""
+        v = self.arg(n, n.args[0])
+        if (m.role == "input") != (v.kind == "float"):
+            raise self.fail(n, "QuantPoint", f"of role {m.role!r} reads {'the image' if v.kind == 'float' else 'a feature'}"
+                            "; role 'input' quantizes the image and only it")
+        name = self.add_module(path, QuantAct(m.role, self.config, relu_after=m.relu_after))
+        kind = "wide" if m.role == "accumulator" else "act"
+        nonneg = m.role == "relu" or (m.role == "accumulator" and v.nonneg)
+        self.vals[n] = _Val(self.call(name, v.node), kind, nonneg, v.flat)
+
     def table(self, n: fx.Node, function: str, path: str) -> None:
         """A pointwise nonlinearity: a table over its input's <= 8-bit grid (QuantLut)."""
         v = self.arg(n, n.args[0])
@@ -526,8 +574,8 @@ class _Mapper:
         """Whether every user of ``n`` flattens it to [batch, features] (or is the linear layer /
         output that reads it so): then a pool to 1×1 is the global pool of a classifier head."""
         def flat(u: fx.Node) -> bool:
-            if u.op == "call_method":
-                return u.target in _FLATTEN_METHODS and len(self.spatial(u)) == 2
+            if u.op == "call_method":       # x.view(x.size(0), -1): the size query reads no values
+                return u.target in ("size", "dim") or (u.target in _FLATTEN_METHODS and len(self.spatial(u)) == 2)
             if u.op == "call_function":
                 return u.target in _FLATTEN_FN
             if u.op == "call_module":
@@ -538,14 +586,18 @@ class _Mapper:
     def avgpool(self, n: fx.Node, m: nn.Module, path: str) -> None:
         v = self.arg(n, n.args[0])
         shape_in, shape_out = self.spatial(n.args[0]), self.spatial(n)
-        if len(shape_out) == 4 and shape_out[2:] == (1, 1):
+        # a pool to 1x1 is the global pool when it is adaptive or one unpadded window over the whole map
+        # (not a padded 3x3 window that happens to meet a 1x1 map: that one divides by 9)
+        whole = isinstance(m, nn.AdaptiveAvgPool2d) or (
+            len(shape_in) == 4 and _pair(m.kernel_size) == tuple(shape_in[2:]) and _pair(m.padding) == (0, 0))
+        if len(shape_out) == 4 and shape_out[2:] == (1, 1) and whole:
             if self._flattened(n):
                 return self.global_pool(n, v, path)
             # pooled features that stay [B, C, 1, 1] for a conv (squeeze-excitation, MobileNetV3's head):
             # the window pool over the whole map (also of a 1x1 map: the program, and so the layer
             # names of a bit_config, do not depend on the input size)
             m = nn.AvgPool2d(tuple(shape_in[2:]), tuple(shape_in[2:]))
-        elif len(shape_in) == 4 and shape_in[2:] == shape_out[2:]:
+        elif isinstance(m, nn.AdaptiveAvgPool2d) and len(shape_in) == 4 and shape_in[2:] == shape_out[2:]:
             self.vals[n] = v                          # adaptive pool to the size it already has
             return
         if isinstance(m, nn.AvgPool2d):
@@ -690,8 +742,10 @@ class QuantGraphModel(QuantModel):
     [B, 3, H, W] -> :class:`~hawq.quant.graph.Q` logits."""
 
     def __init__(self, modules: dict[str, nn.Module], graph: fx.Graph, arch: str, config: QuantConfig,
-                 bit_config: dict[str, int] | None = None):
+                 bit_config: dict[str, int] | None = None, blocks: Sequence[str] | None = None):
         super().__init__(arch, config)
+        #: module-path scopes of the reconstruction blocks (:meth:`graph_blocks`); None: the residual units
+        self.block_scopes = tuple(blocks) if blocks is not None else None
         for path, module in modules.items():
             _set_submodule(self, path, module)
         # not registered as a child: it holds the very modules above, under the same paths
@@ -702,25 +756,30 @@ class QuantGraphModel(QuantModel):
         return self.program(x)
 
     def graph_blocks(self) -> list["GraphUnit"]:
-        """The residual units of the program, found from its graph (BRECQ's / QDrop's blocks): for each
-        residual add ``<scope>.add``, the contiguous run of program nodes from the first module under
-        ``<scope>.`` to the add and the ReLU that follows it, when that run reads one value from
-        before it and only its last value is read after it (otherwise its layers stay units of their own)."""
+        """The blocks of the program (BRECQ's / QDrop's): by default its residual units, found from the
+        graph: for each residual add (an accumulator quantizer with an identity) under ``<scope>.``, the
+        contiguous run of program nodes from the first module under ``<scope>.`` to the add and the ReLU
+        that follows it; with declared :attr:`block_scopes`, the run from the first to the last module
+        under each scope (and a ReLU after it). A run is a block when it reads one value from before it
+        and only its last value is read after it (otherwise its layers stay units of their own)."""
         nodes = list(self.program.graph.nodes)
         index = {n: i for i, n in enumerate(nodes)}
+        under = lambda scope: [i for i, m in enumerate(nodes)  # noqa: E731
+                               if m.op == "call_module" and str(m.target).startswith(scope + ".")]
+        if self.block_scopes is None:
+            ends = [(str(n.target).rsplit(".", 1)[0], index[n]) for n in nodes
+                    if n.op == "call_module" and "identity" in n.kwargs and "." in str(n.target)]
+        else:
+            ends = [(scope, under(scope)[-1]) for scope in self.block_scopes if under(scope)]
         out = []
-        for n in nodes:
-            if not (n.op == "call_module" and str(n.target).endswith(".add")):
-                continue
-            scope = str(n.target)[:-len(".add")]
-            first = next(i for i, m in enumerate(nodes) if m.op == "call_module" and str(m.target).startswith(scope + "."))
-            last = index[n]
+        for scope, last in ends:
+            first = under(scope)[0]
             while (last + 1 < len(nodes) and nodes[last + 1].op == "call_module"
                    and nodes[last + 1].target in ("relu", "relu6") and nodes[last + 1].args[0] is nodes[last]):
                 last += 1
             run = nodes[first:last + 1]
             inside = set(run)
-            if any(u not in inside for m in run[:-1] for u in m.users):
+            if first > last or any(u not in inside for m in run[:-1] for u in m.users):
                 continue
             inputs = {a for m in run for a in m.all_input_nodes if a not in inside}
             if len(inputs) == 1 and not (out and index[out[-1].nodes[-1]] >= first):
@@ -816,11 +875,18 @@ def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
 
 
 def capture(model: nn.Module, example: torch.Tensor, config: QuantConfig | None = None,
-            bit_config: dict[str, int] | None = None, name: str = "model", copy_model: bool = True) -> QuantGraphModel:
+            bit_config: dict[str, int] | None = None, name: str = "model", copy_model: bool = True,
+            names: Callable[[str], str] | None = None, blocks: Sequence[str] | None = None,
+            order: Callable[[list[str]], list[str]] | None = None) -> QuantGraphModel:
     """Quantize ``model`` (a float ``nn.Module``, BN not yet folded) for inputs like ``example``
     (float32 [B, 3, H, W]; used once to propagate shapes). ``bit_config``: bits per layer name (the
     model's module paths; None: 8 bits, residual accumulators 16). ``copy_model``: work on a deep
-    copy (False: the quant modules train ``model``'s own parameters). Returns the model in train mode."""
+    copy (False: the quant modules train ``model``'s own parameters). ``names``: the name of each
+    quant module given its captured path (one to one; a layout's own names, e.g. HAWQ-V3's);
+    ``blocks``: the module scopes of the reconstruction blocks (default: the residual units);
+    ``order``: the order the (named) modules are registered in, given the program's (it is the order
+    of :meth:`~hawq.models.base.QuantModel.quant_layer_names` and of a bit_config).
+    Returns the model in train mode."""
     config = config if config is not None else QuantConfig()
     src = copy.deepcopy(model) if copy_model else model
     gm = trace(src, name)
@@ -832,5 +898,20 @@ def capture(model: nn.Module, example: torch.Tensor, config: QuantConfig | None 
         raise HawqError(f"{name}: does not run on an input of shape {list(example.shape)} ({line})") from None
     mapper = _Mapper(gm, config, name)
     graph = mapper.run()
+    modules = mapper.modules
+    if names is not None:
+        new = {path: names(path) for path in modules}
+        if len(set(new.values())) < len(new):
+            twice = next(v for v in new.values() if list(new.values()).count(v) > 1)
+            raise HawqError(f"{name}: two modules are both named {twice!r}")
+        modules = {new[p]: m for p, m in modules.items()}
+        for n in graph.nodes:
+            if n.op == "call_module":
+                n.target = new[str(n.target)]
+    if order is not None:
+        ordered = order(list(modules))
+        if sorted(ordered) != sorted(modules):
+            raise HawqError(f"{name}: the module order is not a permutation of the modules")
+        modules = {k: modules[k] for k in ordered}
     graph.lint()
-    return QuantGraphModel(mapper.modules, graph, name, config, bit_config).train()
+    return QuantGraphModel(modules, graph, name, config, bit_config, blocks).train()

@@ -27,7 +27,7 @@ class ArchInfo:
     ``input_size`` is the canonical square input side in pixels (MACs are counted there),
     ``stem_maxpool`` says whether the stem ends with a max pool (ImageNet ResNets),
     ``init_conv`` is the HAWQ name of the stem convolution (ResNet family; None otherwise),
-    ``family`` selects the quantized wrapper (``resnet`` — RegNetX's units are ResNet bottlenecks —
+    ``family`` selects HAWQ-V3's layout (:mod:`hawq.models.hawq_layout`; ``resnet`` — RegNetX's units are ResNet bottlenecks —
     ``mobilenetv2`` or ``inception``) and ``min_input`` is the smallest input side the network
     takes (InceptionV3's stem and reductions need 75 px; on 32×32 Fashion-MNIST the images are
     upscaled, :func:`default_input_size`).

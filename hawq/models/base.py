@@ -1,9 +1,10 @@
-"""What every quantized model wrapper shares: bit widths by HAWQ layer name, HAWQ quantized_checkpoint
-loading, activation-range freezing, and the eval-mode integer forward (chunked).
+"""What every quantized model shares: bit widths by layer name, HAWQ quantized_checkpoint loading,
+activation-range freezing, and the eval-mode integer forward (chunked).
 
-A wrapper subclasses :class:`QuantModel`, creates its quant modules with a :class:`Builder` (the run's
-:class:`~hawq.quant.config.QuantConfig`), calls :meth:`QuantModel.finish` with its ``bit_config``,
-and implements :meth:`QuantModel.forward_q` (float image -> :class:`~hawq.quant.graph.Q` logits).
+The one implementation is the captured model (:class:`hawq.capture.QuantGraphModel`: the named
+archs too, in HAWQ-V3's layout, :mod:`hawq.models.hawq_layout`); it registers its quant modules,
+calls :meth:`QuantModel.finish` with its ``bit_config`` and implements :meth:`QuantModel.forward_q`
+(float image -> :class:`~hawq.quant.graph.Q` logits).
 """
 from __future__ import annotations
 
@@ -13,62 +14,11 @@ import torch.nn as nn
 from hawq.errors import HawqError
 from hawq.quant.config import QuantConfig
 from hawq.quant.graph import Q
-from hawq.quant.modules import (QuantAct, QuantAveragePool2d, QuantBnConv2d, QuantLinear, QuantMaxPool2d,
-                                QuantReLU, QuantReLU6, QuantConcat, QuantWindowAvgPool2d)
+from hawq.quant.modules import QuantAct, QuantBnConv2d, QuantLinear
 
-__all__ = ["QUANT_TYPES", "Builder", "QuantModel"]
+__all__ = ["QUANT_TYPES", "QuantModel"]
 
 QUANT_TYPES = (QuantAct, QuantBnConv2d, QuantLinear)
-
-
-class Builder:
-    """Creates quant modules with the run's :class:`QuantConfig`; bit widths are set afterwards."""
-
-    def __init__(self, config: QuantConfig):
-        self.config = config
-
-    def act(self, role: str, relu_after: bool = False) -> QuantAct:
-        return QuantAct(role, self.config, relu_after=relu_after)
-
-    def convbn(self, block: nn.Module) -> QuantBnConv2d:
-        """A pytorchcv ConvBlock (``.conv``, ``.bn``) as one conv with BN folded."""
-        return QuantBnConv2d(block.conv, block.bn, self.config)
-
-    def linear(self, fc: nn.Module) -> QuantLinear:
-        """A Linear head, or a 1×1 Conv2d head (MobileNetV2's ``output``) as the same Linear."""
-        if isinstance(fc, nn.Conv2d):
-            if fc.kernel_size != (1, 1) or fc.groups != 1:
-                raise HawqError(f"unsupported conv head {fc}; expected a 1x1 convolution")
-            lin = nn.Linear(fc.in_channels, fc.out_channels, bias=fc.bias is not None)
-            with torch.no_grad():
-                lin.weight.copy_(fc.weight.reshape(fc.out_channels, -1))
-                if fc.bias is not None:
-                    lin.bias.copy_(fc.bias)
-            fc = lin
-        if not isinstance(fc, nn.Linear):
-            raise HawqError(f"unsupported head {type(fc).__name__}; expected a Linear output layer")
-        return QuantLinear(fc, self.config)
-
-    def avgpool(self) -> QuantAveragePool2d:
-        return QuantAveragePool2d(self.config)
-
-    def window_avgpool(self, pool: nn.AvgPool2d) -> QuantWindowAvgPool2d:
-        return QuantWindowAvgPool2d(pool, self.config)
-
-    @staticmethod
-    def maxpool(pool: nn.MaxPool2d) -> QuantMaxPool2d:
-        return QuantMaxPool2d(pool)
-
-    @staticmethod
-    def relu() -> QuantReLU:
-        return QuantReLU()
-
-    def relu6(self) -> QuantReLU6:
-        return QuantReLU6(self.config)
-
-    @staticmethod
-    def concat() -> QuantConcat:
-        return QuantConcat()
 
 
 class QuantModel(nn.Module):
@@ -79,9 +29,6 @@ class QuantModel(nn.Module):
         super().__init__()
         self.config = config if config is not None else QuantConfig()
         self.arch = arch
-
-    def builder(self) -> Builder:
-        return Builder(self.config)
 
     def finish(self, bit_config: dict[str, int]) -> None:
         """Name every module for graph recording and error messages, then set the bit widths

@@ -1,5 +1,6 @@
 """Model construction: floating-point models (pytorchcv archs, captured specs; optionally pretrained)
-and their quantized models (the wrappers of :data:`WRAPPERS`, or :func:`hawq.capture.capture`).
+and their quantized models (every one a capture, :func:`hawq.capture.capture`; the named archs in
+HAWQ-V3's layout, :mod:`hawq.models.hawq_layout`).
 Rebuilding a quantized model from a file is :mod:`hawq.models.restore`."""
 from __future__ import annotations
 
@@ -11,17 +12,9 @@ from hawq.errors import HawqError
 from hawq.quant.config import QuantConfig
 from hawq.models.archs import arch_info, build_fp_model, check_input_size, conv_of, input_size_of
 from hawq.models.base import QuantModel
-from hawq.models.inception import QuantInceptionV3
-from hawq.models.mobilenet import QuantMobileNetV2
-from hawq.models.resnet import QuantResNet
 
-__all__ = ["WRAPPERS", "GlobalAvgPool", "replace_head", "fp_model", "fp_model_pretrained", "zero_init_residual",
+__all__ = ["GlobalAvgPool", "replace_head", "fp_model", "fp_model_pretrained", "zero_init_residual",
            "load_fp_weights", "fp_model_for_state", "check_arch", "resolve_input_size", "quant_model"]
-
-#: The quantized wrapper of each :attr:`hawq.models.layers.ArchInfo.family`.
-WRAPPERS: dict[str, type[QuantModel]] = {"resnet": QuantResNet, "mobilenetv2": QuantMobileNetV2,
-                                         "inception": QuantInceptionV3}
-
 
 class GlobalAvgPool(nn.AdaptiveAvgPool2d):
     """pytorchcv's final AvgPool2d(7|8) only fits the canonical input size; the global pool is the
@@ -181,9 +174,11 @@ def resolve_input_size(input_size: int | None, dataset: str, arch: str | None, r
 
 def quant_model(arch: str, bits: dict[str, int], num_classes: int, fp: nn.Module | None = None,
                 config: QuantConfig | None = None, input_size: int | None = None) -> QuantModel:
-    """The quantized model of ``arch`` with per-layer ``bits`` and ``config``, wrapping ``fp`` (or a
-    fresh FP model). ``input_size``: the square input side a captured model is traced at (default
-    the arch's canonical one); the wrappers of :data:`WRAPPERS` take any size."""
+    """The quantized model of ``arch`` with per-layer ``bits`` and ``config``, capturing ``fp`` (or a
+    fresh FP model; its parameters are the ones QAT trains). ``input_size``: the square input side a
+    captured model is traced at (default the arch's canonical one); a named arch is captured in
+    HAWQ-V3's layout (:func:`hawq.models.hawq_layout.hawq_model`, ``fp`` edited in place to HAWQ's
+    quantization points) and takes any size."""
     if fp is None:
         fp = fp_model(arch, num_classes)
     info = arch_info(arch)
@@ -192,4 +187,5 @@ def quant_model(arch: str, bits: dict[str, int], num_classes: int, fp: nn.Module
         size = input_size or info.input_size
         example = torch.zeros(2, 3, size, size)
         return capture(fp, example, config, bits, name=arch, copy_model=False)
-    return WRAPPERS[info.family](fp, bits, arch=arch, config=config)
+    from hawq.models.hawq_layout import hawq_model      # imports torch.fx and torchvision: when used
+    return hawq_model(arch, fp, bits, config)

@@ -91,7 +91,7 @@ def _macs_per_image(module: nn.Module, output: torch.Tensor) -> int:
 
 
 def _traced_layers(arch: str) -> tuple[LayerSpec, ...]:
-    """The inventory of a non-ResNet arch, read off its quantized wrapper at the canonical input size
+    """The inventory of a non-ResNet arch, read off its quantized model at the canonical input size
     (:func:`model_layers`)."""
     from hawq.models.factory import fp_model, quant_model
 

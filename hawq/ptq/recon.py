@@ -133,24 +133,13 @@ def _value_at(model: nn.Module, unit: nn.Module, x: torch.Tensor, output: bool) 
 
 
 def units(model: nn.Module, blockwise: bool) -> list[tuple[str, nn.Module]]:
-    """Reconstruction units in forward order: with ``blockwise`` each unit of a stage (a residual
-    block) is one unit, and weighted layers outside stages are their own; else every weighted layer.
-    A captured model finds its blocks in its graph (:meth:`hawq.capture.QuantGraphModel.recon_units`)."""
+    """Reconstruction units in forward order: with ``blockwise`` each block of a quantized model
+    (found in its graph or declared by its layout, :meth:`hawq.capture.QuantGraphModel.recon_units`)
+    is one unit and weighted layers outside blocks are their own; else every weighted layer. Any
+    other module: every weighted layer."""
     if isinstance(model, QuantGraphModel):
         return model.recon_units(blockwise)
-    stage_names = set(getattr(model, "stage_names", ()))
-    stages = {n for n, m in model.named_modules() if isinstance(m, nn.Sequential) and n.split(".")[-1] in stage_names}
-    out, covered = [], []
-    for name, m in model.named_modules():
-        if any(name.startswith(c + ".") for c in covered):
-            continue
-        parent = name.rsplit(".", 1)[0] if "." in name else ""
-        if blockwise and parent in stages and any(isinstance(x, WEIGHTED) for x in m.modules()):
-            out.append((name, m))
-            covered.append(name)
-        elif isinstance(m, WEIGHTED):
-            out.append((name, m))
-    return out
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, WEIGHTED)]
 
 
 def _rec_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

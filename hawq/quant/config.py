@@ -1,6 +1,6 @@
 """One owner for quantization settings: :class:`QuantConfig`.
 
-Built once (from quant_train.py's flags, a checkpoint, or code), passed to the model wrapper and
+Built once (from quant_train.py's flags, a checkpoint, or code), passed to the quantized model and
 from there to every quantized module, saved in every checkpoint (``ckpt["quant_config"]``) and
 restored from it. Nothing else restates these defaults.
 """

@@ -623,3 +623,85 @@ def test_new_families_compile_for_cuda_emulated(name, side):
     x = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(1))
     graph = export_integer(model, (3, side, side))["graph"]
     assert (tvm_outputs(graph, x.numpy(), "cuda", emulate=True) == run_graph(graph, x.numpy())).all()
+
+
+# --------------------------------------------------------------------------- pools, points, names
+class _PaddedPools(nn.Module):
+    """Inception's average-pool branch twice: on a 4x4 map and on a 1x1 map (where a padded 3x3
+    window that counts its padding divides by 9), then pytorchcv's ``x.view(x.size(0), -1)`` head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU())
+        self.pool4 = nn.AvgPool2d(3, 1, 1)
+        self.down = nn.Sequential(nn.Conv2d(8, 8, 3, 4, 1), nn.BatchNorm2d(8), nn.ReLU())
+        self.pool1 = nn.AvgPool2d(3, 1, 1)
+        self.mix = nn.Sequential(nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8), nn.ReLU())
+        self.final_pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.final_pool(self.mix(self.pool1(self.down(self.pool4(self.stem(x))))))
+        return self.fc(x.view(x.size(0), -1))
+
+
+def test_padded_average_pools_are_kept_and_the_quantized_model_tracks_the_float_one():
+    """A stride-1 padded 3x3 average pool keeps the map's size but is not the identity (it was dropped
+    once), and on a 1x1 map it is not the whole-map mean either (x/9, not x): the quantized model
+    must compute the float model's function, to 8-bit precision."""
+    from hawq.quant.modules import QuantAveragePool2d, QuantFlatten, QuantWindowAvgPool2d
+    torch.manual_seed(0)
+    model = _PaddedPools().eval()
+    randomize_bn(model)
+    x = torch.randn(16, 3, 8, 8)
+    q = capture(model, x[:1])
+    with torch.no_grad():
+        q.train()
+        q(x)
+        q.eval()
+        want, got = model(x), q(x)
+    assert isinstance(q.pool4, QuantWindowAvgPool2d) and isinstance(q.pool1, QuantWindowAvgPool2d)
+    assert tuple(q.pool1.kernel) == (3, 3) and tuple(q.pool1.padding) == (1, 1)     # the model's window, not the 1x1 map
+    # x.size(0) reads no values: the pool before the view is the classifier's global pool, no flatten
+    assert isinstance(q.final_pool, QuantAveragePool2d) and not any(isinstance(m, QuantFlatten) for m in q.modules())
+    assert ((got - want).norm() / want.norm()).item() < 0.05
+    assert (hawq.run_reference(hawq.export_program(q, input_shape=(3, 8, 8)), x) == q.forward_int(x).numpy()).all()
+
+
+class _Pointed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.q = hawq.QuantPoint("accumulator", relu_after=True)
+        self.relu = nn.ReLU()
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), hawq.QuantPoint("signed"), nn.Linear(8, 4))
+
+    def forward(self, x):
+        return self.head(self.relu(self.q(self.bn(self.conv(x)))))
+
+
+def test_quant_points_place_named_quantizers_and_layouts_rename_them():
+    """A QuantPoint is a quantizer of its role exactly where it stands, named by its path, and readers
+    take its grid (no second quantizer); ``names`` renames every module, totally and one to one."""
+    from hawq.quant.modules import QuantAct
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 8, 8)
+    q = capture(_Pointed(), x[:1])
+    acts = {n: m.role for n, m in q.named_modules() if isinstance(m, QuantAct)}
+    assert acts == {"quant_input": "input", "q": "accumulator", "head.2": "signed"}
+    assert q.bit_config()["q"] == 16 and q.q.relu_after
+    with torch.no_grad():
+        q(x)
+    q.eval()
+    assert (hawq.run_reference(hawq.export_program(q, input_shape=(3, 8, 8)), x) == q.forward_int(x).numpy()).all()
+    names = {"quant_input": "qin", "conv": "c", "q": "acc", "relu": "relu", "head.0": "pool", "head.2": "qh", "head.3": "fc"}
+    r = capture(_Pointed(), x[:1], names=names.__getitem__, order=lambda ns: sorted(ns))
+    assert r.quant_layer_names() == ["acc", "c", "fc", "qh", "qin"]
+    with pytest.raises(HawqError, match="two modules are both named 'x'"):
+        capture(_Pointed(), x[:1], names=lambda p: "x")
+    with pytest.raises(HawqError, match="unknown role 'wide'"):
+        hawq.QuantPoint("wide")
+    bad = nn.Sequential(hawq.QuantPoint("relu"), nn.Conv2d(3, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with pytest.raises(HawqError, match=r"0 \(QuantPoint\) of role 'relu' reads the image"):
+        capture(bad, x[:1])

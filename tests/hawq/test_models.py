@@ -164,3 +164,44 @@ def test_module_buffers_follow_hawq_layout(small_model):
 def test_fp_model_any_input_size():
     m = fp_model("resnet18", 10).eval()
     assert m(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+# --------------------------------------------------------------------------- HAWQ's layout, captured
+@pytest.mark.parametrize("arch,side", [("resnet18", 32), ("resnet20_cifar10", 32), ("mobilenetv2_w1", 32),
+                                       ("inceptionv3", 75)])
+def test_named_archs_are_captures_in_hawqs_layout(arch, side):
+    """One path: a named arch is a captured model whose layout (quantization points, names) is
+    HAWQ-V3's; placing the points leaves the float model's function unchanged; the blocks BRECQ and
+    QDrop reconstruct are HAWQ's units (residual or not)."""
+    import copy
+    from hawq.capture import QuantGraphModel, QuantPoint
+    from hawq.models.archs import arch_info
+    from hawq.models.hawq_layout import LAYOUTS
+    from hawq.ptq.recon import units
+    torch.manual_seed(0)
+    fp = fp_model(arch, 10).eval()
+    placed = copy.deepcopy(fp)
+    LAYOUTS[arch_info(arch).family].place(placed, arch_info(arch))
+    x = torch.randn(2, 3, side, side)
+    with torch.no_grad():
+        torch.testing.assert_close(placed(x), fp(x), rtol=0, atol=1e-5)
+    assert any(isinstance(m, QuantPoint) for m in placed.modules())
+    q = quant_model(arch, {}, 10, fp=fp)
+    assert isinstance(q, QuantGraphModel) and "def forward" in q.program.code
+    again = quant_model(arch, {}, 10, fp=fp)          # placed once: a second model shares the parameters
+    assert again.quant_layer_names() == q.quant_layer_names() and again.state_dict().keys() == q.state_dict().keys()
+    assert next(iter(again.parameters())) is next(iter(q.parameters()))
+    blocks = [n for n, _ in units(q, blockwise=True)]
+    unit = {"resnet18": "stage2.unit1", "resnet20_cifar10": "stage3.unit3", "mobilenetv2_w1": "features.stage1.unit1",
+            "inceptionv3": "features.stage2.unit1"}[arch]
+    assert unit in blocks and not any(b.startswith(unit + ".") for b in blocks)
+
+
+def test_a_layout_that_cannot_name_a_module_is_a_one_line_error(monkeypatch):
+    from hawq.models import hawq_layout
+    layout = hawq_layout.LAYOUTS["resnet"]
+    names = lambda info: [(p, r) for p, r in layout.names(info) if not p.endswith(r"identity_conv\.conv")]  # noqa: E731
+    monkeypatch.setitem(hawq_layout.LAYOUTS, "resnet", hawq_layout.Layout(layout.place, names, layout.order))
+    with pytest.raises(HawqError, match="resnet18: HAWQ's layout has no name for the captured module "
+                                        "'features.stage2.unit1.identity_conv.conv'"):
+        quant_model("resnet18", {}, 10)

@@ -177,8 +177,6 @@ def test_adaround_starts_at_nearest_and_ends_at_floor_or_ceil():
 def test_reconstruction_lowers_the_unit_error_and_writes_integers():
     torch.manual_seed(0)
     layer = _convbn(torch.tensor([0.7, -1.3, 2.5, 1.0, 0.4, 0.9, 1.1, -0.6]), 2, seed=3)
-    model = nn.Sequential(layer)
-    model.stage_names = ()
     s = W.layer_scale(layer, "absmax", True, "before")
     layer.fixed_weight_scale.copy_(s)
     images = torch.randn(64, 3, 6, 6)
@@ -196,8 +194,6 @@ def test_reconstruction_lowers_the_unit_error_and_writes_integers():
 
     # a bare Sequential: the unit's input is the model input; wrap so capture hooks see Q values
     class Wrap(nn.Module):
-        stage_names = ()
-
         def __init__(self):
             super().__init__()
             self.layer = layer
