@@ -49,6 +49,7 @@ hawq-conformance: setup
 bench: setup
 	$(PY) -m hawq.benchmarks.qat_overhead --quantizer minmax lsq pact dorefa --ddp 2
 	$(PY) -m hawq.benchmarks.api --models resnet50 mobilenet_v2 --input-size 224 --images 64
+	$(PY) -m hawq.benchmarks.reference -a resnet18 resnet50 -b 1 8 32
 	$(PY) -m tvm_benchmark.apps.bench -a resnet18 resnet50 --quant-scheme uniform8 uniform4 bops_0.5 -b 1 8 --threads 2
 	$(PY) -m tvm_benchmark.apps.bench -a mobilenetv2_w1 regnetx006 inceptionv3 --quant-scheme uniform8 uniform4 -b 1 8 --threads 2
 	$(PY) -m tvm_benchmark.apps.bench -a torchvision:mobilenet_v3_small torchvision:efficientnet_b0 --quant-scheme uniform8 -b 1 --threads 2
