@@ -12,6 +12,7 @@ import tvm
 from tvm import relax
 
 from conftest import build_calibrated, corrupt_requant, csv_rows, tvm_outputs
+from hawq import ir
 from hawq.bit_config import list_schemes
 from hawq.errors import HawqError
 from hawq.export import export_integer, save_artifact
@@ -229,11 +230,30 @@ def test_layer_latency_table(tmp_path):
     assert layer_latency.main(["-a", "resnet20_cifar10", "--out", str(tmp_path / "t.csv"), "--no-progress"]) == 0
     import pandas as pd
     df = pd.read_csv(tmp_path / "t.csv")
-    assert list(df.columns) == ["layer", "bits", "median_ms", "p90_ms"]
+    assert list(df.columns) == ["layer", "bits", "median_ms", "p90_ms", "macs", "gmac_s", "epilogue_ms"]
+    # resnet20: the stem reads 3x32x32 at 16 filters of 3x3x3; a unit's first conv has a requant epilogue
+    stem = df[(df.layer == "quant_init_block_convbn") & (df.bits == 8)].iloc[0]
+    assert stem.macs == 16 * 32 * 32 * 27 and stem.epilogue_ms >= 0
+    assert df[df.layer == "stage1.unit1.quant_convbn2"].epilogue_ms.isna().all()    # read by a residual add
     from hawq.bit_config import load_scheme
     four = {k for k, v in load_scheme("resnet20_cifar10", "uniform4").items() if v == 4}
     assert set(df[df.bits == 4].layer) == {n for n in df.layer if n in four}
     assert (df.median_ms >= 0).all() and len(df[df.bits == 8]) == df.layer.nunique()
+
+
+def test_layer_latency_knows_each_layers_macs_and_epilogue():
+    """What a row reports beside the time: MACs per batch and the fused chain timed as the epilogue."""
+    from tvm_benchmark.apps import layer_latency
+    graph, shapes = layer_latency.calibrated_graph("resnet20_cifar10", "uniform8", 2)
+    nodes = {n.name: n for n in graph.nodes if isinstance(n, (ir.Conv2d, ir.Dense))}
+    chain = lambda name: [type(n).__name__ for n in layer_latency.epilogue_of(graph, nodes[name])]  # noqa: E731
+    assert chain("quant_init_block_convbn") == ["Requant"]                  # the stem's quant_act_int32
+    assert chain("stage1.unit1.quant_convbn1") == ["Relu", "Requant"]       # ReLU, then quant_act1
+    assert chain("stage1.unit1.quant_convbn2") == [] and chain("quant_output") == []   # residual add; logits
+    stem = nodes["quant_init_block_convbn"]
+    assert layer_latency.layer_macs(stem, shapes[stem.output], 2) == 2 * 16 * 32 * 32 * 27
+    head = nodes["quant_output"]
+    assert layer_latency.layer_macs(head, shapes[head.output], 2) == 2 * 10 * 64
 
 
 def test_layer_latency_measures_the_program_of_the_input_size():

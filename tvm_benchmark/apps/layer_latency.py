@@ -2,9 +2,14 @@
 
     python -m tvm_benchmark.layer_latency -a resnet18 [--target llvm] [--isa vnni] [-b 1] [--threads 2]
 
-writes ``results/layer_latency/<host key>/<arch>.csv`` (``layer,bits,median_ms,p90_ms``;
-the key names the host's LLVM CPU and the kernel family, e.g. ``llvm-znver3-avx2``), which
-``hawq.mpq --constraint latency=...`` reads for the current host (or ``--latency-table PATH``).
+writes ``results/layer_latency/<host key>/<arch>.csv`` (``layer,bits,median_ms,p90_ms,macs,gmac_s,
+epilogue_ms``; the key names the host's LLVM CPU and the kernel family, e.g. ``llvm-znver3-avx2``),
+which ``hawq.mpq --constraint latency=...`` reads for the current host (or ``--latency-table PATH``).
+``macs``: multiply-accumulates per batch; ``gmac_s``: what the layer achieved (macs / median);
+``epilogue_ms``: the time the requantization that reads the layer's accumulators adds to it (with a
+ReLU or clamp before it, as TVM fuses them: the layer and its epilogue compiled together, timed the
+same way, minus the layer alone; empty where a residual add or several nodes read them), so a slow
+epilogue shows beside its convolution.
 
 Each layer is compiled alone, exactly as it is compiled inside the whole program (same kernel
 choice — at 4 bits the saturation-free ``vpmaddubsw`` kernel applies — same epilogue), from the
@@ -42,9 +47,9 @@ from tvm_benchmark.isa import resolve
 from tvm_benchmark.runtime import Runner
 from tvm_benchmark.targets import device_of, target_tag
 
-__all__ = ["cli", "FIELDS", "ROOT", "calibrated_graph", "paired_ms", "layer_rows", "write_rows", "main"]
+__all__ = ["cli", "FIELDS", "ROOT", "calibrated_graph", "layer_macs", "epilogue_of", "paired_ms", "layer_rows", "write_rows", "main"]
 
-FIELDS = ("layer", "bits", "median_ms", "p90_ms")
+FIELDS = ("layer", "bits", "median_ms", "p90_ms", "macs", "gmac_s", "epilogue_ms")
 ROOT = Path(__file__).resolve().parents[2] / "results" / "layer_latency"   # data, not code
 
 
@@ -88,9 +93,42 @@ def paired_ms(layer: tuple[Runner, np.ndarray], stub: tuple[Runner, np.ndarray],
     return np.asarray(diffs)
 
 
+def layer_macs(node: "ir.Conv2d | ir.Dense", out_shape: tuple[int, ...], batch: int) -> int:
+    """Multiply-accumulates of one conv/dense node per batch: output elements (``out_shape`` per
+    image) times the weights each one reads."""
+    return batch * int(np.prod(out_shape)) * int(np.prod(np.shape(node.weight)[1:]))
+
+
+def epilogue_of(graph: ir.Graph, node: ir.Op) -> list[ir.Op]:
+    """The epilogue of ``node``'s accumulators: the chain of one-input nodes (ReLU, clamps) ending in
+    a requantization, each the only reader of the one before, that TVM fuses into one kernel; [] when
+    a residual add or several nodes read them."""
+    chain, value = [], node.output
+    while True:
+        readers = [n for n in graph.nodes if value in n.inputs]
+        if len(readers) != 1 or len(readers[0].inputs) != 1 or not isinstance(
+                readers[0], (ir.Relu, ir.Clamp, ir.Requant, ir.RequantFloat)):
+            return []
+        chain.append(readers[0])
+        if isinstance(readers[0], (ir.Requant, ir.RequantFloat)):
+            return chain
+        value = readers[0].output
+
+
+@dataclasses.dataclass
+class _Job:
+    """One layer at one width: its compiled program (and with its epilogue), stub, MACs per batch."""
+    name: str
+    bits: int
+    layer: tuple
+    stub: tuple
+    macs: int
+    with_epilogue: tuple | None
+
+
 def _jobs(arch: str, batch: int, threads: int, target: str, rng, isa: str | None,
-          input_size: int | None = None) -> list[tuple[str, int, tuple, tuple]]:
-    """(layer, bits, compiled layer, compiled stub) for every conv/dense layer at 8 and at 4 bits."""
+          input_size: int | None = None) -> list[_Job]:
+    """A job for every conv/dense layer at 8 and at 4 bits."""
     jobs, stubs = [], {}
     for bits, scheme in ((8, "uniform8"), (4, "uniform4")):
         graph, shapes = calibrated_graph(arch, scheme, batch, input_size=input_size)
@@ -103,14 +141,17 @@ def _jobs(arch: str, batch: int, threads: int, target: str, rng, isa: str | None
             src = node.inputs[0]
             shape = (batch, *shapes[src])
             base = _stub(*ranges[src])
-            if graph.nodes[0].output == src:   # the stem reads the real input quantizer
-                sub = ir.Graph("input", node.output, [graph.nodes[0], node])
-            else:
-                sub = ir.Graph("input", node.output, [base, dataclasses.replace(node, inputs=["stub:out"])])
+            first = graph.nodes[0] if graph.nodes[0].output == src else None   # the stem reads the real input quantizer
+            layer = node if first else dataclasses.replace(node, inputs=["stub:out"])
+            head = [first or base, layer]
             key = (shape, base.qmin, base.qmax)
             if key not in stubs:
                 stubs[key] = _runner(ir.Graph("input", "stub:out", [base]), shape, threads, target, rng, isa)
-            jobs.append((node.name, bits, _runner(sub, shape, threads, target, rng, isa), stubs[key]))
+            epi = epilogue_of(graph, node)
+            jobs.append(_Job(node.name, bits, _runner(ir.Graph("input", node.output, head), shape, threads, target, rng, isa),
+                             stubs[key], layer_macs(node, shapes[node.output], batch),
+                             None if not epi else
+                             _runner(ir.Graph("input", epi[-1].output, [*head, *epi]), shape, threads, target, rng, isa)))
     return jobs
 
 
@@ -120,15 +161,25 @@ def layer_rows(arch: str, batch: int, threads: int, target: str, passes: int = 3
     each), so a slow spell of a shared machine cannot own one layer's figure."""
     rng = np.random.default_rng(0)
     jobs = _jobs(arch, batch, threads, target, rng, isa, input_size)
-    diffs = {(name, bits): [] for name, bits, _, _ in jobs}
+    diffs = {(j.name, j.bits): [] for j in jobs}
+    both = {(j.name, j.bits): [] for j in jobs}
     with tqdm(total=passes * len(jobs), desc=f"{arch} layers", disable=not progress, leave=False,
               dynamic_ncols=True) as bar:
         for _ in range(passes):
-            for name, bits, layer, stub in jobs:
-                diffs[(name, bits)].extend(paired_ms(layer, stub, rounds=5))
+            for j in jobs:
+                diffs[(j.name, j.bits)].extend(paired_ms(j.layer, j.stub, rounds=5))
+                if j.with_epilogue is not None:
+                    both[(j.name, j.bits)].extend(paired_ms(j.with_epilogue, j.stub, rounds=5))
                 bar.update()
-    return [{"layer": name, "bits": bits, "median_ms": round(max(float(np.median(d)), 0.0), 5),
-             "p90_ms": round(max(float(np.percentile(d, 90)), 0.0), 5)} for (name, bits), d in diffs.items()]
+    rows = []
+    for j in jobs:
+        d, e = diffs[(j.name, j.bits)], both[(j.name, j.bits)]
+        median = max(float(np.median(d)), 0.0)
+        rows.append({"layer": j.name, "bits": j.bits, "median_ms": round(median, 5),
+                     "p90_ms": round(max(float(np.percentile(d, 90)), 0.0), 5), "macs": j.macs,
+                     "gmac_s": round(j.macs / (median * 1e6), 2) if median > 0 else "",
+                     "epilogue_ms": round(max(float(np.median(e)) - median, 0.0), 5) if e else ""})
+    return rows
 
 
 def write_rows(rows: list[dict], path: Path) -> None:
@@ -158,7 +209,9 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else ROOT / target_tag(args.target, family) / f"{name}.csv"
     write_rows(rows, out)
     total = {b: sum(r["median_ms"] for r in rows if r["bits"] == b) for b in (4, 8)}
-    print(f"{len(rows)} rows -> {out}  (sum of medians: 8-bit {total[8]:.3f} ms, 4-bit rows {total[4]:.3f} ms)")
+    epilogue = sum(r["epilogue_ms"] for r in rows if r["bits"] == 8 and r["epilogue_ms"] != "")
+    print(f"{len(rows)} rows -> {out}  (sum of medians: 8-bit {total[8]:.3f} ms, 4-bit rows {total[4]:.3f} ms; "
+          f"8-bit requantization epilogues measured: {epilogue:.3f} ms)")
     return 0
 
 
