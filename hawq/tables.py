@@ -5,8 +5,8 @@ import os
 import platform
 
 
-__all__ = ["markdown_table", "cpuinfo_field", "cpu_name", "cpu_summary", "busy_warning", "exact_int8_host",
-           "INT8_HOST_NOTE"]
+__all__ = ["markdown_table", "cpuinfo_field", "cpu_name", "cpu_summary", "busy_warning", "run_context",
+           "exact_int8_host", "INT8_HOST_NOTE"]
 
 #: What the ONNX programs say where a QDQ file with int8 weights meets a host without VNNI/AMX.
 INT8_HOST_NOTE = ("note: this CPU has no VNNI/AMX: ONNX Runtime's uint8 x int8 kernels saturate pairs of products "
@@ -51,6 +51,15 @@ def exact_int8_host() -> bool:
 
 def cpu_summary() -> str:
     return f"{cpu_name()}, {os.cpu_count()} logical cores"
+
+
+def run_context(threads: int) -> tuple[str, str, str]:
+    """(busy warning or "", host, ISO date) of a benchmark run starting now; the warning is printed."""
+    import datetime
+    warn = busy_warning(threads)
+    if warn:
+        print(warn)
+    return warn, cpu_summary(), datetime.date.today().isoformat()
 
 
 def busy_warning(threads: int) -> str:

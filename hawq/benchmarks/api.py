@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import os
 import time
 
 import torch
 
 from hawq.apps.cli import one_line_errors, run_main
-from hawq.tables import busy_warning, cpu_summary, markdown_table
+from hawq.tables import markdown_table, run_context
 
 __all__ = ["FIELDS", "measure", "main"]
 
@@ -49,10 +48,7 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=64)
     p.add_argument("--out-dir", default="results")
     args = p.parse_args(argv)
-    warn = busy_warning(torch.get_num_threads())
-    if warn:
-        print(warn)
-    host, date = cpu_summary(), datetime.date.today().isoformat()
+    warn, host, date = run_context(torch.get_num_threads())
     rows = []
     for name in args.models:
         r = {"host": host, "date": date, **measure(name, args.input_size, args.images)}

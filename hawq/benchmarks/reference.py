@@ -8,7 +8,6 @@ representative of uniform8). Writes ``results/reference.{csv,md}``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import time
 
@@ -17,7 +16,7 @@ import torch
 
 from hawq.apps.cli import one_line_errors, run_main
 from hawq.fileio import rows_csv, write_text_atomic
-from hawq.tables import busy_warning, cpu_summary, markdown_table
+from hawq.tables import markdown_table, run_context
 
 __all__ = ["FIELDS", "measure", "main"]
 
@@ -70,10 +69,7 @@ def main(argv=None) -> int:
     p.add_argument("--input-size", type=int, default=224)
     p.add_argument("--out-dir", default="results")
     args = p.parse_args(argv)
-    warn = busy_warning(torch.get_num_threads())
-    if warn:
-        print(warn)
-    host, date = cpu_summary(), datetime.date.today().isoformat()
+    warn, host, date = run_context(torch.get_num_threads())
     rows = []
     for arch in args.arch:
         for b in args.batch:
