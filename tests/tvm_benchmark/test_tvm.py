@@ -325,3 +325,17 @@ def test_latency_table_never_mixes_hosts(tmp_path):
     assert "| tvm-int | avx2 | uniform8 | 1.5 | 2.0 | nan | 0.75 |" in md
     with pytest.raises(ValueError, match="one host"):
         bench.markdown(bench.latest(path), "# t")
+
+
+def test_torch_int8_baseline_really_runs_quantized_convolutions(monkeypatch):
+    """The torch-int8 row times int8 kernels: every conv of the FP model is a quantized conv after FX
+    conversion; a conversion that leaves a conv float is refused, not timed under the int8 name."""
+    from torch.ao.quantization import quantize_fx
+    from tvm_benchmark.apps.baselines import quantized_convs, torch_int8
+    from hawq.models.factory import fp_model
+    m = fp_model("resnet20_cifar10", 10).eval()
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32), dtype=np.float32)
+    assert torch_int8(m, x, [x])().shape == (2, 10) and quantized_convs(m) == 0
+    monkeypatch.setattr(quantize_fx, "convert_fx", lambda prepared: m)      # a conversion that did nothing
+    with pytest.raises(HawqError, match="torch-int8: FX quantization turned 0 of the model's 21 convolutions"):
+        torch_int8(m, x, [x])

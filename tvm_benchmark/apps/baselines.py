@@ -5,7 +5,9 @@ the benchmark times only inference.
 
 - ``torch-fp32``: eager FP32.
 - ``torch-int8``: PyTorch's x86 int8 backend via FX graph mode (``get_default_qconfig_mapping("x86")``:
-  per-channel int8 weights, uint8 activations, calibrated on the calibration batches).
+  per-channel int8 weights, uint8 activations, calibrated on the calibration batches). Checked: every
+  convolution of the FP model became a quantized one (:func:`quantized_convs`), else the engine
+  would time float convolutions under an int8 name.
 - ``ort-fp32``: ONNX Runtime on the ONNX export, all graph optimizations.
 - ``ort-int8``: ORT's own best CPU recipe: ``quant_pre_process`` (shape inference + ORT
   optimizations) first, then static QDQ quantization with per-channel int8 weights and uint8
@@ -23,7 +25,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-__all__ = ["torch_fp32", "torch_int8", "export_onnx", "ort_run", "quantize_onnx_int8"]
+from hawq.errors import HawqError
+
+__all__ = ["torch_fp32", "torch_int8", "quantized_convs", "export_onnx", "ort_run", "quantize_onnx_int8"]
 
 Run = Callable[[], object]
 
@@ -58,7 +62,18 @@ def torch_int8(model: torch.nn.Module, x: np.ndarray, calib: list[np.ndarray]) -
         with torch.inference_mode():
             for c in calib:
                 prepared(torch.from_numpy(c))
-        return torch_fp32(convert_fx(prepared), x)
+        converted = convert_fx(prepared)
+    done, total = quantized_convs(converted), sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    if done != total:
+        raise HawqError(f"torch-int8: FX quantization turned {done} of the model's {total} convolutions into "
+                        "quantized ones; the engine would time float convolutions")
+    return torch_fp32(converted, x)
+
+
+def quantized_convs(model: torch.nn.Module) -> int:
+    """How many quantized convolutions (torch.ao's ``Conv2d``/``ConvReLU2d``, int8 kernels) ``model`` holds."""
+    from torch.ao.nn.quantized.modules.conv import _ConvNd
+    return sum(isinstance(m, _ConvNd) for m in model.modules())
 
 
 def export_onnx(model: torch.nn.Module, x: np.ndarray, path: Path) -> Path:
