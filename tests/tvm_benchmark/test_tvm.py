@@ -339,3 +339,14 @@ def test_torch_int8_baseline_really_runs_quantized_convolutions(monkeypatch):
     monkeypatch.setattr(quantize_fx, "convert_fx", lambda prepared: m)      # a conversion that did nothing
     with pytest.raises(HawqError, match="torch-int8: FX quantization turned 0 of the model's 21 convolutions"):
         torch_int8(m, x, [x])
+
+
+@pytest.mark.slow
+def test_latency_benchmark_isolates_each_engine_in_its_own_process(tmp_path):
+    from tvm_benchmark.apps import bench
+    argv = ["-a", "resnet20_cifar10", "--quant-scheme", "uniform8", "-b", "1", "--rounds", "1", "--iters", "2",
+            "--warmup", "1", "--engines", "torch-fp32", "tvm-int", "--isolate", "--out-dir", str(tmp_path), "--no-progress"]
+    assert bench.main(argv) == 0
+    rows = csv_rows(tmp_path / "latency.csv")
+    assert [r["engine"] for r in rows] == ["torch-fp32", "tvm-int"] and all(float(r["median_ms"]) > 0 for r in rows)
+    assert "| tvm-int |" in (tmp_path / "latency.md").read_text()

@@ -7,7 +7,10 @@
 All engines run in one process, on the same input batch, with the same thread count. Each engine
 first warms up, then ``--rounds`` rounds each time ``--iters`` single calls of every engine, in an
 order rotated per round, so drift on a noisy machine hits all engines alike; an engine's figures
-are the median and 90th percentile of all its timed calls.
+are the median and 90th percentile of all its timed calls. With ``--isolate`` every engine runs
+alone in a process of its own (the same settings, one child per engine): no engine's thread pool
+(ONNX Runtime's spinning workers, PyTorch's OpenMP team, TVM's pool) competes with another's, at
+the price of drift no longer hitting all engines alike — run it on an idle machine.
 
 Engines: ``tvm-int`` (our program compiled by TVM), ``ort-int`` (the same program exported by
 :mod:`hawq.export_onnx`, format ``integer``, in ONNX Runtime: bit-exact, built from integer ops),
@@ -35,6 +38,7 @@ import copy
 import csv
 import os
 import shlex
+import subprocess
 import sys
 import tempfile
 import time
@@ -292,6 +296,27 @@ def _host() -> str:
 
 
 @one_line_errors
+def _isolated(args: argparse.Namespace, arch: str, schemes: list[str], batch: int, engine: str) -> list[dict]:
+    """The rows of ``engine`` alone, timed by a child process of this benchmark with the same settings."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "tvm_benchmark.apps.bench", "-a", arch, "--quant-scheme", *schemes,
+               "-b", str(batch), "--threads", str(args.threads), "--engines", engine, "--warmup", str(args.warmup),
+               "--rounds", str(args.rounds), "--iters", str(args.iters), "--out-dir", tmp, "--no-progress"]
+        cmd += ["--input-size", str(args.input_size)] if args.input_size else []
+        cmd += ["--isa", *args.isa] if args.isa else []
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            last = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise HawqError(f"--isolate: the {engine} process failed: {last}")
+        if "note:" in r.stdout:
+            print("\n".join(line for line in r.stdout.splitlines() if line.startswith("note:")))
+        path = Path(tmp) / "latency.csv"
+        if not path.is_file():
+            return []
+        with open(path, newline="") as f:
+            return [{k: row[k] for k in FIELDS} for row in csv.DictReader(f)]
+
+
 def main(argv=None) -> int:
     from hawq.bit_config import list_schemes
     from hawq.errors import HawqError
@@ -310,6 +335,7 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=10, help="timed calls per engine per round")
     p.add_argument("--out-dir", default=str(RESULTS))
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--isolate", action="store_true", help="time every engine alone in its own process")
     args = p.parse_args(argv)
     if args.threads < 1 or any(b < 1 for b in args.batch_size):
         raise HawqError("--threads and --batch-size must be >= 1")
@@ -329,9 +355,12 @@ def main(argv=None) -> int:
             if s not in list_schemes(arch):
                 raise HawqError(f"unknown scheme '{s}' for {arch}; choose from {', '.join(list_schemes(arch))}")
         for batch in args.batch_size:
-            rows = bench_arch_batch(arch, schemes, batch, args.threads, args.engines, args.warmup,
-                                    args.rounds, args.iters, not args.no_progress, args.isa or [None],
-                                    args.input_size)
+            if args.isolate:
+                rows = [r for e in args.engines for r in _isolated(args, arch, schemes, batch, e)]
+            else:
+                rows = bench_arch_batch(arch, schemes, batch, args.threads, args.engines, args.warmup,
+                                        args.rounds, args.iters, not args.no_progress, args.isa or [None],
+                                        args.input_size)
             append_rows(rows, out / "latency.csv")
             for r in rows:
                 print(",".join(str(r[k]) for k in FIELDS), flush=True)
