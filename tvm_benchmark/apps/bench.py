@@ -295,7 +295,6 @@ def _host() -> str:
             f"kernel family detected: {fam.name if fam else 'none (no AVX2)'}")
 
 
-@one_line_errors
 def _isolated(args: argparse.Namespace, arch: str, schemes: list[str], batch: int, engine: str) -> list[dict]:
     """The rows of ``engine`` alone, timed by a child process of this benchmark with the same settings."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -317,6 +316,7 @@ def _isolated(args: argparse.Namespace, arch: str, schemes: list[str], batch: in
             return [{k: row[k] for k in FIELDS} for row in csv.DictReader(f)]
 
 
+@one_line_errors
 def main(argv=None) -> int:
     from hawq.bit_config import list_schemes
     from hawq.errors import HawqError
