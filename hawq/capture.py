@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import operator
+from collections import Counter
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from torchvision.ops import stochastic_depth as _stochastic_depth
 from hawq import numerics as N
 from hawq.distributed import SyncBatchNorm2d
 from hawq.errors import HawqError
+from hawq.ir import pair
 from hawq.models.base import QuantModel
 from hawq.quant.config import QuantConfig
 from hawq.quant.modules import (QuantAct, QuantAdaptiveAvgPool2d, QuantAveragePool2d, QuantBatchNorm2d, QuantBnConv2d, QuantChannelShuffle,
@@ -105,10 +107,6 @@ class _Val:
     kind: str                 # float | acc | act | wide
     nonneg: bool = False
     flat: bool = False        # [B, C]: after a global pool
-
-
-def _pair(v) -> tuple[int, int]:
-    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
 def _is_relu6(m: nn.Module) -> bool:
@@ -589,7 +587,7 @@ class _Mapper:
         # a pool to 1x1 is the global pool when it is adaptive or one unpadded window over the whole map
         # (not a padded 3x3 window that happens to meet a 1x1 map: that one divides by 9)
         whole = isinstance(m, nn.AdaptiveAvgPool2d) or (
-            len(shape_in) == 4 and _pair(m.kernel_size) == tuple(shape_in[2:]) and _pair(m.padding) == (0, 0))
+            len(shape_in) == 4 and pair(m.kernel_size) == list(shape_in[2:]) and pair(m.padding) == [0, 0])
         if len(shape_out) == 4 and shape_out[2:] == (1, 1) and whole:
             if self._flattened(n):
                 return self.global_pool(n, v, path)
@@ -766,20 +764,23 @@ class QuantGraphModel(QuantModel):
         index = {n: i for i, n in enumerate(nodes)}
         under = lambda scope: [i for i, m in enumerate(nodes)  # noqa: E731
                                if m.op == "call_module" and str(m.target).startswith(scope + ".")]
-        if self.block_scopes is None:
+        if self.block_scopes is None:          # (scope, the add's index)
             ends = [(str(n.target).rsplit(".", 1)[0], index[n]) for n in nodes
                     if n.op == "call_module" and "identity" in n.kwargs and "." in str(n.target)]
-        else:
-            ends = [(scope, under(scope)[-1]) for scope in self.block_scopes if under(scope)]
+        else:                                  # (scope, None: its last module)
+            ends = [(scope, None) for scope in self.block_scopes]
         out = []
-        for scope, last in ends:
-            first = under(scope)[0]
+        for scope, end in ends:
+            inside_scope = under(scope)
+            if not inside_scope:
+                continue
+            first, last = inside_scope[0], inside_scope[-1] if end is None else end
             while (last + 1 < len(nodes) and nodes[last + 1].op == "call_module"
                    and nodes[last + 1].target in ("relu", "relu6") and nodes[last + 1].args[0] is nodes[last]):
                 last += 1
             run = nodes[first:last + 1]
             inside = set(run)
-            if first > last or any(u not in inside for m in run[:-1] for u in m.users):
+            if any(u not in inside for m in run[:-1] for u in m.users):
                 continue
             inputs = {a for m in run for a in m.all_input_nodes if a not in inside}
             if len(inputs) == 1 and not (out and index[out[-1].nodes[-1]] >= first):
@@ -901,9 +902,9 @@ def capture(model: nn.Module, example: torch.Tensor, config: QuantConfig | None 
     modules = mapper.modules
     if names is not None:
         new = {path: names(path) for path in modules}
-        if len(set(new.values())) < len(new):
-            twice = next(v for v in new.values() if list(new.values()).count(v) > 1)
-            raise HawqError(f"{name}: two modules are both named {twice!r}")
+        twice = [v for v, k in Counter(new.values()).items() if k > 1]
+        if twice:
+            raise HawqError(f"{name}: two modules are both named {twice[0]!r}")
         modules = {new[p]: m for p, m in modules.items()}
         for n in graph.nodes:
             if n.op == "call_module":

@@ -53,8 +53,12 @@ def product_dtype(x: np.ndarray, w: np.ndarray):
     paths at the bound)."""
     if x.size == 0 or w.size == 0:
         return np.int64
-    wsum = int(np.abs(w.astype(np.int64)).reshape(w.shape[0], -1).sum(1).max())
-    bound = int(np.abs(x).max()) * wsum
+    return _exact_dtype(int(np.abs(x).max()), w.reshape(w.shape[0], -1).T)
+
+
+def _exact_dtype(xmax: int, w: np.ndarray):
+    """:func:`product_dtype` for |x| <= ``xmax`` and ``w`` int [K, O]."""
+    bound = xmax * int(np.abs(w.astype(np.int64)).sum(0).max()) if w.size else 0
     return np.float32 if bound <= _F32_EXACT else np.float64 if bound <= _F64_EXACT else np.int64
 
 
@@ -112,7 +116,7 @@ def matmul(a: np.ndarray, w: np.ndarray, xmax: int | None = None, dtype=None,
     if dtype is None and slices is None:
         slices = k_slices(xmax, w)
     if dtype is not None or slices is None:
-        dt = dtype or product_dtype(np.array([xmax]), w.T)
+        dt = dtype or _exact_dtype(xmax, w)
         return _to_int64(a.astype(dt, copy=False) @ w.astype(dt))
     a32, w32 = a.astype(np.float32, copy=False), w.astype(np.float32)
     y = np.zeros((a.shape[0], w.shape[1]), np.int64)
@@ -163,7 +167,7 @@ def conv2d(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride, padding, dila
     xmax = int(np.abs(x).max()) if x.size else 0
     slices = None if dtype is not None or depthwise else [k_slices(xmax, wg) for wg in wgs]
     fast = slices is not None and all(sl is not None for sl in slices)
-    dt = np.float32 if fast else (dtype or product_dtype(x, w))
+    dt = np.float32 if fast else (dtype or _exact_dtype(xmax, w.reshape(o, -1).T))
     # NHWC, zero-padded, in dt: one copy (x is often an NHWC buffer already: the previous conv's output)
     n, _, h0, w0 = x.shape
     xn = np.zeros((n, h0 + t + b, w0 + l + r, c), dt)
@@ -305,16 +309,12 @@ def _maxpool2d(node: ir.MaxPool2d, x):
     eh, ew = node.extra_padding(x.shape[2], x.shape[3])
     if eh or ew:
         x = np.pad(x, ((0, 0), (0, 0), (0, eh), (0, ew)), constant_values=_INT_MIN)
-    (kh, kw), (sh, sw) = node.kernel, node.stride
-    t, l, b, r = tuple(node.padding) if len(node.padding) == 4 else (*node.padding, *node.padding)
-    if t or l or b or r:
-        x = np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)), constant_values=_INT_MIN)
-    oh, ow = (x.shape[2] - kh) // sh + 1, (x.shape[3] - kw) // sw + 1
-    # the maximum of kh·kw strided views, one pass each (a reduction over window views is 10x slower)
-    y = x[:, :, :sh * (oh - 1) + 1:sh, :sw * (ow - 1) + 1:sw].copy()
-    for i in range(kh):
-        for j in range(kw):
-            np.maximum(y, x[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw], out=y)
+    win = _windows(x, node.kernel, node.stride, node.padding, _INT_MIN)
+    # the maximum of the kh·kw strided views, one pass each (a reduction over the window axes is 10x slower)
+    y = win[..., 0, 0].copy()
+    for i in range(win.shape[4]):
+        for j in range(win.shape[5]):
+            np.maximum(y, win[..., i, j], out=y)
     return y
 
 

@@ -117,13 +117,16 @@ def epilogue_of(graph: ir.Graph, node: ir.Op) -> list[ir.Op]:
 
 @dataclasses.dataclass
 class _Job:
-    """One layer at one width: its compiled program (and with its epilogue), stub, MACs per batch."""
+    """One layer at one width: its compiled program (and with its epilogue), stub, MACs per batch,
+    and the (layer − stub) ms of its timed rounds, alone and with the epilogue."""
     name: str
     bits: int
     layer: tuple
     stub: tuple
     macs: int
     with_epilogue: tuple | None
+    diffs: list = dataclasses.field(default_factory=list)
+    epilogue_diffs: list = dataclasses.field(default_factory=list)
 
 
 def _jobs(arch: str, batch: int, threads: int, target: str, rng, isa: str | None,
@@ -161,19 +164,17 @@ def layer_rows(arch: str, batch: int, threads: int, target: str, passes: int = 3
     each), so a slow spell of a shared machine cannot own one layer's figure."""
     rng = np.random.default_rng(0)
     jobs = _jobs(arch, batch, threads, target, rng, isa, input_size)
-    diffs = {(j.name, j.bits): [] for j in jobs}
-    both = {(j.name, j.bits): [] for j in jobs}
     with tqdm(total=passes * len(jobs), desc=f"{arch} layers", disable=not progress, leave=False,
               dynamic_ncols=True) as bar:
         for _ in range(passes):
             for j in jobs:
-                diffs[(j.name, j.bits)].extend(paired_ms(j.layer, j.stub, rounds=5))
+                j.diffs.extend(paired_ms(j.layer, j.stub, rounds=5))
                 if j.with_epilogue is not None:
-                    both[(j.name, j.bits)].extend(paired_ms(j.with_epilogue, j.stub, rounds=5))
+                    j.epilogue_diffs.extend(paired_ms(j.with_epilogue, j.stub, rounds=5))
                 bar.update()
     rows = []
     for j in jobs:
-        d, e = diffs[(j.name, j.bits)], both[(j.name, j.bits)]
+        d, e = j.diffs, j.epilogue_diffs
         median = max(float(np.median(d)), 0.0)
         rows.append({"layer": j.name, "bits": j.bits, "median_ms": round(median, 5),
                      "p90_ms": round(max(float(np.percentile(d, 90)), 0.0), 5), "macs": j.macs,
