@@ -31,11 +31,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from hawq import numerics as N
 from hawq.errors import HawqError
 from hawq.models.archs import ARCHS, arch_info
 from hawq.models.layers import WEIGHT_KINDS, LayerSpec, quant_layers
 
-__all__ = ["BIT_CONFIG_DIR", "ALLOWED_BITS", "PAPER_FIGURES", "TABLE_COLUMNS", "uniform_bits",
+__all__ = ["BIT_CONFIG_DIR", "ALLOWED_BITS", "PAPER_FIGURES", "TABLE_COLUMNS", "uniform_bits", "binary_bits",
            "bits_of_layers", "list_schemes", "canonical_scheme_name", "validate_scheme", "load_scheme",
            "scheme_stats", "table_rows", "table_csv"]
 
@@ -43,9 +44,9 @@ BIT_CONFIG_DIR = Path(__file__).resolve().parent / "bit_configs"
 
 #: Allowed bit widths per layer kind.
 ALLOWED_BITS: dict[str, tuple[int, ...]] = {
-    "act": (2, 3, 4, 5, 6, 7, 8),      # below 8 bits: int8 containers with the narrow clamp range
-    "conv": (2, 3, 4, 5, 6, 7, 8),
-    "linear": (2, 3, 4, 5, 6, 7, 8),
+    "act": (1, 2, 3, 4, 5, 6, 7, 8),   # below 8 bits: int8 containers with the narrow clamp range;
+    "conv": (1, 2, 3, 4, 5, 6, 7, 8),  # 1: the sign grid {-1, +1} (binary networks, --quantizer xnor|bireal)
+    "linear": (1, 2, 3, 4, 5, 6, 7, 8),
     "act_int32": (16,),
 }
 
@@ -100,7 +101,11 @@ class _Scheme(NamedTuple):
 def _arch_schemes(arch: str) -> dict[str, dict[str, int]]:
     """The ``schemes`` of ``hawq/bit_configs/<arch>.json`` ({} when the arch has no file)."""
     if arch_info(arch).family == "captured":
-        return {f"uniform{b}": uniform_bits(arch, b) for b in (8, 6, 5, 4, 3, 2)}
+        schemes = {f"uniform{b}": uniform_bits(arch, b) for b in (8, 6, 5, 4, 3, 2)}
+        binary = binary_bits(quant_layers(arch))
+        if N.BINARY in binary.values():
+            schemes["binary"] = binary
+        return schemes
     path = BIT_CONFIG_DIR / f"{arch}.json"
     return _read_json(path)["schemes"] if path.is_file() else {}
 
@@ -120,6 +125,35 @@ def bits_of_layers(specs: Sequence[LayerSpec], w_bits: int, a_bits: int, first_l
         acts = [s for s in specs if s.kind == "act"]
         keep = {weighted[0].name, weighted[-1].name, acts[0].name, weighted[-1].input_act} - {None}
         out.update({k: 8 for k in keep})
+    return out
+
+
+def _stem_and_head(specs: Sequence[LayerSpec]) -> tuple[set[str], str | None]:
+    """(names of the weighted layers reading the image quantizer, name of the last weighted layer)."""
+    weighted = [s for s in specs if s.kind in WEIGHT_KINDS]
+    acts = [s for s in specs if s.kind == "act"]
+    stem = {s.name for s in weighted if acts and s.input_act == acts[0].name}
+    return stem, (weighted[-1].name if weighted else None)
+
+
+def binary_bits(specs: Sequence[LayerSpec]) -> dict[str, int]:
+    """The ``binary`` scheme (W1/A1, Bi-Real's and XNOR-Net's layout) of a captured inventory: a
+    k×k conv (k > 1) reading a signed activation quantizer is binary, with that quantizer 1-bit, when
+    every layer the quantizer feeds is such a conv; the stem, the classifier, 1×1 (downsampling)
+    convs, their inputs and the image quantizer stay 8-bit, residual accumulators 16."""
+    stem, head = _stem_and_head(specs)
+    role = {s.name: s.role for s in specs if s.kind == "act"}
+    eligible = {s.name for s in specs if s.kind == "conv" and s.kernel > 1 and s.name not in stem | {head}
+                and role.get(s.input_act) == "signed"}
+    feeds: dict[str, list[str]] = {}
+    for s in specs:
+        if s.kind in WEIGHT_KINDS:
+            feeds.setdefault(s.input_act, []).append(s.name)
+    one_bit = {a for a, layers in feeds.items() if all(n in eligible for n in layers)}
+    out = bits_of_layers(specs, 8, 8, first_last_8bit=False)
+    for s in specs:
+        if s.name in one_bit or (s.kind in WEIGHT_KINDS and s.input_act in one_bit):
+            out[s.name] = N.BINARY
     return out
 
 
@@ -220,6 +254,12 @@ def validate_scheme(arch: str, bits: object, source: str | None = None) -> dict[
         raise HawqError(f"{where}: layer {missing[0]!r} is missing{more}")
     for spec in layers:
         _check_bits(where, spec.kind, spec.name, bits[spec.name])
+    stem, head = _stem_and_head(layers)
+    for name in sorted(stem | {head} - {None}):
+        if bits[name] == N.BINARY:
+            part = "the classifier" if name == head else "the stem (it reads the image)"
+            raise HawqError(f"{where}: layer {name!r} is {part} and cannot be 1-bit; binary networks keep "
+                            "their first conv and last linear layer at 8 bits")
     return {spec.name: bits[spec.name] for spec in layers}
 
 

@@ -15,8 +15,28 @@ from hawq.distributed import SINGLE, World
 from hawq.errors import HawqError
 
 
-__all__ = ["correct_topk", "kd_loss", "lr_at", "set_lr", "freeze_bn_stats", "reestimate_bn",
+__all__ = ["OPTIMIZERS", "make_optimizer", "correct_topk", "kd_loss", "lr_at", "set_lr", "freeze_bn_stats", "reestimate_bn",
            "train_one_epoch", "calibrate", "calibrate_random", "evaluate", "CsvLog"]
+
+#: ``--optimizer`` choices.
+OPTIMIZERS = ("sgd", "adam")
+
+
+def make_optimizer(model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    """``sgd`` (with ``momentum``) or ``adam`` over the model's parameters. The raw weights of 1-bit
+    layers (``weight_bit == 1``) get no weight decay: it pulls them toward 0, where their sign flips
+    on noise (Bi-Real's and ReActNet's recipes exempt them too); every other parameter gets ``weight_decay``."""
+    binary = {id(m.raw_weight()) for m in model.modules() if getattr(m, "weight_bit", None) == 1}
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if id(p) not in binary]},
+              {"params": [p for p in params if id(p) in binary], "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise HawqError(f"unknown --optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
+
 
 def correct_topk(output: torch.Tensor, target: torch.Tensor, topk=(1, 5)) -> list[int]:
     """Number of samples whose target is among the top-k logits, for each k (k capped at #classes)."""

@@ -31,7 +31,7 @@ from hawq.errors import HawqError
 
 __all__ = ["INT32", "ROUNDINGS", "pair", "Op", "Quantize", "Conv2d", "Dense", "Requant", "RequantAdd",
            "RequantFloat", "QLinearAdd", "Relu", "Flatten", "Clamp", "Concat", "MaxPool2d", "AvgPool2d", "GlobalAvgPoolSum",
-           "GlobalAvgPoolTrunc", "ChannelAffine", "Lut", "Mul", "adaptive_windows", "adaptive_window_sizes", "AdaptiveAvgPool2d", "shuffle_perm", "ChannelShuffle", "SliceChannels", "OPS", "requant_bounds", "Graph", "node_from_dict", "as_graph", "Registry"]
+           "GlobalAvgPoolTrunc", "ChannelAffine", "Lut", "Mul", "adaptive_windows", "adaptive_window_sizes", "AdaptiveAvgPool2d", "shuffle_perm", "ChannelShuffle", "SliceChannels", "Sign", "OPS", "requant_bounds", "Graph", "node_from_dict", "as_graph", "Registry"]
 
 Interval = tuple[int, int]
 Shape = tuple[int, ...]
@@ -139,6 +139,10 @@ class _Weighted(Op):
         w, b = _np(self.weight), _np(self.bias)
         if b.shape != (w.shape[0],):
             self.fail(f"bias shape {b.shape} does not match {w.shape[0]} output channels")
+        if int(self.weight_bits) == 1:           # the sign grid (docs/numerics.md §18)
+            if w.size and not np.isin(w, (-1, 1)).all():
+                self.fail("1-bit weights must all be -1 or +1")
+            return
         lim = 1 << (int(self.weight_bits) - 1)
         if w.size and (int(w.min()) < -lim or int(w.max()) > lim - 1):
             self.fail(f"weights exceed {self.weight_bits} bits")
@@ -337,6 +341,16 @@ class QLinearAdd(Op):
         (a0, a1), (b0, b1) = ins
         part = _np(self.table)[a0 + int(self.a_zero):a1 + int(self.a_zero) + 1, b0 + int(self.b_zero):b1 + int(self.b_zero) + 1]
         return int(part.min()), int(part.max())
+
+
+@dataclass(kw_only=True)
+class Sign(Op):
+    """1-bit activation (docs/numerics.md §18): ``+1`` where ``x >= 0``, else ``-1``. Its output is
+    on the sign grid {-1, +1} (never 0), which a binary convolution's popcount kernel relies on."""
+    OP: ClassVar[str] = "sign"
+
+    def bounds(self, ins, shapes):
+        return -1, 1
 
 
 @dataclass(kw_only=True)
@@ -663,7 +677,7 @@ class SliceChannels(Op):
 OPS: dict[str, type[Op]] = {c.OP: c for c in (Quantize, Conv2d, Dense, Requant, RequantAdd, RequantFloat, QLinearAdd, Relu, Clamp, Concat,
                                               MaxPool2d, AvgPool2d, GlobalAvgPoolSum, GlobalAvgPoolTrunc, Flatten,
                                               ChannelShuffle, SliceChannels, ChannelAffine, Lut, Mul,
-                                              AdaptiveAvgPool2d)}
+                                              AdaptiveAvgPool2d, Sign)}
 
 
 def requant_bounds(qmin: int, qmax: int, in_lo: int, multiplier) -> Interval:

@@ -31,7 +31,8 @@ __all__ = ["MANTISSA_BITS", "MAX_SHIFT", "MIN_RANGE", "ACT_MODES", "ROUNDINGS", 
            "fake_quantize", "quantize_weight", "quantize_bias", "bias_scale", "requant_ratio", "dyadic",
            "requantize", "saturate", "saturate_", "residual_add", "avgpool_trunc", "TABLE_FUNCTIONS", "TABLE_RANGE",
            "function_table", "relu6_bound", "ORT", "fma32", "ort_multiplier", "requant_float", "qlinear_add_table",
-           "channel_view"]
+           "channel_view",
+           "BINARY", "SIGN", "binary_weight_scale", "binarize", "sign_int"]
 
 #: Width of the dyadic multiplier: m in [2^30, 2^31), so m fits a signed int32, and
 #: |acc·m| + 2^(shift-1) < 2^63 for every |acc| <= 3·2^30 (the largest accumulator here is an
@@ -44,7 +45,12 @@ MIN_RANGE = 1e-8
 
 #: Activation grids. ``unsigned_range`` is HAWQ-V3's "asymmetric": S = (x_max - x_min)/(2^b-1),
 #: q in [0, 2^b-1], and the zero point it computes is never applied (z = 0).
-ACT_MODES = ("unsigned", "symmetric", "asymmetric", "unsigned_range")
+ACT_MODES = ("unsigned", "symmetric", "asymmetric", "unsigned_range", "sign")
+#: The 1-bit width: weights and activations on the sign grid {-1, +1} (docs/numerics.md §18).
+BINARY = 1
+#: The activation grid of a 1-bit quantizer: q = +1 if x >= 0 else -1, scale 1 (the BN after every
+#: binary conv absorbs a per-tensor scale; XNOR-Net's per-position K is not a requantization).
+SIGN = "sign"
 #: Requantization rounding rules (integer-exact either way).
 ROUNDINGS = ("half_up", "half_even")
 #: Roles of an activation quantizer in the graph: the float->int boundary, a post-ReLU activation
@@ -93,6 +99,9 @@ class Profile:
         if self.float_requant and int(bits) != 8:
             raise HawqError(f"numeric profile ort runs ONNX Runtime's 8-bit kernels: {what} is {bits}-bit "
                             "(use an 8-bit scheme such as uniform8)")
+        if int(bits) == BINARY and self.name != "exact":
+            raise HawqError(f"numeric profile {self.name} has no 1-bit grid: {what} is 1-bit (binary layers "
+                            "need --numerics exact)")
 
     def act_mode(self, role: str, bits: int, relu_after: bool = False) -> str:
         """The activation grid of a quantizer in ``role`` (:data:`ACT_ROLES`) at ``bits`` bits.
@@ -107,6 +116,8 @@ class Profile:
         """
         if role not in ACT_ROLES:
             raise ValueError(f"unknown activation role {role!r}; expected one of {ACT_ROLES}")
+        if int(bits) == BINARY:
+            return SIGN
         if self.name == "ort":
             return "unsigned" if role == "relu" or relu_after else "asymmetric"
         if self.name == "hawq":
@@ -135,7 +146,10 @@ def profile(name: str) -> Profile:
 
 # --------------------------------------------------------------------------- ranges / scales
 def qrange(bits: int, signed: bool) -> tuple[int, int]:
-    """Integer range of a ``bits``-wide value: [-2^(b-1), 2^(b-1)-1] or [0, 2^b-1]."""
+    """Integer range of a ``bits``-wide value: [-2^(b-1), 2^(b-1)-1] or [0, 2^b-1]; a signed 1-bit
+    value is on the sign grid {-1, +1}, which [-1, 1] bounds (0 is never produced)."""
+    if signed and bits == BINARY:
+        return -1, 1
     if signed:
         return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     return 0, (1 << bits) - 1
@@ -152,8 +166,11 @@ def weight_scale(w: torch.Tensor, bits: int, per_channel: bool = True,
         percentile: if in (0, 100), use that percentile of |W_c| instead of the max
             (``--weight-percentile``); values beyond it saturate. Profile hawq takes HAWQ's signed
             percentiles instead (see :func:`_hawq_percentile_absmax`).
-    Returns: float32 tensor [C_out] or [1].
+    Returns: float32 tensor [C_out] or [1]. At 1 bit: :func:`binary_weight_scale` (``percentile``
+    does not apply: the sign grid has no clip).
     """
+    if int(bits) == BINARY:
+        return binary_weight_scale(w, per_channel)
     if prof is not None and prof.name == "hawq" and 0.0 < percentile < 100.0:
         absmax = _hawq_percentile_absmax(w.detach().float(), percentile, per_channel)
         return (absmax.clamp(min=MIN_RANGE) / float((1 << (bits - 1)) - 1)).float()
@@ -164,6 +181,29 @@ def weight_scale(w: torch.Tensor, bits: int, per_channel: bool = True,
     else:
         absmax = flat.amax(dim=1)
     return (absmax.float().clamp(min=MIN_RANGE) / float((1 << (bits - 1)) - 1)).float()
+
+
+def binary_weight_scale(w: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
+    """XNOR-Net's α = mean |W_c| (the L2-optimal scale of sign(W_c)), float32 [C_out] or [1], at least
+    ``MIN_RANGE``. Computed from the float32 weight in float64 and rounded once, so every caller gets
+    the same float32 (the training forward, the integer export, a re-export on another CPU)."""
+    flat = w.detach().reshape(w.shape[0], -1) if per_channel else w.detach().reshape(1, -1)
+    return flat.double().abs().mean(dim=1).float().clamp(min=MIN_RANGE)
+
+
+def binarize(x: torch.Tensor) -> torch.Tensor:
+    """The sign grid {-1, +1} in ``x``'s float dtype: +1 where x >= 0 (sign(0) = +1, as LCE and
+    Larq), -1 elsewhere. The same rule as :func:`sign_int` on the integers x is exactly a multiple of."""
+    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
+def sign_int(q):
+    """The 1-bit activation of centered integers ``q`` (torch or NumPy, any int dtype): int64
+    +1 where q >= 0, else -1. The scale of ``q`` is positive, so this is :func:`binarize` of the
+    value it stands for."""
+    if isinstance(q, torch.Tensor):
+        return torch.where(q >= 0, 1, -1).to(torch.int64)
+    return np.where(np.asarray(q) >= 0, 1, -1).astype(np.int64)
 
 
 def _hawq_percentile_absmax(w: torch.Tensor, p: float, per_channel: bool) -> torch.Tensor:
@@ -207,6 +247,9 @@ def activation_params(x_min: torch.Tensor, x_max: torch.Tensor, bits: int,
     elif mode == "asymmetric":
         scale = (hi - lo).clamp(min=MIN_RANGE) / float((1 << bits) - 1)
         zero = torch.round(-lo / scale).clamp(0, (1 << bits) - 1).to(torch.int64)
+    elif mode == SIGN:                      # ±1, whatever the range: only the sign of x is kept
+        scale = torch.ones_like(hi)
+        zero = torch.zeros_like(scale, dtype=torch.int64)
     elif mode == "unsigned_range":          # HAWQ's 'asymmetric': no widening to 0, z never applied
         scale = (x_max.detach().float() - x_min.detach().float()).clamp(min=MIN_RANGE) / float((1 << bits) - 1)
         zero = torch.zeros_like(scale, dtype=torch.int64)
@@ -217,6 +260,8 @@ def activation_params(x_min: torch.Tensor, x_max: torch.Tensor, bits: int,
 
 def act_qrange(bits: int, mode: str, zero_point: int = 0) -> tuple[int, int]:
     """Range of the *centered* integer q - z that arithmetic sees for an activation."""
+    if mode == SIGN:
+        return -1, 1
     lo, hi = qrange(bits, signed=(mode == "symmetric"))
     return lo - zero_point, hi - zero_point
 
@@ -305,7 +350,10 @@ def quantize_weight(w: torch.Tensor, scale: torch.Tensor, bits: int, prof: Profi
     """Symmetric integer weight clamp(round(W/S_w), -2^(b-1), 2^(b-1)-1), float dtype; scale per dim 0.
 
     Profile ``hawq`` multiplies by the float32 reciprocal instead of dividing (HAWQ's linear_quantize).
+    At 1 bit: :func:`binarize` (the sign grid; the scale only sets the value ±S_w).
     """
+    if int(bits) == BINARY:
+        return binarize(w)
     lo, hi = qrange(bits, signed=True)
     return quantize(w, scale.reshape(-1, *([1] * (w.dim() - 1))), 0, lo, hi, prof.reciprocal_quantize)
 

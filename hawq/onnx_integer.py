@@ -282,6 +282,13 @@ def _qlinear_add(b: OnnxBuilder, node: ir.QLinearAdd, a: str, c: str):
     _finish(b, node, b.op("Gather", [b.const(table, np.int32, node.name + ".table"), idx], np.int32, axis=0))
 
 
+@LOWER.register(ir.Sign)
+def _sign(b: OnnxBuilder, node: ir.Sign, x: str):
+    """``Where(x >= 0, 1, -1)`` in int8 (ONNX's ``Sign`` maps 0 to 0; the sign grid maps it to +1)."""
+    nonneg = b.op("GreaterOrEqual", [x, b.const(0, b.dtype[x], "zero")], np.bool_)
+    _finish(b, node, b.op("Where", [nonneg, b.const(1, np.int32, "plus"), b.const(-1, np.int32, "minus")], np.int32))
+
+
 @LOWER.register(ir.Relu)
 def _relu(b: OnnxBuilder, node: ir.Relu, x: str):
     _finish(b, node, b.op("Max", [x, b.const(0, b.dtype[x], "zero")], b.dtype[x]))

@@ -284,6 +284,11 @@ def _qlinear_add(node: ir.QLinearAdd, a, b):
     return table[a + int(node.a_zero), b + int(node.b_zero)]
 
 
+@IMPL.register(ir.Sign)
+def _sign(node, x):
+    return N.sign_int(x)
+
+
 @IMPL.register(ir.Relu)
 def _relu(node, x):
     return np.maximum(x, 0)

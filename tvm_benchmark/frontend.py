@@ -400,6 +400,12 @@ class _Builder:
         idx = self.emit(relax.op.add(self.emit(relax.op.multiply(ia, relax.const(256, "int32"))), ib))
         return self.emit(relax.op.take(_const(table, container(*out)), idx, axis=0, mode="clip"))
 
+    def sign(self, node: ir.Sign, x: Value) -> relax.Expr:
+        """``where(x >= 0, 1, -1)`` in int8: the sign grid a binary conv's popcount kernel packs."""
+        x = self.centered(x)
+        nonneg = self.emit(relax.op.greater_equal(x.expr, relax.const(0, x.dtype)))
+        return self.emit(relax.op.where(nonneg, relax.const(1, "int8"), relax.const(-1, "int8")))
+
     def relu(self, node: ir.Relu, x: Value) -> relax.Expr:
         x = self.centered(x)
         return self.emit(relax.op.maximum(x.expr, relax.const(0, x.dtype)))
@@ -542,7 +548,7 @@ for _cls, _meth in ((ir.Quantize, _Builder.quantize), (ir.Conv2d, _Builder.conv2
                     (ir.GlobalAvgPoolTrunc, _Builder.global_avgpool_trunc), (ir.Flatten, _Builder.flatten),
                     (ir.ChannelShuffle, _Builder.channel_shuffle), (ir.SliceChannels, _Builder.slice_channels),
                     (ir.ChannelAffine, _Builder.channel_affine), (ir.Lut, _Builder.lut), (ir.Mul, _Builder.mul),
-                    (ir.AdaptiveAvgPool2d, _Builder.adaptive_avgpool2d)):
+                    (ir.AdaptiveAvgPool2d, _Builder.adaptive_avgpool2d), (ir.Sign, _Builder.sign)):
     LOWER.register(_cls)(_meth)
 _TAKES_OUT = {_Builder.requant, _Builder.requant_add, _Builder.requant_float, _Builder.qlinear_add, _Builder.clamp, _Builder.avgpool2d, _Builder.channel_affine,
               _Builder.lut, _Builder.mul, _Builder.adaptive_avgpool2d}

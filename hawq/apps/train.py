@@ -32,6 +32,7 @@ from hawq.models.restore import quant_model_from
 from hawq.numerics import PROFILES
 from hawq.quant.config import QuantConfig
 from hawq.quant.learned import METHODS
+from hawq.engine import OPTIMIZERS
 from hawq import distributed
 
 __all__ = ["cli", "FP_SCHEME", "Recipe", "Distillation", "TrainSettings", "build_parser", "settings_of",
@@ -73,7 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
       help="linear learning-rate warm-up, per step (default: 1 epoch from scratch, 0 when fine-tuning)")
     a("--quantizer", default=None, choices=list(METHODS),
       help="minmax (ranges), lsq (learned steps), pact (learned activation clips), dorefa (tanh weight "
-           "transform); default: the --resume checkpoint's, else minmax")
+           "transform), xnor or bireal (1-bit layers: XNOR-Net's or Bi-Real's sign gradients); default: the "
+           "--resume checkpoint's, else minmax")
+    a("--optimizer", default="sgd", choices=list(OPTIMIZERS),
+      help="sgd (HAWQ's, with --momentum) or adam (the binary networks' recipe, README); the weights of "
+           "1-bit layers never get weight decay")
     a("--momentum", default=0.9, type=float)
     a("--wd", "--weight-decay", default=1e-4, type=float, dest="weight_decay")
     a("-p", "--print-freq", default=10, type=int, help="accepted for HAWQ compatibility (tqdm shows progress)")
@@ -135,10 +140,11 @@ class Recipe:
     momentum: float
     weight_decay: float
     finetune: bool
+    optimizer: str = "sgd"
 
     def describe(self) -> str:
         """The one line that states the recipe (printed before training)."""
-        return (f"recipe: {self.epochs} epochs, lr {self.lr:.4g} ({self.lr_schedule}, warm-up "
+        return (f"recipe: {self.epochs} epochs, {self.optimizer} lr {self.lr:.4g} ({self.lr_schedule}, warm-up "
                 f"{self.warmup_epochs:g} epochs), batch {self.batch_size}, wd {self.weight_decay:g}, "
                 f"{'fine-tuning' if self.finetune else 'from scratch'}")
 
@@ -245,7 +251,7 @@ def resolve_recipe(args: argparse.Namespace, dataset: str, *, finetune: bool) ->
         raise HawqError(f"--warmup-epochs must be >= 0, got {warmup}")
     return Recipe(epochs=epochs, lr=lr, lr_schedule=args.lr_schedule or ("cosine" if embedded else "step"),
                   warmup_epochs=warmup, batch_size=args.batch_size, momentum=args.momentum,
-                  weight_decay=args.weight_decay, finetune=finetune)
+                  weight_decay=args.weight_decay, finetune=finetune, optimizer=args.optimizer)
 
 
 def _seed_everything(seed: int) -> None:
@@ -329,7 +335,8 @@ def restore_training_state(s: TrainSettings, optimizer, config: QuantConfig | No
     recorded = (ckpt.get("quant_config") or {}).get("quantizer", "minmax")
     same_quantizer = config is None or recorded == config.quantizer
     same_run = (f.kind in (C.Kind.QAT, C.Kind.FP) and ckpt.get("quant_scheme") == s.quant_scheme
-                and "optimizer" in ckpt and same_quantizer)
+                and "optimizer" in ckpt and same_quantizer
+                and (ckpt.get("args") or {}).get("optimizer", "sgd") == s.recipe.optimizer)
     start = s.start_epoch
     if same_run and not s.evaluate:
         try:
@@ -444,7 +451,7 @@ def _run(s: TrainSettings, device, world: distributed.World) -> dict:
         distributed.convert_batchnorm(model)
     model.to(device)
     teacher = _teacher(s, data.num_classes, device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
+    optimizer = engine.make_optimizer(model, r.optimizer, r.lr, r.momentum, r.weight_decay)
     start_epoch, best = restore_training_state(s, optimizer, config)
     progress = s.progress and world.main
 

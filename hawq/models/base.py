@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from hawq import numerics as N
 from hawq.errors import HawqError
+from hawq.quant.learned import check_binary
 from hawq.quant.config import QuantConfig
 from hawq.quant.graph import Q
 from hawq.quant.modules import QuantAct, QuantBnConv2d, QuantLinear
@@ -68,7 +70,10 @@ class QuantModel(nn.Module):
             if isinstance(m, QuantAct):
                 m.set_activation_bit(bit_config[n])
             else:
-                self.config.profile.check_bits(f"the weights of '{n}'", bit_config[n])
+                what = f"the weights of '{n}'"
+                self.config.profile.check_bits(what, bit_config[n])
+                if int(bit_config[n]) == N.BINARY:
+                    check_binary(self.config.quantizer, what)
                 m.weight_bit = int(bit_config[n])
 
     def bit_config(self) -> dict[str, int]:

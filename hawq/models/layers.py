@@ -41,6 +41,8 @@ class LayerSpec:
     ``macs``: multiply-accumulates per image at the arch's canonical input size, 0 for
     activations. ``input_act``: HAWQ name of the activation quantizer feeding this
     conv/linear (its bits are the operand width in BOPS), ``None`` for activations.
+    ``role``: an activation quantizer's role (:data:`hawq.numerics.ACT_ROLES`) and ``kernel``: a
+    conv's kh·kw, where the inventory was read off a captured model (None / 0 otherwise).
     """
 
     name: str
@@ -48,6 +50,8 @@ class LayerSpec:
     weight_numel: int = 0
     macs: int = 0
     input_act: str | None = None
+    role: str | None = None
+    kernel: int = 0
 
 
 def _unit_plan(prefix: str, unit: nn.Module) -> list[tuple[str, str, nn.Module | None, str | None]]:
@@ -118,7 +122,8 @@ def model_layers(model: nn.Module, input_size: int) -> tuple[LayerSpec, ...]:
         if isinstance(module, QuantAct):
             emitted[id(output.scale)] = name
             if name not in seen:
-                order.append(LayerSpec(name, "act_int32" if module.role == "accumulator" else "act"))
+                order.append(LayerSpec(name, "act_int32" if module.role == "accumulator" else "act",
+                                       role=module.role))
         else:
             feeding = emitted.get(id(inputs[0].scale))
             if feeding is None:
@@ -126,7 +131,7 @@ def model_layers(model: nn.Module, input_size: int) -> tuple[LayerSpec, ...]:
             w = module.weight_integer
             macs = output.value.shape[1:].numel() * w.shape[1:].numel()
             order.append(LayerSpec(name, "conv" if isinstance(module, QuantBnConv2d) else "linear",
-                                   w.numel(), macs, feeding))
+                                   w.numel(), macs, feeding, kernel=w.shape[2:].numel()))
         seen.add(name)
 
     hooks = [m.register_forward_hook(after) for m in model.modules() if isinstance(m, (QuantAct, QuantBnConv2d, QuantLinear))]

@@ -1,10 +1,11 @@
-"""A user's own model as an arch: ``torchvision:NAME``, ``timm:NAME`` or ``path/to/file.py:FUNCTION``.
+"""A model by builder as an arch: ``torchvision:NAME``, ``timm:NAME``, ``path/to/file.py:FUNCTION``, or
+``hawq:NAME`` (this project's own float models: the Bi-Real binary ResNets of :mod:`hawq.models.binary`).
 
 Such an *arch spec* goes wherever ``-a`` goes. The float model comes from the builder (torchvision's
 with ``weights=None``; offline, pretrained weights come from ``--pretrained PATH``), and its
 quantized model is captured from its torch.fx graph (:mod:`hawq.capture`), so layer names are the
 model's own module paths. Canonical input size (MACs/BOPS, the traced inventory): 224 for
-torchvision and timm models, 32 for a user's file.
+torchvision and timm models, 32 for a user's file and for ``hawq:`` models.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from hawq.errors import HawqError
 
 __all__ = ["is_spec", "spec_builder", "spec_input_size", "build", "build_pretrained", "output_classes"]
 
-_PREFIXES = ("torchvision:", "timm:")
+_PREFIXES = ("torchvision:", "timm:", "hawq:")
 
 
 def is_spec(arch: str) -> bool:
@@ -31,7 +32,7 @@ def is_spec(arch: str) -> bool:
 
 
 def spec_input_size(arch: str) -> int:
-    return 32 if ".py:" in arch and not arch.startswith(_PREFIXES) else 224
+    return 32 if arch.startswith("hawq:") or (".py:" in arch and not arch.startswith(_PREFIXES)) else 224
 
 
 @functools.lru_cache(maxsize=None)
@@ -45,6 +46,11 @@ def spec_builder(arch: str) -> Callable[..., nn.Module]:
             raise HawqError(f"unknown torchvision classification model {name!r} (torchvision "
                             f"{torchvision.__version__} has {len(names)}, e.g. resnet18, mobilenet_v2)")
         return functools.partial(torchvision.models.get_model, name, weights=None)
+    if kind == "hawq":
+        from hawq.models.binary import MODELS
+        if name not in MODELS:
+            raise HawqError(f"unknown model hawq:{name}; this project's own: {', '.join('hawq:' + m for m in MODELS)}")
+        return MODELS[name]
     if kind == "timm":
         try:
             import timm

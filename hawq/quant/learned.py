@@ -9,7 +9,19 @@ minmax     max |W| per channel (or percentile)             EMA of batch min/max 
 lsq        learned step per output channel (LSQ)           learned step per tensor (LSQ)
 pact       max |W| per channel                             learned clip α per tensor (PACT)
 dorefa     tanh transform, then max |W| per channel        EMA of batch min/max
+xnor       1-bit: α·sign(W), α = mean |W_c| (XNOR-Net)     1-bit: sign(x), clipped STE; wider: min/max
+bireal     1-bit: α·sign(W), clipped STE (Bi-Real)         1-bit: sign(x), ApproxSign gradient
 =========  ==============================================  ==========================================
+
+The binary methods (:data:`BINARY_METHODS`) are the ones with a 1-bit form; layers a bit_config
+keeps at 2-8 bits quantize as ``minmax`` under them. Their gradients (forward values are the sign
+grid of :mod:`hawq.numerics`, exactly what exports):
+
+* XNOR-Net (Rastegari et al., ECCV 2016, Algorithm 1): dC/dW = dC/dW̃ · (1/n + α·1{|W| < 1});
+  activations sign(x) with the clipped straight-through estimator 1{|x| < 1}.
+* Bi-Real (Liu et al., ECCV 2018; its reference PyTorch code): weights α·sign(W) with α detached
+  and the clipped estimator 1{|W| < 1} ("magnitude-aware": the forward value carries |W|'s mean);
+  activations with ApproxSign's piecewise-quadratic gradient 2 − 2|x| on |x| < 1.
 
 How they stay integer-exact: the *forward value* of a training step is always the module's own
 fake quantization with the current scale (the emulated integer path of :mod:`hawq.quant.modules`),
@@ -31,9 +43,11 @@ import torch
 
 __all__ = ["METHODS", "ACT_PARAM", "WEIGHT_PARAM", "MAX_LEARNED_ACT_BITS", "check_method", "grad_scale",
            "round_ste", "lsq_grad_factor", "lsq_surrogate", "lsq_ste", "pact_ste", "pact_surrogate",
-           "pact_range", "dorefa_weight"]
+           "pact_range", "dorefa_weight", "BINARY_METHODS", "check_binary", "sign_ste", "binary_weight_ste"]
 
-METHODS = ("minmax", "lsq", "pact", "dorefa")
+METHODS = ("minmax", "lsq", "pact", "dorefa", "xnor", "bireal")
+#: Methods with a 1-bit (sign grid) form; a bit_config with 1-bit layers needs one of them.
+BINARY_METHODS = ("xnor", "bireal")
 #: Methods whose activation quantizer owns a learned parameter, and its name in the state dict.
 ACT_PARAM = {"lsq": "act_step", "pact": "act_clip"}
 #: Methods whose weight quantizer owns a learned parameter ([C_out]).
@@ -49,6 +63,15 @@ def check_method(name: str) -> str:
         from hawq.errors import HawqError
         raise HawqError(f"unknown --quantizer {name!r}; expected one of {', '.join(METHODS)}")
     return name
+
+
+def check_binary(method: str, what: str) -> None:
+    """A 1-bit ``what`` (e.g. "activation 'stage1.unit1.quant_act'") needs a method with a sign grid:
+    otherwise a one-line HawqError."""
+    if method not in BINARY_METHODS:
+        from hawq.errors import HawqError
+        raise HawqError(f"{what} is 1-bit, but --quantizer {method} has no 1-bit form "
+                        f"(use --quantizer {' or '.join(BINARY_METHODS)})")
 
 
 class _GradScale(torch.autograd.Function):
@@ -206,3 +229,53 @@ def dorefa_weight(w: torch.Tensor) -> torch.Tensor:
     folding fixes here). Differentiable; the result's max |.| equals W's."""
     t = torch.tanh(w)
     return t / t.abs().max().clamp(min=1e-12) * w.detach().abs().max()
+
+
+class _SignSTE(torch.autograd.Function):
+    """Forward: ``value`` (the sign grid, times its scale). Backward: the method's sign gradient."""
+
+    @staticmethod
+    def forward(ctx, x, value, method: str):
+        ctx.save_for_backward(x)
+        ctx.method = method
+        return value
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        if ctx.method == "bireal":            # ApproxSign: d/dx (2x ∓ x²) = 2 − 2|x| on |x| < 1
+            return grad * (2.0 - 2.0 * x.abs()).clamp_(min=0.0), None, None
+        return torch.ops.aten.hardtanh_backward(grad, x, -1.0, 1.0), None, None
+
+
+def sign_ste(x: torch.Tensor, value: torch.Tensor, method: str) -> torch.Tensor:
+    """Forward exactly ``value`` (the 1-bit activation of ``x``); backward ``method``'s estimator of
+    d sign(x)/dx: ``bireal`` ApproxSign (2 − 2|x| inside [−1, 1]), otherwise (``xnor``) the clipped
+    straight-through 1{|x| < 1}."""
+    return _SignSTE.apply(x, value.detach(), method)
+
+
+class _BinaryWeightSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w, value, alpha, method: str):
+        ctx.save_for_backward(w, alpha)
+        ctx.method = method
+        return value
+
+    @staticmethod
+    def backward(ctx, grad):
+        w, alpha = ctx.saved_tensors
+        inside = torch.ops.aten.hardtanh_backward(grad, w, -1.0, 1.0)
+        if ctx.method == "bireal":
+            return inside, None, None, None
+        n = w[0].numel()
+        shape = [-1] + [1] * (w.dim() - 1)
+        a = alpha.to(grad.dtype).reshape(shape) if alpha.numel() > 1 else alpha.to(grad.dtype).reshape(1)
+        return inside * a + grad / n, None, None, None
+
+
+def binary_weight_ste(w: torch.Tensor, value: torch.Tensor, alpha: torch.Tensor, method: str) -> torch.Tensor:
+    """Forward exactly ``value`` (α·sign(W), the exported weight); backward ``method``'s weight
+    gradient: ``xnor`` dC/dW̃·(1/n + α·1{|W| < 1}) (n = weights per output channel, α [C_out] or
+    [1]), ``bireal`` dC/dW̃·1{|W| < 1}."""
+    return _BinaryWeightSTE.apply(w, value.detach(), alpha.detach(), method)

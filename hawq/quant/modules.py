@@ -157,6 +157,14 @@ class QuantAct(nn.Module):
         if self.profile.float_requant and self.role == "accumulator":
             bits = 8
         self.profile.check_bits(f"activation '{self.layer_name}'", bits)
+        if bits == N.BINARY:
+            L.check_binary(self.quantizer, f"activation '{self.layer_name}'")
+            if self.role != "signed":
+                why = {"input": "the image quantizer keeps at least 2 bits (the stem stays wide in every "
+                                "binary network)",
+                       "accumulator": "a residual accumulator stays 16-bit",
+                       "relu": "after a ReLU every value is >= 0, so its sign is the constant +1"}[self.role]
+                raise HawqError(f"activation '{self.layer_name}' cannot be 1-bit: {why}")
         self.activation_bit = bits
         self._sync_learned()
 
@@ -200,7 +208,7 @@ class QuantAct(nn.Module):
 
     @property
     def calibrated(self) -> bool:
-        if self.stored_scale:
+        if self.stored_scale or self.mode == N.SIGN:
             return True
         if self.learned is not None:
             return bool((self.learned != 0).all())
@@ -232,6 +240,8 @@ class QuantAct(nn.Module):
     def _needs_range(self) -> bool:
         """min/max/EMA ranges define the scale (minmax, dorefa), start a learned step / clip, or give
         an asymmetric grid's zero point (and PACT's lower clip there); else they are not tracked."""
+        if self.mode == N.SIGN:
+            return False
         return self.learned is None or self.mode == "asymmetric" or not bool((self.learned != 0).all())
 
     @torch.no_grad()
@@ -263,6 +273,8 @@ class QuantAct(nn.Module):
 
     def storage_range(self) -> tuple[int, int]:
         """Range of the stored integer q (before subtracting the zero point)."""
+        if self.mode == N.SIGN:
+            return -1, 1
         return N.qrange(self.activation_bit, signed=(self.mode == "symmetric"))
 
     @torch.no_grad()
@@ -303,6 +315,14 @@ class QuantAct(nn.Module):
             self.observer(total.detach())
         if not self.fake_quant:
             return Q(total, None)
+        if self.mode == N.SIGN:
+            if identity is not None:
+                raise HawqError(f"'{self.layer_name}': a residual add cannot produce a 1-bit value")
+            with torch.no_grad():
+                self.act_scaling_factor.fill_(1.0)
+                self.act_zero_point.zero_()
+            one = torch.ones(1, device=xv.device)
+            return Q(self._drop(total, L.sign_ste(total, N.binarize(total), self.quantizer)), one, 0)
         if self.running_stat and self._needs_range():
             self._observe(total)
         self._init_learned()
@@ -379,7 +399,13 @@ class QuantAct(nn.Module):
         prof = self.profile
         if prof.float_requant and isinstance(x, Q):
             return self._forward_ort(x, identity, scale, z, lo, hi, rec)
-        if not isinstance(x, Q):      # the float->int boundary (quant_input)
+        if self.mode == N.SIGN:
+            if not isinstance(x, Q) or identity is not None:
+                raise HawqError(f"'{self.layer_name}': a 1-bit activation reads an integer tensor, not the image or an add")
+            q = N.sign_int(x.value)
+            if rec:
+                rec.add(ir.Sign, self.layer_name, [x.value], q)
+        elif not isinstance(x, Q):      # the float->int boundary (quant_input)
             q = (N.quantize(x.float(), scale.to(x.device), z, lo, hi, prof.reciprocal_quantize) - z).to(torch.int64)
             if rec:
                 rec.add(ir.Quantize, self.layer_name, [x], q, scale=scale.clone(), zero_point=z,
@@ -522,6 +548,8 @@ class _QuantWeightLayer(nn.Module):
         if self.weight_rounding is not None:
             return self.weight_rounding(w, s_w)
         deq = N.quantize_weight(w, s_w, self.weight_bit, self.profile) * N.channel_view(s_w, w.dim(), 0)
+        if self.weight_bit == N.BINARY:
+            return L.binary_weight_ste(w, deq, s_w, self.quantizer)
         if self.quantizer == "lsq" and not self.has_fixed_scale:
             lo, hi = N.qrange(self.weight_bit, signed=True)
             g = L.lsq_grad_factor(w[0].numel(), hi)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import re
+
 import pytest
 
 from conftest import cli
@@ -196,9 +198,9 @@ def test_unknown_layer_is_named():
 @pytest.mark.parametrize(
     ("kind", "value", "message"),
     [
-        ("conv", 1, "has 1 bits; allowed: 2, 3, 4, 5, 6, 7, 8"),
-        ("conv", 16, "has 16 bits; allowed: 2, 3, 4, 5, 6, 7, 8"),
-        ("act", 9, "has 9 bits; allowed: 2, 3, 4, 5, 6, 7, 8"),
+        ("conv", 16, "has 16 bits; allowed: 1, 2, 3, 4, 5, 6, 7, 8"),
+        ("act", 9, "has 9 bits; allowed: 1, 2, 3, 4, 5, 6, 7, 8"),
+        ("act", 0, "has 0 bits; allowed: 1, 2, 3, 4, 5, 6, 7, 8"),
         ("act_int32", 8, "has 8 bits; allowed: 16"),
         ("conv", "8", "non-integer bits '8'"),
         ("act", 8.0, "non-integer bits 8.0"),
@@ -210,6 +212,14 @@ def test_bad_bits_are_named(kind, value, message):
     with pytest.raises(HawqError) as err:
         bc.validate_scheme("resnet18", {**_uniform8(), layer: value})
     assert f"layer {layer!r}" in str(err.value) and message in str(err.value)
+
+
+@pytest.mark.parametrize(("layer", "part"), [("quant_init_block_convbn", "the stem (it reads the image)"),
+                                             ("quant_output", "the classifier")])
+def test_binary_stem_and_head_are_refused(layer, part):
+    with pytest.raises(HawqError, match=rf"layer '{layer}' is {re.escape(part)} and cannot be 1-bit"):
+        bc.validate_scheme("resnet18", {**_uniform8(), layer: 1})
+    assert bc.validate_scheme("resnet18", {**_uniform8(), _first_layer("resnet18", "conv"): 1})
 
 
 def test_unknown_scheme_lists_available_ones():

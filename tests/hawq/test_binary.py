@@ -1,0 +1,141 @@
+"""Binary networks (docs/numerics.md §18): the sign grid, XNOR-Net's and Bi-Real's gradients, the
+``binary`` scheme of the Bi-Real ResNets, and the integer program's exactness (QAT eval, the NumPy
+reference and ONNX Runtime; TVM in tests/tvm_benchmark/test_binary_network.py)."""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from hawq import bit_config as bc
+from hawq import numerics as N
+from hawq.errors import HawqError
+from hawq.export import export_integer
+from hawq.export_onnx import to_onnx
+from hawq.models.factory import quant_model
+from hawq.quant import learned as L
+from hawq.quant.config import QuantConfig
+from hawq.reference import run_graph
+
+ARCH = "hawq:bireal_resnet20"
+
+
+def _trained(method: str, steps: int = 2, scheme: str = "binary"):
+    torch.manual_seed(0)
+    m = quant_model(ARCH, bc.load_scheme(ARCH, scheme), 10, config=QuantConfig(quantizer=method))
+    m.train()
+    opt = torch.optim.Adam(m.parameters(), 1e-3)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(m(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return m.eval()
+
+
+# --------------------------------------------------------------------------- numerics
+def test_sign_grid_maps_zero_to_plus_one_in_float_and_integers():
+    x = torch.tensor([-2.5, -1e-30, 0.0, -0.0, 1e-30, 3.0])
+    assert N.binarize(x).tolist() == [-1, -1, 1, 1, 1, 1]
+    q = np.array([-7, -1, 0, 1, 9])
+    assert N.sign_int(q).tolist() == [-1, -1, 1, 1, 1]
+    assert N.sign_int(torch.from_numpy(q)).tolist() == [-1, -1, 1, 1, 1]
+
+
+def test_binary_weights_are_sign_times_mean_abs():
+    w = torch.tensor([[0.5, -0.25, 0.0, -1.0], [2.0, 2.0, -2.0, 2.0]])
+    s = N.weight_scale(w, 1, per_channel=True)
+    assert s.dtype == torch.float32 and s.tolist() == [0.4375, 2.0]
+    assert N.quantize_weight(w, s, 1).tolist() == [[1, -1, 1, -1], [1, 1, -1, 1]]
+    assert N.weight_scale(w, 1, per_channel=False).tolist() == [1.21875]
+    assert N.qrange(1, signed=True) == (-1, 1)
+    assert N.act_qrange(1, N.SIGN) == (-1, 1)
+
+
+def test_one_bit_is_the_exact_profile_only():
+    assert N.EXACT.act_mode("signed", 1) == N.SIGN
+    for prof in (N.HAWQ, N.ORT):
+        with pytest.raises(HawqError, match="1-bit|8-bit"):
+            prof.check_bits("layer 'x'", 1)
+
+
+# --------------------------------------------------------------------------- gradients
+def test_sign_gradients_of_xnor_and_bireal():
+    x = torch.tensor([-1.5, -0.75, -0.25, 0.0, 0.5, 0.99, 1.25], requires_grad=True)
+    for method, want in (("xnor", [0.0, 1, 1, 1, 1, 1, 0]), ("bireal", [0, 0.5, 1.5, 2.0, 1.0, 0.02, 0])):
+        x.grad = None
+        y = L.sign_ste(x, N.binarize(x.detach()), method)
+        assert y.tolist() == [-1, -1, -1, 1, 1, 1, 1]
+        y.sum().backward()
+        assert torch.allclose(x.grad, torch.tensor(want)), (method, x.grad)
+
+
+def test_weight_gradients_of_xnor_and_bireal():
+    w = torch.tensor([[0.5, -2.0, 0.25, -0.5]], requires_grad=True)
+    alpha = N.binary_weight_scale(w)
+    value = N.binarize(w.detach()) * alpha.reshape(-1, 1)
+    for method, want in (("xnor", [0.8125 + 0.25, 0.25, 0.8125 + 0.25, 0.8125 + 0.25]),
+                         ("bireal", [1.0, 0.0, 1.0, 1.0])):
+        w.grad = None
+        y = L.binary_weight_ste(w, value, alpha, method)
+        assert torch.equal(y, value)
+        y.sum().backward()
+        assert torch.allclose(w.grad, torch.tensor([want])), (method, w.grad)
+
+
+# --------------------------------------------------------------------------- the binary scheme
+def test_binary_scheme_keeps_stem_head_and_shortcuts_wide():
+    bits = bc.load_scheme(ARCH, "binary")
+    one = {n for n, b in bits.items() if b == 1}
+    convs = {n for n in one if n.endswith(".conv")}
+    assert len(convs) == 18 and {n + "_act" for n in convs} == one - convs
+    assert bits["stem.0"] == bits["fc"] == bits["quant_input"] == 8
+    assert bits["features.6.shortcut.1"] == bits["features.6.shortcut.1_act"] == 8
+    assert {bits[n] for n in bits if n.endswith(".add")} == {16}
+    size, gbops = bc.scheme_stats(ARCH, bits)
+    size8, gbops8 = bc.scheme_stats(ARCH, bc.load_scheme(ARCH, "uniform8"))
+    assert size < size8 / 6 and gbops < gbops8 / 20
+
+
+# --------------------------------------------------------------------------- exactness
+@pytest.mark.parametrize("method", L.BINARY_METHODS)
+def test_binary_program_is_exact_in_qat_reference_and_onnx(method):
+    m = _trained(method)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        qat = m.forward_int(x).numpy()
+    graph = export_integer(m, (3, 32, 32))["graph"]
+    ops = [n["op"] for n in graph["nodes"]]
+    assert ops.count("sign") == 18
+    convs = [n for n in graph["nodes"] if n["op"] == "conv2d" and n["weight_bits"] == 1]
+    assert len(convs) == 18 and all(set(np.unique(n["weight"].numpy())) == {-1, 1} for n in convs)
+    ref = run_graph(graph, x.numpy())
+    np.testing.assert_array_equal(ref, qat)
+    sess = ort.InferenceSession(to_onnx(graph, (3, 32, 32)).SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0], ref)
+    assert np.abs(qat).max() > 0
+
+
+# --------------------------------------------------------------------------- bad input
+def test_one_bit_needs_a_binary_method():
+    with pytest.raises(HawqError, match=r"is 1-bit, but --quantizer minmax has no 1-bit form \(use --quantizer xnor or bireal\)"):
+        quant_model(ARCH, bc.load_scheme(ARCH, "binary"), 10, config=QuantConfig(quantizer="minmax"))
+
+
+def test_one_bit_after_a_relu_is_refused():
+    bits = bc.load_scheme("resnet20_cifar10", "uniform8")
+    act = next(n for n in bits if n.endswith("quant_act") and n.startswith("stage"))
+    with pytest.raises(HawqError, match=rf"activation '{act}' cannot be 1-bit: after a ReLU"):
+        quant_model("resnet20_cifar10", {**bits, act: 1}, 10, config=QuantConfig(quantizer="xnor"))
+
+
+def test_one_bit_in_profile_hawq_is_refused():
+    with pytest.raises(HawqError, match="numeric profile hawq has no 1-bit grid"):
+        quant_model(ARCH, bc.load_scheme(ARCH, "binary"), 10, config=QuantConfig(quantizer="xnor", numerics="hawq"))
+
+
+def test_unknown_own_model_is_one_line():
+    with pytest.raises(HawqError, match="unknown model hawq:nope; this project's own: hawq:bireal_resnet20"):
+        bc.list_schemes("hawq:nope")
