@@ -14,6 +14,7 @@ from tvm import relax
 
 from hawq.errors import HawqError
 from tvm_benchmark import isa as I
+from tvm_benchmark.binary import plan_binary
 from tvm_benchmark.depthwise import plan_depthwise
 from tvm_benchmark.schedules import plan_conv, schedule_generic
 from tvm_benchmark.targets import cuda_arch, cuda_available, make_target
@@ -93,9 +94,13 @@ class Built:
 
 
 def plan_kernel(isa, act_dtype: str, act_lo: int, act_hi: int, w, groups: int, out_w: int | None = None,
-                emulate: bool = False):
-    """The hand-scheduled kernel for one convolution: the depthwise kernel where it applies, else
-    :func:`tvm_benchmark.schedules.plan_conv`'s choice (None: TVM's generic convolution)."""
+                emulate: bool = False, binary: bool = False):
+    """The hand-scheduled kernel for one convolution: the popcount kernel for ±1 activations
+    (``binary``) and ±1 weights, the depthwise kernel where it applies, else
+    :func:`tvm_benchmark.schedules.plan_conv`'s choice (None: TVM's generic convolution). The popcount
+    schedule is the same on every target (``emulate`` changes nothing there)."""
+    if binary:
+        return plan_binary(isa, w, True, groups)
     return (plan_depthwise(isa, act_dtype, act_lo, act_hi, w, groups, emulate=emulate)
             or plan_conv(isa, act_dtype, act_lo, act_hi, w, groups, out_w, emulate=emulate))
 

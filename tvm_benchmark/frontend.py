@@ -38,6 +38,7 @@ from tvm import relax, te, tirx
 from hawq.errors import HawqError
 from hawq import ir
 from hawq.ir import Interval
+from tvm_benchmark.binary import BinaryConvPlan, out_hw as binary_out_hw, pack_activation_func, words
 from tvm_benchmark.depthwise import DepthwisePlan
 from tvm_benchmark.tensorcore import GemmPlan, GemmShape
 
@@ -48,7 +49,8 @@ __all__ = ["container", "Value", "LOWER", "FLOAT_REQUANT_KERNEL", "build_module"
 FLOAT_REQUANT_KERNEL = "hawq_float_requant"
 
 #: ``planner(act_dtype, act_lo, act_hi, weight_oihw, groups, out_w) -> ConvPlan | None``: the
-#: back end's choice of a hand-scheduled kernel for one convolution (:func:`tvm_benchmark.schedules.plan_conv`
+#: back end's choice of a hand-scheduled kernel for one convolution (called with ``binary=True`` as
+#: well when the activation is on the sign grid: a :class:`~tvm_benchmark.binary.BinaryConvPlan` may answer) (:func:`tvm_benchmark.schedules.plan_conv`
 #: bound to an ISA). The front end knows no ISA: it only prepares the operands a plan asks for.
 ConvPlanner = Callable[..., object]
 
@@ -77,6 +79,7 @@ class Value:
     lo: int
     hi: int
     offset: int = 0          # nonzero only for the uncentered input quantizer output (offset = z)
+    binary: bool = False     # on the sign grid {-1, +1} (an IR ``sign``): popcount kernels may read it
 
     @property
     def dtype(self) -> str:
@@ -203,13 +206,20 @@ class _Builder:
         acc = self._accumulator(x, w, bias, node.name)
         t, l, b, r = node.pads()
         stride = [int(s) for s in node.stride]
+        # The hand-scheduled kernels are undilated convolutions: a dilated one takes TVM's generic conv.
+        planned = self.planner is not None and acc == "int32" and all(int(d) == 1 for d in node.dilation)
+        if planned and x.binary:
+            plan = self.planner(x.dtype, x.lo, x.hi, w, int(node.groups), None, binary=True)
+            if isinstance(plan, BinaryConvPlan):
+                y = self._binary_planned(plan, x.expr, w, (t, l, b, r), stride)
+                return self.emit(relax.op.add(y, _const(self.per_channel(bias, 4), acc)))
         data = self._operand(x, acc)
         pad = [t, l]
         if (t, l) != (b, r):      # asymmetric ("same" of TF-ported models): an explicit pad, then none
             data, pad = self._pad_hw(data, [t, l, b, r], x.offset), [0, 0]
         groups = int(node.groups)
         plan = None
-        if self.planner is not None and acc == "int32":
+        if planned:
             out_w = (int(data.ty.shape[2]) + 2 * pad[1] - w.shape[3]) // stride[1] + 1
             plan = self.planner(_dt(data), x.lo + x.offset, x.hi + x.offset, w, groups, out_w)
         if isinstance(plan, DepthwisePlan):
@@ -265,6 +275,22 @@ class _Builder:
         acc = self.emit(relax.call_tir(gv, [data, _const(plan.pack(w), kernel.weight_dtype)],
                                        relax.TensorType([b, oh, ow, o // lanes, lanes], "int32")))
         return self.emit(relax.op.reshape(acc, [b, oh, ow, o])), offset
+
+    def _binary_planned(self, plan: BinaryConvPlan, data: relax.Expr, w: np.ndarray, pad: tuple[int, int, int, int],
+                        stride: list[int]) -> relax.Expr:
+        """NHWC ±1 conv through the popcount kernel (:mod:`tvm_benchmark.binary`): pack the int8 sign
+        grid into 64-bit words with zero words at the padding, call the kernel, which corrects the
+        padded taps (the conv's zero padding is not ±1). Returns the int32 acc [B, OH, OW, O]."""
+        b, h, wd, c = (int(d) for d in data.ty.shape)
+        o, _, kh, kw = w.shape
+        packer = self.bb.add_func(pack_activation_func(b, h, wd, c, pad), "pack_sign_bits__")
+        padded = [b, h + pad[0] + pad[2], wd + pad[1] + pad[3], words(c)]
+        bits = self.emit(relax.call_tir(packer, [data], relax.TensorType(padded, "uint64")))
+        func = plan.prim_func(b, (h, wd), c, o, (kh, kw), tuple(stride), pad)
+        gv = self.bb.add_func(func, "conv2d_popcount__")
+        oh, ow = binary_out_hw((h, wd), (kh, kw), tuple(stride), pad)
+        return self.emit(relax.call_tir(gv, [bits, _const(plan.pack(w), "uint64")],
+                                        relax.TensorType([b, oh, ow, o], "int32")))
 
     def _gemm_planned(self, plan: GemmPlan, data: relax.Expr, w: np.ndarray, pad: list[int], stride: list[int],
                       offset: int, name: str) -> tuple[relax.Expr, int]:
@@ -566,7 +592,7 @@ def _emit_nodes(b: _Builder, graph: ir.Graph, x: relax.Var) -> tuple[dict, list[
         args = [env[n] for n in node.inputs]
         res = fn(b, node, *args, out) if fn in _TAKES_OUT else fn(b, node, *args)
         expr, offset = res if isinstance(res, tuple) else (res, 0)
-        env[node.output] = Value(expr, out[0], out[1], offset)
+        env[node.output] = Value(expr, out[0], out[1], offset, binary=isinstance(node, ir.Sign))
         order.append(node.output)
     return env, order
 

@@ -14,6 +14,12 @@ vnni     + avx512bw, avx512_vnni                      vpdpbusd, 512-bit, and the
 amx      + amx_int8, amx_tile, avx512_vnni            tdpbusd tiles, and the vnni kernels
 ======== ============================================ ==================================================
 
+GFNI is off in every family below ``amx`` (no family needs it; with ``-mcpu`` of a host that has it,
+LLVM builds byte shifts of the lookup popcount from ``vgf2p8affineqb``, which Haswell, Zen 2/3,
+Skylake-X and Cascade Lake lack). The vector popcount ``vpopcntq`` (AVX512-VPOPCNTDQ) of the binary
+kernels is switched on for a 512-bit family built on a host that has it (``avx512`` excepted:
+Skylake-X lacks it), and comes with the reference CPU of a ``vnni`` or ``amx`` cross-build.
+
 ``--isa NAME`` overrides the detected family: below the host's it compiles exactly what a machine
 with only that family would run (wider features switched off in ``-mattr``); above it the program can
 be compiled (``tvm_benchmark.export``) but not run here, and running it is refused with one line.
@@ -26,7 +32,7 @@ from hawq.errors import HawqError
 from hawq.tables import cpuinfo_field
 
 
-__all__ = ["Isa", "ISAS", "PREFERENCE", "CHOICES", "cpu_flags", "detect", "resolve", "require_runnable",
+__all__ = ["Isa", "ISAS", "VPOPCNT_FLAG", "VPOPCNT_ATTR", "PREFERENCE", "CHOICES", "cpu_flags", "detect", "resolve", "require_runnable",
            "llvm_attrs", "describe"]
 
 @dataclass(frozen=True)
@@ -47,16 +53,21 @@ class Isa:
 
 ISAS: dict[str, Isa] = {i.name: i for i in (
     Isa("avx2", ("avx2",), "haswell", ("+avx2", "+fma"),
-        ("-avx512f", "-avxvnni", "-amx-tile", "-amx-int8"), 256),
+        ("-avx512f", "-avxvnni", "-amx-tile", "-amx-int8", "-gfni"), 256),
     Isa("avx512", ("avx2", "avx512bw"), "skylake-avx512", ("+avx2", "+avx512f", "+avx512bw", "+avx512vl"),
-        ("-avx512vnni", "-avxvnni", "-amx-tile", "-amx-int8"), 512),
+        ("-avx512vnni", "-avxvnni", "-amx-tile", "-amx-int8", "-gfni", "-avx512vpopcntdq"), 512),
     Isa("avxvnni", ("avx2", "avx_vnni"), "alderlake", ("+avx2", "+avxvnni"),
-        ("-avx512f", "-amx-tile", "-amx-int8"), 256),
+        ("-avx512f", "-amx-tile", "-amx-int8", "-gfni"), 256),
     Isa("vnni", ("avx2", "avx512bw", "avx512_vnni"), "icelake-server",
-        ("+avx2", "+avx512f", "+avx512bw", "+avx512vl", "+avx512vnni"), ("-amx-tile", "-amx-int8"), 512),
+        ("+avx2", "+avx512f", "+avx512bw", "+avx512vl", "+avx512vnni"), ("-amx-tile", "-amx-int8", "-gfni"), 512),
     Isa("amx", ("avx2", "avx512bw", "avx512_vnni", "amx_int8", "amx_tile"), "sapphirerapids",
         ("+avx2", "+avx512f", "+avx512bw", "+avx512vl", "+avx512vnni", "+amx-tile", "+amx-int8"), (), 512),
 )}
+#: The vector popcount of the binary convolutions (:mod:`tvm_benchmark.binary`): the ``/proc/cpuinfo``
+#: flag and its LLVM feature. Not a family of its own: a 512-bit family's program uses ``vpopcntq``
+#: where the host (or the reference CPU of a cross-build) has it, the lookup popcount elsewhere.
+VPOPCNT_FLAG = "avx512_vpopcntdq"
+VPOPCNT_ATTR = "+avx512vpopcntdq"
 #: Families from the most to the least capable: detection takes the first the host runs.
 PREFERENCE = ("amx", "vnni", "avx512", "avxvnni", "avx2")
 CHOICES = tuple(ISAS)
@@ -98,8 +109,11 @@ def llvm_attrs(isa: Isa, host_cpu: str, flags: set[str] | None = None) -> tuple[
     family (LLVM then tunes for it), else the family's reference CPU; the family's features on,
     wider ones off."""
     flags = cpu_flags() if flags is None else flags
-    mcpu = host_cpu if isa.runs_on(flags) else isa.mcpu
-    return mcpu, list(isa.mattr) + list(isa.off)
+    native = isa.runs_on(flags)
+    mcpu = host_cpu if native else isa.mcpu
+    extra = ([VPOPCNT_ATTR] if native and isa.vector_bits >= 512 and VPOPCNT_FLAG in flags
+             and "-avx512vpopcntdq" not in isa.off else [])
+    return mcpu, list(isa.mattr) + extra + list(isa.off)
 
 
 def describe(flags: set[str] | None = None) -> str:

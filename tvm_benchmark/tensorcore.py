@@ -165,12 +165,13 @@ class GemmShape:
 
 
 def plan_tensorcore(sm: int, act_dtype: str, act_lo: int, act_hi: int, w: np.ndarray, groups: int,
-                    out_w: int | None = None, emulate: bool = False) -> GemmPlan | None:
+                    out_w: int | None = None, emulate: bool = False, binary: bool = False) -> GemmPlan | None:
     """The tensor-core GEMM for a conv with ``groups == 1`` on 8-bit containers, or None (TVM's
     generic GPU convolution: depthwise layers, wider data, GPUs before sm_75). ``act_lo``/``act_hi``
     bound the stored activations. s4 where the GPU has int4 MMA (sm_75/80/86/87) and both the shifted
     activations (0..15 - 8) and the weights fit 4 bits; else s8. The raw int32 sum of the shifted
-    operands must be proven to fit."""
+    operands must be proven to fit. ``binary`` (±1 activations and weights) changes nothing: they run
+    as s4/s8 operands (no b1 MMA here yet)."""
     if groups != 1 or act_dtype not in ("uint8", "int8") or sm < int8_step(emulate, sm).min_sm:
         return None
     w64 = w.astype(np.int64)

@@ -32,7 +32,10 @@ def is_spec(arch: str) -> bool:
 
 
 def spec_input_size(arch: str) -> int:
-    return 32 if arch.startswith("hawq:") or (".py:" in arch and not arch.startswith(_PREFIXES)) else 224
+    if arch.startswith("hawq:"):
+        from hawq.models.binary import INPUT_SIZES
+        return INPUT_SIZES.get(arch.partition(":")[2], 32)
+    return 32 if ".py:" in arch and not arch.startswith(_PREFIXES) else 224
 
 
 @functools.lru_cache(maxsize=None)

@@ -90,7 +90,7 @@ def test_binary_scheme_keeps_stem_head_and_shortcuts_wide():
     bits = bc.load_scheme(ARCH, "binary")
     one = {n for n, b in bits.items() if b == 1}
     convs = {n for n in one if n.endswith(".conv")}
-    assert len(convs) == 18 and {n + "_act" for n in convs} == one - convs
+    assert len(convs) == 18 and {n.replace(".conv", ".act") for n in convs} == one - convs
     assert bits["stem.0"] == bits["fc"] == bits["quant_input"] == 8
     assert bits["features.6.shortcut.1"] == bits["features.6.shortcut.1_act"] == 8
     assert {bits[n] for n in bits if n.endswith(".add")} == {16}

@@ -309,8 +309,8 @@ def test_qat_methods_table(tmp_path, capsys):
     assert [(r["scheme"], r["quantizer"], r["lr"]) for r in rows] == [("uniform4", "minmax", "0.005"),
                                                                       ("uniform4", "lsq", "0.005")]
     md = (tmp_path / "qat_methods.md").read_text()
-    assert "Host: " in md and "| resnet20_cifar10 | uniform4 | lsq | 1 | 0.005 | no |" in md
-    assert (tmp_path / "qat_methods.csv").read_text().splitlines()[0].startswith("host,arch,scheme,quantizer")
+    assert "Host: " in md and "| resnet20_cifar10 | uniform4 | 4/4 | lsq | 1 | 0.005 | no |" in md
+    assert (tmp_path / "qat_methods.csv").read_text().splitlines()[0].startswith("host,arch,scheme,a_w,quantizer")
     assert (tmp_path / "runs" / "uniform4_lsq" / "quantized_checkpoint.pth.tar").is_file()
 
 
