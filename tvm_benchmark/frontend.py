@@ -206,8 +206,7 @@ class _Builder:
         acc = self._accumulator(x, w, bias, node.name)
         t, l, b, r = node.pads()
         stride = [int(s) for s in node.stride]
-        # The hand-scheduled kernels are undilated convolutions: a dilated one takes TVM's generic conv.
-        planned = self.planner is not None and acc == "int32" and all(int(d) == 1 for d in node.dilation)
+        planned = self.planner is not None and acc == "int32"
         if planned and x.binary:
             plan = self.planner(x.dtype, x.lo, x.hi, w, int(node.groups), None, binary=True)
             if isinstance(plan, BinaryConvPlan):
