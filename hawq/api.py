@@ -23,15 +23,16 @@ import torch
 import torch.nn as nn
 
 from hawq import ir
-from hawq.bit_config import bits_of_layers
+from hawq.bit_config import binary_bits, bits_of_layers
 from hawq.capture import QuantGraphModel, QuantPoint, capture
 from hawq.errors import HawqError
 from hawq.export import export_integer, record_graph, save_artifact
+from hawq.models.binary import SignPoint
 from hawq.models.layers import model_layers
 from hawq.quant.config import QuantConfig
 from hawq.reference import run_graph
 
-__all__ = ["quantize", "prepare_qat", "export_program", "run_reference", "scheme_of", "QuantPoint"]
+__all__ = ["quantize", "prepare_qat", "export_program", "run_reference", "scheme_of", "QuantPoint", "SignPoint"]
 
 
 def _as_batch(example_inputs) -> torch.Tensor:
@@ -43,15 +44,22 @@ def _as_batch(example_inputs) -> torch.Tensor:
 
 def scheme_of(model: QuantGraphModel, scheme: str | Mapping[str, int] | None, w_bits: int, a_bits: int,
               input_size: int) -> dict[str, int]:
-    """{layer: bits}: ``scheme`` as given (a mapping, or ``uniformN``), else every conv/linear at
+    """{layer: bits}: ``scheme`` as given (a mapping, ``uniformN``, or ``binary``:
+    :func:`hawq.bit_config.binary_bits`), else every conv/linear at
     ``w_bits`` and activation at ``a_bits`` with the model input, first conv, last linear and the
     quantizer feeding it at 8 and residual accumulators at 16 (HAWQ's convention,
     :func:`hawq.bit_config.bits_of_layers` of the model's inventory at ``input_size`` pixels)."""
     if isinstance(scheme, Mapping):
         return dict(scheme)
+    if scheme == "binary":
+        bits = binary_bits(model_layers(copy.deepcopy(model), input_size))
+        if 1 not in bits.values():
+            raise HawqError("scheme 'binary': no layer can be 1-bit (a 1-bit activation needs a signed "
+                            "quantizer, e.g. hawq.SignPoint, before k×k convs other than the stem)")
+        return bits
     if scheme is not None:
         if not (isinstance(scheme, str) and scheme.startswith("uniform") and scheme[7:].isdigit()):
-            raise HawqError(f"scheme {scheme!r}: give uniformN (N = 2..8) or a {{layer: bits}} mapping")
+            raise HawqError(f"scheme {scheme!r}: give uniformN (N = 2..8), binary or a {{layer: bits}} mapping")
         w_bits = a_bits = int(scheme[7:])
     for what, b in (("w_bits", w_bits), ("a_bits", a_bits)):
         if b not in range(2, 9):

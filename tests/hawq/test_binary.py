@@ -139,3 +139,40 @@ def test_one_bit_in_profile_hawq_is_refused():
 def test_unknown_own_model_is_one_line():
     with pytest.raises(HawqError, match="unknown model hawq:nope; this project's own: hawq:bireal_resnet20"):
         bc.list_schemes("hawq:nope")
+
+
+class _UserBinary(torch.nn.Module):
+    """A user's binary net: the stem, then two binary convs behind hawq.SignPoint, a shortcut each."""
+
+    def __init__(self):
+        super().__init__()
+        import hawq
+        self.stem, self.bn0 = torch.nn.Conv2d(3, 16, 3, padding=1, bias=False), torch.nn.BatchNorm2d(16)
+        self.a1, self.c1, self.b1 = hawq.SignPoint(), torch.nn.Conv2d(16, 16, 3, padding=1, bias=False), torch.nn.BatchNorm2d(16)
+        self.a2, self.c2, self.b2 = hawq.SignPoint(), torch.nn.Conv2d(16, 16, 3, padding=1, bias=False), torch.nn.BatchNorm2d(16)
+        self.fc = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.bn0(self.stem(x))
+        x = self.b1(self.c1(self.a1(x))) + x
+        x = self.b2(self.c2(self.a2(x))) + x
+        return self.fc(x.mean((2, 3)))
+
+
+def test_api_binary_scheme_on_a_user_model_is_exact():
+    import hawq
+    torch.manual_seed(0)
+    model = _UserBinary()
+    x = torch.randn(4, 3, 16, 16)
+    assert torch.equal(model.a1(x), x.clamp(-1, 1))               # hardtanh in float
+    q = hawq.prepare_qat(model, x, scheme="binary", config=QuantConfig(quantizer="xnor"))
+    bits = q.bit_config()
+    assert {n for n, b in bits.items() if b == 1} == {"a1", "c1", "a2", "c2"}
+    assert bits["stem"] == bits["fc"] == bits["quant_input"] == 8 and sorted(set(bits.values())) == [1, 8, 16]
+    q(x)
+    graph = hawq.export_program(q.eval(), input_shape=(3, 16, 16))
+    assert [n.OP for n in graph.nodes].count("sign") == 2
+    np.testing.assert_array_equal(hawq.run_reference(graph, x), q.forward_int(x).numpy())
+    with pytest.raises(HawqError, match="scheme 'binary': no layer can be 1-bit"):
+        hawq.prepare_qat(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 14 * 14, 2)),
+                         x, scheme="binary", config=QuantConfig(quantizer="xnor"))

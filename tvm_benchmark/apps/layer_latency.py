@@ -1,4 +1,4 @@
-"""Per-layer latency of every quantized conv/dense layer at 4 and 8 bits on a TVM target.
+"""Per-layer latency of every quantized conv/dense layer at 4 and 8 bits (and 1 bit) on a TVM target.
 
     python -m tvm_benchmark.layer_latency -a resnet18 [--target llvm] [--isa vnni] [-b 1] [--threads 2]
 
@@ -14,7 +14,8 @@ epilogue shows beside its convolution.
 Each layer is compiled alone, exactly as it is compiled inside the whole program (same kernel
 choice — at 4 bits the saturation-free ``vpmaddubsw`` kernel applies — same epilogue), from the
 integer graph of a model calibrated on random data with every free layer at ``bits`` (the
-``uniform4``/``uniform8`` schemes; layers the schemes keep at 8 bits get an 8-bit row only). Its
+``uniform4``/``uniform8`` schemes, and the ``binary`` one where the arch has it: its 1-bit layers
+run the popcount kernels on the sign grid; layers the schemes keep at 8 bits get an 8-bit row only). Its
 input is produced by a stand-in quantizer over the layer's real input range; that quantizer is timed
 alone, alternately with the layer, and subtracted round by round, in 3 passes over all layers; the
 CSV holds the median and 90th percentile of those differences. Latencies are per batch of ``-b``
@@ -32,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from hawq import ir
-from hawq.bit_config import load_scheme
+from hawq.bit_config import list_schemes, load_scheme
 from hawq.apps.cli import add_arch_arg, add_input_size_arg, console_script, one_line_errors, run_main
 from hawq.engine import calibrate_random
 from hawq.fileio import rows_csv, write_text_atomic
@@ -131,10 +132,12 @@ class _Job:
 
 def _jobs(arch: str, batch: int, threads: int, target: str, rng, isa: str | None,
           input_size: int | None = None) -> list[_Job]:
-    """A job for every conv/dense layer at 8 and at 4 bits."""
+    """A job for every conv/dense layer at 8 and at 4 bits (and at 1 where the arch has a binary scheme)."""
     jobs, stubs = [], {}
-    for bits, scheme in ((8, "uniform8"), (4, "uniform4")):
+    widths = [(8, "uniform8"), (4, "uniform4")] + ([(1, "binary")] if "binary" in list_schemes(arch) else [])
+    for bits, scheme in widths:
         graph, shapes = calibrated_graph(arch, scheme, batch, input_size=input_size)
+        signs = {n.output for n in graph.nodes if isinstance(n, ir.Sign)}
         # The static ranges the whole program uses (not just the nodes' qmin/qmax: e.g. a post-ReLU
         # requant is [0, qmax]), so the stub feeds each layer the container and kernel it gets there.
         ranges = value_ranges(graph, (batch, *shapes[graph.input]))
@@ -143,13 +146,16 @@ def _jobs(arch: str, batch: int, threads: int, target: str, rng, isa: str | None
                 continue   # a layer the schemes keep at 8 bits: 8-bit row only
             src = node.inputs[0]
             shape = (batch, *shapes[src])
-            base = _stub(*ranges[src])
+            base = [_stub(*ranges[src])]
+            if src in signs:       # a binary layer reads the sign grid (what its popcount kernel packs)
+                base.append(ir.Sign(name="stub_sign", inputs=["stub:out"], output="stub:sign"))
             first = graph.nodes[0] if graph.nodes[0].output == src else None   # the stem reads the real input quantizer
-            layer = node if first else dataclasses.replace(node, inputs=["stub:out"])
-            head = [first or base, layer]
-            key = (shape, base.qmin, base.qmax)
+            layer = node if first else dataclasses.replace(node, inputs=[base[-1].output])
+            head = [first] if first else base
+            head = [*head, layer]
+            key = (shape, base[0].qmin, base[0].qmax, len(base))
             if key not in stubs:
-                stubs[key] = _runner(ir.Graph("input", "stub:out", [base]), shape, threads, target, rng, isa)
+                stubs[key] = _runner(ir.Graph("input", base[-1].output, base), shape, threads, target, rng, isa)
             epi = epilogue_of(graph, node)
             jobs.append(_Job(node.name, bits, _runner(ir.Graph("input", node.output, head), shape, threads, target, rng, isa),
                              stubs[key], layer_macs(node, shapes[node.output], batch),
@@ -209,9 +215,10 @@ def main(argv=None) -> int:
     name = args.arch if canonical else f"{args.arch}@{args.input_size}"
     out = Path(args.out) if args.out else ROOT / target_tag(args.target, family) / f"{name}.csv"
     write_rows(rows, out)
-    total = {b: sum(r["median_ms"] for r in rows if r["bits"] == b) for b in (4, 8)}
+    total = {b: sum(r["median_ms"] for r in rows if r["bits"] == b) for b in (1, 4, 8)}
     epilogue = sum(r["epilogue_ms"] for r in rows if r["bits"] == 8 and r["epilogue_ms"] != "")
-    print(f"{len(rows)} rows -> {out}  (sum of medians: 8-bit {total[8]:.3f} ms, 4-bit rows {total[4]:.3f} ms; "
+    binary = f", 1-bit rows {total[1]:.3f} ms" if total[1] else ""
+    print(f"{len(rows)} rows -> {out}  (sum of medians: 8-bit {total[8]:.3f} ms, 4-bit rows {total[4]:.3f} ms{binary}; "
           f"8-bit requantization epilogues measured: {epilogue:.3f} ms)")
     return 0
 
