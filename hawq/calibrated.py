@@ -35,8 +35,9 @@ def calibrated_model(arch: str, scheme: str, *, pretrained: str | None = None, r
     torch.manual_seed(seed)
     size = input_size_of("fashion-mnist", arch, input_size)
     fp = fp_model_pretrained(arch, FMNIST_CLASSES, pretrained)
-    model = quant_model(arch, load_scheme(arch, scheme), FMNIST_CLASSES, fp=fp,
-                        config=QuantConfig(numerics=numerics, fix_BN=True), input_size=size)
+    bits = load_scheme(arch, scheme)
+    model = quant_model(arch, bits, FMNIST_CLASSES, fp=fp,
+                        config=QuantConfig(numerics=numerics, fix_BN=True).for_bits(bits), input_size=size)
     if random:
         calibrate_random(model, (batch_size, 3, size, size), batches=batches, seed=seed)
     else:

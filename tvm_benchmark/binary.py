@@ -52,7 +52,7 @@ where the host has the ``avx512_vpopcntdq`` flag (for hosts whose LLVM CPU name 
 and switches GFNI off below ``amx``.
 
 Latency against the project's 8-bit convolution of the same shape on this host:
-``TVM_NUM_THREADS=2 python -m tvm_benchmark.binary [FAMILY ...]`` (:func:`compare_latency`).
+:func:`compare_latency`, run by ``python -m tvm_benchmark.apps.binary_kernels`` (``make bench``).
 """
 from __future__ import annotations
 
@@ -321,20 +321,3 @@ def compare_latency(isa: I.Isa, channels: int, out_channels: int, hw: int, k: in
                     number, repeat)
     return {"binary_us": t_bin, "pack_us": t_pack, "int8_us": t8, "int8_kernel": plan8.kernel.name,
             "ratio": t8 / t_bin, "ratio_with_pack": t8 / (t_bin + t_pack)}
-
-
-if __name__ == "__main__":
-    import os
-    import sys
-
-    threads = int(os.environ.get("TVM_NUM_THREADS", "2"))
-    families = sys.argv[1:] or [n for n in ("amx", "vnni", "avx2") if I.ISAS[n].runs_on(I.cpu_flags())]
-    print(f"host: {I.describe()}, {threads} threads (TVM_NUM_THREADS), median of 30x20 runs")
-    for c, o, hw in ((256, 256, 14), (64, 64, 56)):
-        for fam in families:
-            for kind in ("int8", "pm1") if fam == "avx2" else ("int8",):
-                r = compare_latency(I.ISAS[fam], c, o, hw, threads=threads, int8_weights=kind)
-                print(f"{fam:5s} 3x3 {c}->{o} {hw}x{hw} pad 1: binary {r['binary_us']:7.1f} us "
-                      f"(+pack {r['pack_us']:5.1f})  8-bit {r['int8_kernel']} ({kind} weights) "
-                      f"{r['int8_us']:7.1f} us  ratio {r['ratio']:4.2f}x ({r['ratio_with_pack']:4.2f}x with pack)",
-                      flush=True)

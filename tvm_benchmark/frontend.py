@@ -426,10 +426,16 @@ class _Builder:
         return self.emit(relax.op.take(_const(table, container(*out)), idx, axis=0, mode="clip"))
 
     def sign(self, node: ir.Sign, x: Value) -> relax.Expr:
-        """``where(x >= 0, 1, -1)`` in int8: the sign grid a binary conv's popcount kernel packs."""
+        """``(x >> (w − 1)) | 1`` in x's signed container of w bits (−1 where x < 0, else +1), cast
+        to int8: the sign grid a binary conv's popcount kernel packs. Branch-free: the generic
+        schedule compiled ``where(x >= 0, 1, −1)`` fused after a transpose to a branch per element,
+        which on signs of real data mispredicts half the time (measured: 2× the whole layer)."""
         x = self.centered(x)
-        nonneg = self.emit(relax.op.greater_equal(x.expr, relax.const(0, x.dtype)))
-        return self.emit(relax.op.where(nonneg, relax.const(1, "int8"), relax.const(-1, "int8")))
+        dt = x.dtype if x.dtype.startswith("int") else "int16"       # a uint8 container: widen
+        e = self.cast(x, dt)
+        shift = int(np.iinfo(dt).bits) - 1
+        e = self.emit(relax.op.bitwise_or(self.emit(relax.op.right_shift(e, relax.const(shift, dt))), relax.const(1, dt)))
+        return e if dt == "int8" else self.emit(relax.op.astype(e, "int8"))
 
     def relu(self, node: ir.Relu, x: Value) -> relax.Expr:
         x = self.centered(x)

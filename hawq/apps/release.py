@@ -1,7 +1,8 @@
 """Released checkpoints: the commands that train them and the manifest that describes them.
 
     python -m hawq.release train      # runs every command below (resnet20: ~20 min, mobilenetv2_w1: ~45 min,
-                                      # mobilenet_v3_small: ~20 min, the two profile-ort runs: ~27 min on 2 cores)
+                                      # mobilenet_v3_small: ~20 min, the two profile-ort runs: ~27 min,
+                                      # bireal_resnet20 FP + binary and resnet20 uniform2: ~45 min on 2 cores)
     python -m hawq.release manifest   # copies the best checkpoints into checkpoints/, evaluates
                                       # each one with quant_train.py -e and writes MANIFEST.csv
 
@@ -22,7 +23,8 @@ from hawq.apps.cli import one_line_errors, run_main
 from hawq.fileio import write_text_atomic
 from hawq.apps.train import run
 
-__all__ = ["ARCH", "RUNS", "OUT", "FP_FILE", "RELEASES", "MB", "MB_FP_FILE", "TV", "MV3", "MV3_FP_FILE", "WEIGHTS_ONLY",
+__all__ = ["ARCH", "RUNS", "OUT", "FP_FILE", "RELEASES", "MB", "MB_FP_FILE", "TV", "MV3", "MV3_FP_FILE", "BR", "BR_FP_FILE",
+           "WEIGHTS_ONLY",
            "MANIFEST_FIELDS", "command_of", "sha256", "evaluate_release", "train_all", "publish",
            "manifest_row", "write_manifest", "main"]
 
@@ -88,6 +90,22 @@ RELEASES += [
                                          "--data-percentage", "0.5", "--fix-BN", "--act-range-momentum", "0.99",
                                          "--wd", "1e-4", "--pretrained", MB_FP_FILE, "--save-path",
                                          f"{RUNS}/{MB}_uniform8_ort", "--numerics", "ort", *_MB_COMMON]),
+]
+BR = "hawq:bireal_resnet20"
+BR_FP_FILE = f"{OUT}/bireal_resnet20_fp32.pth.tar"
+_BR_COMMON = ["-a", BR, "-b", "128", "--lr-schedule", "cosine", "--no-progress"]
+# Binary (W1/A1) and 2-bit: the best rows of results/binary.md, on the whole training set. Bi-Real's
+# two steps: its real-valued network (hardtanh activations) as the FP recipe of resnet20, then the
+# binary scheme with Bi-Real's gradients, Adam, BN trained on batch statistics, no weight decay on the
+# binary weights (hawq.engine.make_optimizer). 2-bit: LSQ 2/2 from the released resnet20 FP model.
+RELEASES += [
+    (BR_FP_FILE, ["--quant-scheme", "fp32", "--epochs", "6", "--lr", "0.1", "--wd", "5e-4",
+                  "--save-path", f"{RUNS}/bireal_resnet20_fp32", *_BR_COMMON]),
+    (f"{OUT}/bireal_resnet20_binary.pth.tar", ["--quant-scheme", "binary", "--quantizer", "bireal", "--optimizer", "adam",
+                                               "--epochs", "4", "--lr", "0.001", "--wd", "5e-6", "--pretrained", BR_FP_FILE,
+                                               "--save-path", f"{RUNS}/bireal_resnet20_binary", *_BR_COMMON]),
+    (f"{OUT}/{ARCH}_uniform2.pth.tar", ["--quant-scheme", "uniform2", "--quantizer", "lsq", "--epochs", "3", "--lr", "0.005",
+                                       "--save-path", f"{RUNS}/uniform2", *_QAT, *_COMMON]),
 ]
 #: Released files stored without the optimizer state (the weights alone are 45 MB for resnet18).
 WEIGHTS_ONLY = {f"{OUT}/torchvision_resnet18_fp32.pth.tar", MV3_FP_FILE,

@@ -7,11 +7,12 @@ restored from it. Nothing else restates these defaults.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hawq import numerics as N
 from hawq.errors import HawqError
-from hawq.quant.learned import check_method
+from hawq.quant.learned import BINARY_METHODS, check_method
 
 
 __all__ = ["QuantConfig", "HAWQ_README"]
@@ -68,6 +69,14 @@ class QuantConfig:
 
     def replace(self, **changes) -> "QuantConfig":
         return dataclasses.replace(self, **changes)
+
+    def for_bits(self, bits: Mapping[str, int]) -> "QuantConfig":
+        """This config, with ``quantizer`` a binary method when ``bits`` has 1-bit layers and the
+        quantizer has no 1-bit form: for models that are only calibrated and run (benchmarks), where
+        the methods, which differ in gradients only, give the same integers."""
+        if 1 in bits.values() and self.quantizer not in BINARY_METHODS:
+            return self.replace(quantizer=BINARY_METHODS[0])
+        return self
 
     def to_dict(self) -> dict:
         """Plain dict (str/int/float/bool/None): loads with ``torch.load(weights_only=True)``."""

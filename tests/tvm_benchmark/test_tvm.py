@@ -241,6 +241,18 @@ def test_layer_latency_table(tmp_path):
     assert (df.median_ms >= 0).all() and len(df[df.bits == 8]) == df.layer.nunique()
 
 
+@pytest.mark.slow
+def test_layer_latency_has_binary_rows(tmp_path):
+    """An arch with a binary scheme gets 1-bit rows for exactly its binary layers (popcount kernels)."""
+    from tvm_benchmark.apps import layer_latency
+    assert layer_latency.main(["-a", "hawq:bireal_resnet20", "--out", str(tmp_path / "t.csv"), "--no-progress"]) == 0
+    import pandas as pd
+    df = pd.read_csv(tmp_path / "t.csv")
+    from hawq.bit_config import load_scheme
+    one = {k for k, v in load_scheme("hawq:bireal_resnet20", "binary").items() if v == 1 and k.endswith(".conv")}
+    assert set(df[df.bits == 1].layer) == one and len(one) == 18 and (df.median_ms >= 0).all()
+
+
 def test_layer_latency_knows_each_layers_macs_and_epilogue():
     """What a row reports beside the time: MACs per batch and the fused chain timed as the epilogue."""
     from tvm_benchmark.apps import layer_latency

@@ -85,8 +85,9 @@ def bench_models(arch: str, scheme: str, num_classes: int, shape, fp_cache: dict
     qat = Path("checkpoints") / f"{arch}_{scheme}{'' if numerics == 'exact' else '_' + numerics}.pth.tar"
     if qat.is_file():
         return fp, load_quant_checkpoint(str(qat))[0]
-    q = quant_model(arch, load_scheme(arch, scheme), num_classes, fp=copy.deepcopy(fp),
-                    config=QuantConfig(numerics=numerics, fix_BN=True), input_size=shape[-1])
+    bits = load_scheme(arch, scheme)
+    q = quant_model(arch, bits, num_classes, fp=copy.deepcopy(fp),
+                    config=QuantConfig(numerics=numerics, fix_BN=True).for_bits(bits), input_size=shape[-1])
     return fp, calibrate_random(q, shape, seed=1)
 
 

@@ -63,8 +63,9 @@ def calibrated_graph(arch: str, scheme: str, batch: int, seed: int = 0,
     check_input_size(arch, size)
     torch.manual_seed(seed)
     shape = (batch, 3, size, size)
-    q = quant_model(arch, load_scheme(arch, scheme), info.num_classes, fp=fp_model(arch, info.num_classes),
-                    config=QuantConfig(fix_BN=True), input_size=size)
+    bits = load_scheme(arch, scheme)
+    q = quant_model(arch, bits, info.num_classes, fp=fp_model(arch, info.num_classes),
+                    config=QuantConfig(fix_BN=True).for_bits(bits), input_size=size)
     graph = ir.Graph.from_dict(export_integer(calibrate_random(q, shape, seed=seed), shape[1:])["graph"])
     info = graph.infer((1, *shape[1:]))
     return graph, {k: shp[1:] for k, (shp, _) in info.items()}
