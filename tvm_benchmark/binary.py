@@ -111,36 +111,39 @@ def pack_weight_bits(w: np.ndarray, lanes: int = 8) -> np.ndarray:
     return np.ascontiguousarray(packed.reshape(o // lanes, lanes, kh, kw, -1).transpose(0, 2, 3, 4, 1))
 
 
-def _sign_word(x, n, y, col, first: int, lanes: int):
+def _sign_word(x, n, y, col, first: int, lanes: int, dtype: str):
     """uint64 whose bit ``i`` is set where ``x[n, y, col, first + i]`` (``i < lanes``) is negative."""
+    zero = T.Cast(dtype, 0)
     if lanes == 1:
-        return T.Cast("uint64", x[n, y, col, first] < T.int8(0))
+        return T.Cast("uint64", x[n, y, col, first] < zero)
     return T.call_llvm_pure_intrin("uint64", "llvm.vector.reduce.or", T.Select(
-        x.vload([n, y, col, first], f"int8x{lanes}") < T.broadcast(T.int8(0), lanes),
+        x.vload([n, y, col, first], f"{dtype}x{lanes}") < T.broadcast(zero, lanes),
         T.shift_left(T.broadcast(T.uint64(1), lanes), T.Ramp(T.uint64(0), T.uint64(1), lanes)),
         T.broadcast(T.uint64(0), lanes)))
 
 
-def pack_activation_func(batch: int, h: int, w: int, channels: int, pad: Pad = (0, 0, 0, 0)) -> tvm.tirx.PrimFunc:
-    """Scheduled PrimFunc ``(x int8 [B, H, W, C] (±1), out uint64 [B, H + top + bottom, W + left +
-    right, CW])``: :func:`pack_bits` of ``x``, with 0 words at the ``pad`` border (the layout
-    :func:`binary_conv2d` reads; no ``pad``: ``[B, H, W, CW]``). One vector sign test and OR-reduction
-    per word; parallel over (batch, padded rows). Marked by
-    :func:`~tvm_benchmark.schedules.finish_schedule`."""
+def pack_activation_func(batch: int, h: int, w: int, channels: int, pad: Pad = (0, 0, 0, 0),
+                         dtype: str = "int8") -> tvm.tirx.PrimFunc:
+    """Scheduled PrimFunc ``(x dtype [B, H, W, C], out uint64 [B, H + top + bottom, W + left +
+    right, CW])``: :func:`pack_bits` of ``sign(x)`` (a bit set where ``x < 0``), with 0 words at the
+    ``pad`` border (the layout :func:`binary_conv2d` reads; no ``pad``: ``[B, H, W, CW]``). ``x`` is
+    the ±1 tensor itself or, ``dtype`` int16/int32, the signed integers the sign is taken of, so the
+    sign needs no kernel and no tensor of its own. One vector sign test and OR-reduction per word;
+    parallel over (batch, padded rows). Marked by :func:`~tvm_benchmark.schedules.finish_schedule`."""
     pt, pl, pb, pr = pad
     hp, wp = h + pt + pb, w + pl + pr
     cw, full, tail = words(channels), channels // WORD_BITS, channels % WORD_BITS
 
     def word(x, n, y, col, j):
         if not tail:
-            return _sign_word(x, n, y, col, j * WORD_BITS, WORD_BITS)
-        last = _sign_word(x, n, y, col, full * WORD_BITS, tail)
+            return _sign_word(x, n, y, col, j * WORD_BITS, WORD_BITS, dtype)
+        last = _sign_word(x, n, y, col, full * WORD_BITS, tail, dtype)
         if not full:
             return last
-        return T.if_then_else(j < full, _sign_word(x, n, y, col, j * WORD_BITS, WORD_BITS), last)
+        return T.if_then_else(j < full, _sign_word(x, n, y, col, j * WORD_BITS, WORD_BITS, dtype), last)
 
     @T.prim_func(s_tir=True)
-    def pack(x: T.Buffer((batch, h, w, channels), "int8"), out: T.Buffer((batch, hp, wp, cw), "uint64")):
+    def pack(x: T.Buffer((batch, h, w, channels), dtype), out: T.Buffer((batch, hp, wp, cw), "uint64")):
         for r in T.parallel(batch * hp):
             for col, j in T.grid(wp, cw):
                 with T.sblock("pack"):

@@ -80,6 +80,7 @@ class Value:
     hi: int
     offset: int = 0          # nonzero only for the uncentered input quantizer output (offset = z)
     binary: bool = False     # on the sign grid {-1, +1} (an IR ``sign``): popcount kernels may read it
+    signed_of: "Value | None" = None   # a sign's input: the popcount packing reads it, not the ±1 tensor
 
     @property
     def dtype(self) -> str:
@@ -210,7 +211,9 @@ class _Builder:
         if planned and x.binary:
             plan = self.planner(x.dtype, x.lo, x.hi, w, int(node.groups), None, binary=True)
             if isinstance(plan, BinaryConvPlan):
-                y = self._binary_planned(plan, x.expr, w, (t, l, b, r), stride)
+                pre = x.signed_of
+                src = pre if pre is not None and not pre.offset and pre.dtype.startswith("int") else x
+                y = self._binary_planned(plan, src.expr, w, (t, l, b, r), stride)
                 return self.emit(relax.op.add(y, _const(self.per_channel(bias, 4), acc)))
         data = self._operand(x, acc)
         pad = [t, l]
@@ -277,12 +280,14 @@ class _Builder:
 
     def _binary_planned(self, plan: BinaryConvPlan, data: relax.Expr, w: np.ndarray, pad: tuple[int, int, int, int],
                         stride: list[int]) -> relax.Expr:
-        """NHWC ±1 conv through the popcount kernel (:mod:`tvm_benchmark.binary`): pack the int8 sign
-        grid into 64-bit words with zero words at the padding, call the kernel, which corrects the
-        padded taps (the conv's zero padding is not ±1). Returns the int32 acc [B, OH, OW, O]."""
+        """NHWC ±1 conv through the popcount kernel (:mod:`tvm_benchmark.binary`): pack the sign grid
+        of ``data`` (the ±1 tensor, or the signed integers the IR ``sign`` reads: then the ±1 tensor
+        is never computed, one kernel and one tensor less per binary conv) into 64-bit words with zero
+        words at the padding, call the kernel, which corrects the padded taps (the conv's zero padding
+        is not ±1). Returns the int32 acc [B, OH, OW, O]."""
         b, h, wd, c = (int(d) for d in data.ty.shape)
         o, _, kh, kw = w.shape
-        packer = self.bb.add_func(pack_activation_func(b, h, wd, c, pad), "pack_sign_bits__")
+        packer = self.bb.add_func(pack_activation_func(b, h, wd, c, pad, _dt(data)), "pack_sign_bits__")
         padded = [b, h + pad[0] + pad[2], wd + pad[1] + pad[3], words(c)]
         bits = self.emit(relax.call_tir(packer, [data], relax.TensorType(padded, "uint64")))
         func = plan.prim_func(b, (h, wd), c, o, (kh, kw), tuple(stride), pad)
@@ -597,7 +602,9 @@ def _emit_nodes(b: _Builder, graph: ir.Graph, x: relax.Var) -> tuple[dict, list[
         args = [env[n] for n in node.inputs]
         res = fn(b, node, *args, out) if fn in _TAKES_OUT else fn(b, node, *args)
         expr, offset = res if isinstance(res, tuple) else (res, 0)
-        env[node.output] = Value(expr, out[0], out[1], offset, binary=isinstance(node, ir.Sign))
+        sign = isinstance(node, ir.Sign)
+        env[node.output] = Value(expr, out[0], out[1], offset, binary=sign,
+                                 signed_of=args[0] if sign else None)
         order.append(node.output)
     return env, order
 

@@ -84,18 +84,20 @@ def test_binary_conv_bit_exact(shape, lanes):
 
 
 @needs_avx2
-@pytest.mark.parametrize("c,pad", [(3, (0, 0, 0, 0)), (64, (1, 1, 1, 1)), (70, (0, 2, 1, 0)), (128, (1, 0, 0, 0)),
-                                   (200, (0, 0, 0, 0))])
-def test_activation_packing_matches_numpy(c, pad):
-    """The compiled packing == NumPy's little-endian ``packbits`` of (x < 0), 0 words at the padding."""
+@pytest.mark.parametrize("c,pad,dtype", [(3, (0, 0, 0, 0), "int8"), (64, (1, 1, 1, 1), "int8"), (70, (0, 2, 1, 0), "int8"),
+                                         (128, (1, 0, 0, 0), "int8"), (200, (0, 0, 0, 0), "int8"),
+                                         (70, (1, 1, 1, 1), "int16"), (64, (0, 1, 0, 1), "int32")])
+def test_activation_packing_matches_numpy(c, pad, dtype):
+    """The compiled packing == NumPy's little-endian ``packbits`` of (x < 0), 0 words at the padding;
+    of the ±1 tensor (int8), or of the wider integers a sign reads (its sign never materialized)."""
     rng = np.random.default_rng(c)
-    x = _pm1(rng, (2, 5, 6, c))
+    x = _pm1(rng, (2, 5, 6, c)) if dtype == "int8" else rng.integers(-300, 300, (2, 5, 6, c)).astype(dtype)
     bits = np.zeros((*x.shape[:-1], B.words(c) * 64), bool)
     bits[..., :c] = x < 0
     expected = np.packbits(bits, axis=-1, bitorder="little").view("<u8")
     expected = np.pad(expected, ((0, 0), (pad[0], pad[2]), (pad[1], pad[3]), (0, 0)))
     np.testing.assert_array_equal(B.pack_bits(x), expected[:, pad[0]:pad[0] + 5, pad[1]:pad[1] + 6])
-    func = B.pack_activation_func(2, 5, 6, c, pad)
+    func = B.pack_activation_func(2, 5, 6, c, pad, dtype)
     assert func.attrs[SCHEDULED]
     out = tvm.runtime.tensor(np.full(expected.shape, 0xFFFF, np.uint64))           # padding must be written
     _build(func, make_target("llvm", 2, I.ISAS["avx2"]))(tvm.runtime.tensor(x), out)
