@@ -113,6 +113,8 @@ class _Builder:
     def __init__(self, bb: relax.BlockBuilder, layout: str = "NCHW", planner: ConvPlanner | None = None,
                  weights_as_params: bool = False):
         self.bb, self.layout, self.planner = bb, layout, planner
+        #: (tensor, padding) -> its packed sign bits, for every binary conv that reads it
+        self.packed: dict[tuple, relax.Expr] = {}
         #: (parameter, packed array, node name) per GEMM weight when weights are ``main`` parameters
         self.weight_params: list[tuple[relax.Var, np.ndarray, str]] | None = [] if weights_as_params else None
 
@@ -287,9 +289,11 @@ class _Builder:
         is not ±1). Returns the int32 acc [B, OH, OW, O]."""
         b, h, wd, c = (int(d) for d in data.ty.shape)
         o, _, kh, kw = w.shape
-        packer = self.bb.add_func(pack_activation_func(b, h, wd, c, pad, _dt(data)), "pack_sign_bits__")
-        padded = [b, h + pad[0] + pad[2], wd + pad[1] + pad[3], words(c)]
-        bits = self.emit(relax.call_tir(packer, [data], relax.TensorType(padded, "uint64")))
+        bits = self.packed.get((data, pad))         # Group-Net's bases read one input: packed once
+        if bits is None:
+            packer = self.bb.add_func(pack_activation_func(b, h, wd, c, pad, _dt(data)), "pack_sign_bits__")
+            padded = [b, h + pad[0] + pad[2], wd + pad[1] + pad[3], words(c)]
+            bits = self.packed[(data, pad)] = self.emit(relax.call_tir(packer, [data], relax.TensorType(padded, "uint64")))
         func = plan.prim_func(b, (h, wd), c, o, (kh, kw), tuple(stride), pad)
         gv = self.bb.add_func(func, "conv2d_popcount__")
         oh, ow = binary_out_hw((h, wd), (kh, kw), tuple(stride), pad)

@@ -183,3 +183,27 @@ def test_binary_network_bit_exact_through_popcount_kernels(family, bireal_binary
     names = {str(gv.name_hint) for gv in mod.get_global_vars()}
     assert "pack_sign_bits__" in names and "conv2d_popcount__" in names
     np.testing.assert_array_equal(tvm_outputs(graph, x, isa=isa.name), run_graph(graph, x))
+
+
+def test_group_net_bases_share_one_packing():
+    """Group-Net's three binary bases read one 1-bit input: the program packs it once, not three times."""
+    import functools
+    import torch
+    from hawq.bit_config import load_scheme
+    from hawq.export import export_integer
+    from hawq.models.factory import quant_model
+    from hawq.quant.config import QuantConfig
+    from tvm_benchmark.compile import plan_kernel
+    from tvm_benchmark.frontend import build_module
+    torch.manual_seed(0)
+    arch = "hawq:groupnet_resnet20"
+    model = quant_model(arch, load_scheme(arch, "binary"), 10, config=QuantConfig(quantizer="xnor"))
+    model.train()
+    model(torch.randn(2, 3, 32, 32))
+    graph = export_integer(model.eval(), (3, 32, 32))["graph"]
+    binary = [n for n in graph["nodes"] if n["op"] == "conv2d" and n["weight_bits"] == 1]
+    signs = [n for n in graph["nodes"] if n["op"] == "sign"]
+    mod = build_module(graph, (1, 3, 32, 32), planner=functools.partial(plan_kernel, I.ISAS["avx2"]))
+    script = mod["main"].script()
+    assert len(binary) == 3 * len(signs) == 54
+    assert script.count("pack_sign_bits") == len(signs) and script.count("conv2d_popcount") == len(binary)
