@@ -54,6 +54,8 @@ bench: setup
 	$(PY) -m tvm_benchmark.apps.bench -a mobilenetv2_w1 regnetx006 inceptionv3 --quant-scheme uniform8 uniform4 -b 1 8 --threads 2
 	$(PY) -m tvm_benchmark.apps.bench -a torchvision:mobilenet_v3_small torchvision:efficientnet_b0 --quant-scheme uniform8 -b 1 --threads 2
 	$(PY) -m tvm_benchmark.apps.qdq_vs_ort -a resnet20_cifar10 mobilenetv2_w1 resnet18 -b 1 8 --threads 2
+	$(PY) -m tvm_benchmark.apps.bench -a hawq:bireal_resnet18_imagenet --quant-scheme uniform8 binary -b 1 8 --threads 2 --engines tvm-int ort-int8 torch-int8 --isolate
+	$(PY) -m tvm_benchmark.apps.binary_kernels
 
 # Post-training quantization table (MQBench's layout): results/ptq.{csv,md}, about 30 min on 2 cores (the NumPy reference is the slow part of verifying).
 ptq-bench: setup

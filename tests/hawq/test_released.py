@@ -24,13 +24,14 @@ def test_manifest_lists_every_release():
     assert {(r["arch"], r["scheme"]) for r in ROWS} == {
         ("resnet20_cifar10", s) for s in ("fp32", "uniform8", "uniform4", "mixed_stage1_8bit")} | {
         ("mobilenetv2_w1", s) for s in ("fp32", "uniform8")} | {("torchvision:resnet18", "fp32")} | {
-        ("torchvision:mobilenet_v3_small", s) for s in ("fp32", "uniform8")}
+        ("torchvision:mobilenet_v3_small", s) for s in ("fp32", "uniform8")} | {
+        ("hawq:bireal_resnet20", s) for s in ("fp32", "binary")}
     ort = [r["file"] for r in ROWS if "--numerics ort" in r["command"]]
     assert ort == ["resnet20_cifar10_uniform8_ort.pth.tar", "mobilenetv2_w1_uniform8_ort.pth.tar"]
     for r in ROWS:
         path = os.path.join(CKPT_DIR, r["file"])
         assert sha256(path) == r["sha256"], r["file"]
-        limit = {"resnet20_cifar10": 4, "torchvision:resnet18": 45}.get(r["arch"], 25)   # MiB; 11.2M weights
+        limit = {"resnet20_cifar10": 4, "hawq:bireal_resnet20": 4, "torchvision:resnet18": 45}.get(r["arch"], 25)   # MiB; 11.2M weights
         assert os.path.getsize(path) < limit * 2 ** 20
         assert r["command"].startswith("python quant_train.py ") and f"--quant-scheme {r['scheme']}" in r["command"]
 
