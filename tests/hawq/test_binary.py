@@ -1,6 +1,6 @@
 """Binary networks (docs/numerics.md §18): the sign grid, XNOR-Net's and Bi-Real's gradients, the
 ``binary`` scheme of the Bi-Real ResNets, and the integer program's exactness (QAT eval, the NumPy
-reference and ONNX Runtime; TVM in tests/tvm_benchmark/test_binary_network.py)."""
+reference and ONNX Runtime; TVM in tests/tvm_benchmark/test_binary_kernels.py)."""
 from __future__ import annotations
 
 import numpy as np
