@@ -238,7 +238,7 @@ def test_default_recipe_is_stated(capsys, tmp_path):
                       str(tmp_path), *TINY])
     out = capsys.readouterr().out
     assert "note: training --quant-scheme uniform8 from random initialization" in out
-    assert "recipe: 1 epochs, lr 0.05 (cosine, warm-up 0.05 epochs), batch 64" in out
+    assert "recipe: 1 epochs, sgd lr 0.05 (cosine, warm-up 0.05 epochs), batch 64" in out
     quant_train.main(["-a", "resnet20_cifar10", "--quant-scheme", "uniform8", "--pretrained", RELEASED_FP,
                       "--epochs", "1", "--save-path", str(tmp_path / "ft"), *TINY])
     out = capsys.readouterr().out

@@ -149,7 +149,7 @@ def test_quant_train_skips_an_unreadable_image(tmp_path):
     assert warnings_of(r.stderr) == [f"warning: skipped 1 unreadable images in {root / 'train'} "
                                      f"(first: {root / 'train' / 'c0' / 'broken.jpg'})"]
     lines = r.stdout.splitlines()
-    assert lines[0].startswith("recipe: 1 epochs, lr 0.003125 (step, warm-up 0.05 epochs), batch 4")
+    assert lines[0].startswith("recipe: 1 epochs, sgd lr 0.003125 (step, warm-up 0.05 epochs), batch 4")
     assert lines[1].startswith("epoch 0: ")
     assert (tmp_path / "run" / "checkpoint.pth.tar").is_file()
 
