@@ -115,6 +115,7 @@ def test_resnet20_json_is_exactly_generated_from_the_inventory():
         "uniform8": scheme(lambda stage: 8),
         "uniform4": scheme(lambda stage: 4),
         "mixed_stage1_8bit": scheme(lambda stage: 8 if stage == "stage1" else 4),
+        "uniform2": scheme(lambda stage: 2),
     }
 
 
@@ -311,4 +312,4 @@ def test_cli_in_process(capsys, tmp_path):
     assert cli.main(["--table", "-a", "resnet50b", "--quant-scheme", str(path)]) == 0
     assert capsys.readouterr().out.splitlines()[1] == "resnet50b,u8,24.321,261.71,,"
     assert cli.main(["--list", "-a", "resnet20_cifar10"]) == 0
-    assert capsys.readouterr().out == "resnet20_cifar10: uniform8 uniform4 mixed_stage1_8bit\n"
+    assert capsys.readouterr().out == "resnet20_cifar10: uniform8 uniform4 mixed_stage1_8bit uniform2\n"
