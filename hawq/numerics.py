@@ -260,9 +260,7 @@ def activation_params(x_min: torch.Tensor, x_max: torch.Tensor, bits: int,
 
 def act_qrange(bits: int, mode: str, zero_point: int = 0) -> tuple[int, int]:
     """Range of the *centered* integer q - z that arithmetic sees for an activation."""
-    if mode == SIGN:
-        return -1, 1
-    lo, hi = qrange(bits, signed=(mode == "symmetric"))
+    lo, hi = qrange(bits, signed=mode in ("symmetric", SIGN))
     return lo - zero_point, hi - zero_point
 
 

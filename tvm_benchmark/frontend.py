@@ -49,9 +49,10 @@ __all__ = ["container", "Value", "LOWER", "FLOAT_REQUANT_KERNEL", "build_module"
 FLOAT_REQUANT_KERNEL = "hawq_float_requant"
 
 #: ``planner(act_dtype, act_lo, act_hi, weight_oihw, groups, out_w) -> ConvPlan | None``: the
-#: back end's choice of a hand-scheduled kernel for one convolution (called with ``binary=True`` as
-#: well when the activation is on the sign grid: a :class:`~tvm_benchmark.binary.BinaryConvPlan` may answer) (:func:`tvm_benchmark.schedules.plan_conv`
-#: bound to an ISA). The front end knows no ISA: it only prepares the operands a plan asks for.
+#: back end's choice of a hand-scheduled kernel for one convolution (:func:`tvm_benchmark.schedules.plan_conv`
+#: bound to an ISA), called with ``binary=True`` first where the activation is on the sign grid (a
+#: :class:`~tvm_benchmark.binary.BinaryConvPlan` may answer). The front end knows no ISA: it only
+#: prepares the operands a plan asks for.
 ConvPlanner = Callable[..., object]
 
 _CONTAINERS = ("uint8", "int8", "int16", "int32", "int64")
@@ -79,12 +80,16 @@ class Value:
     lo: int
     hi: int
     offset: int = 0          # nonzero only for the uncentered input quantizer output (offset = z)
-    binary: bool = False     # on the sign grid {-1, +1} (an IR ``sign``): popcount kernels may read it
-    signed_of: "Value | None" = None   # a sign's input: the popcount packing reads it, not the ±1 tensor
+    signed_of: "Value | None" = None   # an IR ``sign``'s input: the popcount packing reads it, not the ±1 tensor
 
     @property
     def dtype(self) -> str:
         return _dt(self.expr)
+
+    @property
+    def binary(self) -> bool:
+        """On the sign grid {-1, +1} (an IR ``sign``'s output): popcount kernels may read it."""
+        return self.signed_of is not None
 
     def absmax(self) -> int:
         return max(abs(self.lo), abs(self.hi))
@@ -607,8 +612,7 @@ def _emit_nodes(b: _Builder, graph: ir.Graph, x: relax.Var) -> tuple[dict, list[
         res = fn(b, node, *args, out) if fn in _TAKES_OUT else fn(b, node, *args)
         expr, offset = res if isinstance(res, tuple) else (res, 0)
         sign = isinstance(node, ir.Sign)
-        env[node.output] = Value(expr, out[0], out[1], offset, binary=sign,
-                                 signed_of=args[0] if sign else None)
+        env[node.output] = Value(expr, out[0], out[1], offset, signed_of=args[0] if sign else None)
         order.append(node.output)
     return env, order
 

@@ -32,7 +32,6 @@ from hawq.models.restore import quant_model_from
 from hawq.numerics import PROFILES
 from hawq.quant.config import QuantConfig
 from hawq.quant.learned import METHODS
-from hawq.engine import OPTIMIZERS
 from hawq import distributed
 
 __all__ = ["cli", "FP_SCHEME", "Recipe", "Distillation", "TrainSettings", "build_parser", "settings_of",
@@ -76,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
       help="minmax (ranges), lsq (learned steps), pact (learned activation clips), dorefa (tanh weight "
            "transform), xnor or bireal (1-bit layers: XNOR-Net's or Bi-Real's sign gradients); default: the "
            "--resume checkpoint's, else minmax")
-    a("--optimizer", default="sgd", choices=list(OPTIMIZERS),
+    a("--optimizer", default="sgd", choices=list(engine.OPTIMIZERS),
       help="sgd (HAWQ's, with --momentum) or adam (the binary networks' recipe, README); the weights of "
            "1-bit layers never get weight decay")
     a("--momentum", default=0.9, type=float)

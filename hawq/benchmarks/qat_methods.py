@@ -31,6 +31,7 @@ from hawq import checkpoint as C
 from hawq.apps.cli import add_arch_arg, one_line_errors, run_main
 from hawq.errors import HawqError
 from hawq.fileio import write_text_atomic
+from hawq.engine import OPTIMIZERS
 from hawq.models.archs import input_size_of
 from hawq.quant.learned import METHODS
 from hawq.tables import cpu_summary, markdown_table
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.001, help="learning rate of 8-bit schemes (default 0.001)")
     p.add_argument("--lr4", type=float, default=0.005, help="learning rate of schemes with 4-bit layers (default 0.005)")
     p.add_argument("--lr1", type=float, default=0.001, help="learning rate of schemes with 1-bit layers (default 0.001)")
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"], help="quant_train.py's --optimizer")
+    p.add_argument("--optimizer", default="sgd", choices=list(OPTIMIZERS), help="quant_train.py's --optimizer")
     p.add_argument("--wd", type=float, default=None, help="quant_train.py's --wd (default: its own)")
     p.add_argument("--train-bn", action="store_true",
                    help="train BN on batch statistics (binary networks) instead of quant_train.py's --fix-BN")
@@ -130,12 +131,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     host = f"{socket.gethostname()} ({cpu_summary()})"
     rows = []
     plan = [(s, m) for s in args.quant_scheme for m in args.quantizer]
+    # a checkpoint from before input sizes were recorded trained at the dataset's default
+    size = input_size_of("fashion-mnist", args.arch, fp.input_size)
     for scheme, method in tqdm(plan, desc="qat methods", disable=args.no_progress, dynamic_ncols=True):
         low = min(bits[scheme].values())
         lr = args.lr1 if low == 1 else args.lr4 if low < 8 else args.lr
         res = run(_train_args(args, scheme, method, lr))
-        # a checkpoint from before input sizes were recorded trained at the dataset's default
-        size = input_size_of("fashion-mnist", args.arch, fp.input_size)
         mismatches = _mismatches(res["model"], args, size) if args.verify else ""
         rows.append({"host": host, "arch": args.arch, "scheme": scheme, "a_w": a_w(args.arch, bits[scheme]), "quantizer": method,
                      "epochs": args.epochs, "lr": f"{lr:g}", "kd": "yes" if args.kd else "no",

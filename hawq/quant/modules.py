@@ -273,9 +273,7 @@ class QuantAct(nn.Module):
 
     def storage_range(self) -> tuple[int, int]:
         """Range of the stored integer q (before subtracting the zero point)."""
-        if self.mode == N.SIGN:
-            return -1, 1
-        return N.qrange(self.activation_bit, signed=(self.mode == "symmetric"))
+        return N.qrange(self.activation_bit, signed=self.mode in ("symmetric", N.SIGN))
 
     @torch.no_grad()
     def _observe(self, x: torch.Tensor):
@@ -315,14 +313,8 @@ class QuantAct(nn.Module):
             self.observer(total.detach())
         if not self.fake_quant:
             return Q(total, None)
-        if self.mode == N.SIGN:
-            if identity is not None:
-                raise HawqError(f"'{self.layer_name}': a residual add cannot produce a 1-bit value")
-            with torch.no_grad():
-                self.act_scaling_factor.fill_(1.0)
-                self.act_zero_point.zero_()
-            one = torch.ones(1, device=xv.device)
-            return Q(self._drop(total, L.sign_ste(total, N.binarize(total), self.quantizer)), one, 0)
+        if self.mode == N.SIGN and identity is not None:
+            raise HawqError(f"'{self.layer_name}': a residual add cannot produce a 1-bit value")
         if self.running_stat and self._needs_range():
             self._observe(total)
         self._init_learned()
@@ -331,6 +323,8 @@ class QuantAct(nn.Module):
         with torch.no_grad():
             self.act_scaling_factor.copy_(scale)
             self.act_zero_point.copy_(zero)
+        if self.mode == N.SIGN:                 # scale 1, zero point 0 (activation_params)
+            return Q(self._drop(total, L.sign_ste(total, N.binarize(total) * scale, self.quantizer)), scale, 0)
         lo, hi = self.storage_range()
         prof = self.profile
         no_grid = s_x is None or (identity is not None and identity.scale is None)
