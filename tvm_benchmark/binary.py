@@ -316,11 +316,10 @@ def compare_latency(isa: I.Isa, channels: int, out_channels: int, hw: int, k: in
     if plan8.column_phases:
         d = np.ascontiguousarray(d.reshape(1, hp, hp, 1, channels).transpose(0, 1, 3, 2, 4))
         request_amx()
-    lanes8 = plan8.out_lanes
     lib8 = tvm.compile(tvm.IRModule({"main": plan8.prim_func(1, (hp, hp), channels, out_channels, (k, k), (1, 1))
                                      .with_attr("global_symbol", "main")}), make_target("llvm", threads, isa))
     t8 = _median_us(lib8, [tvm.runtime.tensor(d), tvm.runtime.tensor(plan8.pack(w8)),
-                           tvm.runtime.tensor(np.zeros((1, oh, ow, out_channels // lanes8, lanes8), "int32"))],
+                           tvm.runtime.tensor(np.zeros((1, oh, ow, out_channels), "int32"))],
                     number, repeat)
     return {"binary_us": t_bin, "pack_us": t_pack, "int8_us": t8, "int8_kernel": plan8.kernel.name,
             "ratio": t8 / t_bin, "ratio_with_pack": t8 / (t_bin + t_pack)}

@@ -16,7 +16,7 @@ from hawq.errors import HawqError
 from tvm_benchmark import isa as I
 from tvm_benchmark.binary import plan_binary
 from tvm_benchmark.depthwise import plan_depthwise
-from tvm_benchmark.schedules import plan_conv, schedule_generic
+from tvm_benchmark.schedules import plan_conv, schedule_convs, schedule_generic
 from tvm_benchmark.targets import cuda_arch, cuda_available, make_target
 from tvm_benchmark.tensorcore import plan_tensorcore, schedule_tensorcore, sm_number
 
@@ -49,7 +49,7 @@ def build(mod: tvm.IRModule, target: tvm.target.Target, schedule: bool, tensorco
     if str(target.kind) == "cuda":
         lowered = schedule_gpu_default(lowered, target)
     if schedule and str(target.kind) == "llvm":
-        lowered = schedule_generic(lowered)
+        lowered = schedule_generic(schedule_convs(lowered))
     return tvm.compile(lowered, target)
 
 

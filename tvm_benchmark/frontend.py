@@ -28,6 +28,7 @@ conv reads the uncentered ``uint8`` q, pads with z, and gets ``-z·ΣW`` folded 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -42,7 +43,7 @@ from tvm_benchmark.binary import BinaryConvPlan, out_hw as binary_out_hw, pack_a
 from tvm_benchmark.depthwise import DepthwisePlan
 from tvm_benchmark.tensorcore import GemmPlan, GemmShape
 
-__all__ = ["container", "Value", "LOWER", "FLOAT_REQUANT_KERNEL", "build_module", "value_ranges", "node_outputs"]
+__all__ = ["container", "Value", "LOWER", "FLOAT_REQUANT_KERNEL", "pool_after_epilogue", "build_module", "value_ranges", "node_outputs"]
 
 #: Name of the one kernel after the input quantizer allowed to use floating point: profile ort's
 #: requantization (:meth:`_Builder.requant_float`), checked op by op by :mod:`tvm_benchmark.ir_check`.
@@ -278,12 +279,11 @@ class _Builder:
         if phases:
             data = self.emit(relax.op.reshape(data, [b, h, (wd + extra_w) // phases, phases, cp]))
             data = self.emit(relax.op.permute_dims(data, [0, 1, 3, 2, 4]))
-        func = plan.prim_func(b, (h, wd), cp, o, (kh, kw), tuple(stride))
+        func = plan.compute_func(b, (h, wd), cp, o, (kh, kw), tuple(stride))
         gv = self.bb.add_func(func, f"conv2d_{kernel.name}__")   # the builder numbers repeats
-        lanes = plan.out_lanes
         acc = self.emit(relax.call_tir(gv, [data, _const(plan.pack(w), kernel.weight_dtype)],
-                                       relax.TensorType([b, oh, ow, o // lanes, lanes], "int32")))
-        return self.emit(relax.op.reshape(acc, [b, oh, ow, o])), offset
+                                       relax.TensorType([b, oh, ow, o], "int32")))
+        return acc, offset
 
     def _binary_planned(self, plan: BinaryConvPlan, data: relax.Expr, w: np.ndarray, pad: tuple[int, int, int, int],
                         stride: list[int]) -> relax.Expr:
@@ -617,6 +617,42 @@ def _emit_nodes(b: _Builder, graph: ir.Graph, x: relax.Var) -> tuple[dict, list[
     return env, order
 
 
+def _monotone(node: ir.Op) -> bool:
+    """True for a unary per-element map that never decreases (so it commutes with a max): ReLU,
+    clamp, and a requantization with no negative multiplier (every rounding rule is monotone)."""
+    if isinstance(node, ir.Requant):
+        return bool((np.asarray(_np(node.multiplier)) >= 0).all())
+    return isinstance(node, (ir.Relu, ir.Clamp))
+
+
+def pool_after_epilogue(graph: ir.Graph) -> ir.Graph:
+    """The same integers with every max pool moved past the monotone per-element nodes that follow
+    it (ResNet's stem: conv → max pool → requant → ReLU → requant becomes conv → requant → ReLU →
+    requant → max pool). ``f(max(a, b)) = max(f(a), f(b))`` for a non-decreasing ``f``, and padding
+    never wins either way, so every value the program returns is unchanged; the conv's requantization
+    then fuses into its kernel and the pool reads 8-bit values instead of int32 accumulators."""
+    readers: dict[str, int] = {graph.output: 1}
+    for n in graph.nodes:
+        for v in n.inputs:
+            readers[v] = readers.get(v, 0) + 1
+    reader = {n.inputs[0]: n for n in graph.nodes if len(n.inputs) == 1}   # (the one, where readers == 1)
+    nodes = list(graph.nodes)
+    for pool in [n for n in nodes if isinstance(n, ir.MaxPool2d)]:
+        chain, value = [], pool.output
+        while readers.get(value) == 1 and value in reader and _monotone(reader[value]):
+            chain.append(reader[value])
+            value = chain[-1].output
+        if not chain:
+            continue
+        moved = list(chain)
+        moved[0] = dataclasses.replace(moved[0], inputs=[pool.inputs[0]])
+        moved[-1] = dataclasses.replace(moved[-1], output=value + "#before_pool")
+        at = next(i for i, n in enumerate(nodes) if n is pool)        # (identity: nodes hold tensors)
+        rest = [n for n in nodes[at + 1:] if all(n is not c for c in chain)]
+        nodes = nodes[:at] + moved + [dataclasses.replace(pool, inputs=[moved[-1].output], output=value)] + rest
+    return dataclasses.replace(graph, nodes=nodes)
+
+
 def build_module(graph: "ir.Graph | dict", input_shape: tuple[int, ...], all_outputs: bool = False,
                  planner: ConvPlanner | None = None, weights_as_params: bool = False):
     """Relax module ``main(x: float32[input_shape]) -> logits`` for an artifact graph.
@@ -630,6 +666,8 @@ def build_module(graph: "ir.Graph | dict", input_shape: tuple[int, ...], all_out
     size); then returns ``(module, [(node name, packed weight array)] in parameter order)``.
     """
     graph = ir.as_graph(graph)
+    if not all_outputs:     # (every node's own value is compared there)
+        graph = pool_after_epilogue(graph)
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType([int(d) for d in input_shape], "float32"))
     b = _Builder(bb, layout="NHWC" if planner is not None else "NCHW", planner=planner,

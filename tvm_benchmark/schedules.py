@@ -28,10 +28,15 @@ from tvm_benchmark.intrinsics.x86_madd import pmaddubsw, pmaddwd
 from tvm_benchmark.intrinsics.x86_vnni import vpdpbusd
 from tvm_benchmark.isa import Isa
 
-__all__ = ["SCHEDULED", "INT32_MAX", "GROUPS", "ConvPlan", "plan_conv", "pack_weight", "conv2d_tensorized",
-           "conv2d_amx", "finish_schedule", "schedule_function", "schedule_generic"]
+__all__ = ["SCHEDULED", "CONV", "CONV_OUT", "OUT_EWISE_FUSABLE", "INT32_MAX", "GROUPS", "ConvPlan", "plan_conv",
+           "pack_weight", "schedule_conv_func", "schedule_convs", "finish_schedule", "schedule_function",
+           "schedule_generic"]
 
 SCHEDULED = "hawq.scheduled"
+CONV, CONV_OUT = "hawq_conv", "hawq_conv_out"   # block names the post-fusion schedule looks for
+OUT_EWISE_FUSABLE = 4                           # relax op pattern: elementwise consumers fuse into it
+#: Kernels of the planned convolutions by name (a fused function's conv block names its kernel).
+_KERNELS: dict[str, object] = {}
 INT32_MAX = 2 ** 31 - 1
 GROUPS = (4, 2, 1)   # vpmaddubsw steps summed in int16 before widening, most first (8 measured no faster)
 
@@ -51,17 +56,24 @@ class ConvPlan:
         """True when the kernel reads its input split into stride column phases (AMX)."""
         return isinstance(self.kernel, AmxKernel)
 
-    @property
-    def out_lanes(self) -> int:
-        return 16 if isinstance(self.kernel, AmxKernel) else self.kernel.lanes
-
     def pack(self, w: np.ndarray) -> np.ndarray:
         return pack_weight(w, self.kernel)
 
+    def compute_func(self, batch: int, in_hw: tuple[int, int], channels: int, out_channels: int,
+                     ksize: tuple[int, int], stride: tuple[int, int]) -> tvm.tirx.PrimFunc:
+        """Unscheduled ``(data, packed weight) -> acc [B,OH,OW,O] int32``, output-elementwise fusable:
+        FuseOps appends the bias, requantization, clip, ReLU, residual add and cast that read it, and
+        :func:`schedule_convs` schedules the fused function (the epilogue runs from each task's
+        register tile, so the int32 accumulators never reach memory)."""
+        build = _amx_compute if isinstance(self.kernel, AmxKernel) else _dot_compute
+        _KERNELS[self.kernel.name] = self.kernel
+        func = build(self.kernel, batch, in_hw, channels, out_channels, ksize, stride, self.emulate)
+        return func.without_attr("global_symbol").with_attr("op_pattern", OUT_EWISE_FUSABLE)
+
     def prim_func(self, batch: int, in_hw: tuple[int, int], channels: int, out_channels: int,
                   ksize: tuple[int, int], stride: tuple[int, int]) -> tvm.tirx.PrimFunc:
-        build = conv2d_amx if isinstance(self.kernel, AmxKernel) else conv2d_tensorized
-        return build(self.kernel, batch, in_hw, channels, out_channels, ksize, stride, emulate=self.emulate)
+        """:meth:`compute_func` scheduled on its own (no epilogue): kernel tests and benchmarks."""
+        return schedule_conv_func(self.compute_func(batch, in_hw, channels, out_channels, ksize, stride))
 
 
 def _vector_menu(isa: Isa, bits: int) -> list:
@@ -149,71 +161,52 @@ def _register_tile(ow: int, lane_blocks: int, registers: int, max_cols: int = 8,
     return best
 
 
-def _conv_compute(batch: int, data_shape: tuple, wt_shape: tuple, act_dtype: str, w_dtype: str,
-                  out_shape: tuple, read):
-    data = te.placeholder(data_shape, act_dtype, name="data")
-    wt = te.placeholder(wt_shape, w_dtype, name="weight")
-    _, kh, kw, cb, g, _, k = wt_shape
-    rh, rw = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw")
-    rc, rk = te.reduce_axis((0, cb), "rc"), te.reduce_axis((0, k), "rk")
-    if g == 1:   # no unit group axis: TensorIR would keep its loop and tensorize would not match
-        acc = te.compute(out_shape, lambda n, y, x, ob, oi: te.sum(
-            read(data, n, y, x, rh, rw, rc * k + rk).astype("int32")
-            * wt[ob, rh, rw, rc, 0, oi, rk].astype("int32"), axis=[rh, rw, rc, rk]), name="acc")
-        return data, wt, acc
-    rg = te.reduce_axis((0, g), "rg")
-    acc = te.compute(out_shape, lambda n, y, x, ob, oi: te.sum(
-        read(data, n, y, x, rh, rw, (rc * g + rg) * k + rk).astype("int32")
-        * wt[ob, rh, rw, rc, rg, oi, rk].astype("int32"), axis=[rh, rw, rc, rg, rk]), name="acc")
-    return data, wt, acc
+def _i64(*dims) -> tuple:
+    """int64 extents, as Relax's legalized ops have (FuseTIR unifies buffers by structural type)."""
+    return tuple(tvm.tirx.IntImm("int64", int(d)) for d in dims)
 
 
-def _conv_loops(sch: Schedule, blk):
-    """(n, y, x, ob, oi, rh, rw, rc, inner reduction loops) of a :func:`_conv_compute` block."""
-    loops = sch.get_loops(blk)
-    return (*loops[:8], loops[8:])
+def _with_output(acc: te.Tensor, lanes: int, args: list, name: str, annotations: dict) -> tvm.tirx.PrimFunc:
+    """The PrimFunc of ``acc`` [B,OH,OW,O/lanes,lanes] plus its 4-D view ``[B,OH,OW,O]`` (block
+    :data:`CONV_OUT`, the function's output), the conv block annotated for :func:`schedule_convs`."""
+    b, oh, ow, ob, _ = acc.shape
+    out = te.compute((b, oh, ow, ob * lanes), lambda n, y, x, o: acc[n, y, x, o // lanes, o % lanes], name=CONV_OUT)
+    func = te.create_prim_func([*args, out])
+    sch = Schedule(func)
+    for key, value in annotations.items():
+        sch.annotate(sch.get_sblock(name), key, value)
+    return sch.mod["main"]
 
 
-def conv2d_tensorized(kernel: DotKernel, batch: int, in_hw: tuple[int, int], channels: int, out_channels: int,
-                      ksize: tuple[int, int], stride: tuple[int, int], emulate: bool = False) -> tvm.tirx.PrimFunc:
-    """Scheduled PrimFunc ``(data [B,H,W,C'] kernel.act_dtype (already padded), w = pack_weight(...))
-    -> acc [B,OH,OW,O/L,L] int32``, C' a multiple of ``kernel.channels``. Exact integer convolution."""
+def _dot_compute(kernel: DotKernel, batch: int, in_hw: tuple[int, int], channels: int, out_channels: int,
+                 ksize: tuple[int, int], stride: tuple[int, int], emulate: bool) -> tvm.tirx.PrimFunc:
+    """``(data [B,H,W,C'] kernel.act_dtype (already padded), w = pack_weight(...)) -> [B,OH,OW,O]``
+    int32, C' a multiple of ``kernel.channels``: the exact integer convolution, unscheduled."""
     h, w_ = in_hw
     (kh, kw), (sh, sw) = ksize, stride
     oh, ow = (h - kh) // sh + 1, (w_ - kw) // sw + 1
-    lanes, step = kernel.lanes, kernel.channels
-    data, wt, acc = _conv_compute(
-        batch, (batch, h, w_, channels), (out_channels // lanes, kh, kw, channels // step, kernel.groups, lanes, kernel.k),
-        kernel.act_dtype, kernel.weight_dtype, (batch, oh, ow, out_channels // lanes, lanes),
-        lambda d, n, y, x, rh, rw, c: d[n, y * sh + rh, x * sw + rw, c])
-    sch = Schedule(te.create_prim_func([data, wt, acc]))
-    blk = sch.get_sblock("acc")
-    n, y, x, ob, oi, lh, lw, lc, inner = _conv_loops(sch, blk)
-    # Measured on znver3 (conv 3x3, 56x56x64): vpmaddwd, whose int16 weights are twice the bytes
-    # per product, runs best with two lane blocks sharing each activation broadcast (4x2: 88-91
-    # GMAC/s vs 73-83 for 8x1); the byte kernels best with one block and 7-8 columns (157-171).
-    wide = lanes == 16
-    if kernel.k == 2:
-        cols, blocks = _register_tile(ow, out_channels // lanes, 32 if wide else 16, 4, 4 if wide else 2)
+    lanes, g, k = kernel.lanes, kernel.groups, kernel.k
+    data = te.placeholder(_i64(batch, h, w_, channels), kernel.act_dtype, name="data")
+    wt = te.placeholder(_i64(out_channels // lanes, kh, kw, channels // (g * k), g, lanes, k), kernel.weight_dtype,
+                        name="weight")
+    rh, rw = te.reduce_axis(_i64(0, kh), "rh"), te.reduce_axis(_i64(0, kw), "rw")
+    rc, rk = te.reduce_axis(_i64(0, channels // (g * k)), "rc"), te.reduce_axis(_i64(0, k), "rk")
+    shape = _i64(batch, oh, ow, out_channels // lanes, lanes)
+    if g == 1:   # no unit group axis: TensorIR would keep its loop and tensorize would not match
+        acc = te.compute(shape, lambda n, y, x, ob, oi: te.sum(
+            data[n, y * sh + rh, x * sw + rw, rc * k + rk].astype("int32")
+            * wt[ob, rh, rw, rc, 0, oi, rk].astype("int32"), axis=[rh, rw, rc, rk]), name=CONV)
     else:
-        cols, blocks = _register_tile(ow, out_channels // lanes, 32 if wide else 16, 8, 2 if wide else 1)
-    xo, xi = sch.split(x, [None, cols])
-    obo, obi = sch.split(ob, [None, blocks])
-    # Tasks run channel tiles fastest (measured: keeping one weight block resident per thread, i.e.
-    # rows fastest, was no faster on znver3 and up to 2x slower on the 56x56 stage).
-    sch.reorder(n, y, xo, obo, lh, lw, lc, xi, obi, oi, *inner)
-    sch.parallel(sch.fuse(n, y, xo, obo))
-    init = sch.decompose_reduction(blk, lh)
-    sch.tensorize(oi, intrinsic(kernel, emulate))
-    sch.unroll(xi)
-    sch.unroll(obi)
-    sch.vectorize(sch.get_loops(init)[-1])
-    return finish_schedule(sch)
+        rg = te.reduce_axis(_i64(0, g), "rg")
+        acc = te.compute(shape, lambda n, y, x, ob, oi: te.sum(
+            data[n, y * sh + rh, x * sw + rw, (rc * g + rg) * k + rk].astype("int32")
+            * wt[ob, rh, rw, rc, rg, oi, rk].astype("int32"), axis=[rh, rw, rc, rg, rk]), name=CONV)
+    return _with_output(acc, lanes, [data, wt], CONV, {"hawq.kernel": kernel.name, "hawq.emulate": int(emulate)})
 
 
-def conv2d_amx(kernel: AmxKernel, batch: int, in_hw: tuple[int, int], channels: int, out_channels: int,
-               ksize: tuple[int, int], stride: tuple[int, int], emulate: bool = False) -> tvm.tirx.PrimFunc:
-    """Scheduled PrimFunc ``(data [B,H,S,W/S,C] uint8, w = pack_weight(...)) -> acc [B,OH,OW,O/16,16]``.
+def _amx_compute(kernel: AmxKernel, batch: int, in_hw: tuple[int, int], channels: int, out_channels: int,
+                 ksize: tuple[int, int], stride: tuple[int, int], emulate: bool) -> tvm.tirx.PrimFunc:
+    """``(data [B,H,S,W/S,C] uint8, w = pack_weight(...)) -> [B,OH,OW,O]`` int32, unscheduled.
 
     ``data`` is the padded NHWC input split into its ``S`` = stride column phases (column
     ``x·S + rw`` is phase ``rw mod S``, index ``x + rw div S``), so the M pixels of an A tile are
@@ -222,35 +215,128 @@ def conv2d_amx(kernel: AmxKernel, batch: int, in_hw: tuple[int, int], channels: 
     h, w_ = in_hw
     (kh, kw), (sh, sw) = ksize, stride
     oh, ow = (h - kh) // sh + 1, (w_ - kw) // sw + 1
-    m, nt = kernel.rows, kernel.ntiles
-    data = te.placeholder((batch, h, sw, -(-w_ // sw), channels), "uint8", name="data")
-    wt = te.placeholder((out_channels // (16 * nt), kh, kw, channels // 64, nt, 16, 16, 4), "int8", name="weight")
-    rh, rw = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw")
-    rc, rg, rk = te.reduce_axis((0, channels // 64), "rc"), te.reduce_axis((0, 16), "rg"), te.reduce_axis((0, 4), "rk")
-    acc = te.compute((batch, oh, ow, out_channels // 16, 16), lambda n, y, x, ob, oi: te.sum(
+    nt = kernel.ntiles
+    data = te.placeholder(_i64(batch, h, sw, -(-w_ // sw), channels), "uint8", name="data")
+    wt = te.placeholder(_i64(out_channels // (16 * nt), kh, kw, channels // 64, nt, 16, 16, 4), "int8", name="weight")
+    rh, rw = te.reduce_axis(_i64(0, kh), "rh"), te.reduce_axis(_i64(0, kw), "rw")
+    rc, rg, rk = (te.reduce_axis(_i64(0, n), name) for n, name in ((channels // 64, "rc"), (16, "rg"), (4, "rk")))
+    acc = te.compute(_i64(batch, oh, ow, out_channels // 16, 16), lambda n, y, x, ob, oi: te.sum(
         data[n, y * sh + rh, rw % sw, x + rw // sw, rc * 64 + rg * 4 + rk].astype("int32")
-        * wt[ob // nt, rh, rw, rc, ob % nt, rg, oi, rk].astype("int32"), axis=[rh, rw, rc, rg, rk]), name="acc")
-    zero, dot, store = amx_intrinsics(kernel, emulate)
-    sch = Schedule(te.create_prim_func([data, wt, acc]))
-    blk = sch.get_sblock("acc")
+        * wt[ob // nt, rh, rw, rc, ob % nt, rg, oi, rk].astype("int32"), axis=[rh, rw, rc, rg, rk]), name=CONV)
+    return _with_output(acc, 16, [data, wt], CONV, {"hawq.kernel": kernel.name, "hawq.emulate": int(emulate)})
+
+
+def _conv_loops(sch: Schedule, blk):
+    """(n, y, x, ob, oi, rh, rw, rc, inner reduction loops) of a conv block."""
+    loops = sch.get_loops(blk)
+    return (*loops[:8], loops[8:])
+
+
+def _extent(sch: Schedule, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def _schedule_dot(sch: Schedule, blk, kernel: DotKernel, emulate: bool, epilogue: str) -> None:
+    """Register-tiled, tensorized schedule of a vector conv block and its ``epilogue`` block."""
     n, y, x, ob, oi, lh, lw, lc, inner = _conv_loops(sch, blk)
-    xo, xm = sch.split(x, [None, m])
-    obo, obn = sch.split(ob, [None, nt])
+    ow, lane_blocks, lanes = _extent(sch, x), _extent(sch, ob), kernel.lanes
+    # Measured on znver3 (conv 3x3, 56x56x64): vpmaddwd, whose int16 weights are twice the bytes
+    # per product, runs best with two lane blocks sharing each activation broadcast (4x2: 88-91
+    # GMAC/s vs 73-83 for 8x1); the byte kernels best with one block and 7-8 columns (157-171).
+    wide = lanes == 16
+    if kernel.k == 2:
+        cols, blocks = _register_tile(ow, lane_blocks, 32 if wide else 16, 4, 4 if wide else 2)
+    else:
+        cols, blocks = _register_tile(ow, lane_blocks, 32 if wide else 16, 8, 2 if wide else 1)
+    xo, xi = sch.split(x, [None, cols])
+    obo, obi = sch.split(ob, [None, blocks])
+    # Tasks run channel tiles fastest (measured: keeping one weight block resident per thread, i.e.
+    # rows fastest, was no faster on znver3 and up to 2x slower on the 56x56 stage).
+    sch.reorder(n, y, xo, obo, lh, lw, lc, xi, obi, oi, *inner)
+    task = sch.fuse(n, y, xo, obo)
+    sch.parallel(task)
+    _epilogue_at(sch, epilogue, task, lanes)
+    init = sch.decompose_reduction(blk, lh)
+    sch.tensorize(oi, intrinsic(kernel, emulate))
+    sch.unroll(xi)
+    sch.unroll(obi)
+    sch.vectorize(sch.get_loops(init)[-1])
+
+
+def _schedule_amx(sch: Schedule, blk, kernel: AmxKernel, emulate: bool, epilogue: str) -> None:
+    """AMX tile schedule of a conv block (accumulators in tile registers across the reduction,
+    stored once per task) and its ``epilogue`` block."""
+    zero, dot, store = amx_intrinsics(kernel, emulate)
+    n, y, x, ob, oi, lh, lw, lc, inner = _conv_loops(sch, blk)
+    xo, xm = sch.split(x, [None, kernel.rows])
+    obo, obn = sch.split(ob, [None, kernel.ntiles])
     sch.reorder(n, y, xo, obo, lh, lw, lc, xm, obn, oi, *inner)
     task = sch.fuse(n, y, xo, obo)
     local = sch.cache_write(blk, 0, "local")
     sch.reverse_compute_at(local, task)
     sch.parallel(task)
+    _epilogue_at(sch, epilogue, task, 16)
     init = sch.decompose_reduction(blk, lh)
     sch.tensorize(sch.get_loops(init)[-3], zero)
     sch.tensorize(xm, dot)
     sch.tensorize(sch.get_loops(local)[-3], store)
+
+
+def _inline_epilogue(sch: Schedule) -> str:
+    """Inline every block but the conv and the last one (the conv's 4-D view and whatever FuseOps
+    put around it: bias, requantization, clip, ReLU, the residual operand's own requantization and
+    the add, cast) into the last block; returns that block's name."""
+    conv = sch.get_sblock(CONV)
+    feeding = {sch.get(b).name_hint for b in sch.get_producers(conv)}
+    names = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    for name in names[:-1]:
+        if name != CONV and name not in feeding:
+            sch.compute_inline(sch.get_sblock(name))
+    return names[-1]
+
+
+def _epilogue_at(sch: Schedule, name: str, task, lanes: int) -> None:
+    """Compute the epilogue block per task, right after the task's accumulators are complete (so
+    they never leave the task's small buffer): iterated like the accumulators (channels split into
+    lane blocks, which lets TensorIR match the regions), channels vectorized."""
+    last = sch.get_sblock(name)
+    sch.transform_block_layout(last, lambda n, y, x, o: (n, y, x, o // lanes, o % lanes))
+    sch.reverse_compute_at(last, task)
+    sch.vectorize(sch.get_loops(last)[-1])
+
+
+def schedule_conv_func(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
+    """Schedule a function holding one planned conv block (:data:`CONV`) and the blocks after it."""
+    sch = Schedule(func)
+    blk = sch.get_sblock(CONV)
+    ann = sch.get(blk).annotations
+    kernel, emulate = _KERNELS[str(ann["hawq.kernel"])], bool(int(ann["hawq.emulate"]))
+    last = _inline_epilogue(sch)
+    (_schedule_amx if isinstance(kernel, AmxKernel) else _schedule_dot)(sch, blk, kernel, emulate, last)
     return finish_schedule(sch)
 
 
+def schedule_convs(mod: tvm.IRModule) -> tvm.IRModule:
+    """Schedule every (fused) function holding a planned conv (:meth:`ConvPlan.compute_func`)."""
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, tvm.tirx.PrimFunc) and _has_block(func, CONV):
+            mod[gv] = schedule_conv_func(func)
+    return mod
+
+
+def _has_block(func: tvm.tirx.PrimFunc, name: str) -> bool:
+    try:
+        Schedule(func).get_sblock(name)
+        return True
+    except Exception:  # noqa: BLE001  (no such block)
+        return False
+
+
 def finish_schedule(sch: Schedule) -> tvm.tirx.PrimFunc:
+    """The scheduled function, marked so :func:`schedule_generic` leaves it alone; opaque to FuseOps
+    (a function scheduled before fusion must not receive other blocks)."""
     func = sch.mod["main"].without_attr("global_symbol")
-    return func.with_attr(SCHEDULED, True).with_attr("op_pattern", 8)   # opaque: never fused
+    return func.with_attr(SCHEDULED, True).with_attr("op_pattern", 8)
 
 
 def _is_spatial(sch: Schedule, block) -> bool:
@@ -262,6 +348,13 @@ def _schedule_block(sch: Schedule, block, vector: int) -> None:
     if not loops:
         return
     if _is_spatial(sch, block):
+        if len(loops) >= 4:
+            # Image-shaped (NHWC and the phase layouts): tasks over the leading axes, the innermost
+            # two fused and vectorized, so a lane's indices need one division, not one per axis,
+            # and a padding test is uniform over a row.
+            sch.parallel(sch.fuse(*loops[:-2]))
+            _vectorize_inner(sch, sch.fuse(*loops[-2:]), vector)
+            return
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
         extent = sch.get(fused).extent
         if isinstance(extent, tvm.tirx.IntImm) and int(extent) % vector == 0 and int(extent) > vector:
@@ -279,19 +372,27 @@ def _schedule_block(sch: Schedule, block, vector: int) -> None:
     # output features) moves inside the reduction and is vectorized; the others run in parallel.
     lead, inner, reduce = loops[:n_spatial - 1], loops[n_spatial - 1], loops[n_spatial:]
     sch.reorder(*reduce, inner)
-    init = sch.decompose_reduction(block, reduce[0])
-    _vectorize_inner(sch, inner, vector)
-    _vectorize_inner(sch, sch.get_loops(init)[-1], vector)
     if lead:
         sch.parallel(sch.fuse(*lead) if len(lead) > 1 else lead[0])
+    # Vectorized before the init is split off (TensorIR refuses the update block's loop after it;
+    # the init's copy of the loop keeps the annotation).
+    _vectorize_inner(sch, inner, vector)
+    sch.decompose_reduction(block, reduce[0])
 
 
 def _vectorize_inner(sch: Schedule, loop, vector: int) -> None:
+    """Vectorize ``loop`` whole (extent <= 64) or by the widest of vector, vector/2, vector/4 that
+    divides its extent."""
     extent = sch.get(loop).extent
-    if isinstance(extent, tvm.tirx.IntImm) and int(extent) % vector == 0 and int(extent) > vector:
-        sch.vectorize(sch.split(loop, [None, vector])[1])
-    elif isinstance(extent, tvm.tirx.IntImm) and int(extent) <= 64:
+    if not isinstance(extent, tvm.tirx.IntImm):
+        return
+    n = int(extent)
+    if n <= 64 and n % vector:
         sch.vectorize(loop)
+        return
+    lanes = next((v for v in (vector, vector // 2, vector // 4) if v > 1 and n % v == 0), 0)
+    if lanes:
+        sch.vectorize(sch.split(loop, [None, lanes])[1])
 
 
 def schedule_function(func: tvm.tirx.PrimFunc, vector: int = 16) -> tvm.tirx.PrimFunc:

@@ -92,6 +92,35 @@ def test_kernel_choice_per_isa_follows_the_bounds(scheme, isa, kernels):
     assert _kernels(load_program(CKPT.format(scheme)).graph, isa) == kernels
 
 
+def test_conv_epilogue_fused_into_its_kernel():
+    """Every planned convolution of the released resnet20 ends in its requantization inside the
+    same kernel (FuseOps appends the bias, rescale, clip, ReLU, residual add and cast; the schedule
+    runs them per task), so no int32 accumulator tensor is a value between two kernels."""
+    graph = load_program(CKPT.format("uniform8")).graph
+    mod = lower(build_module(graph, (2, 3, 32, 32), planner=lambda *a: S.plan_conv(ISAS["vnni"], *a)))
+    convs = [gv.name_hint for gv, f in mod.functions.items()
+             if isinstance(f, tvm.tirx.PrimFunc) and S.CONV in f.script()]
+    assert len(convs) >= 10 and all("right_shift" in name for name in convs), convs   # (identical ones shared)
+    scheduled = S.schedule_convs(mod)
+    assert all(scheduled[name].attrs[S.SCHEDULED] for name in convs)
+
+
+def test_max_pool_moves_after_the_monotone_epilogue():
+    """ResNet's stem pool moves past the requantization and ReLU that follow it (max commutes with a
+    non-decreasing map, padding never wins): the same integers, and the pool reads the narrow value.
+    The chain stops at a value with two readers (the residual branch reads the ReLU)."""
+    from tvm_benchmark.apps.layer_latency import calibrated_graph
+    from tvm_benchmark.frontend import pool_after_epilogue
+    graph, _ = calibrated_graph("resnet18", "uniform8", 1, input_size=32)
+    moved = pool_after_epilogue(graph)
+    moved.validate()
+    kinds = [type(n).__name__ for n in moved.nodes[:6]]
+    assert kinds == ["Quantize", "Conv2d", "Requant", "Relu", "MaxPool2d", "Requant"], kinds
+    x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_array_equal(run_graph(moved, x), run_graph(graph, x))
+    assert [type(n).__name__ for n in graph.nodes[:3]] == ["Quantize", "Conv2d", "MaxPool2d"]   # untouched
+
+
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="no CUDA compiler (nvcc) on this machine")
 def test_cuda_cross_compiles(monkeypatch, small_model):
     """The CUDA program cross-compiles here (TVM calls the machine's CUDA compiler) even without a GPU."""
