@@ -236,9 +236,29 @@ def _extent(sch: Schedule, loop) -> int:
     return int(sch.get(loop).extent)
 
 
+def _task_order(sch: Schedule, tasks: tuple, pixels: int, weight_rows: int) -> tuple:
+    """The parallel task loops (n, y, column tile, channel block) in the order that streams the
+    larger operand once: channel blocks fastest (each weight block read again per pixel tile) where
+    the layer's input is the larger, channel blocks slowest (a thread's weight block stays in its
+    cache over every pixel) where its weights are — ResNet's last stages, whose 3x3 weights (2.4 MB
+    at 512 channels) exceed a core's L2. ``pixels`` = B·OH·OW against ``weight_rows`` = O·KH·KW
+    (both times the input channels: the input and weight bytes, strides aside)."""
+    n, y, xo, obo = tasks
+    if _extent(sch, obo) > 1 and weight_rows > pixels:
+        return obo, n, y, xo
+    return n, y, xo, obo
+
+
+def _conv_sizes(sch: Schedule, loops: tuple) -> tuple[int, int]:
+    """(B·OH·OW, O·KH·KW) of a conv block from its loops (n, y, x, ob, oi, rh, rw, ...)."""
+    n, y, x, ob, oi, lh, lw = (_extent(sch, lp) for lp in loops[:7])
+    return n * y * x, ob * oi * lh * lw
+
+
 def _schedule_dot(sch: Schedule, blk, kernel: DotKernel, emulate: bool, epilogue: str) -> None:
     """Register-tiled, tensorized schedule of a vector conv block and its ``epilogue`` block."""
     n, y, x, ob, oi, lh, lw, lc, inner = _conv_loops(sch, blk)
+    sizes = _conv_sizes(sch, (n, y, x, ob, oi, lh, lw))
     ow, lane_blocks, lanes = _extent(sch, x), _extent(sch, ob), kernel.lanes
     # Measured on znver3 (conv 3x3, 56x56x64): vpmaddwd, whose int16 weights are twice the bytes
     # per product, runs best with two lane blocks sharing each activation broadcast (4x2: 88-91
@@ -250,10 +270,9 @@ def _schedule_dot(sch: Schedule, blk, kernel: DotKernel, emulate: bool, epilogue
         cols, blocks = _register_tile(ow, lane_blocks, 32 if wide else 16, 8, 2 if wide else 1)
     xo, xi = sch.split(x, [None, cols])
     obo, obi = sch.split(ob, [None, blocks])
-    # Tasks run channel tiles fastest (measured: keeping one weight block resident per thread, i.e.
-    # rows fastest, was no faster on znver3 and up to 2x slower on the 56x56 stage).
-    sch.reorder(n, y, xo, obo, lh, lw, lc, xi, obi, oi, *inner)
-    task = sch.fuse(n, y, xo, obo)
+    order = _task_order(sch, (n, y, xo, obo), *sizes)
+    sch.reorder(*order, lh, lw, lc, xi, obi, oi, *inner)
+    task = sch.fuse(*order)
     sch.parallel(task)
     _epilogue_at(sch, epilogue, task, lanes)
     init = sch.decompose_reduction(blk, lh)
@@ -268,10 +287,12 @@ def _schedule_amx(sch: Schedule, blk, kernel: AmxKernel, emulate: bool, epilogue
     stored once per task) and its ``epilogue`` block."""
     zero, dot, store = amx_intrinsics(kernel, emulate)
     n, y, x, ob, oi, lh, lw, lc, inner = _conv_loops(sch, blk)
+    sizes = _conv_sizes(sch, (n, y, x, ob, oi, lh, lw))
     xo, xm = sch.split(x, [None, kernel.rows])
     obo, obn = sch.split(ob, [None, kernel.ntiles])
-    sch.reorder(n, y, xo, obo, lh, lw, lc, xm, obn, oi, *inner)
-    task = sch.fuse(n, y, xo, obo)
+    order = _task_order(sch, (n, y, xo, obo), *sizes)
+    sch.reorder(*order, lh, lw, lc, xm, obn, oi, *inner)
+    task = sch.fuse(*order)
     local = sch.cache_write(blk, 0, "local")
     sch.reverse_compute_at(local, task)
     sch.parallel(task)
