@@ -28,7 +28,8 @@ def lower(mod: tvm.IRModule) -> tvm.IRModule:
     seq = tvm.transform.Sequential([
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FoldConstant(),
+        # No FoldConstant: it would fold the requantization's int32 multipliers, widened to int64 at
+        # the multiply so LLVM emits one vpmuldq (sext · sext), back into int64 constants.
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
         # a sign whose every reader packs its input instead (binary convs) is left unused

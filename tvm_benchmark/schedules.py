@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +24,7 @@ from tvm import te
 from tvm.s_tir import Schedule, ScheduleError
 
 from tvm_benchmark.intrinsics import DotKernel, intrinsic
-from tvm_benchmark.intrinsics.x86_amx import AmxKernel, intrinsics as amx_intrinsics
+from tvm_benchmark.intrinsics.x86_amx import K_BYTES, AmxKernel, intrinsics as amx_intrinsics
 from tvm_benchmark.intrinsics.x86_madd import pmaddubsw, pmaddwd
 from tvm_benchmark.intrinsics.x86_vnni import vpdpbusd
 from tvm_benchmark.isa import Isa
@@ -57,6 +58,12 @@ class ConvPlan:
         return isinstance(self.kernel, AmxKernel)
 
     def pack(self, w: np.ndarray) -> np.ndarray:
+        if self.window:     # OIHW -> [O, 64 = (kw, channel) bytes of a window, KH, 1], zeros elsewhere
+            o, c, kh, kw = w.shape
+            pb = self.kernel.pixel_bytes
+            wide = np.zeros((o, kw, pb, kh), w.dtype)
+            wide[:, :, :c] = w.transpose(0, 3, 1, 2)
+            w = np.pad(wide.reshape(o, kw * pb, kh), ((0, 0), (0, K_BYTES - kw * pb), (0, 0)))[..., None]
         return pack_weight(w, self.kernel)
 
     def compute_func(self, batch: int, in_hw: tuple[int, int], channels: int, out_channels: int,
@@ -65,10 +72,27 @@ class ConvPlan:
         FuseOps appends the bias, requantization, clip, ReLU, residual add and cast that read it, and
         :func:`schedule_convs` schedules the fused function (the epilogue runs from each task's
         register tile, so the int32 accumulators never reach memory)."""
-        build = _amx_compute if isinstance(self.kernel, AmxKernel) else _dot_compute
-        _KERNELS[self.kernel.name] = self.kernel
-        func = build(self.kernel, batch, in_hw, channels, out_channels, ksize, stride, self.emulate)
+        kernel = self.kernel
+        if self.window:
+            kernel = dataclasses.replace(kernel, step=stride[1] * kernel.pixel_bytes)
+        build = _amx_compute if isinstance(kernel, AmxKernel) else _dot_compute
+        _KERNELS[kernel.name] = kernel
+        func = build(kernel, batch, in_hw, channels, out_channels, ksize, stride, self.emulate)
         return func.without_attr("global_symbol").with_attr("op_pattern", OUT_EWISE_FUSABLE)
+
+    @property
+    def window(self) -> bool:
+        """True for the AMX window form (few input channels: the kernel reads ``[B, H, W·P]`` rows of
+        ``P`` = ``kernel.pixel_bytes`` bytes per pixel, see :class:`AmxKernel`)."""
+        return isinstance(self.kernel, AmxKernel) and self.kernel.pixel_bytes > 0
+
+    def input_width(self, width: int, kw: int, sw: int) -> int:
+        """Pixels per (padded) input row the kernel reads: ``width``, plus, in the window form, what
+        the last output column's 64-byte window overhangs (those pixels meet zero weights)."""
+        if not self.window:
+            return width
+        ow, pb = (width - kw) // sw + 1, self.kernel.pixel_bytes
+        return max(width, -(-(sw * pb * (ow - 1) + K_BYTES) // pb))
 
     def prim_func(self, batch: int, in_hw: tuple[int, int], channels: int, out_channels: int,
                   ksize: tuple[int, int], stride: tuple[int, int]) -> tvm.tirx.PrimFunc:
@@ -111,8 +135,12 @@ def plan_conv(isa: Isa | None, act_dtype: str, act_lo: int, act_hi: int, w: np.n
         return None    # the kernel's raw (uncentered) int32 sum itself is not proven to fit
     # One-row tiles (output width 1 or a prime above 16) go to the vector kernels: a 1-row tile
     # wastes 15/16 of each tdpbusd, and TensorIR drops the unit row loop the AMX intrinsics match.
-    if isa.name == "amx" and c % 64 == 0 and o % 32 == 0 and out_w and _amx_rows(out_w) > 1:
-        return ConvPlan(AmxKernel(_amx_rows(out_w), 2), shift, emulate)
+    if isa.name == "amx" and o % 32 == 0 and out_w and _amx_rows(out_w) > 1:
+        if c % 64 == 0:
+            return ConvPlan(AmxKernel(_amx_rows(out_w), 2), shift, emulate)
+        pixel = next((p for p in (4, 8, 16) if c <= p), 0)
+        if pixel and w.shape[3] * pixel <= K_BYTES:    # every kw tap of a kh in one 64-byte window
+            return ConvPlan(AmxKernel(_amx_rows(out_w), 2, pixel_bytes=pixel), shift, emulate)
     for bits in ((isa.vector_bits, 256) if isa.vector_bits == 512 else (256,)):
         fits = [k for k in _vector_menu(isa, bits) if o % k.lanes == 0]
         for k in fits:
@@ -216,12 +244,35 @@ def _amx_compute(kernel: AmxKernel, batch: int, in_hw: tuple[int, int], channels
     (kh, kw), (sh, sw) = ksize, stride
     oh, ow = (h - kh) // sh + 1, (w_ - kw) // sw + 1
     nt = kernel.ntiles
+    if kernel.pixel_bytes:
+        return _amx_window_compute(kernel, batch, (h, w_), out_channels, ksize, stride, emulate)
     data = te.placeholder(_i64(batch, h, sw, -(-w_ // sw), channels), "uint8", name="data")
     wt = te.placeholder(_i64(out_channels // (16 * nt), kh, kw, channels // 64, nt, 16, 16, 4), "int8", name="weight")
     rh, rw = te.reduce_axis(_i64(0, kh), "rh"), te.reduce_axis(_i64(0, kw), "rw")
     rc, rg, rk = (te.reduce_axis(_i64(0, n), name) for n, name in ((channels // 64, "rc"), (16, "rg"), (4, "rk")))
     acc = te.compute(_i64(batch, oh, ow, out_channels // 16, 16), lambda n, y, x, ob, oi: te.sum(
         data[n, y * sh + rh, rw % sw, x + rw // sw, rc * 64 + rg * 4 + rk].astype("int32")
+        * wt[ob // nt, rh, rw, rc, ob % nt, rg, oi, rk].astype("int32"), axis=[rh, rw, rc, rg, rk]), name=CONV)
+    return _with_output(acc, 16, [data, wt], CONV, {"hawq.kernel": kernel.name, "hawq.emulate": int(emulate)})
+
+
+def _amx_window_compute(kernel: AmxKernel, batch: int, in_hw: tuple[int, int], out_channels: int,
+                        ksize: tuple[int, int], stride: tuple[int, int], emulate: bool) -> tvm.tirx.PrimFunc:
+    """The window form (:class:`AmxKernel`): ``(data [B, H, W'·P] uint8, w) -> [B,OH,OW,O]`` int32,
+    ``H × W`` the padded input, ``W'`` = :meth:`ConvPlan.input_width`, ``P`` bytes per pixel. A KH×1
+    convolution over 64-byte windows starting every ``step`` = stride·P bytes (unit rw and rc axes
+    keep the loop structure of the channel-tile form, so one schedule serves both)."""
+    h, w_ = in_hw
+    (kh, kw), (sh, sw) = ksize, stride
+    oh, ow = (h - kh) // sh + 1, (w_ - kw) // sw + 1
+    nt, pb, step = kernel.ntiles, kernel.pixel_bytes, kernel.step
+    row = ConvPlan(kernel).input_width(w_, kw, sw) * pb
+    data = te.placeholder(_i64(batch, h, row), "uint8", name="data")
+    wt = te.placeholder(_i64(out_channels // (16 * nt), kh, 1, 1, nt, 16, 16, 4), "int8", name="weight")
+    rh, rw, rc = (te.reduce_axis(_i64(0, n), name) for n, name in ((kh, "rh"), (1, "rw"), (1, "rc")))
+    rg, rk = te.reduce_axis(_i64(0, 16), "rg"), te.reduce_axis(_i64(0, 4), "rk")
+    acc = te.compute(_i64(batch, oh, ow, out_channels // 16, 16), lambda n, y, x, ob, oi: te.sum(
+        data[n, y * sh + rh, x * step + (rw + rc) * K_BYTES + rg * 4 + rk].astype("int32")
         * wt[ob // nt, rh, rw, rc, ob % nt, rg, oi, rk].astype("int32"), axis=[rh, rw, rc, rg, rk]), name=CONV)
     return _with_output(acc, 16, [data, wt], CONV, {"hawq.kernel": kernel.name, "hawq.emulate": int(emulate)})
 
@@ -369,12 +420,13 @@ def _schedule_block(sch: Schedule, block, vector: int) -> None:
     if not loops:
         return
     if _is_spatial(sch, block):
-        if len(loops) >= 4:
-            # Image-shaped (NHWC and the phase layouts): tasks over the leading axes, the innermost
-            # two fused and vectorized, so a lane's indices need one division, not one per axis,
-            # and a padding test is uniform over a row.
-            sch.parallel(sch.fuse(*loops[:-2]))
-            _vectorize_inner(sch, sch.fuse(*loops[-2:]), vector)
+        if len(loops) >= 3:
+            # Image-shaped (NHWC, the phase layouts, flattened rows): tasks over the leading axes,
+            # the innermost (two, of 4-D and more) fused and vectorized, so a lane's indices need one
+            # division, not one per axis, and a padding test is uniform over a row.
+            inner = 2 if len(loops) >= 4 else 1
+            sch.parallel(sch.fuse(*loops[:-inner]))
+            _vectorize_inner(sch, sch.fuse(*loops[-inner:]) if inner > 1 else loops[-1], vector)
             return
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
         extent = sch.get(fused).extent

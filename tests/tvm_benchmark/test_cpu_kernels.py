@@ -74,7 +74,8 @@ W8 = np.full((32, 64, 3, 3), -128, np.int8)
     ("vnni", "int8", -128, 127, W8, "vpdpbusd_512", 128),             # q + 128, −128·ΣW in the bias
     ("amx", "uint8", 0, 255, W8, "amx_m14_n2", 0),
     ("amx", "int8", -8, 7, W8, "amx_m14_n2", 128),
-    ("amx", "uint8", 0, 255, W8[:, :3], "vpdpbusd_512", 0),            # 3 input channels: no tile
+    ("amx", "uint8", 0, 255, W8[:, :3], "amx_m14_n2_w4s0", 0),         # 3 input channels: the window form
+    ("amx", "uint8", 0, 255, np.full((32, 24, 3, 3), 1, np.int8), "vpdpbusd_512", 0),  # 24: neither form
     ("amx", "uint8", 0, 255, W8[:16], "vpdpbusd_512", 0),              # 16 output channels: no tile pair
     ("avx2", "uint8", 0, 255, W8[:4], None, 0),                        # 4 outputs: no vector step
 ])
@@ -166,6 +167,39 @@ def test_kernel_bit_exact_at_worst_case_bounds(kernel, ksize, stride):
     np.testing.assert_array_equal(out.numpy(), _ref_conv(d, w, stride))
 
 
+@pytest.mark.parametrize("c,ksize,stride", [(3, (7, 7), (2, 2)), (8, (3, 3), (1, 1)), (16, (3, 3), (2, 2))])
+def test_amx_window_kernel_bit_exact_at_worst_case_bounds(c, ksize, stride):
+    """The AMX window form (few input channels, e.g. the stem): overlapping 64-byte windows of a
+    flattened row, weights zero beyond the taps; native on an AMX host, else the emulated schedule.
+    Activations at 255, weights at ±128/127 (the int32 sum of 64·255·128 per tap is exact)."""
+    rng = np.random.default_rng(c)
+    native = I.ISAS["amx"].runs_on(HOST)
+    b, o, ow = 2, 64, 16
+    h = w_ = (ow - 1) * stride[0] + ksize[0]
+    d, w = _worst_case(AmxKernel(16), rng, c, o, *ksize, h, w_, b)
+    plan = S.plan_conv(I.ISAS["amx"], "uint8", 0, 255, w, 1, out_w=ow, emulate=not native)
+    assert plan.window and plan.kernel.pixel_bytes == max(4, c)
+    pb, width = plan.kernel.pixel_bytes, plan.input_width(w_, ksize[1], stride[1])
+    flat = np.zeros((b, h, width, pb), np.uint8)
+    flat[:, :, :w_, :c] = d
+    target = {"kind": "llvm", "mcpu": host_cpu()}
+    if native:
+        target["mcpu"], target["mattr"] = I.llvm_attrs(I.ISAS["amx"], host_cpu())
+        request_amx()
+    func = plan.prim_func(b, (h, w_), pb, o, ksize, stride)
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), tvm.target.Target(target))
+    oh = (h - ksize[0]) // stride[0] + 1
+    out = tvm.runtime.tensor(np.zeros((b, oh, ow, o), "int32"))
+    lib(tvm.runtime.tensor(flat.reshape(b, h, width * pb)), tvm.runtime.tensor(plan.pack(w)), out)
+    np.testing.assert_array_equal(out.numpy(), _ref_conv(d, w, stride))
+    if not native:   # the instruction itself, compiled for a CPU that has it
+        mcpu, mattr = I.llvm_attrs(I.ISAS["amx"], REF_CPU["amx"], flags=set(I.ISAS["amx"].flags))
+        func = S.ConvPlan(plan.kernel).prim_func(b, (h, w_), pb, o, ksize, stride)
+        asm = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                          tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "mattr": mattr})).mod.inspect_source("asm")
+        assert "\ttdpbusd\t" in asm
+
+
 @pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: k.name)
 def test_kernel_instruction_in_assembly(kernel):
     """Every family's kernel is built and lowered on every machine: compiled for a CPU that has the
@@ -211,7 +245,7 @@ def test_whole_program_bit_exact_per_family(family, resnet18_64):
     mod = build_module(graph, x.shape, planner=lambda *a: S.plan_conv(I.ISAS[family], *a))
     called = {str(gv.name_hint).removeprefix("conv2d_").split("_")[0] for gv in mod.get_global_vars()} - {"main"}
     assert called == {"avx2": {"pmaddwd", "pmaddubsw"}, "avx512": {"pmaddwd", "pmaddubsw"}, "avxvnni": {"vpdpbusd"},
-                      "vnni": {"vpdpbusd"}, "amx": {"vpdpbusd", "amx"}}[family]
+                      "vnni": {"vpdpbusd"}, "amx": {"amx"}}[family]     # amx: the stem in the window form
     got = tvm_outputs(graph, x, isa=family, emulate=not native)
     np.testing.assert_array_equal(got, run_graph(graph, x))
 

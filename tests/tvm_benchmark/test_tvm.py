@@ -82,13 +82,14 @@ def _kernels(graph, isa: str) -> set[str]:
     ("uniform8", "avxvnni", {"vpdpbusd_256"}),
     ("uniform8", "vnni", {"vpdpbusd_512"}),
     ("uniform4", "vnni", {"vpdpbusd_512"}),
-    ("uniform8", "amx", {"vpdpbusd_512", "amx_m8_n2"}),
+    ("uniform8", "amx", {"vpdpbusd_512", "amx_m8_n2", "amx_window_m16"}),
 ])
 def test_kernel_choice_per_isa_follows_the_bounds(scheme, isa, kernels):
     """Released resnet20 checkpoints: 8x8-bit layers (uint8 activations up to 255) never get a
     saturating vpmaddubsw on AVX2/AVX-512BW; 4-bit layers get the grouped one (16·15·128 <= 32767;
     4 groups, the most the schedules use); VNNI takes every layer; AMX the 64-channel stage (8x8
-    pixels: 8-row tiles), the stem and the 16/32-channel stages stay on vpdpbusd."""
+    pixels: 8-row tiles) and the 16-channel inputs of 32-channel convs (window form, 16 bytes a
+    pixel); the stem (16 outputs) and the 16-output stage stay on vpdpbusd."""
     assert _kernels(load_program(CKPT.format(scheme)).graph, isa) == kernels
 
 

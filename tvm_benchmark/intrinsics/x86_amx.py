@@ -37,9 +37,17 @@ A_TILE, B_TILE0 = 4, 5
 
 @dataclass(frozen=True)
 class AmxKernel:
-    """``rows`` (M ≤ 16) output pixels × ``ntiles`` (2: tmm0, tmm1) × 16 output channels per step."""
+    """``rows`` (M ≤ 16) output pixels × ``ntiles`` (2: tmm0, tmm1) × 16 output channels per step.
+
+    ``pixel_bytes`` > 0 selects the *window* form for convolutions with few input channels (a
+    network's stem, C = 3): an A row is 64 consecutive bytes of one input row, i.e. ``64 /
+    pixel_bytes`` neighbouring pixels × ``pixel_bytes`` channels, which holds every kw tap of one
+    kh (weights zero beyond them); consecutive rows start ``step`` = stride·pixel_bytes bytes apart
+    (overlapping), so one strided ``tileloadd`` still loads the tile and no im2col is written."""
     rows: int
     ntiles: int = 2
+    pixel_bytes: int = 0
+    step: int = 0
     family: str = "amx"
     instruction: str = "tdpbusd"
     act_dtype: str = "uint8"
@@ -48,7 +56,8 @@ class AmxKernel:
 
     @property
     def name(self) -> str:
-        return f"amx_m{self.rows}_n{self.ntiles}"
+        window = f"_w{self.pixel_bytes}s{self.step}" if self.pixel_bytes else ""
+        return f"amx_m{self.rows}_n{self.ntiles}{window}"
 
     def exact_for(self, act_absmax: int, w_absmax: int) -> bool:
         return True
@@ -94,7 +103,7 @@ def _zero_impl(m: int, nt: int):
     return impl
 
 
-def _dot_desc(m: int, nt: int):
+def _dot_desc(m: int, nt: int, step: int = 0):
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
         sa = T.int32()
@@ -109,10 +118,24 @@ def _dot_desc(m: int, nt: int):
                 with T.sblock("update"):
                     vi, vt, vj, vg, vr = T.axis.remap("SSSRR", [i, t, j, g, r])
                     C[vi, vt, vj] = C[vi, vt, vj] + T.cast(A[vi, vg * 4 + vr], "int32") * T.cast(B[vt, vg, vj, vr], "int32")
-    return desc
+
+    @T.prim_func(s_tir=True)
+    def window_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        sb = T.int32()
+        A = T.match_buffer(a, (step * (m - 1) + K_BYTES,), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (nt, 16, N_LANES, 4), "int8", offset_factor=1, strides=[sb, 64, 4, 1])
+        C = T.match_buffer(c, (m, nt, N_LANES), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:m, 0:nt, 0:N_LANES], A[0:step * (m - 1) + K_BYTES], B[0:nt, 0:16, 0:N_LANES, 0:4])
+            T.writes(C[0:m, 0:nt, 0:N_LANES])
+            for i, t, j, g, r in T.grid(m, nt, N_LANES, 16, 4):
+                with T.sblock("update"):
+                    vi, vt, vj, vg, vr = T.axis.remap("SSSRR", [i, t, j, g, r])
+                    C[vi, vt, vj] = C[vi, vt, vj] + T.cast(A[vi * step + vg * 4 + vr], "int32") * T.cast(B[vt, vg, vj, vr], "int32")
+    return window_desc if step else desc
 
 
-def _dot_impl(m: int, nt: int):
+def _dot_impl(m: int, nt: int, step: int = 0):
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
         sa = T.int32()
@@ -131,7 +154,25 @@ def _dot_impl(m: int, nt: int):
                                           T.address_of(B[1, 0, 0, 0]), T.int64(64)))
             T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tdpbusd", T.int8(0), T.int8(A_TILE), T.int8(B_TILE0)))
             T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tdpbusd", T.int8(1), T.int8(A_TILE), T.int8(B_TILE0 + 1)))
-    return impl
+
+    @T.prim_func(s_tir=True)
+    def window_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        sb = T.int32()
+        A = T.match_buffer(a, (step * (m - 1) + K_BYTES,), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (nt, 16, N_LANES, 4), "int8", offset_factor=1, strides=[sb, 64, 4, 1])
+        C = T.match_buffer(c, (m, nt, N_LANES), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:m, 0:nt, 0:N_LANES], A[0:step * (m - 1) + K_BYTES], B[0:nt, 0:16, 0:N_LANES, 0:4])
+            T.writes(C[0:m, 0:nt, 0:N_LANES])
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.int8(A_TILE), A.access_ptr("r"),
+                                          T.int64(step)))
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.int8(B_TILE0),
+                                          T.address_of(B[0, 0, 0, 0]), T.int64(64)))
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.int8(B_TILE0 + 1),
+                                          T.address_of(B[1, 0, 0, 0]), T.int64(64)))
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tdpbusd", T.int8(0), T.int8(A_TILE), T.int8(B_TILE0)))
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tdpbusd", T.int8(1), T.int8(A_TILE), T.int8(B_TILE0 + 1)))
+    return window_impl if step else impl
 
 
 def _store_desc(m: int, nt: int):
@@ -174,7 +215,8 @@ def intrinsics(kern: AmxKernel, emulate: bool = False) -> tuple[str, str, str]:
     if nt != 2:
         raise ValueError("the AMX step holds exactly two accumulator tiles (tmm0, tmm1)")
     names = []
-    for what, desc, impl in (("zero", _zero_desc, _zero_impl), ("dot", _dot_desc, _dot_impl),
+    for what, desc, impl in (("zero", _zero_desc, _zero_impl),
+                             ("dot", lambda m, nt: _dot_desc(m, nt, kern.step), lambda m, nt: _dot_impl(m, nt, kern.step)),
                              ("store", _store_desc, _store_impl)):
         name = f"hawq_{kern.name}_{what}" + ("_emulated" if emulate else "")
         if TensorIntrin.get(name, allow_missing=True) is None:
