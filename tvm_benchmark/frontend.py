@@ -96,6 +96,12 @@ class Value:
         return max(abs(self.lo), abs(self.hi))
 
 
+def _rescaled_bound(absmax: int, m: np.ndarray, s: np.ndarray) -> int:
+    """The largest |round(v·m / 2^s)| over the channels for |v| <= absmax (half up or half even)."""
+    pairs = zip(*np.broadcast_arrays(np.asarray(m, np.int64).reshape(-1), np.asarray(s, np.int64).reshape(-1)))
+    return max((absmax * abs(int(mi)) + (1 << max(int(si) - 1, 0))) >> int(si) for mi, si in pairs)
+
+
 def _dt(e: relax.Expr) -> str:
     """Element dtype of a Relax tensor expression, as a string."""
     return str(e.ty.dtype)
@@ -426,9 +432,24 @@ class _Builder:
         return self._saturate(e, *out)
 
     def requant_add(self, node: ir.RequantAdd, branch: Value, identity: Value, out: Interval) -> relax.Expr:
-        a = self._rescale(branch, _np(node.multiplier), _np(node.shift), node.rounding, node.name)
-        b = self._rescale(identity, _np(node.identity_multiplier), _np(node.identity_shift), node.rounding, node.name)
-        return self._saturate(self.emit(relax.op.add(a, b)), int(node.qmin), int(node.qmax))
+        """sat(round(x·m / 2^s) + round(y·m' / 2^s')). Each int64 term is first clipped to what can
+        still matter, [qmin − B, qmax + B] with B the other term's bound (beyond it the sum
+        saturates either way; the second term is clipped against the first one's clipped bound),
+        which lets both live in int32: a term that leaves its kernel (the residual add fuses into one
+        of the two convolutions' kernels, not both) is stored in half the bytes."""
+        m, s = _np(node.multiplier), _np(node.shift)
+        mi, si = _np(node.identity_multiplier), _np(node.identity_shift)
+        a = self._rescale(branch, m, s, node.rounding, node.name)
+        b = self._rescale(identity, mi, si, node.rounding, node.name)
+        lo, hi = int(node.qmin), int(node.qmax)
+        ba, bb = _rescaled_bound(branch.absmax(), m, s), _rescaled_bound(identity.absmax(), mi, si)
+        a_lo, a_hi = max(-ba, lo - bb), min(ba, hi + bb)
+        ba_clipped = max(abs(a_lo), abs(a_hi))
+        b_lo, b_hi = max(-bb, lo - ba_clipped), min(bb, hi + ba_clipped)
+        if ba_clipped + max(abs(b_lo), abs(b_hi)) < 2 ** 31:
+            a = self.emit(relax.op.astype(self.emit(relax.op.clip(a, a_lo, a_hi)), "int32"))
+            b = self.emit(relax.op.astype(self.emit(relax.op.clip(b, b_lo, b_hi)), "int32"))
+        return self._saturate(self.emit(relax.op.add(a, b)), lo, hi)
 
     def requant_float(self, node: ir.RequantFloat, x: Value, out: Interval) -> relax.Expr:
         """ONNX Runtime's float32 requantization (profile ort, :func:`hawq.numerics.requant_float`) as
