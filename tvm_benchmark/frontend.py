@@ -42,6 +42,7 @@ from hawq.ir import Interval
 from tvm_benchmark.binary import BinaryConvPlan, out_hw as binary_out_hw, pack_activation_func, words
 from tvm_benchmark.depthwise import DepthwisePlan
 from tvm_benchmark.tensorcore import GemmPlan, GemmShape
+from tvm_benchmark.schedules import ConvPlan
 
 __all__ = ["container", "Value", "LOWER", "FLOAT_REQUANT_KERNEL", "pool_after_epilogue", "build_module", "value_ranges", "node_outputs"]
 
@@ -387,6 +388,14 @@ class _Builder:
             b, c = (int(d) for d in data.ty.shape)
             img = self.emit(relax.op.reshape(data, [b, 1, 1, c]))
             y, offset = self._gemm_planned(plan, img, w.reshape(*w.shape, 1, 1), [0, 0], [1, 1], 0, node.name)
+            y = self.emit(relax.op.reshape(y, [b, w.shape[0]]))
+            bias = bias - offset * w.astype(np.int64).sum(1)
+            return self.emit(relax.op.add(y, _const(bias.reshape(1, -1), acc)))
+        if isinstance(plan, ConvPlan) and not plan.column_phases:
+            # The same on a CPU: a 1x1 convolution of a 1x1 image through the planned vector kernel.
+            b, c = (int(d) for d in data.ty.shape)
+            img = self.emit(relax.op.reshape(data, [b, 1, 1, c]))
+            y, offset = self._conv_planned(plan, img, w.reshape(*w.shape, 1, 1), [0, 0], [1, 1], 0)
             y = self.emit(relax.op.reshape(y, [b, w.shape[0]]))
             bias = bias - offset * w.astype(np.int64).sum(1)
             return self.emit(relax.op.add(y, _const(bias.reshape(1, -1), acc)))
