@@ -115,6 +115,14 @@ def _amx_rows(ow: int) -> int:
     return max(m for m in range(1, 17) if ow % m == 0)
 
 
+def _amx_tiling(ow: int) -> tuple[int, int]:
+    """(rows per A tile, A tiles per step): two tiles of at least 8 rows (four accumulators, each B
+    tile used twice: measured 10–40 % faster than one tile on 3x3 and 1x1 convs at 28x28 and 56x56)
+    where the output width splits so, else one tile of :func:`_amx_rows`."""
+    pair = _amx_rows(ow // 2) if ow % 2 == 0 else 0
+    return (pair, 2) if pair >= 8 else (_amx_rows(ow), 1)
+
+
 def plan_conv(isa: Isa | None, act_dtype: str, act_lo: int, act_hi: int, w: np.ndarray, groups: int,
               out_w: int | None = None, emulate: bool = False) -> ConvPlan | None:
     """The fastest exact kernel of ``isa`` for this conv (None: the generic Relax conv2d).
@@ -136,11 +144,12 @@ def plan_conv(isa: Isa | None, act_dtype: str, act_lo: int, act_hi: int, w: np.n
     # One-row tiles (output width 1 or a prime above 16) go to the vector kernels: a 1-row tile
     # wastes 15/16 of each tdpbusd, and TensorIR drops the unit row loop the AMX intrinsics match.
     if isa.name == "amx" and o % 32 == 0 and out_w and _amx_rows(out_w) > 1:
+        rows, atiles = _amx_tiling(out_w)
         if c % 64 == 0:
-            return ConvPlan(AmxKernel(_amx_rows(out_w), 2), shift, emulate)
+            return ConvPlan(AmxKernel(rows, 2, atiles), shift, emulate)
         pixel = next((p for p in (4, 8, 16) if c <= p), 0)
         if pixel and w.shape[3] * pixel <= K_BYTES:    # every kw tap of a kh in one 64-byte window
-            return ConvPlan(AmxKernel(_amx_rows(out_w), 2, pixel_bytes=pixel), shift, emulate)
+            return ConvPlan(AmxKernel(rows, 2, atiles, pixel_bytes=pixel), shift, emulate)
     for bits in ((isa.vector_bits, 256) if isa.vector_bits == 512 else (256,)):
         fits = [k for k in _vector_menu(isa, bits) if o % k.lanes == 0]
         for k in fits:
@@ -339,7 +348,7 @@ def _schedule_amx(sch: Schedule, blk, kernel: AmxKernel, emulate: bool, epilogue
     zero, dot, store = amx_intrinsics(kernel, emulate)
     n, y, x, ob, oi, lh, lw, lc, inner = _conv_loops(sch, blk)
     sizes = _conv_sizes(sch, (n, y, x, ob, oi, lh, lw))
-    xo, xm = sch.split(x, [None, kernel.rows])
+    xo, xm = sch.split(x, [None, kernel.pixels])
     obo, obn = sch.split(ob, [None, kernel.ntiles])
     order = _task_order(sch, (n, y, xo, obo), *sizes)
     sch.reorder(*order, lh, lw, lc, xm, obn, oi, *inner)

@@ -72,9 +72,9 @@ W8 = np.full((32, 64, 3, 3), -128, np.int8)
     ("avxvnni", "uint8", 0, 255, W8, "vpdpbusd_256", 0),
     ("vnni", "uint8", 0, 255, W8, "vpdpbusd_512", 0),
     ("vnni", "int8", -128, 127, W8, "vpdpbusd_512", 128),             # q + 128, −128·ΣW in the bias
-    ("amx", "uint8", 0, 255, W8, "amx_m14_n2", 0),
-    ("amx", "int8", -8, 7, W8, "amx_m14_n2", 128),
-    ("amx", "uint8", 0, 255, W8[:, :3], "amx_m14_n2_w4s0", 0),         # 3 input channels: the window form
+    ("amx", "uint8", 0, 255, W8, "amx_m14_n2_a2", 0),
+    ("amx", "int8", -8, 7, W8, "amx_m14_n2_a2", 128),
+    ("amx", "uint8", 0, 255, W8[:, :3], "amx_m14_n2_a2_w4s0", 0),         # 3 input channels: the window form
     ("amx", "uint8", 0, 255, np.full((32, 24, 3, 3), 1, np.int8), "vpdpbusd_512", 0),  # 24: neither form
     ("amx", "uint8", 0, 255, W8[:16], "vpdpbusd_512", 0),              # 16 output channels: no tile pair
     ("avx2", "uint8", 0, 255, W8[:4], None, 0),                        # 4 outputs: no vector step
@@ -89,7 +89,8 @@ def test_plan_conv_per_family_and_bounds(family, dtype, lo, hi, w, kernel, shift
 
 
 @pytest.mark.parametrize("out_w,kernel", [(1, "vpdpbusd_512"), (17, "vpdpbusd_512"), (2, "amx_m2_n2"),
-                                          (7, "amx_m7_n2"), (32, "amx_m16_n2")])
+                                          (7, "amx_m7_n2"), (14, "amx_m14_n2"), (32, "amx_m16_n2_a2"),
+                                          (56, "amx_m14_n2_a2")])
 def test_amx_needs_two_rows_per_tile(out_w, kernel):
     # A one-row tile (width 1, or a prime above 16) goes to the vector kernel: TensorIR drops its
     # unit row loop and the AMX intrinsics would not match (seen on resnet18's 1x1 feature maps).
@@ -122,7 +123,7 @@ def _phases(d: np.ndarray, s: int) -> np.ndarray:
 
 
 KERNELS = [pmaddwd(256), pmaddubsw(256, 1), pmaddubsw(256, 4), pmaddwd(512), pmaddubsw(512, 4),
-           vpdpbusd(256), vpdpbusd(512), AmxKernel(7), AmxKernel(14)]
+           vpdpbusd(256), vpdpbusd(512), AmxKernel(7), AmxKernel(14), AmxKernel(8, atiles=2)]
 
 
 def _worst_case(kernel, rng, c: int, o: int, kh: int, kw: int, h: int, w_: int, b: int):
@@ -148,7 +149,7 @@ def test_kernel_bit_exact_at_worst_case_bounds(kernel, ksize, stride):
     family = I.ISAS[kernel.family]
     native = family.runs_on(HOST)
     b, c, o = 2, 64, 32 if not isinstance(kernel, AmxKernel) else 64
-    ow = kernel.rows if isinstance(kernel, AmxKernel) else 8
+    ow = kernel.pixels if isinstance(kernel, AmxKernel) else 8
     h = w_ = (ow - 1) * stride[0] + ksize[0]
     d, w = _worst_case(kernel, rng, c, o, *ksize, h, w_, b)
     plan = S.ConvPlan(kernel, 0, emulate=not native)
@@ -206,7 +207,8 @@ def test_kernel_instruction_in_assembly(kernel):
     instruction, the assembly contains it (a lowering that silently fell back would not)."""
     family = I.ISAS[kernel.family]
     mcpu, mattr = I.llvm_attrs(family, REF_CPU[family.name], flags=set(family.flags))
-    func = S.ConvPlan(kernel).prim_func(1, (16, 16), 64, 64, (3, 3), (1, 1))
+    hw = (kernel.pixels if isinstance(kernel, AmxKernel) else 14) + 2      # whole tiles of output pixels
+    func = S.ConvPlan(kernel).prim_func(1, (hw, hw), 64, 64, (3, 3), (1, 1))
     lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
                       tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "mattr": mattr}))
     asm = lib.mod.inspect_source("asm")

@@ -82,7 +82,7 @@ def _kernels(graph, isa: str) -> set[str]:
     ("uniform8", "avxvnni", {"vpdpbusd_256"}),
     ("uniform8", "vnni", {"vpdpbusd_512"}),
     ("uniform4", "vnni", {"vpdpbusd_512"}),
-    ("uniform8", "amx", {"vpdpbusd_512", "amx_m8_n2", "amx_window_m16"}),
+    ("uniform8", "amx", {"vpdpbusd_512", "amx_m8_n2", "amx_window_m8"}),
 ])
 def test_kernel_choice_per_isa_follows_the_bounds(scheme, isa, kernels):
     """Released resnet20 checkpoints: 8x8-bit layers (uint8 activations up to 255) never get a

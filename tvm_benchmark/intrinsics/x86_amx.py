@@ -32,7 +32,7 @@ __all__ = ["K_BYTES", "N_LANES", "AmxKernel", "intrinsics"]
 
 K_BYTES = 64            # input channels per A row / per B tile (16 groups of 4)
 N_LANES = 16            # output channels per accumulator tile
-A_TILE, B_TILE0 = 4, 5
+A_TILE = 4              # A tiles from here, then the B tiles; accumulators from 0
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class AmxKernel:
     (overlapping), so one strided ``tileloadd`` still loads the tile and no im2col is written."""
     rows: int
     ntiles: int = 2
+    atiles: int = 1
     pixel_bytes: int = 0
     step: int = 0
     family: str = "amx"
@@ -57,7 +58,13 @@ class AmxKernel:
     @property
     def name(self) -> str:
         window = f"_w{self.pixel_bytes}s{self.step}" if self.pixel_bytes else ""
-        return f"amx_m{self.rows}_n{self.ntiles}{window}"
+        pair = f"_a{self.atiles}" if self.atiles > 1 else ""
+        return f"amx_m{self.rows}_n{self.ntiles}{pair}{window}"
+
+    @property
+    def pixels(self) -> int:
+        """Output pixels per step: ``atiles`` A tiles of ``rows``."""
+        return self.rows * self.atiles
 
     def exact_for(self, act_absmax: int, w_absmax: int) -> bool:
         return True
@@ -77,29 +84,34 @@ def _zero_desc(m: int, nt: int):
     return desc
 
 
-def _zero_impl(m: int, nt: int):
+def _zero_impl(m: int, nt: int, at: int):
+    """ldtilecfg (accumulators ``a·NT + t``: m rows; A tiles 4 + a: m rows; B tiles 4 + AT + t: 16
+    rows; 64 bytes each), then tilezero on every accumulator. Tile numbers are immediates: the
+    unrolled loops leave constants."""
+    p = m * at
+
     @T.prim_func(s_tir=True)
     def impl(c: T.handle) -> None:
-        C = T.match_buffer(c, (m, nt, N_LANES), "int32", offset_factor=1, scope="local")
+        C = T.match_buffer(c, (p, nt, N_LANES), "int32", offset_factor=1, scope="local")
         with T.sblock("root"):
             T.reads()
-            T.writes(C[0:m, 0:nt, 0:N_LANES])
+            T.writes(C[0:p, 0:nt, 0:N_LANES])
             cfg = T.alloc_buffer((64,), "uint8", scope="local")
             for i in range(64):
                 cfg[i] = T.uint8(0)
             cfg[0] = T.uint8(1)                                   # palette 1
-            for t in range(nt):                                   # accumulators: m rows x 64 bytes
-                cfg[16 + 2 * t] = T.uint8(64)
-                cfg[48 + t] = T.uint8(m)
-            cfg[16 + 2 * A_TILE] = T.uint8(64)                    # A: m rows x 64 bytes
-            cfg[48 + A_TILE] = T.uint8(m)
+            for i in range(at * nt):                              # accumulators: m rows x 64 bytes
+                cfg[16 + 2 * i] = T.uint8(64)
+                cfg[48 + i] = T.uint8(m)
+            for a in range(at):                                   # A: m rows x 64 bytes
+                cfg[16 + 2 * (A_TILE + a)] = T.uint8(64)
+                cfg[48 + A_TILE + a] = T.uint8(m)
             for t in range(nt):                                   # B: 16 rows x 64 bytes
-                cfg[16 + 2 * (B_TILE0 + t)] = T.uint8(64)
-                cfg[48 + B_TILE0 + t] = T.uint8(16)
+                cfg[16 + 2 * (A_TILE + at + t)] = T.uint8(64)
+                cfg[48 + A_TILE + at + t] = T.uint8(16)
             T.evaluate(T.call_llvm_intrin("void", "llvm.x86.ldtilecfg", cfg.access_ptr("r")))
-            # Tile numbers are immediates: one statement per accumulator (NT = 2).
-            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.int8(0)))
-            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.int8(1)))
+            for i in T.unroll(at * nt):
+                T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.Cast("int8", i)))
     return impl
 
 
@@ -135,43 +147,49 @@ def _dot_desc(m: int, nt: int, step: int = 0):
     return window_desc if step else desc
 
 
-def _dot_impl(m: int, nt: int, step: int = 0):
+def _dot_impl(m: int, nt: int, at: int, step: int = 0):
+    """Load the AT A tiles (rows ``a·m``.. of the step's pixels) and the NT B tiles, then one
+    ``tdpbusd`` per (A, B) pair into accumulator ``a·NT + t``."""
+    p = m * at
+
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
         sa = T.int32()
         sb = T.int32()
-        A = T.match_buffer(a, (m, K_BYTES), "uint8", offset_factor=1, strides=[sa, 1])
+        A = T.match_buffer(a, (p, K_BYTES), "uint8", offset_factor=1, strides=[sa, 1])
         B = T.match_buffer(b, (nt, 16, N_LANES, 4), "int8", offset_factor=1, strides=[sb, 64, 4, 1])
-        C = T.match_buffer(c, (m, nt, N_LANES), "int32", offset_factor=1, scope="local")
+        C = T.match_buffer(c, (p, nt, N_LANES), "int32", offset_factor=1, scope="local")
         with T.sblock("root"):
-            T.reads(C[0:m, 0:nt, 0:N_LANES], A[0:m, 0:K_BYTES], B[0:nt, 0:16, 0:N_LANES, 0:4])
-            T.writes(C[0:m, 0:nt, 0:N_LANES])
-            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.int8(A_TILE), A.access_ptr("r"),
-                                          T.Cast("int64", sa)))
-            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.int8(B_TILE0),
-                                          T.address_of(B[0, 0, 0, 0]), T.int64(64)))
-            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.int8(B_TILE0 + 1),
-                                          T.address_of(B[1, 0, 0, 0]), T.int64(64)))
-            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tdpbusd", T.int8(0), T.int8(A_TILE), T.int8(B_TILE0)))
-            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tdpbusd", T.int8(1), T.int8(A_TILE), T.int8(B_TILE0 + 1)))
+            T.reads(C[0:p, 0:nt, 0:N_LANES], A[0:p, 0:K_BYTES], B[0:nt, 0:16, 0:N_LANES, 0:4])
+            T.writes(C[0:p, 0:nt, 0:N_LANES])
+            for t in T.unroll(nt):
+                T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.Cast("int8", A_TILE + at + t),
+                                              T.address_of(B[t, 0, 0, 0]), T.int64(64)))
+            for i in T.unroll(at):
+                T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.Cast("int8", A_TILE + i),
+                                              T.address_of(A[i * m, 0]), T.Cast("int64", sa)))
+                for t in T.unroll(nt):
+                    T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tdpbusd", T.Cast("int8", i * nt + t),
+                                                  T.Cast("int8", A_TILE + i), T.Cast("int8", A_TILE + at + t)))
 
     @T.prim_func(s_tir=True)
     def window_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
         sb = T.int32()
-        A = T.match_buffer(a, (step * (m - 1) + K_BYTES,), "uint8", offset_factor=1)
+        A = T.match_buffer(a, (step * (p - 1) + K_BYTES,), "uint8", offset_factor=1)
         B = T.match_buffer(b, (nt, 16, N_LANES, 4), "int8", offset_factor=1, strides=[sb, 64, 4, 1])
-        C = T.match_buffer(c, (m, nt, N_LANES), "int32", offset_factor=1, scope="local")
+        C = T.match_buffer(c, (p, nt, N_LANES), "int32", offset_factor=1, scope="local")
         with T.sblock("root"):
-            T.reads(C[0:m, 0:nt, 0:N_LANES], A[0:step * (m - 1) + K_BYTES], B[0:nt, 0:16, 0:N_LANES, 0:4])
-            T.writes(C[0:m, 0:nt, 0:N_LANES])
-            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.int8(A_TILE), A.access_ptr("r"),
-                                          T.int64(step)))
-            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.int8(B_TILE0),
-                                          T.address_of(B[0, 0, 0, 0]), T.int64(64)))
-            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.int8(B_TILE0 + 1),
-                                          T.address_of(B[1, 0, 0, 0]), T.int64(64)))
-            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tdpbusd", T.int8(0), T.int8(A_TILE), T.int8(B_TILE0)))
-            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tdpbusd", T.int8(1), T.int8(A_TILE), T.int8(B_TILE0 + 1)))
+            T.reads(C[0:p, 0:nt, 0:N_LANES], A[0:step * (p - 1) + K_BYTES], B[0:nt, 0:16, 0:N_LANES, 0:4])
+            T.writes(C[0:p, 0:nt, 0:N_LANES])
+            for t in T.unroll(nt):
+                T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.Cast("int8", A_TILE + at + t),
+                                              T.address_of(B[t, 0, 0, 0]), T.int64(64)))
+            for i in T.unroll(at):
+                T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.Cast("int8", A_TILE + i),
+                                              T.address_of(A[i * m * step]), T.int64(step)))
+                for t in T.unroll(nt):
+                    T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tdpbusd", T.Cast("int8", i * nt + t),
+                                                  T.Cast("int8", A_TILE + i), T.Cast("int8", A_TILE + at + t)))
     return window_impl if step else impl
 
 
@@ -192,34 +210,36 @@ def _store_desc(m: int, nt: int):
     return desc
 
 
-def _store_impl(m: int, nt: int):
+def _store_impl(m: int, nt: int, at: int):
+    p = m * at
+
     @T.prim_func(s_tir=True)
     def impl(c: T.handle, d: T.handle) -> None:
         sd = T.int32()
         sn = T.int32()
-        C = T.match_buffer(c, (m, nt, N_LANES), "int32", offset_factor=1, scope="local")
-        D = T.match_buffer(d, (m, nt, N_LANES), "int32", offset_factor=1, strides=[sd, sn, 1])
+        C = T.match_buffer(c, (p, nt, N_LANES), "int32", offset_factor=1, scope="local")
+        D = T.match_buffer(d, (p, nt, N_LANES), "int32", offset_factor=1, strides=[sd, sn, 1])
         with T.sblock("root"):
-            T.reads(C[0:m, 0:nt, 0:N_LANES])
-            T.writes(D[0:m, 0:nt, 0:N_LANES])
-            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilestored64", T.int8(0),
-                                          T.address_of(D[0, 0, 0]), T.Cast("int64", sd * 4)))
-            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilestored64", T.int8(1),
-                                          T.address_of(D[0, 1, 0]), T.Cast("int64", sd * 4)))
+            T.reads(C[0:p, 0:nt, 0:N_LANES])
+            T.writes(D[0:p, 0:nt, 0:N_LANES])
+            for i in T.unroll(at):
+                for t in T.unroll(nt):
+                    T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilestored64", T.Cast("int8", i * nt + t),
+                                                  T.address_of(D[i * m, t, 0]), T.Cast("int64", sd * 4)))
     return impl
 
 
 def intrinsics(kern: AmxKernel, emulate: bool = False) -> tuple[str, str, str]:
     """Register (once) and name the zero / dot / store intrinsics of ``kern``."""
-    m, nt = kern.rows, kern.ntiles
-    if nt != 2:
-        raise ValueError("the AMX step holds exactly two accumulator tiles (tmm0, tmm1)")
+    m, nt, at, p = kern.rows, kern.ntiles, kern.atiles, kern.pixels
+    if nt * at + at + nt > 8:
+        raise ValueError("an AMX step holds at most 8 tiles (accumulators, A and B)")
     names = []
-    for what, desc, impl in (("zero", _zero_desc, _zero_impl),
-                             ("dot", lambda m, nt: _dot_desc(m, nt, kern.step), lambda m, nt: _dot_impl(m, nt, kern.step)),
-                             ("store", _store_desc, _store_impl)):
+    for what, desc, impl in (("zero", lambda: _zero_desc(p, nt), lambda: _zero_impl(m, nt, at)),
+                             ("dot", lambda: _dot_desc(p, nt, kern.step), lambda: _dot_impl(m, nt, at, kern.step)),
+                             ("store", lambda: _store_desc(p, nt), lambda: _store_impl(m, nt, at))):
         name = f"hawq_{kern.name}_{what}" + ("_emulated" if emulate else "")
         if TensorIntrin.get(name, allow_missing=True) is None:
-            TensorIntrin.register(name, desc(m, nt), desc(m, nt) if emulate else impl(m, nt))
+            TensorIntrin.register(name, desc(), desc() if emulate else impl())
         names.append(name)
     return tuple(names)
