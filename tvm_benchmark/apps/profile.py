@@ -1,6 +1,6 @@
 """Where a whole integer program's time goes: every kernel timed inside the program, per kernel.
 
-    python -m tvm_benchmark.profile -a resnet18 [--quant-scheme uniform8] [-b 8] [--threads 2] [--isa amx] [--top 30]
+    python -m tvm_benchmark.apps.profile -a resnet18 [--quant-scheme uniform8] [-b 8] [--threads 2] [--isa amx] [--top 30]
 
 Builds the arch's program exactly as ``bench`` does (calibrated on random data, the host's kernel
 family or ``--isa``), times the whole ``main`` (median of 5 × 10 calls), then runs it ``--runs``
@@ -24,6 +24,7 @@ import numpy as np
 
 from hawq.apps.cli import add_arch_arg, add_input_size_arg, console_script, one_line_errors, run_main
 from hawq.bit_config import list_schemes
+from hawq.errors import HawqError
 from hawq.fileio import write_text_atomic
 from hawq.models.archs import arch_info
 from hawq.tables import markdown_table, run_context
@@ -77,7 +78,6 @@ def main(argv=None) -> int:
     p.add_argument("--top", type=int, default=30, help="rows printed (default 30; --out gets all)")
     p.add_argument("--out", default=None, help="also write the table as markdown here")
     args = p.parse_args(argv)
-    from hawq.errors import HawqError
     if args.quant_scheme not in list_schemes(args.arch):
         raise HawqError(f"--quant-scheme {args.quant_scheme!r}: not a scheme of {args.arch} "
                         f"(one of: {', '.join(list_schemes(args.arch))})")
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     print(head)
     print("\n".join(markdown_table(rows[:args.top], FIELDS, text_fields=("kernel",))))
     if args.out:
-        command = "python -m tvm_benchmark.profile " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = "python -m tvm_benchmark.apps.profile " + " ".join(argv if argv is not None else sys.argv[1:])
         text = [f"# Kernel profile: {args.arch}", "", f"`{command}`", "", head, ""]
         text += ([f"**{warn}**", ""] if warn else []) + markdown_table(rows, FIELDS, text_fields=("kernel",))
         write_text_atomic(Path(args.out), "\n".join(text) + "\n")

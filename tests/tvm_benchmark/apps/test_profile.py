@@ -1,4 +1,4 @@
-"""tvm_benchmark.profile: every kernel of a whole program timed in place, one row per kernel."""
+"""tvm_benchmark.apps.profile: every kernel of a whole program timed in place, one row per kernel."""
 from __future__ import annotations
 
 import pytest
@@ -17,7 +17,7 @@ def test_profile_table_names_the_fused_kernels(tmp_path, capsys):
     assert convs and all("right_shift" in n for n in convs), convs
     shares = [float(r.rstrip(" |").split(" | ")[-1]) for r in rows]
     assert abs(sum(shares) - 100) < 1.5
-    assert "Whole program" in text and "python -m tvm_benchmark.profile" in text
+    assert "Whole program" in text and "python -m tvm_benchmark.apps.profile" in text
     assert "Whole program" in capsys.readouterr().out
 
 
