@@ -28,14 +28,14 @@ from tvm_benchmark.intrinsics.x86_amx import K_BYTES, AmxKernel, intrinsics as a
 from tvm_benchmark.intrinsics.x86_madd import pmaddubsw, pmaddwd
 from tvm_benchmark.intrinsics.x86_vnni import vpdpbusd
 from tvm_benchmark.isa import Isa
+from tvm_benchmark.tensorcore import OUT_EWISE_FUSABLE, has_block
 
-__all__ = ["SCHEDULED", "CONV", "CONV_OUT", "OUT_EWISE_FUSABLE", "INT32_MAX", "GROUPS", "ConvPlan", "plan_conv",
+__all__ = ["SCHEDULED", "CONV", "CONV_OUT", "INT32_MAX", "GROUPS", "ConvPlan", "plan_conv",
            "pack_weight", "schedule_conv_func", "schedule_convs", "finish_schedule", "schedule_function",
            "schedule_generic"]
 
 SCHEDULED = "hawq.scheduled"
 CONV, CONV_OUT = "hawq_conv", "hawq_conv_out"   # block names the post-fusion schedule looks for
-OUT_EWISE_FUSABLE = 4                           # relax op pattern: elementwise consumers fuse into it
 #: Kernels of the planned convolutions by name (a fused function's conv block names its kernel).
 _KERNELS: dict[str, object] = {}
 INT32_MAX = 2 ** 31 - 1
@@ -363,17 +363,28 @@ def _schedule_amx(sch: Schedule, blk, kernel: AmxKernel, emulate: bool, epilogue
     sch.tensorize(sch.get_loops(local)[-3], store)
 
 
-def _inline_epilogue(sch: Schedule) -> str:
-    """Inline every block but the conv and the last one (the conv's 4-D view and whatever FuseOps
-    put around it: bias, requantization, clip, ReLU, the residual operand's own requantization and
-    the add, cast) into the last block; returns that block's name."""
+def _domain(sch: Schedule, name: str) -> list[int]:
+    return [int(iv.dom.extent) for iv in sch.get(sch.get_sblock(name)).iter_vars]
+
+
+def _inline_epilogue(sch: Schedule) -> tuple[str, str | None]:
+    """Inline the per-element blocks after the conv (its 4-D view and whatever FuseOps put around
+    it: bias, requantization, clip, ReLU, the residual operand's requantization and the add, cast)
+    into the last of them; returns (that block, the last of what follows it or None). FuseOps may
+    also append an injective op of another shape (the next conv's explicit padding): that part is
+    inlined into its own last block, computed after the whole conv, not per task."""
     conv = sch.get_sblock(CONV)
     feeding = {sch.get(b).name_hint for b in sch.get_producers(conv)}
     names = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
-    for name in names[:-1]:
-        if name != CONV and name not in feeding:
-            sch.compute_inline(sch.get_sblock(name))
-    return names[-1]
+    shape = _domain(sch, CONV_OUT)
+    epilogue, rest = [], []
+    for name in names:
+        if name == CONV or name in feeding:
+            continue
+        (epilogue if not rest and _domain(sch, name) == shape else rest).append(name)
+    for name in epilogue[:-1] + rest[:-1]:
+        sch.compute_inline(sch.get_sblock(name))
+    return epilogue[-1], (rest[-1] if rest else None)
 
 
 def _epilogue_at(sch: Schedule, name: str, task, lanes: int) -> None:
@@ -392,25 +403,19 @@ def schedule_conv_func(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
     blk = sch.get_sblock(CONV)
     ann = sch.get(blk).annotations
     kernel, emulate = _KERNELS[str(ann["hawq.kernel"])], bool(int(ann["hawq.emulate"]))
-    last = _inline_epilogue(sch)
+    last, after = _inline_epilogue(sch)
     (_schedule_amx if isinstance(kernel, AmxKernel) else _schedule_dot)(sch, blk, kernel, emulate, last)
+    if after is not None:
+        _schedule_block(sch, sch.get_sblock(after), 16)
     return finish_schedule(sch)
 
 
 def schedule_convs(mod: tvm.IRModule) -> tvm.IRModule:
     """Schedule every (fused) function holding a planned conv (:meth:`ConvPlan.compute_func`)."""
     for gv, func in list(mod.functions.items()):
-        if isinstance(func, tvm.tirx.PrimFunc) and _has_block(func, CONV):
+        if isinstance(func, tvm.tirx.PrimFunc) and has_block(func, CONV):
             mod[gv] = schedule_conv_func(func)
     return mod
-
-
-def _has_block(func: tvm.tirx.PrimFunc, name: str) -> bool:
-    try:
-        Schedule(func).get_sblock(name)
-        return True
-    except Exception:  # noqa: BLE001  (no such block)
-        return False
 
 
 def finish_schedule(sch: Schedule) -> tvm.tirx.PrimFunc:

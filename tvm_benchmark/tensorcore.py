@@ -37,7 +37,7 @@ from tvm_benchmark.bundle_files.bundle_params import pack_gemm   # NumPy only: t
 from tvm_benchmark.intrinsics.cuda_mma import (FRAG, INT4_SMS, MmaStep, AB_LAYOUT, ACC_LAYOUT, int4_step, int8_step,
                                                 nibble_hi, nibble_lo)
 
-__all__ = ["BK", "WARPS", "INT32_MAX", "OUT_EWISE_FUSABLE", "sm_number", "Tile", "choose_tile", "GemmPlan",
+__all__ = ["BK", "has_block", "WARPS", "INT32_MAX", "OUT_EWISE_FUSABLE", "sm_number", "Tile", "choose_tile", "GemmPlan",
            "GemmShape", "plan_tensorcore", "gemm_func", "schedule_tensorcore", "schedule_gemm"]
 
 GEMM, GEMM_OUT, IM2COL = "hawq_gemm", "hawq_gemm_out", "hawq_im2col"
@@ -234,7 +234,8 @@ def gemm_func(s: GemmShape, pad_value: int, sm: int = 80) -> tvm.tirx.PrimFunc:
     return func.with_attr("op_pattern", OUT_EWISE_FUSABLE).with_attr("hawq.gemm", True)
 
 
-def _has_block(func: tvm.tirx.PrimFunc, name: str) -> bool:
+def has_block(func: tvm.tirx.PrimFunc, name: str) -> bool:
+    """True when ``func`` holds a block named ``name`` (fused functions keep their blocks' names)."""
     try:
         Schedule(func).get_sblock(name)
         return True
@@ -246,7 +247,7 @@ def schedule_tensorcore(mod: tvm.IRModule, emulate: bool = False) -> tvm.IRModul
     """Schedule every (fused) PrimFunc holding an implicit GEMM; marks them scheduled so TVM's
     default GPU rules leave them alone."""
     for gv, func in list(mod.functions.items()):
-        if isinstance(func, tvm.tirx.PrimFunc) and _has_block(func, GEMM):
+        if isinstance(func, tvm.tirx.PrimFunc) and has_block(func, GEMM):
             mod[gv] = schedule_gemm(func, emulate).with_attr("tirx.is_scheduled", True)
     return mod
 
