@@ -97,10 +97,16 @@ class Value:
         return max(abs(self.lo), abs(self.hi))
 
 
+def _channel_products(absmax: int, m: np.ndarray, s: np.ndarray) -> list[tuple[int, int]]:
+    """Per channel (the largest |v·m| + 2^(s−1) for |v| <= absmax, s): the pre-shift bound of a
+    requantization and its shift (``m``, ``s`` broadcast against each other)."""
+    pairs = zip(*np.broadcast_arrays(np.asarray(m, np.int64).reshape(-1), np.asarray(s, np.int64).reshape(-1)))
+    return [(absmax * abs(int(mi)) + (1 << max(int(si) - 1, 0)), int(si)) for mi, si in pairs]
+
+
 def _rescaled_bound(absmax: int, m: np.ndarray, s: np.ndarray) -> int:
     """The largest |round(v·m / 2^s)| over the channels for |v| <= absmax (half up or half even)."""
-    pairs = zip(*np.broadcast_arrays(np.asarray(m, np.int64).reshape(-1), np.asarray(s, np.int64).reshape(-1)))
-    return max((absmax * abs(int(mi)) + (1 << max(int(si) - 1, 0))) >> int(si) for mi, si in pairs)
+    return max(t >> si for t, si in _channel_products(absmax, m, s))
 
 
 def _dt(e: relax.Expr) -> str:
@@ -264,7 +270,8 @@ class _Builder:
                       offset: int) -> tuple[relax.Expr, int]:
         """NHWC conv through a hand-scheduled kernel: shift/widen the operand as the kernel reads it,
         pad (spatial with the centered zero, channels to the kernel's multiple), split column phases
-        where the kernel asks, call it, reshape. Returns (int32 acc [B,OH,OW,O], total offset)."""
+        where the kernel asks (or flatten its rows: the AMX window form), call it. Returns (int32 acc
+        [B,OH,OW,O], total offset)."""
         o, c, kh, kw = w.shape
         kernel = plan.kernel
         if plan.act_shift:
@@ -276,32 +283,25 @@ class _Builder:
             # Widened once here (fused into the producer's epilogue), a vpmaddwd activation pair is a
             # single 32-bit broadcast load instead of two byte loads, a widen and a broadcast.
             data = self.emit(relax.op.astype(data, kernel.act_dtype))
+        wp = int(data.ty.shape[2]) + 2 * pad[1]             # the conv's own padded width
         if plan.window:
-            # Few channels (the stem): padded to the window's bytes per pixel, rows flattened; the
-            # kernel reads overlapping 64-byte windows of each row (weights zero beyond the taps).
-            pb = kernel.pixel_bytes
-            wp = int(data.ty.shape[2]) + 2 * pad[1]
-            data = self._pad_hw(data, pad, offset, extra_channels=pb - c,
-                                extra_width=plan.input_width(wp, kw, stride[1]) - wp)
-            b, h, wd, _ = (int(d) for d in data.ty.shape)
-            data = self.emit(relax.op.reshape(data, [b, h, wd * pb]))
-            oh, ow = (h - kh) // stride[0] + 1, (wp - kw) // stride[1] + 1
-            func = plan.compute_func(b, (h, wp), pb, o, (kh, kw), tuple(stride))
-            gv = self.bb.add_func(func, f"conv2d_amx_window_m{kernel.rows}__")
-            return self.emit(relax.call_tir(gv, [data, _const(plan.pack(w), kernel.weight_dtype)],
-                                            relax.TensorType([b, oh, ow, o], "int32"))), offset
-        phases = stride[1] if plan.column_phases else 0
-        # Column phases need W a multiple of the stride; the extra columns are never read.
-        extra_w = -(int(data.ty.shape[2]) + 2 * pad[1]) % phases if phases else 0
-        data = self._pad_hw(data, pad, offset, extra_channels=-c % kernel.channels, extra_width=extra_w)
+            # Few channels (the stem): padded to the window's bytes per pixel, rows flattened below;
+            # the kernel reads overlapping 64-byte windows of each row (weights zero beyond the taps).
+            extra_c, extra_w = kernel.pixel_bytes - c, plan.input_width(wp, kw, stride[1]) - wp
+        else:
+            # Column phases need W a multiple of the stride; the extra columns are never read.
+            extra_c, extra_w = -c % kernel.channels, (-wp % stride[1] if plan.column_phases else 0)
+        data = self._pad_hw(data, pad, offset, extra_channels=extra_c, extra_width=extra_w)
         b, h, wd, cp = (int(d) for d in data.ty.shape)
-        wd -= extra_w                                      # the conv's own padded width
-        oh, ow = (h - kh) // stride[0] + 1, (wd - kw) // stride[1] + 1
-        if phases:
-            data = self.emit(relax.op.reshape(data, [b, h, (wd + extra_w) // phases, phases, cp]))
+        oh, ow = (h - kh) // stride[0] + 1, (wp - kw) // stride[1] + 1
+        if plan.window:
+            data = self.emit(relax.op.reshape(data, [b, h, wd * cp]))
+        elif plan.column_phases:
+            data = self.emit(relax.op.reshape(data, [b, h, wd // stride[1], stride[1], cp]))
             data = self.emit(relax.op.permute_dims(data, [0, 1, 3, 2, 4]))
-        func = plan.compute_func(b, (h, wd), cp, o, (kh, kw), tuple(stride))
-        gv = self.bb.add_func(func, f"conv2d_{kernel.name}__")   # the builder numbers repeats
+        func = plan.compute_func(b, (h, wp), cp, o, (kh, kw), tuple(stride))
+        name = f"conv2d_amx_window_m{kernel.rows}__" if plan.window else f"conv2d_{kernel.name}__"
+        gv = self.bb.add_func(func, name)                   # the builder numbers repeats
         acc = self.emit(relax.call_tir(gv, [data, _const(plan.pack(w), kernel.weight_dtype)],
                                        relax.TensorType([b, oh, ow, o], "int32")))
         return acc, offset
@@ -383,19 +383,14 @@ class _Builder:
         plan = None
         if self.planner is not None and acc == "int32" and _dt(data) in ("uint8", "int8"):
             plan = self.planner(_dt(data), x.lo, x.hi, w.reshape(*w.shape, 1, 1), 1, 1)
-        if isinstance(plan, GemmPlan):
-            # The classifier is a 1x1 convolution over a 1x1 image: the same tensor-core GEMM.
+        if isinstance(plan, GemmPlan) or (isinstance(plan, ConvPlan) and not plan.column_phases):
+            # The classifier is a 1x1 convolution over a 1x1 image: the same tensor-core GEMM, or on
+            # a CPU the planned vector kernel.
             b, c = (int(d) for d in data.ty.shape)
             img = self.emit(relax.op.reshape(data, [b, 1, 1, c]))
-            y, offset = self._gemm_planned(plan, img, w.reshape(*w.shape, 1, 1), [0, 0], [1, 1], 0, node.name)
-            y = self.emit(relax.op.reshape(y, [b, w.shape[0]]))
-            bias = bias - offset * w.astype(np.int64).sum(1)
-            return self.emit(relax.op.add(y, _const(bias.reshape(1, -1), acc)))
-        if isinstance(plan, ConvPlan) and not plan.column_phases:
-            # The same on a CPU: a 1x1 convolution of a 1x1 image through the planned vector kernel.
-            b, c = (int(d) for d in data.ty.shape)
-            img = self.emit(relax.op.reshape(data, [b, 1, 1, c]))
-            y, offset = self._conv_planned(plan, img, w.reshape(*w.shape, 1, 1), [0, 0], [1, 1], 0)
+            w4 = w.reshape(*w.shape, 1, 1)
+            y, offset = (self._gemm_planned(plan, img, w4, [0, 0], [1, 1], 0, node.name) if isinstance(plan, GemmPlan)
+                         else self._conv_planned(plan, img, w4, [0, 0], [1, 1], 0))
             y = self.emit(relax.op.reshape(y, [b, w.shape[0]]))
             bias = bias - offset * w.astype(np.int64).sum(1)
             return self.emit(relax.op.add(y, _const(bias.reshape(1, -1), acc)))
@@ -408,8 +403,7 @@ class _Builder:
         the pre-shift sum is bounded below 2^63 channel by channel."""
         v = self.centered(v)
         nd = len(v.expr.ty.shape)
-        pairs = zip(*np.broadcast_arrays(np.asarray(m, np.int64).reshape(-1), np.asarray(s, np.int64).reshape(-1)))
-        if max(v.absmax() * abs(int(mi)) + (1 << (int(si) - 1)) for mi, si in pairs) > _I64.max:
+        if max(t for t, _ in _channel_products(v.absmax(), m, s)) > _I64.max:
             raise HawqError(f"{what}: requantization product overflows int64")
         m, s = self.per_channel(m, nd), self.per_channel(s, nd)
         if np.abs(m).max(initial=0) < 2 ** 31 and v.absmax() < 2 ** 31:

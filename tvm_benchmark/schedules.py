@@ -22,13 +22,14 @@ import numpy as np
 import tvm
 from tvm import te
 from tvm.s_tir import Schedule, ScheduleError
+from tvm.tirx.analysis import undefined_vars
 
 from tvm_benchmark.intrinsics import DotKernel, intrinsic
 from tvm_benchmark.intrinsics.x86_amx import K_BYTES, AmxKernel, intrinsics as amx_intrinsics
 from tvm_benchmark.intrinsics.x86_madd import pmaddubsw, pmaddwd
 from tvm_benchmark.intrinsics.x86_vnni import vpdpbusd
 from tvm_benchmark.isa import Isa
-from tvm_benchmark.tensorcore import OUT_EWISE_FUSABLE, has_block
+from tvm_benchmark.tensorcore import OUT_EWISE_FUSABLE, has_block, i64
 
 __all__ = ["SCHEDULED", "CONV", "CONV_OUT", "INT32_MAX", "GROUPS", "ConvPlan", "plan_conv",
            "pack_weight", "schedule_conv_func", "schedule_convs", "finish_schedule", "schedule_function",
@@ -198,20 +199,15 @@ def _register_tile(ow: int, lane_blocks: int, registers: int, max_cols: int = 8,
     return best
 
 
-def _i64(*dims) -> tuple:
-    """int64 extents, as Relax's legalized ops have (FuseTIR unifies buffers by structural type)."""
-    return tuple(tvm.tirx.IntImm("int64", int(d)) for d in dims)
-
-
-def _with_output(acc: te.Tensor, lanes: int, args: list, name: str, annotations: dict) -> tvm.tirx.PrimFunc:
-    """The PrimFunc of ``acc`` [B,OH,OW,O/lanes,lanes] plus its 4-D view ``[B,OH,OW,O]`` (block
-    :data:`CONV_OUT`, the function's output), the conv block annotated for :func:`schedule_convs`."""
-    b, oh, ow, ob, _ = acc.shape
-    out = te.compute((b, oh, ow, ob * lanes), lambda n, y, x, o: acc[n, y, x, o // lanes, o % lanes], name=CONV_OUT)
-    func = te.create_prim_func([*args, out])
-    sch = Schedule(func)
-    for key, value in annotations.items():
-        sch.annotate(sch.get_sblock(name), key, value)
+def _with_output(acc: te.Tensor, args: list, kernel, emulate: bool) -> tvm.tirx.PrimFunc:
+    """The PrimFunc of ``acc`` [B,OH,OW,O/L,L] (block :data:`CONV`) plus its 4-D view ``[B,OH,OW,O]``
+    (block :data:`CONV_OUT`, the function's output); the conv block names ``kernel`` (registered
+    in ``_KERNELS`` by :meth:`ConvPlan.compute_func`) for :func:`schedule_convs`."""
+    b, oh, ow, ob, lanes = (int(d) for d in acc.shape)
+    out = te.compute(i64(b, oh, ow, ob * lanes), lambda n, y, x, o: acc[n, y, x, o // lanes, o % lanes], name=CONV_OUT)
+    sch = Schedule(te.create_prim_func([*args, out]))
+    sch.annotate(sch.get_sblock(CONV), "hawq.kernel", kernel.name)
+    sch.annotate(sch.get_sblock(CONV), "hawq.emulate", int(emulate))
     return sch.mod["main"]
 
 
@@ -223,22 +219,22 @@ def _dot_compute(kernel: DotKernel, batch: int, in_hw: tuple[int, int], channels
     (kh, kw), (sh, sw) = ksize, stride
     oh, ow = (h - kh) // sh + 1, (w_ - kw) // sw + 1
     lanes, g, k = kernel.lanes, kernel.groups, kernel.k
-    data = te.placeholder(_i64(batch, h, w_, channels), kernel.act_dtype, name="data")
-    wt = te.placeholder(_i64(out_channels // lanes, kh, kw, channels // (g * k), g, lanes, k), kernel.weight_dtype,
+    data = te.placeholder(i64(batch, h, w_, channels), kernel.act_dtype, name="data")
+    wt = te.placeholder(i64(out_channels // lanes, kh, kw, channels // (g * k), g, lanes, k), kernel.weight_dtype,
                         name="weight")
-    rh, rw = te.reduce_axis(_i64(0, kh), "rh"), te.reduce_axis(_i64(0, kw), "rw")
-    rc, rk = te.reduce_axis(_i64(0, channels // (g * k)), "rc"), te.reduce_axis(_i64(0, k), "rk")
-    shape = _i64(batch, oh, ow, out_channels // lanes, lanes)
+    rh, rw = te.reduce_axis(i64(0, kh), "rh"), te.reduce_axis(i64(0, kw), "rw")
+    rc, rk = te.reduce_axis(i64(0, channels // (g * k)), "rc"), te.reduce_axis(i64(0, k), "rk")
+    shape = i64(batch, oh, ow, out_channels // lanes, lanes)
     if g == 1:   # no unit group axis: TensorIR would keep its loop and tensorize would not match
         acc = te.compute(shape, lambda n, y, x, ob, oi: te.sum(
             data[n, y * sh + rh, x * sw + rw, rc * k + rk].astype("int32")
             * wt[ob, rh, rw, rc, 0, oi, rk].astype("int32"), axis=[rh, rw, rc, rk]), name=CONV)
     else:
-        rg = te.reduce_axis(_i64(0, g), "rg")
+        rg = te.reduce_axis(i64(0, g), "rg")
         acc = te.compute(shape, lambda n, y, x, ob, oi: te.sum(
             data[n, y * sh + rh, x * sw + rw, (rc * g + rg) * k + rk].astype("int32")
             * wt[ob, rh, rw, rc, rg, oi, rk].astype("int32"), axis=[rh, rw, rc, rg, rk]), name=CONV)
-    return _with_output(acc, lanes, [data, wt], CONV, {"hawq.kernel": kernel.name, "hawq.emulate": int(emulate)})
+    return _with_output(acc, [data, wt], kernel, emulate)
 
 
 def _amx_compute(kernel: AmxKernel, batch: int, in_hw: tuple[int, int], channels: int, out_channels: int,
@@ -249,20 +245,20 @@ def _amx_compute(kernel: AmxKernel, batch: int, in_hw: tuple[int, int], channels
     ``x·S + rw`` is phase ``rw mod S``, index ``x + rw div S``), so the M pixels of an A tile are
     consecutive rows of one phase: one strided ``tileloadd`` (row stride C bytes) for any stride.
     """
+    if kernel.pixel_bytes:
+        return _amx_window_compute(kernel, batch, in_hw, out_channels, ksize, stride, emulate)
     h, w_ = in_hw
     (kh, kw), (sh, sw) = ksize, stride
     oh, ow = (h - kh) // sh + 1, (w_ - kw) // sw + 1
     nt = kernel.ntiles
-    if kernel.pixel_bytes:
-        return _amx_window_compute(kernel, batch, (h, w_), out_channels, ksize, stride, emulate)
-    data = te.placeholder(_i64(batch, h, sw, -(-w_ // sw), channels), "uint8", name="data")
-    wt = te.placeholder(_i64(out_channels // (16 * nt), kh, kw, channels // 64, nt, 16, 16, 4), "int8", name="weight")
-    rh, rw = te.reduce_axis(_i64(0, kh), "rh"), te.reduce_axis(_i64(0, kw), "rw")
-    rc, rg, rk = (te.reduce_axis(_i64(0, n), name) for n, name in ((channels // 64, "rc"), (16, "rg"), (4, "rk")))
-    acc = te.compute(_i64(batch, oh, ow, out_channels // 16, 16), lambda n, y, x, ob, oi: te.sum(
+    data = te.placeholder(i64(batch, h, sw, -(-w_ // sw), channels), "uint8", name="data")
+    wt = te.placeholder(i64(out_channels // (16 * nt), kh, kw, channels // 64, nt, 16, 16, 4), "int8", name="weight")
+    rh, rw = te.reduce_axis(i64(0, kh), "rh"), te.reduce_axis(i64(0, kw), "rw")
+    rc, rg, rk = (te.reduce_axis(i64(0, n), name) for n, name in ((channels // 64, "rc"), (16, "rg"), (4, "rk")))
+    acc = te.compute(i64(batch, oh, ow, out_channels // 16, 16), lambda n, y, x, ob, oi: te.sum(
         data[n, y * sh + rh, rw % sw, x + rw // sw, rc * 64 + rg * 4 + rk].astype("int32")
         * wt[ob // nt, rh, rw, rc, ob % nt, rg, oi, rk].astype("int32"), axis=[rh, rw, rc, rg, rk]), name=CONV)
-    return _with_output(acc, 16, [data, wt], CONV, {"hawq.kernel": kernel.name, "hawq.emulate": int(emulate)})
+    return _with_output(acc, [data, wt], kernel, emulate)
 
 
 def _amx_window_compute(kernel: AmxKernel, batch: int, in_hw: tuple[int, int], out_channels: int,
@@ -276,14 +272,14 @@ def _amx_window_compute(kernel: AmxKernel, batch: int, in_hw: tuple[int, int], o
     oh, ow = (h - kh) // sh + 1, (w_ - kw) // sw + 1
     nt, pb, step = kernel.ntiles, kernel.pixel_bytes, kernel.step
     row = ConvPlan(kernel).input_width(w_, kw, sw) * pb
-    data = te.placeholder(_i64(batch, h, row), "uint8", name="data")
-    wt = te.placeholder(_i64(out_channels // (16 * nt), kh, 1, 1, nt, 16, 16, 4), "int8", name="weight")
-    rh, rw, rc = (te.reduce_axis(_i64(0, n), name) for n, name in ((kh, "rh"), (1, "rw"), (1, "rc")))
-    rg, rk = te.reduce_axis(_i64(0, 16), "rg"), te.reduce_axis(_i64(0, 4), "rk")
-    acc = te.compute(_i64(batch, oh, ow, out_channels // 16, 16), lambda n, y, x, ob, oi: te.sum(
+    data = te.placeholder(i64(batch, h, row), "uint8", name="data")
+    wt = te.placeholder(i64(out_channels // (16 * nt), kh, 1, 1, nt, 16, 16, 4), "int8", name="weight")
+    rh, rw, rc = (te.reduce_axis(i64(0, n), name) for n, name in ((kh, "rh"), (1, "rw"), (1, "rc")))
+    rg, rk = te.reduce_axis(i64(0, 16), "rg"), te.reduce_axis(i64(0, 4), "rk")
+    acc = te.compute(i64(batch, oh, ow, out_channels // 16, 16), lambda n, y, x, ob, oi: te.sum(
         data[n, y * sh + rh, x * step + (rw + rc) * K_BYTES + rg * 4 + rk].astype("int32")
         * wt[ob // nt, rh, rw, rc, ob % nt, rg, oi, rk].astype("int32"), axis=[rh, rw, rc, rg, rk]), name=CONV)
-    return _with_output(acc, 16, [data, wt], CONV, {"hawq.kernel": kernel.name, "hawq.emulate": int(emulate)})
+    return _with_output(acc, [data, wt], kernel, emulate)
 
 
 def _conv_loops(sch: Schedule, blk):
@@ -479,7 +475,6 @@ def _schedule_block(sch: Schedule, block, vector: int) -> None:
 def _lanes_contiguous(block, lane, reduction: list) -> bool:
     """True when every buffer ``block`` reads or writes is indexed by the ``lane`` variable in its
     last axis only, and that axis reads no reduction variable with it (else lanes gather)."""
-    from tvm.tirx.analysis import undefined_vars
     for region in [*block.reads, *block.writes]:
         *outer, last = region.region
         if any(lane.same_as(v) for r in outer for v in undefined_vars(r.min)):

@@ -37,7 +37,7 @@ from tvm_benchmark.bundle_files.bundle_params import pack_gemm   # NumPy only: t
 from tvm_benchmark.intrinsics.cuda_mma import (FRAG, INT4_SMS, MmaStep, AB_LAYOUT, ACC_LAYOUT, int4_step, int8_step,
                                                 nibble_hi, nibble_lo)
 
-__all__ = ["BK", "has_block", "WARPS", "INT32_MAX", "OUT_EWISE_FUSABLE", "sm_number", "Tile", "choose_tile", "GemmPlan",
+__all__ = ["BK", "has_block", "i64", "WARPS", "INT32_MAX", "OUT_EWISE_FUSABLE", "sm_number", "Tile", "choose_tile", "GemmPlan",
            "GemmShape", "plan_tensorcore", "gemm_func", "schedule_tensorcore", "schedule_gemm"]
 
 GEMM, GEMM_OUT, IM2COL = "hawq_gemm", "hawq_gemm_out", "hawq_im2col"
@@ -196,8 +196,6 @@ def gemm_func(s: GemmShape, pad_value: int, sm: int = 80) -> tvm.tirx.PrimFunc:
     (kh, kw), (sh, sw), (ph, pw) = s.ksize, s.stride, s.pad
     oh, ow = s.out_hw
     m_real, k_real = s.m, s.k
-    i64 = lambda *dims: tuple(tirx.IntImm("int64", int(d)) for d in dims)   # noqa: E731
-    # int64 extents, as Relax's legalized ops have: FuseTIR unifies buffers by structural type.
     data = te.placeholder(i64(b, h, w, c), "int8", name="data")
     weight = te.placeholder(i64(s.np_, s.kp_bytes), "int8", name="weight")
 
@@ -232,6 +230,11 @@ def gemm_func(s: GemmShape, pad_value: int, sm: int = 80) -> tvm.tirx.PrimFunc:
                      name=GEMM_OUT)
     func = te.create_prim_func([data, weight, out]).without_attr("global_symbol")
     return func.with_attr("op_pattern", OUT_EWISE_FUSABLE).with_attr("hawq.gemm", True)
+
+
+def i64(*dims) -> tuple:
+    """int64 extents, as Relax's legalized ops have (FuseTIR unifies buffers by structural type)."""
+    return tuple(tirx.IntImm("int64", int(d)) for d in dims)
 
 
 def has_block(func: tvm.tirx.PrimFunc, name: str) -> bool:
