@@ -17,10 +17,15 @@
   7x7 layers); kh/kw/columns unrolled, so LLVM keeps the tile in registers and reuses each widened
   input vector across the taps that read it (stride 1: ``cols+KW-1`` loads per row for ``cols·KW``
   steps). Measured 4/7/8 columns equal within noise, two lane blocks no faster (Zen 4), so one.
-- Parallel over (batch, output rows, lane blocks); each task walks its row's column tiles.
-- Column tail: the tile width is a divisor of OW in [4, 8] (OW <= 8: all of OW); otherwise a second
-  segment computes the ``OW mod 8`` last columns with a tile of that width (its own parallel loop),
-  so no column is guarded or computed twice.
+- Fused form (:meth:`DepthwisePlan.compute_func`, every output width with a tile: OW <= 8 or a
+  divisor of OW in [4, 8]): an unscheduled compute that FuseOps extends with the bias,
+  requantization, ReLU and cast, scheduled after fusion (:func:`schedule_depthwise`) with one task
+  per (batch, row, lane block, column tile) whose epilogue runs from the tile's accumulators — the
+  int32 sums never reach memory (mobilenetv2_w1, batch 1: see docs/tvm.md).
+- Otherwise (a prime width above 8, say) :func:`depthwise_nhwc`: parallel over (batch, output rows,
+  lane blocks), each task walking its row's column tiles, a second segment computing the ``OW mod 8``
+  last columns with a tile of that width (its own parallel loop), so no column is guarded or
+  computed twice; its int32 output is requantized by a separate kernel.
 """
 from __future__ import annotations
 
@@ -28,14 +33,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import tvm
+from tvm import te
 from tvm.s_tir import Schedule, TensorIntrin
 from tvm.script import tirx as T
 
 from tvm_benchmark.isa import Isa
-from tvm_benchmark.schedules import INT32_MAX, finish_schedule
+from tvm_benchmark.schedules import (CONV, INT32_MAX, conv_schedule, epilogue_at, finish_schedule,
+                                     schedule_conv_func, with_output)
+from tvm_benchmark.tensorcore import i64
 
-__all__ = ["ACT_DTYPES", "MAX_COLS", "intrinsic", "column_tiles", "DepthwisePlan", "plan_depthwise",
-           "depthwise_nhwc"]
+__all__ = ["ACT_DTYPES", "MAX_COLS", "intrinsic", "column_tiles", "fused_columns", "DepthwisePlan",
+           "schedule_depthwise", "plan_depthwise", "depthwise_nhwc"]
 
 ACT_DTYPES = ("uint8", "int8", "int16")
 _MADD = {8: "llvm.x86.avx2.pmadd.wd", 16: "llvm.x86.avx512.pmaddw.d.512"}
@@ -122,9 +130,71 @@ class DepthwisePlan:
         w64 = np.pad(w64, ((0, self.padded(c) - c), (0, 0), (0, 0)))
         return np.ascontiguousarray((w64 & 0xFFFF).transpose(1, 2, 0)).astype(np.int32)
 
+    @property
+    def name(self) -> str:
+        """The kernel's name in a fused function's conv block (:func:`tvm_benchmark.schedules.with_output`)."""
+        return f"dw_{self.act_dtype}_{self.lanes}"
+
+    @staticmethod
+    def fusable(out_w: int) -> bool:
+        """True when the output width has a register tile (:func:`fused_columns`): the kernel is then
+        built by :meth:`compute_func` and its epilogue fused; else the two-segment
+        :func:`depthwise_nhwc`, whose int32 output a separate kernel requantizes."""
+        return fused_columns(out_w) > 0
+
+    def compute_func(self, batch: int, in_hw: tuple[int, int], channels: int, ksize: tuple[int, int],
+                     stride: tuple[int, int]) -> tvm.tirx.PrimFunc:
+        """Unscheduled ``(data [B, H, W, Cp] act (already padded), weight [KH, KW, Cp] int32 (see
+        :meth:`pack`)) -> acc [B, OH, OW, Cp] int32``, output-elementwise fusable like the other
+        planned convolutions (the bias, requantization, ReLU and cast run per task, from the task's
+        accumulators, scheduled by :func:`schedule_depthwise` after fusion)."""
+        (h, w_), (kh, kw), (sh, sw) = (tuple(int(v) for v in t) for t in (in_hw, ksize, stride))
+        oh, ow, cp, lanes = (h - kh) // sh + 1, (w_ - kw) // sw + 1, self.padded(channels), self.lanes
+        data = te.placeholder(i64(batch, h, w_, cp), self.act_dtype, name="data")
+        wt = te.placeholder(i64(kh, kw, cp), "int32", name="weight")
+        rh, rw = te.reduce_axis(i64(0, kh), "rh"), te.reduce_axis(i64(0, kw), "rw")
+        acc = te.compute(i64(batch, oh, ow, cp // lanes, lanes), lambda n, y, x, cb, ci: te.sum(
+            data[n, y * sh + rh, x * sw + rw, cb * lanes + ci].astype("int32")
+            * wt[rh, rw, cb * lanes + ci].astype("int16").astype("int32"), axis=[rh, rw]), name=CONV)
+        return with_output(acc, [data, wt], self, self.emulate)
+
     def prim_func(self, batch: int, in_hw: tuple[int, int], channels: int, ksize: tuple[int, int],
                   stride: tuple[int, int]) -> tvm.tirx.PrimFunc:
+        """The scheduled kernel alone (no epilogue): :meth:`compute_func` scheduled where the output
+        width is :meth:`fusable`, else :func:`depthwise_nhwc`."""
+        ow = (int(in_hw[1]) - int(ksize[1])) // int(stride[1]) + 1
+        if self.fusable(ow):
+            return schedule_conv_func(self.compute_func(batch, in_hw, channels, ksize, stride))
         return depthwise_nhwc(self.act_dtype, self.lanes, batch, in_hw, channels, ksize, stride, self.emulate)
+
+
+def fused_columns(ow: int) -> int:
+    """Columns of the fused kernel's register tile: ``ow`` itself up to :data:`MAX_COLS`, else its
+    largest divisor in [4, MAX_COLS]; 0 when there is none (a prime width above 8, say)."""
+    if ow <= MAX_COLS:
+        return ow
+    return next((c for c in range(MAX_COLS, 3, -1) if ow % c == 0), 0)
+
+
+@conv_schedule(DepthwisePlan)
+def schedule_depthwise(sch: Schedule, blk, plan: DepthwisePlan, emulate: bool, epilogue: str) -> None:
+    """One task per (batch, row, lane block, column tile): ``cols`` columns × ``lanes`` accumulators
+    (at most 8 × 16 int32, 512 bytes: a stack buffer, not a workspace allocation), taps and columns
+    unrolled so LLVM keeps the tile in registers and reuses each widened input across the taps that
+    read it; then the task's epilogue from those accumulators."""
+    n, y, x, cb, ci, rh, rw = sch.get_loops(blk)
+    xo, xi = sch.split(x, [None, fused_columns(int(sch.get(x).extent))])
+    sch.reorder(n, y, cb, xo, rh, rw, xi, ci)
+    task = sch.fuse(n, y, cb, xo)
+    sch.parallel(task)
+    epilogue_at(sch, epilogue, task, plan.lanes)
+    init = sch.decompose_reduction(blk, rh)
+    sch.tensorize(ci, intrinsic(plan.act_dtype, plan.lanes, emulate))
+    for loop in (rh, rw, xi):
+        sch.unroll(loop)
+    init_x, init_c = sch.get_loops(init)[-2:]
+    sch.unroll(init_x)
+    sch.vectorize(init_c)
 
 
 def plan_depthwise(isa: Isa | None, act_dtype: str, act_lo: int, act_hi: int, w: np.ndarray,

@@ -300,7 +300,8 @@ class _Builder:
             data = self.emit(relax.op.reshape(data, [b, h, wd // stride[1], stride[1], cp]))
             data = self.emit(relax.op.permute_dims(data, [0, 1, 3, 2, 4]))
         func = plan.compute_func(b, (h, wp), cp, o, (kh, kw), tuple(stride))
-        name = f"conv2d_amx_window_m{kernel.rows}__" if plan.window else f"conv2d_{kernel.name}__"
+        grouped = f"_g{plan.groups}" if plan.groups > 1 else ""
+        name = f"conv2d_amx_window_m{kernel.rows}__" if plan.window else f"conv2d_{kernel.name}{grouped}__"
         gv = self.bb.add_func(func, name)                   # the builder numbers repeats
         acc = self.emit(relax.call_tir(gv, [data, _const(plan.pack(w), kernel.weight_dtype)],
                                        relax.TensorType([b, oh, ow, o], "int32")))
@@ -368,7 +369,9 @@ class _Builder:
         data = self._pad_hw(data, pad, offset, extra_channels=cp - c)
         b, h, wd, _ = (int(d) for d in data.ty.shape)
         oh, ow = (h - kh) // stride[0] + 1, (wd - kw) // stride[1] + 1
-        gv = self.bb.add_func(plan.prim_func(b, (h, wd), cp, (kh, kw), tuple(stride)), "conv2d_depthwise__")
+        fusable = plan.fusable(ow)    # else the scheduled two-segment kernel, opaque to fusion
+        func = (plan.compute_func if fusable else plan.prim_func)(b, (h, wd), cp, (kh, kw), tuple(stride))
+        gv = self.bb.add_func(func, "conv2d_depthwise__")
         acc = self.emit(relax.call_tir(gv, [data, _const(plan.pack(w), plan.weight_dtype)],
                                        relax.TensorType([b, oh, ow, cp], "int32")))
         if cp != c:

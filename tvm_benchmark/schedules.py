@@ -32,13 +32,24 @@ from tvm_benchmark.isa import Isa
 from tvm_benchmark.tensorcore import OUT_EWISE_FUSABLE, has_block, i64
 
 __all__ = ["SCHEDULED", "CONV", "CONV_OUT", "INT32_MAX", "GROUPS", "ConvPlan", "plan_conv",
-           "pack_weight", "schedule_conv_func", "schedule_convs", "finish_schedule", "schedule_function",
-           "schedule_generic"]
+           "pack_weight", "conv_schedule", "with_output", "epilogue_at", "schedule_conv_func", "schedule_convs",
+           "finish_schedule", "schedule_function", "schedule_generic"]
 
 SCHEDULED = "hawq.scheduled"
 CONV, CONV_OUT = "hawq_conv", "hawq_conv_out"   # block names the post-fusion schedule looks for
 #: Kernels of the planned convolutions by name (a fused function's conv block names its kernel).
 _KERNELS: dict[str, object] = {}
+#: Schedule of a conv block per kernel type: ``fn(sch, conv block, kernel, emulate, epilogue block name)``.
+_SCHEDULES: dict[type, object] = {}
+
+
+def conv_schedule(kernel_type: type):
+    """Decorator: register the post-fusion schedule of the conv blocks whose kernel is a
+    ``kernel_type`` (:func:`schedule_conv_func` dispatches on the kernel the block names)."""
+    def deco(fn):
+        _SCHEDULES[kernel_type] = fn
+        return fn
+    return deco
 INT32_MAX = 2 ** 31 - 1
 GROUPS = (4, 2, 1)   # vpmaddubsw steps summed in int16 before widening, most first (8 measured no faster)
 
@@ -48,10 +59,13 @@ class ConvPlan:
     """How one convolution runs: ``kernel`` on activations shifted by ``act_shift`` (128 when signed
     int8 data feeds an unsigned-operand instruction: the front end adds 128 and folds −128·ΣW into
     the bias, exactly). ``emulate`` builds the identical schedule with the kernel's scalar description
-    in place of the instruction (tests: proves a schedule on a CPU that lacks the instruction)."""
+    in place of the instruction (tests: proves a schedule on a CPU that lacks the instruction).
+    ``groups``: the convolution's groups (vector kernels only: each group's output channels are whole
+    lane blocks, each group's input channels whole steps, so a step broadcasts from its own group)."""
     kernel: DotKernel | AmxKernel
     act_shift: int = 0
     emulate: bool = False
+    groups: int = 1
 
     @property
     def column_phases(self) -> bool:
@@ -76,10 +90,9 @@ class ConvPlan:
         kernel = self.kernel
         if self.window:
             kernel = dataclasses.replace(kernel, step=stride[1] * kernel.pixel_bytes)
-        build = _amx_compute if isinstance(kernel, AmxKernel) else _dot_compute
-        _KERNELS[kernel.name] = kernel
-        func = build(kernel, batch, in_hw, channels, out_channels, ksize, stride, self.emulate)
-        return func.without_attr("global_symbol").with_attr("op_pattern", OUT_EWISE_FUSABLE)
+        if isinstance(kernel, AmxKernel):
+            return _amx_compute(kernel, batch, in_hw, channels, out_channels, ksize, stride, self.emulate)
+        return _dot_compute(kernel, batch, in_hw, channels, out_channels, ksize, stride, self.emulate, self.groups)
 
     @property
     def window(self) -> bool:
@@ -129,13 +142,17 @@ def plan_conv(isa: Isa | None, act_dtype: str, act_lo: int, act_hi: int, w: np.n
     """The fastest exact kernel of ``isa`` for this conv (None: the generic Relax conv2d).
 
     ``act_lo``/``act_hi``: bounds of the stored (uncentered) activations in container ``act_dtype``;
-    ``w``: OIHW int8 weights; ``out_w``: output width (AMX tiles rows along it). Unsigned-operand
-    kernels (vpmaddubsw, vpdpbusd, AMX) read ``int8`` data shifted by +128; a grouped vpmaddubsw is
-    chosen only where 2·G·max|a|·max|w| <= 32767, a plain one where 2·max|a|·max|w| <= 32767.
+    ``w``: OIHW int8 weights (``[O, C/groups, KH, KW]``); ``out_w``: output width (AMX tiles rows
+    along it). Unsigned-operand kernels (vpmaddubsw, vpdpbusd, AMX) read ``int8`` data shifted by
+    +128; a grouped vpmaddubsw is chosen only where 2·G·max|a|·max|w| <= 32767, a plain one where
+    2·max|a|·max|w| <= 32767. A grouped convolution (``groups`` > 1) gets a vector kernel whose lanes
+    divide each group's output channels and whose step divides each group's input channels (the
+    depthwise ones go to :mod:`tvm_benchmark.depthwise`).
     """
-    if isa is None or act_dtype not in ("uint8", "int8") or groups != 1:
+    if isa is None or act_dtype not in ("uint8", "int8") or groups < 1 or w.shape[0] % groups:
         return None
     o, c = w.shape[:2]
+    og = o // groups
     w64 = np.abs(w.astype(np.int64))
     w_abs = int(w64.max(initial=0))
     shift = 128 if act_dtype == "int8" else 0
@@ -144,7 +161,7 @@ def plan_conv(isa: Isa | None, act_dtype: str, act_lo: int, act_hi: int, w: np.n
         return None    # the kernel's raw (uncentered) int32 sum itself is not proven to fit
     # One-row tiles (output width 1 or a prime above 16) go to the vector kernels: a 1-row tile
     # wastes 15/16 of each tdpbusd, and TensorIR drops the unit row loop the AMX intrinsics match.
-    if isa.name == "amx" and o % 32 == 0 and out_w and _amx_rows(out_w) > 1:
+    if isa.name == "amx" and groups == 1 and o % 32 == 0 and out_w and _amx_rows(out_w) > 1:
         rows, atiles = _amx_tiling(out_w)
         if c % 64 == 0:
             return ConvPlan(AmxKernel(rows, 2, atiles), shift, emulate)
@@ -152,12 +169,13 @@ def plan_conv(isa: Isa | None, act_dtype: str, act_lo: int, act_hi: int, w: np.n
         if pixel and w.shape[3] * pixel <= K_BYTES:    # every kw tap of a kh in one 64-byte window
             return ConvPlan(AmxKernel(rows, 2, atiles, pixel_bytes=pixel), shift, emulate)
     for bits in ((isa.vector_bits, 256) if isa.vector_bits == 512 else (256,)):
-        fits = [k for k in _vector_menu(isa, bits) if o % k.lanes == 0]
+        fits = [k for k in _vector_menu(isa, bits) if og % k.lanes == 0]
         for k in fits:
             unsigned = k.act_dtype == "uint8"
             exact = k.exact_for(a_abs if unsigned else max(abs(act_lo), abs(act_hi)), w_abs)
-            if exact and (k.channels <= 4 or c % k.channels == 0):
-                return ConvPlan(k, shift if unsigned else 0, emulate)
+            # (C is zero-padded to the step; a group's channels cannot be)
+            if exact and ((k.channels <= 4 and groups == 1) or c % k.channels == 0):
+                return ConvPlan(k, shift if unsigned else 0, emulate, groups)
     return None
 
 
@@ -199,42 +217,53 @@ def _register_tile(ow: int, lane_blocks: int, registers: int, max_cols: int = 8,
     return best
 
 
-def _with_output(acc: te.Tensor, args: list, kernel, emulate: bool) -> tvm.tirx.PrimFunc:
-    """The PrimFunc of ``acc`` [B,OH,OW,O/L,L] (block :data:`CONV`) plus its 4-D view ``[B,OH,OW,O]``
-    (block :data:`CONV_OUT`, the function's output); the conv block names ``kernel`` (registered
-    in ``_KERNELS`` by :meth:`ConvPlan.compute_func`) for :func:`schedule_convs`."""
+def with_output(acc: te.Tensor, args: list, kernel, emulate: bool) -> tvm.tirx.PrimFunc:
+    """The unscheduled, output-elementwise-fusable PrimFunc of ``acc`` [B,OH,OW,O/L,L] (block
+    :data:`CONV`) plus its 4-D view ``[B,OH,OW,O]`` (block :data:`CONV_OUT`, the function's output):
+    FuseOps appends the bias, requantization, clip, ReLU, residual add and cast that read it, and
+    :func:`schedule_convs` schedules the fused function with ``kernel``'s registered schedule
+    (:func:`conv_schedule`; ``kernel.name`` names it in the conv block)."""
     b, oh, ow, ob, lanes = (int(d) for d in acc.shape)
     out = te.compute(i64(b, oh, ow, ob * lanes), lambda n, y, x, o: acc[n, y, x, o // lanes, o % lanes], name=CONV_OUT)
     sch = Schedule(te.create_prim_func([*args, out]))
     sch.annotate(sch.get_sblock(CONV), "hawq.kernel", kernel.name)
     sch.annotate(sch.get_sblock(CONV), "hawq.emulate", int(emulate))
-    return sch.mod["main"]
+    _KERNELS[kernel.name] = kernel
+    return sch.mod["main"].without_attr("global_symbol").with_attr("op_pattern", OUT_EWISE_FUSABLE)
 
 
 def _dot_compute(kernel: DotKernel, batch: int, in_hw: tuple[int, int], channels: int, out_channels: int,
-                 ksize: tuple[int, int], stride: tuple[int, int], emulate: bool) -> tvm.tirx.PrimFunc:
+                 ksize: tuple[int, int], stride: tuple[int, int], emulate: bool,
+                 conv_groups: int = 1) -> tvm.tirx.PrimFunc:
     """``(data [B,H,W,C'] kernel.act_dtype (already padded), w = pack_weight(...)) -> [B,OH,OW,O]``
-    int32, C' a multiple of ``kernel.channels``: the exact integer convolution, unscheduled."""
+    int32, C' a multiple of ``kernel.channels`` (per conv group): the exact integer convolution,
+    unscheduled. A grouped conv's lane block ``ob`` reads the input channels of its group
+    ``ob // (O / (G·L))`` (from the channel ``group · C'/G`` on)."""
     h, w_ = in_hw
     (kh, kw), (sh, sw) = ksize, stride
     oh, ow = (h - kh) // sh + 1, (w_ - kw) // sw + 1
     lanes, g, k = kernel.lanes, kernel.groups, kernel.k
+    cg, blocks = channels // conv_groups, out_channels // conv_groups // lanes
+
+    def base(ob):   # the first input channel of lane block ob's conv group
+        return (ob // blocks) * cg if conv_groups > 1 else 0
+
     data = te.placeholder(i64(batch, h, w_, channels), kernel.act_dtype, name="data")
-    wt = te.placeholder(i64(out_channels // lanes, kh, kw, channels // (g * k), g, lanes, k), kernel.weight_dtype,
+    wt = te.placeholder(i64(out_channels // lanes, kh, kw, cg // (g * k), g, lanes, k), kernel.weight_dtype,
                         name="weight")
     rh, rw = te.reduce_axis(i64(0, kh), "rh"), te.reduce_axis(i64(0, kw), "rw")
-    rc, rk = te.reduce_axis(i64(0, channels // (g * k)), "rc"), te.reduce_axis(i64(0, k), "rk")
+    rc, rk = te.reduce_axis(i64(0, cg // (g * k)), "rc"), te.reduce_axis(i64(0, k), "rk")
     shape = i64(batch, oh, ow, out_channels // lanes, lanes)
     if g == 1:   # no unit group axis: TensorIR would keep its loop and tensorize would not match
         acc = te.compute(shape, lambda n, y, x, ob, oi: te.sum(
-            data[n, y * sh + rh, x * sw + rw, rc * k + rk].astype("int32")
+            data[n, y * sh + rh, x * sw + rw, base(ob) + rc * k + rk].astype("int32")
             * wt[ob, rh, rw, rc, 0, oi, rk].astype("int32"), axis=[rh, rw, rc, rk]), name=CONV)
     else:
         rg = te.reduce_axis(i64(0, g), "rg")
         acc = te.compute(shape, lambda n, y, x, ob, oi: te.sum(
-            data[n, y * sh + rh, x * sw + rw, (rc * g + rg) * k + rk].astype("int32")
+            data[n, y * sh + rh, x * sw + rw, base(ob) + (rc * g + rg) * k + rk].astype("int32")
             * wt[ob, rh, rw, rc, rg, oi, rk].astype("int32"), axis=[rh, rw, rc, rg, rk]), name=CONV)
-    return _with_output(acc, [data, wt], kernel, emulate)
+    return with_output(acc, [data, wt], kernel, emulate)
 
 
 def _amx_compute(kernel: AmxKernel, batch: int, in_hw: tuple[int, int], channels: int, out_channels: int,
@@ -258,7 +287,7 @@ def _amx_compute(kernel: AmxKernel, batch: int, in_hw: tuple[int, int], channels
     acc = te.compute(i64(batch, oh, ow, out_channels // 16, 16), lambda n, y, x, ob, oi: te.sum(
         data[n, y * sh + rh, rw % sw, x + rw // sw, rc * 64 + rg * 4 + rk].astype("int32")
         * wt[ob // nt, rh, rw, rc, ob % nt, rg, oi, rk].astype("int32"), axis=[rh, rw, rc, rg, rk]), name=CONV)
-    return _with_output(acc, [data, wt], kernel, emulate)
+    return with_output(acc, [data, wt], kernel, emulate)
 
 
 def _amx_window_compute(kernel: AmxKernel, batch: int, in_hw: tuple[int, int], out_channels: int,
@@ -279,7 +308,7 @@ def _amx_window_compute(kernel: AmxKernel, batch: int, in_hw: tuple[int, int], o
     acc = te.compute(i64(batch, oh, ow, out_channels // 16, 16), lambda n, y, x, ob, oi: te.sum(
         data[n, y * sh + rh, x * step + (rw + rc) * K_BYTES + rg * 4 + rk].astype("int32")
         * wt[ob // nt, rh, rw, rc, ob % nt, rg, oi, rk].astype("int32"), axis=[rh, rw, rc, rg, rk]), name=CONV)
-    return _with_output(acc, [data, wt], kernel, emulate)
+    return with_output(acc, [data, wt], kernel, emulate)
 
 
 def _conv_loops(sch: Schedule, blk):
@@ -311,6 +340,7 @@ def _conv_sizes(sch: Schedule, loops: tuple) -> tuple[int, int]:
     return n * y * x, ob * oi * lh * lw
 
 
+@conv_schedule(DotKernel)
 def _schedule_dot(sch: Schedule, blk, kernel: DotKernel, emulate: bool, epilogue: str) -> None:
     """Register-tiled, tensorized schedule of a vector conv block and its ``epilogue`` block."""
     n, y, x, ob, oi, lh, lw, lc, inner = _conv_loops(sch, blk)
@@ -330,7 +360,7 @@ def _schedule_dot(sch: Schedule, blk, kernel: DotKernel, emulate: bool, epilogue
     sch.reorder(*order, lh, lw, lc, xi, obi, oi, *inner)
     task = sch.fuse(*order)
     sch.parallel(task)
-    _epilogue_at(sch, epilogue, task, lanes)
+    epilogue_at(sch, epilogue, task, lanes)
     init = sch.decompose_reduction(blk, lh)
     sch.tensorize(oi, intrinsic(kernel, emulate))
     sch.unroll(xi)
@@ -338,6 +368,7 @@ def _schedule_dot(sch: Schedule, blk, kernel: DotKernel, emulate: bool, epilogue
     sch.vectorize(sch.get_loops(init)[-1])
 
 
+@conv_schedule(AmxKernel)
 def _schedule_amx(sch: Schedule, blk, kernel: AmxKernel, emulate: bool, epilogue: str) -> None:
     """AMX tile schedule of a conv block (accumulators in tile registers across the reduction,
     stored once per task) and its ``epilogue`` block."""
@@ -352,7 +383,7 @@ def _schedule_amx(sch: Schedule, blk, kernel: AmxKernel, emulate: bool, epilogue
     local = sch.cache_write(blk, 0, "local")
     sch.reverse_compute_at(local, task)
     sch.parallel(task)
-    _epilogue_at(sch, epilogue, task, 16)
+    epilogue_at(sch, epilogue, task, 16)
     init = sch.decompose_reduction(blk, lh)
     sch.tensorize(sch.get_loops(init)[-3], zero)
     sch.tensorize(xm, dot)
@@ -383,7 +414,7 @@ def _inline_epilogue(sch: Schedule) -> tuple[str, str | None]:
     return epilogue[-1], (rest[-1] if rest else None)
 
 
-def _epilogue_at(sch: Schedule, name: str, task, lanes: int) -> None:
+def epilogue_at(sch: Schedule, name: str, task, lanes: int) -> None:
     """Compute the epilogue block per task, right after the task's accumulators are complete (so
     they never leave the task's small buffer): iterated like the accumulators (channels split into
     lane blocks, which lets TensorIR match the regions), channels vectorized."""
@@ -400,7 +431,7 @@ def schedule_conv_func(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
     ann = sch.get(blk).annotations
     kernel, emulate = _KERNELS[str(ann["hawq.kernel"])], bool(int(ann["hawq.emulate"]))
     last, after = _inline_epilogue(sch)
-    (_schedule_amx if isinstance(kernel, AmxKernel) else _schedule_dot)(sch, blk, kernel, emulate, last)
+    _SCHEDULES[type(kernel)](sch, blk, kernel, emulate, last)
     if after is not None:
         _schedule_block(sch, sch.get_sblock(after), 16)
     return finish_schedule(sch)

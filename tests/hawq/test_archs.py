@@ -168,3 +168,11 @@ def test_depthwise_layers_get_the_hand_scheduled_kernel():
     mod = build_module(graph, (1, 3, 32, 32), planner=functools.partial(plan_kernel, detect()))
     calls = mod["main"].script().count("conv2d_depthwise")   # call sites (same-shape layers share a kernel)
     assert len(depthwise) == 17 and calls == len(depthwise)
+    # ... with its requantization in the same kernel (output widths 16..1 all have a register tile)
+    from tvm_benchmark.compile import lower
+    from tvm_benchmark.schedules import schedule_convs
+    lowered = lower(mod)
+    fused = [gv.name_hint for gv in lowered.functions if gv.name_hint.startswith("fused_conv2d_depthwise")]
+    assert fused and all("right_shift" in name for name in fused), fused
+    scheduled = schedule_convs(lowered)
+    assert all(scheduled[name].attrs["hawq.scheduled"] for name in fused)

@@ -168,6 +168,33 @@ def test_kernel_bit_exact_at_worst_case_bounds(kernel, ksize, stride):
     np.testing.assert_array_equal(out.numpy(), _ref_conv(d, w, stride))
 
 
+@pytest.mark.parametrize("kernel,groups,cg,og", [(vpdpbusd(256), 3, 24, 24), (vpdpbusd(512), 2, 8, 32),
+                                                   (pmaddubsw(256, 4), 2, 16, 8), (pmaddwd(512), 4, 4, 16)],
+                         ids=lambda v: getattr(v, "name", v))
+def test_grouped_kernel_bit_exact_at_worst_case_bounds(kernel, groups, cg, og):
+    """A grouped conv on the vector kernels: each lane block broadcasts from its own group's
+    channels (regnetx's group width 24 on 8-lane vpdpbusd), worst-case operands, stride 2 and 1."""
+    rng = np.random.default_rng(zlib.crc32(f"grouped{kernel.name}{groups}".encode()))
+    native = I.ISAS[kernel.family].runs_on(HOST)
+    b, h = 2, 9
+    d, w = _worst_case(kernel, rng, groups * cg, groups * og, 3, 3, h, h, b)
+    w = w[:, :cg].copy()
+    w[og:og + 2] = w[:2]               # the extreme channels in the second group too
+    ref = np.concatenate([_ref_conv(d[..., i * cg:(i + 1) * cg], w[i * og:(i + 1) * og], (1, 1))
+                          for i in range(groups)], axis=-1)
+    plan = S.plan_conv(I.ISAS[kernel.family], "uint8", 0, 1, w, groups, out_w=7)
+    assert plan is not None and plan.groups == groups and og % plan.kernel.lanes == 0
+    plan = S.ConvPlan(kernel, 0, emulate=not native, groups=groups)
+    func = plan.prim_func(b, (h, h), groups * cg, groups * og, (3, 3), (1, 1))
+    target = {"kind": "llvm", "mcpu": host_cpu()}
+    if native:
+        target["mcpu"], target["mattr"] = I.llvm_attrs(I.ISAS[kernel.family], host_cpu())
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), tvm.target.Target(target))
+    out = tvm.runtime.tensor(np.zeros(ref.shape, "int32"))
+    lib(tvm.runtime.tensor(d.astype(kernel.act_dtype)), tvm.runtime.tensor(plan.pack(w)), out)
+    np.testing.assert_array_equal(out.numpy(), ref)
+
+
 @pytest.mark.parametrize("c,ksize,stride", [(3, (7, 7), (2, 2)), (8, (3, 3), (1, 1)), (16, (3, 3), (2, 2))])
 def test_amx_window_kernel_bit_exact_at_worst_case_bounds(c, ksize, stride):
     """The AMX window form (few input channels, e.g. the stem): overlapping 64-byte windows of a
