@@ -404,10 +404,17 @@ def _inline_epilogue(sch: Schedule) -> tuple[str, str | None]:
     feeding = {sch.get(b).name_hint for b in sch.get_producers(conv)}
     names = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
     shape = _domain(sch, CONV_OUT)
-    epilogue, rest = [], []
+    epilogue, rest, derived = [], [], {CONV}
     for name in names:
         if name == CONV or name in feeding:
             continue
+        block = sch.get_sblock(name)
+        if not any(sch.get(p).name_hint in derived for p in sch.get_producers(block)):
+            # A block of parameters alone (a per-channel multiplier's cast, [1,1,1,O]): into its
+            # readers; left in the chain, its other shape would end the per-task epilogue there.
+            sch.compute_inline(block)
+            continue
+        derived.add(name)
         (epilogue if not rest and _domain(sch, name) == shape else rest).append(name)
     for name in epilogue[:-1] + rest[:-1]:
         sch.compute_inline(sch.get_sblock(name))

@@ -104,6 +104,10 @@ def test_conv_epilogue_fused_into_its_kernel():
     assert len(convs) >= 10 and all("right_shift" in name for name in convs), convs   # (identical ones shared)
     scheduled = S.schedule_convs(mod)
     assert all(scheduled[name].attrs[S.SCHEDULED] for name in convs)
+    # ... and run inside its tasks: one parallel loop, no second pass over an int32 intermediate
+    # (a per-channel multiplier's cast, a block of another shape, once split the chain there)
+    split = [name for name in convs if scheduled[name].script().count("T.parallel(") != 1]
+    assert not split, split
 
 
 def test_max_pool_moves_after_the_monotone_epilogue():
