@@ -336,6 +336,9 @@ def test_latency_benchmark_writes_csv_table_and_plot(tmp_path, capsys):
     assert "ratio_to_best_int8" in md and f"| tvm-int | {detect().name} | uniform4 |" in md
     assert bench.host_key() in md
     assert (tmp_path / "latency_accuracy.png").stat().st_size > 1000
+    onednn = csv_rows(tmp_path / bench.ONEDNN_CSV)      # what torch-int8 ran, recorded beside its time
+    assert onednn and {(r["arch"], r["batch"]) for r in onednn} == {("resnet20_cifar10", "2")}
+    assert "## What torch-int8 ran (ONEDNN_VERBOSE)" in md
     assert bench.main(argv) == 0                       # rows are appended, the table keeps the latest
     assert len(csv_rows(tmp_path / "latency.csv")) == 2 * len(rows)
 
@@ -385,6 +388,19 @@ def test_torch_int8_baseline_really_runs_quantized_convolutions(monkeypatch):
     monkeypatch.setattr(quantize_fx, "convert_fx", lambda prepared: m)      # a conversion that did nothing
     with pytest.raises(HawqError, match="torch-int8: FX quantization turned 0 of the model's 21 convolutions"):
         torch_int8(m, x, [x])
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+def test_onednn_primitives_names_the_kernels_a_call_ran():
+    """ONEDNN_VERBOSE captured at the file-descriptor level for one call: a float conv at batch 8
+    runs a oneDNN convolution primitive (its implementation named), and nothing leaks to stdout."""
+    from tvm_benchmark.apps.baselines import onednn_primitives
+    conv, x = torch.nn.Conv2d(64, 64, 3).eval(), torch.randn(8, 64, 14, 14)
+    with torch.inference_mode():
+        ran = onednn_primitives(lambda: conv(x))
+    assert any(kind == "convolution" and impl for (kind, impl) in ran), ran
+    with torch.inference_mode():
+        assert onednn_primitives(lambda: x + 1) == {}
 
 
 @pytest.mark.slow

@@ -7,7 +7,8 @@ the benchmark times only inference.
 - ``torch-int8``: PyTorch's x86 int8 backend via FX graph mode (``get_default_qconfig_mapping("x86")``:
   per-channel int8 weights, uint8 activations, calibrated on the calibration batches). Checked: every
   convolution of the FP model became a quantized one (:func:`quantized_convs`), else the engine
-  would time float convolutions under an int8 name.
+  would time float convolutions under an int8 name. Which oneDNN kernels it ran (``ONEDNN_VERBOSE``):
+  :func:`onednn_primitives`, recorded by the benchmark.
 - ``ort-fp32``: ONNX Runtime on the ONNX export, all graph optimizations.
 - ``ort-int8``: ORT's own best CPU recipe: ``quant_pre_process`` (shape inference + ORT
   optimizations) first, then static QDQ quantization with per-channel int8 weights and uint8
@@ -18,6 +19,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import os
+import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -27,7 +31,8 @@ import torch
 
 from hawq.errors import HawqError
 
-__all__ = ["torch_fp32", "torch_int8", "quantized_convs", "export_onnx", "ort_run", "quantize_onnx_int8"]
+__all__ = ["torch_fp32", "torch_int8", "onednn_primitives", "quantized_convs", "export_onnx", "ort_run",
+           "quantize_onnx_int8"]
 
 Run = Callable[[], object]
 
@@ -68,6 +73,36 @@ def torch_int8(model: torch.nn.Module, x: np.ndarray, calib: list[np.ndarray]) -
         raise HawqError(f"torch-int8: FX quantization turned {done} of the model's {total} convolutions into "
                         "quantized ones; the engine would time float convolutions")
     return torch_fp32(converted, x)
+
+
+def onednn_primitives(run: Run) -> dict[tuple[str, str], int]:
+    """``{(primitive kind, implementation): calls}`` of the oneDNN primitives one call of ``run``
+    executes (``ONEDNN_VERBOSE`` through ``torch.backends.mkldnn.verbose``: oneDNN prints one
+    ``onednn_verbose,...,exec,cpu,KIND,IMPL,...`` line per execution to the process's stdout, which
+    is captured at the file-descriptor level for that one call). Empty when no oneDNN primitive ran
+    (PyTorch's x86 backend may run FBGEMM's kernels instead)."""
+    counts: dict[tuple[str, str], int] = {}
+    sys.stdout.flush()
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        saved = os.dup(1)
+        try:
+            os.dup2(tmp.fileno(), 1)
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                run()
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+        tmp.seek(0)
+        for line in tmp.read().decode(errors="replace").splitlines():
+            fields = line.split(",")
+            if not fields[0].startswith("onednn_verbose") or "exec" not in fields:
+                continue
+            i = fields.index("exec")
+            if i + 3 < len(fields):
+                key = (fields[i + 2], fields[i + 3])
+                counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def quantized_convs(model: torch.nn.Module) -> int:

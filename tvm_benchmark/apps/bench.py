@@ -52,12 +52,15 @@ from hawq.tables import busy_warning, cpu_summary, markdown_table
 from hawq.quant.config import QuantConfig
 from tvm_benchmark.isa import CHOICES as ISA_CHOICES
 
-__all__ = ["cli", "ENGINES", "FIELDS", "KEY", "MD_FIELDS", "RESULTS", "RELEASED_ARCH", "bench_models", "time_engines",
-           "bench_arch_batch", "host_key", "append_rows", "latest", "markdown", "manifest_top1",
+__all__ = ["cli", "ENGINES", "FIELDS", "ONEDNN_FIELDS", "ONEDNN_CSV", "KEY", "MD_FIELDS", "RESULTS", "RELEASED_ARCH", "bench_models", "time_engines",
+           "bench_arch_batch", "host_key", "append_rows", "latest", "markdown", "onednn_markdown", "manifest_top1",
            "plot_accuracy", "main"]
 
 ENGINES = ("tvm-int", "ort-int", "ort-qdq", "torch-fp32", "torch-int8", "ort-fp32", "ort-int8")
 FIELDS = ("host", "isa", "arch", "scheme", "batch", "threads", "engine", "median_ms", "p90_ms")
+#: What torch-int8 really ran (``ONEDNN_VERBOSE``), per (host, arch, batch, threads), in ONEDNN_CSV.
+ONEDNN_FIELDS = ("host", "arch", "batch", "threads", "primitive", "implementation", "calls")
+ONEDNN_CSV = "torch_int8_onednn.csv"
 KEY = ("host", "isa", "arch", "scheme", "batch", "threads", "engine")
 MD_FIELDS = ("engine", "isa", "scheme", "median_ms", "p90_ms", "speedup_vs_torch_fp32", "ratio_to_best_int8")
 RESULTS = Path("results")
@@ -142,10 +145,11 @@ def time_engines(engines: dict, warmup: int, rounds: int, iters: int, progress: 
 
 def bench_arch_batch(arch: str, schemes: list[str], batch: int, threads: int, engines: list[str],
                      warmup: int, rounds: int, iters: int, progress: bool,
-                     isas: list[str | None] = (None,), input_size: int | None = None) -> list[dict]:
+                     isas: list[str | None] = (None,), input_size: int | None = None) -> tuple[list[dict], list[dict]]:
     """One interleaved timing run of every engine (one TVM engine per scheme × ISA family) on
     ``input_size``-pixel images (default: the arch's canonical size; another size is recorded in
-    the rows' ``arch`` as ``ARCH@SIZE``)."""
+    the rows' ``arch`` as ``ARCH@SIZE``). Returns (latency rows, :data:`ONEDNN_FIELDS` rows: the
+    oneDNN primitives one torch-int8 call executed, by kind and implementation)."""
     from tvm_benchmark import isa as I
     from hawq.export import export_integer
     from hawq.models.archs import arch_info, check_input_size
@@ -166,6 +170,7 @@ def bench_arch_batch(arch: str, schemes: list[str], batch: int, threads: int, en
             runs["torch-fp32"], labels["torch-fp32"] = B.torch_fp32(fp, x), "fp32"
         if "torch-int8" in engines:
             runs["torch-int8"], labels["torch-int8"] = B.torch_int8(fp, x, calib), "uniform8"
+            kernels = B.onednn_primitives(runs["torch-int8"])      # (one untimed call)
         if {"ort-fp32", "ort-int8"} & set(engines):
             onnx = B.export_onnx(fp, x, tmp / "model.onnx")
             if "ort-fp32" in engines:
@@ -198,9 +203,14 @@ def bench_arch_batch(arch: str, schemes: list[str], batch: int, threads: int, en
         stats = time_engines(runs, warmup, rounds, iters, progress)
     host = host_key()
     label = arch if size == info.input_size else f"{arch}@{size}"
+    onednn = []
+    if "torch-int8" in engines:
+        found = sorted(kernels.items()) or [(("(none)", "no oneDNN primitive ran"), 0)]
+        onednn = [{"host": host, "arch": label, "batch": batch, "threads": threads, "primitive": kind,
+                   "implementation": impl, "calls": n} for (kind, impl), n in found]
     return [{"host": host, "isa": families[k], "arch": label, "scheme": labels[k], "batch": batch,
              "threads": threads, "engine": k.split(":")[0], "median_ms": round(m, 4), "p90_ms": round(p, 4)}
-            for k, (m, p) in stats.items()]
+            for k, (m, p) in stats.items()], onednn
 
 
 def host_key() -> str:
@@ -254,6 +264,27 @@ def markdown(df, header: str) -> str:
     return "\n".join(out)
 
 
+def onednn_markdown(path: Path, host: str) -> str:
+    """The latest oneDNN primitives per (arch, batch, threads) of ``host``'s torch-int8 runs, as a
+    markdown section ('' when none were recorded)."""
+    if not path.is_file():
+        return ""
+    import pandas as pd
+    df = pd.read_csv(path)
+    df = df[df.host == host]
+    if df.empty:
+        return ""
+    # the rows of one run are consecutive: keep, per (arch, batch, threads), its last run's rows
+    run = (df[["arch", "batch", "threads"]] != df[["arch", "batch", "threads"]].shift()).any(axis=1).cumsum()
+    last = run.groupby([df.arch, df.batch, df.threads]).transform("max")
+    df = df[run == last]
+    return ("\n\n## What torch-int8 ran (ONEDNN_VERBOSE)\n\nThe oneDNN primitives one torch-int8 call executed "
+            "(kind, implementation, executions), from the latest run per (arch, batch, threads); "
+            "`(none)`: PyTorch ran FBGEMM's kernels, not oneDNN's.\n\n"
+            + "\n".join(markdown_table(df.to_dict("records"), ONEDNN_FIELDS[1:],
+                                        text_fields=("arch", "primitive", "implementation"))))
+
+
 def manifest_top1() -> dict[tuple[str, str], float]:
     path = Path("checkpoints/MANIFEST.csv")
     if not path.is_file():
@@ -296,8 +327,10 @@ def _host() -> str:
             f"kernel family detected: {fam.name if fam else 'none (no AVX2)'}")
 
 
-def _isolated(args: argparse.Namespace, arch: str, schemes: list[str], batch: int, engine: str) -> list[dict]:
-    """The rows of ``engine`` alone, timed by a child process of this benchmark with the same settings."""
+def _isolated(args: argparse.Namespace, arch: str, schemes: list[str], batch: int,
+              engine: str) -> tuple[list[dict], list[dict]]:
+    """The rows of ``engine`` alone (latency, oneDNN primitives), timed by a child process of this
+    benchmark with the same settings."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "tvm_benchmark.apps.bench", "-a", arch, "--quant-scheme", *schemes,
                "-b", str(batch), "--threads", str(args.threads), "--engines", engine, "--warmup", str(args.warmup),
@@ -310,11 +343,14 @@ def _isolated(args: argparse.Namespace, arch: str, schemes: list[str], batch: in
             raise HawqError(f"--isolate: the {engine} process failed: {last}")
         if "note:" in r.stdout:
             print("\n".join(line for line in r.stdout.splitlines() if line.startswith("note:")))
-        path = Path(tmp) / "latency.csv"
-        if not path.is_file():
-            return []
-        with open(path, newline="") as f:
-            return [{k: row[k] for k in FIELDS} for row in csv.DictReader(f)]
+        return _read_rows(Path(tmp) / "latency.csv", FIELDS), _read_rows(Path(tmp) / ONEDNN_CSV, ONEDNN_FIELDS)
+
+
+def _read_rows(path: Path, fields: tuple[str, ...]) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: row[k] for k in fields} for row in csv.DictReader(f)]
 
 
 @one_line_errors
@@ -357,12 +393,15 @@ def main(argv=None) -> int:
                 raise HawqError(f"unknown scheme '{s}' for {arch}; choose from {', '.join(list_schemes(arch))}")
         for batch in args.batch_size:
             if args.isolate:
-                rows = [r for e in args.engines for r in _isolated(args, arch, schemes, batch, e)]
+                parts = [_isolated(args, arch, schemes, batch, e) for e in args.engines]
+                rows, onednn = [r for p, _ in parts for r in p], [r for _, o in parts for r in o]
             else:
-                rows = bench_arch_batch(arch, schemes, batch, args.threads, args.engines, args.warmup,
-                                        args.rounds, args.iters, not args.no_progress, args.isa or [None],
-                                        args.input_size)
+                rows, onednn = bench_arch_batch(arch, schemes, batch, args.threads, args.engines, args.warmup,
+                                                args.rounds, args.iters, not args.no_progress, args.isa or [None],
+                                                args.input_size)
             append_rows(rows, out / "latency.csv")
+            if onednn:
+                append_rows(onednn, out / ONEDNN_CSV, ONEDNN_FIELDS)
             for r in rows:
                 print(",".join(str(r[k]) for k in FIELDS), flush=True)
     df = latest(out / "latency.csv", host_key())
@@ -371,7 +410,7 @@ def main(argv=None) -> int:
               f"only that host's rows are tabulated here.\n\nLatest command: `{cmd}`. Rows are the latest "
               "measurement per (isa, arch, scheme, batch, threads, engine) in `results/latency.csv`."
               + (f"\n\n**{warn}**" if warn else ""))
-    (out / "latency.md").write_text(markdown(df, header) + "\n")
+    (out / "latency.md").write_text(markdown(df, header) + onednn_markdown(out / ONEDNN_CSV, host_key()) + "\n")
     if plot_accuracy(df, out / "latency_accuracy.png"):
         print(f"plot -> {out / 'latency_accuracy.png'}")
     print(f"table -> {out / 'latency.md'}")
