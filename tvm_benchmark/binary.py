@@ -29,14 +29,16 @@ little at 256 channels (4 words per tap: 56 µs either way for 3x3, 256->256 cha
 about 50% at 64 channels (one word per tap: 88 µs against 58 for 3x3, 64->64, 56x56; Xeon with AMX
 and AVX512-VPOPCNTDQ, 2 threads).
 
-Kernel (:func:`binary_conv2d`): weights ``[O/L, KH, KW, CW + 1, L]`` (L = 8 uint64 lanes at 512
+Kernel (:func:`binary_compute`, scheduled after fusion by :func:`schedule_binary`): weights ``[O/L, KH, KW, CW + 1, L]`` (L = 8 uint64 lanes at 512
 bits, 4 at 256; one vector load per lane block, tap and word). A register tile of ``cols`` output
 columns × ``blocks`` lane blocks is accumulated in uint64 vector registers over (kh, kw, word): per
 column one broadcast activation word, XOR with the block's weight vector, ``ctpop`` (LLVM emits
 ``vpopcntq`` with AVX512-VPOPCNTDQ; the ``vpshufb`` nibble lookup + ``vpsadbw`` on AVX2), add.
 Parallel over output rows (each task walks its row's lane-block tiles and column tiles; finer tasks
 measured slower: their per-task accumulator workspace and epilogue). The epilogue subtracts the
-correction on border pixels and narrows to int32. The step is three vector µops (XOR, popcount, add)
+correction on border pixels and narrows to int32; FuseOps appends the bias and the requantization
+(and whatever elementwise ops follow), which run in the same per-row epilogue, so the int32 sums
+never reach memory. The step is three vector µops (XOR, popcount, add)
 for 512 one-bit products; a 512-bit ``vpdpbusd`` is one µop for 64 8-bit products, and both run on
 the same two vector ports, so the binary kernel's ceiling is about 3x the 8-bit one's, not 8x.
 
@@ -65,11 +67,12 @@ from tvm.s_tir import Schedule
 from tvm.script import tirx as T
 
 from tvm_benchmark import isa as I
-from tvm_benchmark.schedules import INT32_MAX, finish_schedule
+from tvm_benchmark.schedules import (CONV, INT32_MAX, conv_schedule, finish_schedule, schedule_conv_func,
+                                     with_output)
 from tvm_benchmark.targets import make_target
 
 __all__ = ["WORD_BITS", "Pad", "words", "out_hw", "pack_bits", "pack_weight_bits",
-           "pack_activation_func", "binary_conv2d", "BinaryConvPlan", "plan_binary", "compare_latency"]
+           "pack_activation_func", "binary_compute", "BinaryConvPlan", "schedule_binary", "plan_binary", "compare_latency"]
 
 WORD_BITS = 64
 #: Spatial padding ``(top, left, bottom, right)``.
@@ -126,7 +129,7 @@ def pack_activation_func(batch: int, h: int, w: int, channels: int, pad: Pad = (
                          dtype: str = "int8") -> tvm.tirx.PrimFunc:
     """Scheduled PrimFunc ``(x dtype [B, H, W, C], out uint64 [B, H + top + bottom, W + left +
     right, CW])``: :func:`pack_bits` of ``sign(x)`` (a bit set where ``x < 0``), with 0 words at the
-    ``pad`` border (the layout :func:`binary_conv2d` reads; no ``pad``: ``[B, H, W, CW]``). ``x`` is
+    ``pad`` border (the layout :func:`binary_compute` reads; no ``pad``: ``[B, H, W, CW]``). ``x`` is
     the ±1 tensor itself or, ``dtype`` int16/int32, the signed integers the sign is taken of, so the
     sign needs no kernel and no tensor of its own. One vector sign test and OR-reduction per word;
     parallel over (batch, padded rows). Marked by :func:`~tvm_benchmark.schedules.finish_schedule`."""
@@ -180,14 +183,14 @@ def _valid_count(pos, k: int, size: int, before: int):
     return tvm.tirx.max(tvm.tirx.min(start + k, size) - tvm.tirx.max(start, 0), 0)
 
 
-def binary_conv2d(lanes: int, batch: int, in_hw: tuple[int, int], channels: int, out_channels: int,
-                  ksize: tuple[int, int], stride: tuple[int, int], pad: Pad,
-                  tile: tuple[int, int] | None = None) -> tvm.tirx.PrimFunc:
-    """Scheduled PrimFunc ``(data uint64 [B, H + top + bottom, W + left + right, CW] (the packed input
-    with 0-word padding: :func:`pack_activation_func`), weight uint64 [O/L, KH, KW, CW + 1, L]
-    (:func:`pack_weight_bits`), out int32 [B, OH, OW, O])``: the exact zero-padded ±1 convolution of
-    the unpadded ``in_hw`` = (H, W) input. ``lanes`` = L (8 or 4); ``tile``: (columns, lane blocks)
-    of the register tile instead of the default."""
+def binary_compute(plan: "BinaryConvPlan", batch: int, in_hw: tuple[int, int], channels: int, out_channels: int,
+                   ksize: tuple[int, int], stride: tuple[int, int], pad: Pad) -> tvm.tirx.PrimFunc:
+    """Unscheduled, output-elementwise-fusable ``(data uint64 [B, H + top + bottom, W + left + right,
+    CW] (the packed input with 0-word padding: :func:`pack_activation_func`), weight uint64 [O/L, KH,
+    KW, CW + 1, L] (:func:`pack_weight_bits`)) -> int32 [B, OH, OW, O]``: the exact zero-padded ±1
+    convolution of the unpadded ``in_hw`` = (H, W) input, L = ``plan.lanes``. FuseOps appends the
+    bias and requantization that read it; :func:`schedule_binary` schedules the fused function."""
+    lanes = plan.lanes
     (h, w_), (kh, kw), (sh, sw) = in_hw, ksize, stride
     pt, pl, pb, pr = pad
     oh, ow = out_hw(in_hw, ksize, stride, pad)
@@ -201,7 +204,7 @@ def binary_conv2d(lanes: int, batch: int, in_hw: tuple[int, int], channels: int,
     rh, rw, rc = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw"), te.reduce_axis((0, cw), "rc")
     acc = te.compute((batch, oh, ow, out_channels // lanes, lanes), lambda n, y, x, ob, oi: te.sum(
         tvm.tirx.popcount(data[n, y * sh + rh, x * sw + rw, rc] ^ wt[ob, rh, rw, rc, oi]), axis=[rh, rw, rc]),
-        name="acc")
+        name=CONV)
     zero = tvm.tirx.const(0, "uint64")
 
     def correction(y, x, ob, oi):
@@ -215,34 +218,10 @@ def binary_conv2d(lanes: int, batch: int, in_hw: tuple[int, int], channels: int,
         border = tvm.tirx.any(y * sh < pt, y * sh - pt + kh > h, x * sw < pl, x * sw - pl + kw > w_)
         return tvm.tirx.if_then_else(border, total, zero)
 
-    out = te.compute((batch, oh, ow, out_channels), lambda n, y, x, o: (
-        channels * _valid_count(y * sh, kh, h, pt) * _valid_count(x * sw, kw, w_, pl)
-        - 2 * (acc[n, y, x, o // lanes, o % lanes] - correction(y, x, o // lanes, o % lanes)).astype("int32")),
-        name="out")
-    sch = Schedule(te.create_prim_func([data, wt, out]))
-    blk, epi = sch.get_sblock("acc"), sch.get_sblock("out")
-    n, y, x, ob, oi, lh, lw, lc = sch.get_loops(blk)
-    # 32 zmm: the tile, the weight vectors, a broadcast and a temporary; 16 ymm: the lookup
-    # popcount also holds its nibble mask, table and psadbw zero, and two temporaries. Two lane
-    # blocks only from two words per tap on (measured on the 56x56x64 layer, one word: 8x1 columns x
-    # blocks 56-59 µs, 8x2 62-63, 4x4 61-62; 14x14x256, four words: 7x1, 7x2, 14x1, 7x4 within 3%).
-    wide = lanes >= 8
-    cols, blocks = tile or _register_tile(ow, out_channels // lanes, 32 if wide else 16, 3 if wide else 6,
-                                          max_blocks=2 if cw >= 2 else 1)
-    xo, xi = sch.split(x, [None, cols])
-    obo, obi = sch.split(ob, [None, blocks])
-    sch.reorder(n, y, obo, xo, lh, lw, lc, xi, obi, oi)
-    task = sch.fuse(n, y)
-    sch.parallel(task)
-    sch.set_scope(blk, 0, "local")
-    sch.reverse_compute_at(epi, task)
-    sch.unroll(xi)
-    sch.unroll(obi)
-    sch.vectorize(oi)                         # before the init is split off (then it is no reduction)
-    init = sch.decompose_reduction(blk, lh)
-    sch.vectorize(sch.get_loops(init)[-1])
-    sch.vectorize(sch.split(sch.get_loops(epi)[-1], [None, lanes])[1])
-    return finish_schedule(sch)
+    def value(n, y, x, o):
+        return ((channels * _valid_count(y * sh, kh, h, pt) * _valid_count(x * sw, kw, w_, pl)).astype("int32")
+                - 2 * (acc[n, y, x, o // lanes, o % lanes] - correction(y, x, o // lanes, o % lanes)).astype("int32"))
+    return with_output(acc, [data, wt], plan, False, value)
 
 
 @dataclass(frozen=True)
@@ -251,16 +230,58 @@ class BinaryConvPlan:
     The schedule is the same on every CPU (LLVM splits 512-bit vectors on a narrower target and lowers
     ``ctpop`` to what the target has), so no emulated variant is needed for tests."""
     lanes: int = 8
+    tile: tuple[int, int] | None = None     # (columns, lane blocks) instead of the planner's
 
     def pack(self, w: np.ndarray) -> np.ndarray:
         """OIHW ±1 int8 -> uint64 ``[O/L, KH, KW, CW + 1, L]`` (:func:`pack_weight_bits`)."""
         return pack_weight_bits(w, self.lanes)
 
+    @property
+    def name(self) -> str:
+        """The kernel's name in a fused function's conv block."""
+        return f"popcount_{self.lanes}"
+
+    def compute_func(self, batch: int, in_hw: tuple[int, int], channels: int, out_channels: int,
+                     ksize: tuple[int, int], stride: tuple[int, int], pad: Pad) -> tvm.tirx.PrimFunc:
+        """:func:`binary_compute`: unscheduled, its epilogue fused by FuseOps."""
+        return binary_compute(self, batch, in_hw, channels, out_channels, ksize, stride, pad)
+
     def prim_func(self, batch: int, in_hw: tuple[int, int], channels: int, out_channels: int,
                   ksize: tuple[int, int], stride: tuple[int, int], pad: Pad) -> tvm.tirx.PrimFunc:
-        """``(data uint64 [B, H + top + bottom, W + left + right, CW], weight = pack(w), out int32
-        [B, OH, OW, O])`` for the unpadded ``in_hw`` (:func:`binary_conv2d`)."""
-        return binary_conv2d(self.lanes, batch, in_hw, channels, out_channels, ksize, stride, pad)
+        """The kernel alone, scheduled: ``(data uint64 [B, H + top + bottom, W + left + right, CW],
+        weight = pack(w), out int32 [B, OH, OW, O])`` for the unpadded ``in_hw``."""
+        return schedule_conv_func(self.compute_func(batch, in_hw, channels, out_channels, ksize, stride, pad))
+
+
+@conv_schedule(BinaryConvPlan)
+def schedule_binary(sch: Schedule, blk, plan: BinaryConvPlan, emulate: bool, epilogue: str) -> None:
+    """Register-tiled schedule of a popcount conv block (uint64 accumulators of ``cols`` columns ×
+    ``blocks`` lane blocks in vector registers), parallel over output rows, and its epilogue (the
+    border correction, bias and requantization) per row from the row's accumulators. ``emulate`` is
+    ignored: the schedule is the same on every CPU."""
+    n, y, x, ob, oi, lh, lw, lc = sch.get_loops(blk)
+    ow, lane_blocks, cw = (int(sch.get(loop).extent) for loop in (x, ob, lc))
+    # 32 zmm: the tile, the weight vectors, a broadcast and a temporary; 16 ymm: the lookup
+    # popcount also holds its nibble mask, table and psadbw zero, and two temporaries. Two lane
+    # blocks only from two words per tap on (measured on the 56x56x64 layer, one word: 8x1 columns x
+    # blocks 56-59 µs, 8x2 62-63, 4x4 61-62; 14x14x256, four words: 7x1, 7x2, 14x1, 7x4 within 3%).
+    wide = plan.lanes >= 8
+    cols, blocks = plan.tile or _register_tile(ow, lane_blocks, 32 if wide else 16, 3 if wide else 6,
+                                               max_blocks=2 if cw >= 2 else 1)
+    xo, xi = sch.split(x, [None, cols])
+    obo, obi = sch.split(ob, [None, blocks])
+    sch.reorder(n, y, obo, xo, lh, lw, lc, xi, obi, oi)
+    task = sch.fuse(n, y)
+    sch.parallel(task)
+    sch.set_scope(blk, 0, "local")
+    epi = sch.get_sblock(epilogue)
+    sch.reverse_compute_at(epi, task)
+    sch.unroll(xi)
+    sch.unroll(obi)
+    sch.vectorize(oi)                         # before the init is split off (then it is no reduction)
+    init = sch.decompose_reduction(blk, lh)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.vectorize(sch.split(sch.get_loops(epi)[-1], [None, plan.lanes])[1])
 
 
 def plan_binary(isa: I.Isa | None, w: np.ndarray, act_binary: bool, groups: int) -> BinaryConvPlan | None:
@@ -282,7 +303,7 @@ def _median_us(lib, args: list, number: int, repeat: int) -> float:
 def compare_latency(isa: I.Isa, channels: int, out_channels: int, hw: int, k: int = 3, pad: int = 1,
                     threads: int = 2, int8_weights: str = "int8", number: int = 20, repeat: int = 30,
                     seed: int = 0) -> dict[str, float | str]:
-    """Median latencies (µs) on this host of the binary conv (:func:`binary_conv2d`, on packed padded
+    """Median latencies (µs) on this host of the binary conv (:meth:`BinaryConvPlan.prim_func`, on packed padded
     input), its activation packing, and the project's 8-bit conv of the same shape
     (:func:`~tvm_benchmark.schedules.plan_conv` for ``uint8`` data in [0, 255], pre-padded, batch 1,
     stride 1), all built with ``threads`` threads (the caller sets ``TVM_NUM_THREADS`` to match).

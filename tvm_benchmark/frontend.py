@@ -321,7 +321,7 @@ class _Builder:
             packer = self.bb.add_func(pack_activation_func(b, h, wd, c, pad, _dt(data)), "pack_sign_bits__")
             padded = [b, h + pad[0] + pad[2], wd + pad[1] + pad[3], words(c)]
             bits = self.packed[(data, pad)] = self.emit(relax.call_tir(packer, [data], relax.TensorType(padded, "uint64")))
-        func = plan.prim_func(b, (h, wd), c, o, (kh, kw), tuple(stride), pad)
+        func = plan.compute_func(b, (h, wd), c, o, (kh, kw), tuple(stride), pad)
         gv = self.bb.add_func(func, "conv2d_popcount__")
         oh, ow = binary_out_hw((h, wd), (kh, kw), tuple(stride), pad)
         return self.emit(relax.call_tir(gv, [bits, _const(plan.pack(w), "uint64")],

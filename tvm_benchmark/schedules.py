@@ -217,14 +217,16 @@ def _register_tile(ow: int, lane_blocks: int, registers: int, max_cols: int = 8,
     return best
 
 
-def with_output(acc: te.Tensor, args: list, kernel, emulate: bool) -> tvm.tirx.PrimFunc:
+def with_output(acc: te.Tensor, args: list, kernel, emulate: bool, value=None) -> tvm.tirx.PrimFunc:
     """The unscheduled, output-elementwise-fusable PrimFunc of ``acc`` [B,OH,OW,O/L,L] (block
-    :data:`CONV`) plus its 4-D view ``[B,OH,OW,O]`` (block :data:`CONV_OUT`, the function's output):
-    FuseOps appends the bias, requantization, clip, ReLU, residual add and cast that read it, and
-    :func:`schedule_convs` schedules the fused function with ``kernel``'s registered schedule
+    :data:`CONV`) plus its 4-D view ``[B,OH,OW,O]`` (block :data:`CONV_OUT`, the function's output;
+    ``value(n, y, x, o)`` instead of ``acc[n, y, x, o // L, o % L]`` where the view also corrects
+    it): FuseOps appends the bias, requantization, clip, ReLU, residual add and cast that read it,
+    and :func:`schedule_convs` schedules the fused function with ``kernel``'s registered schedule
     (:func:`conv_schedule`; ``kernel.name`` names it in the conv block)."""
     b, oh, ow, ob, lanes = (int(d) for d in acc.shape)
-    out = te.compute(i64(b, oh, ow, ob * lanes), lambda n, y, x, o: acc[n, y, x, o // lanes, o % lanes], name=CONV_OUT)
+    out = te.compute(i64(b, oh, ow, ob * lanes), value or (lambda n, y, x, o: acc[n, y, x, o // lanes, o % lanes]),
+                     name=CONV_OUT)
     sch = Schedule(te.create_prim_func([*args, out]))
     sch.annotate(sch.get_sblock(CONV), "hawq.kernel", kernel.name)
     sch.annotate(sch.get_sblock(CONV), "hawq.emulate", int(emulate))

@@ -110,7 +110,7 @@ def test_popcount_in_assembly(family):
     families, the vpshufb nibble lookup (and no zmm, no vpopcntq) for avx2."""
     isa = I.ISAS[family]
     mcpu, mattr = I.llvm_attrs(isa, REF_CPU[family], flags=set(isa.flags))
-    func = B.binary_conv2d(isa.vector_bits // 64, 1, (8, 8), 128, 32, (3, 3), (1, 1), (1, 1, 1, 1))
+    func = B.BinaryConvPlan(isa.vector_bits // 64).prim_func(1, (8, 8), 128, 32, (3, 3), (1, 1), (1, 1, 1, 1))
     assert func.attrs[SCHEDULED]
     asm = _build(func, tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "mattr": mattr})).mod.inspect_source("asm")
     if isa.vector_bits == 512:
