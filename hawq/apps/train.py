@@ -31,7 +31,7 @@ from hawq.models.factory import check_arch, fp_model, fp_model_pretrained, quant
 from hawq.models.restore import quant_model_from
 from hawq.numerics import PROFILES
 from hawq.quant.config import QuantConfig
-from hawq.quant.learned import METHODS
+from hawq.quant.learned import LSQ_INITS, METHODS
 from hawq import distributed
 
 __all__ = ["cli", "FP_SCHEME", "Recipe", "Distillation", "TrainSettings", "build_parser", "settings_of",
@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
       help="minmax (ranges), lsq (learned steps), pact (learned activation clips), dorefa (tanh weight "
            "transform), xnor or bireal (1-bit layers: XNOR-Net's or Bi-Real's sign gradients); default: the "
            "--resume checkpoint's, else minmax")
+    a("--lsq-init", default=None, choices=list(LSQ_INITS),
+      help="where --quantizer lsq starts its steps: minmax (the min/max scale; default) or mean (LSQ's "
+           "2*mean|v|/sqrt(Qp); at 2 bits the min/max step puts most values on 0)")
     a("--optimizer", default="sgd", choices=list(engine.OPTIMIZERS),
       help="sgd (HAWQ's, with --momentum) or adam (the binary networks' recipe, README); the weights of "
            "1-bit layers never get weight decay")

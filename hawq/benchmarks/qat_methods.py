@@ -33,7 +33,7 @@ from hawq.errors import HawqError
 from hawq.fileio import write_text_atomic
 from hawq.engine import OPTIMIZERS
 from hawq.models.archs import input_size_of
-from hawq.quant.learned import METHODS
+from hawq.quant.learned import LSQ_INITS, METHODS
 from hawq.tables import cpu_summary, markdown_table
 
 __all__ = ["FIELDS", "build_parser", "a_w", "main"]
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr4", type=float, default=0.005, help="learning rate of schemes with 4-bit layers (default 0.005)")
     p.add_argument("--lr1", type=float, default=0.001, help="learning rate of schemes with 1-bit layers (default 0.001)")
     p.add_argument("--optimizer", default="sgd", choices=list(OPTIMIZERS), help="quant_train.py's --optimizer")
+    p.add_argument("--lsq-init", default=None, choices=list(LSQ_INITS), help="quant_train.py's --lsq-init")
     p.add_argument("--wd", type=float, default=None, help="quant_train.py's --wd (default: its own)")
     p.add_argument("--train-bn", action="store_true",
                    help="train BN on batch statistics (binary networks) instead of quant_train.py's --fix-BN")
@@ -74,6 +75,8 @@ def _train_args(args, scheme: str, method: str, lr: float) -> list[str]:
             "--no-progress", *([] if args.train_bn else ["--fix-BN"])]
     if args.wd is not None:
         argv += ["--wd", f"{args.wd:g}"]
+    if args.lsq_init and method == "lsq":
+        argv += ["--lsq-init", args.lsq_init]
     if args.eval_limit:
         argv += ["--eval-limit", str(args.eval_limit)]
     if args.kd:

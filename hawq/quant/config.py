@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from hawq import numerics as N
 from hawq.errors import HawqError
-from hawq.quant.learned import BINARY_METHODS, check_method
+from hawq.quant.learned import BINARY_METHODS, LSQ_INITS, check_method
 
 
 __all__ = ["QuantConfig", "HAWQ_README"]
@@ -35,6 +35,10 @@ class QuantConfig:
         quantizer: how scales are found, one of :data:`hawq.quant.learned.METHODS`: ``minmax``
             (ranges), ``lsq`` (learned steps), ``pact`` (learned activation clips), ``dorefa``
             (tanh weight transform) [--quantizer].
+        lsq_init: where ``lsq`` starts its steps: ``minmax`` (the min/max scale of the first batch's
+            range and of the weights) or ``mean`` (LSQ's paper: 2·mean|v|/√Qp of the first batch,
+            per output channel for weights; at 2 bits the min/max step puts most weights and
+            activations on 0) [--lsq-init].
     """
 
     numerics: str = "exact"
@@ -47,9 +51,12 @@ class QuantConfig:
     fix_BN_threshold: int | None = None
     fixed_point_quantization: bool = False
     quantizer: str = "minmax"
+    lsq_init: str = "minmax"
 
     def __post_init__(self):
         check_method(self.quantizer)
+        if self.lsq_init not in LSQ_INITS:
+            raise HawqError(f"unknown --lsq-init {self.lsq_init!r}; expected one of {', '.join(LSQ_INITS)}")
         if self.numerics not in N.PROFILES:
             raise HawqError(f"unknown numeric profile {self.numerics!r}; expected one of {', '.join(N.PROFILES)}")
         if not 8 <= int(self.bias_bit) <= 32:
@@ -98,7 +105,8 @@ class QuantConfig:
                    act_range_momentum=args.act_range_momentum, act_percentile=args.act_percentile,
                    weight_percentile=args.weight_percentile, fix_BN=args.fix_BN,
                    fix_BN_threshold=args.fix_BN_threshold, fixed_point_quantization=args.fixed_point_quantization,
-                   quantizer=getattr(args, "quantizer", None) or "minmax")
+                   quantizer=getattr(args, "quantizer", None) or "minmax",
+                   lsq_init=getattr(args, "lsq_init", None) or "minmax")
 
     @classmethod
     def from_legacy_args(cls, saved: dict | None, numerics: str = "exact") -> "QuantConfig":

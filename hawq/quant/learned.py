@@ -41,13 +41,18 @@ import math
 
 import torch
 
-__all__ = ["METHODS", "ACT_PARAM", "WEIGHT_PARAM", "MAX_LEARNED_ACT_BITS", "check_method", "grad_scale",
+from hawq.numerics import MIN_RANGE
+
+__all__ = ["METHODS", "LSQ_INITS", "lsq_initial_step", "ACT_PARAM", "WEIGHT_PARAM", "MAX_LEARNED_ACT_BITS",
+           "check_method", "grad_scale",
            "round_ste", "lsq_grad_factor", "lsq_surrogate", "lsq_ste", "pact_ste", "pact_surrogate",
            "pact_range", "dorefa_weight", "BINARY_METHODS", "check_binary", "sign_ste", "binary_weight_ste"]
 
 METHODS = ("minmax", "lsq", "pact", "dorefa", "xnor", "bireal")
 #: Methods with a 1-bit (sign grid) form; a bit_config with 1-bit layers needs one of them.
 BINARY_METHODS = ("xnor", "bireal")
+#: Where LSQ's learned steps start (QuantConfig.lsq_init, --lsq-init).
+LSQ_INITS = ("minmax", "mean")
 #: Methods whose activation quantizer owns a learned parameter, and its name in the state dict.
 ACT_PARAM = {"lsq": "act_step", "pact": "act_clip"}
 #: Methods whose weight quantizer owns a learned parameter ([C_out]).
@@ -103,6 +108,17 @@ class _RoundSTE(torch.autograd.Function):
 def round_ste(x: torch.Tensor) -> torch.Tensor:
     """round() with an identity gradient."""
     return _RoundSTE.apply(x)
+
+
+def lsq_initial_step(v: torch.Tensor, qmax: int, channel_dim: int | None = None) -> torch.Tensor:
+    """LSQ's initial step 2·mean|v|/√Q_P (Esser et al., 2020): float32 [1], or one per index of
+    ``channel_dim`` ([C], the mean over everything else); at least :data:`hawq.numerics.MIN_RANGE`."""
+    a = v.detach().abs().float()
+    if channel_dim is None:
+        mean = a.mean().reshape(1)
+    else:
+        mean = a.transpose(0, channel_dim).reshape(a.shape[channel_dim], -1).mean(1)
+    return (2.0 * mean / math.sqrt(max(qmax, 1))).clamp(min=MIN_RANGE)
 
 
 def lsq_grad_factor(numel: int, qmax: int) -> float:

@@ -122,6 +122,7 @@ class QuantAct(nn.Module):
         self.act_range_momentum = config.act_range_momentum
         self.act_percentile = config.act_percentile
         self.quantizer = config.quantizer
+        self.lsq_init = config.lsq_init
         self.fixed_point_quantization = config.fixed_point_quantization
         self.running_stat = True
         self.stored_scale = False        # True: evaluate act_scaling_factor as stored (HAWQ quantized_checkpoint)
@@ -245,12 +246,15 @@ class QuantAct(nn.Module):
         return self.learned is None or self.mode == "asymmetric" or not bool((self.learned != 0).all())
 
     @torch.no_grad()
-    def _init_learned(self) -> None:
-        """First training step of lsq/pact: start the step (clip) at the min/max scale (range)."""
+    def _init_learned(self, total: torch.Tensor) -> None:
+        """First training step of lsq/pact: start the step (clip) at the min/max scale (range) of
+        the batch ``total``; lsq with ``lsq_init`` ``mean`` at LSQ's 2·mean|total|/√Qp."""
         p = self.learned
         if p is None or bool((p != 0).all()):
             return
-        if self.quantizer == "lsq":
+        if self.quantizer == "lsq" and self.lsq_init == "mean":
+            p.copy_(L.lsq_initial_step(total, N.qrange(self.activation_bit, self.mode == "symmetric")[1]).to(p))
+        elif self.quantizer == "lsq":
             p.copy_(N.activation_params(self.x_min, self.x_max, self.activation_bit, self.mode)[0].to(p))
         else:
             hi = self.x_max.abs() if self.mode != "symmetric" else torch.maximum(self.x_min.abs(), self.x_max.abs())
@@ -317,7 +321,7 @@ class QuantAct(nn.Module):
             raise HawqError(f"'{self.layer_name}': a residual add cannot produce a 1-bit value")
         if self.running_stat and self._needs_range():
             self._observe(total)
-        self._init_learned()
+        self._init_learned(total)
         scale, zero = self.quant_params()
         scale, zero = scale.to(xv.device), zero.to(xv.device)
         with torch.no_grad():
@@ -470,6 +474,7 @@ class _QuantWeightLayer(nn.Module):
         self.per_channel, self.weight_percentile = config.per_channel, config.weight_percentile
         self.profile = config.profile
         self.quantizer = config.quantizer
+        self.lsq_init = config.lsq_init
         self.stored = False       # True: evaluate the integer buffers as stored (HAWQ quantized_checkpoint)
         self.layer_name = ""
         c = weight_shape[0]
@@ -518,7 +523,13 @@ class _QuantWeightLayer(nn.Module):
             return self._minmax_scale(w)
         if not self.step_initialized:
             with torch.no_grad():
-                self.weight_step.copy_(self._minmax_scale(self.raw_weight().detach()).to(self.weight_step))
+                raw = self.raw_weight().detach()
+                if self.lsq_init == "mean":
+                    qmax = N.qrange(self.weight_bit, signed=True)[1]
+                    step = L.lsq_initial_step(raw, qmax, 0 if self.per_channel else None)
+                else:
+                    step = self._minmax_scale(raw)
+                self.weight_step.copy_(step.to(self.weight_step))
         return self._lsq_step(folded).detach().abs().float().clamp(min=N.MIN_RANGE)
 
     def _minmax_scale(self, w: torch.Tensor) -> torch.Tensor:

@@ -106,6 +106,25 @@ def test_lsq_weight_step_is_learned_and_used_for_the_integers():
     assert int(w.max()) == 7 and int(w.min()) == -8                  # half the step: the largest saturate
 
 
+def test_lsq_mean_init_is_the_papers_step():
+    """--lsq-init mean: the first training forward starts the steps at 2·mean|v|/√Qp (per output
+    channel for weights), not at the min/max scale; an unknown choice is one error."""
+    cfg = QuantConfig(quantizer="lsq", lsq_init="mean")
+    lin = QuantLinear(torch.nn.Linear(6, 3), cfg, weight_bit=2)
+    x = Q(torch.randn(5, 6), torch.tensor([0.02], dtype=torch.float64))
+    lin.train()
+    lin(x)
+    torch.testing.assert_close(lin.weight_step.detach(), 2 * lin.weight.detach().abs().mean(1) / math.sqrt(1))
+    act = QuantAct("relu", cfg, activation_bit=2)
+    a = torch.randn(8, 4, 5, 5, generator=torch.Generator().manual_seed(0)).relu() * 3   # heavy-tailed, as after ReLU
+    act.train()
+    act(a)
+    torch.testing.assert_close(act.quant_params()[0], (2 * a.mean() / math.sqrt(3)).reshape(1))
+    assert act.quant_params()[0].item() < N.activation_params(act.x_min, act.x_max, 2, act.mode)[0].item()
+    with pytest.raises(HawqError, match="unknown --lsq-init 'max'"):
+        QuantConfig(quantizer="lsq", lsq_init="max")
+
+
 def _bn_conv(fix_bn: bool) -> QuantBnConv2d:
     torch.manual_seed(0)
     conv, bn = torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.BatchNorm2d(4)
