@@ -2,7 +2,7 @@
 
     python -m hawq.release train      # runs every command below (resnet20: ~20 min, mobilenetv2_w1: ~45 min,
                                       # mobilenet_v3_small: ~20 min, the two profile-ort runs: ~27 min,
-                                      # bireal_resnet20 FP + binary and resnet20 uniform2: ~15 min on 2 cores)
+                                      # bireal_resnet20 FP + binary: ~15 min, resnet20 uniform2: ~7 min on 2 cores)
     python -m hawq.release manifest   # copies the best checkpoints into checkpoints/, evaluates
                                       # each one with quant_train.py -e and writes MANIFEST.csv
 
@@ -105,6 +105,14 @@ RELEASES += [
                                                "--epochs", "4", "--lr", "0.001", "--optimizer", "adam", "--wd", "5e-6",
                                                "--data-percentage", "0.3", "--save-path", f"{RUNS}/bireal_resnet20_binary",
                                                *_BR_COMMON]),
+]
+# 2-bit (W2/A2 on every layer but the stem, the classifier and the 16-bit accumulators): LSQ started
+# at the paper's steps (--lsq-init mean; from min/max steps 2-bit QAT collapses), from the released
+# FP checkpoint, a seeded 30 % of the training set (results/binary.md).
+RELEASES += [
+    (f"{OUT}/{ARCH}_uniform2.pth.tar", ["--quant-scheme", "uniform2", "--quantizer", "lsq", "--lsq-init", "mean",
+                                        "--epochs", "6", "--lr", "0.005", "--data-percentage", "0.3",
+                                        "--save-path", f"{RUNS}/{ARCH}_uniform2", *_COMMON, *_QAT]),
 ]
 #: Released files stored without the optimizer state (the weights alone are 45 MB for resnet18).
 WEIGHTS_ONLY = {f"{OUT}/torchvision_resnet18_fp32.pth.tar", MV3_FP_FILE,

@@ -22,7 +22,7 @@ with open(os.path.join(CKPT_DIR, "MANIFEST.csv")) as f:
 def test_manifest_lists_every_release():
     assert [r["file"] for r in ROWS] == [os.path.basename(d) for d, _ in RELEASES]
     assert {(r["arch"], r["scheme"]) for r in ROWS} == {
-        ("resnet20_cifar10", s) for s in ("fp32", "uniform8", "uniform4", "mixed_stage1_8bit")} | {
+        ("resnet20_cifar10", s) for s in ("fp32", "uniform8", "uniform4", "mixed_stage1_8bit", "uniform2")} | {
         ("mobilenetv2_w1", s) for s in ("fp32", "uniform8")} | {("torchvision:resnet18", "fp32")} | {
         ("torchvision:mobilenet_v3_small", s) for s in ("fp32", "uniform8")} | {
         ("hawq:bireal_resnet20", s) for s in ("fp32", "binary")}
