@@ -33,7 +33,7 @@ from hawq.tables import cpuinfo_field
 
 
 __all__ = ["Isa", "ISAS", "VPOPCNT_FLAG", "VPOPCNT_ATTR", "PREFERENCE", "CHOICES", "cpu_flags", "detect", "resolve", "require_runnable",
-           "llvm_attrs", "describe"]
+           "llvm_attrs", "host_mhz", "mac_limit_gmac_s", "describe"]
 
 @dataclass(frozen=True)
 class Isa:
@@ -46,6 +46,9 @@ class Isa:
     mattr: tuple[str, ...]
     off: tuple[str, ...]
     vector_bits: int
+    #: Peak exact 8-bit multiply-accumulates per cycle and core: the family's widest exact int8 dot
+    #: product at its usual throughput (two vector ports; AMX: one 16x16x64 tdpbusd per 16 cycles).
+    macs_per_cycle: int = 0
 
     def runs_on(self, flags: set[str]) -> bool:
         return all(f in flags for f in self.flags)
@@ -53,15 +56,17 @@ class Isa:
 
 ISAS: dict[str, Isa] = {i.name: i for i in (
     Isa("avx2", ("avx2",), "haswell", ("+avx2", "+fma"),
-        ("-avx512f", "-avxvnni", "-amx-tile", "-amx-int8", "-gfni"), 256),
+        ("-avx512f", "-avxvnni", "-amx-tile", "-amx-int8", "-gfni"), 256, 32),      # vpmaddwd ymm: 16 x 2
     Isa("avx512", ("avx2", "avx512bw"), "skylake-avx512", ("+avx2", "+avx512f", "+avx512bw", "+avx512vl"),
-        ("-avx512vnni", "-avxvnni", "-amx-tile", "-amx-int8", "-gfni", "-avx512vpopcntdq"), 512),
+        ("-avx512vnni", "-avxvnni", "-amx-tile", "-amx-int8", "-gfni", "-avx512vpopcntdq"), 512, 64),  # vpmaddwd zmm
     Isa("avxvnni", ("avx2", "avx_vnni"), "alderlake", ("+avx2", "+avxvnni"),
-        ("-avx512f", "-amx-tile", "-amx-int8", "-gfni"), 256),
+        ("-avx512f", "-amx-tile", "-amx-int8", "-gfni"), 256, 64),                  # vpdpbusd ymm: 32 x 2
     Isa("vnni", ("avx2", "avx512bw", "avx512_vnni"), "icelake-server",
-        ("+avx2", "+avx512f", "+avx512bw", "+avx512vl", "+avx512vnni"), ("-amx-tile", "-amx-int8", "-gfni"), 512),
+        ("+avx2", "+avx512f", "+avx512bw", "+avx512vl", "+avx512vnni"), ("-amx-tile", "-amx-int8", "-gfni"), 512,
+        128),                                                                          # vpdpbusd zmm: 64 x 2
     Isa("amx", ("avx2", "avx512bw", "avx512_vnni", "amx_int8", "amx_tile"), "sapphirerapids",
-        ("+avx2", "+avx512f", "+avx512bw", "+avx512vl", "+avx512vnni", "+amx-tile", "+amx-int8"), (), 512),
+        ("+avx2", "+avx512f", "+avx512bw", "+avx512vl", "+avx512vnni", "+amx-tile", "+amx-int8"), (), 512,
+        1024),                                                                         # 16384 per 16 cycles
 )}
 #: The vector popcount of the binary convolutions (:mod:`tvm_benchmark.binary`): the ``/proc/cpuinfo``
 #: flag and its LLVM feature. Not a family of its own: a 512-bit family's program uses ``vpopcntq``
@@ -114,6 +119,24 @@ def llvm_attrs(isa: Isa, host_cpu: str, flags: set[str] | None = None) -> tuple[
     extra = ([VPOPCNT_ATTR] if native and isa.vector_bits >= 512 and VPOPCNT_FLAG in flags
              and "-avx512vpopcntdq" not in isa.off else [])
     return mcpu, list(isa.mattr) + extra + list(isa.off)
+
+
+def host_mhz() -> float | None:
+    """This CPU's clock in MHz as ``/proc/cpuinfo`` reports it (the nominal one in most VMs; None
+    when unreadable)."""
+    try:
+        return float(cpuinfo_field("cpu MHz") or "")
+    except ValueError:
+        return None
+
+
+def mac_limit_gmac_s(isa: Isa | None, threads: int, mhz: float | None = None) -> float | None:
+    """The int8 MAC limit of ``threads`` cores of ``isa`` at ``mhz`` (default: :func:`host_mhz`) in
+    GMAC/s: ``macs_per_cycle · threads · GHz``; None without a family or a clock."""
+    mhz = host_mhz() if mhz is None else mhz
+    if isa is None or not mhz or not isa.macs_per_cycle:
+        return None
+    return isa.macs_per_cycle * threads * mhz / 1e3
 
 
 def describe(flags: set[str] | None = None) -> str:

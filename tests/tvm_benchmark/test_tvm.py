@@ -264,7 +264,13 @@ def test_layer_latency_table(tmp_path):
     assert layer_latency.main(["-a", "resnet20_cifar10", "--out", str(tmp_path / "t.csv"), "--no-progress"]) == 0
     import pandas as pd
     df = pd.read_csv(tmp_path / "t.csv")
-    assert list(df.columns) == ["layer", "bits", "median_ms", "p90_ms", "macs", "gmac_s", "epilogue_ms"]
+    assert list(df.columns) == ["layer", "bits", "median_ms", "p90_ms", "macs", "gmac_s", "pct_of_limit",
+                                "epilogue_ms"]
+    from tvm_benchmark.isa import detect, mac_limit_gmac_s
+    limit = mac_limit_gmac_s(detect(), 2)
+    if limit:                                          # the achieved rate against the host's int8 limit
+        timed = df[df.median_ms > 0]
+        np.testing.assert_allclose(timed.pct_of_limit, 100 * timed.gmac_s / limit, atol=0.06)
     # resnet20: the stem reads 3x32x32 at 16 filters of 3x3x3; a unit's first conv has a requant epilogue
     stem = df[(df.layer == "quant_init_block_convbn") & (df.bits == 8)].iloc[0]
     assert stem.macs == 16 * 32 * 32 * 27 and stem.epilogue_ms >= 0
@@ -285,6 +291,16 @@ def test_layer_latency_has_binary_rows(tmp_path):
     from hawq.bit_config import load_scheme
     one = {k for k, v in load_scheme("hawq:bireal_resnet20", "binary").items() if v == 1 and k.endswith(".conv")}
     assert set(df[df.bits == 1].layer) == one and len(one) == 18 and (df.median_ms >= 0).all()
+
+
+def test_mac_limit_per_family():
+    """The int8 MAC limit layer_latency measures against: the family's MACs per cycle and core x
+    threads x clock; nothing without a family or a clock."""
+    from tvm_benchmark.isa import ISAS, mac_limit_gmac_s
+    assert mac_limit_gmac_s(ISAS["vnni"], 2, 2500.0) == 640.0          # vpdpbusd zmm: 64 MACs, 2 per cycle
+    assert mac_limit_gmac_s(ISAS["amx"], 2, 2500.0) == 5120.0          # 16x16x64 tdpbusd per 16 cycles
+    assert mac_limit_gmac_s(ISAS["avx2"], 1, 3000.0) == 96.0
+    assert mac_limit_gmac_s(None, 2, 2500.0) is None and mac_limit_gmac_s(ISAS["vnni"], 2, 0.0) is None
 
 
 def test_layer_latency_knows_each_layers_macs_and_epilogue():

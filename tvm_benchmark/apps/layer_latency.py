@@ -3,9 +3,11 @@
     python -m tvm_benchmark.layer_latency -a resnet18 [--target llvm] [--isa vnni] [-b 1] [--threads 2]
 
 writes ``results/layer_latency/<host key>/<arch>.csv`` (``layer,bits,median_ms,p90_ms,macs,gmac_s,
-epilogue_ms``; the key names the host's LLVM CPU and the kernel family, e.g. ``llvm-znver3-avx2``),
+pct_of_limit,epilogue_ms``; the key names the host's LLVM CPU and the kernel family, e.g. ``llvm-znver3-avx2``),
 which ``hawq.mpq --constraint latency=...`` reads for the current host (or ``--latency-table PATH``).
 ``macs``: multiply-accumulates per batch; ``gmac_s``: what the layer achieved (macs / median);
+``pct_of_limit``: that against the host's int8 MAC limit for the family (``Isa.macs_per_cycle`` ×
+threads × the clock ``/proc/cpuinfo`` reports: the next bottleneck shows as a low percentage);
 ``epilogue_ms``: the time the requantization that reads the layer's accumulators adds to it (with a
 ReLU or clamp before it, as TVM fuses them: the layer and its epilogue compiled together, timed the
 same way, minus the layer alone; empty where a residual add or several nodes read them), so a slow
@@ -44,13 +46,13 @@ from hawq.quant.config import QuantConfig
 from tvm_benchmark.apps.cli_args import add_isa_arg
 from tvm_benchmark.compile import compile_program
 from tvm_benchmark.frontend import value_ranges
-from tvm_benchmark.isa import resolve
+from tvm_benchmark.isa import host_mhz, mac_limit_gmac_s, resolve
 from tvm_benchmark.runtime import Runner
 from tvm_benchmark.targets import device_of, target_tag
 
 __all__ = ["cli", "FIELDS", "ROOT", "calibrated_graph", "layer_macs", "epilogue_of", "paired_ms", "layer_rows", "write_rows", "main"]
 
-FIELDS = ("layer", "bits", "median_ms", "p90_ms", "macs", "gmac_s", "epilogue_ms")
+FIELDS = ("layer", "bits", "median_ms", "p90_ms", "macs", "gmac_s", "pct_of_limit", "epilogue_ms")
 ROOT = Path(__file__).resolve().parents[2] / "results" / "layer_latency"   # data, not code
 
 
@@ -166,9 +168,13 @@ def _jobs(arch: str, batch: int, threads: int, target: str, rng, isa: str | None
 
 
 def layer_rows(arch: str, batch: int, threads: int, target: str, passes: int = 3,
-               progress: bool = True, isa: str | None = None, input_size: int | None = None) -> list[dict]:
+               progress: bool = True, isa: str | None = None, input_size: int | None = None,
+               limit_gmac_s: float | None = None) -> list[dict]:
     """Every layer is measured in ``passes`` passes spread over the whole run (5 paired rounds
-    each), so a slow spell of a shared machine cannot own one layer's figure."""
+    each), so a slow spell of a shared machine cannot own one layer's figure. ``limit_gmac_s``: the
+    host's int8 MAC limit (:func:`tvm_benchmark.isa.mac_limit_gmac_s`), which ``pct_of_limit`` of
+    the 4- and 8-bit rows is measured against (empty without it, and for 1-bit rows, whose
+    popcount MACs are not int8 ones)."""
     rng = np.random.default_rng(0)
     jobs = _jobs(arch, batch, threads, target, rng, isa, input_size)
     with tqdm(total=passes * len(jobs), desc=f"{arch} layers", disable=not progress, leave=False,
@@ -183,9 +189,11 @@ def layer_rows(arch: str, batch: int, threads: int, target: str, passes: int = 3
     for j in jobs:
         d, e = j.diffs, j.epilogue_diffs
         median = max(float(np.median(d)), 0.0)
+        gmac_s = j.macs / (median * 1e6) if median > 0 else None
+        pct = round(100 * gmac_s / limit_gmac_s, 1) if gmac_s and limit_gmac_s and j.bits > 1 else ""
         rows.append({"layer": j.name, "bits": j.bits, "median_ms": round(median, 5),
                      "p90_ms": round(max(float(np.percentile(d, 90)), 0.0), 5), "macs": j.macs,
-                     "gmac_s": round(j.macs / (median * 1e6), 2) if median > 0 else "",
+                     "gmac_s": round(gmac_s, 2) if gmac_s else "", "pct_of_limit": pct,
                      "epilogue_ms": round(max(float(np.median(e)) - median, 0.0), 5) if e else ""})
     return rows
 
@@ -210,8 +218,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     family = resolve(args.isa) if args.target == "llvm" else None
+    limit = mac_limit_gmac_s(family, args.threads)
     rows = layer_rows(args.arch, args.batch_size, args.threads, args.target, progress=not args.no_progress,
-                      isa=args.isa, input_size=args.input_size)
+                      isa=args.isa, input_size=args.input_size, limit_gmac_s=limit)
     canonical = args.input_size in (None, arch_info(args.arch).input_size)
     name = args.arch if canonical else f"{args.arch}@{args.input_size}"
     out = Path(args.out) if args.out else ROOT / target_tag(args.target, family) / f"{name}.csv"
@@ -221,6 +230,9 @@ def main(argv=None) -> int:
     binary = f", 1-bit rows {total[1]:.3f} ms" if total[1] else ""
     print(f"{len(rows)} rows -> {out}  (sum of medians: 8-bit {total[8]:.3f} ms, 4-bit rows {total[4]:.3f} ms{binary}; "
           f"8-bit requantization epilogues measured: {epilogue:.3f} ms)")
+    if limit:
+        print(f"int8 MAC limit of this host for {family.name}: {limit:.0f} GMAC/s ({family.macs_per_cycle} "
+              f"MAC/cycle/core x {args.threads} threads x {host_mhz():.0f} MHz); pct_of_limit is against it")
     return 0
 
 
