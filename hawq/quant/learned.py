@@ -50,7 +50,7 @@ __all__ = ["METHODS", "LSQ_INITS", "lsq_initial_step", "ACT_PARAM", "WEIGHT_PARA
 
 METHODS = ("minmax", "lsq", "pact", "dorefa", "xnor", "bireal")
 #: Methods with a 1-bit (sign grid) form; a bit_config with 1-bit layers needs one of them.
-BINARY_METHODS = ("xnor", "bireal")
+BINARY_METHODS = ("xnor", "bireal", "dorefa", "lsq")
 #: Where LSQ's learned steps start (QuantConfig.lsq_init, --lsq-init).
 LSQ_INITS = ("minmax", "mean")
 #: Methods whose activation quantizer owns a learned parameter, and its name in the state dict.
@@ -147,15 +147,15 @@ class _LSQ(torch.autograd.Function):
     """Forward: ``value`` as given. Backward: :func:`lsq_surrogate`'s gradients, computed in one pass."""
 
     @staticmethod
-    def forward(ctx, x, step, value, qmin: int, qmax: int, g: float, channel_dim):
+    def forward(ctx, x, step, value, qmin: int, qmax: int, g: float, channel_dim, binary: bool = False):
         ctx.save_for_backward(x, step)
-        ctx.args = (qmin, qmax, g, channel_dim)
+        ctx.args = (qmin, qmax, g, channel_dim, binary)
         return value
 
     @staticmethod
     def backward(ctx, grad):
         x, step = ctx.saved_tensors
-        qmin, qmax, g, channel_dim = ctx.args
+        qmin, qmax, g, channel_dim, binary = ctx.args
         s = step.abs().clamp(min=1e-8).to(x.dtype)
         per_channel = channel_dim is not None and s.numel() > 1
         if per_channel:
@@ -167,22 +167,25 @@ class _LSQ(torch.autograd.Function):
         # bool compares and masked_fill are several times slower on CPU.
         v = x / s
         grad_x = torch.ops.aten.hardtanh_backward(grad, v, float(qmin), float(qmax))
-        term = v.clamp(qmin, qmax).round_().sub_(torch.ops.aten.hardtanh_backward(v, v, float(qmin), float(qmax)))
+        # (the sign grid, ``binary``: sign(v), +1 at 0, in place of the rounding)
+        level = torch.where(v < 0, -1.0, 1.0).to(v.dtype) if binary else v.clamp(qmin, qmax).round_()
+        term = level.sub_(torch.ops.aten.hardtanh_backward(v, v, float(qmin), float(qmax)))
         if per_channel:
             dims = [d for d in range(x.dim()) if d != channel_dim]
             grad_s = term.mul_(grad).sum(dim=dims)
         else:
             grad_s = torch.dot(term.reshape(-1), grad.reshape(-1)).reshape(1)
         sign = torch.where(step < 0, -1.0, 1.0).to(grad_s.dtype)   # d|s|/ds; |s| > 0 after the first step
-        return grad_x, (grad_s * g * sign).reshape(step.shape).to(step.dtype), None, None, None, None, None
+        return grad_x, (grad_s * g * sign).reshape(step.shape).to(step.dtype), None, None, None, None, None, None
 
 
 def lsq_ste(x: torch.Tensor, step: torch.Tensor, value: torch.Tensor, qmin: int, qmax: int, g: float,
-            channel_dim: int | None = None) -> torch.Tensor:
+            channel_dim: int | None = None, binary: bool = False) -> torch.Tensor:
     """Forward exactly ``value`` (the module's own fake quantization of ``x``); backward the LSQ
     gradients of :func:`lsq_surrogate` in ``x`` and ``step``, without building its graph (a
-    training step costs about what a min/max one does)."""
-    return _LSQ.apply(x, step, value.detach(), qmin, qmax, g, channel_dim)
+    training step costs about what a min/max one does). ``binary``: the sign grid (``qmin``/``qmax``
+    −1/1, the level sign(x/s) instead of the rounded one: 1-bit LSQ weights)."""
+    return _LSQ.apply(x, step, value.detach(), qmin, qmax, g, channel_dim, binary)
 
 
 class _PACT(torch.autograd.Function):
@@ -281,6 +284,8 @@ class _BinaryWeightSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         w, alpha = ctx.saved_tensors
+        if ctx.method == "dorefa":             # DoReFa's k = 1: sign(W)·E|W| with the plain STE
+            return grad, None, None, None
         inside = torch.ops.aten.hardtanh_backward(grad, w, -1.0, 1.0)
         if ctx.method == "bireal":
             return inside, None, None, None
@@ -293,5 +298,6 @@ class _BinaryWeightSTE(torch.autograd.Function):
 def binary_weight_ste(w: torch.Tensor, value: torch.Tensor, alpha: torch.Tensor, method: str) -> torch.Tensor:
     """Forward exactly ``value`` (α·sign(W), the exported weight); backward ``method``'s weight
     gradient: ``xnor`` dC/dW̃·(1/n + α·1{|W| < 1}) (n = weights per output channel, α [C_out] or
-    [1]), ``bireal`` dC/dW̃·1{|W| < 1}."""
+    [1]), ``bireal`` dC/dW̃·1{|W| < 1}, ``dorefa`` dC/dW̃ (straight through). ``lsq`` learns α
+    instead: :func:`lsq_ste` with ``binary``."""
     return _BinaryWeightSTE.apply(w, value.detach(), alpha.detach(), method)

@@ -172,7 +172,8 @@ class QuantAct(nn.Module):
     def _sync_learned(self) -> None:
         """The learned parameter exists only where it is used (lsq/pact, <= MAX_LEARNED_ACT_BITS):
         an unused parameter would fail DDP's gradient reduction and sit in the optimizer."""
-        want = bool(self.learned_name) and self.activation_bit <= L.MAX_LEARNED_ACT_BITS
+        # (none on the sign grid: its scale is 1 under every method)
+        want = bool(self.learned_name) and N.BINARY < self.activation_bit <= L.MAX_LEARNED_ACT_BITS
         has = bool(self.learned_name) and self.learned_name in self._parameters
         if want and not has:
             self.register_parameter(self.learned_name, nn.Parameter(torch.zeros(1)))
@@ -187,7 +188,7 @@ class QuantAct(nn.Module):
     def learned(self) -> torch.Tensor | None:
         """The learned step (lsq) or clip (pact) parameter, or None (minmax, dorefa, and quantizers
         wider than :data:`~hawq.quant.learned.MAX_LEARNED_ACT_BITS`, which keep min/max ranges)."""
-        if not self.learned_name or self.activation_bit > L.MAX_LEARNED_ACT_BITS:
+        if not self.learned_name or not N.BINARY < self.activation_bit <= L.MAX_LEARNED_ACT_BITS:
             return None
         return self._parameters.get(self.learned_name)
 
@@ -524,7 +525,7 @@ class _QuantWeightLayer(nn.Module):
         if not self.step_initialized:
             with torch.no_grad():
                 raw = self.raw_weight().detach()
-                if self.lsq_init == "mean":
+                if self.lsq_init == "mean" and self.weight_bit != N.BINARY:   # sign grid: mean|W| (XNOR's α) either way
                     qmax = N.qrange(self.weight_bit, signed=True)[1]
                     step = L.lsq_initial_step(raw, qmax, 0 if self.per_channel else None)
                 else:
@@ -553,6 +554,8 @@ class _QuantWeightLayer(nn.Module):
         if self.weight_rounding is not None:
             return self.weight_rounding(w, s_w)
         deq = N.quantize_weight(w, s_w, self.weight_bit, self.profile) * N.channel_view(s_w, w.dim(), 0)
+        if self.weight_bit == N.BINARY and self.quantizer == "lsq" and not self.has_fixed_scale:
+            return L.lsq_ste(w, self._lsq_step(folded), deq, -1, 1, L.lsq_grad_factor(w[0].numel(), 1), 0, binary=True)
         if self.weight_bit == N.BINARY:
             return L.binary_weight_ste(w, deq, s_w, self.quantizer)
         if self.quantizer == "lsq" and not self.has_fixed_scale:

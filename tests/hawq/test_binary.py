@@ -72,17 +72,30 @@ def test_sign_gradients_of_xnor_and_bireal():
         assert torch.allclose(x.grad, torch.tensor(want)), (method, x.grad)
 
 
-def test_weight_gradients_of_xnor_and_bireal():
+def test_weight_gradients_of_each_binary_method():
     w = torch.tensor([[0.5, -2.0, 0.25, -0.5]], requires_grad=True)
     alpha = N.binary_weight_scale(w)
     value = N.binarize(w.detach()) * alpha.reshape(-1, 1)
     for method, want in (("xnor", [0.8125 + 0.25, 0.25, 0.8125 + 0.25, 0.8125 + 0.25]),
-                         ("bireal", [1.0, 0.0, 1.0, 1.0])):
+                         ("bireal", [1.0, 0.0, 1.0, 1.0]), ("dorefa", [1.0, 1.0, 1.0, 1.0])):
         w.grad = None
         y = L.binary_weight_ste(w, value, alpha, method)
         assert torch.equal(y, value)
         y.sum().backward()
         assert torch.allclose(w.grad, torch.tensor([want])), (method, w.grad)
+
+
+def test_one_bit_lsq_learns_its_scale_on_the_sign_grid():
+    """LSQ at 1 bit: forward sign(W)·s; d/dW straight through inside |W/s| <= 1; d/ds the level
+    sign(W/s) minus W/s inside, the level outside (LSQ's rule with sign in place of rounding)."""
+    w = torch.tensor([[0.5, -2.0, 0.25, -0.5]], requires_grad=True)
+    s = torch.ones(1, requires_grad=True)
+    value = N.binarize(w.detach()) * s.detach()
+    y = L.lsq_ste(w, s, value, -1, 1, 1.0, 0, binary=True)
+    assert torch.equal(y, value)
+    y.sum().backward()
+    assert w.grad.tolist() == [[1.0, 0.0, 1.0, 1.0]]
+    assert s.grad.item() == pytest.approx((1 - 0.5) + (-1) + (1 - 0.25) + (-1 + 0.5))
 
 
 # --------------------------------------------------------------------------- the binary scheme
@@ -120,7 +133,7 @@ def test_binary_program_is_exact_in_qat_reference_and_onnx(method):
 
 # --------------------------------------------------------------------------- bad input
 def test_one_bit_needs_a_binary_method():
-    with pytest.raises(HawqError, match=r"is 1-bit, but --quantizer minmax has no 1-bit form \(use --quantizer xnor or bireal\)"):
+    with pytest.raises(HawqError, match=r"is 1-bit, but --quantizer minmax has no 1-bit form \(use --quantizer xnor or bireal or dorefa or lsq\)"):
         quant_model(ARCH, bc.load_scheme(ARCH, "binary"), 10, config=QuantConfig(quantizer="minmax"))
 
 
