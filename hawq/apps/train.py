@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="linear learning-rate warm-up, per step (default: 1 epoch from scratch, 0 when fine-tuning)")
     a("--quantizer", default=None, choices=list(METHODS),
       help="minmax (ranges), lsq (learned steps), pact (learned activation clips), dorefa (tanh weight "
-           "transform), xnor or bireal (1-bit layers: XNOR-Net's or Bi-Real's sign gradients); default: the "
+           "transform), xnor or bireal (1-bit layers: XNOR-Net's or Bi-Real's sign gradients; dorefa and lsq have "
+           "1-bit forms too); default: the "
            "--resume checkpoint's, else minmax")
     a("--lsq-init", default=None, choices=list(LSQ_INITS),
       help="where --quantizer lsq starts its steps: minmax (the min/max scale; default) or mean (LSQ's "
