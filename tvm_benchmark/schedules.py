@@ -37,6 +37,8 @@ __all__ = ["SCHEDULED", "CONV", "CONV_OUT", "INT32_MAX", "GROUPS", "ConvPlan", "
 
 SCHEDULED = "hawq.scheduled"
 CONV, CONV_OUT = "hawq_conv", "hawq_conv_out"   # block names the post-fusion schedule looks for
+INT32_MAX = 2 ** 31 - 1
+GROUPS = (4, 2, 1)   # vpmaddubsw steps summed in int16 before widening, most first (8 measured no faster)
 #: Kernels of the planned convolutions by name (a fused function's conv block names its kernel).
 _KERNELS: dict[str, object] = {}
 #: Schedule of a conv block per kernel type: ``fn(sch, conv block, kernel, emulate, epilogue block name)``.
@@ -50,8 +52,6 @@ def conv_schedule(kernel_type: type):
         _SCHEDULES[kernel_type] = fn
         return fn
     return deco
-INT32_MAX = 2 ** 31 - 1
-GROUPS = (4, 2, 1)   # vpmaddubsw steps summed in int16 before widening, most first (8 measured no faster)
 
 
 @dataclass(frozen=True)

@@ -554,14 +554,13 @@ class _QuantWeightLayer(nn.Module):
         if self.weight_rounding is not None:
             return self.weight_rounding(w, s_w)
         deq = N.quantize_weight(w, s_w, self.weight_bit, self.profile) * N.channel_view(s_w, w.dim(), 0)
-        if self.weight_bit == N.BINARY and self.quantizer == "lsq" and not self.has_fixed_scale:
-            return L.lsq_ste(w, self._lsq_step(folded), deq, -1, 1, L.lsq_grad_factor(w[0].numel(), 1), 0, binary=True)
+        if self.quantizer == "lsq" and not self.has_fixed_scale:
+            lo, hi = N.qrange(self.weight_bit, signed=True)     # the sign grid: [-1, 1]
+            g = L.lsq_grad_factor(w[0].numel(), hi)
+            return L.lsq_ste(w, self._lsq_step(folded), deq, lo, hi, g, channel_dim=0,
+                             binary=self.weight_bit == N.BINARY)
         if self.weight_bit == N.BINARY:
             return L.binary_weight_ste(w, deq, s_w, self.quantizer)
-        if self.quantizer == "lsq" and not self.has_fixed_scale:
-            lo, hi = N.qrange(self.weight_bit, signed=True)
-            g = L.lsq_grad_factor(w[0].numel(), hi)
-            return L.lsq_ste(w, self._lsq_step(folded), deq, lo, hi, g, channel_dim=0)
         return N.straight_through(w, deq)
 
     def _fake_bias(self, b: torch.Tensor | None, scale_in: torch.Tensor | None, s_w: torch.Tensor):
