@@ -26,6 +26,9 @@ __all__ = ["lower", "build", "schedule_gpu_default", "Built", "plan_kernel", "co
 def lower(mod: tvm.IRModule) -> tvm.IRModule:
     """High-level Relax ops -> fused TIR kernels (conv + bias + requant + clip + cast in one)."""
     seq = tvm.transform.Sequential([
+        # A conv's bias add that a requantization folded into its rounding constant is left unused;
+        # gone before fusion, so the conv keeps a single reader and fuses with its epilogue.
+        relax.transform.DeadCodeElimination(),
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         # No FoldConstant: it would fold the requantization's int32 multipliers, widened to int64 at

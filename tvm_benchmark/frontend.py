@@ -57,6 +57,8 @@ FLOAT_REQUANT_KERNEL = "hawq_float_requant"
 #: prepares the operands a plan asks for.
 ConvPlanner = Callable[..., object]
 
+#: Unsigned word dtype holding one pixel of P channel bytes (:meth:`_Builder._pack_pixels`).
+_WORDS = {4: "uint32", 8: "uint64"}
 _CONTAINERS = ("uint8", "int8", "int16", "int32", "int64")
 _I64 = np.iinfo(np.int64)
 
@@ -118,7 +120,7 @@ def _np(t) -> np.ndarray:
     return t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
 
 
-def _const(a: np.ndarray, dtype: str) -> relax.Constant:
+def _const(a: np.ndarray, dtype: str) -> tvm.ir.expr.Constant:
     return relax.const(np.ascontiguousarray(a).astype(dtype), dtype)
 
 
@@ -294,7 +296,9 @@ class _Builder:
         data = self._pad_hw(data, pad, offset, extra_channels=extra_c, extra_width=extra_w)
         b, h, wd, cp = (int(d) for d in data.ty.shape)
         oh, ow = (h - kh) // stride[0] + 1, (wp - kw) // stride[1] + 1
-        if plan.window:
+        if plan.window and cp in _WORDS:
+            data = self._pack_pixels(data)
+        elif plan.window:
             data = self.emit(relax.op.reshape(data, [b, h, wd * cp]))
         elif plan.column_phases:
             data = self.emit(relax.op.reshape(data, [b, h, wd // stride[1], stride[1], cp]))
@@ -306,6 +310,22 @@ class _Builder:
         acc = self.emit(relax.call_tir(gv, [data, _const(plan.pack(w), kernel.weight_dtype)],
                                        relax.TensorType([b, oh, ow, o], "int32")))
         return acc, offset
+
+    def _pack_pixels(self, data: relax.Expr) -> relax.Expr:
+        """NHWC ``[B, H, W, P]`` uint8 -> the same bytes as ``[B, H, W·P]`` uint8, computed as one
+        P-byte word per pixel (channel c in bits 8c.., little-endian) and viewed as bytes: the
+        producer (the input's quantization and NCHW -> NHWC transpose, fused) then stores whole
+        pixels from contiguous input rows instead of scattering single bytes."""
+        b, h, w, p = (int(d) for d in data.ty.shape)
+        word = _WORDS[p]
+        packed = None
+        for c in range(p):
+            part = self.emit(relax.op.astype(relax.op.strided_slice(data, axes=[3], begin=[c], end=[c + 1]), word))
+            if c:
+                part = self.emit(relax.op.left_shift(part, relax.const(8 * c, word)))
+            packed = part if packed is None else self.emit(relax.op.bitwise_or(packed, part))
+        packed = self.emit(relax.op.reshape(packed, [b, h, w]))
+        return self.emit(relax.op.memory.view(packed, shape=[b, h, w * p], dtype="uint8"))
 
     def _binary_planned(self, plan: BinaryConvPlan, data: relax.Expr, w: np.ndarray, pad: tuple[int, int, int, int],
                         stride: list[int]) -> relax.Expr:
@@ -409,25 +429,51 @@ class _Builder:
         if max(t for t, _ in _channel_products(v.absmax(), m, s)) > _I64.max:
             raise HawqError(f"{what}: requantization product overflows int64")
         m, s = self.per_channel(m, nd), self.per_channel(s, nd)
+        if rounding not in ("half_up", "half_even"):
+            raise HawqError(f"{what}: unknown requantization rounding {rounding!r} (half_up or half_even)")
+        # v = acc + bias (a conv's or dense's int32 sum and its bias constant): v·m = acc·m + bias·m,
+        # the second term one int64 constant per channel, folded into the rounding term. The int32
+        # add then never reaches the multiply, which LLVM would otherwise widen first (sext(a + b)
+        # -> sext a + sext b), losing the proof that the factor fits 32 bits: vpmullq (three µops)
+        # instead of vpmuldq in every epilogue.
+        acc, bias = self._biased_sum(v)
+        if (acc is not None and bias.ndim == m.ndim
+                and (v.absmax() + int(np.abs(bias).max(initial=0))) * int(np.abs(m).max(initial=0)) <= _I64.max):
+            v_expr, const = self.emit(relax.op.astype(acc, "int64")), bias * m.astype(np.int64)
+        else:
+            v_expr, const = self.cast(v, "int64"), np.zeros_like(m, dtype=np.int64)
         if np.abs(m).max(initial=0) < 2 ** 31 and v.absmax() < 2 ** 31:
             # int32 operands widened at the multiply (sext · sext): one vpmuldq per 8 lanes instead
             # of AVX-512DQ's three-µop vpmullq (or its AVX2 emulation) in every epilogue.
             m64 = self.emit(relax.op.astype(_const(m, "int32"), "int64"))
         else:
             m64 = _const(m, "int64")
-        t = self.emit(relax.op.multiply(self.cast(v, "int64"), m64))
+        t = self.emit(relax.op.multiply(v_expr, m64))
         shift = _const(s, "int64")
+        half = np.left_shift(np.int64(1), s - 1)
         if rounding == "half_up":
-            e = self.emit(relax.op.add(t, _const(np.left_shift(1, s - 1), "int64")))
-        elif rounding == "half_even":
-            # Below a tie floor, above it round up, at a tie add the parity of floor(t / 2^s).
-            odd = self.emit(relax.op.right_shift(t, shift))
-            odd = self.emit(relax.op.bitwise_and(odd, relax.const(1, "int64")))
-            e = self.emit(relax.op.add(t, _const(np.left_shift(1, s - 1) - 1, "int64")))
-            e = self.emit(relax.op.add(e, odd))
-        else:
-            raise HawqError(f"{what}: unknown requantization rounding {rounding!r} (half_up or half_even)")
+            return self.emit(relax.op.right_shift(self.emit(relax.op.add(t, _const(const + half, "int64"))), shift))
+        if const.any():
+            t = self.emit(relax.op.add(t, _const(const, "int64")))
+        # half_even: below a tie floor, above it round up, at a tie add the parity of floor(t / 2^s).
+        odd = self.emit(relax.op.right_shift(t, shift))
+        odd = self.emit(relax.op.bitwise_and(odd, relax.const(1, "int64")))
+        e = self.emit(relax.op.add(t, _const(half - 1, "int64")))
+        e = self.emit(relax.op.add(e, odd))
         return self.emit(relax.op.right_shift(e, shift))
+
+    def _biased_sum(self, v: Value) -> tuple[relax.Expr | None, np.ndarray]:
+        """(acc, bias) where ``v`` (offset 0, int32) was emitted as ``acc + bias`` with ``bias`` an
+        int32 constant broadcast over the channel axis, else (None, empty)."""
+        if v.offset or v.dtype != "int32" or not isinstance(v.expr, relax.Var):
+            return None, np.zeros(0, np.int64)
+        bound = self.bb.lookup_binding(v.expr)
+        if not (isinstance(bound, relax.Call) and getattr(bound.op, "name", "") == "relax.add"):
+            return None, np.zeros(0, np.int64)
+        acc, bias = bound.args
+        if not isinstance(bias, tvm.ir.expr.Constant) or _dt(acc) != "int32" or _dt(bias) != "int32":
+            return None, np.zeros(0, np.int64)
+        return acc, bias.value.numpy().astype(np.int64)
 
     def _saturate(self, e: relax.Expr, lo: int, hi: int) -> relax.Expr:
         e = self.emit(relax.op.clip(e, lo, hi))
@@ -700,6 +746,29 @@ def pool_after_epilogue(graph: ir.Graph) -> ir.Graph:
     return dataclasses.replace(graph, nodes=nodes)
 
 
+def relu_after_requant(graph: ir.Graph) -> ir.Graph:
+    """The same integers with each ReLU that feeds only a requantization (no negative multiplier,
+    qmax >= 0) moved after it: ``sat(R(max(x, 0))) = max(sat(R(x)), 0)`` because R never decreases
+    and R(0) = 0 under either rounding, and the clip commutes with max(·, 0) when qmax >= 0. The
+    conv's bias add then meets the requantization directly, which folds the bias into its rounding
+    constant (one multiply of the raw int32 sum, see :meth:`_Builder._rescale`)."""
+    readers: dict[str, int] = {graph.output: 1}
+    for n in graph.nodes:
+        for v in n.inputs:
+            readers[v] = readers.get(v, 0) + 1
+    nodes = list(graph.nodes)
+    for i, relu in enumerate(nodes):
+        if not isinstance(relu, ir.Relu) or readers.get(relu.output) != 1 or i + 1 >= len(nodes):
+            continue
+        nxt = nodes[i + 1]
+        if not (isinstance(nxt, ir.Requant) and list(nxt.inputs) == [relu.output] and _monotone(nxt)
+                and int(nxt.qmax) >= 0):
+            continue
+        nodes[i] = dataclasses.replace(nxt, inputs=list(relu.inputs), output=relu.output)
+        nodes[i + 1] = dataclasses.replace(relu, inputs=[relu.output], output=nxt.output)
+    return dataclasses.replace(graph, nodes=nodes)
+
+
 def build_module(graph: "ir.Graph | dict", input_shape: tuple[int, ...], all_outputs: bool = False,
                  planner: ConvPlanner | None = None, weights_as_params: bool = False):
     """Relax module ``main(x: float32[input_shape]) -> logits`` for an artifact graph.
@@ -714,7 +783,7 @@ def build_module(graph: "ir.Graph | dict", input_shape: tuple[int, ...], all_out
     """
     graph = ir.as_graph(graph)
     if not all_outputs:     # (every node's own value is compared there)
-        graph = pool_after_epilogue(graph)
+        graph = relu_after_requant(pool_after_epilogue(graph))
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType([int(d) for d in input_shape], "float32"))
     b = _Builder(bb, layout="NHWC" if planner is not None else "NCHW", planner=planner,

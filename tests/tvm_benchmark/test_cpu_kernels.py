@@ -241,7 +241,8 @@ def test_kernel_instruction_in_assembly(kernel):
     asm = lib.mod.inspect_source("asm")
     assert f"\t{kernel.instruction}\t" in asm
     if isinstance(kernel, AmxKernel):
-        assert all(f"\t{op}\t" in asm for op in ("ldtilecfg", "tileloadd", "tilestored", "tilezero"))
+        assert all(f"\t{op}\t" in asm for op in ("sttilecfg", "ldtilecfg", "tileloadd", "tilestored", "tilezero"))
+        assert asm.index("\tsttilecfg\t") < asm.index("\tldtilecfg\t")     # the check guards the load
     if kernel.family == "avxvnni":
         assert "{vex}\tvpdpbusd" in asm and "zmm" not in asm
     if kernel.family == "avx2":
@@ -299,3 +300,40 @@ def test_export_records_isa_and_run_refuses_a_foreign_one(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"--isa {foreign} needs CPU flags" in err[0]
+
+
+def test_tile_config_words():
+    """The ldtilecfg operand: palette 1, 64-byte rows; accumulators and A tiles of m rows, B of 16."""
+    from tvm_benchmark.intrinsics.x86_amx import tile_config
+    cfg = b"".join(w.to_bytes(4, "little", signed=True) for w in tile_config(14, 2, 2))
+    assert cfg[0] == 1 and not any(cfg[1:16])
+    assert [int.from_bytes(cfg[16 + 2 * t:18 + 2 * t], "little") for t in range(8)] == [64] * 8
+    assert list(cfg[48:56]) == [14, 14, 14, 14, 14, 14, 16, 16] and not any(cfg[56:])
+    one = b"".join(w.to_bytes(4, "little", signed=True) for w in tile_config(7, 2, 1))
+    assert list(one[48:56]) == [7, 7, 0, 0, 7, 16, 16, 0] and one[16 + 2 * 3] == 0     # tile 3 unused
+
+
+@pytest.mark.skipif(not I.ISAS["amx"].runs_on(HOST), reason="this CPU has no AMX-INT8 (the config check "
+                    "only runs natively; its assembly is checked in test_kernel_instruction_in_assembly)")
+def test_amx_kernels_with_different_tile_configs_interleave():
+    """A task loads the tile configuration only when the thread's differs: two kernels of different
+    tile rows, run alternately on the same threads, each stay bit-exact (a stale configuration
+    would compute with the other kernel's row count)."""
+    request_amx()
+    rng = np.random.default_rng(7)
+    mcpu, mattr = I.llvm_attrs(I.ISAS["amx"], host_cpu())
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "mattr": mattr})
+    runs = []
+    for kernel in (AmxKernel(14), AmxKernel(8, atiles=2)):
+        b, c, o = 2, 64, 64
+        h = w_ = kernel.pixels + 2
+        d, w = _worst_case(kernel, rng, c, o, 3, 3, h, w_, b)
+        plan = S.ConvPlan(kernel, 0)
+        func = plan.prim_func(b, (h, w_), c, o, (3, 3), (1, 1))
+        lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target)
+        args = [tvm.runtime.tensor(_phases(d, 1).astype("uint8")), tvm.runtime.tensor(plan.pack(w))]
+        runs.append((lib, args, _ref_conv(d, w, (1, 1))))
+    for lib, args, ref in runs * 3:
+        out = tvm.runtime.tensor(np.zeros(ref.shape, "int32"))
+        lib(*args, out)
+        np.testing.assert_array_equal(out.numpy(), ref)

@@ -110,6 +110,31 @@ def test_conv_epilogue_fused_into_its_kernel():
     assert not split, split
 
 
+def test_relu_moves_after_its_requantization():
+    """A ReLU that feeds only a requantization moves after it (sat(R(max(x, 0))) = max(sat(R(x)), 0)
+    for a non-decreasing R with R(0) = 0): the same integers; the conv's bias add then meets the
+    requantization, which folds the bias into its rounding constant, so every requantizing
+    epilogue multiplies the raw int32 sum with vpmuldq, never AVX-512DQ's three-µop vpmullq."""
+    from tvm_benchmark.frontend import relu_after_requant
+    graph = ir.as_graph(load_program(CKPT.format("uniform8")).graph)
+    moved = relu_after_requant(graph)
+    moved.validate()
+    def relu_requant(g):    # ReLUs read by a requantization: (ReLU output, how many read it)
+        reads = [v for n in g.nodes for v in n.inputs]
+        return [(a.output, reads.count(a.output)) for a, b in zip(g.nodes, g.nodes[1:])
+                if isinstance(a, ir.Relu) and isinstance(b, ir.Requant) and b.inputs == [a.output]]
+    assert len(relu_requant(graph)) > 8
+    assert all(readers > 1 for _, readers in relu_requant(moved))    # only those the residual also reads
+    x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_array_equal(run_graph(moved, x), run_graph(graph, x))
+    mod = S.schedule_generic(S.schedule_convs(lower(build_module(
+        graph, (2, 3, 32, 32), planner=lambda *a: S.plan_conv(ISAS["vnni"], *a)))))
+    asm = tvm.compile(mod, tvm.target.Target({"kind": "llvm", "mcpu": "icelake-server",
+                                              "mattr": ["+avx512f", "+avx512bw", "+avx512dq", "+avx512vnni"]}))
+    asm = asm.mod.imports[0].inspect_source("asm") if asm.mod.imports else asm.mod.inspect_source("asm")
+    assert "\tvpmuldq\t" in asm and "\tvpmullq\t" not in asm
+
+
 def test_max_pool_moves_after_the_monotone_epilogue():
     """ResNet's stem pool moves past the requantization and ReLU that follow it (max commutes with a
     non-decreasing map, padding never wins): the same integers, and the pool reads the narrow value.

@@ -6,9 +6,9 @@ bytes (16 groups of 4 input channels × 16 output channels × 4, pre-packed at e
 ``[O/32, KH, KW, C/64, 2, 16, 16, 4]``) into ``NT`` accumulator tiles of ``M × 16`` int32. The
 accumulators stay in tile registers across the whole reduction, as wmma fragments do on a GPU:
 
-- ``amx_zero_*`` loads the tile configuration (``ldtilecfg``: palette 1, rows/column bytes per tile;
-  configuration is per thread, so every parallel task loads it before its first tile op) and zeroes
-  the accumulators (``tilezero``);
+- ``amx_zero_*`` makes sure the thread's tile configuration is the kernel's (palette 1, rows/column
+  bytes per tile; configuration is per thread, so every parallel task checks it with ``sttilecfg``
+  and loads it with ``ldtilecfg`` where it differs) and zeroes the accumulators (``tilezero``);
 - ``amx_dot_*`` loads A and the B tiles (``tileloadd``, strided) and issues ``tdpbusd`` per B tile;
 - ``amx_store_*`` writes the accumulators out (``tilestored``).
 
@@ -84,11 +84,41 @@ def _zero_desc(m: int, nt: int):
     return desc
 
 
+def tile_config(m: int, nt: int, at: int) -> list[int]:
+    """The 64-byte ``ldtilecfg`` operand as 16 little-endian int32 words: palette 1; accumulators
+    ``a·NT + t`` of m rows, A tiles ``4 + a`` of m rows, B tiles ``4 + AT + t`` of 16 rows, every
+    row 64 bytes."""
+    cfg = bytearray(64)
+    cfg[0] = 1
+    tiles = [(i, m) for i in range(at * nt)] + [(A_TILE + a, m) for a in range(at)]
+    tiles += [(A_TILE + at + t, 16) for t in range(nt)]
+    for tile, rows in tiles:
+        cfg[16 + 2 * tile] = K_BYTES
+        cfg[48 + tile] = rows
+    return [int.from_bytes(cfg[i:i + 4], "little", signed=True) for i in range(0, 64, 4)]
+
+
 def _zero_impl(m: int, nt: int, at: int):
-    """ldtilecfg (accumulators ``a·NT + t``: m rows; A tiles 4 + a: m rows; B tiles 4 + AT + t: 16
-    rows; 64 bytes each), then tilezero on every accumulator. Tile numbers are immediates: the
-    unrolled loops leave constants."""
+    """Make sure the thread's tile configuration is :func:`tile_config` (``ldtilecfg`` only where
+    ``sttilecfg`` shows another one: a task runs after the same kernel's previous task almost
+    always, and ``ldtilecfg`` costs about ten times a ``sttilecfg`` and a compare), then tilezero
+    on every accumulator. The accumulators' own memory (at least 128 bytes; overwritten by the
+    store) is the scratch for both configurations. Tile numbers are immediates: the unrolled loops
+    leave constants."""
     p = m * at
+    words = tile_config(m, nt, at)
+
+    def differs(buf):      # OR of (word i of the buffer, row-major) ^ (word i of the configuration)
+        expr = T.int32(0)
+        for i, w in enumerate(words):
+            expr = expr | (buf[i // (nt * N_LANES), i // N_LANES % nt, i % N_LANES] ^ T.int32(w))
+        return expr
+
+    def pick(i):           # word i of the configuration (i a loop variable)
+        expr = T.int32(words[-1])
+        for j in range(len(words) - 2, -1, -1):
+            expr = T.Select(i == j, T.int32(words[j]), expr)
+        return expr
 
     @T.prim_func(s_tir=True)
     def impl(c: T.handle) -> None:
@@ -96,20 +126,11 @@ def _zero_impl(m: int, nt: int, at: int):
         with T.sblock("root"):
             T.reads()
             T.writes(C[0:p, 0:nt, 0:N_LANES])
-            cfg = T.alloc_buffer((64,), "uint8", scope="local")
-            for i in range(64):
-                cfg[i] = T.uint8(0)
-            cfg[0] = T.uint8(1)                                   # palette 1
-            for i in range(at * nt):                              # accumulators: m rows x 64 bytes
-                cfg[16 + 2 * i] = T.uint8(64)
-                cfg[48 + i] = T.uint8(m)
-            for a in range(at):                                   # A: m rows x 64 bytes
-                cfg[16 + 2 * (A_TILE + a)] = T.uint8(64)
-                cfg[48 + A_TILE + a] = T.uint8(m)
-            for t in range(nt):                                   # B: 16 rows x 64 bytes
-                cfg[16 + 2 * (A_TILE + at + t)] = T.uint8(64)
-                cfg[48 + A_TILE + at + t] = T.uint8(16)
-            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.ldtilecfg", cfg.access_ptr("r")))
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.sttilecfg", C.access_ptr("w")))
+            if differs(C) != 0:
+                for i in T.unroll(16):      # the configuration, in words 16..31
+                    C[(16 + i) // (nt * N_LANES), (16 + i) // N_LANES % nt, (16 + i) % N_LANES] = pick(i)
+                T.evaluate(T.call_llvm_intrin("void", "llvm.x86.ldtilecfg", C.access_ptr("r", offset=16)))
             for i in T.unroll(at * nt):
                 T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.Cast("int8", i)))
     return impl
