@@ -334,8 +334,8 @@ def compare_latency(isa: I.Isa, channels: int, out_channels: int, hw: int, k: in
     plan8 = plan_conv(isa, "uint8", 0, 255, w8, 1, out_w=ow)
     hp = hw + 2 * pad
     d = rng.integers(0, 256, (1, hp, hp, channels)).astype(plan8.kernel.act_dtype)   # vpmaddwd: int16
-    if plan8.column_phases:
-        d = np.ascontiguousarray(d.reshape(1, hp, hp, 1, channels).transpose(0, 1, 3, 2, 4))
+    if plan8.pixel_groups:
+        d = d.reshape(1, hp, hp, channels)       # groups of one pixel
         request_amx()
     lib8 = tvm.compile(tvm.IRModule({"main": plan8.prim_func(1, (hp, hp), channels, out_channels, (k, k), (1, 1))
                                      .with_attr("global_symbol", "main")}), make_target("llvm", threads, isa))

@@ -271,7 +271,7 @@ class _Builder:
     def _conv_planned(self, plan, data: relax.Expr, w: np.ndarray, pad: list[int], stride: list[int],
                       offset: int) -> tuple[relax.Expr, int]:
         """NHWC conv through a hand-scheduled kernel: shift/widen the operand as the kernel reads it,
-        pad (spatial with the centered zero, channels to the kernel's multiple), split column phases
+        pad (spatial with the centered zero, channels to the kernel's multiple), view pixel groups
         where the kernel asks (or flatten its rows: the AMX window form), call it. Returns (int32 acc
         [B,OH,OW,O], total offset)."""
         o, c, kh, kw = w.shape
@@ -291,8 +291,8 @@ class _Builder:
             # the kernel reads overlapping 64-byte windows of each row (weights zero beyond the taps).
             extra_c, extra_w = kernel.pixel_bytes - c, plan.input_width(wp, kw, stride[1]) - wp
         else:
-            # Column phases need W a multiple of the stride; the extra columns are never read.
-            extra_c, extra_w = -c % kernel.channels, (-wp % stride[1] if plan.column_phases else 0)
+            # Pixel groups need W a multiple of the stride; the extra columns are never read.
+            extra_c, extra_w = -c % kernel.channels, (-wp % stride[1] if plan.pixel_groups else 0)
         data = self._pad_hw(data, pad, offset, extra_channels=extra_c, extra_width=extra_w)
         b, h, wd, cp = (int(d) for d in data.ty.shape)
         oh, ow = (h - kh) // stride[0] + 1, (wp - kw) // stride[1] + 1
@@ -300,9 +300,10 @@ class _Builder:
             data = self._pack_pixels(data)
         elif plan.window:
             data = self.emit(relax.op.reshape(data, [b, h, wd * cp]))
-        elif plan.column_phases:
-            data = self.emit(relax.op.reshape(data, [b, h, wd // stride[1], stride[1], cp]))
-            data = self.emit(relax.op.permute_dims(data, [0, 1, 3, 2, 4]))
+        elif plan.pixel_groups and stride[1] > 1:
+            # A view, not a reshape op: FuseOps would fuse a reshape into the producer, whose
+            # legalized index arithmetic (nested div/mod per lane) then keeps it from vectorizing.
+            data = self.emit(relax.op.memory.view(data, shape=[b, h, wd // stride[1], stride[1] * cp]))
         func = plan.compute_func(b, (h, wp), cp, o, (kh, kw), tuple(stride))
         grouped = f"_g{plan.groups}" if plan.groups > 1 else ""
         name = f"conv2d_amx_window_m{kernel.rows}__" if plan.window else f"conv2d_{kernel.name}{grouped}__"
@@ -406,7 +407,7 @@ class _Builder:
         plan = None
         if self.planner is not None and acc == "int32" and _dt(data) in ("uint8", "int8"):
             plan = self.planner(_dt(data), x.lo, x.hi, w.reshape(*w.shape, 1, 1), 1, 1)
-        if isinstance(plan, GemmPlan) or (isinstance(plan, ConvPlan) and not plan.column_phases):
+        if isinstance(plan, GemmPlan) or (isinstance(plan, ConvPlan) and not plan.pixel_groups):
             # The classifier is a 1x1 convolution over a 1x1 image: the same tensor-core GEMM, or on
             # a CPU the planned vector kernel.
             b, c = (int(d) for d in data.ty.shape)

@@ -68,8 +68,9 @@ class ConvPlan:
     groups: int = 1
 
     @property
-    def column_phases(self) -> bool:
-        """True when the kernel reads its input split into stride column phases (AMX)."""
+    def pixel_groups(self) -> bool:
+        """True when the kernel reads its input as groups of stride-many pixels, ``[B, H, W/S, S·C]``
+        (AMX; a reshape of NHWC whose width is a multiple of the stride)."""
         return isinstance(self.kernel, AmxKernel)
 
     def pack(self, w: np.ndarray) -> np.ndarray:
@@ -270,11 +271,12 @@ def _dot_compute(kernel: DotKernel, batch: int, in_hw: tuple[int, int], channels
 
 def _amx_compute(kernel: AmxKernel, batch: int, in_hw: tuple[int, int], channels: int, out_channels: int,
                  ksize: tuple[int, int], stride: tuple[int, int], emulate: bool) -> tvm.tirx.PrimFunc:
-    """``(data [B,H,S,W/S,C] uint8, w = pack_weight(...)) -> [B,OH,OW,O]`` int32, unscheduled.
+    """``(data [B,H,W/S,S·C] uint8, w = pack_weight(...)) -> [B,OH,OW,O]`` int32, unscheduled.
 
-    ``data`` is the padded NHWC input split into its ``S`` = stride column phases (column
-    ``x·S + rw`` is phase ``rw mod S``, index ``x + rw div S``), so the M pixels of an A tile are
-    consecutive rows of one phase: one strided ``tileloadd`` (row stride C bytes) for any stride.
+    ``data`` is the padded NHWC input viewed as groups of ``S`` = stride neighbouring pixels (a
+    reshape, no copy: column ``x·S + rw`` is group ``x + rw div S``, member ``rw mod S`` at byte
+    ``(rw mod S)·C`` of the group), so the M pixels of an A tile are one member of M consecutive
+    groups: one strided ``tileloadd`` (row stride S·C bytes) for any stride.
     """
     if kernel.pixel_bytes:
         return _amx_window_compute(kernel, batch, in_hw, out_channels, ksize, stride, emulate)
@@ -282,12 +284,12 @@ def _amx_compute(kernel: AmxKernel, batch: int, in_hw: tuple[int, int], channels
     (kh, kw), (sh, sw) = ksize, stride
     oh, ow = (h - kh) // sh + 1, (w_ - kw) // sw + 1
     nt = kernel.ntiles
-    data = te.placeholder(i64(batch, h, sw, -(-w_ // sw), channels), "uint8", name="data")
+    data = te.placeholder(i64(batch, h, -(-w_ // sw), sw * channels), "uint8", name="data")
     wt = te.placeholder(i64(out_channels // (16 * nt), kh, kw, channels // 64, nt, 16, 16, 4), "int8", name="weight")
     rh, rw = te.reduce_axis(i64(0, kh), "rh"), te.reduce_axis(i64(0, kw), "rw")
     rc, rg, rk = (te.reduce_axis(i64(0, n), name) for n, name in ((channels // 64, "rc"), (16, "rg"), (4, "rk")))
     acc = te.compute(i64(batch, oh, ow, out_channels // 16, 16), lambda n, y, x, ob, oi: te.sum(
-        data[n, y * sh + rh, rw % sw, x + rw // sw, rc * 64 + rg * 4 + rk].astype("int32")
+        data[n, y * sh + rh, x + rw // sw, rw % sw * channels + rc * 64 + rg * 4 + rk].astype("int32")
         * wt[ob // nt, rh, rw, rc, ob % nt, rg, oi, rk].astype("int32"), axis=[rh, rw, rc, rg, rk]), name=CONV)
     return with_output(acc, [data, wt], kernel, emulate)
 

@@ -115,11 +115,12 @@ def _ref_conv(d: np.ndarray, w: np.ndarray, stride: tuple[int, int]) -> np.ndarr
     return out
 
 
-def _phases(d: np.ndarray, s: int) -> np.ndarray:
+def _groups(d: np.ndarray, s: int) -> np.ndarray:
+    """NHWC -> the AMX kernels' [B, H, W/S, S·C] (W zero-filled to a multiple of S)."""
     b, h, wd, c = d.shape
     pad = np.zeros((b, h, -(-wd // s) * s, c), d.dtype)
     pad[:, :, :wd] = d
-    return np.ascontiguousarray(pad.reshape(b, h, -1, s, c).transpose(0, 1, 3, 2, 4))
+    return pad.reshape(b, h, -1, s * c)
 
 
 KERNELS = [pmaddwd(256), pmaddubsw(256, 1), pmaddubsw(256, 4), pmaddwd(512), pmaddubsw(512, 4),
@@ -158,7 +159,7 @@ def test_kernel_bit_exact_at_worst_case_bounds(kernel, ksize, stride):
     if native:
         target["mcpu"], target["mattr"] = I.llvm_attrs(family, host_cpu())
     lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), tvm.target.Target(target))
-    data = _phases(d, stride[1]) if plan.column_phases else d
+    data = _groups(d, stride[1]) if plan.pixel_groups else d
     if native and isinstance(kernel, AmxKernel):
         request_amx()
     oh = (h - ksize[0]) // stride[0] + 1
@@ -267,7 +268,7 @@ def resnet18_64():
 
 @pytest.mark.parametrize("family", list(I.ISAS))
 def test_whole_program_bit_exact_per_family(family, resnet18_64):
-    """Every family's program (kernel choice, shifts, channel padding, column phases, packing)
+    """Every family's program (kernel choice, shifts, channel padding, pixel groups, packing)
     == the integer reference; emulated instructions where this CPU lacks the family."""
     from tvm_benchmark.frontend import build_module
     graph, x = resnet18_64
@@ -331,7 +332,7 @@ def test_amx_kernels_with_different_tile_configs_interleave():
         plan = S.ConvPlan(kernel, 0)
         func = plan.prim_func(b, (h, w_), c, o, (3, 3), (1, 1))
         lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target)
-        args = [tvm.runtime.tensor(_phases(d, 1).astype("uint8")), tvm.runtime.tensor(plan.pack(w))]
+        args = [tvm.runtime.tensor(_groups(d, 1).astype("uint8")), tvm.runtime.tensor(plan.pack(w))]
         runs.append((lib, args, _ref_conv(d, w, (1, 1))))
     for lib, args, ref in runs * 3:
         out = tvm.runtime.tensor(np.zeros(ref.shape, "int32"))
