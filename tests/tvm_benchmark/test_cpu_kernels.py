@@ -19,6 +19,7 @@ from tvm_benchmark import schedules as S
 from tvm_benchmark.intrinsics.x86_amx import AmxKernel
 from tvm_benchmark.intrinsics.x86_madd import pmaddubsw, pmaddwd
 from tvm_benchmark.intrinsics.x86_vnni import vpdpbusd
+from tvm_benchmark.compile import lower
 from tvm_benchmark.runtime import request_amx
 from tvm_benchmark.targets import host_cpu
 
@@ -277,6 +278,9 @@ def test_whole_program_bit_exact_per_family(family, resnet18_64):
     called = {str(gv.name_hint).removeprefix("conv2d_").split("_")[0] for gv in mod.get_global_vars()} - {"main"}
     assert called == {"avx2": {"pmaddwd", "pmaddubsw"}, "avx512": {"pmaddwd", "pmaddubsw"}, "avxvnni": {"vpdpbusd"},
                       "vnni": {"vpdpbusd"}, "amx": {"amx"}}[family]     # amx: the stem in the window form
+    if family == "amx":     # the input's quantization stores whole 4-byte pixels, viewed as the stem's bytes
+        main = lower(mod)["main"].script()
+        assert 'dtype="uint32"' in main and "R.memory.view" in main
     got = tvm_outputs(graph, x, isa=family, emulate=not native)
     np.testing.assert_array_equal(got, run_graph(graph, x))
 
