@@ -253,6 +253,15 @@ class _Builder:
         elif isinstance(plan, GemmPlan):
             y, offset = self._gemm_planned(plan, data, w, pad, stride, x.offset, node.name)
         elif plan is not None:
+            if (plan.pixel_groups and not plan.window and plan.kernel.atiles == 1 and w.shape[2:] == (1, 1)
+                    and stride == [1, 1] and pad == [0, 0] and groups == 1):
+                # 1x1, stride 1, an image row too short for two tiles (7 or 14 pixels): every pixel
+                # of the batch in one row, so tiles span image rows (and pair)
+                b_, h_, w_ = (int(d) for d in list(data.ty.shape)[:3])
+                flat = self.planner(_dt(data), x.lo + x.offset, x.hi + x.offset, w, groups, b_ * h_ * w_)
+                if (isinstance(flat, ConvPlan) and flat.pixel_groups and (b_, h_) != (1, 1)
+                        and flat.kernel.pixels > plan.kernel.pixels):
+                    plan = dataclasses.replace(flat, flat=True)
             y, offset = self._conv_planned(plan, data, w, pad, stride, x.offset)
         else:
             offset = x.offset
@@ -301,13 +310,16 @@ class _Builder:
             data = self._pack_pixels(data)
         elif plan.window:
             data = self.emit(relax.op.reshape(data, [b, h, wd * cp]))
+        elif plan.flat:
+            data = self.emit(relax.op.memory.view(data, shape=[1, 1, b * h * wd, cp]))
         elif plan.pixel_groups and stride[1] > 1:
             # A view, not a reshape op: FuseOps would fuse a reshape into the producer, whose
             # legalized index arithmetic (nested div/mod per lane) then keeps it from vectorizing.
             data = self.emit(relax.op.memory.view(data, shape=[b, h, wd // stride[1], stride[1] * cp]))
         func = plan.compute_func(b, (h, wp), cp, o, (kh, kw), tuple(stride))
         grouped = f"_g{plan.groups}" if plan.groups > 1 else ""
-        name = f"conv2d_amx_window_m{kernel.rows}__" if plan.window else f"conv2d_{kernel.name}{grouped}__"
+        flat = "_flat" if plan.flat else ""
+        name = f"conv2d_amx_window_m{kernel.rows}__" if plan.window else f"conv2d_{kernel.name}{grouped}{flat}__"
         gv = self.bb.add_func(func, name)                   # the builder numbers repeats
         acc = self.emit(relax.call_tir(gv, [data, _const(plan.pack(w), kernel.weight_dtype)],
                                        relax.TensorType([b, oh, ow, o], "int32")))
@@ -547,8 +559,12 @@ class _Builder:
         return e if dt == "int8" else self.emit(relax.op.astype(e, "int8"))
 
     def relu(self, node: ir.Relu, x: Value) -> relax.Expr:
+        """max(x, 0), in the narrowest container of [0, hi]: after a requantization (a ReLU moved past
+        it, :func:`relu_after_requant`) an int8 value becomes uint8, which the kernels read unshifted."""
         x = self.centered(x)
-        return self.emit(relax.op.maximum(x.expr, relax.const(0, x.dtype)))
+        e = self.emit(relax.op.maximum(x.expr, relax.const(0, x.dtype)))
+        narrow = container(0, max(x.hi, 0))
+        return self.emit(relax.op.astype(e, narrow)) if narrow != x.dtype else e
 
     def flatten(self, node: ir.Flatten, x: Value) -> relax.Expr:
         """PyTorch's C, H, W order whatever the program's layout (NHWC goes back to NCHW first)."""

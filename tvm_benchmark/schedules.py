@@ -66,6 +66,10 @@ class ConvPlan:
     act_shift: int = 0
     emulate: bool = False
     groups: int = 1
+    #: An AMX 1x1, stride-1, unpadded conv over all B·H·W pixels as one row (the input viewed as
+    #: ``[1, 1, B·H·W, C]``): tiles of up to 16 rows across image rows and images, where one image
+    #: row (7 or 14 pixels in ResNet's last stages) would fill a tile only partly or pair no tiles.
+    flat: bool = False
 
     @property
     def pixel_groups(self) -> bool:
@@ -91,6 +95,11 @@ class ConvPlan:
         kernel = self.kernel
         if self.window:
             kernel = dataclasses.replace(kernel, step=stride[1] * kernel.pixel_bytes)
+        if self.flat:
+            if ksize != (1, 1) or stride != (1, 1):
+                raise ValueError(f"a flat conv is 1x1 with stride 1, not {ksize} / {stride}")
+            return _amx_compute(kernel, 1, (1, batch * in_hw[0] * in_hw[1]), channels, out_channels, ksize, stride,
+                                self.emulate, image=(batch, *in_hw))
         if isinstance(kernel, AmxKernel):
             return _amx_compute(kernel, batch, in_hw, channels, out_channels, ksize, stride, self.emulate)
         return _dot_compute(kernel, batch, in_hw, channels, out_channels, ksize, stride, self.emulate, self.groups)
@@ -218,14 +227,18 @@ def _register_tile(ow: int, lane_blocks: int, registers: int, max_cols: int = 8,
     return best
 
 
-def with_output(acc: te.Tensor, args: list, kernel, emulate: bool, value=None) -> tvm.tirx.PrimFunc:
+def with_output(acc: te.Tensor, args: list, kernel, emulate: bool, value=None,
+                image: tuple[int, int, int] | None = None) -> tvm.tirx.PrimFunc:
     """The unscheduled, output-elementwise-fusable PrimFunc of ``acc`` [B,OH,OW,O/L,L] (block
     :data:`CONV`) plus its 4-D view ``[B,OH,OW,O]`` (block :data:`CONV_OUT`, the function's output;
     ``value(n, y, x, o)`` instead of ``acc[n, y, x, o // L, o % L]`` where the view also corrects
-    it): FuseOps appends the bias, requantization, clip, ReLU, residual add and cast that read it,
+    it; ``image`` = (B, H, W) where ``acc`` is a flat conv's ``[1, 1, B·H·W, O/L, L]``): FuseOps appends the bias, requantization, clip, ReLU, residual add and cast that read it,
     and :func:`schedule_convs` schedules the fused function with ``kernel``'s registered schedule
     (:func:`conv_schedule`; ``kernel.name`` names it in the conv block)."""
     b, oh, ow, ob, lanes = (int(d) for d in acc.shape)
+    if image is not None:   # acc [1, 1, B·H·W, ...] of a flat conv, viewed as the [B, H, W, O] image
+        b, oh, ow = image
+        value = value or (lambda n, y, x, o: acc[0, 0, (n * oh + y) * ow + x, o // lanes, o % lanes])
     out = te.compute(i64(b, oh, ow, ob * lanes), value or (lambda n, y, x, o: acc[n, y, x, o // lanes, o % lanes]),
                      name=CONV_OUT)
     sch = Schedule(te.create_prim_func([*args, out]))
@@ -270,7 +283,8 @@ def _dot_compute(kernel: DotKernel, batch: int, in_hw: tuple[int, int], channels
 
 
 def _amx_compute(kernel: AmxKernel, batch: int, in_hw: tuple[int, int], channels: int, out_channels: int,
-                 ksize: tuple[int, int], stride: tuple[int, int], emulate: bool) -> tvm.tirx.PrimFunc:
+                 ksize: tuple[int, int], stride: tuple[int, int], emulate: bool,
+                 image: tuple[int, int, int] | None = None) -> tvm.tirx.PrimFunc:
     """``(data [B,H,W/S,S·C] uint8, w = pack_weight(...)) -> [B,OH,OW,O]`` int32, unscheduled.
 
     ``data`` is the padded NHWC input viewed as groups of ``S`` = stride neighbouring pixels (a
@@ -291,7 +305,7 @@ def _amx_compute(kernel: AmxKernel, batch: int, in_hw: tuple[int, int], channels
     acc = te.compute(i64(batch, oh, ow, out_channels // 16, 16), lambda n, y, x, ob, oi: te.sum(
         data[n, y * sh + rh, x + rw // sw, rw % sw * channels + rc * 64 + rg * 4 + rk].astype("int32")
         * wt[ob // nt, rh, rw, rc, ob % nt, rg, oi, rk].astype("int32"), axis=[rh, rw, rc, rg, rk]), name=CONV)
-    return with_output(acc, [data, wt], kernel, emulate)
+    return with_output(acc, [data, wt], kernel, emulate, image=image)
 
 
 def _amx_window_compute(kernel: AmxKernel, batch: int, in_hw: tuple[int, int], out_channels: int,
@@ -430,7 +444,12 @@ def epilogue_at(sch: Schedule, name: str, task, lanes: int) -> None:
     they never leave the task's small buffer): iterated like the accumulators (channels split into
     lane blocks, which lets TensorIR match the regions), channels vectorized."""
     last = sch.get_sblock(name)
-    sch.transform_block_layout(last, lambda n, y, x, o: (n, y, x, o // lanes, o % lanes))
+    conv = _domain(sch, CONV)
+    b, h, w, _ = _domain(sch, name)
+    if conv[:3] == [1, 1, b * h * w] and [b, h] != [1, 1]:     # a flat conv: pixels as one row, as its tasks
+        sch.transform_block_layout(last, lambda n, y, x, o: (n * 0, n * 0, (n * h + y) * w + x, o // lanes, o % lanes))
+    else:
+        sch.transform_block_layout(last, lambda n, y, x, o: (n, y, x, o // lanes, o % lanes))
     sch.reverse_compute_at(last, task)
     sch.vectorize(sch.get_loops(last)[-1])
 

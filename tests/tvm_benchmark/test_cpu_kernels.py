@@ -342,3 +342,32 @@ def test_amx_kernels_with_different_tile_configs_interleave():
         out = tvm.runtime.tensor(np.zeros(ref.shape, "int32"))
         lib(*args, out)
         np.testing.assert_array_equal(out.numpy(), ref)
+
+
+def test_flat_amx_conv_bit_exact_and_chosen_for_short_rows():
+    """A 1x1 stride-1 conv whose image rows are too short to pair tiles (7 pixels) runs over all
+    B·H·W pixels as one row: tiles span image rows and images; worst-case operands, native on an
+    AMX host, else the emulated schedule. The front end picks it for resnet50's last stages."""
+    native = I.ISAS["amx"].runs_on(HOST)
+    rng = np.random.default_rng(11)
+    b, hw, c, o = 2, 7, 128, 64
+    d, w = _worst_case(AmxKernel(7, atiles=2), rng, c, o, 1, 1, hw, hw, b)
+    plan = S.ConvPlan(AmxKernel(7, atiles=2), 0, emulate=not native, flat=True)
+    func = plan.prim_func(b, (hw, hw), c, o, (1, 1), (1, 1))
+    target = {"kind": "llvm", "mcpu": host_cpu()}
+    if native:
+        target["mcpu"], target["mattr"] = I.llvm_attrs(I.ISAS["amx"], host_cpu())
+        request_amx()
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), tvm.target.Target(target))
+    out = tvm.runtime.tensor(np.zeros((b, hw, hw, o), "int32"))
+    lib(tvm.runtime.tensor(d.reshape(1, 1, b * hw * hw, c).astype("uint8")), tvm.runtime.tensor(plan.pack(w)), out)
+    np.testing.assert_array_equal(out.numpy(), _ref_conv(d, w, (1, 1)))
+    with pytest.raises(ValueError):
+        plan.prim_func(b, (hw, hw), c, o, (3, 3), (1, 1))
+    from tvm_benchmark.apps.layer_latency import calibrated_graph
+    from tvm_benchmark.frontend import build_module
+    graph, _ = calibrated_graph("resnet50", "uniform8", 1, input_size=224)
+    mod = build_module(graph, (1, 3, 224, 224), planner=lambda *a: S.plan_conv(I.ISAS["amx"], *a))
+    names = [gv.name_hint for gv in mod.get_global_vars()]
+    assert "conv2d_amx_m14_n2_a2_flat__" in names              # stage 3, 14x14: two tiles of 14 (was one)
+    assert not any("m7_n2_flat" in n for n in names)          # stage 4 at batch 1: 49 pixels tile no better
