@@ -334,8 +334,7 @@ def compare_latency(isa: I.Isa, channels: int, out_channels: int, hw: int, k: in
     plan8 = plan_conv(isa, "uint8", 0, 255, w8, 1, out_w=ow)
     hp = hw + 2 * pad
     d = rng.integers(0, 256, (1, hp, hp, channels)).astype(plan8.kernel.act_dtype)   # vpmaddwd: int16
-    if plan8.pixel_groups:
-        d = d.reshape(1, hp, hp, channels)       # groups of one pixel
+    if plan8.pixel_groups:      # (stride 1: groups of one pixel, the NHWC array itself)
         request_amx()
     lib8 = tvm.compile(tvm.IRModule({"main": plan8.prim_func(1, (hp, hp), channels, out_channels, (k, k), (1, 1))
                                      .with_attr("global_symbol", "main")}), make_target("llvm", threads, isa))

@@ -28,6 +28,7 @@ conv reads the uncentered ``uint8`` q, pads with z, and gets ``-z·ΣW`` folded 
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 from dataclasses import dataclass
 from typing import Callable
@@ -736,16 +737,20 @@ def _monotone(node: ir.Op) -> bool:
     return isinstance(node, (ir.Relu, ir.Clamp))
 
 
+def _readers(graph: ir.Graph) -> dict[str, int]:
+    """How many node inputs read each value (the graph's output counts as one more reader)."""
+    readers = collections.Counter(v for n in graph.nodes for v in n.inputs)
+    readers[graph.output] += 1
+    return readers
+
+
 def pool_after_epilogue(graph: ir.Graph) -> ir.Graph:
     """The same integers with every max pool moved past the monotone per-element nodes that follow
     it (ResNet's stem: conv → max pool → requant → ReLU → requant becomes conv → requant → ReLU →
     requant → max pool). ``f(max(a, b)) = max(f(a), f(b))`` for a non-decreasing ``f``, and padding
     never wins either way, so every value the program returns is unchanged; the conv's requantization
     then fuses into its kernel and the pool reads 8-bit values instead of int32 accumulators."""
-    readers: dict[str, int] = {graph.output: 1}
-    for n in graph.nodes:
-        for v in n.inputs:
-            readers[v] = readers.get(v, 0) + 1
+    readers = _readers(graph)
     reader = {n.inputs[0]: n for n in graph.nodes if len(n.inputs) == 1}   # (the one, where readers == 1)
     nodes = list(graph.nodes)
     for pool in [n for n in nodes if isinstance(n, ir.MaxPool2d)]:
@@ -770,10 +775,7 @@ def relu_after_requant(graph: ir.Graph) -> ir.Graph:
     and R(0) = 0 under either rounding, and the clip commutes with max(·, 0) when qmax >= 0. The
     conv's bias add then meets the requantization directly, which folds the bias into its rounding
     constant (one multiply of the raw int32 sum, see :meth:`_Builder._rescale`)."""
-    readers: dict[str, int] = {graph.output: 1}
-    for n in graph.nodes:
-        for v in n.inputs:
-            readers[v] = readers.get(v, 0) + 1
+    readers = _readers(graph)
     nodes = list(graph.nodes)
     for i, relu in enumerate(nodes):
         if not isinstance(relu, ir.Relu) or readers.get(relu.output) != 1 or i + 1 >= len(nodes):

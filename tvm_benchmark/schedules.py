@@ -232,8 +232,9 @@ def with_output(acc: te.Tensor, args: list, kernel, emulate: bool, value=None,
     """The unscheduled, output-elementwise-fusable PrimFunc of ``acc`` [B,OH,OW,O/L,L] (block
     :data:`CONV`) plus its 4-D view ``[B,OH,OW,O]`` (block :data:`CONV_OUT`, the function's output;
     ``value(n, y, x, o)`` instead of ``acc[n, y, x, o // L, o % L]`` where the view also corrects
-    it; ``image`` = (B, H, W) where ``acc`` is a flat conv's ``[1, 1, B·H·W, O/L, L]``): FuseOps appends the bias, requantization, clip, ReLU, residual add and cast that read it,
-    and :func:`schedule_convs` schedules the fused function with ``kernel``'s registered schedule
+    it; ``image`` = (B, H, W) where ``acc`` is a flat conv's ``[1, 1, B·H·W, O/L, L]``): FuseOps
+    appends the bias, requantization, clip, ReLU, residual add and cast that read it, and
+    :func:`schedule_convs` schedules the fused function with ``kernel``'s registered schedule
     (:func:`conv_schedule`; ``kernel.name`` names it in the conv block)."""
     b, oh, ow, ob, lanes = (int(d) for d in acc.shape)
     if image is not None:   # acc [1, 1, B·H·W, ...] of a flat conv, viewed as the [B, H, W, O] image
@@ -447,6 +448,7 @@ def epilogue_at(sch: Schedule, name: str, task, lanes: int) -> None:
     conv = _domain(sch, CONV)
     b, h, w, _ = _domain(sch, name)
     if conv[:3] == [1, 1, b * h * w] and [b, h] != [1, 1]:     # a flat conv: pixels as one row, as its tasks
+        # (n * 0: the index map must return expressions, not Python ints)
         sch.transform_block_layout(last, lambda n, y, x, o: (n * 0, n * 0, (n * h + y) * w + x, o // lanes, o % lanes))
     else:
         sch.transform_block_layout(last, lambda n, y, x, o: (n, y, x, o // lanes, o % lanes))
