@@ -45,7 +45,7 @@ from tvm_benchmark.depthwise import DepthwisePlan
 from tvm_benchmark.tensorcore import GemmPlan, GemmShape
 from tvm_benchmark.schedules import ConvPlan
 
-__all__ = ["container", "Value", "LOWER", "FLOAT_REQUANT_KERNEL", "pool_after_epilogue", "build_module", "value_ranges", "node_outputs"]
+__all__ = ["LUT_SELECTS", "container", "Value", "LOWER", "FLOAT_REQUANT_KERNEL", "pool_after_epilogue", "build_module", "value_ranges", "node_outputs"]
 
 #: Name of the one kernel after the input quantizer allowed to use floating point: profile ort's
 #: requantization (:meth:`_Builder.requant_float`), checked op by op by :mod:`tvm_benchmark.ir_check`.
@@ -77,6 +77,10 @@ def container(lo: int, hi: int) -> str:
 def _arith(dtype: str) -> str:
     """The container arithmetic runs in: int32 for the narrow ones, else the container itself."""
     return "int32" if dtype in ("uint8", "int8", "int16") else dtype
+
+
+#: Largest number of steps of a non-decreasing lookup table lowered as compare-and-selects (Builder.lut).
+LUT_SELECTS = 16
 
 
 @dataclass
@@ -600,10 +604,23 @@ class _Builder:
         return e if container(*out) == wide else self.emit(relax.op.astype(e, container(*out)))
 
     def lut(self, node: ir.Lut, x: Value, out: Interval) -> relax.Expr:
-        """A gather from the stored table; the index is the stored integer minus (offset + in_lo)."""
+        """A gather from the stored table; the index is the stored integer minus (offset + in_lo).
+
+        A table that is a non-decreasing staircase of at most :data:`LUT_SELECTS` steps over the
+        input's bounds (LQ-Net's level tables: 1-15 steps) becomes that many compare-and-selects
+        instead: elementwise, so FuseOps puts it into the producing conv's epilogue, where a gather
+        is a kernel of its own and its index an int32 tensor written to memory and read back."""
         table = _np(node.table).astype(np.int64)
         dt = container(*out)
         start = int(node.in_lo) + x.offset            # stored value v is the centered x + offset
+        part = table[x.lo - int(node.in_lo):x.hi - int(node.in_lo) + 1]
+        steps = np.flatnonzero(np.diff(part)) + 1
+        if part.size and (np.diff(part) >= 0).all() and len(steps) <= LUT_SELECTS:
+            e = relax.const(int(part[0]), dt)
+            for i in steps:                           # stored >= x.lo + i + offset: level part[i]
+                cond = relax.op.greater_equal(x.expr, relax.const(int(x.lo + i + x.offset), x.dtype))
+                e = self.emit(relax.op.where(cond, relax.const(int(part[i]), dt), e))
+            return e if len(steps) else self.emit(relax.op.full_like(x.expr, e, dtype=dt))
         idx = self.emit(relax.op.subtract(self.cast(x, "int32"), relax.const(start, "int32")))
         return self.emit(relax.op.take(_const(table, dt), idx, axis=0, mode="clip"))
 

@@ -72,7 +72,7 @@ class QuantModel(nn.Module):
             else:
                 what = f"the weights of '{n}'"
                 self.config.profile.check_bits(what, bit_config[n])
-                if int(bit_config[n]) == N.BINARY:
+                if int(bit_config[n]) == N.BINARY and self.config.quantizer != "lqnet":    # lqnet: ±v weights
                     check_binary(self.config.quantizer, what)
                 m.weight_bit = int(bit_config[n])
 

@@ -34,7 +34,8 @@ class QuantConfig:
         fixed_point_quantization: train with plain fake quantization [--fixed-point-quantization].
         quantizer: how scales are found, one of :data:`hawq.quant.learned.METHODS`: ``minmax``
             (ranges), ``lsq`` (learned steps), ``pact`` (learned activation clips), ``dorefa``
-            (tanh weight transform) [--quantizer].
+            (tanh weight transform), ``xnor``/``bireal`` (1-bit sign grids), ``lqnet`` (LQ-Net's
+            learned bases on an integer grid, :mod:`hawq.quant.lqnet`) [--quantizer].
         lsq_init: where ``lsq`` starts its steps: ``minmax`` (the min/max scale of the first batch's
             range and of the weights) or ``mean`` (LSQ's paper: 2·mean|v|/√Qp of the first batch,
             per output channel for weights; at 2 bits the min/max step puts most weights and
@@ -59,6 +60,9 @@ class QuantConfig:
             raise HawqError(f"unknown --lsq-init {self.lsq_init!r}; expected one of {', '.join(LSQ_INITS)}")
         if self.numerics not in N.PROFILES:
             raise HawqError(f"unknown numeric profile {self.numerics!r}; expected one of {', '.join(N.PROFILES)}")
+        if self.quantizer == "lqnet" and self.numerics != "exact":
+            raise HawqError(f"--quantizer lqnet needs --numerics exact (its level tables are not part of "
+                            f"profile {self.numerics})")
         if not 8 <= int(self.bias_bit) <= 32:
             raise HawqError(f"--bias-bit must be between 8 and 32, got {self.bias_bit}")
         if self.act_range_momentum >= 1:
@@ -81,7 +85,7 @@ class QuantConfig:
         """This config, with ``quantizer`` a binary method when ``bits`` has 1-bit layers and the
         quantizer has no 1-bit form: for models that are only calibrated and run (benchmarks), where
         the methods, which differ in gradients only, give the same integers."""
-        if 1 in bits.values() and self.quantizer not in BINARY_METHODS:
+        if 1 in bits.values() and self.quantizer not in BINARY_METHODS + ("lqnet",):
             return self.replace(quantizer=BINARY_METHODS[0])
         return self
 

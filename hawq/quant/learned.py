@@ -11,7 +11,11 @@ pact       max |W| per channel                             learned clip α per t
 dorefa     tanh transform, then max |W| per channel        EMA of batch min/max
 xnor       1-bit: α·sign(W), α = mean |W_c| (XNOR-Net)     1-bit: sign(x), clipped STE; wider: min/max
 bireal     1-bit: α·sign(W), clipped STE (Bi-Real)         1-bit: sign(x), ApproxSign gradient
+lqnet      1-4 bits: learned basis per channel (LQ-Net)    1-4 bits after a ReLU: learned basis (LQ-Net)
 =========  ==============================================  ==========================================
+
+LQ-Net's quantizers (codes, QEM basis updates, the integer basis) are :mod:`hawq.quant.lqnet`; their
+1-bit forms are LQ-Net's own ({0, v} activations after a ReLU, ±v weights), not the sign grid.
 
 The binary methods (:data:`BINARY_METHODS`) are the ones with a 1-bit form; layers a bit_config
 keeps at 2-8 bits quantize as ``minmax`` under them. Their gradients (forward values are the sign
@@ -48,7 +52,7 @@ __all__ = ["METHODS", "LSQ_INITS", "lsq_initial_step", "ACT_PARAM", "WEIGHT_PARA
            "round_ste", "lsq_grad_factor", "lsq_surrogate", "lsq_ste", "pact_ste", "pact_surrogate",
            "pact_range", "dorefa_weight", "BINARY_METHODS", "check_binary", "sign_ste", "binary_weight_ste"]
 
-METHODS = ("minmax", "lsq", "pact", "dorefa", "xnor", "bireal")
+METHODS = ("minmax", "lsq", "pact", "dorefa", "xnor", "bireal", "lqnet")
 #: Methods with a 1-bit (sign grid) form; a bit_config with 1-bit layers needs one of them.
 BINARY_METHODS = ("xnor", "bireal", "dorefa", "lsq")
 #: Where LSQ's learned steps start (QuantConfig.lsq_init, --lsq-init).

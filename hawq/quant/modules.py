@@ -24,6 +24,7 @@ from hawq import numerics as N
 from hawq.errors import HawqError
 from hawq.quant.config import QuantConfig
 from hawq.quant import learned as L
+from hawq.quant import lqnet as LQ
 from hawq.quant.graph import Q, active
 
 __all__ = ["exact_conv2d", "exact_linear", "QuantAct", "QuantBnConv2d", "QuantLinear", "QuantAveragePool2d",
@@ -142,6 +143,10 @@ class QuantAct(nn.Module):
         # from the observed range at the first training step). Named by L.ACT_PARAM.
         self.learned_name = L.ACT_PARAM.get(self.quantizer)
         self._sync_learned()
+        # --quantizer lqnet: the learned basis (float32 [MAX_BASES], the first activation_bit used;
+        # 0 = not yet initialized, set from the first training batch). Updated by QEM, not by SGD.
+        if self.quantizer == "lqnet":
+            self.register_buffer("act_basis", torch.zeros(LQ.MAX_BASES))
         #: True for the operand grids of a residual add (profile ort): fixed at 8 bits, not in bit_config.
         self.is_branch = False
         self._add_table = (None, None)       # (key, table) cache of the QLinearAdd table in eval
@@ -158,7 +163,7 @@ class QuantAct(nn.Module):
         if self.profile.float_requant and self.role == "accumulator":
             bits = 8
         self.profile.check_bits(f"activation '{self.layer_name}'", bits)
-        if bits == N.BINARY:
+        if bits == N.BINARY and not (self.quantizer == "lqnet" and self.role == "relu"):
             L.check_binary(self.quantizer, f"activation '{self.layer_name}'")
             if self.role != "signed":
                 why = {"input": "the image quantizer keeps at least 2 bits (the stem stays wide in every "
@@ -193,8 +198,21 @@ class QuantAct(nn.Module):
         return self._parameters.get(self.learned_name)
 
     @property
+    def lqnet(self) -> bool:
+        """Whether this quantizer is LQ-Net's (--quantizer lqnet on a post-ReLU activation of at most
+        :data:`~hawq.quant.lqnet.MAX_BASES` bits; other roles and widths quantize as min/max)."""
+        return self.quantizer == "lqnet" and self.role == "relu" and self.activation_bit <= LQ.MAX_BASES
+
+    def lq_grid(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """LQ-Net: (scale float32 [1], coefficients int64 [K]) of the basis on its integer grid."""
+        s, c = LQ.integer_basis(self.act_basis[:self.activation_bit].cpu(), LQ.ACT_LIMIT)
+        return s.reshape(1), c
+
+    @property
     def mode(self) -> str:
         """The activation grid (:data:`hawq.numerics.ACT_MODES`) for this role, width and profile."""
+        if self.lqnet:
+            return "unsigned"          # t in [0, 255], then the level table
         return self.profile.act_mode(self.role, self.activation_bit, self.relu_after)
 
     def residual_range(self, lo: int, hi: int) -> tuple[int, int]:
@@ -212,6 +230,8 @@ class QuantAct(nn.Module):
     def calibrated(self) -> bool:
         if self.stored_scale or self.mode == N.SIGN:
             return True
+        if self.lqnet:
+            return bool((self.act_basis[:self.activation_bit] > 0).all())
         if self.learned is not None:
             return bool((self.learned != 0).all())
         return bool((self.x_max != self.x_min).all())
@@ -228,6 +248,8 @@ class QuantAct(nn.Module):
         """(scale float32 [1], zero point int64 [1]) from the current range (or the stored scale)."""
         if self.stored_scale:
             return self.act_scaling_factor.clone(), torch.zeros(1, dtype=torch.int64)
+        if self.lqnet:
+            return self.lq_grid()[0], torch.zeros(1, dtype=torch.int64)
         if self.quantizer == "lsq" and self.learned is not None:
             scale = self.act_step.detach().abs().float().clamp(min=N.MIN_RANGE).reshape(1).cpu()
             if self.mode != "asymmetric":
@@ -242,7 +264,7 @@ class QuantAct(nn.Module):
     def _needs_range(self) -> bool:
         """min/max/EMA ranges define the scale (minmax, dorefa), start a learned step / clip, or give
         an asymmetric grid's zero point (and PACT's lower clip there); else they are not tracked."""
-        if self.mode == N.SIGN:
+        if self.mode == N.SIGN or self.lqnet:
             return False
         return self.learned is None or self.mode == "asymmetric" or not bool((self.learned != 0).all())
 
@@ -263,7 +285,13 @@ class QuantAct(nn.Module):
 
     def _with_gradient(self, total: torch.Tensor, q: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
         """``q`` (the forward value) with the method's gradient (:mod:`hawq.quant.learned`): straight
-        through to ``total`` (minmax, dorefa), LSQ's to ``total`` and the step, PACT's to ``total`` and the clip."""
+        through to ``total`` (minmax, dorefa), LSQ's to ``total`` and the step, PACT's to ``total`` and the clip,
+        LQ-Net's to ``total`` below the top of its uniform grid (255·s): values the grid clips get none,
+        else they grow unchecked far above the top level (QEM fits the levels to the bulk of the values,
+        not to their maximum as min/max does) and training diverged within 25 steps at lr 0.005."""
+        if self.lqnet:
+            top = float(LQ.ACT_LIMIT) * float(self.lq_grid()[0])
+            return N.straight_through(total.clamp(max=top), q)
         if self.learned is None:
             return N.straight_through(total, q)
         if self.quantizer == "lsq":
@@ -278,6 +306,8 @@ class QuantAct(nn.Module):
 
     def storage_range(self) -> tuple[int, int]:
         """Range of the stored integer q (before subtracting the zero point)."""
+        if self.lqnet:
+            return 0, LQ.ACT_LIMIT
         return N.qrange(self.activation_bit, signed=self.mode in ("symmetric", N.SIGN))
 
     @torch.no_grad()
@@ -323,6 +353,10 @@ class QuantAct(nn.Module):
         if self.running_stat and self._needs_range():
             self._observe(total)
         self._init_learned(total)
+        if self.lqnet:
+            if identity is not None:
+                raise HawqError(f"'{self.layer_name}': an LQ-Net activation quantizer cannot requantize a residual add")
+            self._lq_update(total)
         scale, zero = self.quant_params()
         scale, zero = scale.to(xv.device), zero.to(xv.device)
         with torch.no_grad():
@@ -335,7 +369,7 @@ class QuantAct(nn.Module):
         no_grid = s_x is None or (identity is not None and identity.scale is None)
         if self.fixed_point_quantization or no_grid:
             with torch.no_grad():
-                q = (N.quantize(total, scale, zero, lo, hi, prof.reciprocal_quantize) - zero) * scale
+                q = self._lq_levels(N.quantize(total, scale, zero, lo, hi, prof.reciprocal_quantize) - zero) * scale
             return Q(self._drop(total, self._with_gradient(total, q, zero)), scale, _zero_int(zero))
         with torch.no_grad():
             q = _emulate_requant(xv.detach(), s_x, scale, prof.rounding)
@@ -346,8 +380,31 @@ class QuantAct(nn.Module):
                 q.add_(zero).clamp_(lo, hi).sub_(zero)
             else:                                   # zero point is 0
                 q.clamp_(lo, hi)
-            q.mul_(scale)
+            q = self._lq_levels(q).mul_(scale)
         return Q(self._drop(total, self._with_gradient(total, q, zero)), scale, _zero_int(zero))
+
+    @torch.no_grad()
+    def _lq_update(self, total: torch.Tensor) -> None:
+        """LQ-Net, each training step: QEM moves the basis toward the least-squares fit of this batch
+        (the first batch: a uniform start, then :data:`~hawq.quant.lqnet.QEM_INIT_STEPS` iterations);
+        frozen with the ranges (``fix``). Under DDP every rank's buffers follow rank 0's."""
+        k = self.activation_bit
+        x = total.detach().float().reshape(1, -1)
+        basis = self.act_basis[:k].reshape(1, k)
+        if not bool((basis > 0).all()):
+            new = LQ.fit_basis(x, LQ.initial_basis(x, k, signed=False), False, LQ.QEM_INIT_STEPS)
+        elif self.running_stat:
+            new = LQ.qem_step(x, basis, signed=False)
+        else:
+            return
+        self.act_basis[:k].copy_(new.reshape(k).to(self.act_basis))
+
+    def _lq_levels(self, t: torch.Tensor) -> torch.Tensor:
+        """LQ-Net: the level of each uniform integer ``t`` (float or int, in [0, 255]); else ``t``."""
+        if not self.lqnet:
+            return t
+        table = LQ.activation_table(self.lq_grid()[1])[0].to(t.device)
+        return table[t.long()].to(t.dtype)
 
     def _on_grid(self, x: Q, branch: str) -> Q:
         """Profile ort: an add operand as a uint8 activation; an accumulator goes through ``branch``."""
@@ -416,8 +473,12 @@ class QuantAct(nn.Module):
             if rec:
                 rec.add(ir.Requant, self.layer_name, [x.value], q, multiplier=torch.from_numpy(m),
                         shift=torch.from_numpy(sh), qmin=lo - z, qmax=hi - z, zero_point=z,
-                        bits=self.activation_bit, rounding=prof.rounding)
+                        bits=8 if self.lqnet else self.activation_bit, rounding=prof.rounding)
+            if self.lqnet:
+                q = self._record_levels(q, rec)
         else:
+            if self.lqnet:
+                raise HawqError(f"'{self.layer_name}': an LQ-Net activation quantizer cannot requantize a residual add")
             m1, s1 = self._dyadic(x.scale, scale)
             m2, s2 = self._dyadic(identity.scale, scale)
             nd = x.value.dim()
@@ -430,6 +491,15 @@ class QuantAct(nn.Module):
                         identity_multiplier=torch.from_numpy(m2), identity_shift=torch.from_numpy(s2),
                         qmin=r_lo, qmax=r_hi, zero_point=z, bits=self.activation_bit, rounding=prof.rounding)
         return Q(q, scale.double().to(q.device), z)
+
+    def _record_levels(self, t: torch.Tensor, rec) -> torch.Tensor:
+        """LQ-Net eval: the levels of the uniform integers ``t`` (int64), recorded as an ``lut`` node."""
+        table = LQ.activation_table(self.lq_grid()[1])[0]
+        q = table.to(t.device)[t]
+        if rec:
+            rec.add(ir.Lut, f"{self.layer_name}.levels", [t], q, function="lqnet", table=table.clone(), in_lo=0,
+                    qmin=0, qmax=LQ.ACT_LIMIT, zero_point=0, bits=8)
+        return q
 
     def _forward_ort(self, x: Q, identity: Q | None, scale: torch.Tensor, z: int, lo: int, hi: int, rec) -> Q:
         """Eval in profile ort: pass-through, QLinearAdd (a gather from its exact table), or the
@@ -500,6 +570,11 @@ class _QuantWeightLayer(nn.Module):
         # times their size at lr 0.01 and training collapsed.)
         if self.quantizer in L.WEIGHT_PARAM:
             self.weight_step = nn.Parameter(torch.zeros(c if self.per_channel else 1))
+        # --quantizer lqnet: the learned basis of the layer's own (unfolded) weight, float32
+        # [C_out or 1, MAX_BASES] (the first weight_bit columns used; 0 = not yet initialized). A
+        # BN-folded conv quantizes W·k with basis |k|·basis: the same codes, learned where W lives.
+        if self.quantizer == "lqnet":
+            self.register_buffer("weight_basis", torch.zeros(c if self.per_channel else 1, LQ.MAX_BASES))
 
     def extra_repr(self) -> str:
         return (f"weight_bit={self.weight_bit}, bias_bit={self.bias_bit}, per_channel={self.per_channel}, "
@@ -508,6 +583,55 @@ class _QuantWeightLayer(nn.Module):
     def _transform(self, w: torch.Tensor) -> torch.Tensor:
         """The raw float weight as the quantizer sees it: DoReFa's tanh transform, else itself."""
         return L.dorefa_weight(w) if self.quantizer == "dorefa" else w
+
+    @property
+    def lqnet(self) -> bool:
+        """Whether the weights quantize as LQ-Net's (--quantizer lqnet, at most MAX_BASES bits)."""
+        return self.quantizer == "lqnet" and self.weight_bit <= LQ.MAX_BASES and not self.has_fixed_scale
+
+    @property
+    def ir_weight_bits(self) -> int:
+        """The weights' width in the integer graph: LQ-Net's levels need int8 (K > 1 bases)."""
+        return 8 if self.lqnet and self.weight_bit > 1 else self.weight_bit
+
+    def _lq_rows(self, w: torch.Tensor) -> torch.Tensor:
+        return w.reshape(w.shape[0], -1) if self.per_channel else w.reshape(1, -1)
+
+    @torch.no_grad()
+    def _lq_update(self) -> None:
+        """LQ-Net: initialize the basis from the raw weight (uniform start + QEM iterations), then in
+        training move it by one QEM step per forward (:func:`hawq.quant.lqnet.qem_step`)."""
+        k = self.weight_bit
+        raw = self._lq_rows(self.raw_weight().detach().float())
+        basis = self.weight_basis[:, :k]
+        if not bool((basis > 0).all()):
+            new = LQ.fit_basis(raw, LQ.initial_basis(raw, k, signed=True), True, LQ.QEM_INIT_STEPS)
+        elif self.training:
+            new = LQ.qem_step(raw, basis, signed=True)
+        else:
+            return
+        basis.copy_(new.to(basis))
+
+    def _lq_scale(self, folded: bool) -> torch.Tensor:
+        """LQ-Net's weight scale float32 [C_out or 1]: the integer grid's s of the raw basis, times
+        |γ/σ| when ``folded``."""
+        self._lq_update()
+        s = LQ.integer_basis(self.weight_basis[:, :self.weight_bit], LQ.WEIGHT_LIMIT)[0]
+        k = self.fold_factor() if folded else None
+        if k is not None:
+            s = s * k.abs().float().to(s)
+        return s.clamp(min=N.MIN_RANGE)
+
+    def quantize_integers(self, w: torch.Tensor, s_w: torch.Tensor) -> torch.Tensor:
+        """The integer weights (values as ``w``'s dtype, ``w``'s shape) of ``w`` on the grid ``s_w``:
+        LQ-Net's nearest level of each channel's basis, else :func:`hawq.numerics.quantize_weight`."""
+        if not self.lqnet:
+            return N.quantize_weight(w, s_w, self.weight_bit, self.profile)
+        coeff = LQ.integer_basis(self.weight_basis[:, :self.weight_bit], LQ.WEIGHT_LIMIT)[1]
+        values = LQ.levels(coeff.to(w.device), signed=True)[0]                  # [rows, 2^K]
+        u = self._lq_rows(w.detach().float() / N.channel_view(s_w.to(w.device), w.dim(), 0))
+        q = values.gather(-1, LQ.snap(u, values)) if values.shape[0] > 1 else values[0][LQ.snap(u, values[0])]
+        return q.reshape(w.shape).to(w.dtype)
 
     @property
     def has_fixed_scale(self) -> bool:
@@ -520,6 +644,8 @@ class _QuantWeightLayer(nn.Module):
         conv whose BN still trains (``folded=False``)."""
         if self.has_fixed_scale:
             return self.fixed_weight_scale.clone()
+        if self.lqnet:
+            return self._lq_scale(folded)
         if self.quantizer != "lsq" or (not self.step_initialized and not self.training):
             return self._minmax_scale(w)
         if not self.step_initialized:
@@ -553,7 +679,9 @@ class _QuantWeightLayer(nn.Module):
             return w
         if self.weight_rounding is not None:
             return self.weight_rounding(w, s_w)
-        deq = N.quantize_weight(w, s_w, self.weight_bit, self.profile) * N.channel_view(s_w, w.dim(), 0)
+        deq = self.quantize_integers(w, s_w) * N.channel_view(s_w, w.dim(), 0)
+        if self.lqnet:
+            return N.straight_through(w, deq)
         if self.quantizer == "lsq" and not self.has_fixed_scale:
             lo, hi = N.qrange(self.weight_bit, signed=True)     # the sign grid: [-1, 1]
             g = L.lsq_grad_factor(w[0].numel(), hi)
@@ -630,7 +758,7 @@ class _QuantWeightLayer(nn.Module):
             acc_scale = N.bias_scale(scale_in, s_w, self.profile).to(w.device)
             return self.weight_integer.to(torch.int64), self.bias_integer.to(torch.int64), s_w, acc_scale
         s_w = self.weight_scale(w)
-        w_int = N.quantize_weight(w.detach(), s_w, self.weight_bit, self.profile).to(torch.int64)
+        w_int = self.quantize_integers(w.detach(), s_w).to(torch.int64)
         if b is None:
             b = torch.zeros(w.shape[0], device=w.device)
         b_int = N.quantize_bias(b, scale_in, s_w, self.bias_bit, self.profile)
@@ -729,7 +857,7 @@ class QuantBnConv2d(_QuantWeightLayer):
         if rec:
             rec.add(ir.Conv2d, self.layer_name, [x.value], acc, weight=w_int.to(torch.int8).cpu(),
                     bias=b_int.to(torch.int32).cpu(), stride=list(c.stride), padding=self._ir_padding(),
-                    dilation=list(c.dilation), groups=c.groups, weight_bits=self.weight_bit,
+                    dilation=list(c.dilation), groups=c.groups, weight_bits=self.ir_weight_bits,
                     weight_scale=s_w.cpu().clone())
         return Q(acc, acc_scale)
 
@@ -766,7 +894,7 @@ class QuantLinear(_QuantWeightLayer):
         rec = active()
         if rec:
             rec.add(ir.Dense, self.layer_name, [x.value], acc, weight=w_int.to(torch.int8).cpu(),
-                    bias=b_int.to(torch.int32).cpu(), weight_bits=self.weight_bit,
+                    bias=b_int.to(torch.int32).cpu(), weight_bits=self.ir_weight_bits,
                     weight_scale=s_w.cpu().clone())
         return Q(acc, acc_scale)
 
