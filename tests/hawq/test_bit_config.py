@@ -109,6 +109,7 @@ def test_resnet20_json_is_exactly_generated_from_the_inventory():
             for spec in quant_layers("resnet20_cifar10")
         }
 
+    kinds = {spec.name: spec.kind for spec in quant_layers("resnet20_cifar10")}
     data = json.loads((bc.BIT_CONFIG_DIR / "resnet20_cifar10.json").read_text())
     assert data["arch"] == "resnet20_cifar10" and "project-made" in data["source"]
     assert data["schemes"] == {
@@ -116,6 +117,8 @@ def test_resnet20_json_is_exactly_generated_from_the_inventory():
         "uniform4": scheme(lambda stage: 4),
         "mixed_stage1_8bit": scheme(lambda stage: 8 if stage == "stage1" else 4),
         "uniform2": scheme(lambda stage: 2),
+        "w1a2": {n: 1 if b == 2 and kinds[n] in ("conv", "linear") else b for n, b in scheme(lambda stage: 2).items()},
+        "w1a1": {n: 1 if b == 2 else b for n, b in scheme(lambda stage: 2).items()},
     }
 
 
@@ -312,4 +315,4 @@ def test_cli_in_process(capsys, tmp_path):
     assert cli.main(["--table", "-a", "resnet50b", "--quant-scheme", str(path)]) == 0
     assert capsys.readouterr().out.splitlines()[1] == "resnet50b,u8,24.321,261.71,,"
     assert cli.main(["--list", "-a", "resnet20_cifar10"]) == 0
-    assert capsys.readouterr().out == "resnet20_cifar10: uniform8 uniform4 mixed_stage1_8bit uniform2\n"
+    assert capsys.readouterr().out == "resnet20_cifar10: uniform8 uniform4 mixed_stage1_8bit uniform2 w1a2 w1a1\n"
