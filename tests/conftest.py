@@ -133,3 +133,21 @@ def csv_rows(path) -> list[dict]:
 def small_model():
     """resnet20_cifar10 uniform8, calibrated on random data, plus a probe batch [4,3,32,32]."""
     return build_calibrated("resnet20_cifar10", "uniform8", 10, (4, 3, 32, 32))
+
+
+class UserBinary(torch.nn.Module):
+    """A user's binary net: the stem, then two binary convs behind hawq.SignPoint, a shortcut each."""
+
+    def __init__(self):
+        super().__init__()
+        import hawq
+        self.stem, self.bn0 = torch.nn.Conv2d(3, 16, 3, padding=1, bias=False), torch.nn.BatchNorm2d(16)
+        self.a1, self.c1, self.b1 = hawq.SignPoint(), torch.nn.Conv2d(16, 16, 3, padding=1, bias=False), torch.nn.BatchNorm2d(16)
+        self.a2, self.c2, self.b2 = hawq.SignPoint(), torch.nn.Conv2d(16, 16, 3, padding=1, bias=False), torch.nn.BatchNorm2d(16)
+        self.fc = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.bn0(self.stem(x))
+        x = self.b1(self.c1(self.a1(x))) + x
+        x = self.b2(self.c2(self.a2(x))) + x
+        return self.fc(x.mean((2, 3)))

@@ -244,6 +244,10 @@ class _Builder:
                 src = pre if pre is not None and not pre.offset and pre.dtype.startswith("int") else x
                 y = self._binary_planned(plan, src.expr, w, (t, l, b, r), stride)
                 return self.emit(relax.op.add(y, _const(self.per_channel(bias, 4), acc)))
+            if isinstance(plan, GemmPlan) and plan.bits == 1 and (t, l) == (b, r) and not x.offset:
+                # the b1 tensor-core GEMM reads the ±1 bytes and packs their signs while staging
+                y, _ = self._gemm_planned(plan, self._operand(x, acc), w, [t, l], stride, 0, node.name)
+                return self.emit(relax.op.add(y, _const(self.per_channel(bias, 4), acc)))
         data = self._operand(x, acc)
         pad = [t, l]
         if (t, l) != (b, r):      # asymmetric ("same" of TF-ported models): an explicit pad, then none

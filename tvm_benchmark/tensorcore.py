@@ -7,7 +7,8 @@ included — is computed while each thread block stages its ``BM × BK`` tile in
 (implicit GEMM). Weights are packed once at export as ``[Np, Kp]`` int8 (OHWI rows, zero-padded).
 
 Kernel choice (:func:`plan_tensorcore`): int8 ``mma.sync m16n8k32`` (:mod:`tvm_benchmark.intrinsics.cuda_mma`)
-for every 8- and 4-bit layer on sm_80 and newer. Activations are stored as signed bytes: unsigned
+for every 8- and 4-bit layer on sm_80 and newer (s4 ``m16n8k64`` where the GPU has it and the
+operands fit), and ``m16n8k256 b1 .xor.popc`` for binary layers (±1 activations and weights, sm_75+). Activations are stored as signed bytes: unsigned
 data is shifted by −128 in its producer's epilogue and the front end folds 128·ΣW into the bias
 (exact; the padded positions carry the shifted zero, so the fold holds at the borders too).
 
@@ -34,10 +35,10 @@ from tvm.s_tir import Schedule
 
 from hawq.errors import HawqError
 from tvm_benchmark.bundle_files.bundle_params import pack_gemm   # NumPy only: the GPU bundle packs the same way
-from tvm_benchmark.intrinsics.cuda_mma import (FRAG, INT4_SMS, MmaStep, AB_LAYOUT, ACC_LAYOUT, int4_step, int8_step,
-                                                nibble_hi, nibble_lo)
+from tvm_benchmark.intrinsics.cuda_mma import (FRAG, INT4_SMS, MmaStep, AB_LAYOUT, ACC_LAYOUT, b1_step, int4_step,
+                                                int8_step, nibble_hi, nibble_lo, popc_xor)
 
-__all__ = ["BK", "has_block", "i64", "WARPS", "INT32_MAX", "OUT_EWISE_FUSABLE", "sm_number", "Tile", "choose_tile", "GemmPlan",
+__all__ = ["BK", "PER_BYTE", "has_block", "i64", "WARPS", "INT32_MAX", "OUT_EWISE_FUSABLE", "sm_number", "Tile", "choose_tile", "GemmPlan",
            "GemmShape", "plan_tensorcore", "gemm_func", "schedule_tensorcore", "schedule_gemm"]
 
 GEMM, GEMM_OUT, IM2COL = "hawq_gemm", "hawq_gemm_out", "hawq_im2col"
@@ -45,6 +46,8 @@ BK = 64                       # reduction bytes staged per shared-memory step (2
 WARPS = (2, 2)                # warps per block along M and N
 INT32_MAX = 2 ** 31 - 1
 OUT_EWISE_FUSABLE = 4         # relax op pattern: elementwise consumers fuse into this kernel
+#: K elements per operand byte at each operand width
+PER_BYTE = {8: 1, 4: 2, 1: 8}
 
 
 def sm_number(arch: str) -> int:
@@ -80,8 +83,9 @@ def choose_tile(m: int, n: int) -> Tile:
 @dataclass(frozen=True)
 class GemmPlan:
     """One conv/dense as a tensor-core implicit GEMM on ``bits``-bit signed operands (8: s8
-    ``m16n8k32``; 4: s4 ``m16n8k64``, two values per byte along K). ``act_shift``: added to the stored
-    activations before the GEMM (−128 for uint8 data on s8, −8 for 0..15 data on s4); ``sm``: the GPU."""
+    ``m16n8k32``; 4: s4 ``m16n8k64``, two values per byte along K; 1: ±1 as bits, ``m16n8k256
+    .xor.popc``, eight per byte). ``act_shift``: added to the stored activations before the GEMM
+    (−128 for uint8 data on s8, −8 for 0..15 data on s4); ``sm``: the GPU."""
     sm: int
     bits: int = 8
     act_shift: int = 0
@@ -91,7 +95,7 @@ class GemmPlan:
 
     @property
     def step(self) -> MmaStep:
-        return (int4_step if self.bits == 4 else int8_step)(self.emulate, self.sm)
+        return {4: int4_step, 1: b1_step}.get(self.bits, int8_step)(self.emulate, self.sm)
 
     def fits(self, value: int) -> bool:
         """True when a (shifted) stored value is a ``bits``-bit signed operand."""
@@ -103,9 +107,11 @@ class GemmPlan:
         return GemmPlan(self.sm, 8, -128 if act_dtype == "uint8" else 0, self.emulate)
 
     def pack(self, w: np.ndarray, shape: "GemmShape") -> np.ndarray:
-        """OIHW int8 -> ``[Np, Kp bytes]`` int8, rows in (kh, kw, c) order, zero-padded; 4-bit:
-        element 2j in the low nibble of byte j, 2j + 1 in the high one."""
-        return pack_gemm(w, [shape.np_, shape.kp_bytes], self.bits)
+        """OIHW int8 -> ``[Np, Kp bytes (+ 2 per tap at 1 bit)]`` int8, rows in (kh, kw, c) order,
+        zero-padded; 4-bit: element 2j in the low nibble of byte j, 2j + 1 in the high one; 1-bit:
+        element 8j + i (1 where −1) in bit i of byte j, then each tap's count of −1 weights (int16
+        little endian), which the epilogue's padding correction reads."""
+        return pack_gemm(w, [shape.np_, shape.weight_bytes], self.bits)
 
     def prim_func(self, shape: "GemmShape", pad_value: int) -> tvm.tirx.PrimFunc:
         return gemm_func(shape, pad_value, self.sm)
@@ -121,11 +127,18 @@ class GemmShape:
     ksize: tuple[int, int]
     stride: tuple[int, int]
     pad: tuple[int, int]
-    bits: int = 8                 # operand width: 4 packs two K elements per byte
+    bits: int = 8                 # operand width: 4 packs two K elements per byte, 1 eight
 
     @property
     def per_byte(self) -> int:
-        return 2 if self.bits == 4 else 1
+        return PER_BYTE[self.bits]
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes per packed weight row: Kp, and at 1 bit two more per tap (its count of −1 weights),
+        padded to the staging step (the fragment layouts split the row into 32-byte steps)."""
+        tail = 2 * self.ksize[0] * self.ksize[1] if self.bits == 1 else 0
+        return self.kp_bytes + -(-tail // BK) * BK
 
     @property
     def out_hw(self) -> tuple[int, int]:
@@ -171,10 +184,12 @@ def plan_tensorcore(sm: int, act_dtype: str, act_lo: int, act_hi: int, w: np.nda
     bound the stored activations. s4 where the GPU has int4 MMA (sm_75/80/86/87) and both the shifted
     activations (0..15 - 8) and the weights fit 4 bits; else s8. The raw int32 sum of the shifted
     operands must be proven to fit. ``binary`` (±1 activations and weights) changes nothing: they run
-    as s4/s8 operands (no b1 MMA here yet)."""
+    as b1 operands where the GPU has the b1 MMA (sm_75+) and every weight is ±1 (else s4/s8)."""
     if groups != 1 or act_dtype not in ("uint8", "int8") or sm < int8_step(emulate, sm).min_sm:
         return None
     w64 = w.astype(np.int64)
+    if binary and act_dtype == "int8" and act_lo >= -1 and act_hi <= 1 and np.isin(w64, (-1, 1)).all():
+        return GemmPlan(sm, 1, 0, emulate)
     plan = None
     if sm in INT4_SMS:
         shift = -8 if act_dtype == "uint8" else 0
@@ -197,7 +212,7 @@ def gemm_func(s: GemmShape, pad_value: int, sm: int = 80) -> tvm.tirx.PrimFunc:
     oh, ow = s.out_hw
     m_real, k_real = s.m, s.k
     data = te.placeholder(i64(b, h, w, c), "int8", name="data")
-    weight = te.placeholder(i64(s.np_, s.kp_bytes), "int8", name="weight")
+    weight = te.placeholder(i64(s.np_, s.weight_bytes), "int8", name="weight")
 
     def gather(m, k):
         n, r = m // (oh * ow), m % (oh * ow)
@@ -213,23 +228,64 @@ def gemm_func(s: GemmShape, pad_value: int, sm: int = 80) -> tvm.tirx.PrimFunc:
             hi = gather(m, 2 * kb + 1).astype("int32") & 15
             return ((hi << 4) | lo).astype("int8")
         a = te.compute(i64(s.mp, s.kp_bytes), packed, name=IM2COL)
+    elif s.bits == 1:
+        def bits(m, kb):     # bit i of byte kb: element 8·kb + i is −1 (padding of every kind: 0)
+            v = tirx.const(0, "int32")
+            for i in range(8):
+                v = v | (tirx.if_then_else(gather(m, 8 * kb + i) < 0, 1, 0) << i)
+            return v.astype("int8")
+        a = te.compute(i64(s.mp, s.kp_bytes), bits, name=IM2COL)
     else:
         a = te.compute(i64(s.mp, s.kp_bytes), gather, name=IM2COL)
     r = te.reduce_axis((tirx.IntImm("int64", 0), tirx.IntImm("int64", s.kp_bytes)), "k")
     tile = s.tile
     attrs = {"hawq.tile": [tile.bm, tile.bn], "hawq.bits": s.bits, "hawq.sm": sm,
-             "hawq.vector_gather": int(c % (16 * s.per_byte) == 0)}
-    if s.bits == 4:
+             "hawq.vector_gather": int(c % (16 * s.per_byte) == 0 and s.bits != 1)}
+    if s.bits == 1:
+        acc = te.compute(i64(s.mp, s.np_), lambda i, j: te.sum(popc_xor(a[i, r], weight[j, r]), axis=r),
+                         name=GEMM, attrs=attrs)
+    elif s.bits == 4:
         acc = te.compute(i64(s.mp, s.np_), lambda i, j: te.sum(
             nibble_lo(a[i, r]) * nibble_lo(weight[j, r]) + nibble_hi(a[i, r]) * nibble_hi(weight[j, r]), axis=r),
             name=GEMM, attrs=attrs)
     else:
         acc = te.compute(i64(s.mp, s.np_), lambda i, j: te.sum(
             a[i, r].astype("int32") * weight[j, r].astype("int32"), axis=r), name=GEMM, attrs=attrs)
-    out = te.compute(i64(b, oh, ow, s.out_channels), lambda n, y, x, o: acc[(n * oh + y) * ow + x, o],
-                     name=GEMM_OUT)
+    if s.bits == 1:
+        out = te.compute(i64(b, oh, ow, s.out_channels), _signed_dot(s, acc, weight), name=GEMM_OUT)
+    else:
+        out = te.compute(i64(b, oh, ow, s.out_channels), lambda n, y, x, o: acc[(n * oh + y) * ow + x, o],
+                         name=GEMM_OUT)
     func = te.create_prim_func([data, weight, out]).without_attr("global_symbol")
     return func.with_attr("op_pattern", OUT_EWISE_FUSABLE).with_attr("hawq.gemm", True)
+
+
+def _signed_dot(s: GemmShape, acc: te.Tensor, weight: te.Tensor):
+    """The ±1 convolution from the b1 GEMM's count ``acc`` of differing signs: over the taps inside
+    the image (K_valid = C · valid rows · valid columns of the window) the dot product is
+    ``K_valid − 2·differing``; ``acc`` also counted, at every padded tap (activation bits 0), the
+    weight's −1 bits there, which the tap counts stored after the row's Kp bytes subtract again:
+    ``out = K_valid − 2·(acc − Σ_padded taps count)``. Zero padding stays zero padding (the
+    reference's), as in the CPU popcount kernels."""
+    (h, w), c = s.in_hw, s.channels
+    (kh, kw), (sh, sw), (ph, pw) = s.ksize, s.stride, s.pad
+    oh, ow = s.out_hw
+
+    def count(o, tap):   # int16 little endian at bytes Kp + 2·tap, Kp + 2·tap + 1 (non-negative)
+        lo = weight[o, s.kp_bytes + 2 * tap].astype("int32") & 255
+        return lo | ((weight[o, s.kp_bytes + 2 * tap + 1].astype("int32") & 255) << 8)
+
+    def f(n, y, x, o):
+        iy, ix = y * sh - ph, x * sw - pw
+        rows = [tirx.all(iy + i >= 0, iy + i < h) for i in range(kh)]
+        cols = [tirx.all(ix + j >= 0, ix + j < w) for j in range(kw)]
+        n_rows = sum(tirx.if_then_else(v, 1, 0) for v in rows)
+        n_cols = sum(tirx.if_then_else(v, 1, 0) for v in cols)
+        padded = sum(tirx.if_then_else(tirx.all(rows[i], cols[j]), 0, count(o, i * kw + j))
+                     for i in range(kh) for j in range(kw))
+        differing = acc[(n * oh + y) * ow + x, o] - padded
+        return c * n_rows * n_cols - 2 * differing
+    return f
 
 
 def i64(*dims) -> tuple:
@@ -269,7 +325,7 @@ def schedule_gemm(func: tvm.tirx.PrimFunc, emulate: bool = False) -> tvm.tirx.Pr
     mp, np_, kp, (oh, ow) = _gemm_geometry(sch)
     ann = sch.get(sch.get_sblock(GEMM)).annotations    # block annotations survive FuseTIR
     tile = Tile(*(int(v) for v in ann["hawq.tile"]))
-    step = (int4_step if int(ann["hawq.bits"]) == 4 else int8_step)(emulate, int(ann["hawq.sm"]))
+    step = {4: int4_step, 1: b1_step}.get(int(ann["hawq.bits"]), int8_step)(emulate, int(ann["hawq.sm"]))
     warps = WARPS[0] * WARPS[1]
     fm, fn = tile.frags
     gemm = sch.get_sblock(GEMM)
@@ -305,7 +361,8 @@ def schedule_gemm(func: tvm.tirx.PrimFunc, emulate: bool = False) -> tvm.tirx.Pr
 
     staged = []
     for operand in (0, 1):
-        shared = sch.cache_read(outer, operand, "shared")
+        # only the GEMM reads the staged copy: a b1 epilogue reads its weight rows' tap counts itself
+        shared = sch.cache_read(outer, operand, "shared", consumer_blocks=[outer])
         sch.compute_at(shared, k0)
         staged.append(shared)
     sch.compute_inline(sch.get_sblock(IM2COL))       # the gather happens while staging: implicit GEMM

@@ -8,6 +8,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from conftest import UserBinary
 from hawq import bit_config as bc
 from hawq import numerics as N
 from hawq.errors import HawqError
@@ -154,28 +155,10 @@ def test_unknown_own_model_is_one_line():
         bc.list_schemes("hawq:nope")
 
 
-class _UserBinary(torch.nn.Module):
-    """A user's binary net: the stem, then two binary convs behind hawq.SignPoint, a shortcut each."""
-
-    def __init__(self):
-        super().__init__()
-        import hawq
-        self.stem, self.bn0 = torch.nn.Conv2d(3, 16, 3, padding=1, bias=False), torch.nn.BatchNorm2d(16)
-        self.a1, self.c1, self.b1 = hawq.SignPoint(), torch.nn.Conv2d(16, 16, 3, padding=1, bias=False), torch.nn.BatchNorm2d(16)
-        self.a2, self.c2, self.b2 = hawq.SignPoint(), torch.nn.Conv2d(16, 16, 3, padding=1, bias=False), torch.nn.BatchNorm2d(16)
-        self.fc = torch.nn.Linear(16, 10)
-
-    def forward(self, x):
-        x = self.bn0(self.stem(x))
-        x = self.b1(self.c1(self.a1(x))) + x
-        x = self.b2(self.c2(self.a2(x))) + x
-        return self.fc(x.mean((2, 3)))
-
-
 def test_api_binary_scheme_on_a_user_model_is_exact():
     import hawq
     torch.manual_seed(0)
-    model = _UserBinary()
+    model = UserBinary()
     x = torch.randn(4, 3, 16, 16)
     assert torch.equal(model.a1(x), x.clamp(-1, 1))               # hardtanh in float
     q = hawq.prepare_qat(model, x, scheme="binary", config=QuantConfig(quantizer="xnor"))

@@ -16,7 +16,7 @@ import tvm
 from tvm import relax
 from tvm.support import nvcc
 
-from conftest import build_calibrated, tvm_runner
+from conftest import UserBinary, build_calibrated, tvm_runner
 from hawq.export import export_integer
 from hawq.reference import run_graph
 from tvm_benchmark.compile import compile_program, lower
@@ -31,7 +31,9 @@ MMA = "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32"
 MMA_S4 = "mma.sync.aligned.m16n8k64.row.col.s32.s4.s4.s32"
 MMA_SM75 = "mma.sync.aligned.m8n8k16.row.col.s32.s8.s8.s32"
 MMA_S4_SM75 = "mma.sync.aligned.m8n8k32.row.col.s32.s4.s4.s32"
-ALL_MMA = (MMA, MMA_S4, MMA_SM75, MMA_S4_SM75)
+MMA_B1 = "mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.xor.popc"
+MMA_B1_SM75 = "mma.sync.aligned.m8n8k128.row.col.s32.b1.b1.s32.xor.popc"
+ALL_MMA = (MMA, MMA_S4, MMA_SM75, MMA_S4_SM75, MMA_B1, MMA_B1_SM75)
 LDMATRIX = "ldmatrix.sync.aligned.m8n8.x4.shared.b16"
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="no CUDA compiler (nvcc) on this machine")
 
@@ -475,3 +477,87 @@ def test_ir_is_integer_only():
         text = scheduled.script()
         assert ("ptx_legacy.mma" in text and "ptx_legacy.ldmatrix" in text) != emulate
         assert kernel_float_violations(scheduled) == []
+
+
+# --------------------------------------------------------------------------- binary (b1 .xor.popc)
+B1_CASES = {
+    "3x3_s1_p1_c64": GemmShape(2, (8, 8), 64, 64, (3, 3), (1, 1), (1, 1), 1),
+    # stride 2, 12 channels (K = 108 bits: bytes straddle taps), 96 outputs (two N tiles, N padding)
+    "3x3_s2_p1_c12_n96": GemmShape(1, (7, 7), 12, 96, (3, 3), (2, 2), (1, 1), 1),
+    "5x5_s1_p2_c16": GemmShape(1, (6, 6), 16, 64, (5, 5), (1, 1), (2, 2), 1),
+}
+
+
+@pytest.mark.parametrize("case", list(B1_CASES))
+def test_b1_kernel_is_the_zero_padded_signed_convolution(case):
+    """The emulated b1 GEMM (sign bits packed while staging, popcount of XOR per fragment, the
+    epilogue's K_valid − 2·(count − padded taps' −1 weights)) == the int64 ±1 convolution with zero
+    padding: random signs, all −1 against an all −1 channel (every tap +1: the border values are
+    exactly the valid tap counts) and all +1 against it."""
+    s = B1_CASES[case]
+    rng = np.random.default_rng(zlib.crc32(case.encode()))
+    w = rng.choice(np.array([-1, 1], np.int8), (s.out_channels, s.channels, *s.ksize))
+    w[0], w[1] = -1, 1
+    plan = plan_tensorcore(90, "int8", -1, 1, w, 1, emulate=True, binary=True)
+    assert plan.bits == 1 and plan.step.ptx == MMA_B1
+    packed = plan.pack(w, s)
+    assert packed.shape == (s.np_, s.weight_bytes) and s.weight_bytes == s.kp_bytes + 64
+    lib = tvm.compile(schedule_tensorcore(tvm.IRModule({"main": gemm_func(s, 0).with_attr("global_symbol", "main")}),
+                                          emulate=True), target="llvm")
+    shape = (s.batch, *s.in_hw, s.channels)
+    for d in (rng.choice(np.array([-1, 1], np.int8), shape), np.full(shape, -1, np.int8), np.ones(shape, np.int8)):
+        out = tvm.runtime.tensor(np.zeros((s.batch, *s.out_hw, s.out_channels), "int32"))
+        lib(tvm.runtime.tensor(d), tvm.runtime.tensor(packed), out)
+        np.testing.assert_array_equal(out.numpy(), _ref_conv(d, w, s, 0))
+    corner = _ref_conv(np.full(shape, -1, np.int8), w, s, 0)[0, 0, 0, 0]
+    assert corner == s.channels * (s.ksize[0] - s.pad[0]) * (s.ksize[1] - s.pad[1])
+
+
+def test_b1_plan_needs_signs_on_both_sides():
+    w = np.resize(np.array([-1, 1], np.int8), (16, 8, 3, 3))
+    for sm in (75, 80, 90):
+        assert plan_tensorcore(sm, "int8", -1, 1, w, 1, binary=True).bits == 1
+    assert plan_tensorcore(90, "int8", -1, 1, w, 1).bits == 8                     # not marked binary
+    zero = w.copy()
+    zero[3, 2, 1, 1] = 0
+    assert plan_tensorcore(90, "int8", -1, 1, zero, 1, binary=True).bits == 8     # a 0 weight is no sign
+    assert plan_tensorcore(90, "int8", -2, 1, w, 1, binary=True).bits == 8
+    assert plan_tensorcore(70, "int8", -1, 1, w, 1, binary=True) is None
+
+
+@needs_nvcc
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90", "sm_75"])
+def test_b1_ptx_per_sm(arch):
+    """The b1 GEMM for ``arch`` through nvcc and ptxas: m16n8k256 (m8n8k128 ×8 on sm_75) with
+    .xor.popc in the PTX, a cubin for that GPU."""
+    s = B1_CASES["3x3_s2_p1_c12_n96"]
+    plan = plan_tensorcore(sm_number(arch), "int8", -1, 1, np.ones((96, 12, 3, 3), np.int8), 1, binary=True)
+    func = plan.prim_func(s, 0).with_attr("global_symbol", "main")
+    target = tvm.target.Target({"kind": "cuda", "arch": arch, "max_threads_per_block": 1024,
+                                "max_shared_memory_per_block": 49152, "thread_warp_size": 32}, host="llvm")
+    src = _cuda_source(tvm.compile(schedule_tensorcore(tvm.IRModule({"main": func})), target=target))
+    ptx = _nvcc(src, "ptx", arch).decode()
+    assert plan.step.ptx == (MMA_B1_SM75 if arch == "sm_75" else MMA_B1) and plan.step.ptx in ptx
+    assert {i for i in ALL_MMA if i in ptx} == {plan.step.ptx} and LDMATRIX in ptx
+    assert _nvcc(src, "cubin", arch)[:4] == b"\x7fELF"
+
+
+def test_binary_program_runs_its_sign_convolutions_on_b1(emulated_sm90, monkeypatch):
+    """A user's binary network (tests/hawq/test_binary.py's: stem, two binary convs with shortcuts,
+    classifier) as one emulated CUDA program: the two binary convs on b1, the stem and classifier on
+    s8, logits == the reference."""
+    import hawq
+    import torch
+    from hawq.quant.config import QuantConfig
+    plans = _record_plans(monkeypatch)
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 16, 16)
+    q = hawq.prepare_qat(UserBinary(), x, scheme="binary", config=QuantConfig(quantizer="xnor"))
+    q(x)
+    graph = hawq.export_program(q.eval(), input_shape=(3, 16, 16)).to_dict()
+    run = tvm_runner(graph, (2, 3, 16, 16), "cuda", threads=None, emulate=True)
+    assert sorted(p.bits for p in plans if p is not None) == [1, 1, 8, 8]
+    xs = (torch.randn(2, 3, 16, 16) * 2).numpy()
+    ref = run_graph(graph, xs)
+    np.testing.assert_array_equal(run(xs), ref)
+    assert len(np.unique(ref)) > 4

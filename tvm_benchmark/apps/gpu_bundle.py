@@ -56,7 +56,7 @@ __all__ = ["FILES", "RELEASED", "REF_IMAGES", "LIMIT_MIB", "Model", "released_mo
 
 FILES = Path(__file__).resolve().parent.parent / "bundle_files"
 RELEASED = ("resnet20_cifar10_uniform8", "resnet20_cifar10_uniform4", "resnet20_cifar10_mixed_stage1_8bit",
-            "mobilenetv2_w1_uniform8")
+            "mobilenetv2_w1_uniform8", "bireal_resnet20_binary")    # the last: its 18 sign convs on b1 MMA
 REF_IMAGES = 8
 LIMIT_MIB = 60
 
@@ -237,7 +237,9 @@ def _build(out: Path, target: str, sm: str, released: bool, archs, schemes, batc
                             "lib": f"programs/{name}.so" + (".xz" if compress else ""), "input": inputs,
                             "reference": reference, "params": params_file,
                             "weights": "trained checkpoint" if m.synthetic is None else "synthetic (seeded integers)",
-                            "torch": {"model": m.arch, "num_classes": m.classes}})
+                            # pytorchcv has no Bi-Real nets (our own hawq: archs): no PyTorch row
+                            "torch": None if m.arch.startswith("hawq:") else {"model": m.arch,
+                                                                              "num_classes": m.classes}})
             bar.update()
     bar.close()
 

@@ -47,16 +47,28 @@ def synthetic_weight(shape: list[int], absmax: list[int], seed: int) -> np.ndarr
 
 
 def pack_gemm(w: np.ndarray, packed_shape: list[int], bits: int = 8) -> np.ndarray:
-    """OIHW (or [O, F]) int8 -> the tensor-core layout ``packed_shape`` = [Np, Kp bytes]: rows in
-    (kh, kw, c) order, zero-padded; ``bits`` 4: two elements per byte, element 2j in the low nibble."""
+    """OIHW (or [O, F]) int8 -> the tensor-core layout ``packed_shape`` = [Np, row bytes]: rows in
+    (kh, kw, c) order, zero-padded; ``bits`` 4: two elements per byte, element 2j in the low nibble;
+    ``bits`` 1 (±1 weights): element 8j + i in bit i of byte j (1 where −1), and after those Kp bytes
+    each tap's count of −1 weights as int16 little endian (2 bytes per tap, zero-padded to 64)."""
     w = w.reshape(*w.shape, 1, 1) if w.ndim == 2 else w
+    taps = w.shape[2] * w.shape[3]
     flat = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(w.shape[0], -1).astype(np.int8)
     n_p, k_bytes = packed_shape
-    per_byte = 2 if bits == 4 else 1
+    per_byte = {4: 2, 1: 8}.get(bits, 1)
+    if bits == 1:      # the row: Kp bytes, then the tap counts, padded to a multiple of 64 bytes
+        k_bytes -= -(-2 * taps // 64) * 64
+    neg_per_tap = (flat < 0).reshape(flat.shape[0], taps, -1).sum(-1)
     flat = np.pad(flat, ((0, n_p - flat.shape[0]), (0, k_bytes * per_byte - flat.shape[1])))
     if bits == 4:
         lo, hi = flat[:, 0::2].astype(np.int32) & 15, flat[:, 1::2].astype(np.int32) & 15
         flat = ((hi << 4) | lo).astype(np.uint8).view(np.int8)
+    elif bits == 1:
+        packed = np.packbits(flat < 0, axis=1, bitorder="little").view(np.int8)
+        counts = np.zeros((n_p, taps), "<u2")
+        counts[:neg_per_tap.shape[0]] = neg_per_tap
+        pad = np.zeros((n_p, packed_shape[1] - k_bytes - 2 * taps), np.int8)
+        flat = np.concatenate([packed, counts.view(np.int8), pad], axis=1)
     return np.ascontiguousarray(flat)
 
 

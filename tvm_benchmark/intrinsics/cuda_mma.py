@@ -1,8 +1,9 @@
 """Tensor-core steps for the CUDA integer program: ``ldmatrix`` + ``mma.sync`` (PTX), registered by name.
 
-int8 (:func:`int8_step`, sm_80+) and int4 (:func:`int4_step`, sm_80/86/87: ``m16n8k64 s4·s4``
-on bytes packing two nibbles along K — the fragment register layout is the s8 one, so the same
-``ldmatrix``, zero and store steps serve both). One warp computes a 16×16 int32 accumulator fragment
+int8 (:func:`int8_step`, sm_80+), int4 (:func:`int4_step`, sm_80/86/87: ``m16n8k64 s4·s4``
+on bytes packing two nibbles along K) and binary (:func:`b1_step`, sm_75+: ``m16n8k256 b1·b1`` with
+``.xor.popc`` on bytes packing eight bits along K) — the fragment register layout is the s8 one at
+byte granularity, so the same ``ldmatrix``, zero and store steps serve all three). One warp computes a 16×16 int32 accumulator fragment
 from a 16×32 int8 activation fragment (row major) and a 16×32 int8 weight fragment (weights stored ``[N, K]``: the ``col`` operand of
 ``mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32``, issued twice per fragment for its two n8
 halves). The products accumulate exactly in int32 (the front end proves the sum fits). Activations
@@ -27,7 +28,7 @@ from tvm.script import tirx as T
 from tvm_benchmark.intrinsics.tvmscript_stack import cuda_intrinsics
 
 __all__ = ["C", "FRAG", "WARP", "ACC_LAYOUT", "AB_LAYOUT", "MmaStep", "int8_step", "nibble_lo", "nibble_hi",
-           "int4_step", "INT4_SMS"]
+           "int4_step", "INT4_SMS", "popc_xor", "b1_step"]
 
 C = cuda_intrinsics()       # TVM's builders (imported through a cheap inspect.stack: 46 s -> 3.4 s)
 
@@ -151,26 +152,32 @@ def _mma_loops(k: int, dtype: str, product=_s8_product):
     return impl
 
 
+#: Operand width -> (PTX operand type, the 8-row shape of sm_75, the 16-row shape of sm_80+): each
+#: covers 16 (8-row) or 32 (16-row) bytes of K, so one fragment step is 32 bytes at every width.
+_SHAPES = {8: ("int8", "m8n8k16", "m16n8k32"), 4: ("int4", "m8n8k32", "m16n8k64"),
+           1: ("int1", "m8n8k128", "m16n8k256")}
+
+
 def _mma_ptx(bits: int, sm: int):
     """The PTX implementation of one 16×16×(32 bytes) fragment step for ``sm``.
 
-    sm_80+: two ``m16n8k32`` (s8) / ``m16n8k64`` (s4) per fragment, one per 8-column half. sm_75 has
-    only the 8-row shapes (``m8n8k16`` s8, ``m8n8k32`` s4): eight per fragment, addressed by the
-    physical register layout ``ldmatrix`` leaves (A: register r = rows 8·(r%2).., K half r//2; B:
-    register 2·half + k = columns of that half, K half k; C: 4 per half, 2 per row half)."""
-    ab = "int8" if bits == 8 else "int4"
+    sm_80+: two ``m16n8k32`` (s8) / ``m16n8k64`` (s4) / ``m16n8k256`` (b1) per fragment, one per
+    8-column half. sm_75 has only the 8-row shapes (``m8n8k16`` s8, ``m8n8k32`` s4, ``m8n8k128`` b1):
+    eight per fragment, addressed by the physical register layout ``ldmatrix`` leaves (A: register
+    r = rows 8·(r%2).., K half r//2; B: register 2·half + k = columns of that half, K half k; C: 4 per
+    half, 2 per row half). b1 adds ``.xor.popc``: the accumulator gains popcount(a XOR b)."""
+    ab, shape8, shape16 = _SHAPES[bits]
+    op = ("xor",) if bits == 1 else ()
 
     def m8(A, B, acc, tx, a_reg, b_reg, c_off):
-        shape = "m8n8k16" if bits == 8 else "m8n8k32"
-        return T.ptx_legacy.mma(shape, "row", "col", ab, ab, "int32", A.data, A.elem_offset + tx * 16 + 4 * a_reg,
+        return T.ptx_legacy.mma(shape8, "row", "col", ab, ab, "int32", A.data, A.elem_offset + tx * 16 + 4 * a_reg,
                                 B.data, B.elem_offset + tx * 16 + 4 * b_reg, acc.data, acc.elem_offset + tx * 8 + c_off,
-                                False, dtype="int32")
+                                False, *op, dtype="int32")
 
     def m16(A, B, acc, tx, half):
-        shape = "m16n8k32" if bits == 8 else "m16n8k64"
-        return T.ptx_legacy.mma(shape, "row", "col", ab, ab, "int32", A.data, A.elem_offset + tx * 16,
+        return T.ptx_legacy.mma(shape16, "row", "col", ab, ab, "int32", A.data, A.elem_offset + tx * 16,
                                 B.data, B.elem_offset + tx * 16 + 8 * half, acc.data, acc.elem_offset + tx * 8 + 4 * half,
-                                False, dtype="int32")
+                                False, *op, dtype="int32")
 
     if sm >= 80:
         @T.prim_func(s_tir=True)
@@ -287,3 +294,52 @@ def int4_step(emulate: bool = False, sm: int = 80) -> MmaStep:
 
 #: GPUs with int4 tensor-core MMA
 INT4_SMS = (75, 80, 86, 87)
+
+
+def popc_xor(a, b):
+    """popcount(a XOR b) of two operand bytes (eight binary elements each), as int32: the number of
+    differing signs, which ``.xor.popc`` accumulates."""
+    return T.popcount(T.bitwise_and(T.bitwise_xor(T.Cast("int32", a), T.Cast("int32", b)), 255))
+
+
+def _mma_b1():
+    """b1·b1→s32 ``m16n8k256 .xor.popc`` on packed bytes: a 16×32-byte fragment holds 16×256 bits
+    (element 8j + i in bit i of byte j), the s8 register layout at byte granularity, so the int8
+    ``ldmatrix``/fill/store steps serve it unchanged; the product of two bytes is their popcount of
+    XOR. (The bit order inside a byte does not matter: both operands share it and the sum over a
+    byte's eight pairs does not depend on it.)"""
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (WARP, 16), "int8", align=64, offset_factor=32, scope=FRAGMENT_SCOPE)
+        B = T.match_buffer(b, (WARP, 16), "int8", align=64, offset_factor=32, scope=FRAGMENT_SCOPE)
+        acc = T.match_buffer(c, (WARP, 8), "int32", align=64, offset_factor=16, scope=FRAGMENT_SCOPE)
+        with T.sblock("root"):
+            T.reads(acc[0:WARP, 0:8], A[0:WARP, 0:16], B[0:WARP, 0:16])
+            T.writes(acc[0:WARP, 0:8])
+            for i, j, r in T.grid(FRAG, FRAG, 32):
+                with T.sblock("C"):
+                    vi, vj, vr = T.axis.remap("SSR", [i, j, r])
+                    tc, ec = T.meta_var(ACC_LAYOUT(vi, vj))
+                    ta, ea = T.meta_var(AB_LAYOUT(vi, vr))
+                    tb, eb = T.meta_var(AB_LAYOUT(vj, vr))
+                    T.reads(acc[tc, ec], A[ta, ea], B[tb, eb])
+                    T.writes(acc[tc, ec])
+                    acc[tc, ec] = acc[tc, ec] + popc_xor(A[ta, ea], B[tb, eb])
+
+    return desc, _mma_loops(32, "int8", popc_xor)
+
+
+@functools.lru_cache(maxsize=None)   # parsing the intrinsics' TVMScript costs ~1 s a call
+def b1_step(emulate: bool = False, sm: int = 80) -> MmaStep:
+    """b1·b1→s32 with ``.xor.popc`` (``m16n8k256`` on sm_80 and newer, ``m8n8k128`` ×8 on sm_75):
+    operands are bytes holding eight binary elements along K, so a 32-byte fragment step covers 256
+    reduction elements; the accumulator counts differing signs (the GEMM's epilogue turns the count
+    into the ±1 dot product, :mod:`tvm_benchmark.tensorcore`)."""
+    s8 = int8_step(emulate, sm)
+    desc, loops = _mma_b1()
+    return MmaStep("int1", 32, load_a=s8.load_a, load_b=s8.load_b,
+                   mma=_register(f"hawq_mma_b1b1s32_xor_trans_b_sm{75 if sm < 80 else 80}", desc, _mma_ptx(1, sm),
+                                 loops, emulate),
+                   fill=s8.fill, store=s8.store, min_sm=75,
+                   ptx=("mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.xor.popc" if sm >= 80
+                        else "mma.sync.aligned.m8n8k128.row.col.s32.b1.b1.s32.xor.popc"))
