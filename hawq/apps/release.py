@@ -2,7 +2,7 @@
 
     python -m hawq.release train      # runs every command below (resnet20: ~20 min, mobilenetv2_w1: ~45 min,
                                       # mobilenet_v3_small: ~20 min, the two profile-ort runs: ~27 min,
-                                      # bireal_resnet20 FP + binary: ~15 min, resnet20 uniform2: ~7 min on 2 cores)
+                                      # bireal_resnet20 FP + binary: ~15 min, resnet20 uniform2 LSQ + LQ-Net: ~17 min on 2 cores)
     python -m hawq.release manifest   # copies the best checkpoints into checkpoints/, evaluates
                                       # each one with quant_train.py -e and writes MANIFEST.csv
 
@@ -113,6 +113,13 @@ RELEASES += [
     (f"{OUT}/{ARCH}_uniform2.pth.tar", ["--quant-scheme", "uniform2", "--quantizer", "lsq", "--lsq-init", "mean",
                                         "--epochs", "6", "--lr", "0.005", "--data-percentage", "0.3",
                                         "--save-path", f"{RUNS}/{ARCH}_uniform2", *_COMMON, *_QAT]),
+]
+# LQ-Net 2/2 (--quantizer lqnet: learned bases by QEM on an integer grid), LSQ's recipe above with
+# the quantizer swapped: the best 2-bit row of results/binary.md (89.60 against LSQ's 87.00).
+RELEASES += [
+    (f"{OUT}/{ARCH}_uniform2_lqnet.pth.tar", ["--quant-scheme", "uniform2", "--quantizer", "lqnet",
+                                              "--epochs", "6", "--lr", "0.005", "--data-percentage", "0.3",
+                                              "--save-path", f"{RUNS}/{ARCH}_uniform2_lqnet", *_COMMON, *_QAT]),
 ]
 #: Released files stored without the optimizer state (the weights alone are 45 MB for resnet18).
 WEIGHTS_ONLY = {f"{OUT}/torchvision_resnet18_fp32.pth.tar", MV3_FP_FILE,

@@ -488,7 +488,8 @@ B1_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(B1_CASES))
+@pytest.mark.parametrize("case", [c if c != "5x5_s1_p2_c16" else pytest.param(c, marks=pytest.mark.slow)
+                                  for c in B1_CASES])
 def test_b1_kernel_is_the_zero_padded_signed_convolution(case):
     """The emulated b1 GEMM (sign bits packed while staging, popcount of XOR per fragment, the
     epilogue's K_valid − 2·(count − padded taps' −1 weights)) == the int64 ±1 convolution with zero
@@ -526,7 +527,8 @@ def test_b1_plan_needs_signs_on_both_sides():
 
 
 @needs_nvcc
-@pytest.mark.parametrize("arch", ["sm_80", "sm_90", "sm_75"])
+@pytest.mark.parametrize("arch", [pytest.param("sm_80", marks=pytest.mark.slow), "sm_90",
+                                  pytest.param("sm_75", marks=pytest.mark.slow)])     # suite time
 def test_b1_ptx_per_sm(arch):
     """The b1 GEMM for ``arch`` through nvcc and ptxas: m16n8k256 (m8n8k128 ×8 on sm_75) with
     .xor.popc in the PTX, a cubin for that GPU."""
