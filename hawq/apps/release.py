@@ -114,12 +114,14 @@ RELEASES += [
                                         "--epochs", "6", "--lr", "0.005", "--data-percentage", "0.3",
                                         "--save-path", f"{RUNS}/{ARCH}_uniform2", *_COMMON, *_QAT]),
 ]
-# LQ-Net 2/2 (--quantizer lqnet: learned bases by QEM on an integer grid), LSQ's recipe above with
-# the quantizer swapped: the best 2-bit row of results/binary.md (89.60 against LSQ's 87.00).
+# LQ-Net 2/2 (--quantizer lqnet: learned bases by QEM on an integer grid), the binary networks'
+# recipe (Adam, BN on batch statistics, small weight decay) from the released FP checkpoint: the best
+# 2-bit row of results/binary.md (91.60 against LSQ's 87.00).
 RELEASES += [
-    (f"{OUT}/{ARCH}_uniform2_lqnet.pth.tar", ["--quant-scheme", "uniform2", "--quantizer", "lqnet",
-                                              "--epochs", "6", "--lr", "0.005", "--data-percentage", "0.3",
-                                              "--save-path", f"{RUNS}/{ARCH}_uniform2_lqnet", *_COMMON, *_QAT]),
+    (f"{OUT}/{ARCH}_uniform2_lqnet.pth.tar", ["--quant-scheme", "uniform2", "--quantizer", "lqnet", "--pretrained", FP_FILE,
+                                              "--epochs", "6", "--lr", "0.001", "--optimizer", "adam", "--wd", "5e-6",
+                                              "--data-percentage", "0.3", "--save-path", f"{RUNS}/{ARCH}_uniform2_lqnet",
+                                              *_COMMON]),
 ]
 #: Released files stored without the optimizer state (the weights alone are 45 MB for resnet18).
 WEIGHTS_ONLY = {f"{OUT}/torchvision_resnet18_fp32.pth.tar", MV3_FP_FILE,

@@ -28,7 +28,7 @@ import itertools
 
 import torch
 
-__all__ = ["MAX_BASES", "ACT_LIMIT", "WEIGHT_LIMIT", "QEM_MOMENTUM", "QEM_INIT_STEPS", "QEM_SAMPLES", "integer_basis", "codes",
+__all__ = ["MAX_BASES", "ACT_LIMIT", "WEIGHT_LIMIT", "QEM_MOMENTUM", "QEM_INIT_STEPS", "QEM_SAMPLES", "INIT_QUANTILE", "integer_basis", "codes",
            "levels", "snap", "activation_table", "qem_solve", "initial_basis", "fit_basis", "qem_step"]
 
 #: Largest number of bases (bits) an LQ-Net quantizer takes; wider layers quantize as min/max.
@@ -111,11 +111,18 @@ def qem_solve(x: torch.Tensor, b: torch.Tensor, old: torch.Tensor) -> torch.Tens
     return torch.where(ok, v, old).float()
 
 
+#: Quantile of |x| the first basis puts its top level at (the maximum is an outlier: with one basis
+#: and codes {0, 1} a start at the maximum is a fixed point of QEM where every activation is 0).
+INIT_QUANTILE = 0.99
+
+
 def initial_basis(x: torch.Tensor, k: int, signed: bool) -> torch.Tensor:
     """The uniform start ``v_j = 2^j · s0`` per row of ``x`` (float [R, N]): float32 [R, k]. The levels
-    then span the row's range: [0, max x] for codes {0, 1}, ±max|x| for codes ±1."""
-    top = x.detach().abs().amax(-1) if signed else x.detach().clamp(min=0).amax(-1)
-    s0 = top.float().clamp(min=1e-8) / ((1 << k) - 1)       # the top level Σ 2^j · s0 = max
+    then span [0, q] for codes {0, 1}, ±q for codes ±1, q the :data:`INIT_QUANTILE` of the row's |x|
+    (of every n-th value of a long row, as :func:`fit_basis`)."""
+    v = x.detach().float()[..., ::-(-x.shape[-1] // QEM_SAMPLES)]
+    top = torch.quantile(v.abs() if signed else v.clamp(min=0), INIT_QUANTILE, dim=-1)
+    s0 = top.clamp(min=1e-8) / ((1 << k) - 1)                # the top level Σ 2^j · s0 = q
     return s0.unsqueeze(-1) * (2.0 ** torch.arange(k, device=x.device, dtype=torch.float32))
 
 
