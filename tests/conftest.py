@@ -151,3 +151,16 @@ class UserBinary(torch.nn.Module):
         x = self.b1(self.c1(self.a1(x))) + x
         x = self.b2(self.c2(self.a2(x))) + x
         return self.fc(x.mean((2, 3)))
+
+
+def train_steps(model: torch.nn.Module, optimizer, steps: int, shape=(8, 3, 32, 32), classes: int = 10):
+    """``steps`` optimizer steps of ``model`` in train mode on one random batch of ``shape`` (drawn
+    from the current RNG state); returns the model in eval mode."""
+    model.train()
+    x, y = torch.randn(*shape), torch.randint(0, classes, (shape[0],))
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()

@@ -29,7 +29,7 @@ import itertools
 import torch
 
 __all__ = ["MAX_BASES", "ACT_LIMIT", "WEIGHT_LIMIT", "QEM_MOMENTUM", "QEM_INIT_STEPS", "QEM_SAMPLES", "INIT_QUANTILE", "integer_basis", "codes",
-           "levels", "snap", "activation_table", "qem_solve", "initial_basis", "fit_basis", "qem_step"]
+           "levels", "snap", "activation_table", "qem_solve", "initial_basis", "fit_basis", "qem_step", "next_basis"]
 
 #: Largest number of bases (bits) an LQ-Net quantizer takes; wider layers quantize as min/max.
 MAX_BASES = 4
@@ -149,3 +149,13 @@ def qem_step(x: torch.Tensor, basis: torch.Tensor, signed: bool, momentum: float
     """A training step's basis update: the moving average of the stored ``basis`` (float [R, K]) and
     one QEM solution on ``x`` (float [R, N]). Returns float32 [R, K]."""
     return momentum * basis + (1 - momentum) * fit_basis(x, basis, signed)
+
+
+def next_basis(x: torch.Tensor, basis: torch.Tensor, signed: bool, moving: bool) -> torch.Tensor | None:
+    """The basis after a training step on ``x`` (float [R, N]) from ``basis`` (float [R, K]): on the
+    first batch (an element not yet > 0) the uniform start and :data:`QEM_INIT_STEPS` iterations,
+    else one :func:`qem_step` when ``moving``; None when the basis stays (frozen)."""
+    if not bool((basis > 0).all()):
+        return fit_basis(x, initial_basis(x, basis.shape[-1], signed), signed, QEM_INIT_STEPS)
+    return qem_step(x, basis, signed) if moving else None
+

@@ -389,15 +389,10 @@ class QuantAct(nn.Module):
         (the first batch: a uniform start, then :data:`~hawq.quant.lqnet.QEM_INIT_STEPS` iterations);
         frozen with the ranges (``fix``). Under DDP every rank's buffers follow rank 0's."""
         k = self.activation_bit
-        x = total.detach().float().reshape(1, -1)
-        basis = self.act_basis[:k].reshape(1, k)
-        if not bool((basis > 0).all()):
-            new = LQ.fit_basis(x, LQ.initial_basis(x, k, signed=False), False, LQ.QEM_INIT_STEPS)
-        elif self.running_stat:
-            new = LQ.qem_step(x, basis, signed=False)
-        else:
-            return
-        self.act_basis[:k].copy_(new.reshape(k).to(self.act_basis))
+        new = LQ.next_basis(total.detach().float().reshape(1, -1), self.act_basis[:k].reshape(1, k), False,
+                            self.running_stat)
+        if new is not None:
+            self.act_basis[:k].copy_(new.reshape(k).to(self.act_basis))
 
     def _lq_levels(self, t: torch.Tensor) -> torch.Tensor:
         """LQ-Net: the level of each uniform integer ``t`` (float or int, in [0, 255]); else ``t``."""
@@ -601,16 +596,10 @@ class _QuantWeightLayer(nn.Module):
     def _lq_update(self) -> None:
         """LQ-Net: initialize the basis from the raw weight (uniform start + QEM iterations), then in
         training move it by one QEM step per forward (:func:`hawq.quant.lqnet.qem_step`)."""
-        k = self.weight_bit
-        raw = self._lq_rows(self.raw_weight().detach().float())
-        basis = self.weight_basis[:, :k]
-        if not bool((basis > 0).all()):
-            new = LQ.fit_basis(raw, LQ.initial_basis(raw, k, signed=True), True, LQ.QEM_INIT_STEPS)
-        elif self.training:
-            new = LQ.qem_step(raw, basis, signed=True)
-        else:
-            return
-        basis.copy_(new.to(basis))
+        basis = self.weight_basis[:, :self.weight_bit]
+        new = LQ.next_basis(self._lq_rows(self.raw_weight().detach().float()), basis, True, self.training)
+        if new is not None:
+            basis.copy_(new.to(basis))
 
     def _lq_scale(self, folded: bool) -> torch.Tensor:
         """LQ-Net's weight scale float32 [C_out or 1]: the integer grid's s of the raw basis, times

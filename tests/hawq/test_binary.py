@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from conftest import UserBinary
+from conftest import UserBinary, train_steps
 from hawq import bit_config as bc
 from hawq import numerics as N
 from hawq.errors import HawqError
@@ -25,15 +25,7 @@ ARCH = "hawq:bireal_resnet20"
 def _trained(method: str, steps: int = 2, scheme: str = "binary"):
     torch.manual_seed(0)
     m = quant_model(ARCH, bc.load_scheme(ARCH, scheme), 10, config=QuantConfig(quantizer=method))
-    m.train()
-    opt = torch.optim.Adam(m.parameters(), 1e-3)
-    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
-    for _ in range(steps):
-        loss = torch.nn.functional.cross_entropy(m(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return m.eval()
+    return train_steps(m, torch.optim.Adam(m.parameters(), 1e-3), steps)
 
 
 # --------------------------------------------------------------------------- numerics

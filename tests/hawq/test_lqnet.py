@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from conftest import tvm_outputs
+from conftest import train_steps, tvm_outputs
 from hawq import bit_config as bc
 from hawq.errors import HawqError
 from hawq.export import export_integer
@@ -135,15 +135,7 @@ def test_bn_conv_weights_have_the_same_codes_folded_and_unfolded(bits):
 def _trained(scheme: str, steps: int = 3):
     torch.manual_seed(0)
     m = quant_model(ARCH, bc.load_scheme(ARCH, scheme), 10, config=QuantConfig(quantizer="lqnet"))
-    m.train()
-    opt = torch.optim.SGD(m.parameters(), 1e-2)
-    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
-    for _ in range(steps):
-        loss = torch.nn.functional.cross_entropy(m(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return m.eval()
+    return train_steps(m, torch.optim.SGD(m.parameters(), 1e-2), steps)
 
 
 @pytest.mark.parametrize("scheme, act_levels, weight_levels", [

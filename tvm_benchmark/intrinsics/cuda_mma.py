@@ -253,10 +253,9 @@ def nibble_hi(x):
     return T.shift_right(T.Cast("int32", x), 4)
 
 
-def _mma_s4(emulated: bool):
-    """s4·s4→s32 ``m16n8k64`` on packed bytes: a 16×32-byte fragment holds 16×64 nibbles (element
-    2j in the low nibble of byte j), the same register layout as the s8 fragment, so the int8
-    ``ldmatrix``/fill/store steps serve it unchanged; only the multiply differs."""
+def _packed_desc(product):
+    """The description of one fragment step on packed bytes (s4 or b1): a 16×32-byte fragment is the
+    s8 register layout, only ``product(a, b)`` of two bytes differs (it unpacks the elements)."""
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (WARP, 16), "int8", align=64, offset_factor=32, scope=FRAGMENT_SCOPE)
@@ -273,9 +272,16 @@ def _mma_s4(emulated: bool):
                     tb, eb = T.meta_var(AB_LAYOUT(vj, vr))
                     T.reads(acc[tc, ec], A[ta, ea], B[tb, eb])
                     T.writes(acc[tc, ec])
-                    acc[tc, ec] = acc[tc, ec] + _s4_product(A[ta, ea], B[tb, eb])
+                    acc[tc, ec] = acc[tc, ec] + product(A[ta, ea], B[tb, eb])
 
-    return desc, _mma_loops(32, "int8", _s4_product)
+    return desc
+
+
+def _mma_s4():
+    """s4·s4→s32 ``m16n8k64`` on packed bytes: a 16×32-byte fragment holds 16×64 nibbles (element
+    2j in the low nibble of byte j), the same register layout as the s8 fragment, so the int8
+    ``ldmatrix``/fill/store steps serve it unchanged; only the multiply differs."""
+    return _packed_desc(_s4_product), _mma_loops(32, "int8", _s4_product)
 
 
 @functools.lru_cache(maxsize=None)   # parsing the intrinsics' TVMScript costs ~1 s a call
@@ -283,13 +289,18 @@ def int4_step(emulate: bool = False, sm: int = 80) -> MmaStep:
     """s4·s4→s32 (``m16n8k64`` on sm_80/86/87, ``m8n8k32`` ×8 on sm_75; Ada and Hopper have no int4
     MMA): operands are bytes holding two signed nibbles along K, so a 32-byte fragment step covers
     64 reduction elements."""
+    return _packed_step("int4", 4, "hawq_mma_s4s4s32_trans_b", _mma_s4(), emulate, sm, ".s4.s4.s32")
+
+
+def _packed_step(dtype: str, bits: int, name: str, desc_loops, emulate: bool, sm: int, suffix: str) -> MmaStep:
+    """A packed-operand step (s4, b1): the s8 step's ``ldmatrix``, fill and store with this width's
+    multiply; ``suffix`` completes the PTX instruction after its shape."""
     s8 = int8_step(emulate, sm)
-    desc, loops = _mma_s4(emulate)
-    return MmaStep("int4", 32, load_a=s8.load_a, load_b=s8.load_b,
-                   mma=_register(f"hawq_mma_s4s4s32_trans_b_sm{75 if sm < 80 else 80}", desc, _mma_ptx(4, sm),
-                                 loops, emulate),
-                   fill=s8.fill, store=s8.store, min_sm=75,
-                   ptx="mma.sync.aligned.m16n8k64.row.col.s32.s4.s4.s32" if sm >= 80 else "mma.sync.aligned.m8n8k32.row.col.s32.s4.s4.s32")
+    desc, loops = desc_loops
+    shape = _SHAPES[bits][2 if sm >= 80 else 1]
+    return MmaStep(dtype, 32, load_a=s8.load_a, load_b=s8.load_b,
+                   mma=_register(f"{name}_sm{75 if sm < 80 else 80}", desc, _mma_ptx(bits, sm), loops, emulate),
+                   fill=s8.fill, store=s8.store, min_sm=75, ptx=f"mma.sync.aligned.{shape}.row.col.s32{suffix}")
 
 
 #: GPUs with int4 tensor-core MMA
@@ -308,25 +319,7 @@ def _mma_b1():
     ``ldmatrix``/fill/store steps serve it unchanged; the product of two bytes is their popcount of
     XOR. (The bit order inside a byte does not matter: both operands share it and the sum over a
     byte's eight pairs does not depend on it.)"""
-    @T.prim_func(s_tir=True)
-    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (WARP, 16), "int8", align=64, offset_factor=32, scope=FRAGMENT_SCOPE)
-        B = T.match_buffer(b, (WARP, 16), "int8", align=64, offset_factor=32, scope=FRAGMENT_SCOPE)
-        acc = T.match_buffer(c, (WARP, 8), "int32", align=64, offset_factor=16, scope=FRAGMENT_SCOPE)
-        with T.sblock("root"):
-            T.reads(acc[0:WARP, 0:8], A[0:WARP, 0:16], B[0:WARP, 0:16])
-            T.writes(acc[0:WARP, 0:8])
-            for i, j, r in T.grid(FRAG, FRAG, 32):
-                with T.sblock("C"):
-                    vi, vj, vr = T.axis.remap("SSR", [i, j, r])
-                    tc, ec = T.meta_var(ACC_LAYOUT(vi, vj))
-                    ta, ea = T.meta_var(AB_LAYOUT(vi, vr))
-                    tb, eb = T.meta_var(AB_LAYOUT(vj, vr))
-                    T.reads(acc[tc, ec], A[ta, ea], B[tb, eb])
-                    T.writes(acc[tc, ec])
-                    acc[tc, ec] = acc[tc, ec] + popc_xor(A[ta, ea], B[tb, eb])
-
-    return desc, _mma_loops(32, "int8", popc_xor)
+    return _packed_desc(popc_xor), _mma_loops(32, "int8", popc_xor)
 
 
 @functools.lru_cache(maxsize=None)   # parsing the intrinsics' TVMScript costs ~1 s a call
@@ -335,11 +328,4 @@ def b1_step(emulate: bool = False, sm: int = 80) -> MmaStep:
     operands are bytes holding eight binary elements along K, so a 32-byte fragment step covers 256
     reduction elements; the accumulator counts differing signs (the GEMM's epilogue turns the count
     into the ±1 dot product, :mod:`tvm_benchmark.tensorcore`)."""
-    s8 = int8_step(emulate, sm)
-    desc, loops = _mma_b1()
-    return MmaStep("int1", 32, load_a=s8.load_a, load_b=s8.load_b,
-                   mma=_register(f"hawq_mma_b1b1s32_xor_trans_b_sm{75 if sm < 80 else 80}", desc, _mma_ptx(1, sm),
-                                 loops, emulate),
-                   fill=s8.fill, store=s8.store, min_sm=75,
-                   ptx=("mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.xor.popc" if sm >= 80
-                        else "mma.sync.aligned.m8n8k128.row.col.s32.b1.b1.s32.xor.popc"))
+    return _packed_step("int1", 1, "hawq_mma_b1b1s32_xor_trans_b", _mma_b1(), emulate, sm, ".b1.b1.s32.xor.popc")
