@@ -164,6 +164,10 @@ class QuantAct(nn.Module):
             bits = 8
         self.profile.check_bits(f"activation '{self.layer_name}'", bits)
         if bits == N.BINARY and not (self.quantizer == "lqnet" and self.role == "relu"):
+            if self.role == "relu":
+                raise HawqError(f"activation '{self.layer_name}' cannot be 1-bit under --quantizer {self.quantizer}: "
+                                "after a ReLU every value is >= 0, so its sign is the constant +1 (LQ-Net's "
+                                "{0, v} grid is: --quantizer lqnet)")
             L.check_binary(self.quantizer, f"activation '{self.layer_name}'")
             if self.role != "signed":
                 why = {"input": "the image quantizer keeps at least 2 bits (the stem stays wide in every "

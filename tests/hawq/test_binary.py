@@ -133,8 +133,11 @@ def test_one_bit_needs_a_binary_method():
 def test_one_bit_after_a_relu_is_refused():
     bits = bc.load_scheme("resnet20_cifar10", "uniform8")
     act = next(n for n in bits if n.endswith("quant_act") and n.startswith("stage"))
-    with pytest.raises(HawqError, match=rf"activation '{act}' cannot be 1-bit: after a ReLU"):
-        quant_model("resnet20_cifar10", {**bits, act: 1}, 10, config=QuantConfig(quantizer="xnor"))
+    for method in ("xnor", "minmax"):      # the way out named: LQ-Net's {0, v} grid
+        with pytest.raises(HawqError, match=rf"activation '{act}' cannot be 1-bit under --quantizer {method}: "
+                                            r"after a ReLU .* --quantizer lqnet\)$"):
+            quant_model("resnet20_cifar10", {**bits, act: 1}, 10, config=QuantConfig(quantizer=method))
+    quant_model("resnet20_cifar10", {**bits, act: 1}, 10, config=QuantConfig(quantizer="lqnet"))
 
 
 def test_one_bit_in_profile_hawq_is_refused():

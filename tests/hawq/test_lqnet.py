@@ -1,6 +1,8 @@
 """LQ-Net (issue 32): learned bases on an integer grid, QEM updates, and exact integer export."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -132,6 +134,7 @@ def test_bn_conv_weights_have_the_same_codes_folded_and_unfolded(bits):
 
 
 # --------------------------------------------------------------------------- exact export
+@functools.lru_cache(maxsize=None)          # the exactness and the lowering tests share a model
 def _trained(scheme: str, steps: int = 3):
     torch.manual_seed(0)
     m = quant_model(ARCH, bc.load_scheme(ARCH, scheme), 10, config=QuantConfig(quantizer="lqnet"))
@@ -186,7 +189,7 @@ def test_level_tables_lower_to_selects_fused_into_the_convolutions():
     pytest.importorskip("tvm")
     from tvm_benchmark.compile import lower
     from tvm_benchmark.frontend import build_module
-    graph = export_integer(_trained("uniform2", steps=1), (3, 32, 32))["graph"]
+    graph = export_integer(_trained("uniform2"), (3, 32, 32))["graph"]
     main = lower(build_module(graph, (1, 3, 32, 32)))["main"].script()
     calls = [line for line in main.splitlines() if "call_tir" in line]
     assert not any("take" in c for c in calls)
