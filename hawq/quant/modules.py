@@ -402,8 +402,11 @@ class QuantAct(nn.Module):
         """LQ-Net: the level of each uniform integer ``t`` (float or int, in [0, 255]); else ``t``."""
         if not self.lqnet:
             return t
-        table = LQ.activation_table(self.lq_grid()[1])[0].to(t.device)
-        return table[t.long()].to(t.dtype)
+        return self._lq_table().to(t.device)[t.long()].to(t.dtype)
+
+    def _lq_table(self) -> torch.Tensor:
+        """LQ-Net: the level of each uniform integer 0..255 (int64 [256]) for the current basis."""
+        return LQ.activation_table(self.lq_grid()[1])[0]
 
     def _on_grid(self, x: Q, branch: str) -> Q:
         """Profile ort: an add operand as a uint8 activation; an accumulator goes through ``branch``."""
@@ -493,7 +496,7 @@ class QuantAct(nn.Module):
 
     def _record_levels(self, t: torch.Tensor, rec) -> torch.Tensor:
         """LQ-Net eval: the levels of the uniform integers ``t`` (int64), recorded as an ``lut`` node."""
-        table = LQ.activation_table(self.lq_grid()[1])[0]
+        table = self._lq_table()
         q = table.to(t.device)[t]
         if rec:
             rec.add(ir.Lut, f"{self.layer_name}.levels", [t], q, function="lqnet", table=table.clone(), in_lo=0,
@@ -623,7 +626,7 @@ class _QuantWeightLayer(nn.Module):
         coeff = LQ.integer_basis(self.weight_basis[:, :self.weight_bit], LQ.WEIGHT_LIMIT)[1]
         values = LQ.levels(coeff.to(w.device), signed=True)[0]                  # [rows, 2^K]
         u = self._lq_rows(w.detach().float() / N.channel_view(s_w.to(w.device), w.dim(), 0))
-        q = values.gather(-1, LQ.snap(u, values)) if values.shape[0] > 1 else values[0][LQ.snap(u, values[0])]
+        q = values.gather(-1, LQ.snap(u, values))
         return q.reshape(w.shape).to(w.dtype)
 
     @property
